@@ -1,0 +1,131 @@
+"""`tubervae <stage>`: one subcommand per DVC stage and MLproject entry point.
+
+params.yaml is read and validated once, before a stage touches any file; command-line
+options override single values. Heavy libraries are imported by the stage that needs
+them, so `--help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tubervae.config import FAMILIES, ConfigError, Params, load_params, parse_params
+
+log = logging.getLogger("tubervae")
+
+
+def _override(params: Params, section: str, **values) -> Params:
+    """Apply command-line overrides through the same validation as params.yaml."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return params
+    raw = {f.name: dataclasses.asdict(getattr(params, f.name)) for f in dataclasses.fields(Params)}
+    raw[section].update(values)
+    return parse_params(raw)
+
+
+def cmd_synth(args, params: Params) -> None:
+    from tubervae.data import synth
+
+    frame = synth.generate(Path(args.out), args.n_images, seed=args.seed, good_fraction=params.data.good_fraction,
+                           workers=args.workers or None)
+    synth.contact_sheet(Path(args.out), Path(args.out) / "contact_sheet.png", seed=args.seed)
+    print(f"wrote {len(frame)} photos to {args.out}")
+
+
+def cmd_raw(args, params: Params) -> None:
+    from tubervae.stages import raw
+
+    params = _override(params, "data", source=args.source, n_images=args.n_images)
+    raw.run(params.data)
+
+
+def cmd_preprocess(args, params: Params) -> None:
+    from tubervae.stages import preprocess
+
+    meta = preprocess.run(params.preprocess, workers=params.data.workers)
+    print(f"data version {meta['data_version']}: " +
+          ", ".join(f"{k} {v['n']}" for k, v in meta["splits"].items()))
+
+
+def cmd_train(args, params: Params) -> None:
+    from tubervae.stages import train
+
+    params = _override(params, "train", steps=args.steps)
+    result = train.run(params.train, family=args.family, beta=args.beta, c_max=args.c_max, seed=args.seed,
+                       run_id=args.mlflow_run_id)
+    print(f"run {result['run_id']}: n_active {result['n_active']}, test reconstruction {result['test_rec']:.1f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tubervae",
+        description="Disentangled VAE representations of tuber photos: simulate or import photos, train "
+                    "β-VAE / β-TCVAE / Cβ-VAE models, rank them with UDR, search with Optuna, register the "
+                    "champion and classify tubers. Each subcommand is one DVC stage (see dvc.yaml).")
+    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+
+    p = sub.add_parser("synth", help="simulate tuber photos into a folder (standalone)",
+                       description="Write simulated 640×480 tuber photos, labels.csv and factors.csv into OUT.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n-images", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("raw", help="stage raw: simulate photos or import a folder into data/raw",
+                       description="Fill data/raw/ from data.source: 'synthetic' runs the simulator; a folder "
+                                   "path imports real photos (good/ and bad/ subfolders give labels). Every file "
+                                   "is checked; reports/data/ingest.csv says what was kept and why.")
+    p.add_argument("--source", help="override data.source")
+    p.add_argument("--n-images", type=int, help="override data.n_images")
+    p.set_defaults(fn=cmd_raw)
+
+    p = sub.add_parser("preprocess", help="stage preprocess: crop, resize, split into data/processed",
+                       description="Centre-crop and resize every photo, then split into train, test, the "
+                                   "labelled set and the UDR probe set (data/processed/*.npz).")
+    p.set_defaults(fn=cmd_preprocess)
+
+    p = sub.add_parser("train", help="train one VAE run (tracked in MLflow)",
+                       description="Train one model of a family at one setting and seed, with the train "
+                                   "section of params.yaml; resumes from its checkpoint when killed.")
+    p.add_argument("--family", required=True, choices=FAMILIES)
+    p.add_argument("--beta", type=float, required=True)
+    p.add_argument("--c-max", type=float, default=0.0, help="capacity C_max in nats (cbeta_vae only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.set_defaults(fn=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # `mlflow run` hands its run over in MLFLOW_RUN_ID: the entry point logs into that run.
+    args.mlflow_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
+    try:
+        params = load_params(args.params)
+        args.fn(args, params)
+    except ConfigError as exc:
+        print(f"tubervae: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        if args.verbose:
+            raise
+        print(f"tubervae {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

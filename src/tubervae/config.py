@@ -1,0 +1,281 @@
+"""Typed settings read from params.yaml, validated before a stage does any work.
+
+Each top-level section of params.yaml maps to one frozen dataclass below. A field's
+`metadata` says what is allowed (`choices`, `min`, `max`, `open_min`), so a bad value
+stops the stage with a message naming the key, the value and the rule, before any
+output is touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FAMILIES = ("beta_vae", "beta_tcvae", "cbeta_vae")
+
+
+class ConfigError(ValueError):
+    """A value in params.yaml (or on the command line) is not allowed."""
+
+
+def _rule(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, **rules):
+    kwargs = {"metadata": rules}
+    if default_factory is not dataclasses.MISSING:
+        kwargs["default_factory"] = default_factory
+    else:
+        kwargs["default"] = default
+    return field(**kwargs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The `raw` stage: where the photos come from."""
+
+    source: str = _rule("synthetic")  # "synthetic" or a folder of real photos
+    n_images: int = _rule(2000, min=1)
+    seed: int = _rule(0, min=0)
+    good_fraction: float = _rule(1554 / 8498, open_min=0.0, open_max=1.0)
+    workers: int = _rule(0, min=0)  # 0 = all cores
+    max_rejected_fraction: float = _rule(0.2, min=0.0, max=1.0)
+    wrong_size: str = _rule("resize", choices=("resize", "reject"))
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The `preprocess` stage: crop, resize, split."""
+
+    crop_fraction: float = _rule(0.8, open_min=0.0, max=1.0)
+    image_size: int = _rule(32, choices=(16, 32, 64, 128))
+    test_fraction: float = _rule(0.2, open_min=0.0, open_max=1.0)
+    labelled_per_class: int = _rule(100, min=1)
+    probe_size: int = _rule(1000, min=2)
+    seed: int = _rule(0, min=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One VAE training run (thesis tables 4.2 and 4.3 at the thesis profile)."""
+
+    latent_dim: int = _rule(10, min=1, max=256)
+    steps: int = _rule(1000, min=1)
+    batch_size: int = _rule(64, min=2)
+    lr: float = _rule(1e-3, open_min=0.0, max=1.0)
+    adam_beta1: float = _rule(0.9, min=0.0, open_max=1.0)
+    adam_beta2: float = _rule(0.999, min=0.0, open_max=1.0)
+    adam_eps: float = _rule(1e-8, open_min=0.0)
+    rec_kind: str = _rule("bernoulli", choices=("bernoulli", "gaussian"))
+    anneal_fraction: float = _rule(0.5, open_min=0.0, max=1.0)  # Cβ-VAE: share of steps for C: 0 → C_max
+    tc_estimator: str = _rule("stratified", choices=("stratified", "weighted"))
+    checkpoint_every: int = _rule(250, min=1)
+    log_every: int = _rule(50, min=1)
+    snapshot_every: int = _rule(500, min=0)  # traversal/reconstruction pictures during training; 0 = end only
+    device: str = _rule("auto", choices=("auto", "cpu", "cuda", "mps"))
+    threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The search space of one family. Ranges are [low, high]; `grid` is the thesis's points."""
+
+    n_trials: int = _rule(2, min=1)
+    beta: list = _rule(default_factory=lambda: [1.0, 18.0])
+    beta_log: bool = _rule(True)
+    c_max: list = _rule(default_factory=list)
+    grid: list = _rule(default_factory=list)  # list of {beta: .., c_max: ..} points
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Optuna studies, one per family, with the within-setting UDR as objective."""
+
+    seeds: int = _rule(3, min=2)
+    min_active: int = _rule(2, min=0)
+    enqueue_grid: bool = _rule(False)
+    sampler_seed: int = _rule(0, min=0)
+    heartbeat_interval: int = _rule(60, min=1)
+    grace_period: int = _rule(180, min=2)
+    max_retry: int = _rule(3, min=0)
+    spaces: dict = _rule(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UdrConfig:
+    """UDR settings (Duan et al. 2020; thesis §2.3.3)."""
+
+    similarity: str = _rule("lasso", choices=("lasso", "spearman"))
+    aggregate: str = _rule("paper", choices=("paper", "reference"))
+    kl_threshold: float = _rule(0.01, min=0.0)
+    lasso_alpha: float = _rule(0.1, open_min=0.0)
+    n_partners: int = _rule(0, min=0)  # 0 = every other seed of the setting
+    partner_seed: int = _rule(0, min=0)
+    heatmap_pairs: int = _rule(2, min=0)
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """Champion choice: best within-family UDR among feasible settings, more active components when close."""
+
+    model_name: str = _rule("tubervae-vae")
+    udr_tolerance: float = _rule(0.05, min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Threshold classifier and its learned alternatives."""
+
+    model_name: str = _rule("tuber-quality")
+    label_sizes: list = _rule(default_factory=lambda: [20, 50, 100, 200])
+    n_draws: int = _rule(3, min=1)
+    cnn_steps: int = _rule(300, min=1)
+    gallery_size: int = _rule(16, min=0)
+    seed: int = _rule(0, min=0)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Supervised disentanglement metrics on the simulator's factors."""
+
+    n_points: int = _rule(2000, min=10)
+    n_bootstrap: int = _rule(1000, min=10)
+    seed: int = _rule(0, min=0)
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    udr: UdrConfig = field(default_factory=UdrConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Params)}
+
+
+def _check_value(where: str, value: Any, expected: type, rules: dict) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) and expected is not bool:
+        raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r} ({type(value).__name__})")
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    if "choices" in rules and value not in rules["choices"]:
+        raise ConfigError(f"{where}: {value!r} is not one of {list(rules['choices'])}")
+    if "min" in rules and value < rules["min"]:
+        raise ConfigError(f"{where}: {value!r} is below the minimum {rules['min']}")
+    if "max" in rules and value > rules["max"]:
+        raise ConfigError(f"{where}: {value!r} is above the maximum {rules['max']}")
+    if "open_min" in rules and value <= rules["open_min"]:
+        raise ConfigError(f"{where}: {value!r} must be greater than {rules['open_min']}")
+    if "open_max" in rules and value >= rules["open_max"]:
+        raise ConfigError(f"{where}: {value!r} must be less than {rules['open_max']}")
+    return value
+
+
+def build(cls: type, values: dict | None, where: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and bad values."""
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        expected = hints[name]
+        kwargs[name] = _check_value(f"{where}.{name}", value, expected, dict(known[name].metadata))
+    return cls(**kwargs)
+
+
+def _range(where: str, value: Any, *, positive: bool) -> list:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ConfigError(f"{where}: expected [low, high], got {value!r}")
+    low, high = (_check_value(f"{where}[{i}]", v, float, {}) for i, v in enumerate(value))
+    if positive and low <= 0:
+        raise ConfigError(f"{where}: the low end must be > 0, got {low!r}")
+    if low > high:
+        raise ConfigError(f"{where}: low {low!r} is above high {high!r}")
+    return [low, high]
+
+
+def validate_space(family: str, space: SearchSpace, where: str) -> SearchSpace:
+    """Check that a family's search space has exactly the hyperparameters the family uses."""
+    beta = _range(f"{where}.beta", space.beta, positive=True)
+    if family == "cbeta_vae":
+        c_max = _range(f"{where}.c_max", space.c_max, positive=False)
+        if c_max[0] < 0:
+            raise ConfigError(f"{where}.c_max: capacity must be >= 0, got {c_max!r}")
+    elif space.c_max:
+        raise ConfigError(f"{where}.c_max: only cbeta_vae searches C_max; remove it from {family}")
+    else:
+        c_max = []
+    grid = []
+    for i, point in enumerate(space.grid):
+        if not isinstance(point, dict) or "beta" not in point:
+            raise ConfigError(f"{where}.grid[{i}]: expected a mapping with 'beta', got {point!r}")
+        wanted = {"beta", "c_max"} if family == "cbeta_vae" else {"beta"}
+        if set(point) != wanted:
+            raise ConfigError(f"{where}.grid[{i}]: expected keys {sorted(wanted)}, got {sorted(point)}")
+        grid.append({k: _check_value(f"{where}.grid[{i}].{k}", v, float, {"open_min": 0.0} if k == "beta" else {"min": 0.0})
+                     for k, v in point.items()})
+    return dataclasses.replace(space, beta=beta, c_max=c_max, grid=grid)
+
+
+def parse_params(raw: dict | None) -> Params:
+    """Validate a whole params.yaml mapping; missing sections and keys take defaults."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml: expected a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"params.yaml: unknown section(s) {unknown}; allowed: {sorted(SECTIONS)}")
+    sections = {name: build(typing.get_type_hints(Params)[name], raw.get(name), name) for name in SECTIONS}
+    search = sections["search"]
+    spaces = {}
+    for family, space in (search.spaces or {}).items():
+        if family not in FAMILIES:
+            raise ConfigError(f"search.spaces: unknown family {family!r}; allowed: {list(FAMILIES)}")
+        where = f"search.spaces.{family}"
+        spaces[family] = validate_space(family, build(SearchSpace, space, where), where)
+    sections["search"] = dataclasses.replace(search, spaces=spaces)
+    if sections["udr"].n_partners and sections["udr"].n_partners > sections["search"].seeds - 1:
+        raise ConfigError(
+            f"udr.n_partners: {sections['udr'].n_partners} partners need at least {sections['udr'].n_partners + 1} "
+            f"seeds, but search.seeds is {sections['search'].seeds}; use 0 for all other seeds")
+    prep = sections["preprocess"]
+    if prep.probe_size > sections["data"].n_images and sections["data"].source == "synthetic":
+        raise ConfigError(
+            f"preprocess.probe_size: {prep.probe_size} probe images need at least as many photos, "
+            f"but data.n_images is {sections['data'].n_images}")
+    return Params(**sections)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_params(raw)
+
+
+def as_dict(obj) -> dict:
+    """A plain mapping of a settings dataclass, for logging."""
+    return dataclasses.asdict(obj)

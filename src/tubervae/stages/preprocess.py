@@ -1,0 +1,106 @@
+"""`preprocess` stage: centre crop, resize, split into train / test / labelled / udr_probe.
+
+Each split is one uncompressed .npz in data/processed/ with `images` (uint8, n×s×s×3),
+`labels` (1 bad, 0 good, −1 unlabelled), `rows` (row in data/raw/labels.csv), `files`,
+and `factors` + `factor_names` when the photos are simulated. meta.json carries the
+data version (a hash of the arrays) that every training run records.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from tubervae.config import PreprocessConfig
+from tubervae.data.images import load_model_input
+from tubervae.data.splits import encode_labels, fingerprint, split_indices
+from tubervae.io import staged_dir, write_json
+from tubervae.stages.raw import worker_count
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "test", "labelled", "udr_probe")
+
+
+def _load(path, crop_fraction, image_size):
+    return load_model_input(path, crop_fraction=crop_fraction, image_size=image_size)
+
+
+def load_photos(paths: list[Path], cfg: PreprocessConfig, workers: int) -> np.ndarray:
+    fn = partial(_load, crop_fraction=cfg.crop_fraction, image_size=cfg.image_size)
+    progress = dict(total=len(paths), desc="preprocess", unit="img")
+    if workers > 1:
+        with Pool(workers) as pool:
+            arrays = list(tqdm(pool.imap(fn, paths, chunksize=32), **progress))
+    else:
+        arrays = list(tqdm(map(fn, paths), **progress))
+    return np.stack(arrays)
+
+
+def read_raw(raw_dir: Path) -> pd.DataFrame:
+    labels_path = raw_dir / "labels.csv"
+    if not labels_path.exists():
+        raise FileNotFoundError(f"{labels_path} is missing: run the raw stage first (dvc repro raw)")
+    frame = pd.read_csv(labels_path, keep_default_na=False, dtype={"label": str})
+    factors_path = raw_dir / "factors.csv"
+    if factors_path.exists():
+        factors = pd.read_csv(factors_path)
+        factors = factors.drop(columns=[c for c in ("label",) if c in factors.columns])
+        frame = frame.merge(factors, on="file", how="left", validate="one_to_one")
+    return frame
+
+
+def run(cfg: PreprocessConfig, *, raw_dir: str | Path = "data/raw", out_dir: str | Path = "data/processed",
+        workers: int = 0) -> dict:
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    frame = read_raw(raw_dir)
+    labels = encode_labels(frame["label"].tolist())
+    factor_names = [c for c in frame.columns if c not in ("file", "label", "source")]
+    images = load_photos([raw_dir / f for f in frame["file"]], cfg, worker_count(workers))
+    splits = split_indices(labels, test_fraction=cfg.test_fraction, labelled_per_class=cfg.labelled_per_class,
+                           probe_size=cfg.probe_size, seed=cfg.seed)
+    counts = {}
+    with staged_dir(out_dir) as partial_dir:
+        for name in SPLITS:
+            rows = splits[name]
+            arrays = {"images": images[rows], "labels": labels[rows], "rows": rows,
+                      "files": np.asarray(frame["file"].to_numpy()[rows], dtype=str)}
+            if factor_names:
+                arrays["factors"] = frame[factor_names].to_numpy(dtype=np.float32)[rows]
+                arrays["factor_names"] = np.asarray(factor_names, dtype=str)
+            np.savez(partial_dir / f"{name}.npz", **arrays)
+            counts[name] = {"n": len(rows), "good": int((labels[rows] == 0).sum()),
+                            "bad": int((labels[rows] == 1).sum()), "unlabelled": int((labels[rows] == -1).sum())}
+        meta = {"data_version": fingerprint(images, labels, np.concatenate([splits[s] for s in SPLITS])),
+                "image_size": cfg.image_size, "crop_fraction": cfg.crop_fraction,
+                "factor_names": factor_names, "splits": counts}
+        write_json(partial_dir / "meta.json", meta)
+    for cls in ("good", "bad"):
+        if counts["labelled"][cls] < cfg.labelled_per_class:
+            log.warning("only %d %s photos in the labelled set (wanted %d)", counts["labelled"][cls], cls,
+                        cfg.labelled_per_class)
+    return meta
+
+
+def load_split(name: str, processed_dir: str | Path = "data/processed") -> dict[str, np.ndarray]:
+    """Load one split into memory; a clear error when preprocessing has not run."""
+    if name not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+    path = Path(processed_dir) / f"{name}.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the preprocess stage first (dvc repro preprocess)")
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def load_meta(processed_dir: str | Path = "data/processed") -> dict:
+    import json
+
+    path = Path(processed_dir) / "meta.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the preprocess stage first (dvc repro preprocess)")
+    return json.loads(path.read_text())

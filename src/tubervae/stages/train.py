@@ -1,0 +1,125 @@
+"""`train` entry point: one tracked VAE run (also what every Optuna trial calls per seed).
+
+Logs to MLflow what the thesis watches (§2.3.1–2.3.2): loss terms and the KL of every
+component over training, latent traversals, per-component distributions and
+reconstructions (at the end and every `snapshot_every` steps), the probe latents that
+UDR compares, and the weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tubervae import plots
+from tubervae.config import TrainConfig
+from tubervae.stages.preprocess import load_meta, load_split
+from tubervae.tracking import Tracker
+from tubervae.train import (NonFiniteLossError, Outcome, Setting, as_input, checkpoint_identity,
+                            images_to_tensor, select_device, train_model)
+
+log = logging.getLogger(__name__)
+TRAVERSAL_OFFSETS = np.linspace(-2.0, 2.0, 9)  # thesis §2.3.1: z_i − 2 … z_i + 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    train: np.ndarray
+    probe: np.ndarray
+    test: np.ndarray
+    data_version: str
+
+
+def load_training_data(processed_dir: str | Path = "data/processed") -> TrainingData:
+    meta = load_meta(processed_dir)
+    return TrainingData(train=load_split("train", processed_dir)["images"],
+                        probe=load_split("udr_probe", processed_dir)["images"],
+                        test=load_split("test", processed_dir)["images"], data_version=meta["data_version"])
+
+
+def run_key(setting: Setting, seed: int, cfg: TrainConfig, data: TrainingData) -> str:
+    """A name for 'this exact training': same key ⇒ same weights, so a finished run can be reused."""
+    identity = checkpoint_identity(setting, seed, cfg, data.data_version, data.train.shape[1])
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@torch.no_grad()
+def figures(model, images: np.ndarray, kl: np.ndarray | None = None) -> dict:
+    """Traversal of the first probe image, its per-component distributions, reconstructions."""
+    device = next(model.parameters()).device
+    model.eval()
+    x = as_input(images_to_tensor(images[:8], device))
+    mu, logvar = model.encode(x)
+    codes = plots.traversal_latents(mu[0].cpu().numpy(), TRAVERSAL_OFFSETS)  # (d, m, d)
+    d, m = codes.shape[:2]
+    decoded = torch.sigmoid(model.decode(torch.from_numpy(codes.reshape(d * m, d)).float().to(device)))
+    traversal = decoded.permute(0, 2, 3, 1).reshape(d, m, *decoded.shape[2:], 3).cpu().numpy()
+    recon = torch.sigmoid(model.decode(mu)).permute(0, 2, 3, 1).cpu().numpy()
+    return {
+        "traversal.png": plots.traversal_figure(traversal, kl=kl, values=TRAVERSAL_OFFSETS),
+        "distributions.png": plots.distribution_figure(mu[0].cpu().numpy(), logvar[0].cpu().numpy(), kl=kl),
+        "reconstructions.png": plots.reconstruction_figure(images[:8], recon, n=min(8, len(images))),
+    }
+
+
+def run_tracked(tracker: Tracker, setting: Setting, seed: int, cfg: TrainConfig, data: TrainingData, *,
+                parent_id: str | None = None, run_id: str | None = None,
+                checkpoint_dir: str | Path = "checkpoints", progress: bool = True) -> dict:
+    """Train (or resume) one model inside an MLflow run; returns its run id and final metrics."""
+    key = run_key(setting, seed, cfg, data)
+    tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
+    name = f"{setting.family} {setting.label} seed {seed}"
+    with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags) as rid:
+        tracker.log_params(rid, {"family": setting.family, "beta": setting.beta, "c_max": setting.c_max,
+                                 "seed": seed, "image_size": data.train.shape[1], "n_train": len(data.train),
+                                 "data_version": data.data_version, **dataclasses.asdict(cfg)})
+
+        def on_log(metrics: dict, step: int) -> None:
+            tracker.log_metrics(rid, metrics, step)
+
+        def on_snapshot(model, step: int) -> None:
+            for fname, fig in figures(model, data.probe).items():
+                tracker.log_figure(rid, fig, f"snapshots/step_{step:07d}/{fname}")
+
+        try:
+            outcome: Outcome = train_model(
+                setting, seed, cfg, train_images=data.train, probe_images=data.probe, test_images=data.test,
+                data_version=data.data_version, checkpoint_path=Path(checkpoint_dir) / f"{key}.pt",
+                on_log=on_log, on_snapshot=on_snapshot, progress=progress)
+        except NonFiniteLossError as exc:
+            tracker.set_tags(rid, {"failure": "non-finite loss"})
+            log.error("%s", exc)
+            raise
+        tracker.log_metrics(rid, outcome.metrics, outcome.step)
+        tracker.log_metrics(rid, {f"probe_kl_z{j}": v for j, v in enumerate(outcome.latents["kl"])}, outcome.step)
+        for fname, fig in figures(outcome.model, data.probe, kl=outcome.latents["kl"]).items():
+            tracker.log_figure(rid, fig, fname)
+        with tempfile.TemporaryDirectory() as tmp:
+            np.savez(Path(tmp) / "latents.npz", **outcome.latents)
+            tracker.log_artifact(rid, Path(tmp) / "latents.npz")
+            weights = Path(tmp) / "model"
+            weights.mkdir()
+            torch.save({k: v.cpu() for k, v in outcome.model.state_dict().items()}, weights / "model.pt")
+            (weights / "config.json").write_text(json.dumps(
+                {"image_size": int(data.train.shape[1]), "latent_dim": cfg.latent_dim, "family": setting.family,
+                 "beta": setting.beta, "c_max": setting.c_max, "seed": seed, "data_version": data.data_version},
+                indent=2))
+            tracker.log_artifacts(rid, weights, "model")
+    return {"run_id": rid, **outcome.metrics, "kl": outcome.latents["kl"].tolist()}
+
+
+def run(cfg: TrainConfig, *, family: str, beta: float, c_max: float, seed: int, root: str | Path = ".",
+        processed_dir: str | Path = "data/processed", run_id: str | None = None) -> dict:
+    """The `tubervae train` command."""
+    setting = Setting(family=family, beta=float(beta), c_max=float(c_max))
+    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
+    tracker.mark_stale_runs_killed()
+    data = load_training_data(processed_dir)
+    return run_tracked(tracker, setting, seed, cfg, data, run_id=run_id,
+                       checkpoint_dir=Path(root) / "checkpoints")

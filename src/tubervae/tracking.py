@@ -1,0 +1,192 @@
+"""Every MLflow call of the project lives here.
+
+Tracking defaults to `sqlite:///<project>/mlflow.db` with artifacts in `<project>/mlruns`,
+so a plain `mlflow ui` started in the project root shows every run. MLFLOW_TRACKING_URI
+(for example a tracking server shared by several machines) takes precedence.
+The explicit `MlflowClient` API is used throughout: no hidden active-run state, so
+nested runs, several workers and `mlflow run` (which hands over MLFLOW_RUN_ID) all
+behave the same.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+EXPERIMENT = "tubervae"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_BATCH = 900  # below MLflow's 1000-entries-per-log_batch limit
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+class Tracker:
+    """A handle on the project's experiment: runs, metrics, artifacts, the registry."""
+
+    def __init__(self, root: str | Path = ".", experiment: str = EXPERIMENT, *, experiment_id: str | None = None):
+        self.root = Path(root).resolve()
+        self.uri = tracking_uri(self.root)
+        mlflow.set_tracking_uri(self.uri)  # for model logging and the registry helpers
+        mlflow.set_registry_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.experiment_id = experiment_id or self._experiment(experiment)
+
+    def _experiment(self, name: str) -> str:
+        # Creating a fresh sqlite database from several processes at once races: serialise it.
+        with _file_lock(self.root / ".mlflow.lock") if is_local_store(self.uri) else _nullcontext():
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                return found.experiment_id
+            location = (self.root / "mlruns").as_uri() if is_local_store(self.uri) else None
+            return self.client.create_experiment(name, artifact_location=location)
+
+    @classmethod
+    def for_run(cls, run_id: str, root: str | Path = ".") -> "Tracker":
+        """The tracker of an existing run (an `mlflow run` hands one over): keep its experiment."""
+        uri = tracking_uri(root)
+        experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+        return cls(root, experiment_id=experiment_id)
+
+    # runs ------------------------------------------------------------------------
+    def create_run(self, name: str, *, parent_id: str | None = None, tags: dict | None = None) -> str:
+        tags = dict(tags or {})
+        tags.update({"host": socket.gethostname(), "pid": str(os.getpid())})
+        if parent_id:
+            tags[PARENT_TAG] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return run.info.run_id
+
+    @contextmanager
+    def run(self, name: str, *, run_id: str | None = None, parent_id: str | None = None,
+            tags: dict | None = None) -> Iterator[str]:
+        """Open a run (or reopen `run_id`); its status follows how the block ends."""
+        if run_id is None:
+            run_id = self.create_run(name, parent_id=parent_id, tags=tags)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.set_tags(run_id, {"host": socket.gethostname(), "pid": str(os.getpid()), **(tags or {})})
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.client.set_terminated(run_id, status="KILLED")
+            raise
+        except BaseException as exc:
+            self.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"[:4000]})
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        else:
+            self.client.set_terminated(run_id, status="FINISHED")
+
+    def mark_stale_runs_killed(self) -> list[str]:
+        """Runs left RUNNING by a dead process on this host are marked KILLED."""
+        host = socket.gethostname()
+        stale = []
+        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                       max_results=5000)
+        for run in runs:
+            tags = run.data.tags
+            if tags.get("host") != host or not tags.get("pid", "").isdigit():
+                continue
+            if not _pid_alive(int(tags["pid"])):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                stale.append(run.info.run_id)
+        if stale:
+            log.warning("marked %d run(s) left RUNNING by a killed process as KILLED", len(stale))
+        return stale
+
+    # logging ---------------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict) -> None:
+        entries = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(entries), 90):
+            self.client.log_batch(run_id, params=entries[i:i + 90])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                   if v is not None and math.isfinite(float(v))]
+        for i in range(0, len(entries), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=entries[i:i + MAX_BATCH])
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        entries = [RunTag(k, str(v)) for k, v in tags.items()]
+        if entries:
+            self.client.log_batch(run_id, tags=entries)
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def log_figure(self, run_id: str, fig, name: str) -> None:
+        from tubervae.plots import save_figure
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(name).name
+            save_figure(fig, path)
+            parent = str(Path(name).parent)
+            self.log_artifact(run_id, path, None if parent == "." else parent)
+
+    def download(self, run_id: str, artifact: str, dst: str | Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
+
+    # queries ---------------------------------------------------------------------
+    def finished_runs(self, filter_string: str = "", experiment_ids: list[str] | None = None) -> list:
+        query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
+        out, token = [], None
+        while True:
+            page = self.client.search_runs(experiment_ids or [self.experiment_id], filter_string=query,
+                                           max_results=1000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+
+def _param_value(value) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _nullcontext():
+    yield

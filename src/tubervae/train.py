@@ -1,0 +1,248 @@
+"""The VAE training loop: one setting, one seed, read top to bottom.
+
+Knows nothing of Optuna or MLflow: progress, pictures and metrics leave through the
+`on_log` and `on_snapshot` callbacks. What makes a run reproducible and resumable:
+the seed fixes the initial weights, the batch order (its own generator) and the
+sampling noise (the global torch generator); a checkpoint holds the weights, the
+optimiser and both generator states, so a killed run resumes to the same weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tubervae.config import TrainConfig
+from tubervae.models.losses import family_loss, kl_per_component, reconstruction_loss
+from tubervae.models.nets import VAE
+
+log = logging.getLogger(__name__)
+KL_ACTIVE = 0.01  # thesis §2.3.1: a component is informative when its KL exceeds this
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One hyperparameter setting of one family (thesis: the 23 rows of tables 4.11–4.14)."""
+
+    family: str
+    beta: float
+    c_max: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """The thesis's column 'param': β for β-VAE/β-TCVAE, β_C for Cβ-VAE."""
+        if self.family == "cbeta_vae":
+            return f"{self.beta:g}_{self.c_max:g}"
+        return f"{self.beta:g}"
+
+    def hyperparameters(self, cfg: TrainConfig, dataset_size: int) -> dict:
+        hp = {"beta": self.beta, "rec_kind": cfg.rec_kind}
+        if self.family == "cbeta_vae":
+            hp.update(c_max=self.c_max, anneal_steps=max(1, round(cfg.anneal_fraction * cfg.steps)))
+        elif self.family == "beta_tcvae":
+            hp.update(dataset_size=dataset_size, estimator=cfg.tc_estimator)
+        return hp
+
+
+@dataclass
+class Outcome:
+    """What a finished run hands back."""
+
+    model: VAE
+    step: int
+    latents: dict  # mu, logvar, kl of the UDR probe images
+    metrics: dict  # n_active, test_rec, final loss terms
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 N×H×W×3 → uint8 N×3×H×W in channels_last layout (no copy of the pixels on the CPU)."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 N×H×W×3, got {images.dtype} {images.shape}")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
+
+
+def as_input(batch: torch.Tensor) -> torch.Tensor:
+    return batch.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+
+
+def checkpoint_identity(setting: Setting, seed: int, cfg: TrainConfig, data_version: str, image_size: int) -> dict:
+    """What must match for a checkpoint to be resumed (everything that changes the weights)."""
+    keep = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("checkpoint_every", "log_every", "snapshot_every", "device", "threads")}
+    return {"setting": dataclasses.asdict(setting), "seed": seed, "train": keep,
+            "data_version": data_version, "image_size": image_size}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path, identity: dict) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a damaged file is not worth a crash: train from scratch
+        log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
+        return None
+    if state.get("identity") != identity:
+        log.warning("ignoring checkpoint %s: it belongs to other settings or data", path)
+        return None
+    return state
+
+
+@torch.no_grad()
+def encode(model: VAE, images: np.ndarray, device: torch.device, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder means and log-variances of uint8 images."""
+    model.eval()
+    mus, logvars = [], []
+    for start in range(0, len(images), batch_size):
+        x = as_input(images_to_tensor(images[start:start + batch_size], device))
+        mu, logvar = model.encode(x)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
+
+
+@torch.no_grad()
+def reconstruction_error(model: VAE, images: np.ndarray, device: torch.device, rec_kind: str,
+                         batch_size: int = 500) -> float:
+    """Mean per-image reconstruction loss (summed over pixels) from the encoder means."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        x = as_input(images_to_tensor(images[start:start + batch_size], device))
+        mu, _ = model.encode(x)
+        total += float(reconstruction_loss(x, model.decode(mu), kind=rec_kind)) * len(x)
+    return total / len(images)
+
+
+def probe_latents(model: VAE, probe: np.ndarray, device: torch.device) -> dict:
+    mu, logvar = encode(model, probe, device)
+    kl = kl_per_component(torch.from_numpy(mu), torch.from_numpy(logvar)).mean(0).numpy()
+    return {"mu": mu, "logvar": logvar, "kl": kl}
+
+
+def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: np.ndarray,
+                probe_images: np.ndarray, test_images: np.ndarray, data_version: str = "",
+                checkpoint_path: str | Path | None = None,
+                on_log: Callable[[dict, int], None] | None = None,
+                on_snapshot: Callable[[VAE, int], None] | None = None,
+                progress: bool = True) -> Outcome:
+    """Train one VAE; resume from `checkpoint_path` when it holds a matching checkpoint."""
+    device = select_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    image_size = train_images.shape[1]
+    if train_images.shape[1] != train_images.shape[2]:
+        raise ValueError(f"training images must be square, got {train_images.shape[1:3]}")
+    torch.manual_seed(seed)
+    model = VAE(image_size=image_size, latent_dim=cfg.latent_dim).to(device, memory_format=torch.channels_last)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                 eps=cfg.adam_eps)
+    batches = torch.Generator().manual_seed(seed)
+    data = images_to_tensor(train_images, device)
+    hp = setting.hyperparameters(cfg, dataset_size=len(train_images))
+
+    identity = checkpoint_identity(setting, seed, cfg, data_version, image_size)
+    path = Path(checkpoint_path) if checkpoint_path else None
+    step = 0
+    state = load_checkpoint(path, identity) if path else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        batches.set_state(state["batch_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        step = state["step"]
+        log.info("resuming %s seed %d from step %d", setting.label, seed, step)
+
+    def checkpoint() -> None:
+        if path is not None:
+            save_checkpoint(path, {
+                "identity": identity, "step": step, "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(), "batch_rng": batches.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None})
+
+    names, sums, count = None, None, 0
+    last = {}
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"{setting.family} {setting.label} s{seed}",
+               unit="step", disable=not progress, leave=False)
+    model.train()
+    while step < cfg.steps:
+        idx = torch.randint(len(data), (cfg.batch_size,), generator=batches).to(device)
+        x = as_input(data[idx])
+        out = model(x)
+        terms = family_loss(setting.family, x, out, step, **hp)
+        optimiser.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimiser.step()
+        step += 1
+        count += 1
+
+        scalars = [k for k in terms if k != "kl_per_component"]
+        row = torch.cat([torch.stack([torch.as_tensor(terms[k], device=device).detach().float().reshape(())
+                                      for k in scalars]),
+                         terms["kl_per_component"].detach().float()])
+        if names is None:
+            names = scalars + [f"kl_z{j}" for j in range(cfg.latent_dim)]
+        sums = row if sums is None else sums + row
+
+        boundary = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if boundary:
+            means = (sums / count).cpu().numpy()
+            if not np.isfinite(means).all():
+                bad = [n for n, v in zip(names, means) if not math.isfinite(v)]
+                bar.close()
+                raise NonFiniteLossError(
+                    f"{setting.family} {setting.label} seed {seed}: non-finite {bad} between steps "
+                    f"{step - count + 1} and {step}; the last good checkpoint is kept. Try a lower train.lr "
+                    f"or a smaller β")
+            last = dict(zip(names, (float(v) for v in means)))
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                if on_log:
+                    on_log(last, step)
+                bar.set_postfix({k: f"{last[k]:.3g}" for k in scalars}, refresh=False)
+            sums, count = None, 0
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint()
+        if on_snapshot and cfg.snapshot_every and step % cfg.snapshot_every == 0 and step < cfg.steps:
+            on_snapshot(model, step)
+            model.train()
+        bar.update(1)
+    bar.close()
+
+    latents = probe_latents(model, probe_images, device)
+    metrics = {"n_active": int((latents["kl"] > KL_ACTIVE).sum()),
+               "test_rec": reconstruction_error(model, test_images, device, cfg.rec_kind),
+               **{f"final_{k}": v for k, v in last.items()}}
+    return Outcome(model=model, step=step, latents=latents, metrics=metrics)

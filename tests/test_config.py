@@ -1,0 +1,68 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tubervae.config import ConfigError, Params, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_params_file_is_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert set(params.search.spaces) == {"beta_vae", "beta_tcvae", "cbeta_vae"}
+    assert params.search.spaces["cbeta_vae"].c_max == [6.0, 12.0]
+
+
+def test_defaults_apply_to_missing_sections():
+    params = parse_params({"train": {"steps": 5}})
+    assert params.train.steps == 5
+    assert params.train.batch_size == Params().train.batch_size
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"train": {"stepz": 5}}, "train: unknown key(s) ['stepz']"),
+    ({"trian": {}}, "unknown section(s) ['trian']"),
+    ({"train": {"steps": "many"}}, "train.steps: expected int, got 'many'"),
+    ({"train": {"steps": 0}}, "train.steps: 0 is below the minimum 1"),
+    ({"train": {"lr": -1.0}}, "train.lr: -1.0 must be greater than 0.0"),
+    ({"train": {"rec_kind": "l1"}}, "train.rec_kind: 'l1' is not one of ['bernoulli', 'gaussian']"),
+    ({"train": {"steps": True}}, "train.steps: expected int, got True"),
+    ({"preprocess": {"image_size": 48}}, "preprocess.image_size: 48 is not one of"),
+    ({"data": {"good_fraction": 1.0}}, "data.good_fraction: 1.0 must be less than 1.0"),
+    ({"search": {"spaces": {"vae": {}}}}, "unknown family 'vae'"),
+    ({"search": {"spaces": {"beta_vae": {"beta": [4, 2]}}}}, "search.spaces.beta_vae.beta: low 4.0 is above high 2.0"),
+    ({"search": {"spaces": {"beta_vae": {"c_max": [1, 2]}}}}, "only cbeta_vae searches C_max"),
+    ({"search": {"spaces": {"cbeta_vae": {"beta": [700, 800], "c_max": "x"}}}}, "cbeta_vae.c_max: expected list, got 'x'"),
+    ({"search": {"spaces": {"beta_vae": {"grid": [{"beta": 1, "c_max": 2}]}}}}, "grid[0]: expected keys ['beta']"),
+    ({"search": {"seeds": 2}, "udr": {"n_partners": 3}}, "udr.n_partners: 3 partners need at least 4 seeds"),
+])
+def test_bad_values_name_the_key_the_value_and_the_rule(raw, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    assert fragment in str(info.value)
+
+
+def test_integral_float_is_accepted_as_int_and_int_as_float():
+    params = parse_params({"train": {"steps": 10.0, "lr": 1}})
+    assert params.train.steps == 10 and isinstance(params.train.steps, int)
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+
+
+def test_cli_rejects_a_bad_params_file_with_exit_code_2(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"preprocess": {"crop_fraction": 1.5}}))
+    result = subprocess.run([sys.executable, "-m", "tubervae.cli", "--params", str(bad), "preprocess"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "preprocess.crop_fraction: 1.5 is above the maximum 1.0" in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing written
+
+
+def test_cli_help_lists_every_stage():
+    result = subprocess.run([sys.executable, "-m", "tubervae.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for stage in ("raw", "preprocess", "train"):
+        assert stage in result.stdout

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from tubervae.data.splits import BAD, GOOD, UNLABELLED, encode_labels, fingerprint, split_indices
+
+
+def make_labels(n_good=60, n_bad=240, n_unlabelled=50, seed=0):
+    labels = np.array([GOOD] * n_good + [BAD] * n_bad + [UNLABELLED] * n_unlabelled, dtype=np.int8)
+    return np.random.default_rng(seed).permutation(labels)
+
+
+def test_splits_are_disjoint_stratified_and_deterministic():
+    labels = make_labels()
+    s1 = split_indices(labels, test_fraction=0.2, labelled_per_class=10, probe_size=100, seed=3)
+    s2 = split_indices(labels, test_fraction=0.2, labelled_per_class=10, probe_size=100, seed=3)
+    for key in s1:
+        np.testing.assert_array_equal(s1[key], s2[key])
+    train, test = set(s1["train"]), set(s1["test"])
+    assert not train & test and len(train | test) == len(labels)
+    assert (labels[s1["test"]] == GOOD).sum() == 12 and (labels[s1["test"]] == BAD).sum() == 48
+    assert not (labels[s1["test"]] == UNLABELLED).any()  # unlabelled photos only train
+    assert set(s1["labelled"]) <= train and set(s1["udr_probe"]) <= train
+    assert (labels[s1["labelled"]] == GOOD).sum() == 10 and (labels[s1["labelled"]] == BAD).sum() == 10
+    assert len(set(s1["udr_probe"])) == 100
+
+
+def test_another_seed_gives_another_split():
+    labels = make_labels()
+    a = split_indices(labels, test_fraction=0.2, labelled_per_class=10, probe_size=50, seed=0)
+    b = split_indices(labels, test_fraction=0.2, labelled_per_class=10, probe_size=50, seed=1)
+    assert not np.array_equal(a["test"], b["test"])
+
+
+def test_probe_larger_than_train_is_a_clear_error():
+    with pytest.raises(ValueError, match="UDR probe needs 1000 training images"):
+        split_indices(make_labels(), test_fraction=0.2, labelled_per_class=10, probe_size=1000, seed=0)
+
+
+def test_encode_labels():
+    np.testing.assert_array_equal(encode_labels(["good", "BAD", "", None, float("nan")]), [0, 1, -1, -1, -1])
+    with pytest.raises(ValueError, match="'rotten' at row 1"):
+        encode_labels(["good", "rotten"])
+
+
+def test_fingerprint_changes_with_content_dtype_and_shape():
+    a = np.zeros((2, 3), np.uint8)
+    assert fingerprint(a) == fingerprint(a.copy())
+    b = a.copy(); b[0, 0] = 1
+    assert fingerprint(a) != fingerprint(b)
+    assert fingerprint(a) != fingerprint(a.reshape(3, 2))
+    assert fingerprint(a) != fingerprint(a.astype(np.int16))
