@@ -61,6 +61,26 @@ def cmd_train(args, params: Params) -> None:
     print(f"run {result['run_id']}: n_active {result['n_active']}, test reconstruction {result['test_rec']:.1f}")
 
 
+def cmd_search(args, params: Params) -> None:
+    from tubervae import search
+
+    params = _override(params, "search", enqueue_grid=True if args.enqueue_grid else None)
+    summary = search.run(params, args.family, n_trials=args.n_trials, storage=args.storage,
+                         run_id=args.mlflow_run_id)
+    best = summary["best_params"]
+    print(f"{args.family}: {summary['n_complete']} complete trials ({summary['n_feasible']} feasible); "
+          f"best {best} UDR {summary['best_value']}" if best else
+          f"{args.family}: {summary['n_complete']} complete trials, none feasible")
+
+
+def cmd_udr(args, params: Params) -> None:
+    from tubervae.stages import udr
+
+    summary = udr.run(params, all_runs=args.all_runs, run_id=args.mlflow_run_id)
+    for family, best in summary["families"].items():
+        print(f"{family}: best {best['best_param']} UDR {best['best_udr']:.3f} (#top {best['best_n_top']:g})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tubervae",
@@ -101,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="override train.steps")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("search", help="stage search@<family>: Optuna study with UDR as the objective",
+                       description="Run (or resume) the family's Optuna study until it has n_trials complete "
+                                   "trials; each trial trains one setting on search.seeds seeds and scores the "
+                                   "median within-setting UDR. Writes reports/search/<family>.json and plots.")
+    p.add_argument("--family", required=True, choices=FAMILIES)
+    p.add_argument("--n-trials", type=int, help="total complete trials wanted (default: from params.yaml)")
+    p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql+psycopg2://user:pw@host/db to share "
+                                     "one study between machines (default: sqlite:///<project>/optuna.db)")
+    p.add_argument("--enqueue-grid", action="store_true", help="run the thesis's grid points first")
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("udr", help="stage udr: UDR tables within families and all-against-all",
+                       description="Rank the trained models with UDR (udr section of params.yaml): the thesis's "
+                                   "tables per family and A2A, the herd-effect table and similarity heat maps "
+                                   "in reports/udr/, and udr_within / udr_a2a metrics on every model's run.")
+    p.add_argument("--all-runs", action="store_true",
+                   help="rank every finished VAE run of the experiment, not only the search's trials")
+    p.set_defaults(fn=cmd_udr)
     return parser
 
 

@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 EXPERIMENT = "tubervae"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_BATCH = 900  # below MLflow's 1000-entries-per-log_batch limit

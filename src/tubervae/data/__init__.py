@@ -1,0 +1,1 @@
+"""Raw data: the tuber photo simulator, image reading and dataset splits."""

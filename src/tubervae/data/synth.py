@@ -1,0 +1,574 @@
+"""Simulated tuber photos with known factors of variation.
+
+No real potato photos are reachable, so the project's default raw data is drawn
+here: 640×480 RGB JPEG photos of one tuber on a conveyor belt, like the thesis's
+data, plus the ground truth a real data set lacks (`factors.csv`), which lets the
+supervised disentanglement metrics be checked against UDR.
+
+Factors (one column each in `factors.csv`, order `FACTOR_NAMES`), all sampled
+independently:
+
+| name         | meaning                                                    | range              |
+|--------------|------------------------------------------------------------|--------------------|
+| `x`, `y`     | tuber centre minus image centre, px                        | [-60, 60]          |
+| `size`       | tuber length (major axis) / side of the centre crop        | [0.30, 0.60]       |
+| `elongation` | length / width                                             | [1.0, 1.6]         |
+| `rotation`   | angle of the major axis, degrees (image y axis points down)| [0, 180)           |
+| `tone`       | skin colour, 0 = pale yellow, 1 = russet brown             | [0, 1]             |
+| `brightness` | scene illumination multiplier                              | [0.65, 1.20]       |
+| `spot_count` | number of black spots (0 = none)                           | 0 or {3, …, 6}     |
+| `spot_size`  | mean black-spot radius, px (each spot ±15 %)               | 0 or [10, 25]      |
+| `greening`   | nominal share of the tuber's area under a green patch      | 0 or [0.25, 0.55]  |
+| `rot`        | nominal share of the tuber's area under a brown sunken rot | 0 or [0.15, 0.40]  |
+
+Each defect type is present independently with probability q, where
+(1 - q)^3 = good_fraction, so a tuber is 'good' exactly when it has no defect and
+'bad without black spots' (the thesis's main failure case) is common.
+
+Everything stays inside the pipeline's centre crop (384×384 around the image
+centre for crop_fraction 0.8): |x| + length/2 · 1.06 ≤ 60 + 122 < 192. Defects
+are sized to survive a 32×32 downscale of that crop (12 px of photo per pixel).
+
+Images are reproducible: factors come from `default_rng([seed, 0])`, image i is
+drawn from `default_rng([seed, 1, i])`, so the bytes do not depend on the number
+of workers.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+from tqdm import tqdm
+
+WIDTH, HEIGHT = 640, 480
+CROP_FRACTION = 0.8
+CROP_SIDE = CROP_FRACTION * HEIGHT  # 384 px: the square the pipeline keeps
+GOOD_FRACTION = 1554 / 8498  # the thesis's training set: 1554 good, 6944 bad
+
+FACTOR_NAMES = (
+    "x", "y", "size", "elongation", "rotation", "tone", "brightness",
+    "spot_count", "spot_size", "greening", "rot",
+)
+NUISANCE_RANGES = {
+    "x": (-60.0, 60.0),
+    "y": (-60.0, 60.0),
+    "size": (0.30, 0.60),
+    "elongation": (1.0, 1.6),
+    "rotation": (0.0, 180.0),
+    "tone": (0.0, 1.0),
+    "brightness": (0.65, 1.20),
+}
+# Severity ranges when a defect is present; an absent defect has severity 0.
+DEFECT_RANGES = {
+    "spot_count": (3, 6),
+    "spot_size": (10.0, 25.0),
+    "greening": (0.25, 0.55),
+    "rot": (0.15, 0.40),
+}
+DEFECT_TYPES = ("spots", "greening", "rot")  # the independently present defect types
+
+# Albedo colours (RGB, 0–255) before lighting.
+_SKIN_PALE = np.array([214.0, 188.0, 128.0], dtype=np.float32)
+_SKIN_RUSSET = np.array([158.0, 108.0, 64.0], dtype=np.float32)
+_GREEN = np.array([104.0, 132.0, 52.0], dtype=np.float32)
+_ROT = np.array([88.0, 54.0, 30.0], dtype=np.float32)
+_SPOT = np.array([24.0, 20.0, 17.0], dtype=np.float32)
+_BELT = np.array([58.0, 63.0, 70.0], dtype=np.float32)
+_RAIL = np.array([150.0, 152.0, 155.0], dtype=np.float32)
+
+_LIGHT = np.array([-0.42, -0.52, 0.74], dtype=np.float32)
+_LIGHT /= np.linalg.norm(_LIGHT)
+_HALF = _LIGHT + np.array([0.0, 0.0, 1.0], dtype=np.float32)
+_HALF /= np.linalg.norm(_HALF)
+_AMBIENT, _DIFFUSE, _SPECULAR = 0.28, 0.78, 0.10
+_THICKNESS = 0.75  # tuber depth / width: how flat the shading ellipsoid is
+_OUTLINE_MAX = 0.06  # the outline wobbles by at most ±6 % of the radius
+_SHADOW_SHIFT = (12, 9)  # (down, right) px: the light comes from the upper left
+_SHADOW_REACH = 1.12  # the shadow fades out at this many tuber radii (before the shift)
+_MARGIN = 16  # px beyond the shadow's reach kept in the bounding box
+
+_TABLE = 720  # angular resolution of the outline look-up tables
+_BELT_PAD = 256  # the belt texture is wider than the frame: it moves between photos
+_BELT_FRAMES = 8
+_NOISE_PAD = 64
+_SKIN_TEX = 640
+
+
+# --------------------------------------------------------------------- sampling
+
+
+def _check_fraction(good_fraction: float) -> None:
+    if not (isinstance(good_fraction, (int, float)) and 0.0 < good_fraction < 1.0):
+        raise ValueError(f"good_fraction must be a number in (0, 1), got {good_fraction!r}")
+
+
+def defect_probability(good_fraction: float = GOOD_FRACTION) -> float:
+    """Presence probability q of each defect type, so that P(no defect) = good_fraction."""
+    _check_fraction(good_fraction)
+    return 1.0 - good_fraction ** (1.0 / len(DEFECT_TYPES))
+
+
+def sample_factors(n: int, rng: np.random.Generator, good_fraction: float = GOOD_FRACTION) -> pd.DataFrame:
+    """Draw `n` independent factor rows (columns `FACTOR_NAMES`), see the module table."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    q = defect_probability(good_fraction)
+    n = int(n)
+    cols: dict[str, np.ndarray] = {}
+    for name, (lo, hi) in NUISANCE_RANGES.items():
+        cols[name] = rng.uniform(lo, hi, n)
+    has_spots, has_green, has_rot = (rng.random((3, n)) < q)
+    lo, hi = DEFECT_RANGES["spot_count"]
+    cols["spot_count"] = np.where(has_spots, rng.integers(lo, hi + 1, n), 0).astype(np.int64)
+    for name, present in (("spot_size", has_spots), ("greening", has_green), ("rot", has_rot)):
+        lo, hi = DEFECT_RANGES[name]
+        cols[name] = np.where(present, rng.uniform(lo, hi, n), 0.0)
+    return pd.DataFrame(cols, columns=list(FACTOR_NAMES))
+
+
+def labels_from_factors(factors: pd.DataFrame) -> pd.Series:
+    """'bad' when any defect is present, else 'good' (the thesis's two classes)."""
+    bad = (factors["spot_count"] > 0) | (factors["greening"] > 0) | (factors["rot"] > 0)
+    return pd.Series(np.where(bad, "bad", "good"), index=factors.index, name="label")
+
+
+def defect_names(row: Mapping[str, float]) -> list[str]:
+    """The defect types present in one factor row, e.g. ['spots', 'rot']."""
+    found = []
+    if row["spot_count"] > 0:
+        found.append("spots")
+    if row["greening"] > 0:
+        found.append("greening")
+    if row["rot"] > 0:
+        found.append("rot")
+    return found
+
+
+def _validate_factors(factors: Mapping[str, float]) -> dict[str, float]:
+    missing = [k for k in FACTOR_NAMES if k not in factors]
+    if missing:
+        raise ValueError(f"factors is missing {missing}; required keys are {list(FACTOR_NAMES)}")
+    values = {k: float(factors[k]) for k in FACTOR_NAMES}
+    for name, v in values.items():
+        if not math.isfinite(v):
+            raise ValueError(f"factor {name!r} must be finite, got {v!r}")
+    for name, (lo, hi) in NUISANCE_RANGES.items():
+        if not lo <= values[name] <= hi:
+            raise ValueError(f"factor {name!r} must lie in [{lo}, {hi}], got {values[name]!r}")
+    count = values["spot_count"]
+    lo, hi = DEFECT_RANGES["spot_count"]
+    if count != int(count) or not (count == 0 or lo <= count <= hi):
+        raise ValueError(f"factor 'spot_count' must be 0 or an integer in [{lo}, {hi}], got {count!r}")
+    if (count == 0) != (values["spot_size"] == 0):
+        raise ValueError(
+            f"spot_count and spot_size must both be 0 or both positive, got "
+            f"spot_count={count!r}, spot_size={values['spot_size']!r}"
+        )
+    for name in ("spot_size", "greening", "rot"):
+        lo, hi = DEFECT_RANGES[name]
+        v = values[name]
+        if not (v == 0 or lo <= v <= hi):
+            raise ValueError(f"factor {name!r} must be 0 (absent) or in [{lo}, {hi}], got {v!r}")
+    return values
+
+
+# ------------------------------------------------------------ precomputed layers
+# Deterministic constants (fixed seeds), built once per process: they carry the
+# expensive smooth noise, so each photo only shifts and scales them.
+
+
+@lru_cache(maxsize=1)
+def _belt_texture() -> np.ndarray:
+    """Conveyor albedo (H, W + pad, 3): woven noise, transverse ridges, steel rails."""
+    rng = np.random.default_rng(20_201)
+    h, w = HEIGHT, WIDTH + _BELT_PAD
+    fine = gaussian_filter(rng.standard_normal((h, w)), 1.0)
+    coarse = gaussian_filter(rng.standard_normal((h, w)), 14.0)
+    fine /= fine.std()
+    coarse /= coarse.std()
+    xs = np.arange(w)
+    ridges = 0.5 + 0.5 * np.cos(2 * np.pi * xs / 22.0)
+    shade = 1.0 + 0.05 * fine + 0.06 * coarse - 0.07 * ridges[None, :] ** 4
+    tex = shade[..., None] * _BELT
+    ys = np.arange(h)[:, None]
+    for top, bottom in ((0, 30), (h - 30, h)):  # rails, outside the centre crop
+        band = (ys >= top) & (ys < bottom)
+        tex = np.where(band[..., None], _RAIL * (0.93 + 0.03 * fine[..., None]), tex)
+    for edge in (30, h - 31):  # the dark gap between rail and belt
+        tex[edge - 1 : edge + 2] *= 0.45
+    return tex.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _light_field() -> np.ndarray:
+    """Illumination (H, W): brighter towards the upper left, vignetted corners."""
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
+    u = (xs - WIDTH / 2) / (WIDTH / 2)
+    v = (ys - HEIGHT / 2) / (HEIGHT / 2)
+    field = (1.0 - 0.10 * u - 0.08 * v) * (1.0 - 0.18 * (u**2 + v**2) / 2)
+    return field.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _lit_belts() -> np.ndarray:
+    """`_BELT_FRAMES` lit belt photos (k, H, W, 3): the belt stopped at different places.
+
+    Lighting them once here leaves one multiply (brightness) per photo.
+    """
+    belt, light = _belt_texture(), _light_field()[..., None]
+    shifts = np.linspace(0, _BELT_PAD, _BELT_FRAMES).astype(int)
+    return np.stack([belt[:, s : s + WIDTH] * light for s in shifts]).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _noise_bank() -> np.ndarray:
+    """Sensor noise (σ ≈ 2.5 grey levels) plus the 0.5 that makes truncation round."""
+    rng = np.random.default_rng(20_202)
+    noise = 2.5 * rng.standard_normal((HEIGHT + _NOISE_PAD, WIDTH + _NOISE_PAD, 3)) + 0.5
+    return noise.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _skin_texture() -> np.ndarray:
+    """Skin albedo multiplier around 1: mottling, net-like russeting and lenticels."""
+    rng = np.random.default_rng(20_203)
+    s = _SKIN_TEX
+    mottle = gaussian_filter(rng.standard_normal((s, s)), 6.0)
+    grain = gaussian_filter(rng.standard_normal((s, s)), 1.2)
+    lenticels = gaussian_filter((rng.random((s, s)) < 0.0035).astype(np.float64), 1.1)
+    mottle /= mottle.std()
+    grain /= grain.std()
+    lenticels /= lenticels.max()
+    tex = 1.0 + 0.06 * mottle + 0.05 * grain - 0.35 * np.clip(3 * lenticels, 0, 1)
+    return tex.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _table_angles() -> np.ndarray:
+    return np.linspace(-np.pi, np.pi, _TABLE, endpoint=False)
+
+
+def _warm_caches() -> None:
+    _lit_belts(), _light_field(), _noise_bank(), _skin_texture(), _table_angles()
+
+
+# -------------------------------------------------------------------- rendering
+
+
+def _wobble_table(rng: np.random.Generator, amplitude: float, orders=(2, 3, 4, 5)) -> np.ndarray:
+    """Radius multiplier R(φ) on `_TABLE` angles: low-frequency radial perturbation."""
+    phi = _table_angles()
+    weights = rng.uniform(0.4, 1.0, len(orders)) / np.arange(1, len(orders) + 1)
+    weights *= amplitude / weights.sum()
+    phases = rng.uniform(0, 2 * np.pi, len(orders))
+    r = np.ones_like(phi)
+    for k, wgt, ph in zip(orders, weights, phases):
+        r += wgt * np.cos(k * phi + ph)
+    return r.astype(np.float32)
+
+
+def _lookup(table: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    idx = ((angle + np.pi) * (_TABLE / (2 * np.pi))).astype(np.intp)
+    np.clip(idx, 0, _TABLE - 1, out=idx)
+    return table[idx]
+
+
+def _blob(dx: np.ndarray, dy: np.ndarray, radius: float, wobble: np.ndarray, soft: float) -> np.ndarray:
+    """Mask of an irregular disc, 1 inside, falling to 0 over `soft` px at the edge."""
+    dist = np.sqrt(dx * dx + dy * dy)
+    edge = radius * _lookup(wobble, np.arctan2(dy, dx))
+    return np.clip((edge - dist) / soft + 0.5, 0.0, 1.0)
+
+
+def _local_to_image(u: float, v: float, cos_t: float, sin_t: float) -> tuple[float, float]:
+    return u * cos_t - v * sin_t, u * sin_t + v * cos_t
+
+
+def _patch_centre(rng, a, b, cos_t, sin_t, reach=(0.25, 0.55)) -> tuple[float, float]:
+    """A patch centre inside the tuber, off-centre (defects sit towards an end or side)."""
+    ang = rng.uniform(0, 2 * np.pi)
+    rad = rng.uniform(*reach)
+    return _local_to_image(rad * a * math.cos(ang), rad * b * math.sin(ang), cos_t, sin_t)
+
+
+def _spot_centres(rng, count, radius, a, b, cos_t, sin_t) -> list[tuple[float, float]]:
+    """Spot centres on the tuber's face, as far apart as a few tries allow."""
+    centres: list[tuple[float, float]] = []
+    limit = max(0.2, 0.8 - 0.5 * radius / b)  # keep most of each spot on the tuber
+    for _ in range(count):
+        best, best_gap = (0.0, 0.0), -1.0
+        for _attempt in range(24):
+            ang = rng.uniform(0, 2 * np.pi)
+            rad = limit * math.sqrt(rng.uniform())
+            c = _local_to_image(rad * a * math.cos(ang), rad * b * math.sin(ang), cos_t, sin_t)
+            gap = min((math.hypot(c[0] - o[0], c[1] - o[1]) for o in centres), default=math.inf)
+            if gap > best_gap:
+                best, best_gap = c, gap
+            if gap > 2.3 * radius:
+                break
+        centres.append(best)
+    return centres
+
+
+def render_tuber(factors: Mapping[str, float], rng: np.random.Generator) -> np.ndarray:
+    """Draw one 640×480 photo (uint8, (480, 640, 3)) of a tuber with the given factors.
+
+    `rng` supplies what the factors leave open (outline wobble, texture offsets,
+    where the defects sit), so one factor row can be drawn many ways.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    f = _validate_factors(factors)
+    belts, light, noise, skin = _lit_belts(), _light_field(), _noise_bank(), _skin_texture()
+
+    # Draw every random number in a fixed order, so each layer is reproducible.
+    belt_frame = int(rng.integers(0, _BELT_FRAMES))
+    noise_dy, noise_dx = (int(v) for v in rng.integers(0, _NOISE_PAD + 1, 2))
+    outline = _wobble_table(rng, _OUTLINE_MAX)
+    a = 0.5 * f["size"] * CROP_SIDE  # semi-major axis, px
+    b = a / f["elongation"]
+    theta = math.radians(f["rotation"])
+    cos_t, sin_t = math.cos(theta), math.sin(theta)
+    cx, cy = WIDTH / 2 + f["x"], HEIGHT / 2 + f["y"]
+
+    # The tuber, its defects and its shadow are drawn on a bounding box only,
+    # channel-first so every per-pixel operation runs over long contiguous rows.
+    half = int(math.ceil(a * (1 + _OUTLINE_MAX) * _SHADOW_REACH)) + max(_SHADOW_SHIFT) + _MARGIN
+    x0, x1 = max(0, int(cx) - half), min(WIDTH, int(cx) + half + 1)
+    y0, y1 = max(0, int(cy) - half), min(HEIGHT, int(cy) + half + 1)
+    bh, bw = y1 - y0, x1 - x0
+    tex_y, tex_x = (int(v) for v in rng.integers(0, _SKIN_TEX - 2 * half - 2, 2))
+
+    # Unit-disc coordinates of the tuber (d < 1 inside).
+    dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx))[None, :]
+    dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy))[:, None]
+    p = (dx * np.float32(cos_t / a) + dy * np.float32(sin_t / a))
+    q = (dy * np.float32(cos_t / b) - dx * np.float32(sin_t / b))
+    wob = _lookup(outline, np.arctan2(q, p))
+    X, Y = p / wob, q / wob
+    d2 = X * X + Y * Y
+    d = np.sqrt(d2)
+    dist_px = np.sqrt(dx * dx + dy * dy)
+    alpha = np.clip(0.5 + dist_px * (1.0 - d) / np.maximum(d, 1e-3), 0.0, 1.0)
+
+    # Lambertian shading of a flattened ellipsoid, darker towards the rim.
+    Z = np.sqrt(np.clip(1.0 - d2, 0.0, 1.0))
+    nxl, nyl, nz = X * np.float32(1 / a), Y * np.float32(1 / b), Z * np.float32(1 / (_THICKNESS * b))
+    nx = nxl * np.float32(cos_t) - nyl * np.float32(sin_t)
+    ny = nxl * np.float32(sin_t) + nyl * np.float32(cos_t)
+    inv_norm = 1.0 / (np.sqrt(nx * nx + ny * ny + nz * nz) + 1e-12)
+    lam = np.clip((nx * _LIGHT[0] + ny * _LIGHT[1] + nz * _LIGHT[2]) * inv_norm, 0.0, 1.0)
+    spec = np.clip((nx * _HALF[0] + ny * _HALF[1] + nz * _HALF[2]) * inv_norm, 0.0, 1.0)
+    for _ in range(5):
+        spec *= spec  # ^32: a faint, tight highlight on the waxy skin
+    shade = (_AMBIENT + _DIFFUSE * lam + _SPECULAR * spec) * (0.78 + 0.22 * np.sqrt(Z))
+
+    # Skin albedo, (3, bh, bw).
+    skin_colour = _SKIN_PALE + np.float32(f["tone"]) * (_SKIN_RUSSET - _SKIN_PALE)
+    tex = skin[tex_y : tex_y + bh, tex_x : tex_x + bw]
+    albedo = skin_colour[:, None, None] * tex
+
+    if f["greening"] > 0:
+        gx, gy = _patch_centre(rng, a, b, cos_t, sin_t)
+        radius = math.sqrt(f["greening"] * a * b)
+        mask = _blob(dx - gx, dy - gy, radius, _wobble_table(rng, 0.18), 0.35 * radius)
+        albedo += (_GREEN[:, None, None] * tex - albedo) * (0.80 * mask)
+
+    if f["rot"] > 0:
+        rx, ry = _patch_centre(rng, a, b, cos_t, sin_t)
+        radius = math.sqrt(f["rot"] * a * b)
+        ox, oy = (int(v) for v in rng.integers(0, _SKIN_TEX - 2 * half - 2, 2))
+        rot_tex = skin[oy : oy + bh, ox : ox + bw]
+        mask = _blob(dx - rx, dy - ry, radius, _wobble_table(rng, 0.22), 0.12 * radius)
+        mottled = _ROT[:, None, None] * (0.55 + 0.45 * rot_tex * rot_tex)
+        albedo += (mottled - albedo) * (0.92 * mask)
+        # Sunken: the patch floor is shaded and its rim casts a dark ring.
+        ring = mask * (1.0 - mask) * 4.0
+        shade *= 1.0 - 0.22 * mask - 0.30 * ring
+
+    count = int(f["spot_count"])
+    if count:
+        spot_r = f["spot_size"]
+        radii = spot_r * rng.uniform(0.85, 1.15, count)
+        for (sx, sy), r in zip(_spot_centres(rng, count, spot_r, a, b, cos_t, sin_t), radii):
+            # Each spot is drawn only on its own small box.
+            ext = r * 1.25 + 2
+            i0 = max(0, int(cy + sy - ext) - y0)
+            i1 = min(bh, int(cy + sy + ext) + 2 - y0)
+            j0 = max(0, int(cx + sx - ext) - x0)
+            j1 = min(bw, int(cx + sx + ext) + 2 - x0)
+            if i0 >= i1 or j0 >= j1:
+                continue
+            mask = _blob(dx[:, j0:j1] - sx, dy[i0:i1] - sy, r, _wobble_table(rng, 0.2), 1.6)
+            sub = albedo[:, i0:i1, j0:j1]
+            sub += (_SPOT[:, None, None] * tex[i0:i1, j0:j1] - sub) * (0.95 * mask)
+
+    # Compose: lit belt, soft contact shadow, lit tuber, sensor noise.
+    brightness = np.float32(f["brightness"])
+    frame = belts[belt_frame] * brightness
+    sdy, sdx = _SHADOW_SHIFT
+    shadow = np.zeros((bh, bw), dtype=np.float32)
+    shadow[sdy:, sdx:] = np.clip((_SHADOW_REACH - d[: bh - sdy, : bw - sdx]) / 0.3, 0.0, 1.0)
+    keep = (1.0 - 0.55 * shadow) * (1.0 - alpha)
+    tuber = albedo * (shade * light[y0:y1, x0:x1] * brightness * alpha)
+    region = frame[y0:y1, x0:x1]
+    region *= keep[..., None]
+    region += tuber.transpose(1, 2, 0)
+    frame += noise[noise_dy : noise_dy + HEIGHT, noise_dx : noise_dx + WIDTH]
+    np.clip(frame, 0.0, 255.0, out=frame)
+    return frame.astype(np.uint8)
+
+
+# ------------------------------------------------------------------ the data set
+
+
+def _image_name(index: int, n_images: int) -> str:
+    width = max(5, len(str(n_images - 1)))
+    return f"images/tuber_{index:0{width}d}.jpg"
+
+
+def _render_and_save(task: tuple) -> int:
+    """Worker: draw image `index` from its own seed and write it (temp file, then rename)."""
+    index, row, seed, path, quality = task
+    rng = np.random.default_rng([seed, 1, index])
+    image = render_tuber(row, rng)
+    tmp = f"{path}.tmp{os.getpid()}"
+    Image.fromarray(image, mode="RGB").save(tmp, format="JPEG", quality=quality)
+    os.replace(tmp, path)
+    return index
+
+
+def _write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+    return int(value)
+
+
+def generate(
+    out_dir: str | os.PathLike,
+    n_images: int,
+    *,
+    seed: int = 0,
+    good_fraction: float = GOOD_FRACTION,
+    workers: int | None = None,
+    progress: bool = True,
+    jpeg_quality: int = 90,
+) -> pd.DataFrame:
+    """Write a simulated data set: images/tuber_*.jpg, labels.csv and factors.csv.
+
+    The CSVs are written last (temp file + rename) and any old ones are removed
+    first, so an interrupted run never leaves a labels.csv describing missing or
+    stale images. Images of an earlier, larger run that the new CSVs do not list
+    are deleted, so the folder is exactly the data set. Returns the factors with
+    `file` (relative to `out_dir`) first and `label` last.
+    """
+    n_images = _check_int("n_images", n_images, 1)
+    seed = _check_int("seed", seed, 0)
+    _check_fraction(good_fraction)
+    jpeg_quality = _check_int("jpeg_quality", jpeg_quality, 1, 95)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = _check_int("workers", workers, 1)
+    workers = min(workers, n_images)
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir must be a directory, got the file {str(out)!r}")
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("labels.csv", "factors.csv"):
+        (out / name).unlink(missing_ok=True)
+
+    factors = sample_factors(n_images, np.random.default_rng([seed, 0]), good_fraction)
+    files = [_image_name(i, n_images) for i in range(n_images)]
+    records = factors.to_dict("records")
+    tasks = [(i, records[i], seed, str(out / files[i]), jpeg_quality) for i in range(n_images)]
+
+    _warm_caches()  # forked workers inherit the textures instead of rebuilding them
+    with tqdm(total=n_images, desc="simulating tubers", unit="img", disable=not progress) as bar:
+        if workers == 1:
+            for task in tasks:
+                _render_and_save(task)
+                bar.update()
+        else:
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+            chunk = max(1, min(16, n_images // (4 * workers)))
+            with ctx.Pool(workers) as pool:
+                for _ in pool.imap_unordered(_render_and_save, tasks, chunksize=chunk):
+                    bar.update()
+
+    keep = {Path(f).name for f in files}
+    for stale in images_dir.glob("tuber_*.jpg"):
+        if stale.name not in keep:
+            stale.unlink()
+
+    table = factors.copy()
+    table.insert(0, "file", files)
+    table["label"] = labels_from_factors(factors).to_numpy()
+    _write_csv_atomically(table[["file", *FACTOR_NAMES]], out / "factors.csv")
+    _write_csv_atomically(table[["file", "label"]], out / "labels.csv")
+    return table
+
+
+# ----------------------------------------------------------------- looking at it
+
+
+def contact_sheet(out_dir: str | os.PathLike, png_path: str | os.PathLike, *, n: int = 24, seed: int = 0) -> Path:
+    """Save a grid of `n` random photos from a generated folder, captioned with label and defects."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = _check_int("n", n, 1)
+    seed = _check_int("seed", seed, 0)
+    out = Path(out_dir)
+    labels_path = out / "labels.csv"
+    if not labels_path.is_file():
+        raise ValueError(f"out_dir must hold a generated data set with labels.csv, got {str(out)!r}")
+    labels = pd.read_csv(labels_path)
+    factors_path = out / "factors.csv"
+    factors = pd.read_csv(factors_path) if factors_path.is_file() else None
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(len(labels), size=min(n, len(labels)), replace=False))
+
+    cols = min(6, len(picks))
+    rows = math.ceil(len(picks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.25 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), picks):
+        with Image.open(out / labels.loc[i, "file"]) as img:
+            ax.imshow(np.asarray(img.convert("RGB")))
+        caption = str(labels.loc[i, "label"])
+        if factors is not None:
+            names = defect_names(factors.loc[i])
+            if names:
+                caption += ": " + ", ".join(names)
+        colour = "tab:red" if labels.loc[i, "label"] == "bad" else "tab:blue"
+        ax.set_title(caption, fontsize=8, color=colour)
+    fig.tight_layout()
+    png = Path(png_path)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, format="png", dpi=80)
+    plt.close(fig)
+    return png

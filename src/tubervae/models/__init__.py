@@ -1,0 +1,51 @@
+"""Networks and objectives of the VAE families; pure torch, no training loop."""
+
+from tubervae.models.losses import (
+    ESTIMATORS,
+    FAMILIES,
+    REC_KINDS,
+    beta_tcvae_loss,
+    beta_vae_loss,
+    capacity,
+    cbeta_vae_loss,
+    family_hyperparameters,
+    family_loss,
+    kl_per_component,
+    log_density_gaussian,
+    log_importance_weights,
+    reconstruction_loss,
+    validate_hyperparameters,
+)
+from tubervae.models.nets import (
+    VAE,
+    Decoder,
+    Encoder,
+    VAEOutput,
+    flops_per_image,
+    layer_filters,
+    reparameterize,
+)
+
+__all__ = [
+    "Decoder",
+    "ESTIMATORS",
+    "Encoder",
+    "FAMILIES",
+    "REC_KINDS",
+    "VAE",
+    "VAEOutput",
+    "beta_tcvae_loss",
+    "beta_vae_loss",
+    "capacity",
+    "cbeta_vae_loss",
+    "family_hyperparameters",
+    "family_loss",
+    "flops_per_image",
+    "kl_per_component",
+    "layer_filters",
+    "log_density_gaussian",
+    "log_importance_weights",
+    "reconstruction_loss",
+    "reparameterize",
+    "validate_hyperparameters",
+]

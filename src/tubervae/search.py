@@ -1,0 +1,271 @@
+"""`search` stage: one resumable Optuna study per family, objective = median within-setting UDR.
+
+A trial is one setting (β, and C_max for Cβ-VAE) trained on `search.seeds` seeds; its
+value is the median over seeds of the UDR within that setting (the thesis's "udr"
+column). A trial whose median number of informative components is below `min_active`
+is infeasible: UDR rewards collapsed models, so they may not win.
+
+Resumption: the study lives in an Optuna RDB storage (default `sqlite:///<project>/optuna.db`,
+never the MLflow database) and is loaded by name. `n_trials` is the total wanted: a rerun
+after completion trains nothing; a rerun after a kill first fails and re-queues the
+trials of dead workers on this host, then runs only what is missing. Each seed's
+training reuses a finished MLflow run or resumes from its checkpoint, so no seed is
+trained twice. The study name carries a fingerprint of everything that changes the
+models (data version, training settings, seeds), so changed settings start a new study
+and never mix with old trials.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import warnings
+
+import numpy as np
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from tubervae import plots
+from tubervae.config import Params, SearchSpace
+from tubervae.io import write_json
+from tubervae.stages.train import TrainingData, load_training_data, run_key, run_tracked
+from tubervae.tracking import Tracker
+from tubervae.train import Setting
+from tubervae.udr import udr_scores
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def storage_url(root: str | Path = ".") -> str:
+    return f"sqlite:///{Path(root).resolve() / 'optuna.db'}"
+
+
+def study_name(family: str, params: Params, data_version: str) -> str:
+    """Family plus a fingerprint of what makes its models comparable."""
+    identity = {"train": dataclasses.asdict(params.train), "seeds": params.search.seeds,
+                "data_version": data_version, "min_active": params.search.min_active,
+                "udr": dataclasses.asdict(params.udr)}
+    for key in ("checkpoint_every", "log_every", "snapshot_every", "device", "threads"):
+        identity["train"].pop(key)
+    return f"{family}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def make_storage(url: str, params: Params) -> RDBStorage:
+    return RDBStorage(
+        url, heartbeat_interval=params.search.heartbeat_interval, grace_period=params.search.grace_period,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=params.search.max_retry))
+
+
+def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Setting:
+    beta = trial.suggest_float("beta", space.beta[0], space.beta[1], log=space.beta_log)
+    c_max = trial.suggest_float("c_max", space.c_max[0], space.c_max[1]) if family == "cbeta_vae" else 0.0
+    return Setting(family=family, beta=beta, c_max=c_max)
+
+
+def fail_dead_local_trials(study: optuna.Study) -> list[int]:
+    """Trials left RUNNING by a killed worker on this host fail now and are re-queued.
+
+    The heartbeat does the same for other machines after the grace period; on this host
+    we know the worker is dead without waiting.
+    """
+    host = socket.gethostname()
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=None)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") != host or not str(attrs.get("pid", "")).isdigit():
+            continue
+        try:
+            os.kill(int(attrs["pid"]), 0)
+            continue  # the worker is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", "worker killed")
+            retry(study, study._storage.get_trial(trial._trial_id))
+            failed.append(trial.number)
+    if failed:
+        log.warning("re-queued trial(s) %s of a killed worker", failed)
+    return failed
+
+
+def enqueue_grid(study: optuna.Study, space: SearchSpace) -> None:
+    for point in space.grid:
+        study.enqueue_trial(dict(point), skip_if_exists=True)
+
+
+def latents_of(tracker: Tracker, run_id: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracker.download(run_id, "latents.npz", tmp)
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
+
+def find_finished_run(tracker: Tracker, key: str) -> str | None:
+    runs = tracker.finished_runs(f"tags.run_key = '{key}'")
+    return runs[0].info.run_id if runs else None
+
+
+class Objective:
+    """Train one setting on every seed, score it with within-setting UDR."""
+
+    def __init__(self, family: str, params: Params, tracker: Tracker, data: TrainingData, *,
+                 study_run_id: str | None, checkpoint_dir: Path, progress: bool = True):
+        self.family, self.params, self.tracker, self.data = family, params, tracker, data
+        self.space = params.search.spaces[family]
+        self.study_run_id, self.checkpoint_dir, self.progress = study_run_id, checkpoint_dir, progress
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        try:
+            return self._evaluate(trial)
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+
+    def _evaluate(self, trial: optuna.Trial) -> float:
+        setting = suggest_setting(trial, self.family, self.space)
+        cfg, search, udr = self.params.train, self.params.search, self.params.udr
+        tags = {"kind": "trial", "family": self.family, "setting": setting.label,
+                "optuna_study": trial.study.study_name, "optuna_trial": trial.number}
+        with self.tracker.run(f"trial {trial.number} {self.family} {setting.label}", parent_id=self.study_run_id,
+                              tags=tags) as parent:
+            trial.set_user_attr("mlflow_run_id", parent)
+            self.tracker.log_params(parent, {"family": self.family, "beta": setting.beta, "c_max": setting.c_max,
+                                             "seeds": search.seeds, "similarity": udr.similarity,
+                                             "aggregate": udr.aggregate, "optuna_trial": trial.number})
+            seed_runs, latents = [], []
+            for seed in range(search.seeds):
+                reused = find_finished_run(self.tracker, run_key(setting, seed, cfg, self.data))
+                if reused:
+                    log.info("seed %d of %s %s: reusing finished run %s", seed, self.family, setting.label, reused)
+                    seed_runs.append(reused)
+                else:
+                    result = run_tracked(self.tracker, setting, seed, cfg, self.data, parent_id=parent,
+                                         checkpoint_dir=self.checkpoint_dir, progress=self.progress)
+                    seed_runs.append(result["run_id"])
+                latents.append(latents_of(self.tracker, seed_runs[-1]))
+            trial.set_user_attr("seed_run_ids", seed_runs)
+            result = udr_scores([z["mu"] for z in latents], [z["kl"] for z in latents],
+                                n_partners=udr.n_partners or None, partner_seed=udr.partner_seed,
+                                similarity=udr.similarity, aggregate=udr.aggregate,
+                                kl_threshold=udr.kl_threshold, lasso_alpha=udr.lasso_alpha)
+            scores = np.nan_to_num(result.scores, nan=0.0)
+            value = float(np.median(scores))
+            n_active = float(np.median(result.n_informative))
+            feasible = n_active >= search.min_active
+            reason = "" if feasible else (f"median informative components {n_active:g} below "
+                                          f"search.min_active {search.min_active}")
+            trial.set_user_attr("udr_per_seed", [float(s) for s in scores])
+            trial.set_user_attr("n_active_per_seed", [int(n) for n in result.n_informative])
+            trial.set_user_attr("n_active", n_active)
+            trial.set_user_attr("feasible", feasible)
+            trial.set_user_attr("infeasible_reason", reason)
+            trial.set_constraint("min_active", float(search.min_active - n_active))
+            self.tracker.log_metrics(parent, {"udr": value, "n_active": n_active, "feasible": float(feasible),
+                                              **{f"udr_seed_{i}": s for i, s in enumerate(scores)}})
+            self.tracker.set_tags(parent, {"feasible": feasible, "infeasible_reason": reason,
+                                           "seed_run_ids": ",".join(seed_runs)})
+        return value
+
+
+def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible")]
+    return max(done, key=lambda t: (t.value, t.user_attrs.get("n_active", 0)), default=None)
+
+
+def summarise(study: optuna.Study, family: str, params: Params) -> dict:
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        trials.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                       "feasible": t.user_attrs.get("feasible"), "n_active": t.user_attrs.get("n_active"),
+                       "infeasible_reason": t.user_attrs.get("infeasible_reason", ""),
+                       "udr_per_seed": t.user_attrs.get("udr_per_seed"),
+                       "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                       "seed_run_ids": t.user_attrs.get("seed_run_ids", []),
+                       "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason", "")})
+    best = best_feasible(study)
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    return {"family": family, "study": study.study_name,
+            "objective": f"median within-setting UDR ({params.udr.similarity}, {params.udr.aggregate})",
+            "n_complete": len(complete), "n_feasible": sum(bool(t["feasible"]) for t in complete),
+            "best_value": best.value if best else None, "best_params": best.params if best else None,
+            "best_trial": best.number if best else None,
+            "best_n_active": best.user_attrs.get("n_active") if best else None,
+            "best_mlflow_run_id": best.user_attrs.get("mlflow_run_id") if best else None,
+            "trials": trials}
+
+
+def write_reports(summary: dict, out_dir: Path) -> None:
+    family = summary["family"]
+    write_json(out_dir / f"{family}.json", summary)
+    done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    if not done:
+        return
+    infeasible = np.array([not t["feasible"] for t in done])
+    values = np.array([t["value"] for t in done], dtype=float)
+    plots.save_figure(plots.metric_vs_param_figure(
+        np.array([t["params"]["beta"] for t in done]), values, xlabel="β", ylabel="median UDR",
+        logx=True, infeasible=infeasible), out_dir / f"{family}_udr_vs_beta.png")
+    if family == "cbeta_vae":
+        plots.save_figure(plots.metric_vs_param_figure(
+            np.array([t["params"]["c_max"] for t in done]), values, xlabel="C_max (nats)", ylabel="median UDR",
+            infeasible=infeasible), out_dir / f"{family}_udr_vs_cmax.png")
+    history = [t["value"] if t["state"] == "COMPLETE" and t["feasible"] else np.nan for t in summary["trials"]]
+    plots.save_figure(plots.history_figure(np.array(history, dtype=float)), out_dir / f"{family}_history.png")
+
+
+def run(params: Params, family: str, *, n_trials: int | None = None, storage: str | None = None,
+        root: str | Path = ".", processed_dir: str | Path = "data/processed", run_id: str | None = None,
+        reports_dir: str | Path = "reports/search", progress: bool = True) -> dict:
+    """The `tubervae search` command: run the study up to `n_trials` complete trials."""
+    if family not in params.search.spaces:
+        raise ValueError(f"family {family!r} has no search space in params.yaml (search.spaces); "
+                         f"configured: {sorted(params.search.spaces)}")
+    root = Path(root)
+    space = params.search.spaces[family]
+    wanted = n_trials or space.n_trials
+    if wanted < 1:
+        raise ValueError(f"--n-trials must be at least 1, got {wanted}")
+    data = load_training_data(processed_dir)
+    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
+    tracker.mark_stale_runs_killed()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = study_name(family, params, data.data_version)
+    study = optuna.create_study(study_name=name, storage=make_storage(storage or storage_url(root), params),
+                                direction="maximize", load_if_exists=True)
+    fail_dead_local_trials(study)
+    if params.search.enqueue_grid:
+        enqueue_grid(study, space)
+    objective = Objective(family, params, tracker, data, study_run_id=run_id,
+                          checkpoint_dir=root / "checkpoints", progress=progress)
+    for _ in range(wanted + params.search.max_retry * wanted):  # failed trials may be retried, but not forever
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        complete = states.count(TrialState.COMPLETE)
+        if complete >= wanted:
+            break
+        finished = complete + states.count(TrialState.FAIL)
+        # The sampler's state is not stored: seed it from the history so a resumed study moves on.
+        study.sampler = optuna.samplers.TPESampler(seed=params.search.sampler_seed + finished)
+        study.optimize(objective, n_trials=1, catch=(RuntimeError, ValueError))
+        last = study.get_trials(deepcopy=False)[-1]
+        if last.state == TrialState.FAIL:
+            log.error("trial %d failed; the study goes on", last.number)
+    summary = summarise(study, family, params)
+    best_run = summary["best_mlflow_run_id"]
+    for t in summary["trials"]:
+        if t["mlflow_run_id"] and t["state"] == "COMPLETE":
+            tracker.set_tags(t["mlflow_run_id"], {"best_trial": t["mlflow_run_id"] == best_run})
+    write_reports(summary, Path(reports_dir))
+    return summary

@@ -1,0 +1,177 @@
+"""`udr` stage: the thesis's UDR tables within each family and all-against-all (A2A).
+
+The models are the seeds of the completed trials in reports/search/*.json (or, with
+`--all-runs` or when no search has run, every finished VAE run of the experiment).
+Their probe latents come from MLflow; only models trained on the current data version
+take part, so every model of a comparison encoded the same images.
+
+Outputs (reports/udr/): `<family>.csv` and `a2a.csv` in the thesis's layout (figures
+4.11–4.14: model type, param, #top, seed_0 … seed_k, udr), a PNG of each table,
+`herd.csv` (within-family against A2A ranks, the herd effect), similarity heat maps
+of chosen pairs (figures 4.15, 4.17) and `summary.json` (DVC metrics). `udr_within`
+and `udr_a2a` go back onto each model's run so `mlflow ui` can sort by them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tubervae import plots
+from tubervae.config import FAMILIES, Params
+from tubervae.io import write_csv, write_json
+from tubervae.search import latents_of
+from tubervae.stages.preprocess import load_meta
+from tubervae.tracking import Tracker
+from tubervae.udr import masked_similarity, rank_shift, udr_scores
+
+log = logging.getLogger(__name__)
+
+
+def models_from_search(tracker: Tracker, search_dir: Path) -> list[dict]:
+    models = []
+    for family in FAMILIES:
+        path = search_dir / f"{family}.json"
+        if not path.exists():
+            continue
+        summary = json.loads(path.read_text())
+        for trial in summary["trials"]:
+            if trial["state"] != "COMPLETE":
+                continue
+            for seed, run_id in enumerate(trial["seed_run_ids"]):
+                models.append({"run_id": run_id, "trial": trial["number"], "feasible": bool(trial["feasible"])})
+    return models
+
+
+def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
+    rows = []
+    for model in models:
+        run = tracker.client.get_run(model["run_id"])
+        p = run.data.params
+        rows.append({**model, "family": p["family"], "beta": float(p["beta"]), "c_max": float(p["c_max"]),
+                     "seed": int(p["seed"]), "setting": run.data.tags.get("setting", p["beta"]),
+                     "data_version": p.get("data_version", "")})
+    frame = pd.DataFrame(rows)
+    return frame.drop_duplicates("run_id").reset_index(drop=True) if len(frame) else frame
+
+
+def all_vae_runs(tracker: Tracker) -> list[dict]:
+    return [{"run_id": r.info.run_id, "trial": -1, "feasible": True}
+            for r in tracker.finished_runs("tags.kind = 'vae'")]
+
+
+def thesis_table(frame: pd.DataFrame, score_column: str) -> pd.DataFrame:
+    """One row per setting: model type, param, #top, seed_0 … seed_k, udr (median over seeds)."""
+    rows = []
+    n_seeds = int(frame.groupby(["family", "setting"]).size().max())
+    for (family, setting), group in frame.groupby(["family", "setting"], sort=False):
+        group = group.sort_values("seed")
+        row = {"model type": family, "param": setting, "#top": float(np.median(group["n_active"]))}
+        for i in range(n_seeds):
+            row[f"seed_{i}"] = group[score_column].iloc[i] if i < len(group) else np.nan
+        row["udr"] = float(np.nanmedian(group[score_column]))
+        row["feasible"] = bool(group["feasible"].all())
+        row["beta"], row["c_max"] = group["beta"].iloc[0], group["c_max"].iloc[0]
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["model type", "beta", "c_max"]).reset_index(drop=True)
+    return table.drop(columns=["beta", "c_max"])
+
+
+def choose_heatmap_pairs(frame: pd.DataFrame, n_pairs: int) -> list[tuple[int, int, str]]:
+    """Best model of each family against its same-setting partner, then best against best across families."""
+    pairs = []
+    best = {}
+    for family, group in frame.groupby("family"):
+        top = group.sort_values("udr_within", ascending=False).index[0]
+        best[family] = top
+        partners = group[(group.setting == group.loc[top, "setting"]) & (group.index != top)]
+        if len(partners):
+            pairs.append((top, partners.index[0], f"{family} {group.loc[top, 'setting']}: seed "
+                          f"{group.loc[top, 'seed']} vs seed {group.loc[partners.index[0], 'seed']}"))
+    families = sorted(best)
+    for a, b in zip(families, families[1:]):
+        pairs.append((best[a], best[b], f"{a} vs {b} (best of each)"))
+    return pairs[:n_pairs] if n_pairs else []
+
+
+def run(params: Params, *, root: str | Path = ".", search_dir: str | Path = "reports/search",
+        out_dir: str | Path = "reports/udr", processed_dir: str | Path = "data/processed",
+        all_runs: bool = False, run_id: str | None = None) -> dict:
+    cfg = params.udr
+    root, out_dir = Path(root), Path(out_dir)
+    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
+    tracker.mark_stale_runs_killed()
+    models = [] if all_runs else models_from_search(tracker, Path(search_dir))
+    if not models:
+        models = all_vae_runs(tracker)
+    frame = describe(tracker, models)
+    if len(frame) == 0:
+        raise RuntimeError("no finished VAE runs to rank: run the search stages (dvc repro) or `tubervae train` first")
+    version = load_meta(processed_dir)["data_version"]
+    stale = frame.data_version != version
+    if stale.any():
+        log.warning("skipping %d run(s) trained on another data version", int(stale.sum()))
+        frame = frame[~stale].reset_index(drop=True)
+    if len(frame) < 2:
+        raise RuntimeError("UDR needs at least two models trained on the current data")
+    latents = [latents_of(tracker, rid) for rid in frame.run_id]
+    reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
+    common = dict(similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold,
+                  lasso_alpha=cfg.lasso_alpha)
+    within = udr_scores(reps, kls, groups=list(zip(frame.family, frame.setting)), n_partners=cfg.n_partners or None,
+                        partner_seed=cfg.partner_seed, **common)
+    a2a = udr_scores(reps, kls, groups=None, n_partners=None, partner_seed=cfg.partner_seed, **common)
+    frame["n_active"] = within.n_informative
+    frame["udr_within"] = within.scores
+    frame["udr_a2a"] = a2a.scores
+    shift = rank_shift(frame.udr_within.to_numpy(), frame.udr_a2a.to_numpy())
+    frame["rank_within"], frame["rank_a2a"], frame["rank_shift"] = shift.rank_within, shift.rank_a2a, shift.shift
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    method = f"UDR ({cfg.similarity}, {cfg.aggregate} aggregation)"
+    tables = {}
+    for family, group in frame.groupby("family"):
+        tables[family] = thesis_table(group, "udr_within")
+    tables["a2a"] = thesis_table(frame, "udr_a2a")
+    for name, table in tables.items():
+        write_csv(out_dir / f"{name}.csv", table)
+        title = f"{method}: {'all against all' if name == 'a2a' else name + ', within setting'}"
+        plots.save_figure(plots.table_figure(table.drop(columns=["feasible"]), title=title), out_dir / f"{name}.png")
+    herd = frame[["family", "setting", "seed", "run_id", "n_active", "udr_within", "udr_a2a", "rank_within",
+                  "rank_a2a", "rank_shift"]].sort_values("rank_shift", key=np.abs, ascending=False)
+    write_csv(out_dir / "herd.csv", herd)
+    plots.save_figure(plots.rank_scatter_figure(
+        frame.rank_within.to_numpy(), frame.rank_a2a.to_numpy(),
+        labels=[f"{f} {s} s{d}" for f, s, d in zip(frame.family, frame.setting, frame.seed)],
+        xlabel="rank by within-setting UDR", ylabel="rank by A2A UDR", higher_is_better=False),
+        out_dir / "herd.png")
+    for k, (i, j, title) in enumerate(choose_heatmap_pairs(frame, cfg.heatmap_pairs)):
+        matrix = masked_similarity(reps[i], reps[j], kls[i], kls[j], similarity=cfg.similarity,
+                                   kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha)
+        plots.save_figure(plots.similarity_heatmap(
+            np.nan_to_num(matrix), kls[i] > cfg.kl_threshold, kls[j] > cfg.kl_threshold,
+            title=f"{cfg.similarity} similarity, {title}"), out_dir / f"heatmap_{k}.png")
+
+    for rid, w, a in zip(frame.run_id, frame.udr_within, frame.udr_a2a):
+        tracker.log_metrics(rid, {"udr_within": w, "udr_a2a": a})
+    summary = {"similarity": cfg.similarity, "aggregate": cfg.aggregate, "n_models": int(len(frame)),
+               "families": {}}
+    for family, table in tables.items():
+        if family == "a2a":
+            continue
+        top = table.sort_values("udr", ascending=False).iloc[0]
+        summary["families"][family] = {"best_param": str(top["param"]), "best_udr": float(top["udr"]),
+                                       "best_n_top": float(top["#top"]),
+                                       "mean_udr_within": float(frame[frame.family == family].udr_within.mean()),
+                                       "mean_udr_a2a": float(frame[frame.family == family].udr_a2a.mean())}
+    write_json(out_dir / "summary.json", summary)
+    write_csv(out_dir / "models.csv", frame)
+    with tracker.run("udr", run_id=run_id, tags={"kind": "udr"}) as rid:
+        tracker.log_params(rid, {"similarity": cfg.similarity, "aggregate": cfg.aggregate,
+                                 "kl_threshold": cfg.kl_threshold, "lasso_alpha": cfg.lasso_alpha,
+                                 "n_partners": cfg.n_partners, "n_models": len(frame)})
+        tracker.log_artifacts(rid, out_dir, "udr")
+    return summary

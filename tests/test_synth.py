@@ -1,0 +1,266 @@
+"""Tests of the tuber photo simulator: determinism, ground truth, visibility, safety."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tubervae.data import synth
+
+CROP = (slice(48, 432), slice(128, 512))  # the pipeline's 384×384 centre crop (fraction 0.8)
+
+
+def _factors(**overrides) -> dict[str, float]:
+    """A mid-range good tuber; keyword arguments change single factors."""
+    base = dict(x=0.0, y=0.0, size=0.45, elongation=1.3, rotation=30.0, tone=0.3, brightness=1.0,
+                spot_count=0, spot_size=0.0, greening=0.0, rot=0.0)
+    base.update(overrides)
+    return base
+
+
+def _render(**overrides) -> np.ndarray:
+    return synth.render_tuber(_factors(**overrides), np.random.default_rng(11))
+
+
+def _tuber_mask(image: np.ndarray) -> np.ndarray:
+    """Pixels brighter than the belt can be (the belt albedo is ~65, the tuber's > 120)."""
+    mask = image.astype(float).mean(axis=2) > 110
+    mask[:32] = mask[-32:] = False  # the steel rails at the frame's top and bottom
+    return mask
+
+
+def _downscale(image: np.ndarray, side: int) -> np.ndarray:
+    crop = Image.fromarray(image[CROP])
+    return np.asarray(crop.resize((side, side), Image.BILINEAR)).astype(float)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth_a")
+    table = synth.generate(out, 6, seed=5, workers=1, progress=False)
+    return out, table
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def _folder_bytes(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_bytes_for_any_worker_count(dataset, tmp_path):
+    out, _ = dataset
+    synth.generate(tmp_path, 6, seed=5, workers=2, progress=False)
+    first, second = _folder_bytes(out), _folder_bytes(tmp_path)
+    assert sorted(first) == sorted(second)
+    assert len([k for k in first if k.endswith(".jpg")]) == 6
+    assert all(first[k] == second[k] for k in first)
+
+
+def test_different_seed_gives_different_images_and_factors(dataset, tmp_path):
+    out, table = dataset
+    other = synth.generate(tmp_path, 6, seed=6, workers=1, progress=False)
+    assert not np.allclose(table["x"], other["x"])
+    for f in table["file"]:
+        assert (out / f).read_bytes() != (tmp_path / f).read_bytes()
+
+
+# ------------------------------------------------------------ files and labels
+
+
+def test_images_are_640x480_rgb_jpeg(dataset):
+    out, table = dataset
+    for f in table["file"]:
+        with Image.open(out / f) as img:
+            assert (img.format, img.size, img.mode) == ("JPEG", (640, 480), "RGB")
+
+
+def test_csvs_list_the_files_and_labels_follow_the_defects(dataset):
+    out, table = dataset
+    labels = pd.read_csv(out / "labels.csv")
+    factors = pd.read_csv(out / "factors.csv")
+    assert list(labels.columns) == ["file", "label"]
+    assert list(factors.columns) == ["file", *synth.FACTOR_NAMES]
+    assert list(labels["file"]) == [f"images/tuber_{i:05d}.jpg" for i in range(6)]
+    assert list(factors["file"]) == list(labels["file"])
+    assert all((out / f).is_file() for f in labels["file"])
+    for (_, lab), (_, fac) in zip(labels.iterrows(), factors.iterrows()):
+        defective = fac["spot_count"] > 0 or fac["greening"] > 0 or fac["rot"] > 0
+        assert lab["label"] == ("bad" if defective else "good")
+    assert list(table["label"]) == list(labels["label"])
+
+
+def test_sampled_labels_match_defects_and_requested_fraction():
+    n, gf = 4000, 0.125  # q = 1 - 0.125^(1/3) = 0.5 exactly
+    frame = synth.sample_factors(n, np.random.default_rng(0), good_fraction=gf)
+    labels = synth.labels_from_factors(frame)
+    spots, green, rot = frame["spot_count"] > 0, frame["greening"] > 0, frame["rot"] > 0
+    assert ((labels == "bad") == (spots | green | rot)).all()
+    tol = 4 * math.sqrt(0.25 / n)  # four binomial standard errors at p = 0.5
+    for present in (spots, green, rot):
+        assert abs(present.mean() - 0.5) < tol
+    assert abs((spots & rot).mean() - 0.25) < tol  # independent types
+    assert abs((labels == "good").mean() - gf) < 4 * math.sqrt(gf * (1 - gf) / n)
+    assert synth.defect_probability(gf) == pytest.approx(0.5)
+
+
+def test_default_good_fraction_is_the_thesis_ratio():
+    assert synth.GOOD_FRACTION == pytest.approx(1554 / (1554 + 6944))
+    frame = synth.sample_factors(4000, np.random.default_rng(1))
+    good = (synth.labels_from_factors(frame) == "good").mean()
+    assert abs(good - 0.1829) < 4 * math.sqrt(0.1829 * 0.8171 / 4000)
+
+
+def test_factor_ranges_and_absent_defects_are_zero():
+    frame = synth.sample_factors(3000, np.random.default_rng(2))
+    assert list(frame.columns) == list(synth.FACTOR_NAMES)
+    for name, (lo, hi) in synth.NUISANCE_RANGES.items():
+        col = frame[name]
+        assert col.min() >= lo and col.max() <= hi
+        assert col.min() < lo + 0.02 * (hi - lo) and col.max() > hi - 0.02 * (hi - lo)  # fills the range
+    counts = frame["spot_count"]
+    assert set(counts.unique()) == {0, 3, 4, 5, 6}
+    assert ((counts == 0) == (frame["spot_size"] == 0)).all()
+    for name in ("spot_size", "greening", "rot"):
+        lo, hi = synth.DEFECT_RANGES[name]
+        present = frame.loc[frame[name] > 0, name]
+        assert present.min() >= lo and present.max() <= hi
+
+
+# --------------------------------------------------------------- what is drawn
+
+
+def test_tuber_stays_inside_the_centre_crop_at_the_extremes():
+    for x in (-60.0, 60.0):
+        for y in (-60.0, 60.0):
+            image = _render(x=x, y=y, size=0.6, elongation=1.0, tone=0.0, brightness=1.2)
+            mask = _tuber_mask(image)
+            rows, cols = np.nonzero(mask)
+            assert rows.size > 20_000  # the tuber is there (π·115² ≈ 41 500 px)
+            assert rows.min() >= 48 and rows.max() < 432 and cols.min() >= 128 and cols.max() < 512
+
+
+def test_position_size_and_brightness_act_as_their_factors_say():
+    left, right = _tuber_mask(_render(x=-60.0)), _tuber_mask(_render(x=60.0))
+    shift = np.nonzero(right)[1].mean() - np.nonzero(left)[1].mean()
+    assert shift == pytest.approx(120.0, abs=6.0)  # shading shifts the thresholded centroid a little
+    small, large = _tuber_mask(_render(size=0.3)).sum(), _tuber_mask(_render(size=0.6)).sum()
+    assert large / small == pytest.approx(4.0, rel=0.15)  # area scales with length²
+    dim = _render(brightness=0.65)[CROP].astype(float).mean()
+    bright = _render(brightness=1.2)[CROP].astype(float).mean()
+    assert bright / dim == pytest.approx(1.2 / 0.65, rel=0.06)
+
+
+def test_black_spots_darken_the_crop_and_survive_32px():
+    plain, spotted = _render(), _render(spot_count=5, spot_size=18.0)
+    diff = spotted[CROP].astype(float) - plain[CROP].astype(float)
+    # 5 spots of ~18 px cover ~5 100 px² (3.5 % of the crop), each darkening by ~100 levels.
+    assert np.abs(diff).mean() > 1.5
+    assert diff.mean() < -1.5
+    small_diff = _downscale(spotted, 32) - _downscale(plain, 32)
+    assert small_diff.min() < -40  # at least one 32×32 pixel is much darker
+
+
+def test_greening_tints_the_tuber_green_and_survives_32px():
+    plain, green = _render(), _render(greening=0.4)
+    changed = np.abs(green.astype(float) - plain.astype(float)).sum(axis=2) > 30
+    assert changed[CROP].mean() > 0.02
+    g_minus_r = lambda img: img[..., 1].astype(float) - img[..., 0].astype(float)  # noqa: E731
+    assert (g_minus_r(green) - g_minus_r(plain))[changed].mean() > 30
+    small = _downscale(green, 32) - _downscale(plain, 32)
+    assert (small[..., 1] - small[..., 0]).max() > 30
+
+
+def test_rot_darkens_a_large_patch():
+    plain, rotten = _render(), _render(rot=0.3)
+    diff = rotten.astype(float).mean(axis=2) - plain.astype(float).mean(axis=2)
+    # 30 % of a tuber of π·86·66 ≈ 17 800 px² is ~5 300 px², darkened by ~60 levels.
+    assert (diff[CROP] < -30).sum() > 2500
+
+
+def test_render_consumes_rng_but_is_reproducible():
+    a = synth.render_tuber(_factors(), np.random.default_rng(3))
+    b = synth.render_tuber(_factors(), np.random.default_rng(3))
+    c = synth.render_tuber(_factors(), np.random.default_rng(4))
+    assert a.dtype == np.uint8 and a.shape == (480, 640, 3)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# ------------------------------------------------------------- safety and sheet
+
+
+def test_contact_sheet_is_a_png(dataset, tmp_path):
+    out, _ = dataset
+    png = synth.contact_sheet(out, tmp_path / "sheet.png", n=4, seed=1)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] > 200
+
+
+def test_crash_leaves_no_csv_and_rerun_removes_stale_images(tmp_path, monkeypatch):
+    synth.generate(tmp_path, 4, seed=1, workers=1, progress=False)
+    real = synth._render_and_save
+
+    def fail_on_third(task):
+        if task[0] == 2:
+            raise RuntimeError("disk full")
+        return real(task)
+
+    monkeypatch.setattr(synth, "_render_and_save", fail_on_third)
+    with pytest.raises(RuntimeError):
+        synth.generate(tmp_path, 4, seed=2, workers=1, progress=False)
+    assert not (tmp_path / "labels.csv").exists() and not (tmp_path / "factors.csv").exists()
+
+    monkeypatch.setattr(synth, "_render_and_save", real)
+    synth.generate(tmp_path, 2, seed=2, workers=1, progress=False)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["tuber_00000.jpg", "tuber_00001.jpg"]
+    assert len(pd.read_csv(tmp_path / "labels.csv")) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_images=0), "n_images"),
+        (dict(n_images=2.5), "n_images"),
+        (dict(good_fraction=0.0), "good_fraction"),
+        (dict(good_fraction=1.0), "good_fraction"),
+        (dict(workers=0), "workers"),
+        (dict(seed=-1), "seed"),
+        (dict(jpeg_quality=0), "jpeg_quality"),
+        (dict(jpeg_quality=101), "jpeg_quality"),
+    ],
+)
+def test_generate_rejects_bad_arguments(tmp_path, kwargs, match):
+    args = dict(n_images=2, seed=0, workers=1, progress=False) | kwargs
+    n = args.pop("n_images")
+    with pytest.raises(ValueError, match=match):
+        synth.generate(tmp_path / "out", n, **args)
+    assert not (tmp_path / "out").exists()  # nothing is written before validation passes
+
+
+def test_render_and_sample_reject_bad_factors():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="missing.*'rot'"):
+        synth.render_tuber({k: v for k, v in _factors().items() if k != "rot"}, rng)
+    with pytest.raises(ValueError, match="'size'.*0.9"):
+        synth.render_tuber(_factors(size=0.9), rng)
+    with pytest.raises(ValueError, match="spot_count and spot_size"):
+        synth.render_tuber(_factors(spot_count=4), rng)
+    with pytest.raises(ValueError, match="'spot_count'.*2"):
+        synth.render_tuber(_factors(spot_count=2, spot_size=12.0), rng)
+    with pytest.raises(ValueError, match="'greening'"):
+        synth.render_tuber(_factors(greening=0.9), rng)
+    with pytest.raises(TypeError, match="rng"):
+        synth.render_tuber(_factors(), 0)
+    with pytest.raises(ValueError, match="n must be"):
+        synth.sample_factors(0, rng)
+    with pytest.raises(ValueError, match="good_fraction"):
+        synth.sample_factors(5, rng, good_fraction=1.2)
+
+
+def test_contact_sheet_rejects_a_folder_without_labels(tmp_path):
+    with pytest.raises(ValueError, match="labels.csv"):
+        synth.contact_sheet(tmp_path, tmp_path / "sheet.png")
