@@ -81,6 +81,36 @@ def cmd_udr(args, params: Params) -> None:
         print(f"{family}: best {best['best_param']} UDR {best['best_udr']:.3f} (#top {best['best_n_top']:g})")
 
 
+def cmd_register(args, params: Params) -> None:
+    from tubervae.stages import register
+
+    s = register.run(params, run_id=args.mlflow_run_id)
+    print(f"{s['model']}@{s['alias']} = version {s['version']}: {s['family']} {s['setting']} seed {s['seed']} "
+          f"(UDR {s['udr_within']:.3f}, {s['n_active']} informative components)")
+
+
+def cmd_classify(args, params: Params) -> None:
+    from tubervae.stages import classify
+
+    m = classify.run(params, run_id=args.mlflow_run_id)
+    t, r = m["test"], m["rule"]
+    print(f"rule: z{r['component']} {r['direction']} {r['threshold']:.3f}; test accuracy {t['accuracy']:.3f}, "
+          f"balanced accuracy {t['balanced_accuracy']:.3f} (majority baseline accuracy {t['majority_accuracy']:.3f})")
+
+
+def cmd_evaluate(args, params: Params) -> None:
+    from tubervae.stages import evaluate
+
+    summary = evaluate.run(params, run_id=args.mlflow_run_id)
+    if summary.get("skipped"):
+        print("no ground-truth factors: evaluate skipped")
+        return
+    key = f"udr_within_{params.udr.similarity}"
+    rhos = {m: v["rho"] for m, v in summary["correlations"][key].items()}
+    print(f"Spearman correlation of {key} with supervised metrics over {summary['n_models']} models: " +
+          ", ".join(f"{m} {'n/a' if r is None else f'{r:.2f}'}" for m, r in rhos.items()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tubervae",
@@ -140,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-runs", action="store_true",
                    help="rank every finished VAE run of the experiment, not only the search's trials")
     p.set_defaults(fn=cmd_udr)
+
+    p = sub.add_parser("register", help="stage register: promote the champion VAE (alias 'champion')",
+                       description="Choose the champion from reports/udr/models.csv (feasible settings, best "
+                                   "within-family UDR, more informative components on near-ties) and register it "
+                                   "as a new version of register.model_name with alias 'champion'.")
+    p.set_defaults(fn=cmd_register)
+
+    p = sub.add_parser("classify", help="stage classify: threshold classifier on one component, test metrics",
+                       description="Fit the good/bad threshold on the labelled set with the champion's latents, "
+                                   "score the test set against baselines, write reports/classify/ and register "
+                                   "the classifier as classify.model_name@champion.")
+    p.set_defaults(fn=cmd_classify)
+
+    p = sub.add_parser("evaluate", help="stage evaluate: supervised metrics vs UDR (simulated data only)",
+                       description="MIG, DCI, SAP and FactorVAE score of every ranked model on the simulator's "
+                                   "factors, and how well UDR correlates with them (reports/evaluate/).")
+    p.set_defaults(fn=cmd_evaluate)
     return parser
 
 

@@ -29,6 +29,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 EXPERIMENT = "tubervae"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_BATCH = 900  # below MLflow's 1000-entries-per-log_batch limit
+PIP_REQUIREMENTS = ["torch==2.14.1", "mlflow==3.17.2", "numpy==2.4.6", "pandas==3.1.1", "pillow==13.0.0",
+                    "scikit-learn==1.9.1", "scipy==1.17.1", "pyyaml==6.0.4", "tqdm==4.70.1", "matplotlib==3.11.2"]
 
 
 def tracking_uri(root: str | Path = ".") -> str:
@@ -148,6 +150,33 @@ class Tracker:
 
     def download(self, run_id: str, artifact: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
+
+    # registry --------------------------------------------------------------------
+    def log_pyfunc(self, run_id: str, python_model, artifacts: dict, *, registered_name: str,
+                   code_paths: list[str] | None = None, tags: dict | None = None):
+        """Log a pyfunc model on `run_id`, register it as a new version of `registered_name`."""
+        import mlflow.pyfunc
+
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            info = mlflow.pyfunc.log_model(name="model", python_model=python_model, artifacts=artifacts,
+                                           code_paths=code_paths, pip_requirements=PIP_REQUIREMENTS,
+                                           registered_model_name=registered_name)
+        version = self.client.get_model_version(registered_name, str(info.registered_model_version))
+        for key, value in (tags or {}).items():
+            self.client.set_model_version_tag(registered_name, version.version, key, str(value))
+        return version
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def version_by_alias(self, name: str, alias: str):
+        """The model version behind `name@alias`, or None when the model or alias does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
 
     # queries ---------------------------------------------------------------------
     def finished_runs(self, filter_string: str = "", experiment_ids: list[str] | None = None) -> list:

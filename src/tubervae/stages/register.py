@@ -1,0 +1,92 @@
+"""`register` stage: promote the champion VAE in the MLflow Model Registry.
+
+Policy (thesis §2.3.4 and §4.2.3):
+1. Only settings whose trial was feasible (median informative components ≥ min_active).
+2. Rank settings by their within-family UDR (the median over seeds), never by A2A,
+   which punishes families that learn a different representation (the herd effect).
+3. Settings within `register.udr_tolerance` of the best UDR count as tied; among them
+   the one with more informative components (#top) wins, because UDR ignores factors
+   a collapsed model has lost (small black spots go first); then the higher UDR.
+4. Within the chosen setting, the seed with the highest UDR (then more components).
+
+The champion becomes a new version of `tubervae-vae` (a pyfunc model: encoder and
+decoder) with alias `champion`; if the alias already points at that run, nothing changes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from tubervae.config import Params
+from tubervae.io import write_json
+from tubervae.stages.preprocess import load_meta
+from tubervae.tracking import Tracker
+
+log = logging.getLogger(__name__)
+ALIAS = "champion"
+
+
+def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
+    """The champion row of reports/udr/models.csv under the policy above."""
+    needed = {"run_id", "family", "setting", "seed", "n_active", "udr_within", "feasible"}
+    missing = needed - set(models.columns)
+    if missing:
+        raise ValueError(f"the models table lacks columns {sorted(missing)}")
+    feasible = models[models.feasible.astype(bool) & models.udr_within.notna()]
+    if feasible.empty:
+        raise RuntimeError("no feasible model to register: every trial has fewer informative components than "
+                           "search.min_active; train longer, lower β, or lower search.min_active")
+    settings = (feasible.groupby(["family", "setting"])
+                .agg(udr=("udr_within", "median"), n_top=("n_active", "median")).reset_index())
+    best = settings.udr.max()
+    close = settings[settings.udr >= best - udr_tolerance]
+    chosen = close.sort_values(["n_top", "udr"], ascending=False).iloc[0]
+    members = feasible[(feasible.family == chosen.family) & (feasible.setting == chosen.setting)]
+    return members.sort_values(["udr_within", "n_active"], ascending=False).iloc[0]
+
+
+def run(params: Params, *, root: str | Path = ".", udr_dir: str | Path = "reports/udr",
+        processed_dir: str | Path = "data/processed", out_path: str | Path = "reports/register/champion.json",
+        run_id: str | None = None) -> dict:
+    from tubervae.serving import VaeModel
+
+    cfg = params.register
+    models_path = Path(udr_dir) / "models.csv"
+    if not models_path.exists():
+        raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
+    models = pd.read_csv(models_path, dtype={"setting": str})
+    champion = choose_champion(models, cfg.udr_tolerance)
+    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
+    meta = load_meta(processed_dir)
+    current = tracker.version_by_alias(cfg.model_name, ALIAS)
+    if current is not None and current.tags.get("source_run_id") == champion.run_id:
+        log.info("%s@%s already is run %s (version %s)", cfg.model_name, ALIAS, champion.run_id, current.version)
+        version = current
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = tracker.download(champion.run_id, "model/model.pt", tmp)
+            config = json.loads(tracker.download(champion.run_id, "model/config.json", tmp).read_text())
+            config["crop_fraction"] = meta["crop_fraction"]
+            config_path = Path(tmp) / "vae_config.json"
+            config_path.write_text(json.dumps(config, indent=2))
+            tags = {"family": champion.family, "setting": champion.setting, "seed": int(champion.seed),
+                    "udr": float(champion.udr_within), "n_active": int(champion.n_active),
+                    "data_version": meta["data_version"], "source_run_id": champion.run_id}
+            with tracker.run("register", run_id=run_id, tags={"kind": "register", **tags}) as rid:
+                version = tracker.log_pyfunc(rid, VaeModel(), {"weights": str(weights), "config": str(config_path)},
+                                             registered_name=cfg.model_name,
+                                             code_paths=[str(Path(__file__).resolve().parents[1])], tags=tags)
+        tracker.set_alias(cfg.model_name, ALIAS, version.version)
+        log.info("registered %s version %s as %s", cfg.model_name, version.version, ALIAS)
+    summary = {"model": cfg.model_name, "alias": ALIAS, "version": int(version.version),
+               "run_id": champion.run_id, "family": champion.family, "setting": str(champion.setting),
+               "seed": int(champion.seed), "udr_within": float(champion.udr_within),
+               "n_active": int(champion.n_active), "data_version": meta["data_version"],
+               "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
+                         f"informative components"}
+    write_json(out_path, summary)
+    return summary

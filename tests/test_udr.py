@@ -1,0 +1,381 @@
+"""Tests of the UDR metric against hand-computed values, scipy and scikit-learn."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from sklearn.linear_model import Lasso
+from sklearn.preprocessing import StandardScaler
+
+from tubervae.udr import (
+    UDRResult,
+    aggregate_udr,
+    informative_mask,
+    lasso_gram,
+    masked_similarity,
+    rank_shift,
+    similarity_matrix,
+    standardise,
+    udr_pair,
+    udr_scores,
+)
+
+
+def mixed_latents(rng, n=300, d=5, k=3):
+    """Correlated latents: k shared factors mixed into d components plus noise."""
+    factors = rng.normal(size=(n, k))
+    return factors @ rng.normal(size=(k, d)) + 0.3 * rng.normal(size=(n, d))
+
+
+def tight_sklearn_lasso(x, y, alpha):
+    model = Lasso(alpha=alpha, fit_intercept=False, tol=1e-13, max_iter=200_000)
+    return model.fit(x, y).coef_
+
+
+# ---------------------------------------------------------------- invariances
+
+
+@pytest.mark.parametrize("similarity", ["spearman", "lasso"])
+@pytest.mark.parametrize("aggregate", ["paper", "reference"])
+def test_permutation_and_sign_invariance(similarity, aggregate):
+    rng = np.random.default_rng(0)
+    x = mixed_latents(rng)
+    kl = np.array([0.5, 0.001, 2.0, 0.3, 0.0])  # components 1 and 4 uninformative
+    p = np.array([3, 0, 4, 2, 1])
+    s = np.array([-1.0, 1.0, -1.0, -1.0, 1.0])
+    kw = dict(similarity=similarity, aggregate=aggregate)
+    base = udr_pair(x, x, kl, kl, **kw)
+    moved = udr_pair(x, x[:, p] * s, kl, kl[p], **kw)
+    assert moved == pytest.approx(base, abs=1e-9)
+    assert 0.0 < base <= 1.0
+
+
+def test_lasso_of_a_model_with_itself_is_one_minus_alpha():
+    # Predicting column j from all columns with ||X_j||^2/n = 1: w = (1-alpha) e_j
+    # satisfies the KKT conditions (|G_kj (w_j - 1)| = alpha |G_kj| <= alpha), so
+    # R = (1-alpha) * permutation and every max^2/sum term is 1-alpha, even for
+    # correlated components.
+    rng = np.random.default_rng(1)
+    x = mixed_latents(rng)
+    kl = np.ones(5)
+    p = np.array([2, 4, 1, 0, 3])
+    for alpha in (0.1, 0.25):
+        got = udr_pair(x, -x[:, p], kl, kl, similarity="lasso", lasso_alpha=alpha)
+        assert got == pytest.approx(1 - alpha, abs=1e-9)
+
+
+def test_single_shared_informative_component():
+    rng = np.random.default_rng(2)
+    n = 400
+    signal = rng.normal(size=n)
+    a = rng.normal(size=(n, 4)) * 0.05
+    b = rng.normal(size=(n, 3)) * 0.05
+    a[:, 2] = signal
+    b[:, 0] = -3.0 * signal + 7.0  # same factor, other scale, sign and place
+    kl_a = np.array([0.001, 0.0, 1.5, 0.002])
+    kl_b = np.array([0.8, 0.0, 0.005])
+    assert udr_pair(a, b, kl_a, kl_b, similarity="spearman") == pytest.approx(1.0)
+    # Lasso shrinks the perfect weight 1 of standardised data to 1 - alpha.
+    assert udr_pair(a, b, kl_a, kl_b, similarity="lasso") == pytest.approx(0.9, abs=1e-9)
+    assert udr_pair(
+        a, b, kl_a, kl_b, similarity="lasso", aggregate="reference"
+    ) == pytest.approx(0.9, abs=1e-9)
+
+
+def test_independent_columns_against_permuted_copy_spearman():
+    # Off-diagonal |rho| ~ 0.025 for n = 1000 keep each max^2/sum term near
+    # 1 / (1 + 9 * 0.025) ~ 0.8-0.85, never 1.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1000, 10))
+    p = rng.permutation(10)
+    s = rng.choice([-1.0, 1.0], size=10)
+    kl = np.ones(10)
+    got = udr_pair(x, x[:, p] * s, kl, kl, similarity="spearman")
+    assert 0.8 < got < 1.0
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def test_all_ones_matrix_scores_one_third():
+    # every column: max^2/sum = 1/3, same for every row
+    r = np.ones((3, 3))
+    mask = np.ones(3, dtype=bool)
+    assert aggregate_udr(r, mask, mask, "reference") == pytest.approx(1 / 3)
+    assert aggregate_udr(r, mask, mask, "paper") == pytest.approx(1 / 3)
+
+
+def test_hand_computed_two_by_three_case():
+    # Informative block (rows 0, 2; columns 0, 1, 3):
+    #     [[0.8, 0.1, 0.1],
+    #      [0.2, 0.6, 0.2]]
+    # columns: max^2/sum = 0.64/1.0, 0.36/0.7 = 18/35, 0.04/0.3 = 2/15
+    #          -> sum = 336/525 + 270/525 + 70/525 = 676/525
+    # rows:    0.64/1.0, 0.36/1.0 -> sum = 1
+    # paper:     (676/525 + 1) / (2 + 3) = 1201/2625 = 0.457523...
+    # reference: (676/525 / 3 + 1 / 2) / 2 = 676/3150 + 1/4 = 0.464603...
+    r = np.array(
+        [
+            [0.8, 0.1, 9.0, 0.1],
+            [5.0, 5.0, 5.0, 5.0],  # uninformative row: must be ignored
+            [0.2, 0.6, 9.0, 0.2],
+        ]
+    )
+    rows = np.array([True, False, True])
+    cols = np.array([True, True, False, True])
+    assert aggregate_udr(r, rows, cols, "paper") == pytest.approx(1201 / 2625)
+    assert aggregate_udr(r, rows, cols, "reference") == pytest.approx(676 / 3150 + 0.25)
+
+
+def test_aggregations_agree_when_dimensions_are_equal():
+    rng = np.random.default_rng(4)
+    r = rng.uniform(size=(4, 4))
+    mask = np.array([True, True, False, True])
+    assert aggregate_udr(r, mask, mask, "paper") == pytest.approx(
+        aggregate_udr(r, mask, mask, "reference")
+    )
+
+
+def test_zero_column_counts_as_zero_not_nan():
+    # column 1 sums to 0 -> its term is 0 (0/0); column 0: 1/1; rows: 1/1, 0/0 -> 0
+    r = np.array([[1.0, 0.0], [0.0, 0.0]])
+    mask = np.ones(2, dtype=bool)
+    assert aggregate_udr(r, mask, mask, "reference") == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- degenerate inputs
+
+
+def test_no_informative_component_scores_zero_with_warning():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(50, 3))
+    dead = np.zeros(3)
+    with pytest.warns(RuntimeWarning, match="no informative"):
+        assert udr_pair(x, x, dead, np.ones(3)) == 0.0
+    reps = [x, x[:, ::-1], x]
+    kls = [np.ones(3), np.ones(3), dead]
+    with pytest.warns(RuntimeWarning, match=r"models \[2\]"):
+        res = udr_scores(reps, kls, similarity="spearman")
+    assert res.scores[2] == 0.0
+    assert res.pair_scores[0, 2] == 0.0 and res.pair_scores[1, 2] == 0.0
+    assert res.n_informative.tolist() == [3, 3, 0]
+    assert res.scores[0] > 0.0
+
+
+def test_constant_columns_give_zeros_not_nan():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(60, 3))
+    x[:, 1] = 3.7
+    z = standardise(x)
+    assert np.all(z[:, 1] == 0.0)
+    assert np.allclose(z[:, [0, 2]].mean(axis=0), 0.0)
+    assert np.allclose(z[:, [0, 2]].std(axis=0), 1.0)
+    kl = np.ones(3)  # the constant column is (wrongly) flagged informative
+    for method in ("spearman", "lasso"):
+        r = similarity_matrix(x, x, method)
+        assert np.all(np.isfinite(r)) and np.all(r[1] == 0) and np.all(r[:, 1] == 0)
+        assert np.isfinite(udr_pair(x, x, kl, kl, similarity=method))
+
+
+def test_single_model_group_gets_nan_with_warning():
+    rng = np.random.default_rng(7)
+    reps = [rng.normal(size=(40, 3)) for _ in range(3)]
+    kls = [np.ones(3)] * 3
+    with pytest.warns(RuntimeWarning, match="no partner"):
+        res = udr_scores(reps, kls, groups=["a", "a", "b"], similarity="spearman")
+    assert np.isnan(res.scores[2])
+    assert np.all(np.isfinite(res.scores[:2]))
+    assert res.partners == ((1,), (0,), ())
+
+
+# ---------------------------------------------------------------- udr_scores
+
+
+def _four_models(rng):
+    base = mixed_latents(rng, n=200, d=4, k=3)
+    reps = [base + 0.4 * rng.normal(size=base.shape) for _ in range(4)]
+    kls = [np.array([1.0, 0.5, 0.0, 2.0]), np.ones(4), np.array([1.0, 1.0, 1.0, 0.0]), np.ones(4)]
+    return reps, kls
+
+
+def test_scores_are_medians_of_pair_scores():
+    reps, kls = _four_models(np.random.default_rng(8))
+    res = udr_scores(reps, kls, similarity="lasso")
+    assert isinstance(res, UDRResult)
+    for i in range(4):
+        assert np.isnan(res.pair_scores[i, i])
+        pair = [udr_pair(reps[i], reps[j], kls[i], kls[j]) for j in range(4) if j != i]
+        got = [res.pair_scores[i, j] for j in range(4) if j != i]
+        assert got == pytest.approx(pair, abs=1e-9)
+        assert res.scores[i] == pytest.approx(sorted(pair)[1], abs=1e-9)  # median of 3
+    # the Lasso direction matters, so the matrix is not symmetric
+    assert not np.allclose(res.pair_scores[0, 1], res.pair_scores[1, 0])
+    assert res.n_informative.tolist() == [3, 4, 3, 4]
+    assert res.settings["similarity"] == "lasso" and res.settings["grouping"] == "all"
+
+
+def test_partner_subset_stays_in_group():
+    rng = np.random.default_rng(9)
+    reps = [rng.normal(size=(30, 3)) for _ in range(6)]
+    kls = [np.ones(3)] * 6
+    groups = ["a", "a", "a", "b", "b", "b"]
+    res = udr_scores(reps, kls, groups=groups, n_partners=2, partner_seed=3, similarity="spearman")
+    for i in range(6):
+        computed = np.flatnonzero(~np.isnan(res.pair_scores[i]))
+        assert len(computed) == 2
+        assert all(groups[j] == groups[i] and j != i for j in computed)
+        assert tuple(computed) == res.partners[i]
+        assert res.scores[i] == pytest.approx(res.pair_scores[i, computed].mean())
+
+
+def test_grouped_scores_match_each_group_alone():
+    reps, kls = _four_models(np.random.default_rng(10))
+    groups = [("beta_vae", 4), ("tcvae", 2), ("beta_vae", 4), ("tcvae", 2)]
+    res = udr_scores(reps, kls, groups=groups, similarity="spearman")
+    alone = udr_scores([reps[0], reps[2]], [kls[0], kls[2]], similarity="spearman")
+    assert res.scores[[0, 2]] == pytest.approx(alone.scores, abs=1e-12)
+    assert np.isnan(res.pair_scores[0, 1]) and np.isnan(res.pair_scores[1, 2])
+
+
+@pytest.mark.parametrize("similarity", ["spearman", "lasso"])
+def test_order_of_models_does_not_matter(similarity):
+    reps, kls = _four_models(np.random.default_rng(11))
+    order = np.array([2, 0, 3, 1])
+    res = udr_scores(reps, kls, similarity=similarity)
+    shuffled = udr_scores([reps[k] for k in order], [kls[k] for k in order], similarity=similarity)
+    assert shuffled.scores == pytest.approx(res.scores[order], abs=1e-9)
+    assert np.allclose(shuffled.pair_scores, res.pair_scores[np.ix_(order, order)], equal_nan=True)
+
+
+def test_models_of_different_width():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(80, 3))
+    wide = np.column_stack([x[:, [2, 0, 1]], rng.normal(size=(80, 2))])
+    kl_wide = np.array([1.0, 1.0, 1.0, 0.0, 0.0])
+    res = udr_scores([x, wide], [np.ones(3), kl_wide], similarity="lasso")
+    # informative parts are the same up to permutation: 1 - alpha both ways
+    assert res.scores == pytest.approx([0.9, 0.9], abs=1e-9)
+
+
+# ---------------------------------------------------------------- similarity matrices
+
+
+def test_spearman_matrix_matches_scipy_with_ties():
+    rng = np.random.default_rng(13)
+    a = np.round(rng.normal(size=(40, 3)), 1)  # rounding creates ties
+    a[:, 1] = rng.integers(0, 4, size=40)  # heavy ties
+    b = np.column_stack([a[:, 0] ** 3 + rng.normal(size=40), rng.integers(0, 3, size=40)])
+    expected = np.abs(spearmanr(a, b).statistic[:3, 3:])
+    assert similarity_matrix(a, b, "spearman") == pytest.approx(expected, abs=1e-12)
+
+
+def test_lasso_matrix_matches_sklearn():
+    rng = np.random.default_rng(14)
+    a = mixed_latents(rng, n=150, d=5) * 4.0 + 2.0
+    b = mixed_latents(rng, n=150, d=4) + a[:, :4]
+    za = StandardScaler().fit_transform(a)
+    zb = StandardScaler().fit_transform(b)
+    for alpha in (0.1, 0.03):
+        expected = np.abs(tight_sklearn_lasso(za, zb, alpha)).T  # R[a, b]
+        got = similarity_matrix(a, b, "lasso", lasso_alpha=alpha)
+        assert np.max(np.abs(got - expected)) < 1e-6
+        assert np.count_nonzero(expected) > 3  # a non-trivial case
+
+
+def test_lasso_gram_signed_weights_match_sklearn_on_raw_data():
+    rng = np.random.default_rng(15)
+    x = rng.normal(size=(120, 4)) @ rng.normal(size=(4, 4))
+    y = x @ np.array([[1.0, 0.0], [-0.5, 2.0], [0.0, 0.3], [0.05, -1.0]]) + rng.normal(size=(120, 2))
+    n = x.shape[0]
+    got = lasso_gram(x.T @ x / n, x.T @ y / n, 0.2)
+    expected = tight_sklearn_lasso(x, y, 0.2).T
+    assert np.max(np.abs(got - expected)) < 1e-6
+    assert np.any(got < 0)
+
+
+def test_lasso_gram_solves_stacked_problems_independently():
+    rng = np.random.default_rng(19)
+    xs = [rng.normal(size=(60, 3)) @ rng.normal(size=(3, 3)) for _ in range(4)]
+    ys = [x @ rng.normal(size=(3, 2)) + rng.normal(size=(60, 2)) for x in xs]
+    gram = np.stack([x.T @ x / 60 for x in xs]).reshape(2, 2, 3, 3)
+    cross = np.stack([x.T @ y / 60 for x, y in zip(xs, ys)]).reshape(2, 2, 3, 2)
+    got = lasso_gram(gram, cross, 0.15).reshape(4, 3, 2)
+    for k in range(4):
+        expected = tight_sklearn_lasso(xs[k], ys[k], 0.15).T
+        assert np.max(np.abs(got[k] - expected)) < 1e-6
+
+
+def test_lasso_gram_warns_when_stopped_early():
+    rng = np.random.default_rng(20)
+    x = rng.normal(size=(50, 4))
+    x[:, 1] = x[:, 0] + 0.05 * rng.normal(size=50)  # strongly correlated pair
+    y = x[:, :2].sum(axis=1, keepdims=True)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        lasso_gram(x.T @ x / 50, x.T @ y / 50, 0.01, max_iter=1)
+
+
+def test_masked_similarity_blanks_uninformative():
+    rng = np.random.default_rng(16)
+    a, b = rng.normal(size=(50, 3)), rng.normal(size=(50, 4))
+    kl_a, kl_b = np.array([1.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0, 1.0])
+    r = masked_similarity(a, b, kl_a, kl_b, similarity="spearman")
+    assert r.shape == (3, 4)
+    assert np.all(np.isnan(r[1])) and np.all(np.isnan(r[:, 0]))
+    plain = similarity_matrix(a, b, "spearman")
+    assert r[np.ix_([0, 2], [1, 2, 3])] == pytest.approx(plain[np.ix_([0, 2], [1, 2, 3])])
+
+
+# ---------------------------------------------------------------- herd effect
+
+
+def test_rank_shift_by_hand():
+    within = [0.5, 0.7, np.nan, 0.6, 0.7]
+    a2a = [0.9, 0.4, 0.3, 0.5, 0.45]
+    got = rank_shift(within, a2a)
+    # within: 0.7, 0.7 share rank 1, then 0.6 -> 3, 0.5 -> 4; NaN unranked
+    # a2a: 0.9 -> 1, 0.5 -> 2, 0.45 -> 3, 0.4 -> 4, 0.3 -> 5
+    assert np.allclose(got.rank_within, [4, 1, np.nan, 3, 1], equal_nan=True)
+    assert np.allclose(got.rank_a2a, [1, 4, 5, 2, 3])
+    assert np.allclose(got.shift, [-3, 3, np.nan, -1, 2], equal_nan=True)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_mismatched_number_of_images_raises():
+    rng = np.random.default_rng(17)
+    a, b = rng.normal(size=(30, 3)), rng.normal(size=(31, 3))
+    kl = np.ones(3)
+    with pytest.raises(ValueError, match="same images"):
+        udr_pair(a, b, kl, kl)
+    with pytest.raises(ValueError, match=r"\[30, 31\]"):
+        udr_scores([a, a, b], [kl, kl, kl])
+    with pytest.raises(ValueError, match="same images"):
+        similarity_matrix(a, b, "spearman")
+
+
+def test_bad_arguments_are_named():
+    rng = np.random.default_rng(18)
+    x = rng.normal(size=(20, 3))
+    kl = np.ones(3)
+    with pytest.raises(ValueError, match="similarity.*'pearson'"):
+        udr_pair(x, x, kl, kl, similarity="pearson")
+    with pytest.raises(ValueError, match="aggregate.*'mean'"):
+        udr_pair(x, x, kl, kl, aggregate="mean")
+    with pytest.raises(ValueError, match="lasso_alpha.*-0.1"):
+        udr_pair(x, x, kl, kl, lasso_alpha=-0.1)
+    with pytest.raises(ValueError, match="kl_b must be a length-3"):
+        udr_pair(x, x, kl, np.ones(4))
+    with pytest.raises(ValueError, match="NaN"):
+        udr_pair(np.full((20, 3), np.nan), x, kl, kl)
+    with pytest.raises(ValueError, match="n_partners.*0"):
+        udr_scores([x, x], [kl, kl], n_partners=0)
+    with pytest.raises(ValueError, match="groups must have one label per model"):
+        udr_scores([x, x], [kl, kl], groups=["a"])
+    with pytest.raises(ValueError, match="one vector per model"):
+        udr_scores([x, x], [kl])
+
+
+def test_informative_mask_uses_strict_threshold():
+    assert informative_mask([0.0, 0.01, 0.0100001, 3.0]).tolist() == [False, False, True, True]
