@@ -44,8 +44,8 @@ class Setting:
     def label(self) -> str:
         """The thesis's column 'param': β for β-VAE/β-TCVAE, β_C for Cβ-VAE."""
         if self.family == "cbeta_vae":
-            return f"{self.beta:g}_{self.c_max:g}"
-        return f"{self.beta:g}"
+            return f"{self.beta:.4g}_{self.c_max:.3g}"
+        return f"{self.beta:.3g}"
 
     def hyperparameters(self, cfg: TrainConfig, dataset_size: int) -> dict:
         hp = {"beta": self.beta, "rec_kind": cfg.rec_kind}
