@@ -111,6 +111,14 @@ def cmd_evaluate(args, params: Params) -> None:
           ", ".join(f"{m} {'n/a' if r is None else f'{r:.2f}'}" for m, r in rhos.items()))
 
 
+def _whole(text: str) -> int:
+    """An integer, also when written '3.0' (MLflow passes float parameters that way)."""
+    value = float(text)
+    if not value.is_integer() or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tubervae",
@@ -148,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", required=True, choices=FAMILIES)
     p.add_argument("--beta", type=float, required=True)
     p.add_argument("--c-max", type=float, default=0.0, help="capacity C_max in nats (cbeta_vae only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_whole, default=0)
     p.add_argument("--steps", type=int, help="override train.steps")
     p.set_defaults(fn=cmd_train)
 
@@ -157,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "trials; each trial trains one setting on search.seeds seeds and scores the "
                                    "median within-setting UDR. Writes reports/search/<family>.json and plots.")
     p.add_argument("--family", required=True, choices=FAMILIES)
-    p.add_argument("--n-trials", type=int, help="total complete trials wanted (default: from params.yaml)")
+    p.add_argument("--n-trials", type=_whole, help="total complete trials wanted (default, or 0: from params.yaml)")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql+psycopg2://user:pw@host/db to share "
                                      "one study between machines (default: sqlite:///<project>/optuna.db)")
     p.add_argument("--enqueue-grid", action="store_true", help="run the thesis's grid points first")

@@ -53,7 +53,7 @@ def udr_variants(models: pd.DataFrame, latents: list[dict], params: Params) -> p
     """Within-family and A2A UDR with both similarity methods (the configured aggregation)."""
     cfg = params.udr
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
-    groups = list(zip(models.family, models.setting))
+    groups = list(zip(models.family, models.beta, models.c_max))
     out = {}
     for similarity in ("lasso", "spearman"):
         common = dict(similarity=similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold,

@@ -32,7 +32,7 @@ ALIAS = "champion"
 
 def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
     """The champion row of reports/udr/models.csv under the policy above."""
-    needed = {"run_id", "family", "setting", "seed", "n_active", "udr_within", "feasible"}
+    needed = {"run_id", "family", "beta", "c_max", "setting", "seed", "n_active", "udr_within", "feasible"}
     missing = needed - set(models.columns)
     if missing:
         raise ValueError(f"the models table lacks columns {sorted(missing)}")
@@ -40,12 +40,13 @@ def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
     if feasible.empty:
         raise RuntimeError("no feasible model to register: every trial has fewer informative components than "
                            "search.min_active; train longer, lower β, or lower search.min_active")
-    settings = (feasible.groupby(["family", "setting"])
+    settings = (feasible.groupby(["family", "beta", "c_max"])
                 .agg(udr=("udr_within", "median"), n_top=("n_active", "median")).reset_index())
     best = settings.udr.max()
     close = settings[settings.udr >= best - udr_tolerance]
     chosen = close.sort_values(["n_top", "udr"], ascending=False).iloc[0]
-    members = feasible[(feasible.family == chosen.family) & (feasible.setting == chosen.setting)]
+    members = feasible[(feasible.family == chosen.family) & (feasible.beta == chosen.beta)
+                       & (feasible.c_max == chosen.c_max)]
     return members.sort_values(["udr_within", "n_active"], ascending=False).iloc[0]
 
 

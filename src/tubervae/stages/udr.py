@@ -66,8 +66,9 @@ def all_vae_runs(tracker: Tracker) -> list[dict]:
 def thesis_table(frame: pd.DataFrame, score_column: str) -> pd.DataFrame:
     """One row per setting: model type, param, #top, seed_0 … seed_k, udr (median over seeds)."""
     rows = []
-    n_seeds = int(frame.groupby(["family", "setting"]).size().max())
-    for (family, setting), group in frame.groupby(["family", "setting"], sort=False):
+    n_seeds = int(frame.groupby(["family", "beta", "c_max"]).size().max())
+    for (family, _, _), group in frame.groupby(["family", "beta", "c_max"], sort=False):
+        setting = group["setting"].iloc[0]
         group = group.sort_values("seed")
         row = {"model type": family, "param": setting, "#top": float(np.median(group["n_active"]))}
         for i in range(n_seeds):
@@ -87,7 +88,8 @@ def choose_heatmap_pairs(frame: pd.DataFrame, n_pairs: int) -> list[tuple[int, i
     for family, group in frame.groupby("family"):
         top = group.sort_values("udr_within", ascending=False).index[0]
         best[family] = top
-        partners = group[(group.setting == group.loc[top, "setting"]) & (group.index != top)]
+        same = (group.beta == group.loc[top, "beta"]) & (group.c_max == group.loc[top, "c_max"])
+        partners = group[same & (group.index != top)]
         if len(partners):
             pairs.append((top, partners.index[0], f"{family} {group.loc[top, 'setting']}: seed "
                           f"{group.loc[top, 'seed']} vs seed {group.loc[partners.index[0], 'seed']}"))
@@ -121,7 +123,7 @@ def run(params: Params, *, root: str | Path = ".", search_dir: str | Path = "rep
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
     common = dict(similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold,
                   lasso_alpha=cfg.lasso_alpha)
-    within = udr_scores(reps, kls, groups=list(zip(frame.family, frame.setting)), n_partners=cfg.n_partners or None,
+    within = udr_scores(reps, kls, groups=list(zip(frame.family, frame.beta, frame.c_max)), n_partners=cfg.n_partners or None,
                         partner_seed=cfg.partner_seed, **common)
     a2a = udr_scores(reps, kls, groups=None, n_partners=None, partner_seed=cfg.partner_seed, **common)
     frame["n_active"] = within.n_informative
