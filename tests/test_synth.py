@@ -134,21 +134,21 @@ def test_factor_ranges_and_absent_defects_are_zero():
 
 
 def test_tuber_stays_inside_the_centre_crop_at_the_extremes():
-    for x in (-60.0, 60.0):
-        for y in (-60.0, 60.0):
-            image = _render(x=x, y=y, size=0.6, elongation=1.0, tone=0.0, brightness=1.2)
+    for x in (-80.0, 80.0):
+        for y in (-80.0, 80.0):
+            image = _render(x=x, y=y, size=0.52, elongation=1.0, tone=0.0, brightness=1.2)
             mask = _tuber_mask(image)
             rows, cols = np.nonzero(mask)
-            assert rows.size > 20_000  # the tuber is there (π·115² ≈ 41 500 px)
+            assert rows.size > 15_000  # the tuber is there (π·100² ≈ 31 400 px)
             assert rows.min() >= 48 and rows.max() < 432 and cols.min() >= 128 and cols.max() < 512
 
 
 def test_position_size_and_brightness_act_as_their_factors_say():
-    left, right = _tuber_mask(_render(x=-60.0)), _tuber_mask(_render(x=60.0))
+    left, right = _tuber_mask(_render(x=-80.0)), _tuber_mask(_render(x=80.0))
     shift = np.nonzero(right)[1].mean() - np.nonzero(left)[1].mean()
-    assert shift == pytest.approx(120.0, abs=6.0)  # shading shifts the thresholded centroid a little
-    small, large = _tuber_mask(_render(size=0.3)).sum(), _tuber_mask(_render(size=0.6)).sum()
-    assert large / small == pytest.approx(4.0, rel=0.15)  # area scales with length²
+    assert shift == pytest.approx(160.0, abs=6.0)  # shading shifts the thresholded centroid a little
+    small, large = _tuber_mask(_render(size=0.28)).sum(), _tuber_mask(_render(size=0.52)).sum()
+    assert large / small == pytest.approx((0.52 / 0.28) ** 2, rel=0.15)  # area scales with length²
     dim = _render(brightness=0.65)[CROP].astype(float).mean()
     bright = _render(brightness=1.2)[CROP].astype(float).mean()
     assert bright / dim == pytest.approx(1.2 / 0.65, rel=0.06)

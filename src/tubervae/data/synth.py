@@ -10,8 +10,8 @@ independently:
 
 | name         | meaning                                                    | range              |
 |--------------|------------------------------------------------------------|--------------------|
-| `x`, `y`     | tuber centre minus image centre, px                        | [-60, 60]          |
-| `size`       | tuber length (major axis) / side of the centre crop        | [0.30, 0.60]       |
+| `x`, `y`     | tuber centre minus image centre, px                        | [-80, 80]          |
+| `size`       | tuber length (major axis) / side of the centre crop        | [0.28, 0.52]       |
 | `elongation` | length / width                                             | [1.0, 1.6]         |
 | `rotation`   | angle of the major axis, degrees (image y axis points down)| [0, 180)           |
 | `tone`       | skin colour, 0 = pale yellow, 1 = russet brown             | [0, 1]             |
@@ -26,7 +26,7 @@ Each defect type is present independently with probability q, where
 'bad without black spots' (the thesis's main failure case) is common.
 
 Everything stays inside the pipeline's centre crop (384×384 around the image
-centre for crop_fraction 0.8): |x| + length/2 · 1.06 ≤ 60 + 122 < 192. Defects
+centre for crop_fraction 0.8): |x| + length/2 · 1.06 ≤ 80 + 106 < 192. Defects
 are sized to survive a 32×32 downscale of that crop (12 px of photo per pixel).
 
 Images are reproducible: factors come from `default_rng([seed, 0])`, image i is
@@ -58,9 +58,9 @@ FACTOR_NAMES = (
     "spot_count", "spot_size", "greening", "rot",
 )
 NUISANCE_RANGES = {
-    "x": (-60.0, 60.0),
-    "y": (-60.0, 60.0),
-    "size": (0.30, 0.60),
+    "x": (-80.0, 80.0),
+    "y": (-80.0, 80.0),
+    "size": (0.28, 0.52),
     "elongation": (1.0, 1.6),
     "rotation": (0.0, 180.0),
     "tone": (0.0, 1.0),
