@@ -84,8 +84,13 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
     cnn = clf.fit_pixel_cnn(x_lab, y_lab, random_state=cfg.seed, steps=cfg.cnn_steps)
     alternatives["pixel_cnn"] = clf.binary_metrics(y_test, cnn.predict(x_test), cnn.predict_score(x_test),
                                                    majority_label=majority_bad)
+    sizes = tuple(s for s in cfg.label_sizes if s <= len(y_lab))
+    if not sizes:
+        log.warning("every classify.label_sizes %s exceeds the %d labelled photos: measuring at %d only",
+                    list(cfg.label_sizes), len(y_lab), len(y_lab))
+        sizes = (len(y_lab),)
     efficiency = clf.label_efficiency(z_lab, y_lab, z_test, y_test, train_images=x_lab, test_images=x_test,
-                                      sizes=tuple(s for s in cfg.label_sizes if s <= len(y_lab)),
+                                      sizes=sizes,
                                       n_draws=cfg.n_draws, random_state=cfg.seed, components=informative,
                                       cnn_steps=cfg.cnn_steps)
     efficiency_summary = clf.summarise_label_efficiency(efficiency)
@@ -106,8 +111,10 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "components.csv", ranking)
     write_csv(out_dir / "label_efficiency.csv", efficiency_summary)
+    # One draw has no spread (its std is NaN): plot it without an error bar.
     plots.save_figure(plots.label_efficiency_figure(efficiency_summary.rename(
-        columns={"mean_balanced_accuracy": "mean", "std_balanced_accuracy": "std"})), out_dir / "label_efficiency.png")
+        columns={"mean_balanced_accuracy": "mean", "std_balanced_accuracy": "std"}).fillna({"std": 0.0})),
+        out_dir / "label_efficiency.png")
     top2 = [int(c) for c in ranking.component.iloc[:2]] if len(ranking) > 1 else [rule.component] * 2
     plots.save_figure(plots.scatter_threshold_figure(
         z_lab[:, top2], y_lab, [f"z{c}" for c in top2], threshold=rule.threshold, threshold_axis=0),

@@ -67,16 +67,21 @@ def run(params: Params, *, root: str | Path = ".", udr_dir: str | Path = "report
     if current is not None and current.tags.get("source_run_id") == champion.run_id:
         log.info("%s@%s already is run %s (version %s)", cfg.model_name, ALIAS, champion.run_id, current.version)
         version = current
+        trained_on = current.tags.get("data_version", meta["data_version"])
     else:
         with tempfile.TemporaryDirectory() as tmp:
             weights = tracker.download(champion.run_id, "model/model.pt", tmp)
             config = json.loads(tracker.download(champion.run_id, "model/config.json", tmp).read_text())
             config["crop_fraction"] = meta["crop_fraction"]
+            trained_on = config.get("data_version") or meta["data_version"]
+            if trained_on != meta["data_version"]:
+                log.warning("the champion was trained on data version %s, the processed data is %s: rerun the "
+                            "search and udr stages", trained_on, meta["data_version"])
             config_path = Path(tmp) / "vae_config.json"
             config_path.write_text(json.dumps(config, indent=2))
             tags = {"family": champion.family, "setting": champion.setting, "seed": int(champion.seed),
                     "udr": float(champion.udr_within), "n_active": int(champion.n_active),
-                    "data_version": meta["data_version"], "source_run_id": champion.run_id}
+                    "data_version": trained_on, "source_run_id": champion.run_id}
             with tracker.run("register", run_id=run_id, tags={"kind": "register", **tags}) as rid:
                 version = tracker.log_pyfunc(rid, VaeModel(), {"weights": str(weights), "config": str(config_path)},
                                              registered_name=cfg.model_name,
@@ -86,7 +91,7 @@ def run(params: Params, *, root: str | Path = ".", udr_dir: str | Path = "report
     summary = {"model": cfg.model_name, "alias": ALIAS, "version": int(version.version),
                "run_id": champion.run_id, "family": champion.family, "setting": str(champion.setting),
                "seed": int(champion.seed), "udr_within": float(champion.udr_within),
-               "n_active": int(champion.n_active), "data_version": meta["data_version"],
+               "n_active": int(champion.n_active), "data_version": trained_on,
                "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
                          f"informative components"}
     write_json(out_path, summary)
