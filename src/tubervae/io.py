@@ -19,6 +19,7 @@ def write_json(path: str | Path, obj) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
         fh.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; reports are for everyone
     os.replace(tmp, path)
 
 
@@ -39,6 +40,7 @@ def write_csv(path: str | Path, frame) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     frame.to_csv(tmp, index=False)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

@@ -545,7 +545,7 @@ def contact_sheet(out_dir: str | os.PathLike, png_path: str | os.PathLike, *, n:
     labels_path = out / "labels.csv"
     if not labels_path.is_file():
         raise ValueError(f"out_dir must hold a generated data set with labels.csv, got {str(out)!r}")
-    labels = pd.read_csv(labels_path)
+    labels = pd.read_csv(labels_path, keep_default_na=False, dtype={"label": str})
     factors_path = out / "factors.csv"
     factors = pd.read_csv(factors_path) if factors_path.is_file() else None
     rng = np.random.default_rng(seed)
@@ -559,7 +559,7 @@ def contact_sheet(out_dir: str | os.PathLike, png_path: str | os.PathLike, *, n:
     for ax, i in zip(axes.ravel(), picks):
         with Image.open(out / labels.loc[i, "file"]) as img:
             ax.imshow(np.asarray(img.convert("RGB")))
-        caption = str(labels.loc[i, "label"])
+        caption = str(labels.loc[i, "label"]) or "unlabelled"
         if factors is not None:
             names = defect_names(factors.loc[i])
             if names:

@@ -73,6 +73,8 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
     if "factors" not in test:
         log.warning("the photos carry no ground-truth factors (real data): nothing to evaluate")
         write_json(out_dir / "metrics.json", {"skipped": "no ground-truth factors in the data"})
+        # dvc.yaml declares models.csv as an output of this stage: it must exist, if empty.
+        write_csv(out_dir / "models.csv", pd.DataFrame(columns=["run_id", *SUPERVISED]))
         return {"skipped": True}
     models_path = Path(udr_dir) / "models.csv"
     if not models_path.exists():

@@ -25,7 +25,7 @@ from tubervae.config import FAMILIES, Params
 from tubervae.io import write_csv, write_json
 from tubervae.search import latents_of
 from tubervae.stages.preprocess import load_meta
-from tubervae.tracking import Tracker
+from tubervae.tracking import EXPERIMENT, Tracker
 from tubervae.udr import masked_similarity, rank_shift, udr_scores
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,16 @@ def models_from_search(tracker: Tracker, search_dir: Path) -> list[dict]:
 
 
 def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
+    from mlflow.exceptions import MlflowException
+
     rows = []
     for model in models:
-        run = tracker.client.get_run(model["run_id"])
+        try:
+            run = tracker.client.get_run(model["run_id"])
+        except MlflowException as exc:
+            raise RuntimeError(
+                f"run {model['run_id']} (search trial {model['trial']}) is not in the tracking store "
+                f"{tracker.uri}: rerun the search stage against this store ({exc.message})") from None
         p = run.data.params
         rows.append({**model, "family": p["family"], "beta": float(p["beta"]), "c_max": float(p["c_max"]),
                      "seed": int(p["seed"]), "setting": run.data.tags.get("setting", p["beta"]),
@@ -59,8 +66,17 @@ def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
 
 
 def all_vae_runs(tracker: Tracker) -> list[dict]:
+    """Finished VAE runs of the project's experiment and of the tracker's own one.
+
+    `mlflow run . -e udr` opens its run in the Default experiment unless told otherwise;
+    the models still live in the project's experiment, so both are searched.
+    """
+    experiments = [tracker.experiment_id]
+    project = tracker.client.get_experiment_by_name(EXPERIMENT)
+    if project is not None and project.experiment_id not in experiments:
+        experiments.append(project.experiment_id)
     return [{"run_id": r.info.run_id, "trial": -1, "feasible": True}
-            for r in tracker.finished_runs("tags.kind = 'vae'")]
+            for r in tracker.finished_runs("tags.kind = 'vae'", experiment_ids=experiments)]
 
 
 def thesis_table(frame: pd.DataFrame, score_column: str) -> pd.DataFrame:
@@ -123,8 +139,8 @@ def run(params: Params, *, root: str | Path = ".", search_dir: str | Path = "rep
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
     common = dict(similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold,
                   lasso_alpha=cfg.lasso_alpha)
-    within = udr_scores(reps, kls, groups=list(zip(frame.family, frame.beta, frame.c_max)), n_partners=cfg.n_partners or None,
-                        partner_seed=cfg.partner_seed, **common)
+    within = udr_scores(reps, kls, groups=list(zip(frame.family, frame.beta, frame.c_max)),
+                        n_partners=cfg.n_partners or None, partner_seed=cfg.partner_seed, **common)
     a2a = udr_scores(reps, kls, groups=None, n_partners=None, partner_seed=cfg.partner_seed, **common)
     frame["n_active"] = within.n_informative
     frame["udr_within"] = within.scores

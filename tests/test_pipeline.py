@@ -1,0 +1,400 @@
+"""The data stages end to end: `dvc repro preprocess` in a temporary copy of the project.
+
+One DVC project with 60 simulated photos is built once for the module (`dvc_project`);
+tests that change it put it back as they found it. A folder of real photos, failures
+half-way and the MLproject entry points are checked beside it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from tubervae import cli
+from tubervae.config import DataConfig, PreprocessConfig
+from tubervae.data.splits import fingerprint
+from tubervae.data.synth import FACTOR_NAMES
+from tubervae.stages import preprocess, raw
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SPLITS = ("train", "test", "labelled", "udr_probe")
+N_IMAGES, PROBE, PER_CLASS, SIZE = 60, 20, 5, 16
+TINY = {"data": {"n_images": N_IMAGES, "workers": 2},
+        "preprocess": {"image_size": SIZE, "probe_size": PROBE, "labelled_per_class": PER_CLASS}}
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def tiny_params(**changes) -> dict:
+    """The project's params.yaml with the tiny data settings (and `changes`, section -> values)."""
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    for section, values in {**TINY, **changes}.items():
+        params[section] = {**params[section], **TINY.get(section, {}), **values}
+    return params
+
+
+def write_params(root: Path, params: dict, name: str = "params.yaml") -> Path:
+    path = root / name
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run_cmd(args: list[str], root: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run a command in `root` in its own process group, killed whole if it overruns."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1",
+               DVC_SITE_CACHE_DIR=str(root.parent / "dvc_site_cache"), MPLBACKEND="Agg")
+    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(args)} ran over {timeout} s:\n{out[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(args, proc.returncode, out, None)
+
+
+def repro(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cmd([str(BIN / "dvc"), "repro", *extra, "preprocess"], root)
+
+
+def load_processed(folder: Path) -> tuple[dict, dict]:
+    splits = {}
+    for name in SPLITS:
+        with np.load(folder / f"{name}.npz", allow_pickle=False) as data:
+            splits[name] = {k: data[k] for k in data.files}
+    return splits, json.loads((folder / "meta.json").read_text())
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def block_mean(img: Image.Image, crop_fraction: float, size: int) -> np.ndarray:
+    """Centre square of side crop_fraction × shorter side, averaged over size × size blocks."""
+    array = np.asarray(img.convert("RGB"), dtype=float)
+    h, w = array.shape[:2]
+    side = round(min(h, w) * crop_fraction)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = array[top:top + side, left:left + side]
+    k = side // size
+    return square.reshape(size, k, size, k, 3).mean(axis=(1, 3))
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory):
+    """A copy of the project's pipeline and sources with tiny params, after `dvc repro preprocess`."""
+    root = tmp_path_factory.mktemp("pipeline") / "project"
+    root.mkdir()
+    shutil.copyfile(PROJECT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_params(root, tiny_params())
+    init = run_cmd([str(BIN / "dvc"), "init", "--no-scm", "-q"], root)
+    assert init.returncode == 0, init.stdout
+    first = repro(root)
+    assert first.returncode == 0, first.stdout[-4000:]
+    return {"root": root, "output": first.stdout,
+            "data_version": json.loads((root / "data/processed/meta.json").read_text())["data_version"]}
+
+
+# ------------------------------------------------------------------ dvc repro
+
+
+def test_repro_builds_raw_and_processed_data(dvc_project):
+    root = dvc_project["root"]
+    out = dvc_project["output"]
+    assert "Running stage 'raw'" in out and "Running stage 'preprocess'" in out
+
+    # data/raw: the simulated photos, their labels and true factors.
+    photos = sorted((root / "data/raw/images").iterdir())
+    assert len(photos) == N_IMAGES
+    for path in photos:
+        with Image.open(path) as img:
+            assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (640, 480))
+    labels = pd.read_csv(root / "data/raw/labels.csv", keep_default_na=False)
+    factors = pd.read_csv(root / "data/raw/factors.csv")
+    assert labels.columns.tolist() == ["file", "label"] and len(labels) == N_IMAGES
+    assert factors.columns.tolist() == ["file", *FACTOR_NAMES]
+    assert factors.file.tolist() == labels.file.tolist() == [f"images/{p.name}" for p in photos]
+    no_defect = (factors.spot_count == 0) & (factors.greening == 0) & (factors.rot == 0)
+    assert (labels.label == np.where(no_defect, "good", "bad")).all()
+    assert 0 < no_defect.sum() < N_IMAGES  # both classes present
+
+    # reports/data: one ingestion line per photo, a contact sheet.
+    ingest = pd.read_csv(root / "reports/data/ingest.csv", keep_default_na=False)
+    assert ingest.columns.tolist() == ["source", "status", "reason", "label", "file"]
+    assert (ingest.status == "generated").all()
+    assert ingest.file.tolist() == labels.file.tolist() and ingest.label.tolist() == labels.label.tolist()
+    with Image.open(root / "reports/data/contact_sheet.png") as sheet:
+        assert sheet.format == "PNG" and min(sheet.size) > 200
+
+    # data/processed: four splits of the same rows, arrays as documented.
+    splits, meta = load_processed(root / "data/processed")
+    codes = np.where(labels.label == "good", 0, 1)
+    for name, arrays in splits.items():
+        rows = arrays["rows"]
+        n = len(rows)
+        assert arrays["images"].dtype == np.uint8 and arrays["images"].shape == (n, SIZE, SIZE, 3), name
+        assert arrays["images"].std() > 5 and arrays["images"].max() > 100, name  # photos, not blanks
+        assert arrays["labels"].dtype == np.int8 and (arrays["labels"] == codes[rows]).all(), name
+        assert arrays["files"].tolist() == labels.file.to_numpy()[rows].tolist(), name
+        assert arrays["factors"].dtype == np.float32 and arrays["factors"].shape == (n, len(FACTOR_NAMES))
+        np.testing.assert_allclose(arrays["factors"], factors[list(FACTOR_NAMES)].to_numpy()[rows], rtol=1e-6)
+        assert arrays["factor_names"].tolist() == list(FACTOR_NAMES)
+        assert meta["splits"][name] == {"n": n, "good": int((codes[rows] == 0).sum()),
+                                        "bad": int((codes[rows] == 1).sum()), "unlabelled": 0}
+    train, test = set(splits["train"]["rows"]), set(splits["test"]["rows"])
+    assert not train & test and train | test == set(range(N_IMAGES))
+    for cls in (0, 1):  # the test set keeps the class ratio
+        assert (codes[list(test)] == cls).sum() == round(0.2 * (codes == cls).sum())
+    labelled, probe = splits["labelled"]["rows"], splits["udr_probe"]["rows"]
+    assert set(labelled) <= train and sorted(codes[labelled].tolist()) == [0] * PER_CLASS + [1] * PER_CLASS
+    assert set(probe) <= train and len(set(probe)) == PROBE
+
+    # Pixels: the centre crop of the photo, shrunk by block averaging (JPEG decoding may differ slightly).
+    first = splits["train"]
+    with Image.open(root / "data/raw" / first["files"][0]) as img:
+        expected = block_mean(img, 0.8, SIZE)
+    assert np.abs(first["images"][0] - expected).mean() < 3
+
+    # meta.json: the settings and a data version that is the hash of exactly these arrays.
+    assert meta["image_size"] == SIZE and meta["crop_fraction"] == 0.8
+    assert meta["factor_names"] == list(FACTOR_NAMES)
+    images = np.empty((N_IMAGES, SIZE, SIZE, 3), np.uint8)
+    for name in ("train", "test"):
+        images[splits[name]["rows"]] = splits[name]["images"]
+    order = np.concatenate([splits[name]["rows"] for name in SPLITS])
+    assert meta["data_version"] == fingerprint(images, codes.astype(np.int8), order)
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert lock["raw"]["params"]["params.yaml"]["data"]["n_images"] == N_IMAGES
+    assert lock["preprocess"]["params"]["params.yaml"]["preprocess"]["image_size"] == SIZE
+
+
+def test_second_repro_does_nothing(dvc_project):
+    root = dvc_project["root"]
+    before = snapshot(root / "data")
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "data/processed").iterdir()}
+    again = repro(root)
+    assert again.returncode == 0, again.stdout
+    assert "Stage 'raw' didn't change, skipping" in again.stdout
+    assert "Stage 'preprocess' didn't change, skipping" in again.stdout
+    assert "Running stage" not in again.stdout
+    assert snapshot(root / "data") == before
+    assert {p: p.stat().st_mtime_ns for p in (root / "data/processed").iterdir()} == stamps
+    status = run_cmd([str(BIN / "dvc"), "status", "preprocess"], root)
+    assert status.returncode == 0 and "up to date" in status.stdout
+
+
+def test_preprocessing_is_deterministic(dvc_project, tmp_path):
+    """Another simulation and preprocessing, in one process instead of two, gives the same data."""
+    root = dvc_project["root"]
+    params = tiny_params()
+    data_cfg = DataConfig(**{**params["data"], "workers": 1})
+    prep_cfg = PreprocessConfig(**params["preprocess"])
+    raw.run(data_cfg, out_dir=tmp_path / "raw", reports_dir=tmp_path / "reports")
+    assert snapshot(tmp_path / "raw") == snapshot(root / "data/raw")
+    first = preprocess.run(prep_cfg, raw_dir=tmp_path / "raw", out_dir=tmp_path / "a", workers=1)
+    second = preprocess.run(prep_cfg, raw_dir=tmp_path / "raw", out_dir=tmp_path / "b", workers=2)
+    assert first["data_version"] == second["data_version"] == dvc_project["data_version"]
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
+
+
+def test_changed_param_reruns_preprocess_only(dvc_project):
+    root = dvc_project["root"]
+    raw_stamps = {p: p.stat().st_mtime_ns for p in (root / "data/raw").rglob("*")}
+    try:
+        write_params(root, tiny_params(preprocess={"seed": 1}))
+        changed = repro(root)
+        assert changed.returncode == 0, changed.stdout
+        assert "Stage 'raw' didn't change, skipping" in changed.stdout
+        assert "Running stage 'preprocess'" in changed.stdout
+        splits, meta = load_processed(root / "data/processed")
+        assert meta["data_version"] != dvc_project["data_version"]  # another split
+        assert {p: p.stat().st_mtime_ns for p in (root / "data/raw").rglob("*")} == raw_stamps
+        lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+        assert lock["preprocess"]["params"]["params.yaml"]["preprocess"]["seed"] == 1
+    finally:
+        write_params(root, tiny_params())
+        restored = repro(root)
+    assert restored.returncode == 0, restored.stdout
+    _, meta = load_processed(root / "data/processed")
+    assert meta["data_version"] == dvc_project["data_version"]
+
+
+def test_invalid_param_fails_the_stage_without_output(dvc_project):
+    root = dvc_project["root"]
+    raw_before = snapshot(root / "data/raw")
+    lock_before = (root / "dvc.lock").read_text()
+    try:
+        write_params(root, tiny_params(preprocess={"image_size": 20}))
+        failed = repro(root)
+        assert failed.returncode != 0
+        assert "preprocess.image_size: 20 is not one of [16, 32, 64, 128]" in failed.stdout
+        assert "failed to reproduce 'preprocess'" in failed.stdout
+        # DVC cleared the old output before the run; the stage wrote nothing, not even a partial folder.
+        assert sorted(p.name for p in (root / "data").iterdir()) == ["raw"]
+        assert snapshot(root / "data/raw") == raw_before
+        assert (root / "dvc.lock").read_text() == lock_before
+    finally:
+        write_params(root, tiny_params())
+        restored = repro(root)
+    assert restored.returncode == 0, restored.stdout
+    _, meta = load_processed(root / "data/processed")
+    assert meta["data_version"] == dvc_project["data_version"]
+
+
+def test_stage_errors_leave_existing_output_untouched(dvc_project, tmp_path, monkeypatch, capsys):
+    root = dvc_project["root"]
+    before = snapshot(root / "data")
+    monkeypatch.chdir(root)
+
+    # A setting refused by validation: exit status 2, the key and value named.
+    bad = write_params(tmp_path, tiny_params(data={"n_images": 0}), "bad.yaml")
+    assert cli.main(["--params", str(bad), "raw"]) == 2
+    assert "data.n_images: 0 is below the minimum 1" in capsys.readouterr().err
+    # Valid settings the data cannot satisfy: exit status 1 and what to change.
+    bad = write_params(tmp_path, tiny_params(preprocess={"probe_size": 55}), "bad.yaml")
+    assert cli.main(["--params", str(bad), "preprocess"]) == 1
+    err = capsys.readouterr().err
+    assert "the UDR probe needs 55 training images but only 48 remain" in err and "probe_size" in err
+
+    # A failure while the splits are being written (here: the disk fills after the first file).
+    written = []
+    real_savez = np.savez
+
+    def savez_then_fail(path, **arrays):
+        if written:
+            raise OSError("No space left on device")
+        written.append(path)
+        real_savez(path, **arrays)
+
+    monkeypatch.setattr(preprocess.np, "savez", savez_then_fail)
+    other_split = PreprocessConfig(**tiny_params(preprocess={"seed": 1})["preprocess"])  # other bytes
+    with pytest.raises(OSError, match="No space left"):
+        preprocess.run(other_split, raw_dir=root / "data/raw", out_dir=root / "data/processed", workers=1)
+    assert written  # the stage did get half-way
+    assert snapshot(root / "data") == before
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["processed", "raw"]
+
+
+# ------------------------------------------------------------------ a folder of real photos
+
+
+def photo(colour, size=(640, 480), radius=120, background=128, mode="RGB") -> Image.Image:
+    """A disc of `colour` in the middle of a grey picture."""
+    w, h = size
+    yy, xx = np.mgrid[:h, :w]
+    array = np.full((h, w, 3), background, np.uint8)
+    array[(xx - w / 2) ** 2 + (yy - h / 2) ** 2 <= radius ** 2] = colour
+    img = Image.fromarray(array, "RGB")
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def test_real_photo_folder_goes_through_preprocess(tmp_path):
+    folder = tmp_path / "photos"
+    for name in ("good", "bad"):
+        (folder / name).mkdir(parents=True)
+    for i in range(14):
+        photo((40, 60, 150 + 5 * i)).save(folder / "good" / f"g{i:02d}.png")
+        photo((150 + 5 * i, 50, 40)).save(folder / "bad" / f"b{i:02d}.png")
+    photo((40, 60, 220), size=(800, 600), radius=150).save(folder / "good" / "large.png")
+    photo((220, 50, 40), size=(800, 600), radius=150).save(folder / "bad" / "large.png")
+    photo((200, 200, 200), mode="L").save(folder / "bad" / "grey.png")  # rejected: no colour
+    photo((90, 160, 60)).save(folder / "unsorted.png")  # no label folder: unlabelled
+    untouched = snapshot(folder)
+
+    raw_dir, reports = tmp_path / "data/raw", tmp_path / "reports/data"
+    raw.run(DataConfig(source=str(folder), workers=1, max_rejected_fraction=0.1), out_dir=raw_dir,
+            reports_dir=reports)
+    assert snapshot(folder) == untouched
+    ingest = pd.read_csv(reports / "ingest.csv", keep_default_na=False).set_index("source")
+    assert len(ingest) == 32
+    assert ingest.loc["bad/grey.png", "status"] == "rejected" and "colour mode L" in ingest.loc["bad/grey.png",
+                                                                                               "reason"]
+    assert ingest.loc["good/large.png", "status"] == "converted"
+    assert (ingest.drop(index=["bad/grey.png", "good/large.png", "bad/large.png"]).status == "accepted").all()
+    assert ingest.loc["unsorted.png", "label"] == ""
+    assert not (raw_dir / "factors.csv").exists()
+    with Image.open(reports / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG"
+
+    meta = preprocess.run(PreprocessConfig(image_size=SIZE, probe_size=10, labelled_per_class=3),
+                          raw_dir=raw_dir, out_dir=tmp_path / "data/processed", workers=1)
+    assert meta["factor_names"] == []
+    assert meta["splits"]["test"] == {"n": 6, "good": 3, "bad": 3, "unlabelled": 0}
+    assert meta["splits"]["train"] == {"n": 25, "good": 12, "bad": 12, "unlabelled": 1}
+    assert meta["splits"]["labelled"] == {"n": 6, "good": 3, "bad": 3, "unlabelled": 0}
+    splits, _ = load_processed(tmp_path / "data/processed")
+    labels = pd.read_csv(raw_dir / "labels.csv", keep_default_na=False)
+    for name, arrays in splits.items():
+        assert "factors" not in arrays and arrays["images"].shape[1:] == (SIZE, SIZE, 3)
+        centre = arrays["images"][:, SIZE // 2, SIZE // 2].astype(int)
+        sources = labels.source.to_numpy()[arrays["rows"]]
+        for label, rgb, source in zip(arrays["labels"], centre, sources):
+            # Each image keeps the label of the folder its photo came from: blue good, red bad.
+            expected = {"good": 0, "bad": 1}.get(source.split("/")[0], -1) if "/" in source else -1
+            assert label == expected, source
+            if label == 0:
+                assert rgb[2] > rgb[0] + 50, source
+            elif label == 1:
+                assert rgb[0] > rgb[2] + 50, source
+    # An accepted PNG is shrunk exactly: the block mean of its centre crop.
+    train = splits["train"]
+    sources = labels.source.to_numpy()[train["rows"]]
+    k = int(np.flatnonzero(np.char.startswith(sources.astype(str), "bad/b"))[0])
+    with Image.open(folder / sources[k]) as img:
+        expected = block_mean(img, 0.8, SIZE)
+    assert np.abs(train["images"][k] - expected).max() <= 1
+
+
+# ------------------------------------------------------------------ MLproject and dvc.yaml agree
+
+
+def _parsed(command: str):
+    words = shlex.split(command)
+    assert words[0] == "tubervae", command
+    return cli.build_parser().parse_args(words[1:])
+
+
+def test_mlproject_entry_points_run_the_dvc_stage_commands():
+    from mlflow.projects._project_spec import load_project
+
+    project = load_project(str(PROJECT))
+    assert Path(project.env_config_path).resolve() == (PROJECT / "conda.yaml").resolve()
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    assert project.get_entry_point("main").command == "dvc repro"
+    for name, stage in stages.items():
+        entry = project.get_entry_point(name)
+        if "foreach" in stage:
+            for family in yaml.safe_load((PROJECT / "params.yaml").read_text())["search"]["spaces"]:
+                from_dvc = vars(_parsed(stage["do"]["cmd"].replace("${key}", family)))
+                from_mlflow = vars(_parsed(entry.compute_command({"family": family}, None)))
+                assert from_mlflow["n_trials"] == 0  # 0 = the number in params.yaml, as dvc runs it
+                assert {**from_mlflow, "n_trials": None} == from_dvc
+        else:
+            assert vars(_parsed(entry.compute_command({}, None))) == vars(_parsed(stage["cmd"])), name
+    # Whole numbers arrive from MLflow as floats ('1.0'): the train entry point must take them.
+    train = _parsed(project.get_entry_point("train").compute_command(
+        {"family": "cbeta_vae", "beta": 700, "c_max": 6.0, "seed": 1.0}, None))
+    assert (train.command, train.family, train.beta, train.c_max, train.seed) == ("train", "cbeta_vae", 700.0,
+                                                                               6.0, 1)
+    assert isinstance(train.seed, int)

@@ -1,0 +1,531 @@
+"""The udr and evaluate stages on MLflow runs made here, and `mlflow run . -e udr`.
+
+The udr stage is fed latents built so that the settings differ in how well their seeds
+agree: seeds of the "clean" setting hold the same factors up to permutation, sign and
+scale (UDR near 1), seeds of the "mixed" setting hold different rotations of them.
+The evaluate stage gets tiny models trained by the real training entry point.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+from scipy.stats import rankdata, spearmanr
+
+from tubervae.config import EvaluateConfig, Params, TrainConfig, UdrConfig
+from tubervae.data.splits import fingerprint
+from tubervae.io import write_json
+from tubervae.stages import evaluate as evaluate_stage
+from tubervae.stages import train as train_stage
+from tubervae.stages import udr as udr_stage
+from tubervae.tracking import Tracker
+from tubervae.train import Setting
+from tubervae.udr import udr_scores
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+N_PROBE = 200
+FACTOR_NAMES = ["x", "y", "radius", "brightness"]
+
+
+def thesis_columns(n_seeds: int) -> list[str]:
+    """The columns of the thesis's UDR tables (figures 4.11-4.14), in order."""
+    return ["model type", "param", "#top", *(f"seed_{i}" for i in range(n_seeds)), "udr"]
+
+
+# ------------------------------------------------------------------ fixtures and helpers
+
+
+@pytest.fixture(autouse=True)
+def _own_tracking_store(monkeypatch):
+    """Every Tracker of a test uses sqlite:///<its root>/mlflow.db, whatever the caller's shell says."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow sqlite database with its schema and nothing else.
+
+    Building the schema takes seconds on this machine, so each test copies this file
+    instead (see `fresh_root`).
+    """
+    folder = tmp_path_factory.mktemp("empty_store")
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
+def fresh_root(root: Path, empty_store: Path) -> Path:
+    """A project root with an empty tracking store whose Default experiment stores under root/mlruns."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(empty_store, root / "mlflow.db")
+    with sqlite3.connect(root / "mlflow.db") as con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                    (str(root / "mlruns" / "0"),))
+    con.close()
+    return root
+
+
+def disc_images(rng: np.random.Generator, n: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Bright discs on a dark background; factors x, y (offset from the centre), radius, brightness."""
+    factors = np.column_stack([rng.uniform(-3, 3, n), rng.uniform(-3, 3, n), rng.uniform(2, 5, n),
+                               rng.uniform(0.4, 1.0, n)]).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    images = np.full((n, size, size, 3), 20, np.uint8)
+    for i, (x, y, r, b) in enumerate(factors):
+        inside = (xx - x) ** 2 + (yy - y) ** 2 <= r ** 2
+        images[i][inside] = np.array([255 * b, 230 * b, 160 * b]).astype(np.uint8)
+    return images, factors
+
+
+def write_processed(root: Path, *, seed: int = 0, n_train: int = 120, n_test: int = 60,
+                    with_factors: bool = True) -> str:
+    """The files the preprocess stage writes, for disc images; returns the data version."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    images, factors = disc_images(rng, n)
+    labels = (factors[:, 3] < 0.7).astype(np.int8)  # dim discs are 'bad'
+    rows = {"train": np.arange(n_train), "test": np.arange(n_train, n)}
+    rows["labelled"] = np.concatenate([np.flatnonzero(labels[:n_train] == c)[:5] for c in (0, 1)])
+    rows["udr_probe"] = np.arange(min(N_PROBE, n_train))
+    out = root / "data" / "processed"
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, idx in rows.items():
+        arrays = {"images": images[idx], "labels": labels[idx], "rows": idx,
+                  "files": np.array([f"images/disc_{i:04d}.png" for i in idx])}
+        if with_factors:
+            arrays.update(factors=factors[idx], factor_names=np.array(FACTOR_NAMES))
+        np.savez(out / f"{name}.npz", **arrays)
+        counts[name] = {"n": int(len(idx)), "good": int((labels[idx] == 0).sum()),
+                        "bad": int((labels[idx] == 1).sum()), "unlabelled": 0}
+    version = fingerprint(images, labels, np.concatenate(list(rows.values())))
+    write_json(out / "meta.json", {"data_version": version, "image_size": 16, "crop_fraction": 0.8,
+                                   "factor_names": FACTOR_NAMES if with_factors else [], "splits": counts})
+    return version
+
+
+def log_model(tracker: Tracker, *, family: str, beta: float, c_max: float = 0.0, seed: int,
+              data_version: str, mu: np.ndarray, kl: np.ndarray) -> str:
+    """A finished VAE run as the training stage leaves it, as far as the udr stage reads it."""
+    setting = Setting(family=family, beta=beta, c_max=c_max)
+    tags = {"kind": "vae", "family": family, "setting": setting.label, "seed": seed}
+    with tracker.run(f"{family} {setting.label} seed {seed}", tags=tags) as rid:
+        tracker.log_params(rid, {"family": family, "beta": beta, "c_max": c_max, "seed": seed,
+                                 "data_version": data_version})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "latents.npz"
+            np.savez(path, mu=mu, logvar=np.zeros_like(mu), kl=kl)
+            tracker.log_artifact(rid, path)
+    return rid
+
+
+def search_report(root: Path, family: str, trials: list[dict]) -> None:
+    """reports/search/<family>.json in the layout of tubervae.search.summarise."""
+    full = []
+    for number, trial in enumerate(trials):
+        full.append({"number": number, "state": trial.get("state", "COMPLETE"), "value": trial.get("value"),
+                     "params": trial["params"], "feasible": trial.get("feasible", True), "n_active": None,
+                     "infeasible_reason": "", "udr_per_seed": None, "mlflow_run_id": None,
+                     "seed_run_ids": trial["seed_run_ids"], "fail_reason": ""})
+    write_json(root / "reports" / "search" / f"{family}.json",
+               {"family": family, "study": f"{family}-test", "objective": "median within-setting UDR",
+                "n_complete": sum(t["state"] == "COMPLETE" for t in full), "n_feasible": len(full),
+                "best_value": None, "best_params": None, "best_trial": None, "best_n_active": None,
+                "best_mlflow_run_id": None, "trials": full})
+
+
+def clean_copy(truth: np.ndarray, keep: list[int], n_dead: int, rng: np.random.Generator):
+    """The factors `keep`, permuted, sign-flipped and rescaled, plus `n_dead` collapsed components."""
+    n = len(truth)
+    signs = rng.choice([-1.0, 1.0], len(keep))
+    scales = rng.uniform(0.5, 2.0, len(keep))
+    live = truth[:, keep] * signs * scales + 0.02 * rng.normal(size=(n, len(keep)))
+    dead = 0.01 * rng.normal(size=(n, n_dead))
+    mu = np.hstack([live, dead])
+    kl = np.concatenate([rng.uniform(0.5, 2.0, len(keep)), np.full(n_dead, 0.001)])
+    order = rng.permutation(mu.shape[1])
+    return mu[:, order], kl[order]
+
+
+def mixed_copy(truth: np.ndarray, n_dead: int, rng: np.random.Generator):
+    """A random rotation of the factors plus one extra mixture, then collapsed components."""
+    n, k = truth.shape
+    q, _ = np.linalg.qr(rng.normal(size=(k, k)))
+    extra = truth @ rng.normal(size=(k, 1))
+    live = np.hstack([truth @ q, extra]) + 0.05 * rng.normal(size=(n, k + 1))
+    mu = np.hstack([live, 0.01 * rng.normal(size=(n, n_dead))])
+    kl = np.concatenate([rng.uniform(0.5, 2.0, k + 1), np.full(n_dead, 0.001)])
+    return mu, kl
+
+
+@pytest.fixture
+def udr_root(tmp_path, empty_store):
+    """A project root ready for the udr stage: processed data, runs with latents, search reports."""
+    root = fresh_root(tmp_path / "project", empty_store)
+    version = write_processed(root)
+    tracker = Tracker(root)
+    rng = np.random.default_rng(7)
+    truth = rng.normal(size=(N_PROBE, 3))
+    models = []  # (family, beta, seed, mu, kl) of the runs on the current data
+
+    def add(family, beta, seed, mu, kl, data_version=version):
+        mu = mu.astype(np.float32)  # as stored in latents.npz
+        rid = log_model(tracker, family=family, beta=beta, seed=seed, data_version=data_version, mu=mu, kl=kl)
+        if data_version == version:
+            models.append({"run_id": rid, "family": family, "beta": beta, "seed": seed, "mu": mu, "kl": kl})
+        return rid
+
+    # The clean setting has a third seed, so a median differs from a mean; seeds logged out of order.
+    clean = [add("beta_vae", 4.0, s, *clean_copy(truth, [0, 1, 2], 2, rng)) for s in (2, 0, 1)]
+    mixed = [add("beta_vae", 1.0, s, *mixed_copy(truth, 1, rng)) for s in (0, 1)]
+    stale = add("beta_vae", 4.0, 3, *clean_copy(truth, [0, 1, 2], 2, rng), data_version="0123456789abcdef")
+    tc = [add("beta_tcvae", 6.0, s, *clean_copy(truth, [0, 1], 3, rng)) for s in (0, 1)]
+    search_report(root, "beta_vae", [
+        {"params": {"beta": 4.0}, "seed_run_ids": clean + [stale]},
+        {"params": {"beta": 1.0}, "seed_run_ids": mixed, "feasible": False},
+        {"params": {"beta": 2.0}, "seed_run_ids": ["f" * 32], "state": "FAIL"},  # never opened
+    ])
+    search_report(root, "beta_tcvae", [{"params": {"beta": 6.0}, "seed_run_ids": tc}])
+    return {"root": root, "tracker": tracker, "models": models, "stale": stale, "version": version}
+
+
+def stage_paths(root: Path) -> dict:
+    return dict(root=root, search_dir=root / "reports" / "search", out_dir=root / "reports" / "udr",
+                processed_dir=root / "data" / "processed")
+
+
+def expected_scores(models: list[dict], cfg: UdrConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    reps, kls = [m["mu"] for m in models], [m["kl"] for m in models]
+    common = dict(similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold,
+                  lasso_alpha=cfg.lasso_alpha)
+    within = udr_scores(reps, kls, groups=[f"{m['family']}/{m['beta']}" for m in models], **common)
+    a2a = udr_scores(reps, kls, **common)
+    return within.scores, a2a.scores, within.n_informative
+
+
+def is_png(path: Path) -> bool:
+    with Image.open(path) as img:
+        return img.format == "PNG" and img.size[0] > 50 and img.size[1] > 50
+
+
+def run_quietly(args: list[str], *, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; the whole group is killed if it overruns."""
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(args)} ran over {timeout} s:\n{out[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(args, proc.returncode, out, None)
+
+
+# ------------------------------------------------------------------ the udr stage
+
+
+def test_udr_tables_scores_and_metrics_on_runs(udr_root):
+    root, tracker, models = udr_root["root"], udr_root["tracker"], udr_root["models"]
+    cfg = UdrConfig(heatmap_pairs=3)
+    summary = udr_stage.run(Params(udr=cfg), **stage_paths(root))
+    out = root / "reports" / "udr"
+    within, a2a, n_top = expected_scores(models, cfg)
+    by_run = {m["run_id"]: i for i, m in enumerate(models)}
+
+    # The constructed latents behave as designed: agreeing seeds score high, rotated ones lower.
+    clean = [i for i, m in enumerate(models) if m["family"] == "beta_vae" and m["beta"] == 4.0]
+    mixed = [i for i, m in enumerate(models) if m["family"] == "beta_vae" and m["beta"] == 1.0]
+    assert within[clean].min() > 0.8 and within[mixed].max() < within[clean].min() - 0.2
+
+    def check_rows(table: pd.DataFrame, scores: np.ndarray, n_seeds: int) -> None:
+        """Each row: the setting's models' scores in seed order (NaN-padded), then their median."""
+        for row in table.to_dict("records"):
+            idx = sorted((i for i, m in enumerate(models) if m["family"] == row["model type"]
+                          and Setting(m["family"], m["beta"]).label == row["param"]), key=lambda i: models[i]["seed"])
+            padded = np.concatenate([scores[idx], np.full(n_seeds - len(idx), np.nan)])
+            assert [row[f"seed_{i}"] for i in range(n_seeds)] == pytest.approx(padded, abs=1e-9, nan_ok=True)
+            assert row["udr"] == pytest.approx(np.median(scores[idx]), abs=1e-9)
+            assert row["#top"] == np.median(n_top[idx])
+
+    # Thesis layout, one table per family: one row per setting, seeds in seed order, median.
+    table = pd.read_csv(out / "beta_vae.csv", dtype={"param": str})
+    assert list(table.columns[:7]) == thesis_columns(3)
+    assert table["param"].tolist() == ["1", "4"]  # sorted by beta
+    assert table["#top"].tolist() == [4.0, 3.0]
+    check_rows(table, within, 3)
+    assert np.isnan(table.loc[0, "seed_2"])  # the mixed setting has two seeds
+    assert table["feasible"].tolist() == [False, True]
+    tc_table = pd.read_csv(out / "beta_tcvae.csv", dtype={"param": str})
+    assert list(tc_table.columns[:6]) == thesis_columns(2)
+    assert tc_table["param"].tolist() == ["6"] and tc_table["#top"].tolist() == [2.0]
+    check_rows(tc_table, within, 2)
+
+    # A2A: every model against every other, all families in one table.
+    table = pd.read_csv(out / "a2a.csv", dtype={"param": str})
+    assert list(table.columns[:7]) == thesis_columns(3)
+    assert list(zip(table["model type"], table["param"])) == [("beta_tcvae", "6"), ("beta_vae", "1"),
+                                                            ("beta_vae", "4")]
+    check_rows(table, a2a, 3)
+
+    # Herd effect table: ranks 1 = best, shift = A2A rank - within rank, biggest shifts first.
+    herd = pd.read_csv(out / "herd.csv")
+    assert sorted(herd.run_id) == sorted(by_run)
+    order = [by_run[r] for r in herd.run_id]
+    assert herd.rank_within.to_numpy() == pytest.approx(rankdata(-within, method="min")[order])
+    assert herd.rank_a2a.to_numpy() == pytest.approx(rankdata(-a2a, method="min")[order])
+    assert herd.rank_shift.to_numpy() == pytest.approx(herd.rank_a2a - herd.rank_within)
+    assert np.all(np.diff(np.abs(herd.rank_shift.to_numpy())) <= 0)
+    assert herd.n_active.tolist() == n_top[order].tolist()
+
+    # Pictures: a table per family and A2A, the rank scatter, and 3 heat maps (2 within, 1 across).
+    for name in ("beta_vae", "beta_tcvae", "a2a", "herd", "heatmap_0", "heatmap_1", "heatmap_2"):
+        assert is_png(out / f"{name}.png"), name
+    assert not (out / "heatmap_3.png").exists()
+
+    # summary.json (the DVC metrics) and the return value agree with the tables.
+    written = json.loads((out / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert written["n_models"] == len(models) == 7
+    assert written["similarity"] == "lasso" and written["aggregate"] == "paper"
+    best = written["families"]["beta_vae"]
+    assert best["best_param"] == "4" and best["best_n_top"] == 3.0
+    assert best["best_udr"] == pytest.approx(np.median(within[clean]), abs=1e-9)
+    assert best["mean_udr_within"] == pytest.approx(within[clean + mixed].mean(), abs=1e-9)
+    assert best["mean_udr_a2a"] == pytest.approx(a2a[clean + mixed].mean(), abs=1e-9)
+    assert written["families"]["beta_tcvae"]["best_param"] == "6"
+
+    # Scores go back onto every model's run; the run of the stale data version is left alone.
+    for rid, i in by_run.items():
+        metrics = tracker.client.get_run(rid).data.metrics
+        assert metrics["udr_within"] == pytest.approx(within[i], abs=1e-9)
+        assert metrics["udr_a2a"] == pytest.approx(a2a[i], abs=1e-9)
+    assert "udr_within" not in tracker.client.get_run(udr_root["stale"]).data.metrics
+    ranked = pd.read_csv(out / "models.csv")
+    assert sorted(ranked.run_id) == sorted(by_run)
+    assert (ranked.data_version == udr_root["version"]).all()
+
+    # The stage's own run: kind=udr, its settings, the reports as artifacts.
+    (stage_run,) = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'udr'")
+    assert stage_run.info.status == "FINISHED"
+    assert stage_run.data.params["n_models"] == "7" and stage_run.data.params["similarity"] == "lasso"
+    logged = {f.path for f in tracker.client.list_artifacts(stage_run.info.run_id, "udr")}
+    assert {"udr/a2a.csv", "udr/beta_vae.csv", "udr/herd.csv", "udr/summary.json"} <= logged
+
+
+def test_udr_settings_reach_the_scores(udr_root):
+    """Spearman similarity with disentanglement_lib's aggregation gives that method's numbers."""
+    root, models = udr_root["root"], udr_root["models"]
+    cfg = UdrConfig(similarity="spearman", aggregate="reference", kl_threshold=0.05, heatmap_pairs=0)
+    udr_stage.run(Params(udr=cfg), **stage_paths(root))
+    within, a2a, _ = expected_scores(models, cfg)
+    lasso_within, _, _ = expected_scores(models, UdrConfig())
+    assert not np.allclose(within, lasso_within)  # the setting matters for these latents
+    ranked = pd.read_csv(root / "reports" / "udr" / "models.csv").set_index("run_id")
+    for i, m in enumerate(models):
+        assert ranked.loc[m["run_id"], "udr_within"] == pytest.approx(within[i], abs=1e-9)
+        assert ranked.loc[m["run_id"], "udr_a2a"] == pytest.approx(a2a[i], abs=1e-9)
+    assert not list((root / "reports" / "udr").glob("heatmap_*.png"))
+
+
+def test_without_search_reports_every_finished_vae_run_is_ranked(udr_root):
+    root, tracker, models = udr_root["root"], udr_root["tracker"], udr_root["models"]
+    shutil.rmtree(root / "reports" / "search")
+    failed = tracker.create_run("crashed", tags={"kind": "vae"})  # only FINISHED runs count
+    tracker.client.set_terminated(failed, status="FAILED")
+    # A run opened elsewhere (as `mlflow run` does, in the Default experiment) still finds the models.
+    handed_over = tracker.client.create_run("0").info.run_id
+    summary = udr_stage.run(Params(), run_id=handed_over, **stage_paths(root))
+    assert summary["n_models"] == len(models)
+    ranked = pd.read_csv(root / "reports" / "udr" / "models.csv")
+    assert sorted(ranked.run_id) == sorted(m["run_id"] for m in models)
+    run = tracker.client.get_run(handed_over)
+    assert run.info.status == "FINISHED" and run.info.experiment_id == "0"
+    assert run.data.params["n_models"] == str(len(models))
+
+
+def test_clear_errors_without_models(tmp_path, empty_store):
+    root = fresh_root(tmp_path / "empty", empty_store)
+    write_processed(root)
+    with pytest.raises(RuntimeError, match="no finished VAE runs to rank"):
+        udr_stage.run(Params(), **stage_paths(root))
+    assert not (root / "reports" / "udr").exists()
+
+    # Only one model on the current data: nothing to compare it with.
+    tracker = Tracker(root)
+    rng = np.random.default_rng(0)
+    version = json.loads((root / "data" / "processed" / "meta.json").read_text())["data_version"]
+    log_model(tracker, family="beta_vae", beta=4.0, seed=0, data_version=version,
+              mu=rng.normal(size=(N_PROBE, 3)), kl=np.ones(3))
+    log_model(tracker, family="beta_vae", beta=4.0, seed=1, data_version="another",
+              mu=rng.normal(size=(N_PROBE, 3)), kl=np.ones(3))
+    with pytest.raises(RuntimeError, match="at least two models trained on the current data"):
+        udr_stage.run(Params(), **stage_paths(root))
+
+    # A search report naming runs of another tracking store.
+    search_report(root, "cbeta_vae", [{"params": {"beta": 700.0, "c_max": 6.0},
+                                       "seed_run_ids": ["e" * 32, "d" * 32]}])
+    with pytest.raises(RuntimeError, match=f"run {'e' * 32} .*not in the tracking store"):
+        udr_stage.run(Params(), **stage_paths(root))
+    assert not (root / "reports" / "udr").exists()
+
+
+def test_mlflow_run_udr_entry_point_reuses_the_run(udr_root):
+    """`mlflow run . -e udr --env-manager local` from the project root logs into the run it opens."""
+    root = udr_root["root"]
+    for name in ("MLproject", "conda.yaml"):
+        shutil.copyfile(PROJECT / name, root / name)
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["udr"]["heatmap_pairs"] = 0  # pictures are checked above; here they only cost time
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg")
+    done = run_quietly([str(BIN / "mlflow"), "run", ".", "-e", "udr", "--env-manager", "local"],
+                       cwd=root, env=env, timeout=240)
+    assert done.returncode == 0, done.stdout[-4000:]
+    client = udr_root["tracker"].client
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`mlflow.project.entryPoint` = 'udr'")
+    assert len(runs) == 1
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["kind"] == "udr"
+    assert run.data.params["n_models"] == "7" and run.data.params["similarity"] == "lasso"
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "udr")}
+    assert {"udr/a2a.csv", "udr/beta_vae.csv", "udr/beta_tcvae.csv", "udr/summary.json"} <= logged
+    # No second run was opened for the stage.
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  f"tags.kind = 'udr' and attributes.run_id != '{run.info.run_id}'")
+    assert "beta_vae: best 4 UDR" in done.stdout
+    assert (root / "reports" / "udr" / "a2a.csv").exists()
+
+
+# ------------------------------------------------------------------ the evaluate stage
+
+
+@pytest.mark.parametrize("n", [12, 40])
+def test_bootstrap_spearman_matches_scipy(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    y = x + rng.normal(size=n)
+    out = evaluate_stage.bootstrap_spearman(x, y, 300, np.random.default_rng(0))
+    assert out["rho"] == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    assert out["n"] == n
+    assert out["low"] < out["rho"] < out["high"] <= 1.0
+    again = evaluate_stage.bootstrap_spearman(x, y, 300, np.random.default_rng(0))
+    assert again == out  # the interval depends only on the generator
+
+
+def test_bootstrap_spearman_edge_cases():
+    rng = np.random.default_rng(0)
+    x = np.arange(10.0)
+    perfect = evaluate_stage.bootstrap_spearman(x, x ** 3, 50, rng)
+    assert perfect == pytest.approx({"rho": 1.0, "low": 1.0, "high": 1.0, "n": 10}, abs=1e-12)
+    reverse = evaluate_stage.bootstrap_spearman(x, -x, 50, rng)
+    assert (reverse["rho"], reverse["low"], reverse["high"]) == pytest.approx((-1.0, -1.0, -1.0), abs=1e-12)
+    # Models with a missing score are left out before ranking.
+    y = np.array([3.0, 1.0, np.nan, 4.0, 1.5, 9.0, 2.0, 6.0, np.inf, 5.0])
+    ok = np.isfinite(y)
+    gappy = evaluate_stage.bootstrap_spearman(x, y, 50, rng)
+    assert gappy["n"] == 8 and gappy["rho"] == pytest.approx(spearmanr(x[ok], y[ok]).statistic)
+    assert evaluate_stage.bootstrap_spearman(x, np.ones(10), 50, rng) == {"rho": None, "low": None,
+                                                                         "high": None, "n": 10}
+    assert evaluate_stage.bootstrap_spearman(x[:2], x[:2], 50, rng)["rho"] is None
+
+
+def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_store, monkeypatch):
+    root = fresh_root(tmp_path / "project", empty_store)
+    write_processed(root, n_train=120, n_test=60)
+    processed = root / "data" / "processed"
+    # The training pictures are not under test here and cost most of a tiny run's time.
+    monkeypatch.setattr(train_stage, "figures", lambda *args, **kwargs: {})
+    tracker = Tracker(root)
+    data = train_stage.load_training_data(processed)
+    cfg = TrainConfig(latent_dim=3, steps=8, batch_size=16, log_every=4, checkpoint_every=8, snapshot_every=0,
+                      device="cpu", threads=1)
+    run_ids = [train_stage.run_tracked(tracker, Setting("beta_vae", beta), seed, cfg, data,
+                                       checkpoint_dir=root / "checkpoints", progress=False)["run_id"]
+               for beta in (1.0, 4.0) for seed in (0, 1)]
+    params = Params(udr=UdrConfig(heatmap_pairs=0), evaluate=EvaluateConfig(n_points=40, n_bootstrap=20))
+    udr_stage.run(params, all_runs=True, **stage_paths(root))
+    champion = run_ids[2]
+    write_json(root / "reports" / "register" / "champion.json", {"run_id": champion})
+
+    summary = evaluate_stage.run(params, root=root, processed_dir=processed, udr_dir=root / "reports" / "udr",
+                                 champion_path=root / "reports" / "register" / "champion.json",
+                                 out_dir=root / "reports" / "evaluate")
+    out = root / "reports" / "evaluate"
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["n_models"] == 4 and summary["n_points"] == 40 and summary["factors"] == FACTOR_NAMES
+    table = pd.read_csv(out / "models.csv")
+    assert sorted(table.run_id) == sorted(run_ids)
+    for metric in evaluate_stage.SUPERVISED:
+        assert np.isfinite(table[metric]).all(), metric
+    assert table.mig.between(0, 1).all() and table.dci_d.between(0, 1).all()
+    # The stage recomputes the configured UDR: it must agree with the udr stage.
+    assert table.udr_within_lasso.to_numpy() == pytest.approx(table.udr_within.to_numpy(), nan_ok=True)
+    assert table.udr_a2a_lasso.to_numpy() == pytest.approx(table.udr_a2a.to_numpy(), nan_ok=True)
+    # Correlations are Spearman's rho over the models, as scipy computes it.
+    assert set(summary["correlations"]) == {"udr_within_lasso", "udr_a2a_lasso", "udr_within_spearman",
+                                            "udr_a2a_spearman"}
+    rhos = [r["rho"] for per_metric in summary["correlations"].values() for r in per_metric.values()]
+    assert sum(r is not None for r in rhos) >= 6
+    for udr_col, per_metric in summary["correlations"].items():
+        assert set(per_metric) == set(evaluate_stage.SUPERVISED)
+        for metric, result in per_metric.items():
+            x, y = table[udr_col].to_numpy(float), table[metric].to_numpy(float)
+            ok = np.isfinite(x) & np.isfinite(y)
+            if result["rho"] is None:
+                assert ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0
+            else:
+                assert result["rho"] == pytest.approx(spearmanr(x[ok], y[ok]).statistic, abs=1e-12)
+    # Every model's run carries its supervised scores.
+    for row in table.itertuples():
+        metrics = tracker.client.get_run(row.run_id).data.metrics
+        assert metrics["mig"] == pytest.approx(row.mig) and metrics["dci_d"] == pytest.approx(row.dci_d)
+    # The champion's place among the models, by MIG and DCI.
+    chosen = table.set_index("run_id").loc[champion]
+    assert summary["champion"]["rank_by_mig"] == int((table.mig > chosen.mig).sum() + 1)
+    assert summary["champion"]["rank_by_dci_d"] == int((table.dci_d > chosen.dci_d).sum() + 1)
+    importance = pd.read_csv(out / "champion_importance.csv")
+    assert importance.columns.tolist() == ["component", *FACTOR_NAMES] and len(importance) == 3
+    for name in ("udr_vs_mig", "udr_vs_dci_d", "champion_importance"):
+        assert is_png(out / f"{name}.png"), name
+    (stage_run,) = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'evaluate'")
+    assert stage_run.info.status == "FINISHED"
+    logged = {f.path for f in tracker.client.list_artifacts(stage_run.info.run_id, "evaluate")}
+    assert {"evaluate/metrics.json", "evaluate/models.csv"} <= logged
+
+
+def test_evaluate_skips_data_without_factors(tmp_path):
+    write_processed(tmp_path, with_factors=False)
+    out = tmp_path / "reports" / "evaluate"
+    summary = evaluate_stage.run(Params(), root=tmp_path, processed_dir=tmp_path / "data" / "processed",
+                                 udr_dir=tmp_path / "reports" / "udr", out_dir=out)
+    assert summary == {"skipped": True}
+    assert "no ground-truth factors" in json.loads((out / "metrics.json").read_text())["skipped"]
+    # Both outputs dvc.yaml declares for the stage exist, so `dvc repro` on real photos goes on.
+    stage = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["evaluate"]
+    declared = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"] + stage["metrics"]]
+    for path in declared:
+        assert (tmp_path / path).is_file(), path
+    assert pd.read_csv(out / "models.csv").columns.tolist() == ["run_id", *evaluate_stage.SUPERVISED]
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was tracked
