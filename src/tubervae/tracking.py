@@ -37,6 +37,24 @@ def tracking_uri(root: str | Path = ".") -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+def _point_mlflow_at(uri: str) -> None:
+    """Set MLflow's process-wide tracking and registry URIs, leaving the environment as it was.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI): left
+    there, a later Tracker of another project root would read it as the user's choice and log into
+    the first root's database, and child processes would inherit it. MLflow's own helpers read the
+    process-wide value before the environment, so restoring the environment loses nothing.
+    """
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:///")
 
@@ -47,8 +65,7 @@ class Tracker:
     def __init__(self, root: str | Path = ".", experiment: str = EXPERIMENT, *, experiment_id: str | None = None):
         self.root = Path(root).resolve()
         self.uri = tracking_uri(self.root)
-        mlflow.set_tracking_uri(self.uri)  # for model logging and the registry helpers
-        mlflow.set_registry_uri(self.uri)
+        _point_mlflow_at(self.uri)  # for model logging and the registry helpers
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self.experiment_id = experiment_id or self._experiment(experiment)
 
@@ -117,7 +134,19 @@ class Tracker:
 
     # logging ---------------------------------------------------------------------
     def log_params(self, run_id: str, params: dict) -> None:
-        entries = [Param(k, _param_value(v)) for k, v in params.items()]
+        """Log params; keys the run already holds (`mlflow run` logs its -P values first, e.g. beta '4'
+        where the stage logs 4.0) are skipped when they mean the same value, and a real conflict is
+        a ValueError that names both values."""
+        held = self.client.get_run(run_id).data.params
+        entries = []
+        for key, value in params.items():
+            text = _param_value(value)
+            if key in held:
+                if not _same_param(held[key], text):
+                    raise ValueError(f"param {key!r}: run {run_id} already holds {held[key]!r}, "
+                                     f"cannot log {text!r}")
+                continue
+            entries.append(Param(key, text))
         for i in range(0, len(entries), 90):
             self.client.log_batch(run_id, params=entries[i:i + 90])
 
@@ -194,6 +223,16 @@ class Tracker:
 def _param_value(value) -> str:
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _same_param(held: str, text: str) -> bool:
+    """'4' and '4.0' are the same parameter value; 'beta_vae' only equals itself."""
+    if held == text:
+        return True
+    try:
+        return float(held) == float(text)
+    except ValueError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:

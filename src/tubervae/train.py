@@ -186,12 +186,20 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
         log.info("resuming %s seed %d from step %d", setting.label, seed, step)
 
     def checkpoint() -> None:
-        if path is not None:
-            save_checkpoint(path, {
-                "identity": identity, "step": step, "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(), "batch_rng": batches.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None})
+        if path is None:
+            return
+        # A finite loss can still hide a non-finite gradient that already spoilt the weights:
+        # such weights must never replace the last good checkpoint.
+        if not bool(torch.stack([torch.isfinite(w).all() for w in model.parameters()]).all()):
+            bar.close()
+            raise NonFiniteLossError(
+                f"{setting.family} {setting.label} seed {seed}: non-finite weights after step {step} "
+                f"(a non-finite gradient); the last good checkpoint is kept. Try a lower train.lr or a smaller β")
+        save_checkpoint(path, {
+            "identity": identity, "step": step, "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(), "batch_rng": batches.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None})
 
     names, sums, count = None, None, 0
     last = {}

@@ -1,0 +1,483 @@
+"""The training loop (tubervae.train), the train stage and what its MLflow run holds.
+
+Every run here is tiny: 16×16 images of bright discs (position, radius and brightness are
+the factors), a 4-component latent space, batches of 16 and at most 40 steps on one thread.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+
+import tubervae.train as train_module
+from tubervae.config import TrainConfig, load_params
+from tubervae.data.splits import fingerprint
+from tubervae.models.nets import VAE
+from tubervae.stages import train as stage
+from tubervae.tracking import Tracker
+from tubervae.train import NonFiniteLossError, Setting, train_model
+
+SIZE = 16
+LATENT = 4
+SPLIT_SIZES = {"train": 128, "test": 24, "labelled": 16, "udr_probe": 32}
+FACTOR_NAMES = ["x", "y", "radius", "brightness"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("traversal.png", "distributions.png", "reconstructions.png")
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+
+def disc_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Grey discs on black: uint8 (n, 16, 16, 3) and their factors (n, 4)."""
+    factors = np.stack([rng.uniform(4, 12, n), rng.uniform(4, 12, n), rng.uniform(2, 4, n),
+                        rng.uniform(0.4, 1.0, n)], axis=1).astype(np.float32)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5
+    inside = ((xx - factors[:, 0, None, None]) ** 2 + (yy - factors[:, 1, None, None]) ** 2
+              <= factors[:, 2, None, None] ** 2)
+    grey = np.round(inside * factors[:, 3, None, None] * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1), factors
+
+
+def write_processed(folder: Path) -> dict:
+    """The files the preprocess stage writes, for a tiny disc data set; returns meta.json's content."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    everything, counts = [], {}
+    for name, n in SPLIT_SIZES.items():
+        images, factors = disc_images(n, rng)
+        labels = (np.arange(n) % 2) if name == "labelled" else np.full(n, -1)
+        np.savez(folder / f"{name}.npz", images=images, labels=labels, rows=np.arange(n),
+                 files=np.asarray([f"{name}_{i:04d}.png" for i in range(n)]), factors=factors,
+                 factor_names=np.asarray(FACTOR_NAMES))
+        everything.append(images)
+        counts[name] = {"n": n, "good": int((labels == 0).sum()), "bad": int((labels == 1).sum()),
+                        "unlabelled": int((labels == -1).sum())}
+    meta = {"data_version": fingerprint(*everything), "image_size": SIZE, "crop_fraction": 0.8,
+            "factor_names": FACTOR_NAMES, "splits": counts}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+def tiny_cfg(**changes) -> TrainConfig:
+    values = dict(latent_dim=LATENT, steps=10, batch_size=16, lr=1e-3, checkpoint_every=5, log_every=5,
+                  snapshot_every=0, device="cpu", threads=1)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """Each test tracks into its own folder and leaves torch's thread count as it found it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow sqlite database with its schema only: building the schema takes seconds, copying it none."""
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def new_project(root: Path, empty_db: Path) -> dict:
+    """A project root with tiny processed data and an empty MLflow store; returns meta.json's content."""
+    meta = write_processed(root / "data" / "processed")
+    shutil.copyfile(empty_db, root / "mlflow.db")
+    return meta
+
+
+@pytest.fixture
+def data(tmp_path) -> stage.TrainingData:
+    write_processed(tmp_path / "data" / "processed")
+    return stage.load_training_data(tmp_path / "data" / "processed")
+
+
+def train(data: stage.TrainingData, cfg: TrainConfig, setting=Setting("beta_vae", 4.0), seed: int = 0, **kwargs):
+    kwargs.setdefault("data_version", data.data_version)
+    return train_model(setting, seed, cfg, train_images=data.train, probe_images=data.probe,
+                       test_images=data.test, progress=False, **kwargs)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    unequal = [k for k in a if not torch.equal(a[k].cpu(), b[k].cpu())]
+    assert not unequal, f"tensors differ: {unequal}"
+
+
+def client_for(root: Path) -> MlflowClient:
+    """An independent client on the documented default store, sqlite:///<root>/mlflow.db."""
+    return MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
+
+
+def all_runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name("tubervae")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for entry in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, entry.path) if entry.is_dir else {entry.path}
+    return found
+
+
+def download(client: MlflowClient, run_id: str, artifact: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, artifact, str(folder)))
+
+
+@pytest.fixture
+def no_figures(monkeypatch):
+    """For tests about metrics and weights: skip drawing the pictures (seconds each on 2 busy cores);
+    the 5-step test checks them."""
+    monkeypatch.setattr(stage, "figures", lambda model, images, kl=None: {})
+
+
+def run_stage(root: Path, cfg: TrainConfig, family: str = "beta_vae", beta: float = 4.0, c_max: float = 0.0,
+              **kwargs) -> dict:
+    return stage.run(cfg, family=family, beta=beta, c_max=c_max, seed=0, root=root,
+                     processed_dir=root / "data" / "processed", **kwargs)
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+def test_same_seed_gives_same_weights_and_another_seed_does_not(data):
+    cfg = tiny_cfg(steps=5)
+    first = train(data, cfg, seed=0)
+    torch.manual_seed(12345)  # the global generator's state before a run must not matter
+    torch.rand(7)
+    again = train(data, cfg, seed=0)
+    other = train(data, cfg, seed=1)
+
+    assert first.step == again.step == 5
+    assert_same_weights(first.model.state_dict(), again.model.state_dict())
+    np.testing.assert_array_equal(first.latents["mu"], again.latents["mu"])
+    assert first.metrics == again.metrics
+    differs = [k for k, v in first.model.state_dict().items() if not torch.equal(v, other.model.state_dict()[k])]
+    assert differs, "seed 1 trained exactly the weights of seed 0"
+
+
+def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_and_logs(data, tmp_path):
+    cfg = tiny_cfg(steps=15)
+    full_logs: list = []
+    full = train(data, cfg, checkpoint_path=tmp_path / "full.pt", on_log=lambda m, s: full_logs.append((s, m)))
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_10(metrics, step):
+        if step == 10:  # on_log runs before the step-10 checkpoint: only step 5's exists
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(data, cfg, checkpoint_path=tmp_path / "cut.pt", on_log=stop_at_10)
+    assert torch.load(tmp_path / "cut.pt", weights_only=False)["step"] == 5
+
+    resumed_logs: list = []
+    resumed = train(data, cfg, checkpoint_path=tmp_path / "cut.pt", on_log=lambda m, s: resumed_logs.append((s, m)))
+
+    assert [s for s, _ in full_logs] == [5, 10, 15]
+    assert resumed_logs == full_logs[1:]  # steps 6–15 redone with the same batches and noise
+    assert_same_weights(full.model.state_dict(), resumed.model.state_dict())
+    assert torch.load(tmp_path / "cut.pt", weights_only=False)["step"] == 15
+
+
+@pytest.mark.parametrize("change", ["beta", "lr", "data_version"])
+def test_checkpoint_of_other_settings_is_ignored(data, tmp_path, caplog, change):
+    path = tmp_path / "model.pt"
+    train(data, tiny_cfg(), checkpoint_path=path)  # a finished checkpoint at step 10
+    assert torch.load(path, weights_only=False)["step"] == 10
+
+    setting, cfg, version = Setting("beta_vae", 4.0), tiny_cfg(), data.data_version
+    if change == "beta":
+        setting = Setting("beta_vae", 8.0)
+    elif change == "lr":
+        cfg = tiny_cfg(lr=5e-4)
+    else:
+        version = "another-version"
+    logged: list = []
+    with caplog.at_level(logging.WARNING, logger="tubervae.train"):
+        other = train(data, cfg, setting, checkpoint_path=path, data_version=version,
+                      on_log=lambda m, s: logged.append(s))
+    fresh = train(data, cfg, setting, data_version=version)
+
+    assert "ignoring checkpoint" in caplog.text
+    assert logged == [5, 10]  # trained from step 0, not resumed at step 10
+    assert_same_weights(other.model.state_dict(), fresh.model.state_dict())
+    saved = torch.load(path, weights_only=False)  # the new checkpoint replaced the foreign one
+    assert saved["step"] == 10
+    assert_same_weights(saved["model"], fresh.model.state_dict())
+
+
+# --------------------------------------------------------------------------- non-finite losses
+
+
+def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                                  empty_mlflow_db):
+    new_project(tmp_path, empty_mlflow_db)
+    real_loss = train_module.family_loss
+
+    def nan_from_step_8(family, x, out, step, **hp):
+        terms = real_loss(family, x, out, step, **hp)
+        if step >= 7:  # `step` counts finished updates, so the 8th update is the first poisoned one
+            terms = {**terms, "loss": terms["loss"] * float("nan")}
+        return terms
+
+    monkeypatch.setattr(train_module, "family_loss", nan_from_step_8)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite \[.*'loss'.*\] between steps 6 and 10"):
+        run_stage(tmp_path, tiny_cfg(steps=20))
+
+    client = client_for(tmp_path)
+    (run,) = all_runs(client)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure"] == "non-finite loss"
+    assert run.data.tags["error"].startswith("NonFiniteLossError")
+    assert [s for s, _ in history(client, run.info.run_id, "loss")] == [5]  # nothing logged from the NaN window
+
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*.pt")
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    monkeypatch.setattr(train_module, "family_loss", real_loss)
+    clean = train(stage.load_training_data(tmp_path / "data" / "processed"), tiny_cfg(steps=5))
+    assert_same_weights(state["model"], clean.model.state_dict())
+
+
+def test_finite_loss_with_non_finite_gradient_never_reaches_the_checkpoint(data, tmp_path, monkeypatch):
+    real_loss = train_module.family_loss
+
+    def nan_gradient_at_update_10(family, x, out, step, **hp):
+        terms = real_loss(family, x, out, step, **hp)
+        if step == 9:  # adds 0 to the loss, but d sqrt(u)/du at u = 0 is infinite: NaN gradients
+            terms = {**terms, "loss": terms["loss"] + torch.sqrt(out.mu.sum() * 0.0) * 0.0}
+        return terms
+
+    monkeypatch.setattr(train_module, "family_loss", nan_gradient_at_update_10)
+    logged: list = []
+    path = tmp_path / "model.pt"
+    with pytest.raises(NonFiniteLossError, match="non-finite weights after step 10"):
+        train(data, tiny_cfg(steps=20), checkpoint_path=path, on_log=lambda m, s: logged.append(m))
+
+    assert len(logged) == 2 and all(np.isfinite(v) for m in logged for v in m.values())  # the loss looked fine
+    state = torch.load(path, weights_only=False)
+    assert state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+# --------------------------------------------------------------------------- the MLflow run
+
+
+def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_path, empty_mlflow_db):
+    meta = new_project(tmp_path, empty_mlflow_db)
+    result = run_stage(tmp_path, tiny_cfg(steps=5, log_every=2, snapshot_every=3))
+
+    client = client_for(tmp_path)
+    (run,) = all_runs(client)
+    rid = run.info.run_id
+    assert result["run_id"] == rid and run.info.status == "FINISHED"
+
+    params = run.data.params
+    expected = {"family": "beta_vae", "beta": "4.0", "c_max": "0.0", "seed": "0", "steps": "5", "batch_size": "16",
+                "lr": "0.001", "image_size": "16", "latent_dim": "4", "data_version": meta["data_version"]}
+    assert {k: params.get(k) for k in expected} == expected
+
+    terms = ["loss", "rec", "kl"] + [f"kl_z{j}" for j in range(LATENT)]
+    series = {k: history(client, rid, k) for k in terms}
+    for key, points in series.items():
+        assert [s for s, _ in points] == [2, 4, 5], key  # every log_every steps and at the last step
+    for i in range(3):
+        rec, kl = series["rec"][i][1], series["kl"][i][1]
+        assert series["loss"][i][1] == pytest.approx(rec + 4.0 * kl, rel=1e-5)
+        assert kl == pytest.approx(sum(series[f"kl_z{j}"][i][1] for j in range(LATENT)), rel=1e-5, abs=1e-7)
+    assert not {"capacity", "mi", "tc", "dwkl"} & set(run.data.metrics)
+
+    paths = artifact_paths(client, rid)
+    snapshots = {f"snapshots/step_0000003/{f}" for f in FIGURES}
+    wanted = set(FIGURES) | snapshots | {"latents.npz", "model/model.pt", "model/config.json"}
+    assert wanted <= paths, wanted - paths
+    assert {p for p in paths if p.startswith("snapshots/")} == snapshots  # every 3 steps, not at the end
+
+    local = download(client, rid, "", tmp_path / "download")
+    for name in set(FIGURES) | snapshots:
+        assert (local / name).read_bytes()[:8] == PNG_SIGNATURE, name
+    config = json.loads((local / "model" / "config.json").read_text())
+    assert config == {"image_size": 16, "latent_dim": 4, "family": "beta_vae", "beta": 4.0, "c_max": 0.0,
+                      "seed": 0, "data_version": meta["data_version"]}
+    model = VAE(image_size=config["image_size"], latent_dim=config["latent_dim"])
+    model.load_state_dict(torch.load(local / "model" / "model.pt", weights_only=True))
+    model.eval()
+
+    def as_float(split: str) -> torch.Tensor:
+        with np.load(tmp_path / "data" / "processed" / f"{split}.npz") as npz:
+            return torch.from_numpy(npz["images"]).permute(0, 3, 1, 2).double() / 255.0
+
+    latents = np.load(local / "latents.npz")
+    with torch.no_grad():
+        mu, logvar = model.double().encode(as_float("udr_probe"))
+        test_x = as_float("test")
+        logits = model.decode(model.encode(test_x)[0])
+    np.testing.assert_allclose(latents["mu"], mu.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(latents["logvar"], logvar.numpy(), rtol=1e-4, atol=1e-5)
+    kl = 0.5 * (latents["mu"] ** 2 + np.exp(latents["logvar"]) - latents["logvar"] - 1.0).mean(0)
+    np.testing.assert_allclose(latents["kl"], kl, rtol=1e-5, atol=1e-7)
+    bce = (torch.nn.functional.softplus(logits) - test_x * logits).sum() / len(test_x)  # −log p(x|z), Bernoulli
+
+    final = run.data.metrics
+    assert final["n_active"] == int((kl > 0.01).sum()) == result["n_active"]
+    assert final["test_rec"] == pytest.approx(float(bce), rel=1e-4)
+    assert [s for s, _ in history(client, rid, "test_rec")] == [5]
+
+
+def test_cbeta_and_tcvae_runs_log_their_family_terms_also_in_a_run_handed_over_by_mlflow_run(
+        tmp_path, empty_mlflow_db, no_figures):
+    new_project(tmp_path, empty_mlflow_db)
+    handed = Tracker(tmp_path).create_run("from mlflow run")
+    # `mlflow run . -e train -P family=cbeta_vae -P beta=700 -P c_max=6` logs the values as typed first.
+    client = client_for(tmp_path)
+    client.log_batch(handed, params=[Param("family", "cbeta_vae"), Param("beta", "700"), Param("c_max", "6"),
+                                     Param("seed", "0")])
+    cfg = tiny_cfg(steps=6, log_every=2, checkpoint_every=6, anneal_fraction=0.5)
+    cbeta = run_stage(tmp_path, cfg, family="cbeta_vae", beta=700.0, c_max=6.0, run_id=handed)
+    tcvae = run_stage(tmp_path, cfg, family="beta_tcvae", beta=3.0)
+
+    run = client.get_run(handed)
+    assert cbeta["run_id"] == handed and run.info.status == "FINISHED"
+    assert run.data.params["beta"] == "700" and run.data.params["lr"] == "0.001"  # kept, and the rest added
+    # C rises 0 → 6 over round(0.5·6) = 3 updates; each point is the mean over its 2-update window:
+    # updates 0,1 → (0 + 2)/2, updates 2,3 → (4 + 6)/2, updates 4,5 → 6.
+    assert history(client, handed, "capacity") == [(2, 1.0), (4, 5.0), (6, 6.0)]
+    assert not {"mi", "tc", "dwkl"} & set(run.data.metrics)
+
+    series = {k: history(client, tcvae["run_id"], k) for k in ("loss", "rec", "mi", "tc", "dwkl")}
+    for key, points in series.items():
+        assert [s for s, _ in points] == [2, 4, 6], key
+    for i in range(3):
+        rec, mi, tc, dwkl = (series[k][i][1] for k in ("rec", "mi", "tc", "dwkl"))
+        assert series["loss"][i][1] == pytest.approx(rec + mi + 3.0 * tc + dwkl, rel=1e-5)  # only TC is weighted
+    assert "capacity" not in client.get_run(tcvae["run_id"]).data.metrics
+    assert {r.info.run_id for r in all_runs(client)} == {handed, tcvae["run_id"]}
+
+
+def test_log_params_skips_equal_values_and_refuses_conflicting_ones(tmp_path, empty_mlflow_db):
+    new_project(tmp_path, empty_mlflow_db)
+    tracker = Tracker(tmp_path)
+    rid = tracker.create_run("params")
+    client = client_for(tmp_path)
+    client.log_batch(rid, params=[Param("beta", "4"), Param("family", "beta_vae")])
+
+    tracker.log_params(rid, {"beta": 4.0, "family": "beta_vae", "lr": 0.001})
+    assert client.get_run(rid).data.params == {"beta": "4", "family": "beta_vae", "lr": "0.001"}
+    with pytest.raises(ValueError, match=r"param 'beta'.*'4'.*'5.0'"):
+        tracker.log_params(rid, {"beta": 5.0})
+    with pytest.raises(ValueError, match=r"param 'family'.*'beta_vae'.*'beta_tcvae'"):
+        tracker.log_params(rid, {"family": "beta_tcvae"})
+    assert client.get_run(rid).data.params["beta"] == "4"
+
+
+def test_trackers_of_two_roots_in_one_process_each_use_their_own_store(tmp_path, empty_mlflow_db):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for root in (first, second):
+        new_project(root, empty_mlflow_db)
+    ids = {root: Tracker(root).create_run(root.name) for root in (first, second)}
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # not left behind for later Trackers or child processes
+    for root, rid in ids.items():
+        assert [r.info.run_id for r in all_runs(client_for(root))] == [rid]
+
+
+# --------------------------------------------------------------------------- a real kill
+
+
+KILL_STEPS = 40
+KILL_PARAMS = f"""\
+train:
+  latent_dim: 4
+  steps: {KILL_STEPS}
+  batch_size: 16
+  lr: 0.001
+  checkpoint_every: 5
+  log_every: 5
+  snapshot_every: 0
+  device: cpu
+  threads: 1
+"""
+
+
+def test_sigkilled_cli_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, caplog, empty_mlflow_db,
+                                                                          no_figures):
+    killed, baseline = tmp_path / "killed", tmp_path / "baseline"
+    for root in (killed, baseline):
+        new_project(root, empty_mlflow_db)
+        (root / "params.yaml").write_text(KILL_PARAMS)
+    cfg = load_params(killed / "params.yaml").train
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    command = [sys.executable, "-m", "tubervae.cli", "train", "--family", "beta_vae", "--beta", "4", "--seed", "0"]
+    problems: list[str] = []
+
+    def kill_at_first_checkpoint(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 180
+        while not list((killed / "checkpoints").glob("*.pt")):
+            if proc.poll() is not None:
+                problems.append(f"the CLI run ended (code {proc.returncode}) before its first checkpoint")
+                return
+            if time.monotonic() > deadline:
+                problems.append("no checkpoint within 180 s")
+                return
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+
+    with open(killed / "cli.log", "wb") as out:
+        proc = subprocess.Popen(command, cwd=killed, env=env, stdout=out, stderr=subprocess.STDOUT)
+        watcher = threading.Thread(target=kill_at_first_checkpoint, args=(proc,), daemon=True)
+        watcher.start()
+        try:
+            uninterrupted = run_stage(baseline, cfg)  # in this process, while the CLI run starts up
+            watcher.join(timeout=200)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=60)  # reaped, so its pid is no longer alive
+    assert not problems, problems + [(killed / "cli.log").read_text()[-3000:]]
+    assert proc.returncode == -signal.SIGKILL, f"the CLI run ended by itself (code {proc.returncode}) before the kill"
+
+    (checkpoint,) = (killed / "checkpoints").glob("*.pt")
+    cut = torch.load(checkpoint, weights_only=False)["step"]
+    assert 5 <= cut < KILL_STEPS and cut % 5 == 0, cut  # killed part-way, with a checkpoint behind it
+    client = client_for(killed)
+    (left,) = all_runs(client)
+    assert left.info.status == "RUNNING" and left.data.tags["pid"] == str(proc.pid)
+
+    with caplog.at_level(logging.INFO, logger="tubervae.train"):
+        resumed = run_stage(killed, cfg)
+    assert f"from step {cut}" in caplog.text
+    statuses = {r.info.run_id: r.info.status for r in all_runs(client)}
+    assert statuses == {left.info.run_id: "KILLED", resumed["run_id"]: "FINISHED"}
+
+    weights = [torch.load(download(client_for(root), r["run_id"], "model/model.pt", root / "dl"), weights_only=True)
+               for root, r in ((killed, resumed), (baseline, uninterrupted))]
+    assert_same_weights(*weights)
+    assert resumed["test_rec"] == uninterrupted["test_rec"] and resumed["kl"] == uninterrupted["kl"]
