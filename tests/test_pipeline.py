@@ -345,7 +345,7 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
     assert meta["splits"]["labelled"] == {"n": 6, "good": 3, "bad": 3, "unlabelled": 0}
     splits, _ = load_processed(tmp_path / "data/processed")
     labels = pd.read_csv(raw_dir / "labels.csv", keep_default_na=False)
-    for name, arrays in splits.items():
+    for arrays in splits.values():
         assert "factors" not in arrays and arrays["images"].shape[1:] == (SIZE, SIZE, 3)
         centre = arrays["images"][:, SIZE // 2, SIZE // 2].astype(int)
         sources = labels.source.to_numpy()[arrays["rows"]]

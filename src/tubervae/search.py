@@ -13,24 +13,34 @@ training reuses a finished MLflow run or resumes from its checkpoint, so no seed
 trained twice. The study name carries a fingerprint of everything that changes the
 models (data version, training settings, seeds), so changed settings start a new study
 and never mix with old trials.
+
+Several workers may share one study (a PostgreSQL URL for several machines): a worker
+starts a trial only while complete + running trials fall short of `n_trials` and
+otherwise waits for the others, so the study ends with exactly `n_trials` complete
+trials. The sampler's state is not stored, so each trial seeds it from its own number:
+a resumed study does not repeat its first suggestions, and two workers never share a seed.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import random
 import socket
 import tempfile
-from pathlib import Path
-
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from tubervae import plots
 from tubervae.config import Params, SearchSpace
@@ -58,10 +68,79 @@ def study_name(family: str, params: Params, data_version: str) -> str:
     return f"{family}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
-def make_storage(url: str, params: Params) -> RDBStorage:
-    return RDBStorage(
-        url, heartbeat_interval=params.search.heartbeat_interval, grace_period=params.search.grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=params.search.max_retry))
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Re-queue a dead worker's trial with its parameters but nothing it had recorded.
+
+    The copy must not carry the dead worker's host and pid (another worker on that host
+    would take the retry for the dead trial), its MLflow run ids and scores, its failure
+    reason, or a constraint value (Optuna keeps the first one set and would ignore the
+    retry's own).
+    """
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        clean = copy.deepcopy(trial)
+        clean.user_attrs = {}
+        clean.system_attrs = {k: v for k, v in clean.system_attrs.items()
+                              if k != "fail_reason" and not k.startswith("constraints")}
+        super().__call__(study, clean)
+
+
+def make_storage(url: str, params: Params, attempts: int = 5) -> RDBStorage:
+    """The study's storage; workers creating the tables of a fresh database at once retry.
+
+    On PostgreSQL two processes creating Optuna's schema together collide (duplicate
+    type names); the loser finds the tables made once it tries again.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return RDBStorage(
+                url, heartbeat_interval=params.search.heartbeat_interval,
+                grace_period=params.search.grace_period,
+                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=params.search.max_retry))
+        except SQLAlchemyError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("opening the study storage failed (%s); retrying", type(exc).__name__)
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
+    raise AssertionError("unreachable")
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE whose random state is set from the trial's number when the trial starts.
+
+    Optuna keeps no sampler state in the storage: a sampler seeded once per process
+    repeats its first suggestions in every resumed run, and two workers seeded alike
+    suggest the same points. The trial number is unique in the study and grows with the
+    history, so neither happens, and a study run by one worker stays reproducible.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._tpe = self._make(seed)
+
+    @staticmethod
+    def _make(seed: int) -> optuna.samplers.TPESampler:
+        # constant_liar: trials running on other workers count as pending, not as unknown
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+    def before_trial(self, study, trial) -> None:
+        self._tpe = self._make(self.seed + trial.number)
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._tpe.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._tpe.reseed_rng()
 
 
 def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Setting:
@@ -70,14 +149,15 @@ def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Set
     return Setting(family=family, beta=beta, c_max=c_max)
 
 
-def fail_dead_local_trials(study: optuna.Study) -> list[int]:
+def fail_dead_local_trials(study: optuna.Study, max_retry: int | None = None) -> list[int]:
     """Trials left RUNNING by a killed worker on this host fail now and are re-queued.
 
     The heartbeat does the same for other machines after the grace period; on this host
     we know the worker is dead without waiting.
     """
     host = socket.gethostname()
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=None)
+    retry = RetryStaleTrial(max_retry=max_retry)
+    storage = study._storage
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
@@ -90,10 +170,15 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
             pass
         except PermissionError:
             continue
-        if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", "worker killed")
-            retry(study, study._storage.get_trial(trial._trial_id))
-            failed.append(trial.number)
+        try:
+            # The reason first: a finished trial accepts no more attributes.
+            storage.set_trial_system_attr(trial._trial_id, "fail_reason", "worker killed")
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another worker on this host got there first
+        retry(study, storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
     if failed:
         log.warning("re-queued trial(s) %s of a killed worker", failed)
     return failed
@@ -226,6 +311,43 @@ def write_reports(summary: dict, out_dir: Path) -> None:
     plots.save_figure(plots.history_figure(np.array(history, dtype=float)), out_dir / f"{family}_history.png")
 
 
+def run_trials(study: optuna.Study, objective, wanted: int, *, max_starts: int, max_retry: int | None,
+               poll_seconds: float = 1.0) -> None:
+    """Run trials one at a time until the study holds `wanted` complete trials.
+
+    A trial starts only while complete + running trials are fewer than `wanted`; when
+    other workers hold the missing trials this worker waits, and takes over a trial that
+    comes back as WAITING because its worker died (here: at once; elsewhere: heartbeat).
+    A failing trial (non-finite loss, bad setting) is recorded as FAIL with its reason
+    and the study goes on; `max_starts` bounds the trials this worker starts.
+    """
+    started = 0
+    while True:
+        fail_dead_local_trials(study, max_retry)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # other hosts' dead workers, by heartbeat
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
+        if complete >= wanted:
+            return
+        if complete + running >= wanted:
+            time.sleep(poll_seconds)
+            continue
+        if started >= max_starts:
+            log.error("stopping after %d trial(s) started by this worker: %d of %d complete", started, complete,
+                      wanted)
+            return
+        started += 1
+        study.optimize(objective, n_trials=1, catch=(RuntimeError, ValueError), callbacks=[_report_failure])
+
+
+def _report_failure(study: optuna.Study, trial: FrozenTrial) -> None:
+    if trial.state == TrialState.FAIL:
+        log.error("trial %d failed (%s); the study goes on", trial.number,
+                  trial.user_attrs.get("fail_reason", "no reason recorded"))
+
+
 def run(params: Params, family: str, *, n_trials: int | None = None, storage: str | None = None,
         root: str | Path = ".", processed_dir: str | Path = "data/processed", run_id: str | None = None,
         reports_dir: str | Path = "reports/search", progress: bool = True) -> dict:
@@ -244,24 +366,14 @@ def run(params: Params, family: str, *, n_trials: int | None = None, storage: st
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(family, params, data.data_version)
     study = optuna.create_study(study_name=name, storage=make_storage(storage or storage_url(root), params),
-                                direction="maximize", load_if_exists=True)
-    fail_dead_local_trials(study)
+                                sampler=TrialSeededSampler(params.search.sampler_seed), direction="maximize",
+                                load_if_exists=True)
     if params.search.enqueue_grid:
         enqueue_grid(study, space)
     objective = Objective(family, params, tracker, data, study_run_id=run_id,
                           checkpoint_dir=root / "checkpoints", progress=progress)
-    for _ in range(wanted + params.search.max_retry * wanted):  # failed trials may be retried, but not forever
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        complete = states.count(TrialState.COMPLETE)
-        if complete >= wanted:
-            break
-        finished = complete + states.count(TrialState.FAIL)
-        # The sampler's state is not stored: seed it from the history so a resumed study moves on.
-        study.sampler = optuna.samplers.TPESampler(seed=params.search.sampler_seed + finished)
-        study.optimize(objective, n_trials=1, catch=(RuntimeError, ValueError))
-        last = study.get_trials(deepcopy=False)[-1]
-        if last.state == TrialState.FAIL:
-            log.error("trial %d failed; the study goes on", last.number)
+    run_trials(study, objective, wanted, max_starts=wanted * (1 + params.search.max_retry),
+               max_retry=params.search.max_retry, poll_seconds=1.0)
     summary = summarise(study, family, params)
     best_run = summary["best_mlflow_run_id"]
     for t in summary["trials"]:

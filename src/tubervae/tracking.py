@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -66,17 +66,19 @@ class Tracker:
         self.root = Path(root).resolve()
         self.uri = tracking_uri(self.root)
         _point_mlflow_at(self.uri)  # for model logging and the registry helpers
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        self.experiment_id = experiment_id or self._experiment(experiment)
+        # Creating a fresh sqlite database (schema migrations, the experiment) from several
+        # processes at once races: serialise the first contact.
+        with _file_lock(self.root / ".mlflow.lock") if is_local_store(self.uri) else _nullcontext():
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.client.search_experiments(max_results=1)  # opens the store: creates or migrates it
+            self.experiment_id = experiment_id or self._experiment(experiment)
 
     def _experiment(self, name: str) -> str:
-        # Creating a fresh sqlite database from several processes at once races: serialise it.
-        with _file_lock(self.root / ".mlflow.lock") if is_local_store(self.uri) else _nullcontext():
-            found = self.client.get_experiment_by_name(name)
-            if found is not None:
-                return found.experiment_id
-            location = (self.root / "mlruns").as_uri() if is_local_store(self.uri) else None
-            return self.client.create_experiment(name, artifact_location=location)
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = (self.root / "mlruns").as_uri() if is_local_store(self.uri) else None
+        return self.client.create_experiment(name, artifact_location=location)
 
     @classmethod
     def for_run(cls, run_id: str, root: str | Path = ".") -> "Tracker":

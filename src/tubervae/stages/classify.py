@@ -18,7 +18,6 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
-import pandas as pd
 
 from tubervae import classify as clf
 from tubervae import plots

@@ -86,7 +86,7 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
     images, factors = test["images"][take], test["factors"][take]
     names = [str(n) for n in test["factor_names"]]
     rows, importances = [], {}
-    for i, model in models.iterrows():
+    for _, model in models.iterrows():
         with tempfile.TemporaryDirectory() as tmp:
             config = json.loads(tracker.download(model.run_id, "model/config.json", tmp).read_text())
             vae = load_vae(tracker.download(model.run_id, "model/model.pt", tmp), config)

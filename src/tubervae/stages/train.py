@@ -22,7 +22,7 @@ from tubervae.config import TrainConfig
 from tubervae.stages.preprocess import load_meta, load_split
 from tubervae.tracking import Tracker
 from tubervae.train import (NonFiniteLossError, Outcome, Setting, as_input, checkpoint_identity,
-                            images_to_tensor, select_device, train_model)
+                            images_to_tensor, train_model)
 
 log = logging.getLogger(__name__)
 TRAVERSAL_OFFSETS = np.linspace(-2.0, 2.0, 9)  # thesis §2.3.1: z_i − 2 … z_i + 2

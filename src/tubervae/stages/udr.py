@@ -41,7 +41,7 @@ def models_from_search(tracker: Tracker, search_dir: Path) -> list[dict]:
         for trial in summary["trials"]:
             if trial["state"] != "COMPLETE":
                 continue
-            for seed, run_id in enumerate(trial["seed_run_ids"]):
+            for run_id in trial["seed_run_ids"]:
                 models.append({"run_id": run_id, "trial": trial["number"], "feasible": bool(trial["feasible"])})
     return models
 

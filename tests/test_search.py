@@ -1,0 +1,507 @@
+"""The Optuna search stage on tiny studies: 16×16 discs, 20 training steps, 2 seeds.
+
+Each trained run normally also draws three matplotlib pictures (traversals etc.), which
+cost more than the training here; those belong to the train stage and are tested with
+it, so these tests replace them with nothing (in worker subprocesses too, through a small
+launcher that then calls the `tubervae` command's own `main`).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tubervae import search
+from tubervae.config import parse_params
+from tubervae.stages.train import load_training_data, run_key
+from tubervae.tracking import Tracker
+from tubervae.train import Setting
+from tubervae.udr import udr_scores
+
+FAMILY = "beta_vae"
+STEPS, CHECKPOINT_EVERY, LOG_EVERY = 20, 5, 5
+RAW_PARAMS = {
+    "data": {"n_images": 300},
+    "preprocess": {"image_size": 16, "probe_size": 48},
+    "train": {"latent_dim": 4, "steps": STEPS, "batch_size": 16, "lr": 0.02, "checkpoint_every": CHECKPOINT_EVERY,
+              "log_every": LOG_EVERY, "snapshot_every": 0, "device": "cpu", "threads": 1},
+    "search": {"seeds": 2, "min_active": 0, "spaces": {FAMILY: {"n_trials": 1, "beta": [1.0, 8.0], "beta_log": True}}},
+    "udr": {"similarity": "spearman"},
+}
+
+# Started as `python worker.py <tubervae arguments>`: the `tubervae` command without the
+# per-run pictures. With BLOCK_AT_SEED_1 set to a path it writes that file and stops for
+# good when seed 1 logs step 10 (after the step-5 checkpoint, before the step-10 one),
+# so the test can kill it in the middle of a trial.
+WORKER = '''
+import os, sys, time
+from pathlib import Path
+import tubervae.stages.train as stage
+
+stage.figures = lambda *args, **kwargs: {}
+marker = os.environ.get("BLOCK_AT_SEED_1")
+if marker:
+    train_model = stage.train_model
+
+    def blocking_train_model(setting, seed, cfg, **kwargs):
+        on_log = kwargs["on_log"]
+
+        def hooked(metrics, step):
+            on_log(metrics, step)
+            if seed == 1 and step >= 10:
+                Path(marker).write_text(str(os.getpid()))
+                time.sleep(3600)
+
+        kwargs["on_log"] = hooked
+        return train_model(setting, seed, cfg, **kwargs)
+
+    stage.train_model = blocking_train_model
+from tubervae.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def merged(base: dict, **sections) -> dict:
+    out = json.loads(json.dumps(base))
+    for section, values in sections.items():
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(out[section].get(key), dict):
+                out[section][key].update(value)
+            else:
+                out[section][key] = value
+    return out
+
+
+def write_processed(folder: Path, size: int = 16, seed: int = 0) -> None:
+    """data/processed as the preprocess stage writes it: bright discs at random places, sizes, brightness."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    names = ["x", "y", "radius", "brightness"]
+    counts = {"train": 128, "test": 16, "labelled": 16, "udr_probe": 48}
+    splits, start = {}, 0
+    for name, n in counts.items():
+        f = np.column_stack([rng.uniform(4, size - 4, n), rng.uniform(4, size - 4, n), rng.uniform(2, 4, n),
+                             rng.uniform(0.4, 1.0, n)]).astype(np.float32)
+        disc = (xx - f[:, 0, None, None]) ** 2 + (yy - f[:, 1, None, None]) ** 2 <= f[:, 2, None, None] ** 2
+        gray = (disc * f[:, 3, None, None] * 255).astype(np.uint8)
+        labels = -np.ones(n, np.int64) if name == "udr_probe" else (f[:, 2] > 3).astype(np.int64)
+        rows = np.arange(start, start + n)
+        start += n
+        np.savez(folder / f"{name}.npz", images=np.repeat(gray[..., None], 3, axis=-1), labels=labels, rows=rows,
+                 files=np.array([f"{i:04d}.png" for i in rows]), factors=f, factor_names=np.array(names))
+        splits[name] = {"n": n, "good": int((labels == 0).sum()), "bad": int((labels == 1).sum()),
+                        "unlabelled": int((labels == -1).sum())}
+    (folder / "meta.json").write_text(json.dumps({
+        "data_version": f"discs-{size}-{seed}", "image_size": size, "crop_fraction": 0.8,
+        "factor_names": names, "splits": splits}))
+
+
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow database with its tables made once; creating them costs seconds per test."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, empty_mlflow_db, monkeypatch) -> Path:
+    """A project root with tiny processed data and a fresh MLflow database; cwd is the root."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    write_processed(tmp_path / "data" / "processed")
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+@pytest.fixture
+def no_pictures(monkeypatch):
+    monkeypatch.setattr("tubervae.stages.train.figures", lambda *args, **kwargs: {})
+
+
+def run_search(root: Path, raw: dict, **kwargs) -> dict:
+    return search.run(parse_params(raw), FAMILY, root=root, processed_dir=root / "data" / "processed",
+                      reports_dir=root / "reports" / "search", progress=False, **kwargs)
+
+
+def load_study(root: Path, raw: dict, storage: str | None = None) -> optuna.Study:
+    data = load_training_data(root / "data" / "processed")
+    name = search.study_name(FAMILY, parse_params(raw), data.data_version)
+    return optuna.load_study(study_name=name, storage=storage or search.storage_url(root))
+
+
+def client(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def all_runs(root: Path) -> list:
+    c = client(root)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    return c.search_runs(ids, max_results=1000)
+
+
+def first_suggestion(seed: int, low: float, high: float) -> float:
+    """What a fresh TPE sampler with this seed proposes first, on an empty study."""
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    return study.ask().suggest_float("beta", low, high, log=True)
+
+
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_family_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="cbeta_vae.*no search space"):
+        search.run(parse_params(RAW_PARAMS), "cbeta_vae", root=tmp_path, processed_dir=tmp_path / "missing")
+
+
+def test_storage_open_retries_when_workers_race_to_create_the_schema(tmp_path, monkeypatch):
+    """Two workers creating Optuna's tables in a fresh PostgreSQL database collide once; the loser retries."""
+    import sqlalchemy.exc
+
+    real = search.RDBStorage
+    calls = []
+
+    def collide_once(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("CREATE TYPE trialstate", {}, Exception("duplicate key value"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(search, "RDBStorage", collide_once)
+    monkeypatch.setattr(search.time, "sleep", lambda seconds: None)
+    params = parse_params(RAW_PARAMS)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = search.make_storage(url, params)
+    assert calls == [url, url]
+    assert storage.get_heartbeat_interval() == params.search.heartbeat_interval
+
+    def always_down(url, **kwargs):
+        calls.append(url)
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("server down"))
+
+    calls.clear()
+    monkeypatch.setattr(search, "RDBStorage", always_down)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        search.make_storage(url, params, attempts=3)
+    assert len(calls) == 3
+
+
+def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
+    """A RUNNING trial whose worker process is gone fails with a reason and comes back WAITING.
+
+    The copy keeps the parameters but none of the dead worker's attributes (host, pid, run ids):
+    with them, another worker on this host could mistake the retry for the dead trial.
+    """
+    params = parse_params(RAW_PARAMS)
+    study = optuna.create_study(storage=search.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", params),
+                                direction="maximize")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):
+        trial = study.ask({"beta": optuna.distributions.FloatDistribution(1.0, 8.0)})
+        for key, value in {"host": socket.gethostname(), "pid": pid, "mlflow_run_id": "abc"}.items():
+            trial.set_user_attr(key, value)
+
+    assert search.fail_dead_local_trials(study, max_retry=3) == [0]
+    assert search.fail_dead_local_trials(study, max_retry=3) == []  # nothing left to fail
+    first, alive, retry = study.get_trials()
+    assert (first.state, first.system_attrs["fail_reason"]) == (TrialState.FAIL, "worker killed")
+    assert alive.state == TrialState.RUNNING  # its worker (this process) lives
+    assert retry.state == TrialState.WAITING and retry.params == first.params
+    assert retry.user_attrs == {} and retry.system_attrs["failed_trial"] == 0
+    assert "fail_reason" not in retry.system_attrs
+
+
+def test_completed_study_resumes_without_training_and_moves_on(project, no_pictures):
+    """n_trials is a total; a resumed study asks new points; trial runs hold their seeds' runs."""
+    first = run_search(project, RAW_PARAMS)
+    runs_after_first = {r.info.run_id for r in all_runs(project)}
+    assert first["n_complete"] == 1 and len(runs_after_first) == 3  # one trial run + two seed runs
+
+    again = run_search(project, RAW_PARAMS)  # complete already: nothing to do
+    assert {r.info.run_id for r in all_runs(project)} == runs_after_first
+    assert [t["number"] for t in again["trials"]] == [0]
+
+    summary = run_search(project, RAW_PARAMS, n_trials=2)
+    study = load_study(project, RAW_PARAMS)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert len(all_runs(project)) == 6
+    # Trial k draws from a sampler seeded sampler_seed + k: the resumed trial is not a repeat.
+    betas = [t.params["beta"] for t in trials]
+    assert betas[0] == pytest.approx(first_suggestion(0, 1.0, 8.0))
+    assert betas[1] == pytest.approx(first_suggestion(1, 1.0, 8.0))
+    assert betas[0] != pytest.approx(betas[1])
+
+    # lr 0.02 opens every component within 20 steps, so the UDR checks below compare real numbers.
+    assert all(t.user_attrs["n_active"] > 0 and t.value > 0 for t in trials)
+
+    c = client(project)
+    best = max(trials, key=lambda t: (t.value, t.user_attrs["n_active"]))
+    assert summary["best_trial"] == best.number
+    for trial in trials:
+        parent = c.get_run(trial.user_attrs["mlflow_run_id"])
+        tags, metrics, params = parent.data.tags, parent.data.metrics, parent.data.params
+        assert parent.info.status == "FINISHED"
+        assert tags["kind"] == "trial" and tags["family"] == FAMILY
+        assert tags["optuna_study"] == study.study_name and tags["optuna_trial"] == str(trial.number)
+        assert tags["setting"] == Setting(FAMILY, trial.params["beta"]).label
+        assert tags["best_trial"] == str(trial.number == best.number)
+        assert float(params["beta"]) == pytest.approx(trial.params["beta"])
+        per_seed = [metrics["udr_seed_0"], metrics["udr_seed_1"]]
+        assert per_seed == pytest.approx(trial.user_attrs["udr_per_seed"])
+        assert metrics["udr"] == pytest.approx(float(np.median(per_seed))) == pytest.approx(trial.value)
+        assert metrics["n_active"] == pytest.approx(float(np.median(trial.user_attrs["n_active_per_seed"])))
+        assert metrics["feasible"] == 1.0 and tags["feasible"] == "True"
+
+        children = c.search_runs([parent.info.experiment_id],
+                                 filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        by_seed = {int(r.data.tags["seed"]): r for r in children}
+        assert sorted(by_seed) == [0, 1]
+        assert [by_seed[s].info.run_id for s in (0, 1)] == trial.user_attrs["seed_run_ids"]
+        assert all(r.info.status == "FINISHED" and r.data.tags["kind"] == "vae" for r in children)
+        # The trial's UDR is the UDR of exactly these children's probe latents.
+        latents = [search.latents_of(Tracker(project), r) for r in trial.user_attrs["seed_run_ids"]]
+        recomputed = udr_scores([z["mu"] for z in latents], [z["kl"] for z in latents], similarity="spearman")
+        assert np.nan_to_num(recomputed.scores) == pytest.approx(trial.user_attrs["udr_per_seed"])
+
+    report = json.loads((project / "reports" / "search" / f"{FAMILY}.json").read_text())
+    assert report["study"] == study.study_name and report["n_complete"] == 2
+    assert report["best_trial"] == best.number
+    assert report["best_mlflow_run_id"] == best.user_attrs["mlflow_run_id"]
+    assert [t["seed_run_ids"] for t in report["trials"]] == [t.user_attrs["seed_run_ids"] for t in trials]
+    for name in (f"{FAMILY}_udr_vs_beta.png", f"{FAMILY}_history.png"):
+        assert is_png(project / "reports" / "search" / name)
+
+
+def test_grid_points_come_first_failures_are_recorded_and_infeasible_trials_never_win(
+        project, no_pictures, monkeypatch):
+    """Grid point β=7 diverges (NaN loss): FAIL with its reason; β=2 and β=3 follow in order.
+
+    min_active 5 exceeds the 4 latent components, so every complete trial is infeasible.
+    """
+    import tubervae.train as train_module
+
+    real_loss = train_module.family_loss
+
+    def loss_nan_at_beta_7(family, x, out, step, **hp):
+        terms = real_loss(family, x, out, step, **hp)
+        if hp["beta"] == 7.0:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "family_loss", loss_nan_at_beta_7)
+    raw = merged(RAW_PARAMS, search={"min_active": 5, "enqueue_grid": True,
+                                     "spaces": {FAMILY: {"n_trials": 2, "grid": [{"beta": 7}, {"beta": 2}, {"beta": 3}]}}})
+    summary = run_search(project, raw)
+
+    trials = load_study(project, raw).get_trials()
+    assert [(t.state, t.params["beta"]) for t in trials] == [
+        (TrialState.FAIL, 7.0), (TrialState.COMPLETE, 2.0), (TrialState.COMPLETE, 3.0)]
+    reason = trials[0].user_attrs["fail_reason"]
+    assert reason.startswith("NonFiniteLossError") and "non-finite" in reason
+    assert summary["trials"][0]["fail_reason"] == reason
+
+    c = client(project)
+    failed_parent = c.get_run(trials[0].user_attrs["mlflow_run_id"])
+    assert failed_parent.info.status == "FAILED" and "NonFiniteLossError" in failed_parent.data.tags["error"]
+    failed_seed = c.search_runs([failed_parent.info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{failed_parent.info.run_id}'")
+    assert [(r.info.status, r.data.tags["failure"]) for r in failed_seed] == [("FAILED", "non-finite loss")]
+
+    for t in trials[1:]:
+        n_active = float(np.median(t.user_attrs["n_active_per_seed"]))
+        assert t.user_attrs["feasible"] is False
+        assert t.user_attrs["infeasible_reason"] == (
+            f"median informative components {n_active:g} below search.min_active 5")
+        assert t.constraints == {"min_active": pytest.approx(5 - n_active)}  # > 0: infeasible to Optuna
+        assert c.get_run(t.user_attrs["mlflow_run_id"]).data.tags["feasible"] == "False"
+    assert summary["n_complete"] == 2 and summary["n_feasible"] == 0
+    assert summary["best_trial"] is None and summary["best_value"] is None
+    report = json.loads((project / "reports" / "search" / f"{FAMILY}.json").read_text())
+    assert [t["feasible"] for t in report["trials"]] == [None, False, False]
+    assert is_png(project / "reports" / "search" / f"{FAMILY}_udr_vs_beta.png")
+
+    # A rerun neither enqueues the grid again nor repeats the failed point.
+    run_search(project, raw)
+    assert len(load_study(project, raw).get_trials()) == 3
+
+
+def start_worker(root: Path, args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """`tubervae <args>` in `root`; its output goes to a log file (a full pipe would stall it)."""
+    (root / "worker.py").write_text(WORKER)
+    log = open(root / f"worker-{len(list(root.glob('worker-*.log')))}.log", "w")
+    try:
+        proc = subprocess.Popen([sys.executable, str(root / "worker.py"), *args], cwd=root,
+                                env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        log.close()
+    proc.log_path = Path(log.name)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """Kill the worker if it still runs; its output."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    return proc.log_path.read_text()
+
+
+def test_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpoint(project, no_pictures):
+    (project / "params.yaml").write_text(yaml.safe_dump(RAW_PARAMS))
+    marker = project / "blocked"
+    worker = start_worker(project, ["search", "--family", FAMILY], env={"BLOCK_AT_SEED_1": str(marker)})
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert worker.poll() is None, f"worker ended early:\n{stop(worker)}"
+            assert time.monotonic() < deadline, f"worker never reached seed 1:\n{stop(worker)}"
+            time.sleep(0.1)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        stop(worker)
+
+    study = load_study(project, RAW_PARAMS)
+    [killed] = study.get_trials()
+    assert killed.state == TrialState.RUNNING
+    killed_parent = killed.user_attrs["mlflow_run_id"]
+    assert {r.info.status for r in all_runs(project)} == {"RUNNING", "FINISHED"}  # seed 0 done, seed 1 cut off
+
+    summary = run_search(project, RAW_PARAMS)
+
+    trials = load_study(project, RAW_PARAMS).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].system_attrs["fail_reason"] == "worker killed"
+    retry = trials[1]
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == killed.params
+    assert summary["n_complete"] == 1
+    assert [t["fail_reason"] for t in summary["trials"]] == ["worker killed", ""]
+
+    runs = all_runs(project)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status[killed_parent] == "KILLED"
+    # Each seed trained to the end exactly once: seed 0's run is reused, not repeated.
+    data = load_training_data(project / "data" / "processed")
+    cfg = parse_params(RAW_PARAMS).train
+    setting = Setting(FAMILY, retry.params["beta"])
+    for seed, run_id in enumerate(retry.user_attrs["seed_run_ids"]):
+        finished = [r.info.run_id for r in runs
+                    if r.data.tags.get("run_key") == run_key(setting, seed, cfg, data) and r.info.status == "FINISHED"]
+        assert finished == [run_id]
+    seed0, seed1 = (client(project).get_run(r) for r in retry.user_attrs["seed_run_ids"])
+    assert seed0.data.tags["mlflow.parentRunId"] == killed_parent
+    assert seed1.data.tags["mlflow.parentRunId"] == retry.user_attrs["mlflow_run_id"]
+    # Seed 1 went on from its step-5 checkpoint: its new run logs only the later steps.
+    history = client(project).get_metric_history(seed1.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(2 * LOG_EVERY, STEPS + 1, LOG_EVERY))
+
+
+# --- two workers, one PostgreSQL study -------------------------------------------------------------
+
+def postgres_bin() -> Path | None:
+    def version(path: str) -> tuple:
+        return tuple(int(part) for part in Path(path).parts[4].split(".") if part.isdigit())
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).parent if on_path else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 (trust auth), stopped and deleted afterwards."""
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed; .ci/run installs them")
+    import psycopg2
+
+    as_user: list[str] = []
+    cluster = Path(tempfile.mkdtemp(prefix="tubervae-pg-"))  # outside tmp_path: the server user must reach it
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(cluster, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = cluster / "data", free_port()
+    pg_ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
+    started = False
+    try:
+        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*pg_ctl, "-l", str(cluster / "server.log"),
+                        "-o", f"-h 127.0.0.1 -p {port} -k {cluster} -F -c max_connections=40", "start"],
+                       check=True, capture_output=True, timeout=90)
+        started = True
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        try:
+            conn.autocommit = True
+            conn.cursor().execute("CREATE DATABASE optuna")
+        finally:
+            conn.close()
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        if started:
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(cluster, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgres_study_without_losing_or_repeating_trials(project, postgres_url):
+    """Both workers start at once on a fresh study: exactly n_trials complete, distinct numbers and settings.
+
+    MLflow stays on the project's sqlite file, shared by both; the `project` fixture made its
+    tables beforehand (two processes creating a fresh mlflow.db at once race).
+    """
+    raw = merged(RAW_PARAMS, search={"spaces": {FAMILY: {"n_trials": 3}}})
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    args = ["search", "--family", FAMILY, "--storage", postgres_url]
+    workers = [start_worker(project, args) for _ in range(2)]
+    try:
+        for w in workers:
+            w.wait(timeout=240)
+    finally:
+        outputs = [stop(w) for w in workers]
+    for w, out in zip(workers, outputs):
+        assert w.returncode == 0, out
+        assert f"{FAMILY}: 3 complete trials" in out
+
+    trials = load_study(project, raw, storage=postgres_url).get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert len({t.params["beta"] for t in trials}) == 3
+    assert {t.user_attrs["pid"] for t in trials} <= {w.pid for w in workers}
+    runs = all_runs(project)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    parents = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert sorted(int(r.data.tags["optuna_trial"]) for r in parents) == [0, 1, 2]
+    assert len([r for r in runs if r.data.tags.get("kind") == "vae"]) == 3 * 2
+    report = json.loads((project / "reports" / "search" / f"{FAMILY}.json").read_text())
+    assert report["n_complete"] == 3
