@@ -1,6 +1,5 @@
 """Tests of the UDR metric against hand-computed values, scipy and scikit-learn."""
 
-import warnings
 
 import numpy as np
 import pytest
