@@ -10,7 +10,7 @@ from PIL import Image
 
 from tubervae.data import synth
 
-CROP = (slice(48, 432), slice(128, 512))  # the pipeline's 384×384 centre crop (fraction 0.8)
+CROP = (slice(96, 384), slice(176, 464))  # the pipeline's 288×288 centre crop (fraction 0.6)
 
 
 def _factors(**overrides) -> dict[str, float]:
@@ -134,21 +134,21 @@ def test_factor_ranges_and_absent_defects_are_zero():
 
 
 def test_tuber_stays_inside_the_centre_crop_at_the_extremes():
-    for x in (-80.0, 80.0):
-        for y in (-80.0, 80.0):
-            image = _render(x=x, y=y, size=0.52, elongation=1.0, tone=0.0, brightness=1.2)
+    for x in (-40.0, 40.0):
+        for y in (-40.0, 40.0):
+            image = _render(x=x, y=y, size=0.68, elongation=1.0, tone=0.0, brightness=1.2)
             mask = _tuber_mask(image)
             rows, cols = np.nonzero(mask)
-            assert rows.size > 15_000  # the tuber is there (π·100² ≈ 31 400 px)
-            assert rows.min() >= 48 and rows.max() < 432 and cols.min() >= 128 and cols.max() < 512
+            assert rows.size > 15_000  # the tuber is there (π·98² ≈ 30 000 px)
+            assert rows.min() >= 96 and rows.max() < 384 and cols.min() >= 176 and cols.max() < 464
 
 
 def test_position_size_and_brightness_act_as_their_factors_say():
-    left, right = _tuber_mask(_render(x=-80.0)), _tuber_mask(_render(x=80.0))
+    left, right = _tuber_mask(_render(x=-40.0)), _tuber_mask(_render(x=40.0))
     shift = np.nonzero(right)[1].mean() - np.nonzero(left)[1].mean()
-    assert shift == pytest.approx(160.0, abs=6.0)  # shading shifts the thresholded centroid a little
-    small, large = _tuber_mask(_render(size=0.28)).sum(), _tuber_mask(_render(size=0.52)).sum()
-    assert large / small == pytest.approx((0.52 / 0.28) ** 2, rel=0.15)  # area scales with length²
+    assert shift == pytest.approx(80.0, abs=6.0)  # shading shifts the thresholded centroid a little
+    small, large = _tuber_mask(_render(size=0.40)).sum(), _tuber_mask(_render(size=0.68)).sum()
+    assert large / small == pytest.approx((0.68 / 0.40) ** 2, rel=0.15)  # area scales with length²
     dim = _render(brightness=0.65)[CROP].astype(float).mean()
     bright = _render(brightness=1.2)[CROP].astype(float).mean()
     assert bright / dim == pytest.approx(1.2 / 0.65, rel=0.06)

@@ -49,7 +49,7 @@ class DataConfig:
 class PreprocessConfig:
     """The `preprocess` stage: crop, resize, split."""
 
-    crop_fraction: float = _rule(0.8, open_min=0.0, max=1.0)
+    crop_fraction: float = _rule(0.6, open_min=0.0, max=1.0)
     image_size: int = _rule(32, choices=(16, 32, 64, 128))
     test_fraction: float = _rule(0.2, open_min=0.0, open_max=1.0)
     labelled_per_class: int = _rule(100, min=1)
@@ -62,8 +62,8 @@ class TrainConfig:
     """One VAE training run (thesis tables 4.2 and 4.3 at the thesis profile)."""
 
     latent_dim: int = _rule(10, min=1, max=256)
-    steps: int = _rule(1000, min=1)
-    batch_size: int = _rule(64, min=2)
+    steps: int = _rule(2000, min=1)
+    batch_size: int = _rule(32, min=2)
     lr: float = _rule(1e-3, open_min=0.0, max=1.0)
     adam_beta1: float = _rule(0.9, min=0.0, open_max=1.0)
     adam_beta2: float = _rule(0.999, min=0.0, open_max=1.0)
@@ -71,9 +71,9 @@ class TrainConfig:
     rec_kind: str = _rule("bernoulli", choices=("bernoulli", "gaussian"))
     anneal_fraction: float = _rule(0.5, open_min=0.0, max=1.0)  # Cβ-VAE: share of steps for C: 0 → C_max
     tc_estimator: str = _rule("stratified", choices=("stratified", "weighted"))
-    checkpoint_every: int = _rule(250, min=1)
+    checkpoint_every: int = _rule(500, min=1)
     log_every: int = _rule(50, min=1)
-    snapshot_every: int = _rule(500, min=0)  # traversal/reconstruction pictures during training; 0 = end only
+    snapshot_every: int = _rule(1000, min=0)  # traversal/reconstruction pictures during training; 0 = end only
     device: str = _rule("auto", choices=("auto", "cpu", "cuda", "mps"))
     threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores
 

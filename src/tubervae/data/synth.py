@@ -10,8 +10,8 @@ independently:
 
 | name         | meaning                                                    | range              |
 |--------------|------------------------------------------------------------|--------------------|
-| `x`, `y`     | tuber centre minus image centre, px                        | [-80, 80]          |
-| `size`       | tuber length (major axis) / side of the centre crop        | [0.28, 0.52]       |
+| `x`, `y`     | tuber centre minus image centre, px                        | [-40, 40]          |
+| `size`       | tuber length (major axis) / side of the centre crop        | [0.40, 0.68]       |
 | `elongation` | length / width                                             | [1.0, 1.6]         |
 | `rotation`   | angle of the major axis, degrees (image y axis points down)| [0, 180)           |
 | `tone`       | skin colour, 0 = pale yellow, 1 = russet brown             | [0, 1]             |
@@ -25,9 +25,10 @@ Each defect type is present independently with probability q, where
 (1 - q)^3 = good_fraction, so a tuber is 'good' exactly when it has no defect and
 'bad without black spots' (the thesis's main failure case) is common.
 
-Everything stays inside the pipeline's centre crop (384×384 around the image
-centre for crop_fraction 0.8): |x| + length/2 · 1.06 ≤ 80 + 106 < 192. Defects
-are sized to survive a 32×32 downscale of that crop (12 px of photo per pixel).
+Everything stays inside the pipeline's centre crop (288×288 around the image
+centre for crop_fraction 0.6), and the tuber fills most of it, as in the thesis's
+photos: |x| + length/2 · 1.06 ≤ 40 + 103.8 < 144. Defects are sized to survive a
+32×32 downscale of that crop (9 px of photo per pixel).
 
 Images are reproducible: factors come from `default_rng([seed, 0])`, image i is
 drawn from `default_rng([seed, 1, i])`, so the bytes do not depend on the number
@@ -49,8 +50,8 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 WIDTH, HEIGHT = 640, 480
-CROP_FRACTION = 0.8
-CROP_SIDE = CROP_FRACTION * HEIGHT  # 384 px: the square the pipeline keeps
+CROP_FRACTION = 0.6
+CROP_SIDE = CROP_FRACTION * HEIGHT  # 288 px: the square the pipeline keeps
 GOOD_FRACTION = 1554 / 8498  # the thesis's training set: 1554 good, 6944 bad
 
 FACTOR_NAMES = (
@@ -58,9 +59,9 @@ FACTOR_NAMES = (
     "spot_count", "spot_size", "greening", "rot",
 )
 NUISANCE_RANGES = {
-    "x": (-80.0, 80.0),
-    "y": (-80.0, 80.0),
-    "size": (0.28, 0.52),
+    "x": (-40.0, 40.0),
+    "y": (-40.0, 40.0),
+    "size": (0.40, 0.68),
     "elongation": (1.0, 1.6),
     "rotation": (0.0, 180.0),
     "tone": (0.0, 1.0),
