@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 from tubervae import classify as clf
 from tubervae import plots
@@ -69,6 +70,8 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
     informative = [int(j) for j in np.flatnonzero(kl > KL_ACTIVE)] or list(range(z_lab.shape[1]))
 
     ranking = clf.rank_threshold_rules(z_lab, y_lab)
+    ranking["kl"] = kl[ranking.component.to_numpy()]
+    ranking["informative"] = ranking.kl > KL_ACTIVE
     rule = clf.fit_threshold_rule(z_lab, y_lab)
     train_labels = train["labels"][train["labels"] >= 0]
     majority_bad = bool((train_labels == 1).mean() >= 0.5) if len(train_labels) else True
@@ -88,17 +91,23 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
         log.warning("every classify.label_sizes %s exceeds the %d labelled photos: measuring at %d only",
                     list(cfg.label_sizes), len(y_lab), len(y_lab))
         sizes = (len(y_lab),)
-    efficiency = clf.label_efficiency(z_lab, y_lab, z_test, y_test, train_images=x_lab, test_images=x_test,
-                                      sizes=sizes,
-                                      n_draws=cfg.n_draws, random_state=cfg.seed, components=informative,
-                                      cnn_steps=cfg.cnn_steps)
+    # The threshold searches every component, as the rule above does; the learned
+    # alternatives see the informative components (and the CNN the pixels).
+    common = dict(sizes=sizes, n_draws=cfg.n_draws, random_state=cfg.seed, cnn_steps=cfg.cnn_steps)
+    efficiency = pd.concat([
+        clf.label_efficiency(z_lab, y_lab, z_test, y_test, methods=("threshold",), **common),
+        clf.label_efficiency(z_lab, y_lab, z_test, y_test, train_images=x_lab, test_images=x_test,
+                             methods=("logistic", "gradient_boosting", "pixel_cnn"), components=informative,
+                             **common)], ignore_index=True)
     efficiency_summary = clf.summarise_label_efficiency(efficiency)
 
     metrics = {
         "champion": {"model": params.register.model_name, "version": int(version.version),
                      "run_id": version.tags.get("source_run_id"), "family": vae_config["family"],
                      "beta": vae_config["beta"], "c_max": vae_config["c_max"], "seed": vae_config["seed"]},
-        "rule": rule.as_dict(),
+        "rule": {**rule.as_dict(), "kl": float(kl[rule.component]),
+                 "informative": bool(kl[rule.component] > KL_ACTIVE)},
+        "informative_components": informative,
         "n_labelled": {"good": int((~y_lab).sum()), "bad": int(y_lab.sum())},
         "test": threshold_metrics,
         "alternatives": {k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "roc_auc", "f1_bad")}

@@ -124,9 +124,11 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
             importance = importances[champion["run_id"]]
             plots.save_figure(plots.importance_heatmap(importance), out_dir / "champion_importance.png")
             write_csv(out_dir / "champion_importance.csv", importance.reset_index(names="component"))
+            kl = latents[int(np.flatnonzero(table.run_id.to_numpy() == champion["run_id"])[0])]["kl"]
             summary["champion"]["component_factor"] = {
-                comp: importance.columns[int(np.argmax(vals))] for comp, vals in importance.iterrows()
-                if np.max(vals) > 0}
+                comp: {"factor": importance.columns[int(np.argmax(vals))], "kl": float(kl[j]),
+                       "informative": bool(kl[j] > params.udr.kl_threshold)}
+                for j, (comp, vals) in enumerate(importance.iterrows()) if np.max(vals) > 0}
     write_json(out_dir / "metrics.json", summary)
     with tracker.run("evaluate", run_id=run_id, tags={"kind": "evaluate"}) as rid:
         tracker.log_artifacts(rid, out_dir, "evaluate")
