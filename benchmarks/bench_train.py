@@ -45,10 +45,10 @@ def plain_loop(images: np.ndarray, steps: int, batch: int, family: str, hp: dict
     return steps * batch / (time.perf_counter() - start)
 
 
-def project_loop(images: np.ndarray, steps: int, batch: int, family: str) -> float:
+def project_loop(images: np.ndarray, steps: int, batch: int, family: str, precision: str = "float32") -> float:
     """`tubervae.train.train_model` as every run uses it (logging every 50 steps, no checkpoint)."""
     cfg = TrainConfig(steps=5, batch_size=batch, lr=1e-4, log_every=50, checkpoint_every=10**9,
-                      snapshot_every=0, device="cpu")
+                      snapshot_every=0, device="cpu", precision=precision)
     setting = Setting(family=family, beta=4.0, c_max=10.0)
     probe = images[:8]
     train_model(setting, 0, cfg, train_images=images, probe_images=probe, test_images=probe, progress=False)
@@ -82,10 +82,12 @@ def main() -> None:
           f"batch {args.batch}, {args.family}, {args.steps} timed steps")
     baseline = plain_loop(images, args.steps, args.batch, args.family, hp)
     ours = project_loop(images, args.steps, args.batch, args.family)
+    ours_bf16 = project_loop(images, args.steps, args.batch, args.family, precision="bfloat16")
     peak = matmul_peak()
     flops = flops_per_image(args.image_size, 10)
     print(f"plain NCHW loop     : {baseline:8.1f} images/s")
     print(f"tubervae train loop : {ours:8.1f} images/s   ({ours / baseline:.2f}x the plain loop)")
+    print(f"  precision bfloat16: {ours_bf16:8.1f} images/s   ({ours_bf16 / baseline:.2f}x the plain loop)")
     print(f"float32 matmul peak : {peak / 1e9:8.1f} GFLOP/s; the training step uses {flops / 1e6:.0f} MFLOP/image "
           f"-> {ours * flops / 1e9:.1f} GFLOP/s = {ours * flops / peak:.0%} of peak")
 

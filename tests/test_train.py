@@ -181,6 +181,16 @@ def test_same_seed_gives_same_weights_and_another_seed_does_not(data):
     assert differs, "seed 1 trained exactly the weights of seed 0"
 
 
+def test_bfloat16_training_is_reproducible_and_differs_from_float32(data):
+    cfg = tiny_cfg(steps=5, precision="bfloat16")
+    first, again = train(data, cfg, seed=0), train(data, cfg, seed=0)
+    full = train(data, tiny_cfg(steps=5), seed=0)
+    assert_same_weights(first.model.state_dict(), again.model.state_dict())
+    weights = first.model.state_dict()
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())  # master weights
+    assert any(not torch.equal(v, full.model.state_dict()[k]) for k, v in weights.items())
+
+
 def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_and_logs(data, tmp_path):
     cfg = tiny_cfg(steps=15)
     full_logs: list = []

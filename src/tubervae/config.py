@@ -75,6 +75,7 @@ class TrainConfig:
     log_every: int = _rule(50, min=1)
     snapshot_every: int = _rule(1000, min=0)  # traversal/reconstruction pictures during training; 0 = end only
     device: str = _rule("auto", choices=("auto", "cpu", "cuda", "mps"))
+    precision: str = _rule("float32", choices=("float32", "bfloat16"))  # bfloat16: autocast forward pass
     threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tubervae.config import TrainConfig
 from tubervae.models.losses import family_loss, kl_per_component, reconstruction_loss
-from tubervae.models.nets import VAE
+from tubervae.models.nets import VAE, VAEOutput
 
 log = logging.getLogger(__name__)
 KL_ACTIVE = 0.01  # thesis §2.3.1: a component is informative when its KL exceeds this
@@ -205,11 +205,15 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
     last = {}
     bar = tqdm(total=cfg.steps, initial=step, desc=f"{setting.family} {setting.label} s{seed}",
                unit="step", disable=not progress, leave=False)
+    low_precision = cfg.precision == "bfloat16"
     model.train()
     while step < cfg.steps:
         idx = torch.randint(len(data), (cfg.batch_size,), generator=batches).to(device)
         x = as_input(data[idx])
-        out = model(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
+            out = model(x)
+        if low_precision:  # the losses (sums over thousands of pixels) stay in float32
+            out = VAEOutput(*(t.float() for t in out))
         terms = family_loss(setting.family, x, out, step, **hp)
         optimiser.zero_grad(set_to_none=True)
         terms["loss"].backward()
