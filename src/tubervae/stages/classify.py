@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import torch
 
 from tubervae import classify as clf
 from tubervae import plots
@@ -28,7 +29,7 @@ from tubervae.serving import TuberQualityModel, encode_images
 from tubervae.stages.preprocess import load_meta, load_split
 from tubervae.stages.register import ALIAS
 from tubervae.tracking import Tracker
-from tubervae.train import KL_ACTIVE
+from tubervae.train import KL_ACTIVE, probe_latents
 
 log = logging.getLogger(__name__)
 THESIS_ACCURACY = 0.813
@@ -65,8 +66,7 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
         raise RuntimeError("the test split has no labelled photos: add good/ and bad/ photos to score the classifier")
     z_lab, _ = encode_images(vae, x_lab)
     z_test, _ = encode_images(vae, x_test)
-    probe_mu, probe_logvar = encode_images(vae, load_split("udr_probe", processed_dir)["images"])
-    kl = (0.5 * (probe_mu**2 + np.exp(probe_logvar) - probe_logvar - 1)).mean(0)
+    kl = probe_latents(vae, load_split("udr_probe", processed_dir)["images"], torch.device("cpu"))["kl"]
     informative = [int(j) for j in np.flatnonzero(kl > KL_ACTIVE)] or list(range(z_lab.shape[1]))
 
     ranking = clf.rank_threshold_rules(z_lab, y_lab)
@@ -141,8 +141,6 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
         config_path = Path(tmp) / "vae_config.json"
         config_path.write_text(json.dumps(vae_config, indent=2))
         weights = Path(tmp) / "model.pt"
-        import torch
-
         torch.save(vae.state_dict(), weights)
         tags = {"component": rule.component, "threshold": rule.threshold, "direction": rule.direction,
                 "test_balanced_accuracy": threshold_metrics["balanced_accuracy"],
