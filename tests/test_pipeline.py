@@ -30,9 +30,10 @@ from tubervae.stages import preprocess, raw
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SPLITS = ("train", "test", "labelled", "udr_probe")
-N_IMAGES, PROBE, PER_CLASS, SIZE = 60, 20, 5, 16
+N_IMAGES, PROBE, PER_CLASS, SIZE, CROP = 60, 20, 5, 16, 0.8
 TINY = {"data": {"n_images": N_IMAGES, "workers": 2},
-        "preprocess": {"image_size": SIZE, "probe_size": PROBE, "labelled_per_class": PER_CLASS}}
+        "preprocess": {"image_size": SIZE, "probe_size": PROBE, "labelled_per_class": PER_CLASS,
+                       "crop_fraction": CROP}}
 
 
 # ------------------------------------------------------------------ helpers
@@ -172,11 +173,11 @@ def test_repro_builds_raw_and_processed_data(dvc_project):
     # Pixels: the centre crop of the photo, shrunk by block averaging (JPEG decoding may differ slightly).
     first = splits["train"]
     with Image.open(root / "data/raw" / first["files"][0]) as img:
-        expected = block_mean(img, 0.8, SIZE)
+        expected = block_mean(img, CROP, SIZE)
     assert np.abs(first["images"][0] - expected).mean() < 3
 
     # meta.json: the settings and a data version that is the hash of exactly these arrays.
-    assert meta["image_size"] == SIZE and meta["crop_fraction"] == 0.8
+    assert meta["image_size"] == SIZE and meta["crop_fraction"] == CROP
     assert meta["factor_names"] == list(FACTOR_NAMES)
     images = np.empty((N_IMAGES, SIZE, SIZE, 3), np.uint8)
     for name in ("train", "test"):
@@ -337,7 +338,7 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
     with Image.open(reports / "contact_sheet.png") as sheet:
         assert sheet.format == "PNG"
 
-    meta = preprocess.run(PreprocessConfig(image_size=SIZE, probe_size=10, labelled_per_class=3),
+    meta = preprocess.run(PreprocessConfig(image_size=SIZE, probe_size=10, labelled_per_class=3, crop_fraction=CROP),
                           raw_dir=raw_dir, out_dir=tmp_path / "data/processed", workers=1)
     assert meta["factor_names"] == []
     assert meta["splits"]["test"] == {"n": 6, "good": 3, "bad": 3, "unlabelled": 0}
@@ -362,7 +363,7 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
     sources = labels.source.to_numpy()[train["rows"]]
     k = int(np.flatnonzero(np.char.startswith(sources.astype(str), "bad/b"))[0])
     with Image.open(folder / sources[k]) as img:
-        expected = block_mean(img, 0.8, SIZE)
+        expected = block_mean(img, CROP, SIZE)
     assert np.abs(train["images"][k] - expected).max() <= 1
 
 
