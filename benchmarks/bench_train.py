@@ -15,13 +15,12 @@ import time
 import numpy as np
 import torch
 
-from tubervae.config import TrainConfig
-from tubervae.models.losses import family_loss
+from tubervae.config import FAMILIES, TrainConfig
 from tubervae.models.nets import VAE, flops_per_image
-from tubervae.train import Setting, train_model
+from tubervae.training import Setting, train_model
 
 
-def plain_loop(images: np.ndarray, steps: int, batch: int, family: str, hp: dict) -> float:
+def plain_loop(images: np.ndarray, steps: int, batch: int, loss_fn) -> float:
     """The straightforward loop: default NCHW layout, float conversion of each batch."""
     torch.manual_seed(0)
     model = VAE(image_size=images.shape[1])
@@ -32,7 +31,7 @@ def plain_loop(images: np.ndarray, steps: int, batch: int, family: str, hp: dict
     def step(i):
         idx = torch.randint(len(data), (batch,), generator=gen)
         x = data[idx].float() / 255.0
-        loss = family_loss(family, x, model(x), i, **hp)["loss"]
+        loss = loss_fn(x, model(x), i)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -46,7 +45,7 @@ def plain_loop(images: np.ndarray, steps: int, batch: int, family: str, hp: dict
 
 
 def project_loop(images: np.ndarray, steps: int, batch: int, family: str, precision: str = "float32") -> float:
-    """`tubervae.train.train_model` as every run uses it (logging every 50 steps, no checkpoint)."""
+    """`tubervae.training.train_model` as every run uses it (logging every 50 steps, no checkpoint)."""
     cfg = TrainConfig(steps=5, batch_size=batch, lr=1e-4, log_every=50, checkpoint_every=10**9,
                       snapshot_every=0, device="cpu", precision=precision)
     setting = Setting(family=family, beta=4.0, c_max=10.0)
@@ -73,14 +72,14 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--family", default="beta_vae", choices=("beta_vae", "beta_tcvae", "cbeta_vae"))
+    parser.add_argument("--family", default="beta_vae", choices=FAMILIES)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2048, args.image_size, args.image_size, 3), dtype=np.uint8)
-    hp = Setting(args.family, 4.0, 10.0).hyperparameters(TrainConfig(steps=args.steps), len(images))
+    loss_fn = Setting(args.family, 4.0, 10.0).loss(TrainConfig(steps=args.steps), len(images))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.image_size}x{args.image_size}, "
           f"batch {args.batch}, {args.family}, {args.steps} timed steps")
-    baseline = plain_loop(images, args.steps, args.batch, args.family, hp)
+    baseline = plain_loop(images, args.steps, args.batch, loss_fn)
     ours = project_loop(images, args.steps, args.batch, args.family)
     ours_bf16 = project_loop(images, args.steps, args.batch, args.family, precision="bfloat16")
     peak = matmul_peak()

@@ -5,17 +5,21 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+import tubervae.models.losses as losses_module
+from tubervae import checks
+from tubervae.config import FAMILIES as CONFIG_FAMILIES
 from tubervae.models.losses import (
     FAMILIES,
-    beta_tcvae_loss,
-    beta_vae_loss,
+    LOSSES,
+    BetaTCVAE,
+    BetaVAE,
+    CapacityBetaVAE,
+    VAELoss,
     capacity,
-    cbeta_vae_loss,
-    family_hyperparameters,
-    family_loss,
     kl_per_component,
     log_density_gaussian,
     log_importance_weights,
+    make_loss,
     reconstruction_loss,
 )
 from tubervae.models.nets import VAE, VAEOutput
@@ -176,7 +180,7 @@ def _gaussian_population(seed, batch, correlated, sigma=0.5):
 
 def test_total_correlation_near_zero_for_independent_latents():
     x, out = _gaussian_population(0, 2000, correlated=False)
-    terms = beta_tcvae_loss(x, out, 0, beta=1.0, dataset_size=10**6)
+    terms = BetaTCVAE(beta=1.0, dataset_size=10**6)(x, out, 0)
     assert abs(terms["tc"].item()) < 0.03
     # MI of N(μ, ¼) with μ ~ N(0, 1): ½·log(1.25/0.25) per dimension.
     assert terms["mi"].item() == pytest.approx(math.log(5), abs=0.1)
@@ -185,14 +189,14 @@ def test_total_correlation_near_zero_for_independent_latents():
 def test_total_correlation_of_correlated_latents_matches_gaussian_value():
     # Aggregate correlation ρ = 1/1.25 = 0.8, so TC = -½·log(1 - ρ²) ≈ 0.511.
     x, out = _gaussian_population(1, 2000, correlated=True)
-    terms = beta_tcvae_loss(x, out, 0, beta=1.0, dataset_size=10**6)
+    terms = BetaTCVAE(beta=1.0, dataset_size=10**6)(x, out, 0)
     assert terms["tc"].item() == pytest.approx(-0.5 * math.log(1 - 0.8**2), abs=0.06)
     assert terms["tc"].item() > 0.3
 
 
 def test_decomposition_sums_to_sampled_kl_and_approximates_mean_kl():
     x, out = _gaussian_population(2, 2000, correlated=True)
-    terms = beta_tcvae_loss(x, out, 0, beta=1.0, dataset_size=10**6)
+    terms = BetaTCVAE(beta=1.0, dataset_size=10**6)(x, out, 0)
     total = terms["mi"] + terms["tc"] + terms["dwkl"]
     posterior = Normal(out.mu, torch.exp(out.logvar / 2))
     sampled_kl = (posterior.log_prob(out.z) - Normal(0.0, 1.0).log_prob(out.z)).sum(1).mean()
@@ -203,8 +207,8 @@ def test_decomposition_sums_to_sampled_kl_and_approximates_mean_kl():
 
 def test_beta_scales_only_the_total_correlation():
     x, out = _gaussian_population(3, 64, correlated=True)
-    t1 = beta_tcvae_loss(x, out, 0, beta=1.0, dataset_size=5000)
-    t4 = beta_tcvae_loss(x, out, 0, beta=4.0, dataset_size=5000)
+    t1 = BetaTCVAE(beta=1.0, dataset_size=5000)(x, out, 0)
+    t4 = BetaTCVAE(beta=4.0, dataset_size=5000)(x, out, 0)
     assert t4["loss"].item() - t1["loss"].item() == pytest.approx(3 * t1["tc"].item(), abs=1e-4)
 
 
@@ -217,8 +221,8 @@ def test_identical_posteriors_give_known_aggregate_estimates():
     logvar = torch.full((b, 3), 2 * math.log(0.5))
     z = torch.randn(b, 3, generator=torch.Generator().manual_seed(4))
     x, out = _latent_output(mu, logvar, z)
-    mss = beta_tcvae_loss(x, out, 0, beta=2.0, dataset_size=n)
-    mws = beta_tcvae_loss(x, out, 0, beta=2.0, dataset_size=n, estimator="weighted")
+    mss = BetaTCVAE(beta=2.0, dataset_size=n)(x, out, 0)
+    mws = BetaTCVAE(beta=2.0, dataset_size=n, estimator="weighted")(x, out, 0)
     assert mss["mi"].item() == pytest.approx(0.0, abs=1e-5)
     assert mss["tc"].item() == pytest.approx(0.0, abs=1e-5)
     assert mws["mi"].item() == pytest.approx(math.log(n), abs=1e-4)
@@ -238,7 +242,7 @@ def _one_half_nat_output(batch=3):
 
 def test_beta_vae_loss_hand_values():
     x, out = _one_half_nat_output()
-    terms = beta_vae_loss(x, out, 0, beta=3.0)
+    terms = BetaVAE(beta=3.0)(x, out, 0)
     rec = 4 * math.log(2)
     assert terms["rec"].item() == pytest.approx(rec)
     assert terms["kl"].item() == pytest.approx(0.5)
@@ -249,21 +253,38 @@ def test_beta_vae_loss_hand_values():
 @pytest.mark.parametrize("step, c, gap", [(0, 0.0, 0.5), (50, 1.0, 0.5), (20, 0.4, 0.1), (400, 2.0, 1.5)])
 def test_cbeta_vae_loss_hand_values(step, c, gap):
     x, out = _one_half_nat_output()
-    terms = cbeta_vae_loss(x, out, step, beta=700.0, c_max=2.0, anneal_steps=100)
+    terms = CapacityBetaVAE(beta=700.0, c_max=2.0, anneal_steps=100)(x, out, step)
     assert terms["capacity"].item() == pytest.approx(c)
     assert terms["loss"].item() == pytest.approx(4 * math.log(2) + 700 * gap, rel=1e-6)
 
 
-# --- dispatcher ------------------------------------------------------------------
+# --- loss objects and the registry ----------------------------------------------
 
 
-def test_dispatcher_matches_family_functions():
+def test_registry_matches_classes_and_config_order():
     x, out = _one_half_nat_output()
-    direct = cbeta_vae_loss(x, out, 30, beta=10.0, c_max=1.0, anneal_steps=60)
-    routed = family_loss("cbeta_vae", x, out, 30, beta=10.0, c_max=1.0, anneal_steps=60)
+    direct = CapacityBetaVAE(beta=10.0, c_max=1.0, anneal_steps=60)(x, out, 30)
+    routed = make_loss("cbeta_vae", beta=10.0, c_max=1.0, anneal_steps=60)(x, out, 30)
     assert routed["loss"].item() == direct["loss"].item()
-    assert family_hyperparameters("beta_tcvae") == (("beta", "dataset_size"), ("estimator", "rec_kind"))
-    assert FAMILIES == ("beta_vae", "cbeta_vae", "beta_tcvae")
+    assert BetaTCVAE.hyperparameter_names() == (("beta", "dataset_size"), ("estimator", "rec_kind"))
+    assert FAMILIES is CONFIG_FAMILIES
+    assert tuple(LOSSES) == FAMILIES == ("beta_vae", "beta_tcvae", "cbeta_vae")
+    assert all(cls.family == family and issubclass(cls, VAELoss) for family, cls in LOSSES.items())
+
+
+def test_hyperparameters_are_bound_in_canonical_types():
+    loss = make_loss("cbeta_vae", beta=700, c_max=6, anneal_steps=100)
+    assert isinstance(loss, CapacityBetaVAE)
+    assert loss.hyperparameters == {"beta": 700.0, "c_max": 6.0, "anneal_steps": 100, "rec_kind": "bernoulli"}
+    assert isinstance(loss.beta, float) and isinstance(loss.c_max, float)
+    tc = BetaTCVAE(4.0, 100, "weighted", rec_kind="gaussian")
+    assert tc.hyperparameters == {"beta": 4.0, "dataset_size": 100, "estimator": "weighted", "rec_kind": "gaussian"}
+    assert make_loss(tc.family, **tc.hyperparameters).hyperparameters == tc.hyperparameters
+    assert repr(BetaVAE(2)) == "BetaVAE(beta=2.0, rec_kind='bernoulli')"
+    with pytest.raises(AttributeError):
+        loss.beta = -1.0  # bound once: no way around the check
+    with pytest.raises(TypeError):
+        VAELoss()  # abstract
 
 
 @pytest.mark.parametrize(
@@ -273,25 +294,87 @@ def test_dispatcher_matches_family_functions():
         ("beta_vae", {"beta": -1.0}, r"beta must be a finite number > 0.0, got -1.0"),
         ("beta_vae", {"beta": 0}, r"beta must be a finite number > 0.0, got 0"),
         ("beta_vae", {"beta": float("nan")}, r"beta must be a finite number > 0.0, got nan"),
-        ("beta_vae", {"beta": 2.0, "c_max": 1.0}, r"unknown hyperparameter 'c_max' for family 'beta_vae'"),
-        ("cbeta_vae", {"beta": 700.0, "c_max": 6.0}, r"needs hyperparameter\(s\) \('anneal_steps',\)"),
+        ("beta_vae", {"beta": 2.0, "c_max": 1.0},
+         r"unknown hyperparameter\(s\) \('c_max',\) for family 'beta_vae'; allowed: \('beta', 'rec_kind'\)"),
+        ("cbeta_vae", {"beta": 700.0, "c_max": 6.0},
+         r"family 'cbeta_vae' needs hyperparameter\(s\) \('anneal_steps',\); "
+         r"allowed: \('beta', 'c_max', 'anneal_steps', 'rec_kind'\)"),
         ("cbeta_vae", {"beta": 700.0, "c_max": -6.0, "anneal_steps": 10}, r"c_max must be .*>= 0.0, got -6.0"),
         ("cbeta_vae", {"beta": 700.0, "c_max": 6.0, "anneal_steps": 1.5}, r"anneal_steps must be an int"),
-        ("beta_tcvae", {"beta": 4.0, "dataset_size": 2}, r"dataset_size must be >= the batch size \(3\), got 2"),
+        ("beta_tcvae", {"beta": 4.0, "dataset_size": 0}, r"dataset_size must be an int >= 1, got 0"),
         ("beta_tcvae", {"beta": 4.0, "dataset_size": 100, "estimator": "mc"}, r"estimator must be one of"),
         ("beta_vae", {"beta": 1.0, "rec_kind": "l2"}, r"rec_kind must be one of"),
     ],
 )
-def test_dispatcher_rejects_bad_family_and_hyperparameters(family, hyper, message):
-    x, out = _one_half_nat_output()
+def test_make_loss_rejects_bad_family_and_hyperparameters(family, hyper, message):
     with pytest.raises(ValueError, match=message):
-        family_loss(family, x, out, 0, **hyper)
+        make_loss(family, **hyper)
+
+
+def test_loss_objects_validate_at_construction():
+    with pytest.raises(ValueError, match=r"beta must be a finite number > 0.0, got -2.0"):
+        BetaVAE(beta=-2.0)
+    with pytest.raises(ValueError, match=r"c_max must be a finite number >= 0.0, got -1.0"):
+        CapacityBetaVAE(beta=700.0, c_max=-1.0, anneal_steps=10)
+    with pytest.raises(ValueError, match=r"estimator must be one of \('stratified', 'weighted'\), got 'mc'"):
+        BetaTCVAE(beta=4.0, dataset_size=100, estimator="mc")
+    with pytest.raises(ValueError, match=r"needs hyperparameter\(s\) \('dataset_size',\)"):
+        make_loss("beta_tcvae", beta=4.0)
+
+
+def test_calling_a_loss_does_not_revalidate_its_hyperparameters(monkeypatch):
+    x, out = _one_half_nat_output()
+    built = [
+        make_loss("beta_vae", beta=4.0, rec_kind="gaussian"),
+        make_loss("cbeta_vae", beta=700.0, c_max=6.0, anneal_steps=100),
+        make_loss("beta_tcvae", beta=6.0, dataset_size=100),
+        make_loss("beta_tcvae", beta=6.0, dataset_size=100, estimator="weighted"),
+    ]
+    expected = [loss(x, out, 7)["loss"].item() for loss in built]
+    checked = []
+
+    def refuse(name, *args, **kwargs):
+        raise AssertionError(f"{name} re-validated on a call")
+
+    def record_int(name, value, *args, **kwargs):
+        checked.append(name)
+        return value
+
+    # Hyperparameters are reals and choices; only the step (an argument of the call) is an int checked per call.
+    for module in (checks, losses_module):
+        monkeypatch.setattr(module, "check_real", refuse)
+        monkeypatch.setattr(module, "check_choice", refuse)
+        monkeypatch.setattr(module, "check_int", record_int)
+    assert [loss(x, out, 7)["loss"].item() for loss in built] == expected
+    assert set(checked) == {"step"}
+
+
+def test_batch_larger_than_the_dataset_is_rejected_per_call():
+    x, out = _one_half_nat_output()
+    loss = make_loss("beta_tcvae", beta=4.0, dataset_size=2)
+    with pytest.raises(ValueError, match=r"dataset_size must be >= the batch size \(3\), got 2"):
+        loss(x, out, 0)
+    with pytest.raises(ValueError, match=r"step must be an int >= 0, got -1"):
+        make_loss("beta_vae", beta=1.0)(x, out, -1)
+
+
+def test_one_object_serves_batches_of_any_size_and_dtype():
+    # The stratified weights are kept between calls; a new batch size or dtype must not reuse stale ones.
+    loss = BetaTCVAE(beta=2.0, dataset_size=100)
+    for batch, dtype in [(8, torch.float32), (5, torch.float32), (5, torch.float64), (8, torch.float32)]:
+        x, out = _gaussian_population(6, batch, correlated=True)
+        x, out = x.to(dtype), VAEOutput(*(t.to(dtype) for t in out))
+        fresh = BetaTCVAE(beta=2.0, dataset_size=100)(x, out, 0)
+        again = loss(x, out, 0)
+        for key in fresh:
+            assert again[key].dtype == dtype
+            torch.testing.assert_close(again[key], fresh[key], rtol=0, atol=0)
 
 
 def test_mismatched_output_is_rejected():
     x, out = _one_half_nat_output()
     with pytest.raises(ValueError, match=r"x and out.logits must have the same shape"):
-        beta_vae_loss(x[:, :3], out, 0, beta=1.0)
+        BetaVAE(beta=1.0)(x[:, :3], out, 0)
 
 
 @pytest.mark.parametrize(
@@ -307,7 +390,7 @@ def test_gradients_reach_every_parameter_and_are_finite(family, hyper):
     torch.manual_seed(5)
     model = VAE(image_size=16, latent_dim=3)
     x = torch.rand(4, 3, 16, 16)
-    terms = family_loss(family, x, model(x), 10, **hyper)
+    terms = make_loss(family, **hyper)(x, model(x), 10)
     terms["loss"].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tubervae.metrics import (
+from tubervae.evaluation.metrics import (
     dci,
     dci_from_importance,
     discrete_factor_mask,

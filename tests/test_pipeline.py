@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import run_command
 from tubervae import cli
 from tubervae.config import DataConfig, PreprocessConfig
 from tubervae.data.splits import fingerprint
@@ -54,23 +54,11 @@ def write_params(root: Path, params: dict, name: str = "params.yaml") -> Path:
 
 
 def run_cmd(args: list[str], root: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run a command in `root` in its own process group, killed whole if it overruns."""
+    """Run a command in `root` (see conftest.run_command), without the caller's MLflow and DVC settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1",
                DVC_SITE_CACHE_DIR=str(root.parent / "dvc_site_cache"), MPLBACKEND="Agg")
-    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(args)} ran over {timeout} s:\n{out[-3000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(args, proc.returncode, out, None)
+    return run_command(args, root, env=env, timeout=timeout)
 
 
 def repro(root: Path, *extra: str) -> subprocess.CompletedProcess:

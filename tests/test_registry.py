@@ -24,15 +24,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from conftest import write_processed
 from tubervae.classify import fit_threshold_rule
 from tubervae.config import TrainConfig, parse_params
-from tubervae.io import write_json
 from tubervae.models.nets import VAE
+from tubervae.runs.tracker import Tracker
+from tubervae.runs.training_run import TrainingData, run_tracked
 from tubervae.stages import classify, register
 from tubervae.stages.register import choose_champion
-from tubervae.stages.train import TrainingData, run_tracked
-from tubervae.tracking import Tracker
-from tubervae.train import Setting
+from tubervae.training import Setting
 
 SIZE = 16
 LATENT = 4
@@ -58,11 +58,9 @@ def disc_photos(rng, n, bad_fraction):
     return images, bad.astype(np.int64), factors
 
 
-def write_processed(folder: Path, seed: int = 0) -> Path:
+def write_processed_discs(folder: Path, seed: int = 0) -> Path:
     """The files the preprocess stage writes, for a few dozen 16×16 photos."""
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = ["x", "radius", "brightness"]
     splits = {}
     for name, n, bad_fraction in (("train", 64, 0.75), ("test", 40, 0.5), ("udr_probe", 32, 0.5)):
         images, labels, factors = disc_photos(rng, n, bad_fraction)
@@ -73,13 +71,7 @@ def write_processed(folder: Path, seed: int = 0) -> Path:
     bad, _, bad_f = disc_photos(rng, 10, 1.0)
     splits["labelled"] = (np.concatenate([good, bad]), np.r_[np.zeros(10, np.int64), np.ones(10, np.int64)],
                           np.concatenate([good_f, bad_f]))
-    for name, (images, labels, factors) in splits.items():
-        np.savez(folder / f"{name}.npz", images=images, labels=labels, rows=np.arange(len(images)),
-                 files=np.asarray([f"{name}_{i}.png" for i in range(len(images))]), factors=factors,
-                 factor_names=np.asarray(names))
-    write_json(folder / "meta.json", {
-        "data_version": DATA_VERSION, "image_size": SIZE, "crop_fraction": CROP, "factor_names": names,
-        "splits": {k: {"n": len(v[0])} for k, v in splits.items()}})
+    write_processed(folder, splits, ["x", "radius", "brightness"], data_version=DATA_VERSION, crop_fraction=CROP)
     return folder
 
 
@@ -169,7 +161,7 @@ def test_no_feasible_model_and_missing_columns_are_reported():
 def test_register_without_the_udr_table_says_to_run_udr(tmp_path):
     with pytest.raises(FileNotFoundError, match="udr stage"):
         register.run(parse_params({}), root=tmp_path, udr_dir=tmp_path / "reports" / "udr",
-                     processed_dir=write_processed(tmp_path / "data" / "processed"),
+                     processed_dir=write_processed_discs(tmp_path / "data" / "processed"),
                      out_path=tmp_path / "champion.json")
 
 
@@ -195,13 +187,13 @@ def project(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         root = tmp_path_factory.mktemp("project")
-        processed = write_processed(root / "data" / "processed")
+        processed = write_processed_discs(root / "data" / "processed")
         tracker = Tracker(root)
         data = TrainingData(train=load(processed, "train")["images"], probe=load(processed, "udr_probe")["images"],
                             test=load(processed, "test")["images"], data_version=DATA_VERSION)
         cfg = TrainConfig(latent_dim=LATENT, steps=8, batch_size=16, log_every=4, checkpoint_every=8,
                           snapshot_every=0, device="cpu", threads=1)
-        runs = {beta: run_tracked(tracker, Setting("beta_vae", beta), 0, cfg, data,
+        runs = {beta: run_tracked(tracker, Setting("beta_vae", beta), 0, cfg, data, kl_threshold=0.01,
                                   checkpoint_dir=root / "checkpoints", progress=False)["run_id"]
                 for beta in (2.0, 6.0)}
         params = tiny_params()
@@ -308,7 +300,7 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
 
 def test_classify_without_a_champion_says_to_run_search_and_register(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    processed = write_processed(tmp_path / "data" / "processed")
+    processed = write_processed_discs(tmp_path / "data" / "processed")
     with pytest.raises(RuntimeError, match=r"tubervae-vae@champion.*run the search and the register stage"):
         classify.run(tiny_params(), root=tmp_path, processed_dir=processed, out_dir=tmp_path / "classify")
     assert not (tmp_path / "classify" / "metrics.json").exists()

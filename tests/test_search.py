@@ -27,12 +27,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tubervae import search
+from conftest import write_processed
 from tubervae.config import parse_params
-from tubervae.stages.train import load_training_data, run_key
-from tubervae.tracking import Tracker
-from tubervae.train import Setting
-from tubervae.udr import udr_scores
+from tubervae.evaluation.udr import udr_scores
+from tubervae.runs.tracker import Tracker
+from tubervae.runs.training_run import load_training_data, run_key
+from tubervae.stages import search
+from tubervae.training import Setting
 
 FAMILY = "beta_vae"
 STEPS, CHECKPOINT_EVERY, LOG_EVERY = 20, 5, 5
@@ -52,7 +53,7 @@ RAW_PARAMS = {
 WORKER = '''
 import os, sys, time
 from pathlib import Path
-import tubervae.stages.train as stage
+import tubervae.runs.training_run as stage
 
 stage.figures = lambda *args, **kwargs: {}
 marker = os.environ.get("BLOCK_AT_SEED_1")
@@ -88,37 +89,20 @@ def merged(base: dict, **sections) -> dict:
     return out
 
 
-def write_processed(folder: Path, size: int = 16, seed: int = 0) -> None:
+def write_processed_discs(folder: Path, size: int = 16, seed: int = 0) -> None:
     """data/processed as the preprocess stage writes it: bright discs at random places, sizes, brightness."""
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
     yy, xx = np.mgrid[0:size, 0:size]
-    names = ["x", "y", "radius", "brightness"]
     counts = {"train": 128, "test": 16, "labelled": 16, "udr_probe": 48}
-    splits, start = {}, 0
+    splits = {}
     for name, n in counts.items():
         f = np.column_stack([rng.uniform(4, size - 4, n), rng.uniform(4, size - 4, n), rng.uniform(2, 4, n),
                              rng.uniform(0.4, 1.0, n)]).astype(np.float32)
         disc = (xx - f[:, 0, None, None]) ** 2 + (yy - f[:, 1, None, None]) ** 2 <= f[:, 2, None, None] ** 2
         gray = (disc * f[:, 3, None, None] * 255).astype(np.uint8)
         labels = -np.ones(n, np.int64) if name == "udr_probe" else (f[:, 2] > 3).astype(np.int64)
-        rows = np.arange(start, start + n)
-        start += n
-        np.savez(folder / f"{name}.npz", images=np.repeat(gray[..., None], 3, axis=-1), labels=labels, rows=rows,
-                 files=np.array([f"{i:04d}.png" for i in rows]), factors=f, factor_names=np.array(names))
-        splits[name] = {"n": n, "good": int((labels == 0).sum()), "bad": int((labels == 1).sum()),
-                        "unlabelled": int((labels == -1).sum())}
-    (folder / "meta.json").write_text(json.dumps({
-        "data_version": f"discs-{size}-{seed}", "image_size": size, "crop_fraction": 0.8,
-        "factor_names": names, "splits": splits}))
-
-
-@pytest.fixture(scope="module")
-def empty_mlflow_db(tmp_path_factory) -> Path:
-    """An MLflow database with its tables made once; creating them costs seconds per test."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
+        splits[name] = (np.repeat(gray[..., None], 3, axis=-1), labels, f)
+    write_processed(folder, splits, ["x", "y", "radius", "brightness"], data_version=f"discs-{size}-{seed}")
 
 
 @pytest.fixture
@@ -127,14 +111,14 @@ def project(tmp_path, empty_mlflow_db, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)
-    write_processed(tmp_path / "data" / "processed")
+    write_processed_discs(tmp_path / "data" / "processed")
     shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     return tmp_path
 
 
 @pytest.fixture
 def no_pictures(monkeypatch):
-    monkeypatch.setattr("tubervae.stages.train.figures", lambda *args, **kwargs: {})
+    monkeypatch.setattr("tubervae.runs.training_run.figures", lambda *args, **kwargs: {})
 
 
 def run_search(root: Path, raw: dict, **kwargs) -> dict:
@@ -212,8 +196,8 @@ def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
     with them, another worker on this host could mistake the retry for the dead trial.
     """
     params = parse_params(RAW_PARAMS)
-    study = optuna.create_study(storage=search.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", params),
-                                direction="maximize")
+    storage = search.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", params)
+    study = optuna.create_study(storage=storage, direction="maximize")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     for pid in (dead.pid, os.getpid()):
@@ -221,8 +205,8 @@ def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
         for key, value in {"host": socket.gethostname(), "pid": pid, "mlflow_run_id": "abc"}.items():
             trial.set_user_attr(key, value)
 
-    assert search.fail_dead_local_trials(study, max_retry=3) == [0]
-    assert search.fail_dead_local_trials(study, max_retry=3) == []  # nothing left to fail
+    assert search.fail_dead_local_trials(study, storage, max_retry=3) == [0]
+    assert search.fail_dead_local_trials(study, storage, max_retry=3) == []  # nothing left to fail
     first, alive, retry = study.get_trials()
     assert (first.state, first.system_attrs["fail_reason"]) == (TrialState.FAIL, "worker killed")
     assert alive.state == TrialState.RUNNING  # its worker (this process) lives
@@ -280,7 +264,7 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
         assert [by_seed[s].info.run_id for s in (0, 1)] == trial.user_attrs["seed_run_ids"]
         assert all(r.info.status == "FINISHED" and r.data.tags["kind"] == "vae" for r in children)
         # The trial's UDR is the UDR of exactly these children's probe latents.
-        latents = [search.latents_of(Tracker(project), r) for r in trial.user_attrs["seed_run_ids"]]
+        latents = [Tracker(project).latents(r) for r in trial.user_attrs["seed_run_ids"]]
         recomputed = udr_scores([z["mu"] for z in latents], [z["kl"] for z in latents], similarity="spearman")
         assert np.nan_to_num(recomputed.scores) == pytest.approx(trial.user_attrs["udr_per_seed"])
 
@@ -299,17 +283,22 @@ def test_grid_points_come_first_failures_are_recorded_and_infeasible_trials_neve
 
     min_active 5 exceeds the 4 latent components, so every complete trial is infeasible.
     """
-    import tubervae.train as train_module
+    import tubervae.training as train_module
 
-    real_loss = train_module.family_loss
+    real_make_loss = train_module.make_loss
 
-    def loss_nan_at_beta_7(family, x, out, step, **hp):
-        terms = real_loss(family, x, out, step, **hp)
-        if hp["beta"] == 7.0:
-            terms["loss"] = terms["loss"] * float("nan")
-        return terms
+    def loss_nan_at_beta_7(family, **hp):
+        loss = real_make_loss(family, **hp)
 
-    monkeypatch.setattr(train_module, "family_loss", loss_nan_at_beta_7)
+        def poisoned(x, out, step):
+            terms = loss(x, out, step)
+            if hp["beta"] == 7.0:
+                terms["loss"] = terms["loss"] * float("nan")
+            return terms
+
+        return poisoned
+
+    monkeypatch.setattr(train_module, "make_loss", loss_nan_at_beta_7)
     raw = merged(RAW_PARAMS, search={"min_active": 5, "enqueue_grid": True,
                                      "spaces": {FAMILY: {"n_trials": 2, "grid": [{"beta": 7}, {"beta": 2}, {"beta": 3}]}}})
     summary = run_search(project, raw)

@@ -1,4 +1,4 @@
-"""The training loop (tubervae.train), the train stage and what its MLflow run holds.
+"""The training loop (tubervae.training), the train stage and what its MLflow run holds.
 
 Every run here is tiny: 16×16 images of bright discs (position, radius and brightness are
 the factors), a 4-component latent space, batches of 16 and at most 40 steps on one thread.
@@ -22,13 +22,13 @@ import torch
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-import tubervae.train as train_module
-from tubervae.config import TrainConfig, load_params
-from tubervae.data.splits import fingerprint
+import tubervae.training as train_module
+from conftest import write_processed
+from tubervae.config import INFORMATIVE_KL, TrainConfig, load_params
 from tubervae.models.nets import VAE
-from tubervae.stages import train as stage
-from tubervae.tracking import Tracker
-from tubervae.train import NonFiniteLossError, Setting, train_model
+from tubervae.runs import training_run as stage
+from tubervae.runs.tracker import Tracker
+from tubervae.training import NonFiniteLossError, Setting, train_model
 
 SIZE = 16
 LATENT = 4
@@ -52,24 +52,15 @@ def disc_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     return np.repeat(grey[..., None], 3, axis=-1), factors
 
 
-def write_processed(folder: Path) -> dict:
+def write_processed_discs(folder: Path) -> dict:
     """The files the preprocess stage writes, for a tiny disc data set; returns meta.json's content."""
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    everything, counts = [], {}
+    splits = {}
     for name, n in SPLIT_SIZES.items():
         images, factors = disc_images(n, rng)
         labels = (np.arange(n) % 2) if name == "labelled" else np.full(n, -1)
-        np.savez(folder / f"{name}.npz", images=images, labels=labels, rows=np.arange(n),
-                 files=np.asarray([f"{name}_{i:04d}.png" for i in range(n)]), factors=factors,
-                 factor_names=np.asarray(FACTOR_NAMES))
-        everything.append(images)
-        counts[name] = {"n": n, "good": int((labels == 0).sum()), "bad": int((labels == 1).sum()),
-                        "unlabelled": int((labels == -1).sum())}
-    meta = {"data_version": fingerprint(*everything), "image_size": SIZE, "crop_fraction": 0.8,
-            "factor_names": FACTOR_NAMES, "splits": counts}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return meta
+        splits[name] = (images, labels, factors)
+    return write_processed(folder, splits, FACTOR_NAMES)
 
 
 def tiny_cfg(**changes) -> TrainConfig:
@@ -90,24 +81,16 @@ def _isolated(monkeypatch, tmp_path):
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def empty_mlflow_db(tmp_path_factory) -> Path:
-    """An MLflow sqlite database with its schema only: building the schema takes seconds, copying it none."""
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 def new_project(root: Path, empty_db: Path) -> dict:
     """A project root with tiny processed data and an empty MLflow store; returns meta.json's content."""
-    meta = write_processed(root / "data" / "processed")
+    meta = write_processed_discs(root / "data" / "processed")
     shutil.copyfile(empty_db, root / "mlflow.db")
     return meta
 
 
 @pytest.fixture
 def data(tmp_path) -> stage.TrainingData:
-    write_processed(tmp_path / "data" / "processed")
+    write_processed_discs(tmp_path / "data" / "processed")
     return stage.load_training_data(tmp_path / "data" / "processed")
 
 
@@ -153,13 +136,13 @@ def download(client: MlflowClient, run_id: str, artifact: str, folder: Path) -> 
 def no_figures(monkeypatch):
     """For tests about metrics and weights: skip drawing the pictures (seconds each on 2 busy cores);
     the 5-step test checks them."""
-    monkeypatch.setattr(stage, "figures", lambda model, images, kl=None: {})
+    monkeypatch.setattr(stage, "figures", lambda model, images, **kwargs: {})
 
 
 def run_stage(root: Path, cfg: TrainConfig, family: str = "beta_vae", beta: float = 4.0, c_max: float = 0.0,
               **kwargs) -> dict:
-    return stage.run(cfg, family=family, beta=beta, c_max=c_max, seed=0, root=root,
-                     processed_dir=root / "data" / "processed", **kwargs)
+    return stage.train_command(cfg, family=family, beta=beta, c_max=c_max, seed=0, root=root,
+                               kl_threshold=INFORMATIVE_KL, processed_dir=root / "data" / "processed", **kwargs)
 
 
 # --------------------------------------------------------------------------- reproducibility
@@ -205,7 +188,7 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_an
 
     with pytest.raises(Interrupted):
         train(data, cfg, checkpoint_path=tmp_path / "cut.pt", on_log=stop_at_10)
-    assert torch.load(tmp_path / "cut.pt", weights_only=False)["step"] == 5
+    assert torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 5
 
     resumed_logs: list = []
     resumed = train(data, cfg, checkpoint_path=tmp_path / "cut.pt", on_log=lambda m, s: resumed_logs.append((s, m)))
@@ -213,14 +196,14 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_an
     assert [s for s, _ in full_logs] == [5, 10, 15]
     assert resumed_logs == full_logs[1:]  # steps 6–15 redone with the same batches and noise
     assert_same_weights(full.model.state_dict(), resumed.model.state_dict())
-    assert torch.load(tmp_path / "cut.pt", weights_only=False)["step"] == 15
+    assert torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 15
 
 
 @pytest.mark.parametrize("change", ["beta", "lr", "data_version"])
 def test_checkpoint_of_other_settings_is_ignored(data, tmp_path, caplog, change):
     path = tmp_path / "model.pt"
     train(data, tiny_cfg(), checkpoint_path=path)  # a finished checkpoint at step 10
-    assert torch.load(path, weights_only=False)["step"] == 10
+    assert torch.load(path, weights_only=True)["step"] == 10
 
     setting, cfg, version = Setting("beta_vae", 4.0), tiny_cfg(), data.data_version
     if change == "beta":
@@ -230,7 +213,7 @@ def test_checkpoint_of_other_settings_is_ignored(data, tmp_path, caplog, change)
     else:
         version = "another-version"
     logged: list = []
-    with caplog.at_level(logging.WARNING, logger="tubervae.train"):
+    with caplog.at_level(logging.WARNING, logger="tubervae.training"):
         other = train(data, cfg, setting, checkpoint_path=path, data_version=version,
                       on_log=lambda m, s: logged.append(s))
     fresh = train(data, cfg, setting, data_version=version)
@@ -238,7 +221,7 @@ def test_checkpoint_of_other_settings_is_ignored(data, tmp_path, caplog, change)
     assert "ignoring checkpoint" in caplog.text
     assert logged == [5, 10]  # trained from step 0, not resumed at step 10
     assert_same_weights(other.model.state_dict(), fresh.model.state_dict())
-    saved = torch.load(path, weights_only=False)  # the new checkpoint replaced the foreign one
+    saved = torch.load(path, weights_only=True)  # the new checkpoint replaced the foreign one
     assert saved["step"] == 10
     assert_same_weights(saved["model"], fresh.model.state_dict())
 
@@ -249,15 +232,20 @@ def test_checkpoint_of_other_settings_is_ignored(data, tmp_path, caplog, change)
 def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
                                                                                   empty_mlflow_db):
     new_project(tmp_path, empty_mlflow_db)
-    real_loss = train_module.family_loss
+    real_make_loss = train_module.make_loss
 
-    def nan_from_step_8(family, x, out, step, **hp):
-        terms = real_loss(family, x, out, step, **hp)
-        if step >= 7:  # `step` counts finished updates, so the 8th update is the first poisoned one
-            terms = {**terms, "loss": terms["loss"] * float("nan")}
-        return terms
+    def nan_from_step_8(family, **hp):
+        loss = real_make_loss(family, **hp)
 
-    monkeypatch.setattr(train_module, "family_loss", nan_from_step_8)
+        def poisoned(x, out, step):
+            terms = loss(x, out, step)
+            if step >= 7:  # `step` counts finished updates, so the 8th update is the first poisoned one
+                terms = {**terms, "loss": terms["loss"] * float("nan")}
+            return terms
+
+        return poisoned
+
+    monkeypatch.setattr(train_module, "make_loss", nan_from_step_8)
     with pytest.raises(NonFiniteLossError, match=r"non-finite \[.*'loss'.*\] between steps 6 and 10"):
         run_stage(tmp_path, tiny_cfg(steps=20))
 
@@ -269,31 +257,36 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
     assert [s for s, _ in history(client, run.info.run_id, "loss")] == [5]  # nothing logged from the NaN window
 
     (checkpoint,) = (tmp_path / "checkpoints").glob("*.pt")
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     assert state["step"] == 5
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    monkeypatch.setattr(train_module, "family_loss", real_loss)
+    monkeypatch.setattr(train_module, "make_loss", real_make_loss)
     clean = train(stage.load_training_data(tmp_path / "data" / "processed"), tiny_cfg(steps=5))
     assert_same_weights(state["model"], clean.model.state_dict())
 
 
 def test_finite_loss_with_non_finite_gradient_never_reaches_the_checkpoint(data, tmp_path, monkeypatch):
-    real_loss = train_module.family_loss
+    real_make_loss = train_module.make_loss
 
-    def nan_gradient_at_update_10(family, x, out, step, **hp):
-        terms = real_loss(family, x, out, step, **hp)
-        if step == 9:  # adds 0 to the loss, but d sqrt(u)/du at u = 0 is infinite: NaN gradients
-            terms = {**terms, "loss": terms["loss"] + torch.sqrt(out.mu.sum() * 0.0) * 0.0}
-        return terms
+    def nan_gradient_at_update_10(family, **hp):
+        loss = real_make_loss(family, **hp)
 
-    monkeypatch.setattr(train_module, "family_loss", nan_gradient_at_update_10)
+        def poisoned(x, out, step):
+            terms = loss(x, out, step)
+            if step == 9:  # adds 0 to the loss, but d sqrt(u)/du at u = 0 is infinite: NaN gradients
+                terms = {**terms, "loss": terms["loss"] + torch.sqrt(out.mu.sum() * 0.0) * 0.0}
+            return terms
+
+        return poisoned
+
+    monkeypatch.setattr(train_module, "make_loss", nan_gradient_at_update_10)
     logged: list = []
     path = tmp_path / "model.pt"
     with pytest.raises(NonFiniteLossError, match="non-finite weights after step 10"):
         train(data, tiny_cfg(steps=20), checkpoint_path=path, on_log=lambda m, s: logged.append(m))
 
     assert len(logged) == 2 and all(np.isfinite(v) for m in logged for v in m.values())  # the loss looked fine
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     assert state["step"] == 5
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
@@ -475,13 +468,13 @@ def test_sigkilled_cli_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_pa
     assert proc.returncode == -signal.SIGKILL, f"the CLI run ended by itself (code {proc.returncode}) before the kill"
 
     (checkpoint,) = (killed / "checkpoints").glob("*.pt")
-    cut = torch.load(checkpoint, weights_only=False)["step"]
+    cut = torch.load(checkpoint, weights_only=True)["step"]
     assert 5 <= cut < KILL_STEPS and cut % 5 == 0, cut  # killed part-way, with a checkpoint behind it
     client = client_for(killed)
     (left,) = all_runs(client)
     assert left.info.status == "RUNNING" and left.data.tags["pid"] == str(proc.pid)
 
-    with caplog.at_level(logging.INFO, logger="tubervae.train"):
+    with caplog.at_level(logging.INFO, logger="tubervae.training"):
         resumed = run_stage(killed, cfg)
     assert f"from step {cut}" in caplog.text
     statuses = {r.info.run_id: r.info.status for r in all_runs(client)}

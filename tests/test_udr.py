@@ -7,12 +7,12 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import Lasso
 from sklearn.preprocessing import StandardScaler
 
-from tubervae.udr import (
+from tubervae.evaluation.udr import (
     UDRResult,
     aggregate_udr,
     informative_mask,
-    lasso_gram,
     masked_similarity,
+    pair_similarities,
     rank_shift,
     similarity_matrix,
     standardise,
@@ -282,38 +282,6 @@ def test_lasso_matrix_matches_sklearn():
         assert np.count_nonzero(expected) > 3  # a non-trivial case
 
 
-def test_lasso_gram_signed_weights_match_sklearn_on_raw_data():
-    rng = np.random.default_rng(15)
-    x = rng.normal(size=(120, 4)) @ rng.normal(size=(4, 4))
-    y = x @ np.array([[1.0, 0.0], [-0.5, 2.0], [0.0, 0.3], [0.05, -1.0]]) + rng.normal(size=(120, 2))
-    n = x.shape[0]
-    got = lasso_gram(x.T @ x / n, x.T @ y / n, 0.2)
-    expected = tight_sklearn_lasso(x, y, 0.2).T
-    assert np.max(np.abs(got - expected)) < 1e-6
-    assert np.any(got < 0)
-
-
-def test_lasso_gram_solves_stacked_problems_independently():
-    rng = np.random.default_rng(19)
-    xs = [rng.normal(size=(60, 3)) @ rng.normal(size=(3, 3)) for _ in range(4)]
-    ys = [x @ rng.normal(size=(3, 2)) + rng.normal(size=(60, 2)) for x in xs]
-    gram = np.stack([x.T @ x / 60 for x in xs]).reshape(2, 2, 3, 3)
-    cross = np.stack([x.T @ y / 60 for x, y in zip(xs, ys)]).reshape(2, 2, 3, 2)
-    got = lasso_gram(gram, cross, 0.15).reshape(4, 3, 2)
-    for k in range(4):
-        expected = tight_sklearn_lasso(xs[k], ys[k], 0.15).T
-        assert np.max(np.abs(got[k] - expected)) < 1e-6
-
-
-def test_lasso_gram_warns_when_stopped_early():
-    rng = np.random.default_rng(20)
-    x = rng.normal(size=(50, 4))
-    x[:, 1] = x[:, 0] + 0.05 * rng.normal(size=50)  # strongly correlated pair
-    y = x[:, :2].sum(axis=1, keepdims=True)
-    with pytest.warns(RuntimeWarning, match="did not converge"):
-        lasso_gram(x.T @ x / 50, x.T @ y / 50, 0.01, max_iter=1)
-
-
 def test_masked_similarity_blanks_uninformative():
     rng = np.random.default_rng(16)
     a, b = rng.normal(size=(50, 3)), rng.normal(size=(50, 4))
@@ -378,3 +346,15 @@ def test_bad_arguments_are_named():
 
 def test_informative_mask_uses_strict_threshold():
     assert informative_mask([0.0, 0.01, 0.0100001, 3.0]).tolist() == [False, False, True, True]
+
+
+def test_vocabulary_and_threshold_come_from_config():
+    import inspect
+
+    from tubervae import config
+    from tubervae.evaluation import lasso, udr
+
+    assert udr.SIMILARITIES is config.SIMILARITIES and udr.AGGREGATES is config.AGGREGATES
+    assert udr.lasso_gram is lasso.lasso_gram  # still importable from udr
+    for fn in (informative_mask, udr_pair, pair_similarities, masked_similarity, udr_scores):
+        assert inspect.signature(fn).parameters["kl_threshold"].default == config.INFORMATIVE_KL, fn.__name__

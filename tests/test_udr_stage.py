@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,15 +22,15 @@ import yaml
 from PIL import Image
 from scipy.stats import rankdata, spearmanr
 
+from conftest import run_command, write_processed
 from tubervae.config import EvaluateConfig, Params, TrainConfig, UdrConfig
-from tubervae.data.splits import fingerprint
+from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_json
+from tubervae.runs import training_run as train_stage
+from tubervae.runs.tracker import Tracker
 from tubervae.stages import evaluate as evaluate_stage
-from tubervae.stages import train as train_stage
 from tubervae.stages import udr as udr_stage
-from tubervae.tracking import Tracker
-from tubervae.train import Setting
-from tubervae.udr import udr_scores
+from tubervae.training import Setting
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,24 +53,10 @@ def _own_tracking_store(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """An MLflow sqlite database with its schema and nothing else.
-
-    Building the schema takes seconds on this machine, so each test copies this file
-    instead (see `fresh_root`).
-    """
-    folder = tmp_path_factory.mktemp("empty_store")
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-    return folder / "mlflow.db"
-
-
-def fresh_root(root: Path, empty_store: Path) -> Path:
+def fresh_root(root: Path, empty_mlflow_db: Path) -> Path:
     """A project root with an empty tracking store whose Default experiment stores under root/mlruns."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(empty_store, root / "mlflow.db")
+    shutil.copyfile(empty_mlflow_db, root / "mlflow.db")
     with sqlite3.connect(root / "mlflow.db") as con:
         con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
                     (str(root / "mlruns" / "0"),))
@@ -92,8 +76,8 @@ def disc_images(rng: np.random.Generator, n: int, size: int = 16) -> tuple[np.nd
     return images, factors
 
 
-def write_processed(root: Path, *, seed: int = 0, n_train: int = 120, n_test: int = 60,
-                    with_factors: bool = True) -> str:
+def write_processed_discs(root: Path, *, seed: int = 0, n_train: int = 120, n_test: int = 60,
+                          with_factors: bool = True) -> str:
     """The files the preprocess stage writes, for disc images; returns the data version."""
     rng = np.random.default_rng(seed)
     n = n_train + n_test
@@ -102,21 +86,10 @@ def write_processed(root: Path, *, seed: int = 0, n_train: int = 120, n_test: in
     rows = {"train": np.arange(n_train), "test": np.arange(n_train, n)}
     rows["labelled"] = np.concatenate([np.flatnonzero(labels[:n_train] == c)[:5] for c in (0, 1)])
     rows["udr_probe"] = np.arange(min(N_PROBE, n_train))
-    out = root / "data" / "processed"
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for name, idx in rows.items():
-        arrays = {"images": images[idx], "labels": labels[idx], "rows": idx,
-                  "files": np.array([f"images/disc_{i:04d}.png" for i in idx])}
-        if with_factors:
-            arrays.update(factors=factors[idx], factor_names=np.array(FACTOR_NAMES))
-        np.savez(out / f"{name}.npz", **arrays)
-        counts[name] = {"n": int(len(idx)), "good": int((labels[idx] == 0).sum()),
-                        "bad": int((labels[idx] == 1).sum()), "unlabelled": 0}
-    version = fingerprint(images, labels, np.concatenate(list(rows.values())))
-    write_json(out / "meta.json", {"data_version": version, "image_size": 16, "crop_fraction": 0.8,
-                                   "factor_names": FACTOR_NAMES if with_factors else [], "splits": counts})
-    return version
+    splits = {name: (images[idx], labels[idx], factors[idx] if with_factors else None, idx)
+              for name, idx in rows.items()}
+    meta = write_processed(root / "data" / "processed", splits, FACTOR_NAMES if with_factors else ())
+    return meta["data_version"]
 
 
 def log_model(tracker: Tracker, *, family: str, beta: float, c_max: float = 0.0, seed: int,
@@ -135,7 +108,7 @@ def log_model(tracker: Tracker, *, family: str, beta: float, c_max: float = 0.0,
 
 
 def search_report(root: Path, family: str, trials: list[dict]) -> None:
-    """reports/search/<family>.json in the layout of tubervae.search.summarise."""
+    """reports/search/<family>.json in the layout of tubervae.stages.search.summarise."""
     full = []
     for number, trial in enumerate(trials):
         full.append({"number": number, "state": trial.get("state", "COMPLETE"), "value": trial.get("value"),
@@ -174,10 +147,10 @@ def mixed_copy(truth: np.ndarray, n_dead: int, rng: np.random.Generator):
 
 
 @pytest.fixture
-def udr_root(tmp_path, empty_store):
+def udr_root(tmp_path, empty_mlflow_db):
     """A project root ready for the udr stage: processed data, runs with latents, search reports."""
-    root = fresh_root(tmp_path / "project", empty_store)
-    version = write_processed(root)
+    root = fresh_root(tmp_path / "project", empty_mlflow_db)
+    version = write_processed_discs(root)
     tracker = Tracker(root)
     rng = np.random.default_rng(7)
     truth = rng.normal(size=(N_PROBE, 3))
@@ -221,23 +194,6 @@ def expected_scores(models: list[dict], cfg: UdrConfig) -> tuple[np.ndarray, np.
 def is_png(path: Path) -> bool:
     with Image.open(path) as img:
         return img.format == "PNG" and img.size[0] > 50 and img.size[1] > 50
-
-
-def run_quietly(args: list[str], *, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """Run a command in its own process group; the whole group is killed if it overruns."""
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(args)} ran over {timeout} s:\n{out[-3000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(args, proc.returncode, out, None)
 
 
 # ------------------------------------------------------------------ the udr stage
@@ -362,9 +318,9 @@ def test_without_search_reports_every_finished_vae_run_is_ranked(udr_root):
     assert run.data.params["n_models"] == str(len(models))
 
 
-def test_clear_errors_without_models(tmp_path, empty_store):
-    root = fresh_root(tmp_path / "empty", empty_store)
-    write_processed(root)
+def test_clear_errors_without_models(tmp_path, empty_mlflow_db):
+    root = fresh_root(tmp_path / "empty", empty_mlflow_db)
+    write_processed_discs(root)
     with pytest.raises(RuntimeError, match="no finished VAE runs to rank"):
         udr_stage.run(Params(), **stage_paths(root))
     assert not (root / "reports" / "udr").exists()
@@ -398,8 +354,8 @@ def test_mlflow_run_udr_entry_point_reuses_the_run(udr_root):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg")
-    done = run_quietly([str(BIN / "mlflow"), "run", ".", "-e", "udr", "--env-manager", "local"],
-                       cwd=root, env=env, timeout=240)
+    done = run_command([str(BIN / "mlflow"), "run", ".", "-e", "udr", "--env-manager", "local"],
+                       root, env=env, timeout=240)
     assert done.returncode == 0, done.stdout[-4000:]
     client = udr_root["tracker"].client
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
@@ -451,9 +407,9 @@ def test_bootstrap_spearman_edge_cases():
     assert evaluate_stage.bootstrap_spearman(x[:2], x[:2], 50, rng)["rho"] is None
 
 
-def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_store, monkeypatch):
-    root = fresh_root(tmp_path / "project", empty_store)
-    write_processed(root, n_train=120, n_test=60)
+def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkeypatch):
+    root = fresh_root(tmp_path / "project", empty_mlflow_db)
+    write_processed_discs(root, n_train=120, n_test=60)
     processed = root / "data" / "processed"
     # The training pictures are not under test here and cost most of a tiny run's time.
     monkeypatch.setattr(train_stage, "figures", lambda *args, **kwargs: {})
@@ -461,7 +417,7 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_store, monkeypatc
     data = train_stage.load_training_data(processed)
     cfg = TrainConfig(latent_dim=3, steps=8, batch_size=16, log_every=4, checkpoint_every=8, snapshot_every=0,
                       device="cpu", threads=1)
-    run_ids = [train_stage.run_tracked(tracker, Setting("beta_vae", beta), seed, cfg, data,
+    run_ids = [train_stage.run_tracked(tracker, Setting("beta_vae", beta), seed, cfg, data, kl_threshold=0.01,
                                        checkpoint_dir=root / "checkpoints", progress=False)["run_id"]
                for beta in (1.0, 4.0) for seed in (0, 1)]
     params = Params(udr=UdrConfig(heatmap_pairs=0), evaluate=EvaluateConfig(n_points=40, n_bootstrap=20))
@@ -516,7 +472,7 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_store, monkeypatc
 
 
 def test_evaluate_skips_data_without_factors(tmp_path):
-    write_processed(tmp_path, with_factors=False)
+    write_processed_discs(tmp_path, with_factors=False)
     out = tmp_path / "reports" / "evaluate"
     summary = evaluate_stage.run(Params(), root=tmp_path, processed_dir=tmp_path / "data" / "processed",
                                  udr_dir=tmp_path / "reports" / "udr", out_dir=out)

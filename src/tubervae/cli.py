@@ -53,16 +53,16 @@ def cmd_preprocess(args, params: Params) -> None:
 
 
 def cmd_train(args, params: Params) -> None:
-    from tubervae.stages import train
+    from tubervae.runs.training_run import train_command
 
     params = _override(params, "train", steps=args.steps)
-    result = train.run(params.train, family=args.family, beta=args.beta, c_max=args.c_max, seed=args.seed,
-                       run_id=args.mlflow_run_id)
+    result = train_command(params.train, family=args.family, beta=args.beta, c_max=args.c_max, seed=args.seed,
+                           kl_threshold=params.udr.kl_threshold, run_id=args.mlflow_run_id)
     print(f"run {result['run_id']}: n_active {result['n_active']}, test reconstruction {result['test_rec']:.1f}")
 
 
 def cmd_search(args, params: Params) -> None:
-    from tubervae import search
+    from tubervae.stages import search
 
     params = _override(params, "search", enqueue_grid=True if args.enqueue_grid else None)
     summary = search.run(params, args.family, n_trials=args.n_trials, storage=args.storage,
@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # `mlflow run` hands its run over in MLFLOW_RUN_ID: the entry point logs into that run.
     args.mlflow_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars of our own suffice
     try:
         params = load_params(args.params)
         args.fn(args, params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,21 @@ from typing import Any
 
 import yaml
 
-FAMILIES = ("beta_vae", "beta_tcvae", "cbeta_vae")
+# The vocabulary of the settings: every module that needs one of these lists imports it from here.
+FAMILIES = ("beta_vae", "beta_tcvae", "cbeta_vae")  # the thesis's order: β-VAE, β-TCVAE, Cβ-VAE
+REC_KINDS = ("bernoulli", "gaussian")
+TC_ESTIMATORS = ("stratified", "weighted")
+SIMILARITIES = ("lasso", "spearman")
+AGGREGATES = ("paper", "reference")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("float32", "bfloat16")
+IMAGE_SIZES = (16, 32, 64, 128)
+WRONG_SIZE_POLICIES = ("resize", "reject")
+# Thesis §2.3.1: a component is informative when its KL to the prior exceeds this. The default
+# of `udr.kl_threshold`, the one value that UDR, n_active, classify and the plots all read.
+INFORMATIVE_KL = 0.01
+# Training settings that change how a run is watched, never its weights.
+OBSERVATION_ONLY_KEYS = ("checkpoint_every", "log_every", "snapshot_every", "device", "threads")
 
 
 class ConfigError(ValueError):
@@ -42,7 +57,7 @@ class DataConfig:
     good_fraction: float = _rule(1554 / 8498, open_min=0.0, open_max=1.0)
     workers: int = _rule(0, min=0)  # 0 = all cores
     max_rejected_fraction: float = _rule(0.2, min=0.0, max=1.0)
-    wrong_size: str = _rule("resize", choices=("resize", "reject"))
+    wrong_size: str = _rule("resize", choices=WRONG_SIZE_POLICIES)
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,7 @@ class PreprocessConfig:
     """The `preprocess` stage: crop, resize, split."""
 
     crop_fraction: float = _rule(0.6, open_min=0.0, max=1.0)
-    image_size: int = _rule(32, choices=(16, 32, 64, 128))
+    image_size: int = _rule(32, choices=IMAGE_SIZES)
     test_fraction: float = _rule(0.2, open_min=0.0, open_max=1.0)
     labelled_per_class: int = _rule(100, min=1)
     probe_size: int = _rule(1000, min=2)
@@ -68,15 +83,19 @@ class TrainConfig:
     adam_beta1: float = _rule(0.9, min=0.0, open_max=1.0)
     adam_beta2: float = _rule(0.999, min=0.0, open_max=1.0)
     adam_eps: float = _rule(1e-8, open_min=0.0)
-    rec_kind: str = _rule("bernoulli", choices=("bernoulli", "gaussian"))
+    rec_kind: str = _rule("bernoulli", choices=REC_KINDS)
     anneal_fraction: float = _rule(0.5, open_min=0.0, max=1.0)  # Cβ-VAE: share of steps for C: 0 → C_max
-    tc_estimator: str = _rule("stratified", choices=("stratified", "weighted"))
+    tc_estimator: str = _rule("stratified", choices=TC_ESTIMATORS)
     checkpoint_every: int = _rule(500, min=1)
     log_every: int = _rule(50, min=1)
     snapshot_every: int = _rule(1000, min=0)  # traversal/reconstruction pictures during training; 0 = end only
-    device: str = _rule("auto", choices=("auto", "cpu", "cuda", "mps"))
-    precision: str = _rule("float32", choices=("float32", "bfloat16"))  # bfloat16: autocast forward pass
+    device: str = _rule("auto", choices=DEVICES)
+    precision: str = _rule("float32", choices=PRECISIONS)  # bfloat16: autocast forward pass
     threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores
+
+    def weight_identity(self) -> dict:
+        """The settings that decide the trained weights (what a checkpoint or a reused run must match)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OBSERVATION_ONLY_KEYS}
 
 
 @dataclass(frozen=True)
@@ -108,9 +127,9 @@ class SearchConfig:
 class UdrConfig:
     """UDR settings (Duan et al. 2020; thesis §2.3.3)."""
 
-    similarity: str = _rule("lasso", choices=("lasso", "spearman"))
-    aggregate: str = _rule("paper", choices=("paper", "reference"))
-    kl_threshold: float = _rule(0.01, min=0.0)
+    similarity: str = _rule("lasso", choices=SIMILARITIES)
+    aggregate: str = _rule("paper", choices=AGGREGATES)
+    kl_threshold: float = _rule(INFORMATIVE_KL, min=0.0)  # the informative cut-off everywhere
     lasso_alpha: float = _rule(0.1, open_min=0.0)
     n_partners: int = _rule(0, min=0)  # 0 = every other seed of the setting
     partner_seed: int = _rule(0, min=0)
@@ -277,6 +296,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw)
 
 
-def as_dict(obj) -> dict:
-    """A plain mapping of a settings dataclass, for logging."""
-    return dataclasses.asdict(obj)
+def worker_count(requested: int) -> int:
+    """Processes to use for a `workers` setting: 0 means one per core."""
+    return requested or os.cpu_count() or 1

@@ -1,26 +1,52 @@
-"""Small file helpers shared by the stages: atomic writes, so a crash never leaves half a file."""
+"""Atomic file output: a crash or a kill never leaves half a file or half a folder.
+
+Every writer of the project goes through `atomic_path` (one file) or `staged_dir`
+(a whole folder): the content is written beside its destination, then renamed over it.
+"""
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
+@contextmanager
+def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+
+    `mode` is applied before the rename (mkstemp makes owner-only files; reports are for everyone).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; reports are for everyone
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_csv(path: str | Path, frame) -> None:
+    """Write a pandas DataFrame as CSV (no index) atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def _json_default(obj):
@@ -33,19 +59,8 @@ def _json_default(obj):
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
-def write_csv(path: str | Path, frame) -> None:
-    """Write a pandas DataFrame as CSV atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    frame.to_csv(tmp, index=False)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 @contextmanager
-def staged_dir(final: str | Path):
+def staged_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh sibling folder; on success it replaces `final`, on error it is removed.
 
     Outputs of a stage appear whole or not at all.

@@ -24,8 +24,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import stats
 
+from tubervae.config import INFORMATIVE_KL
+
 __all__ = [
-    "INFORMATIVE_KL",
     "distribution_figure",
     "history_figure",
     "image_grid_figure",
@@ -41,9 +42,6 @@ __all__ = [
     "traversal_figure",
     "traversal_latents",
 ]
-
-INFORMATIVE_KL = 0.01
-"""KL (nats) above which a latent component counts as informative (thesis §2.3.2)."""
 
 _CELL_INCHES = 1.1
 _BAD_COLOUR = "tab:red"

@@ -49,6 +49,9 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
+from tubervae.checks import check_int
+from tubervae.io import write_csv
+
 WIDTH, HEIGHT = 640, 480
 CROP_FRACTION = 0.6
 CROP_SIDE = CROP_FRACTION * HEIGHT  # 288 px: the square the pipeline keeps
@@ -119,12 +122,10 @@ def defect_probability(good_fraction: float = GOOD_FRACTION) -> float:
 
 def sample_factors(n: int, rng: np.random.Generator, good_fraction: float = GOOD_FRACTION) -> pd.DataFrame:
     """Draw `n` independent factor rows (columns `FACTOR_NAMES`), see the module table."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    n = check_int("n", n, 1)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     q = defect_probability(good_fraction)
-    n = int(n)
     cols: dict[str, np.ndarray] = {}
     for name, (lo, hi) in NUISANCE_RANGES.items():
         cols[name] = rng.uniform(lo, hi, n)
@@ -449,20 +450,6 @@ def _render_and_save(task: tuple) -> int:
     return index
 
 
-def _write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < minimum or (maximum is not None and value > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
-    return int(value)
-
-
 def generate(
     out_dir: str | os.PathLike,
     n_images: int,
@@ -481,13 +468,13 @@ def generate(
     are deleted, so the folder is exactly the data set. Returns the factors with
     `file` (relative to `out_dir`) first and `label` last.
     """
-    n_images = _check_int("n_images", n_images, 1)
-    seed = _check_int("seed", seed, 0)
+    n_images = check_int("n_images", n_images, 1)
+    seed = check_int("seed", seed, 0)
     _check_fraction(good_fraction)
-    jpeg_quality = _check_int("jpeg_quality", jpeg_quality, 1, 95)
+    jpeg_quality = check_int("jpeg_quality", jpeg_quality, 1, 95)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = _check_int("workers", workers, 1)
+    workers = check_int("workers", workers, 1)
     workers = min(workers, n_images)
 
     out = Path(out_dir)
@@ -525,8 +512,8 @@ def generate(
     table = factors.copy()
     table.insert(0, "file", files)
     table["label"] = labels_from_factors(factors).to_numpy()
-    _write_csv_atomically(table[["file", *FACTOR_NAMES]], out / "factors.csv")
-    _write_csv_atomically(table[["file", "label"]], out / "labels.csv")
+    write_csv(out / "factors.csv", table[["file", *FACTOR_NAMES]])
+    write_csv(out / "labels.csv", table[["file", "label"]])
     return table
 
 
@@ -540,8 +527,8 @@ def contact_sheet(out_dir: str | os.PathLike, png_path: str | os.PathLike, *, n:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = _check_int("n", n, 1)
-    seed = _check_int("seed", seed, 0)
+    n = check_int("n", n, 1)
+    seed = check_int("seed", seed, 0)
     out = Path(out_dir)
     labels_path = out / "labels.csv"
     if not labels_path.is_file():

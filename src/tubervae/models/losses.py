@@ -6,8 +6,11 @@ are then averaged over the batch. The thesis's hyperparameters (β ≈ 1–20 fo
 β-VAE and β-TCVAE, β ≈ 700–2100 for Cβ-VAE) only mean what they meant there
 under this reduction; a per-pixel mean would silently rescale β.
 
-Every family function is pure: ``(x, out, step, **hyperparameters)`` →
-dict of tensors with at least
+Each family is a loss object (after disentanglement_lib's ``BetaVAE`` /
+``BetaTCVAE``): its hyperparameters are checked once, when it is built, and
+``loss(x, out, step)`` then only checks the tensors' shapes. Build one with its
+class or with ``make_loss(family, **hyperparameters)``. A call returns a dict of
+tensors with at least
 
 * ``loss``: the scalar to minimise;
 * ``rec``: reconstruction error per image (batch mean);
@@ -19,69 +22,36 @@ plus the family's own terms (``capacity``; ``mi``, ``tc``, ``dwkl``).
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
-from numbers import Integral, Real
-from typing import Callable, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from tubervae.checks import check_choice, check_int, check_real
+from tubervae.config import FAMILIES, REC_KINDS, TC_ESTIMATORS
 from tubervae.models.nets import VAEOutput
 
 __all__ = [
-    "ESTIMATORS",
     "FAMILIES",
+    "LOSSES",
     "REC_KINDS",
-    "beta_tcvae_loss",
-    "beta_vae_loss",
+    "TC_ESTIMATORS",
+    "BetaTCVAE",
+    "BetaVAE",
+    "CapacityBetaVAE",
+    "VAELoss",
     "capacity",
-    "cbeta_vae_loss",
-    "family_hyperparameters",
-    "family_loss",
     "kl_per_component",
     "log_density_gaussian",
     "log_importance_weights",
+    "make_loss",
     "reconstruction_loss",
-    "validate_hyperparameters",
 ]
 
-FAMILIES = ("beta_vae", "cbeta_vae", "beta_tcvae")
-REC_KINDS = ("bernoulli", "gaussian")
-ESTIMATORS = ("stratified", "weighted")
-
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-# --- validation helpers -----------------------------------------------------
-
-
-def _check_real(name: str, value: object, *, minimum: float, strict: bool) -> float:
-    bound = f"> {minimum}" if strict else f">= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(
-            f"{name} must be a finite number {bound}, got {value!r} ({type(value).__name__})"
-        )
-    v = float(value)
-    if not math.isfinite(v) or v < minimum or (strict and v == minimum):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return v
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(
-            f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})"
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value  # type: ignore[return-value]
 
 
 def _check_output(x: torch.Tensor, out: VAEOutput) -> None:
@@ -128,7 +98,11 @@ def reconstruction_loss(
     constants. The range of ``x`` is not checked, to avoid a device sync per
     step.
     """
-    _check_choice("kind", kind, REC_KINDS)
+    return _reconstruction_loss(x, logits, check_choice("kind", kind, REC_KINDS))
+
+
+def _reconstruction_loss(x: torch.Tensor, logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """:func:`reconstruction_loss` for a ``kind`` already checked."""
     if x.shape != logits.shape:
         raise ValueError(
             f"x and logits must have the same shape, got {tuple(x.shape)} and "
@@ -149,12 +123,17 @@ def reconstruction_loss(
 def capacity(step: int, c_max: float, anneal_steps: int) -> float:
     """Cβ-VAE target KL in nats: 0 at step 0, rising linearly to ``c_max`` at
     ``anneal_steps`` and constant afterwards (``anneal_steps = 0``: always ``c_max``)."""
-    s = _check_int("step", step, 0)
-    c = _check_real("c_max", c_max, minimum=0.0, strict=False)
-    n = _check_int("anneal_steps", anneal_steps, 0)
-    if n == 0 or s >= n:
-        return c
-    return c * s / n
+    s = check_int("step", step, 0)
+    c = check_real("c_max", c_max, 0.0)
+    n = check_int("anneal_steps", anneal_steps, 0)
+    return _capacity(s, c, n)
+
+
+def _capacity(step: int, c_max: float, anneal_steps: int) -> float:
+    """:func:`capacity` for arguments already checked."""
+    if anneal_steps == 0 or step >= anneal_steps:
+        return c_max
+    return c_max * step / anneal_steps
 
 
 def log_density_gaussian(
@@ -188,110 +167,138 @@ def log_importance_weights(
     Each row sums to 1/N + (M − 1)/M + (N − M)/(NM) = 1, so identical
     posteriors give the exact q(z).
     """
-    b = _check_int("batch_size", batch_size, 2)
-    n = _check_int("dataset_size", dataset_size, 1)
+    b = check_int("batch_size", batch_size, 2)
+    n = check_int("dataset_size", dataset_size, 1)
     if n < b:
         raise ValueError(
             f"dataset_size must be >= batch_size ({b}) since the batch is drawn from "
             f"the dataset, got {n}"
         )
+    return _log_importance_weights(b, n).to(dtype=dtype, device=device)
+
+
+def _log_importance_weights(batch_size: int, dataset_size: int) -> torch.Tensor:
+    """:func:`log_importance_weights` for sizes already checked, float64 on the CPU."""
+    b, n = batch_size, dataset_size
     m = b - 1
     weights = torch.full((b, b), 1.0 / m, dtype=torch.float64)
     index = torch.arange(b)
     weights[index, index] = 1.0 / n
     weights[index, (index + 1) % b] = (n - m) / (n * m)
-    return weights.log().to(dtype=dtype, device=device)
-
-
-def _aggregate_log_densities(
-    z: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    dataset_size: int,
-    estimator: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minibatch estimates of log q(z_i) and Σ_j log q(z_ij), each ``(B,)``."""
-    b = z.shape[0]
-    # pair[i, k, j] = log q(z_ij | x_k): sample i scored under every posterior k.
-    pair = log_density_gaussian(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))
-    if estimator == "stratified":
-        log_w = log_importance_weights(b, dataset_size, dtype=z.dtype, device=z.device)
-        log_qz = torch.logsumexp(log_w + pair.sum(2), dim=1)
-        log_qz_marginals = torch.logsumexp(log_w.unsqueeze(2) + pair, dim=1).sum(1)
-    else:
-        # Minibatch-weighted sampling: every weight is 1/(N·B).
-        shift = math.log(dataset_size * b)
-        log_qz = torch.logsumexp(pair.sum(2), dim=1) - shift
-        log_qz_marginals = (torch.logsumexp(pair, dim=1) - shift).sum(1)
-    return log_qz, log_qz_marginals
-
-
-def _common_terms(
-    x: torch.Tensor, out: VAEOutput, step: object, rec_kind: str
-) -> dict[str, torch.Tensor]:
-    _check_output(x, out)
-    _check_int("step", step, 0)
-    kl_pc = kl_per_component(out.mu, out.logvar).mean(0)
-    return {
-        "rec": reconstruction_loss(x, out.logits, rec_kind),
-        "kl": kl_pc.sum(),
-        "kl_per_component": kl_pc,
-    }
+    return weights.log()
 
 
 # --- families ------------------------------------------------------------------
 
 
-def beta_vae_loss(
-    x: torch.Tensor,
-    out: VAEOutput,
-    step: int,
-    *,
-    beta: float,
-    rec_kind: str = "bernoulli",
-) -> dict[str, torch.Tensor]:
+class VAELoss(abc.ABC):
+    """Objective of one VAE family with its hyperparameters bound and checked once.
+
+    ``loss(x, out, step)`` returns the terms listed in the module docstring.
+    Subclasses name their ``family`` and add their own terms and ``loss`` in
+    :meth:`_add_family_terms`; every constructor argument is a hyperparameter,
+    readable as an attribute of the same name.
+    """
+
+    family: ClassVar[str]
+
+    def __init__(self, rec_kind: str = "bernoulli"):
+        self._rec_kind = check_choice("rec_kind", rec_kind, REC_KINDS)
+
+    @property
+    def rec_kind(self) -> str:
+        """Decoder likelihood of the reconstruction term, one of :data:`REC_KINDS`."""
+        return self._rec_kind
+
+    @classmethod
+    def hyperparameter_names(cls) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(required, optional) hyperparameter names, read from the constructor so they cannot drift apart."""
+        params = inspect.signature(cls).parameters.values()
+        required = tuple(p.name for p in params if p.default is inspect.Parameter.empty)
+        optional = tuple(p.name for p in params if p.default is not inspect.Parameter.empty)
+        return required, optional
+
+    @property
+    def hyperparameters(self) -> dict[str, object]:
+        """The bound hyperparameters, in constructor order (a fresh dict: ``make_loss(family, **h)`` rebuilds it)."""
+        required, optional = self.hyperparameter_names()
+        return {name: getattr(self, name) for name in required + optional}
+
+    def __call__(self, x: torch.Tensor, out: VAEOutput, step: int) -> dict[str, torch.Tensor]:
+        _check_output(x, out)
+        step = check_int("step", step, 0)
+        kl_pc = kl_per_component(out.mu, out.logvar).mean(0)
+        terms = {
+            "rec": _reconstruction_loss(x, out.logits, self._rec_kind),
+            "kl": kl_pc.sum(),
+            "kl_per_component": kl_pc,
+        }
+        self._add_family_terms(terms, x, out, step)
+        return terms
+
+    @abc.abstractmethod
+    def _add_family_terms(
+        self, terms: dict[str, torch.Tensor], x: torch.Tensor, out: VAEOutput, step: int
+    ) -> None:
+        """Add the family's own terms and ``loss`` to ``terms`` (which holds rec, kl, kl_per_component)."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
+        return f"{type(self).__name__}({args})"
+
+
+class BetaVAE(VAELoss):
     """β-VAE (Higgins et al. 2017): rec + β·KL; β = 1 is the plain VAE."""
-    b = _check_real("beta", beta, minimum=0.0, strict=True)
-    _check_choice("rec_kind", rec_kind, REC_KINDS)
-    terms = _common_terms(x, out, step, rec_kind)
-    terms["loss"] = terms["rec"] + b * terms["kl"]
-    return terms
+
+    family = "beta_vae"
+
+    def __init__(self, beta: float, rec_kind: str = "bernoulli"):
+        super().__init__(rec_kind)
+        self._beta = check_real("beta", beta, 0.0, strict=True)
+
+    @property
+    def beta(self) -> float:
+        return self._beta
+
+    def _add_family_terms(self, terms, x, out, step):
+        terms["loss"] = terms["rec"] + self._beta * terms["kl"]
 
 
-def cbeta_vae_loss(
-    x: torch.Tensor,
-    out: VAEOutput,
-    step: int,
-    *,
-    beta: float,
-    c_max: float,
-    anneal_steps: int,
-    rec_kind: str = "bernoulli",
-) -> dict[str, torch.Tensor]:
+class CapacityBetaVAE(VAELoss):
     """Capacity-annealed β-VAE (Burgess et al. 2018): rec + β·|KL − C(step)|.
 
-    A large β pins the batch-mean KL to the growing target C, which opens
-    latent components one at a time.
+    A large β pins the batch-mean KL to the growing target C (see
+    :func:`capacity`), which opens latent components one at a time.
     """
-    b = _check_real("beta", beta, minimum=0.0, strict=True)
-    _check_choice("rec_kind", rec_kind, REC_KINDS)
-    c = capacity(_check_int("step", step, 0), c_max, anneal_steps)
-    terms = _common_terms(x, out, step, rec_kind)
-    terms["capacity"] = torch.tensor(c, dtype=terms["kl"].dtype, device=terms["kl"].device)
-    terms["loss"] = terms["rec"] + b * (terms["kl"] - c).abs()
-    return terms
+
+    family = "cbeta_vae"
+
+    def __init__(self, beta: float, c_max: float, anneal_steps: int, rec_kind: str = "bernoulli"):
+        super().__init__(rec_kind)
+        self._beta = check_real("beta", beta, 0.0, strict=True)
+        self._c_max = check_real("c_max", c_max, 0.0)
+        self._anneal_steps = check_int("anneal_steps", anneal_steps, 0)
+
+    @property
+    def beta(self) -> float:
+        return self._beta
+
+    @property
+    def c_max(self) -> float:
+        return self._c_max
+
+    @property
+    def anneal_steps(self) -> int:
+        return self._anneal_steps
+
+    def _add_family_terms(self, terms, x, out, step):
+        c = _capacity(step, self._c_max, self._anneal_steps)
+        # new_full fills on the device: no host-to-device copy (and sync) per step.
+        terms["capacity"] = terms["kl"].new_full((), c)
+        terms["loss"] = terms["rec"] + self._beta * (terms["kl"] - c).abs()
 
 
-def beta_tcvae_loss(
-    x: torch.Tensor,
-    out: VAEOutput,
-    step: int,
-    *,
-    beta: float,
-    dataset_size: int,
-    estimator: str = "stratified",
-    rec_kind: str = "bernoulli",
-) -> dict[str, torch.Tensor]:
+class BetaTCVAE(VAELoss):
     """β-TCVAE (Chen et al. 2018): rec + MI + β·TC + dimension-wise KL.
 
     The three terms split the sampled KL, log q(z|x) − log p(z), through the
@@ -299,89 +306,105 @@ def beta_tcvae_loss(
     (default; unbiased for q(z) under the paper's stratified draw) or
     weighted sampling (its log q(z) sits roughly log B to log N too low, a
     near-constant shift of the reported MI, TC and dimension-wise KL). ``dataset_size`` is the
-    number of training images the batches come from. Their sum equals the
-    one-sample KL estimate, so β = 1 recovers the VAE objective in expectation.
+    number of training images the batches come from; each batch must be no larger. Their sum
+    equals the one-sample KL estimate, so β = 1 recovers the VAE objective in expectation.
     """
-    b = _check_real("beta", beta, minimum=0.0, strict=True)
-    n = _check_int("dataset_size", dataset_size, 1)
-    _check_choice("estimator", estimator, ESTIMATORS)
-    _check_choice("rec_kind", rec_kind, REC_KINDS)
-    terms = _common_terms(x, out, step, rec_kind)
-    batch = x.shape[0]
-    if n < batch:
-        raise ValueError(
-            f"dataset_size must be >= the batch size ({batch}), got {dataset_size!r}"
-        )
-    if estimator == "stratified" and batch < 2:
-        raise ValueError(
-            f"estimator 'stratified' needs a batch of at least 2 images, got {batch}"
-        )
-    z, mu, logvar = out.z, out.mu, out.logvar
-    log_qz_x = log_density_gaussian(z, mu, logvar).sum(1)
-    log_pz = log_density_gaussian(z, torch.zeros_like(z), 0.0).sum(1)
-    log_qz, log_qz_marginals = _aggregate_log_densities(z, mu, logvar, n, estimator)
-    terms["mi"] = (log_qz_x - log_qz).mean()
-    terms["tc"] = (log_qz - log_qz_marginals).mean()
-    terms["dwkl"] = (log_qz_marginals - log_pz).mean()
-    terms["loss"] = terms["rec"] + terms["mi"] + b * terms["tc"] + terms["dwkl"]
-    return terms
+
+    family = "beta_tcvae"
+
+    def __init__(
+        self, beta: float, dataset_size: int, estimator: str = "stratified", rec_kind: str = "bernoulli"
+    ):
+        super().__init__(rec_kind)
+        self._beta = check_real("beta", beta, 0.0, strict=True)
+        self._dataset_size = check_int("dataset_size", dataset_size, 1)
+        self._estimator = check_choice("estimator", estimator, TC_ESTIMATORS)
+        # The stratified log weights of the last (batch, dtype, device), kept on the device so that a
+        # step does not rebuild them on the CPU and copy them over (a device sync).
+        self._weights_key: tuple | None = None
+        self._weights: torch.Tensor | None = None
+
+    @property
+    def beta(self) -> float:
+        return self._beta
+
+    @property
+    def dataset_size(self) -> int:
+        return self._dataset_size
+
+    @property
+    def estimator(self) -> str:
+        return self._estimator
+
+    def _add_family_terms(self, terms, x, out, step):
+        batch = x.shape[0]
+        if self._dataset_size < batch:
+            raise ValueError(
+                f"dataset_size must be >= the batch size ({batch}), got {self._dataset_size!r}"
+            )
+        if self._estimator == "stratified" and batch < 2:
+            raise ValueError(
+                f"estimator 'stratified' needs a batch of at least 2 images, got {batch}"
+            )
+        z, mu, logvar = out.z, out.mu, out.logvar
+        log_qz_x = log_density_gaussian(z, mu, logvar).sum(1)
+        zeros = torch.zeros_like(z)
+        log_pz = log_density_gaussian(z, zeros, zeros).sum(1)
+        log_qz, log_qz_marginals = self._aggregate_log_densities(z, mu, logvar)
+        terms["mi"] = (log_qz_x - log_qz).mean()
+        terms["tc"] = (log_qz - log_qz_marginals).mean()
+        terms["dwkl"] = (log_qz_marginals - log_pz).mean()
+        terms["loss"] = terms["rec"] + terms["mi"] + self._beta * terms["tc"] + terms["dwkl"]
+
+    def _aggregate_log_densities(
+        self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minibatch estimates of log q(z_i) and Σ_j log q(z_ij), each ``(B,)``."""
+        b = z.shape[0]
+        # pair[i, k, j] = log q(z_ij | x_k): sample i scored under every posterior k.
+        pair = log_density_gaussian(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))
+        if self._estimator == "stratified":
+            log_w = self._log_weights(b, z.dtype, z.device)
+            log_qz = torch.logsumexp(log_w + pair.sum(2), dim=1)
+            log_qz_marginals = torch.logsumexp(log_w.unsqueeze(2) + pair, dim=1).sum(1)
+        else:
+            # Minibatch-weighted sampling: every weight is 1/(N·B).
+            shift = math.log(self._dataset_size * b)
+            log_qz = torch.logsumexp(pair.sum(2), dim=1) - shift
+            log_qz_marginals = (torch.logsumexp(pair, dim=1) - shift).sum(1)
+        return log_qz, log_qz_marginals
+
+    def _log_weights(self, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (batch, dtype, device)
+        if self._weights_key != key:
+            self._weights = _log_importance_weights(batch, self._dataset_size).to(dtype=dtype, device=device)
+            self._weights_key = key
+        return self._weights
 
 
-# --- dispatch ------------------------------------------------------------------
+# --- registry --------------------------------------------------------------------
 
-_FAMILY_FUNCTIONS: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
-    "beta_vae": beta_vae_loss,
-    "cbeta_vae": cbeta_vae_loss,
-    "beta_tcvae": beta_tcvae_loss,
-}
+_BY_FAMILY = {cls.family: cls for cls in (BetaVAE, BetaTCVAE, CapacityBetaVAE)}
+LOSSES: dict[str, type[VAELoss]] = {family: _BY_FAMILY[family] for family in FAMILIES}
 
 
-def family_hyperparameters(family: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(required, optional) hyperparameter names of ``family``, read from its
-    loss function's keyword-only arguments so they cannot drift apart."""
-    _check_choice("family", family, FAMILIES)
-    params = inspect.signature(_FAMILY_FUNCTIONS[family]).parameters.values()
-    keyword = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    required = tuple(p.name for p in keyword if p.default is inspect.Parameter.empty)
-    optional = tuple(p.name for p in keyword if p.default is not inspect.Parameter.empty)
-    return required, optional
-
-
-_VALUE_CHECKS: dict[str, Callable[[object], object]] = {
-    "beta": lambda v: _check_real("beta", v, minimum=0.0, strict=True),
-    "c_max": lambda v: _check_real("c_max", v, minimum=0.0, strict=False),
-    "anneal_steps": lambda v: _check_int("anneal_steps", v, 0),
-    "dataset_size": lambda v: _check_int("dataset_size", v, 1),
-    "estimator": lambda v: _check_choice("estimator", v, ESTIMATORS),
-    "rec_kind": lambda v: _check_choice("rec_kind", v, REC_KINDS),
-}
-
-
-def validate_hyperparameters(family: str, hyperparameters: Mapping[str, object]) -> None:
-    """Reject an unknown family, unknown or missing keys and bad values.
+def make_loss(family: str, **hyperparameters: object) -> VAELoss:
+    """The loss object of ``family`` (one of :data:`FAMILIES`) with ``hyperparameters`` bound and checked.
 
     Needs no tensors, so configuration code can fail before training starts.
     """
-    required, optional = family_hyperparameters(family)
+    cls = LOSSES[check_choice("family", family, FAMILIES)]
+    required, optional = cls.hyperparameter_names()
     allowed = required + optional
-    for key in hyperparameters:
-        if key not in allowed:
-            raise ValueError(
-                f"unknown hyperparameter {key!r} for family {family!r}; allowed: {allowed}"
-            )
-    missing = [key for key in required if key not in hyperparameters]
+    unknown = tuple(key for key in hyperparameters if key not in allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {unknown} for family {family!r}; allowed: {allowed}"
+        )
+    missing = tuple(key for key in required if key not in hyperparameters)
     if missing:
         raise ValueError(
-            f"family {family!r} needs hyperparameter(s) {tuple(missing)}; "
+            f"family {family!r} needs hyperparameter(s) {missing}; allowed: {allowed}, "
             f"got {tuple(hyperparameters)}"
         )
-    for key, value in hyperparameters.items():
-        _VALUE_CHECKS[key](value)
-
-
-def family_loss(
-    family: str, x: torch.Tensor, out: VAEOutput, step: int, **hyperparameters: object
-) -> dict[str, torch.Tensor]:
-    """Loss terms of ``family`` (one of :data:`FAMILIES`); see the family functions."""
-    validate_hyperparameters(family, hyperparameters)
-    return _FAMILY_FUNCTIONS[family](x, out, step, **hyperparameters)
+    return cls(**hyperparameters)

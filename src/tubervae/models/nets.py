@@ -37,6 +37,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from tubervae.checks import check_int
+
 __all__ = [
     "Decoder",
     "Encoder",
@@ -65,14 +67,6 @@ class VAEOutput(NamedTuple):
     mu: torch.Tensor
     logvar: torch.Tensor
     z: torch.Tensor
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_image_size(image_size: object) -> int:
@@ -116,8 +110,8 @@ class Encoder(nn.Module):
     def __init__(self, image_size: int = 64, latent_dim: int = 10, channels: int = 3):
         super().__init__()
         self.image_size = _check_image_size(image_size)
-        self.latent_dim = _check_int("latent_dim", latent_dim, 1)
-        self.channels = _check_int("channels", channels, 1)
+        self.latent_dim = check_int("latent_dim", latent_dim, 1)
+        self.channels = check_int("channels", channels, 1)
         filters, _ = layer_filters(self.image_size)
         layers: list[nn.Module] = []
         in_ch = self.channels
@@ -149,8 +143,8 @@ class Decoder(nn.Module):
     def __init__(self, image_size: int = 64, latent_dim: int = 10, channels: int = 3):
         super().__init__()
         self.image_size = _check_image_size(image_size)
-        self.latent_dim = _check_int("latent_dim", latent_dim, 1)
-        self.channels = _check_int("channels", channels, 1)
+        self.latent_dim = check_int("latent_dim", latent_dim, 1)
+        self.channels = check_int("channels", channels, 1)
         _, filters = layer_filters(self.image_size)
         self.dense = nn.Sequential(
             nn.Linear(self.latent_dim, _DENSE_UNITS),
@@ -239,8 +233,8 @@ def flops_per_image(image_size: int, latent_dim: int, channels: int = 3) -> int:
     GFLOP/s and to size runs.
     """
     size = _check_image_size(image_size)
-    d = _check_int("latent_dim", latent_dim, 1)
-    c = _check_int("channels", channels, 1)
+    d = check_int("latent_dim", latent_dim, 1)
+    c = check_int("channels", channels, 1)
     macs = _forward_macs(size, d, c)
     forward = 2 * sum(macs)
     return 3 * forward - 2 * macs[0]

@@ -11,44 +11,40 @@ label-efficiency table. The rule is registered as the pyfunc model `tuber-qualit
 """
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 
 from tubervae import classify as clf
 from tubervae import plots
 from tubervae.config import Params
+from tubervae.data.processed import load_meta, load_split
+from tubervae.evaluation.udr import informative_mask
 from tubervae.io import write_csv, write_json
-from tubervae.serving import TuberQualityModel, encode_images
-from tubervae.stages.preprocess import load_meta, load_split
-from tubervae.stages.register import ALIAS
-from tubervae.tracking import Tracker
-from tubervae.train import KL_ACTIVE, probe_latents
+from tubervae.runs.serving import TuberQualityModel, quality_model_artifacts
+from tubervae.runs.tracker import CHAMPION, Tracker
+from tubervae.training import encode, probe_latents
 
 log = logging.getLogger(__name__)
 THESIS_ACCURACY = 0.813
 
 
 def load_champion(tracker: Tracker, name: str):
-    version = tracker.version_by_alias(name, ALIAS)
+    version = tracker.version_by_alias(name, CHAMPION)
     if version is None:
-        raise RuntimeError(f"no model {name}@{ALIAS} in the registry: run the search and the register stage first "
-                           f"(dvc repro register)")
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{ALIAS}")
-    return version, model.unwrap_python_model()
+        raise RuntimeError(f"no model {name}@{CHAMPION} in the registry: run the search and the register stage "
+                           f"first (dvc repro register)")
+    return version, tracker.load_registered(name, CHAMPION).unwrap_python_model()
 
 
 def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "data/processed",
         out_dir: str | Path = "reports/classify", run_id: str | None = None) -> dict:
     cfg = params.classify
     out_dir = Path(out_dir)
-    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
+    tracker = Tracker.open(root, run_id)
     version, vae_model = load_champion(tracker, params.register.model_name)
     vae, vae_config = vae_model.vae, vae_model.config
     meta = load_meta(processed_dir)
@@ -64,14 +60,15 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
     x_test, y_test = test["images"][test_known], test["labels"][test_known] == 1
     if not test_known.any():
         raise RuntimeError("the test split has no labelled photos: add good/ and bad/ photos to score the classifier")
-    z_lab, _ = encode_images(vae, x_lab)
-    z_test, _ = encode_images(vae, x_test)
-    kl = probe_latents(vae, load_split("udr_probe", processed_dir)["images"], torch.device("cpu"))["kl"]
-    informative = [int(j) for j in np.flatnonzero(kl > KL_ACTIVE)] or list(range(z_lab.shape[1]))
+    z_lab, _ = encode(vae, x_lab)
+    z_test, _ = encode(vae, x_test)
+    kl = probe_latents(vae, load_split("udr_probe", processed_dir)["images"])["kl"]
+    is_informative = informative_mask(kl, params.udr.kl_threshold)
+    informative = [int(j) for j in np.flatnonzero(is_informative)] or list(range(z_lab.shape[1]))
 
     ranking = clf.rank_threshold_rules(z_lab, y_lab)
     ranking["kl"] = kl[ranking.component.to_numpy()]
-    ranking["informative"] = ranking.kl > KL_ACTIVE
+    ranking["informative"] = is_informative[ranking.component.to_numpy()]
     rule = clf.fit_threshold_rule(z_lab, y_lab)
     train_labels = train["labels"][train["labels"] >= 0]
     majority_bad = bool((train_labels == 1).mean() >= 0.5) if len(train_labels) else True
@@ -106,7 +103,7 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
                      "run_id": version.tags.get("source_run_id"), "family": vae_config["family"],
                      "beta": vae_config["beta"], "c_max": vae_config["c_max"], "seed": vae_config["seed"]},
         "rule": {**rule.as_dict(), "kl": float(kl[rule.component]),
-                 "informative": bool(kl[rule.component] > KL_ACTIVE)},
+                 "informative": bool(is_informative[rule.component])},
         "informative_components": informative,
         "n_labelled": {"good": int((~y_lab).sum()), "bad": int(y_lab.sum())},
         "test": threshold_metrics,
@@ -136,12 +133,7 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
         plots.save_figure(plots.image_grid_figure(rows, titles=titles), out_dir / "misclassified.png")
 
     with tempfile.TemporaryDirectory() as tmp:
-        rule_path = Path(tmp) / "rule.json"
-        rule_path.write_text(json.dumps(rule.as_dict(), indent=2))
-        config_path = Path(tmp) / "vae_config.json"
-        config_path.write_text(json.dumps(vae_config, indent=2))
-        weights = Path(tmp) / "model.pt"
-        torch.save(vae.state_dict(), weights)
+        artifacts = quality_model_artifacts(Path(tmp), vae, vae_config, rule)
         tags = {"component": rule.component, "threshold": rule.threshold, "direction": rule.direction,
                 "test_balanced_accuracy": threshold_metrics["balanced_accuracy"],
                 "vae_version": version.version, "data_version": meta["data_version"]}
@@ -150,10 +142,9 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
                                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
             tracker.log_artifacts(rid, out_dir, "classify")
             model_version = tracker.log_pyfunc(
-                rid, TuberQualityModel(), {"weights": str(weights), "config": str(config_path),
-                                           "rule": str(rule_path)},
+                rid, TuberQualityModel(), artifacts,
                 registered_name=cfg.model_name, code_paths=[str(Path(__file__).resolve().parents[1])], tags=tags)
-        tracker.set_alias(cfg.model_name, ALIAS, model_version.version)
-    metrics["registered"] = {"model": cfg.model_name, "version": int(model_version.version), "alias": ALIAS}
+        tracker.set_alias(cfg.model_name, CHAMPION, model_version.version)
+    metrics["registered"] = {"model": cfg.model_name, "version": int(model_version.version), "alias": CHAMPION}
     write_json(out_dir / "metrics.json", metrics)
     return metrics

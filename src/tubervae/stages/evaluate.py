@@ -1,7 +1,7 @@
 """`evaluate` stage (simulated data only): does UDR track supervised disentanglement?
 
 Every ranked model encodes the held-out test photos, whose true factors the simulator
-knows; MIG, DCI, SAP and the FactorVAE score (tubervae.metrics) go onto its MLflow run.
+knows; MIG, DCI, SAP and the FactorVAE score (tubervae.evaluation.metrics) go onto its MLflow run.
 Across models, the Spearman correlation of UDR (within-family and A2A, Lasso and
 Spearman similarity) with each supervised metric, with a bootstrap interval, is set
 beside the thesis's 0.51 (P = 5) – 0.61 (P ≥ 30). Also: where the UDR-chosen champion
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +19,12 @@ from scipy.stats import spearmanr
 
 from tubervae import plots
 from tubervae.config import Params
+from tubervae.data.processed import load_split
+from tubervae.evaluation.metrics import evaluate_all
+from tubervae.evaluation.udr import informative_mask, udr_scores
 from tubervae.io import write_csv, write_json
-from tubervae.metrics import evaluate_all
-from tubervae.search import latents_of
-from tubervae.serving import encode_images, load_vae
-from tubervae.stages.preprocess import load_split
-from tubervae.tracking import Tracker
-from tubervae.udr import udr_scores
+from tubervae.runs.tracker import Tracker
+from tubervae.training import encode
 
 log = logging.getLogger(__name__)
 SUPERVISED = ("mig", "dci_d", "dci_c", "dci_i", "sap", "factorvae")
@@ -80,24 +78,22 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
     if not models_path.exists():
         raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
     models = pd.read_csv(models_path, dtype={"setting": str})
-    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
+    tracker = Tracker.open(root, run_id)
     rng = np.random.default_rng(cfg.seed)
     take = np.sort(rng.choice(len(test["images"]), size=min(cfg.n_points, len(test["images"])), replace=False))
     images, factors = test["images"][take], test["factors"][take]
     names = [str(n) for n in test["factor_names"]]
     rows, importances = [], {}
     for _, model in models.iterrows():
-        with tempfile.TemporaryDirectory() as tmp:
-            config = json.loads(tracker.download(model.run_id, "model/config.json", tmp).read_text())
-            vae = load_vae(tracker.download(model.run_id, "model/model.pt", tmp), config)
-        mu, _ = encode_images(vae, images)
+        vae, _ = tracker.load_vae(model.run_id)
+        mu, _ = encode(vae, images)
         result = evaluate_all(mu, factors, names, random_state=cfg.seed)
         scores = {k: float(result[k]) for k in SUPERVISED}
         tracker.log_metrics(model.run_id, scores)
         importances[model.run_id] = result["importance"]
         rows.append({"run_id": model.run_id, **scores})
     table = models.merge(pd.DataFrame(rows), on="run_id")
-    latents = [latents_of(tracker, rid) for rid in table.run_id]
+    latents = [tracker.latents(rid) for rid in table.run_id]
     table = pd.concat([table, udr_variants(table, latents, params)], axis=1)
     write_csv(out_dir / "models.csv", table)
 
@@ -125,9 +121,10 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
             plots.save_figure(plots.importance_heatmap(importance), out_dir / "champion_importance.png")
             write_csv(out_dir / "champion_importance.csv", importance.reset_index(names="component"))
             kl = latents[int(np.flatnonzero(table.run_id.to_numpy() == champion["run_id"])[0])]["kl"]
+            informative = informative_mask(kl, params.udr.kl_threshold)
             summary["champion"]["component_factor"] = {
                 comp: {"factor": importance.columns[int(np.argmax(vals))], "kl": float(kl[j]),
-                       "informative": bool(kl[j] > params.udr.kl_threshold)}
+                       "informative": bool(informative[j])}
                 for j, (comp, vals) in enumerate(importance.iterrows()) if np.max(vals) > 0}
     write_json(out_dir / "metrics.json", summary)
     with tracker.run("evaluate", run_id=run_id, tags={"kind": "evaluate"}) as rid:

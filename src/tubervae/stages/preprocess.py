@@ -1,9 +1,6 @@
 """`preprocess` stage: centre crop, resize, split into train / test / labelled / udr_probe.
 
-Each split is one uncompressed .npz in data/processed/ with `images` (uint8, n×s×s×3),
-`labels` (1 bad, 0 good, −1 unlabelled), `rows` (row in data/raw/labels.csv), `files`,
-and `factors` + `factor_names` when the photos are simulated. meta.json carries the
-data version (a hash of the arrays) that every training run records.
+The format of what it writes, data/processed/, is `tubervae.data.processed`.
 """
 from __future__ import annotations
 
@@ -19,11 +16,11 @@ from tqdm import tqdm
 from tubervae.config import PreprocessConfig
 from tubervae.data.images import load_model_input
 from tubervae.data.splits import encode_labels, fingerprint, split_indices
-from tubervae.io import staged_dir, write_json
-from tubervae.stages.raw import worker_count
+from tubervae.config import worker_count
+from tubervae.data.processed import SPLITS, save_meta, save_split
+from tubervae.io import staged_dir
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "test", "labelled", "udr_probe")
 
 
 def _load(path, crop_fraction, image_size):
@@ -72,35 +69,15 @@ def run(cfg: PreprocessConfig, *, raw_dir: str | Path = "data/raw", out_dir: str
             if factor_names:
                 arrays["factors"] = frame[factor_names].to_numpy(dtype=np.float32)[rows]
                 arrays["factor_names"] = np.asarray(factor_names, dtype=str)
-            np.savez(partial_dir / f"{name}.npz", **arrays)
+            save_split(partial_dir, name, arrays)
             counts[name] = {"n": len(rows), "good": int((labels[rows] == 0).sum()),
                             "bad": int((labels[rows] == 1).sum()), "unlabelled": int((labels[rows] == -1).sum())}
         meta = {"data_version": fingerprint(images, labels, np.concatenate([splits[s] for s in SPLITS])),
                 "image_size": cfg.image_size, "crop_fraction": cfg.crop_fraction,
                 "factor_names": factor_names, "splits": counts}
-        write_json(partial_dir / "meta.json", meta)
+        save_meta(partial_dir, meta)
     for cls in ("good", "bad"):
         if counts["labelled"][cls] < cfg.labelled_per_class:
             log.warning("only %d %s photos in the labelled set (wanted %d)", counts["labelled"][cls], cls,
                         cfg.labelled_per_class)
     return meta
-
-
-def load_split(name: str, processed_dir: str | Path = "data/processed") -> dict[str, np.ndarray]:
-    """Load one split into memory; a clear error when preprocessing has not run."""
-    if name not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
-    path = Path(processed_dir) / f"{name}.npz"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run the preprocess stage first (dvc repro preprocess)")
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
-
-
-def load_meta(processed_dir: str | Path = "data/processed") -> dict:
-    import json
-
-    path = Path(processed_dir) / "meta.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run the preprocess stage first (dvc repro preprocess)")
-    return json.loads(path.read_text())

@@ -8,7 +8,6 @@ The user's folder is only read, never changed.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from multiprocessing import Pool
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from tubervae.config import DataConfig
+from tubervae.config import DataConfig, worker_count
 from tubervae.data.images import inspect_image, list_images
 from tubervae.io import staged_dir, write_csv
 
@@ -26,10 +25,6 @@ LABEL_FOLDERS = ("good", "bad")
 
 class IngestError(RuntimeError):
     """Too little of the photo folder is usable."""
-
-
-def worker_count(requested: int) -> int:
-    return requested or os.cpu_count() or 1
 
 
 def _label_of(path: Path, root: Path) -> str:

@@ -23,11 +23,11 @@ import pandas as pd
 
 from tubervae.config import Params
 from tubervae.io import write_json
-from tubervae.stages.preprocess import load_meta
-from tubervae.tracking import Tracker
+from tubervae.runs.serving import VaeModel
+from tubervae.data.processed import load_meta
+from tubervae.runs.tracker import CHAMPION, Tracker
 
 log = logging.getLogger(__name__)
-ALIAS = "champion"
 
 
 def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
@@ -53,25 +53,22 @@ def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
 def run(params: Params, *, root: str | Path = ".", udr_dir: str | Path = "reports/udr",
         processed_dir: str | Path = "data/processed", out_path: str | Path = "reports/register/champion.json",
         run_id: str | None = None) -> dict:
-    from tubervae.serving import VaeModel
-
     cfg = params.register
     models_path = Path(udr_dir) / "models.csv"
     if not models_path.exists():
         raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
     models = pd.read_csv(models_path, dtype={"setting": str})
     champion = choose_champion(models, cfg.udr_tolerance)
-    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
+    tracker = Tracker.open(root, run_id)
     meta = load_meta(processed_dir)
-    current = tracker.version_by_alias(cfg.model_name, ALIAS)
+    current = tracker.version_by_alias(cfg.model_name, CHAMPION)
     if current is not None and current.tags.get("source_run_id") == champion.run_id:
-        log.info("%s@%s already is run %s (version %s)", cfg.model_name, ALIAS, champion.run_id, current.version)
+        log.info("%s@%s already is run %s (version %s)", cfg.model_name, CHAMPION, champion.run_id, current.version)
         version = current
         trained_on = current.tags.get("data_version", meta["data_version"])
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            weights = tracker.download(champion.run_id, "model/model.pt", tmp)
-            config = json.loads(tracker.download(champion.run_id, "model/config.json", tmp).read_text())
+            weights, config = tracker.vae_files(champion.run_id, tmp)
             config["crop_fraction"] = meta["crop_fraction"]
             trained_on = config.get("data_version") or meta["data_version"]
             if trained_on != meta["data_version"]:
@@ -86,9 +83,9 @@ def run(params: Params, *, root: str | Path = ".", udr_dir: str | Path = "report
                 version = tracker.log_pyfunc(rid, VaeModel(), {"weights": str(weights), "config": str(config_path)},
                                              registered_name=cfg.model_name,
                                              code_paths=[str(Path(__file__).resolve().parents[1])], tags=tags)
-        tracker.set_alias(cfg.model_name, ALIAS, version.version)
-        log.info("registered %s version %s as %s", cfg.model_name, version.version, ALIAS)
-    summary = {"model": cfg.model_name, "alias": ALIAS, "version": int(version.version),
+        tracker.set_alias(cfg.model_name, CHAMPION, version.version)
+        log.info("registered %s version %s as %s", cfg.model_name, version.version, CHAMPION)
+    summary = {"model": cfg.model_name, "alias": CHAMPION, "version": int(version.version),
                "run_id": champion.run_id, "family": champion.family, "setting": str(champion.setting),
                "seed": int(champion.seed), "udr_within": float(champion.udr_within),
                "n_active": int(champion.n_active), "data_version": trained_on,

@@ -22,16 +22,15 @@ import pandas as pd
 
 from tubervae import plots
 from tubervae.config import FAMILIES, Params
+from tubervae.data.processed import load_meta
+from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_scores
 from tubervae.io import write_csv, write_json
-from tubervae.search import latents_of
-from tubervae.stages.preprocess import load_meta
-from tubervae.tracking import EXPERIMENT, Tracker
-from tubervae.udr import masked_similarity, rank_shift, udr_scores
+from tubervae.runs.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 
-def models_from_search(tracker: Tracker, search_dir: Path) -> list[dict]:
+def models_from_search(search_dir: Path) -> list[dict]:
     models = []
     for family in FAMILIES:
         path = search_dir / f"{family}.json"
@@ -47,16 +46,9 @@ def models_from_search(tracker: Tracker, search_dir: Path) -> list[dict]:
 
 
 def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
-    from mlflow.exceptions import MlflowException
-
     rows = []
     for model in models:
-        try:
-            run = tracker.client.get_run(model["run_id"])
-        except MlflowException as exc:
-            raise RuntimeError(
-                f"run {model['run_id']} (search trial {model['trial']}) is not in the tracking store "
-                f"{tracker.uri}: rerun the search stage against this store ({exc.message})") from None
+        run = tracker.get_run(model["run_id"], what=f"run of search trial {model['trial']}")
         p = run.data.params
         rows.append({**model, "family": p["family"], "beta": float(p["beta"]), "c_max": float(p["c_max"]),
                      "seed": int(p["seed"]), "setting": run.data.tags.get("setting", p["beta"]),
@@ -66,17 +58,8 @@ def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
 
 
 def all_vae_runs(tracker: Tracker) -> list[dict]:
-    """Finished VAE runs of the project's experiment and of the tracker's own one.
-
-    `mlflow run . -e udr` opens its run in the Default experiment unless told otherwise;
-    the models still live in the project's experiment, so both are searched.
-    """
-    experiments = [tracker.experiment_id]
-    project = tracker.client.get_experiment_by_name(EXPERIMENT)
-    if project is not None and project.experiment_id not in experiments:
-        experiments.append(project.experiment_id)
-    return [{"run_id": r.info.run_id, "trial": -1, "feasible": True}
-            for r in tracker.finished_runs("tags.kind = 'vae'", experiment_ids=experiments)]
+    """Every finished VAE run the tracker can see (`Tracker.finished_vae_runs`)."""
+    return [{"run_id": r.info.run_id, "trial": -1, "feasible": True} for r in tracker.finished_vae_runs()]
 
 
 def thesis_table(frame: pd.DataFrame, score_column: str) -> pd.DataFrame:
@@ -120,9 +103,9 @@ def run(params: Params, *, root: str | Path = ".", search_dir: str | Path = "rep
         all_runs: bool = False, run_id: str | None = None) -> dict:
     cfg = params.udr
     root, out_dir = Path(root), Path(out_dir)
-    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
+    tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()
-    models = [] if all_runs else models_from_search(tracker, Path(search_dir))
+    models = [] if all_runs else models_from_search(Path(search_dir))
     if not models:
         models = all_vae_runs(tracker)
     frame = describe(tracker, models)
@@ -135,7 +118,7 @@ def run(params: Params, *, root: str | Path = ".", search_dir: str | Path = "rep
         frame = frame[~stale].reset_index(drop=True)
     if len(frame) < 2:
         raise RuntimeError("UDR needs at least two models trained on the current data")
-    latents = [latents_of(tracker, rid) for rid in frame.run_id]
+    latents = [tracker.latents(rid) for rid in frame.run_id]
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
     common = dict(similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold,
                   lasso_alpha=cfg.lasso_alpha)
@@ -170,11 +153,13 @@ def run(params: Params, *, root: str | Path = ".", search_dir: str | Path = "rep
         matrix = masked_similarity(reps[i], reps[j], kls[i], kls[j], similarity=cfg.similarity,
                                    kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha)
         plots.save_figure(plots.similarity_heatmap(
-            np.nan_to_num(matrix), kls[i] > cfg.kl_threshold, kls[j] > cfg.kl_threshold,
+            np.nan_to_num(matrix), informative_mask(kls[i], cfg.kl_threshold),
+            informative_mask(kls[j], cfg.kl_threshold),
             title=f"{cfg.similarity} similarity, {title}"), out_dir / f"heatmap_{k}.png")
 
-    for rid, w, a in zip(frame.run_id, frame.udr_within, frame.udr_a2a):
-        tracker.log_metrics(rid, {"udr_within": w, "udr_a2a": a})
+    # n_active too: a reused run was trained under an earlier udr.kl_threshold, the tables use today's.
+    for rid, w, a, n in zip(frame.run_id, frame.udr_within, frame.udr_a2a, frame.n_active):
+        tracker.log_metrics(rid, {"udr_within": w, "udr_a2a": a, "n_active": n})
     summary = {"similarity": cfg.similarity, "aggregate": cfg.aggregate, "n_models": int(len(frame)),
                "families": {}}
     for family, table in tables.items():

@@ -28,6 +28,8 @@ from sklearn.linear_model import Lasso
 from sklearn.metrics import balanced_accuracy_score, mutual_info_score, r2_score
 from sklearn.tree import DecisionTreeClassifier
 
+from tubervae.checks import check_choice, check_int, check_real
+
 __all__ = [
     "DCI_METHODS",
     "DISCRETE_MAX_VALUES",
@@ -87,14 +89,6 @@ def _as_2d_finite(values, name: str) -> np.ndarray:
     return array
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value}")
-    return int(value)
-
-
 def _check_fraction(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be a number strictly between 0 and 1; got {value!r}")
@@ -141,7 +135,7 @@ def discretize(values, n_bins: int = 20) -> np.ndarray:
     Mirrors disentanglement_lib's histogram discretiser (which MIG needs to
     estimate mutual information from samples); a 1-D input is one column.
     """
-    n_bins = _check_int(n_bins, "n_bins", 1)
+    n_bins = check_int("n_bins", n_bins, 1)
     array = np.asarray(values, dtype=np.float64)
     if array.ndim not in (1, 2) or array.size == 0:
         raise ValueError(f"values must be a non-empty 1-D or 2-D array; got shape {array.shape}")
@@ -161,7 +155,7 @@ def discrete_factor_mask(factors, max_values: int = DISCRETE_MAX_VALUES) -> np.n
     facs = np.asarray(factors, dtype=np.float64)
     if facs.ndim != 2:
         raise ValueError(f"factors must be a 2-D array (n, k); got shape {facs.shape}")
-    max_values = _check_int(max_values, "max_values", 1)
+    max_values = check_int("max_values", max_values, 1)
     integral = np.all(facs == np.round(facs), axis=0)
     levels = np.array([np.unique(facs[:, j]).size for j in range(facs.shape[1])])
     return integral & (levels <= max_values)
@@ -180,15 +174,15 @@ def train_test_indices(
     Metrics that fit a predictor (DCI, discrete SAP) score it on rows it did
     not see; the caps keep their cost fixed however many images are encoded.
     """
-    n_samples = _check_int(n_samples, "n_samples", 2)
+    n_samples = check_int("n_samples", n_samples, 2)
     test_fraction = _check_fraction(test_fraction, "test_fraction")
     order = _rng(random_state).permutation(n_samples)
     n_test = min(max(1, int(round(test_fraction * n_samples))), n_samples - 1)
     test, train = order[:n_test], order[n_test:]
     if max_train is not None:
-        train = train[: _check_int(max_train, "max_train", 1)]
+        train = train[: check_int("max_train", max_train, 1)]
     if max_test is not None:
-        test = test[: _check_int(max_test, "max_test", 1)]
+        test = test[: check_int("max_test", max_test, 1)]
     return np.sort(train), np.sort(test)
 
 
@@ -223,7 +217,7 @@ def mig(representations, factors, *, random_state=None, n_bins: int = 20, discre
     uniform signature; the estimate is deterministic.
     """
     reps, facs = _as_data(representations, factors)
-    n_bins = _check_int(n_bins, "n_bins", 2)
+    n_bins = check_int("n_bins", n_bins, 2)
     mask = _discrete_mask(facs, discrete)
     codes = discretize(reps, n_bins)
     d, k = reps.shape[1], facs.shape[1]
@@ -338,10 +332,8 @@ def dci(
     Constant factors get a zero importance column and NaN scores.
     """
     reps, facs = _as_data(representations, factors)
-    if method not in DCI_METHODS:
-        raise ValueError(f"method must be one of {DCI_METHODS}; got {method!r}")
-    if isinstance(lasso_alpha, bool) or not isinstance(lasso_alpha, (int, float)) or lasso_alpha <= 0:
-        raise ValueError(f"lasso_alpha must be a positive number; got {lasso_alpha!r}")
+    method = check_choice("method", method, DCI_METHODS)
+    lasso_alpha = check_real("lasso_alpha", lasso_alpha, 0.0, strict=True)
     rng = _rng(random_state)
     train, test = train_test_indices(
         reps.shape[0], test_fraction=test_fraction, random_state=rng,
@@ -355,7 +347,7 @@ def dci(
         if np.ptp(facs[train, j]) == 0:
             continue
         importance[:, j], informativeness[j] = _fit_importance(
-            method, reps[train], facs[train, j], reps[test], facs[test, j], seed, float(lasso_alpha)
+            method, reps[train], facs[train, j], reps[test], facs[test, j], seed, lasso_alpha
         )
     scores = dci_from_importance(importance)
     scores.update(
@@ -468,12 +460,11 @@ def factor_vae_score(
     chance is 1 / (number of non-constant factors).
     """
     reps, facs = _as_data(representations, factors)
-    batch_size = _check_int(batch_size, "batch_size", 2)
-    num_train = _check_int(num_train, "num_train", 1)
-    num_eval = _check_int(num_eval, "num_eval", 1)
-    n_bins = _check_int(n_bins, "n_bins", 2)
-    if isinstance(prune_threshold, bool) or not isinstance(prune_threshold, (int, float)) or prune_threshold < 0:
-        raise ValueError(f"prune_threshold must be a non-negative number; got {prune_threshold!r}")
+    batch_size = check_int("batch_size", batch_size, 2)
+    num_train = check_int("num_train", num_train, 1)
+    num_eval = check_int("num_eval", num_eval, 1)
+    n_bins = check_int("n_bins", n_bins, 2)
+    prune_threshold = check_real("prune_threshold", prune_threshold, 0.0)
     mask = _discrete_mask(facs, discrete)
     rng = _rng(random_state)
     std = reps.std(axis=0, ddof=1)

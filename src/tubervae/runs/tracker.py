@@ -1,4 +1,4 @@
-"""Every MLflow call of the project lives here.
+"""Every MLflow call of the project lives here: runs, the artifact layout, the registry.
 
 Tracking defaults to `sqlite:///<project>/mlflow.db` with artifacts in `<project>/mlruns`,
 so a plain `mlflow ui` started in the project root shows every run. MLFLOW_TRACKING_URI
@@ -6,27 +6,40 @@ so a plain `mlflow ui` started in the project root shows every run. MLFLOW_TRACK
 The explicit `MlflowClient` API is used throughout: no hidden active-run state, so
 nested runs, several workers and `mlflow run` (which hands over MLFLOW_RUN_ID) all
 behave the same.
+
+Artifact layout of a VAE run (written and read only here):
+- `model/model.pt`: the weights (a state dict, read with `weights_only=True`);
+- `model/config.json`: what rebuilds the network and where it came from (`VAE_CONFIG_KEYS`);
+- `latents.npz`: `mu`, `logvar` and `kl` of the UDR probe images.
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import math
 import os
 import socket
 import tempfile
 import time
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
+import numpy as np
+import torch
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tubervae.models.nets import VAE
+
 log = logging.getLogger(__name__)
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 EXPERIMENT = "tubervae"
+CHAMPION = "champion"  # the registry alias of the promoted version of each registered model
+WEIGHTS, VAE_CONFIG, LATENTS = "model/model.pt", "model/config.json", "latents.npz"
+VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed", "data_version")
 PARENT_TAG = "mlflow.parentRunId"
 MAX_BATCH = 900  # below MLflow's 1000-entries-per-log_batch limit
 PIP_REQUIREMENTS = ["torch==2.14.1", "mlflow==3.17.2", "numpy==2.4.6", "pandas==3.1.1", "pillow==13.0.0",
@@ -68,7 +81,7 @@ class Tracker:
         _point_mlflow_at(self.uri)  # for model logging and the registry helpers
         # Creating a fresh sqlite database (schema migrations, the experiment) from several
         # processes at once races: serialise the first contact.
-        with _file_lock(self.root / ".mlflow.lock") if is_local_store(self.uri) else _nullcontext():
+        with _file_lock(self.root / ".mlflow.lock") if is_local_store(self.uri) else nullcontext():
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             self.client.search_experiments(max_results=1)  # opens the store: creates or migrates it
             self.experiment_id = experiment_id or self._experiment(experiment)
@@ -81,11 +94,20 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=location)
 
     @classmethod
-    def for_run(cls, run_id: str, root: str | Path = ".") -> "Tracker":
-        """The tracker of an existing run (an `mlflow run` hands one over): keep its experiment."""
-        uri = tracking_uri(root)
-        experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    def open(cls, root: str | Path = ".", run_id: str | None = None) -> Tracker:
+        """The project's tracker; with `run_id` (an `mlflow run` hands one over), that run's experiment."""
+        if run_id is None:
+            return cls(root)
+        experiment_id = MlflowClient(tracking_uri=tracking_uri(root)).get_run(run_id).info.experiment_id
         return cls(root, experiment_id=experiment_id)
+
+    def get_run(self, run_id: str, what: str = "run"):
+        """The run (params, tags, metrics); a RuntimeError naming `what` when the store lacks it."""
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            raise RuntimeError(f"{what} {run_id} is not in the tracking store {self.uri}: rerun the stage that "
+                               f"made it against this store ({exc.message})") from None
 
     # runs ------------------------------------------------------------------------
     def create_run(self, name: str, *, parent_id: str | None = None, tags: dict | None = None) -> str:
@@ -182,6 +204,38 @@ class Tracker:
     def download(self, run_id: str, artifact: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
 
+    # the artifact layout of a VAE run ------------------------------------------------
+    def log_vae(self, run_id: str, model: VAE, config: dict, latents: dict) -> None:
+        """Weights, their config and the probe latents, in the layout the module docstring gives."""
+        missing = set(VAE_CONFIG_KEYS) - set(config)
+        if missing:
+            raise ValueError(f"the VAE config lacks {sorted(missing)}")
+        with tempfile.TemporaryDirectory() as tmp:
+            np.savez(Path(tmp) / LATENTS, **latents)
+            self.log_artifact(run_id, Path(tmp) / LATENTS)
+            folder = Path(tmp) / Path(WEIGHTS).parent
+            folder.mkdir()
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(tmp) / WEIGHTS)
+            (Path(tmp) / VAE_CONFIG).write_text(json.dumps(config, indent=2))
+            self.log_artifacts(run_id, folder, str(Path(WEIGHTS).parent))
+
+    def load_vae(self, run_id: str) -> tuple[VAE, dict]:
+        """The VAE of a training run (on the CPU, in eval mode) and its config."""
+        with tempfile.TemporaryDirectory() as tmp:
+            config = json.loads(self.download(run_id, VAE_CONFIG, tmp).read_text())
+            return load_vae_files(self.download(run_id, WEIGHTS, tmp), config), config
+
+    def vae_files(self, run_id: str, dst: str | Path) -> tuple[Path, dict]:
+        """Download a run's weights into `dst`; returns their path and the config."""
+        config = json.loads(self.download(run_id, VAE_CONFIG, dst).read_text())
+        return self.download(run_id, WEIGHTS, dst), config
+
+    def latents(self, run_id: str) -> dict[str, np.ndarray]:
+        """`mu`, `logvar` and `kl` of the probe images that the run's model encoded."""
+        with tempfile.TemporaryDirectory() as tmp:
+            with np.load(self.download(run_id, LATENTS, tmp), allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+
     # registry --------------------------------------------------------------------
     def log_pyfunc(self, run_id: str, python_model, artifacts: dict, *, registered_name: str,
                    code_paths: list[str] | None = None, tags: dict | None = None):
@@ -200,16 +254,32 @@ class Tracker:
     def set_alias(self, name: str, alias: str, version: str | int) -> None:
         self.client.set_registered_model_alias(name, alias, str(version))
 
-    def version_by_alias(self, name: str, alias: str):
+    def version_by_alias(self, name: str, alias: str = CHAMPION):
         """The model version behind `name@alias`, or None when the model or alias does not exist."""
-        from mlflow.exceptions import MlflowException
-
         try:
             return self.client.get_model_version_by_alias(name, alias)
         except MlflowException:
             return None
 
+    def load_registered(self, name: str, alias: str = CHAMPION):
+        """The pyfunc model behind `name@alias`, loaded from this tracker's registry."""
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
     # queries ---------------------------------------------------------------------
+    def finished_vae_runs(self) -> list:
+        """Finished VAE runs of the project's experiment and of the tracker's own one.
+
+        `mlflow run . -e udr` opens its run in the Default experiment unless told otherwise;
+        the models still live in the project's experiment, so both are searched.
+        """
+        experiments = [self.experiment_id]
+        project = self.client.get_experiment_by_name(EXPERIMENT)
+        if project is not None and project.experiment_id not in experiments:
+            experiments.append(project.experiment_id)
+        return self.finished_runs("tags.kind = 'vae'", experiment_ids=experiments)
+
     def finished_runs(self, filter_string: str = "", experiment_ids: list[str] | None = None) -> list:
         query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
         out, token = [], None
@@ -258,6 +328,8 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-@contextmanager
-def _nullcontext():
-    yield
+def load_vae_files(weights: str | Path, config: dict) -> VAE:
+    """Rebuild a VAE from its weights file and config (the layout above); CPU, eval mode."""
+    model = VAE(image_size=int(config["image_size"]), latent_dim=int(config["latent_dim"]))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()

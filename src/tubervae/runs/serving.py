@@ -26,7 +26,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image, UnidentifiedImageError
 
+from tubervae.classify.rules import ThresholdRule
 from tubervae.data.images import load_model_input
+from tubervae.runs.tracker import load_vae_files
+from tubervae.training import encode
 
 
 def bad_input(message: str) -> MlflowException:
@@ -82,22 +85,13 @@ def images_from_input(model_input, *, crop_fraction: float, image_size: int) -> 
     return np.stack([prepare(img) for img in array])
 
 
-def load_vae(weights: str | Path, config: dict):
-    from tubervae.models.nets import VAE
-
-    model = VAE(image_size=config["image_size"], latent_dim=config["latent_dim"])
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return model.eval()
-
-
-@torch.no_grad()
-def encode_images(model, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    from tubervae.train import encode
-
-    if len(images) == 0:
-        d = model.latent_dim
-        return np.zeros((0, d), np.float32), np.zeros((0, d), np.float32)
-    return encode(model, images, torch.device("cpu"), batch_size)
+def quality_model_artifacts(folder: Path, vae, vae_config: dict, rule: ThresholdRule) -> dict[str, str]:
+    """Write what `TuberQualityModel` loads (weights, VAE config, rule) into `folder`; returns the artifact map."""
+    paths = {"weights": folder / "model.pt", "config": folder / "vae_config.json", "rule": folder / "rule.json"}
+    torch.save({k: v.detach().cpu() for k, v in vae.state_dict().items()}, paths["weights"])
+    paths["config"].write_text(json.dumps(vae_config, indent=2))
+    paths["rule"].write_text(json.dumps(rule.as_dict(), indent=2))
+    return {name: str(path) for name, path in paths.items()}
 
 
 class VaeModel(mlflow.pyfunc.PythonModel):
@@ -105,12 +99,12 @@ class VaeModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
-        self.vae = load_vae(context.artifacts["weights"], self.config)
+        self.vae = load_vae_files(context.artifacts["weights"], self.config)
 
     def predict(self, context, model_input, params=None):
         images = images_from_input(model_input, crop_fraction=self.config["crop_fraction"],
                                    image_size=self.config["image_size"])
-        mu, logvar = encode_images(self.vae, images)
+        mu, logvar = encode(self.vae, images)
         d = mu.shape[1]
         return pd.DataFrame(np.hstack([mu, logvar]), columns=[f"mu_{j}" for j in range(d)] +
                             [f"logvar_{j}" for j in range(d)])
@@ -120,16 +114,14 @@ class TuberQualityModel(mlflow.pyfunc.PythonModel):
     """Threshold on one latent component of the champion VAE: label 'good' or 'bad' per photo."""
 
     def load_context(self, context):
-        from tubervae.classify import ThresholdRule
-
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
-        self.vae = load_vae(context.artifacts["weights"], self.config)
+        self.vae = load_vae_files(context.artifacts["weights"], self.config)
         self.rule = ThresholdRule.from_dict(json.loads(Path(context.artifacts["rule"]).read_text()))
 
     def predict(self, context, model_input, params=None):
         images = images_from_input(model_input, crop_fraction=self.config["crop_fraction"],
                                    image_size=self.config["image_size"])
-        mu, _ = encode_images(self.vae, images)
+        mu, _ = encode(self.vae, images)
         bad = self.rule.predict(mu) if len(mu) else np.zeros(0, bool)
         return pd.DataFrame({"label": np.where(bad, "bad", "good"),
                              f"z{self.rule.component}": mu[:, self.rule.component] if len(mu) else [],

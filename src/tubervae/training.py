@@ -5,27 +5,29 @@ Knows nothing of Optuna or MLflow: progress, pictures and metrics leave through 
 the seed fixes the initial weights, the batch order (its own generator) and the
 sampling noise (the global torch generator); a checkpoint holds the weights, the
 optimiser and both generator states, so a killed run resumes to the same weights.
+Checkpoints are plain data (tensors, numbers, strings) read with
+`torch.load(weights_only=True)`: loading one never runs code, and one that is damaged,
+forged or of other settings is reported and ignored, so training restarts cleanly.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from tubervae.config import TrainConfig
-from tubervae.models.losses import family_loss, kl_per_component, reconstruction_loss
+from tubervae.io import atomic_path
+from tubervae.models.losses import VAELoss, kl_per_component, make_loss, reconstruction_loss
 from tubervae.models.nets import VAE, VAEOutput
 
 log = logging.getLogger(__name__)
-KL_ACTIVE = 0.01  # thesis §2.3.1: a component is informative when its KL exceeds this
+_CHECKPOINT_KEYS = {"identity", "step", "model", "optimiser", "batch_rng", "torch_rng", "cuda_rng"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,13 +49,14 @@ class Setting:
             return f"{self.beta:.4g}_{self.c_max:.3g}"
         return f"{self.beta:.3g}"
 
-    def hyperparameters(self, cfg: TrainConfig, dataset_size: int) -> dict:
+    def loss(self, cfg: TrainConfig, dataset_size: int) -> VAELoss:
+        """The family's objective with this setting's hyperparameters bound (and validated) once."""
         hp = {"beta": self.beta, "rec_kind": cfg.rec_kind}
         if self.family == "cbeta_vae":
             hp.update(c_max=self.c_max, anneal_steps=max(1, round(cfg.anneal_fraction * cfg.steps)))
         elif self.family == "beta_tcvae":
             hp.update(dataset_size=dataset_size, estimator=cfg.tc_estimator)
-        return hp
+        return make_loss(self.family, **hp)
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Outcome:
     model: VAE
     step: int
     latents: dict  # mu, logvar, kl of the UDR probe images
-    metrics: dict  # n_active, test_rec, final loss terms
+    metrics: dict  # test_rec, final loss terms
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -91,44 +94,64 @@ def as_input(batch: torch.Tensor) -> torch.Tensor:
 
 def checkpoint_identity(setting: Setting, seed: int, cfg: TrainConfig, data_version: str, image_size: int) -> dict:
     """What must match for a checkpoint to be resumed (everything that changes the weights)."""
-    keep = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("checkpoint_every", "log_every", "snapshot_every", "device", "threads")}
-    return {"setting": dataclasses.asdict(setting), "seed": seed, "train": keep,
+    return {"setting": asdict(setting), "seed": seed, "train": cfg.weight_identity(),
             "data_version": data_version, "image_size": image_size}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    """Write atomically: a kill mid-write leaves the previous checkpoint intact."""
+    with atomic_path(path, mode=0o600) as tmp:
+        torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, identity: dict) -> dict | None:
+def load_checkpoint(path: Path, identity: dict, model: torch.nn.Module, total_steps: int) -> dict | None:
+    """The checkpoint at `path` when it is sound and belongs to `identity`, else None (with a warning).
+
+    Sound means: readable as plain data, every expected entry present, a step within the
+    run, and weights whose names and shapes fit `model`. Anything else is ignored, never fatal.
+    """
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a damaged file is not worth a crash: train from scratch
-        log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged, truncated, or holding objects that are not plain data
+        log.warning("ignoring unreadable checkpoint %s (%s)", path, str(exc).splitlines()[0][:200])
         return None
-    if state.get("identity") != identity:
-        log.warning("ignoring checkpoint %s: it belongs to other settings or data", path)
+    problem = _checkpoint_problem(state, identity, model, total_steps)
+    if problem:
+        log.warning("ignoring checkpoint %s: %s", path, problem)
         return None
     return state
 
 
+def _checkpoint_problem(state, identity: dict, model: torch.nn.Module, total_steps: int) -> str:
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
+        return "not a training checkpoint"
+    if state["identity"] != identity:
+        return "it belongs to other settings or data"
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= total_steps:
+        return f"step {step!r} is outside 1..{total_steps}"
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    weights = state["model"]
+    if not isinstance(weights, dict) or {k: getattr(v, "shape", None) for k, v in weights.items()} != expected:
+        return "its weights do not fit the network"
+    return ""
+
+
 @torch.no_grad()
-def encode(model: VAE, images: np.ndarray, device: torch.device, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Encoder means and log-variances of uint8 images."""
+def encode(model: VAE, images: np.ndarray, device: torch.device | None = None,
+           batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder means and log-variances of uint8 images (on the model's device by default)."""
+    device = device or next(model.parameters()).device
     model.eval()
-    mus, logvars = [], []
+    mus, logvars = [np.zeros((0, model.latent_dim), np.float32)], [np.zeros((0, model.latent_dim), np.float32)]
     for start in range(0, len(images), batch_size):
         x = as_input(images_to_tensor(images[start:start + batch_size], device))
         mu, logvar = model.encode(x)
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
-    return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
+        mus.append(mu.float().cpu().numpy())
+        logvars.append(logvar.float().cpu().numpy())
+    return np.concatenate(mus), np.concatenate(logvars)
 
 
 @torch.no_grad()
@@ -144,7 +167,8 @@ def reconstruction_error(model: VAE, images: np.ndarray, device: torch.device, r
     return total / len(images)
 
 
-def probe_latents(model: VAE, probe: np.ndarray, device: torch.device) -> dict:
+def probe_latents(model: VAE, probe: np.ndarray, device: torch.device | None = None) -> dict:
+    """Means, log-variances and the mean KL per component of the probe images (what UDR compares)."""
     mu, logvar = encode(model, probe, device)
     kl = kl_per_component(torch.from_numpy(mu), torch.from_numpy(logvar)).mean(0).numpy()
     return {"mu": mu, "logvar": logvar, "kl": kl}
@@ -169,12 +193,12 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
                                  eps=cfg.adam_eps)
     batches = torch.Generator().manual_seed(seed)
     data = images_to_tensor(train_images, device)
-    hp = setting.hyperparameters(cfg, dataset_size=len(train_images))
+    loss_fn = setting.loss(cfg, dataset_size=len(train_images))
 
     identity = checkpoint_identity(setting, seed, cfg, data_version, image_size)
     path = Path(checkpoint_path) if checkpoint_path else None
     step = 0
-    state = load_checkpoint(path, identity) if path else None
+    state = load_checkpoint(path, identity, model, cfg.steps) if path else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
@@ -214,7 +238,7 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
             out = model(x)
         if low_precision:  # the losses (sums over thousands of pixels) stay in float32
             out = VAEOutput(*(t.float() for t in out))
-        terms = family_loss(setting.family, x, out, step, **hp)
+        terms = loss_fn(x, out, step)
         optimiser.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimiser.step()
@@ -254,7 +278,6 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
     bar.close()
 
     latents = probe_latents(model, probe_images, device)
-    metrics = {"n_active": int((latents["kl"] > KL_ACTIVE).sum()),
-               "test_rec": reconstruction_error(model, test_images, device, cfg.rec_kind),
+    metrics = {"test_rec": reconstruction_error(model, test_images, device, cfg.rec_kind),
                **{f"final_{k}": v for k, v in last.items()}}
     return Outcome(model=model, step=step, latents=latents, metrics=metrics)

@@ -34,8 +34,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-SIMILARITIES = ("spearman", "lasso")
-AGGREGATES = ("paper", "reference")
+from tubervae.checks import check_choice, check_int, check_real
+from tubervae.config import AGGREGATES, INFORMATIVE_KL, SIMILARITIES
+# The Lasso similarity is solved by a batched Gram-matrix solver rather than scikit-learn's
+# Lasso, one pair at a time: see tubervae.evaluation.lasso for why (and benchmarks/bench_udr.py).
+from tubervae.evaluation.lasso import lasso_gram
 
 # Relative spread below which a column counts as constant: rounding in the
 # mean leaves ~1e-16 relative noise that must not be blown up to unit variance.
@@ -46,33 +49,8 @@ _GRAM_CHUNK_ROWS = 512
 
 
 # --------------------------------------------------------------------------
-# validation
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
-    if not np.isfinite(number) or number <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return number
-
-
-def _check_finite(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a finite number, got {value!r}") from None
-    if not np.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return number
+# validation (plain argument checks come from tubervae.checks; these know
+# about representations and KL vectors)
 
 
 def _as_representation(name: str, rep: Any) -> np.ndarray:
@@ -114,13 +92,13 @@ def _check_same_n(shapes: Sequence[tuple[int, ...]], what: str) -> None:
 # building blocks
 
 
-def informative_mask(kl: Any, kl_threshold: float = 0.01) -> np.ndarray:
+def informative_mask(kl: Any, kl_threshold: float = INFORMATIVE_KL) -> np.ndarray:
     """Boolean mask of the components whose KL exceeds the threshold.
 
     Components at the prior (KL ~ 0) carry no information about the image; UDR
     ignores them, so a model is judged only on what it actually encodes.
     """
-    threshold = _check_finite("kl_threshold", kl_threshold)
+    threshold = check_real("kl_threshold", kl_threshold)
     arr = np.asarray(kl, dtype=float)
     if arr.ndim != 1:
         raise ValueError(f"kl must be a 1-D vector, got shape {arr.shape}")
@@ -163,156 +141,6 @@ def _standardised_ranks(arr: np.ndarray) -> np.ndarray:
     return _standardise_axis0(rankdata(arr, axis=0, method="average"))
 
 
-def _cd_sweeps(
-    g: np.ndarray, c: np.ndarray, w: np.ndarray, alpha: float, sweeps: int
-) -> np.ndarray:
-    """Cyclic coordinate descent in place on ``w`` (B, d, T) with the Gram
-    matrices ``g`` (B, d, d) and ``c`` (B, d, T); returns each target's largest
-    weight change during the last sweep, shape (B, T)."""
-    d = g.shape[-1]
-    diag = np.diagonal(g, axis1=-2, axis2=-1)
-    usable = diag > 0
-    inv_diag = np.where(usable, 1.0 / np.where(usable, diag, 1.0), 0.0)
-    last_step = np.zeros(c.shape[:1] + c.shape[2:])
-    for _ in range(sweeps):
-        last_step[:] = 0.0
-        for j in range(d):
-            old = w[:, j, :].copy()
-            # z = c_j - sum_{k != j} G_jk w_k: the correlation of feature j with
-            # the residual that leaves out feature j's own contribution.
-            z = c[:, j, :] - np.matmul(g[:, j : j + 1, :], w)[:, 0, :] + diag[:, j, None] * old
-            new = np.sign(z) * np.maximum(np.abs(z) - alpha, 0.0) * inv_diag[:, j, None]
-            w[:, j, :] = new
-            np.maximum(last_step, np.abs(new - old), out=last_step)
-    return last_step
-
-
-def _polish(
-    g: np.ndarray, c: np.ndarray, w: np.ndarray, alpha: float, chunk_entries: int = 2_000_000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact Lasso solutions on the supports and signs that ``w`` suggests.
-
-    On the support S with signs s the optimum solves G_SS w_S = c_S - alpha s_S.
-    A candidate is accepted only when it satisfies the Lasso's optimality
-    (KKT) conditions: its signs are s, and |c_j - (G w)_j| <= alpha off S.
-    Returns the candidates (B, d, T) and the accepted mask (B, T).
-    """
-    b, d, t = c.shape
-    support = w != 0
-    sign = np.sign(w)
-    exact = np.zeros_like(w)
-    ok = np.zeros((b, t), dtype=bool)
-    eye = np.eye(d, dtype=bool)
-    step = max(1, chunk_entries // max(1, t * d * d))
-    slack = alpha * 1e-9 + 1e-12
-    for lo in range(0, b, step):
-        hi = min(b, lo + step)
-        s_t = support[lo:hi].transpose(0, 2, 1)  # (b', T, d)
-        both = s_t[..., :, None] & s_t[..., None, :]
-        system = np.where(both, g[lo:hi, None], eye)  # identity off the support
-        rhs = np.where(s_t, c[lo:hi].transpose(0, 2, 1) - alpha * sign[lo:hi].transpose(0, 2, 1), 0.0)
-        try:
-            cand = np.linalg.solve(system, rhs[..., None])[..., 0].transpose(0, 2, 1)
-        except np.linalg.LinAlgError:
-            continue  # a singular support: leave these targets to coordinate descent
-        grad = c[lo:hi] - np.matmul(g[lo:hi], cand)
-        on = support[lo:hi]
-        signs_hold = np.all(~on | (np.sign(cand) == sign[lo:hi]), axis=1)
-        off_ok = np.all(on | (np.abs(grad) <= alpha + slack), axis=1)
-        exact[lo:hi] = cand
-        ok[lo:hi] = signs_hold & off_ok & np.all(np.isfinite(cand), axis=1)
-    return exact, ok
-
-
-def lasso_gram(
-    gram: Any,
-    cross: Any,
-    alpha: float,
-    *,
-    tol: float = 1e-10,
-    max_iter: int = 10_000,
-) -> np.ndarray:
-    """Lasso weights from the Gram matrices, for many targets at once.
-
-    Minimises ``(1/(2n))||y - X w||^2 + alpha ||w||_1`` for every target column
-    (the objective of ``sklearn.linear_model.Lasso``), given only
-    ``gram = X'X / n`` with shape ``(..., d, d)`` and ``cross = X'Y / n`` with
-    shape ``(..., d, t)``; returns ``w`` with shape ``(..., d, t)``. Leading
-    dimensions are independent problems, so one call solves every pair of an
-    all-against-all comparison.
-
-    Cyclic coordinate descent finds each target's support and signs; the
-    weights are then solved exactly on that support and kept once they pass
-    the optimality (KKT) check, which makes them exact to rounding rather than
-    to a stopping tolerance. Targets whose support has not settled continue
-    with coordinate descent, on a shrinking working set, until they pass or no
-    weight moves more than ``tol`` in a sweep. A predictor with zero variance
-    (``gram[j, j] == 0``) gets weight 0.
-    """
-    g = np.asarray(gram, dtype=float)
-    c = np.asarray(cross, dtype=float)
-    alpha = _check_positive("alpha", alpha)
-    tol = _check_positive("tol", tol)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if g.ndim < 2 or g.shape[-1] != g.shape[-2]:
-        raise ValueError(f"gram must have shape (..., d, d), got {g.shape}")
-    if c.ndim != g.ndim or c.shape[:-1] != g.shape[:-1]:
-        raise ValueError(
-            f"cross must have shape (..., d, t) matching gram {g.shape}, got {c.shape}"
-        )
-    if not (np.all(np.isfinite(g)) and np.all(np.isfinite(c))):
-        raise ValueError("gram and cross must be finite")
-    lead, d, t = g.shape[:-2], g.shape[-1], c.shape[-1]
-    g_all = g.reshape(-1, d, d)
-    c_all = c.reshape(-1, d, t)
-    result = np.zeros_like(c_all)
-    # Working set: rows of problems, padded target columns (index -1 = padding).
-    rows = np.arange(g_all.shape[0])
-    cols = np.broadcast_to(np.arange(t), (len(rows), t)).copy()
-    w = np.zeros_like(c_all)
-    done_sweeps = 0
-    burst = 4
-    while len(rows) and done_sweeps < max_iter:
-        sweeps = min(burst, max_iter - done_sweeps)
-        valid = cols >= 0
-        cw = np.where(valid[:, None, :], c_all[rows[:, None], :, np.maximum(cols, 0)].transpose(0, 2, 1), 0.0)
-        gw = g_all[rows]
-        step = _cd_sweeps(gw, cw, w, alpha, sweeps)
-        done_sweeps += sweeps
-        burst = min(2 * burst, 32)
-        exact, ok = _polish(gw, cw, w, alpha)
-        stalled = step < tol
-        finished = (ok | stalled) & valid
-        final = np.where(ok[:, None, :], exact, w)
-        r_idx, t_idx = np.nonzero(finished)
-        result[rows[r_idx], :, cols[r_idx, t_idx]] = final[r_idx, :, t_idx]
-        remaining = valid & ~finished
-        if done_sweeps >= max_iter and remaining.any():
-            r_idx, t_idx = np.nonzero(remaining)
-            result[rows[r_idx], :, cols[r_idx, t_idx]] = w[r_idx, :, t_idx]
-            warnings.warn(
-                f"lasso_gram: {len(r_idx)} targets did not converge in max_iter={max_iter} "
-                f"sweeps (largest last step {float(step[remaining].max()):.3g} > tol={tol:g})",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            break
-        # Shrink the working set to the problems and targets still running,
-        # keeping their current weights as the warm start.
-        keep_rows = np.flatnonzero(remaining.any(axis=1))
-        counts = remaining[keep_rows].sum(axis=1)
-        width = int(counts.max()) if len(keep_rows) else 0
-        new_cols = np.full((len(keep_rows), width), -1)
-        new_w = np.zeros((len(keep_rows), d, width))
-        for k, r in enumerate(keep_rows):
-            live = np.flatnonzero(remaining[r])
-            new_cols[k, : len(live)] = cols[r, live]
-            new_w[k, :, : len(live)] = w[r][:, live]
-        rows, cols, w = rows[keep_rows], new_cols, new_w
-    return result.reshape(*lead, d, t)
-
-
 def similarity_matrix(
     rep_a: Any,
     rep_b: Any,
@@ -331,8 +159,8 @@ def similarity_matrix(
     a = _as_representation("rep_a", rep_a)
     b = _as_representation("rep_b", rep_b)
     _check_same_n([a.shape, b.shape], "representations")
-    method = _check_choice("method", method, SIMILARITIES)
-    alpha = _check_positive("lasso_alpha", lasso_alpha)
+    method = check_choice("method", method, SIMILARITIES)
+    alpha = check_real("lasso_alpha", lasso_alpha, 0.0, strict=True)
     if method == "spearman":
         za, zb = _standardised_ranks(a), _standardised_ranks(b)
         return np.abs(za.T @ zb) / a.shape[0]
@@ -403,7 +231,7 @@ def aggregate_udr(
             f"informative_b must be a boolean vector of length {arr.shape[1]}, "
             f"got dtype {cols.dtype} shape {cols.shape}"
         )
-    aggregate = _check_choice("aggregate", aggregate, AGGREGATES)
+    aggregate = check_choice("aggregate", aggregate, AGGREGATES)
     return float(_aggregate_batch(arr, rows, cols, aggregate))
 
 
@@ -521,7 +349,7 @@ def udr_pair(
     *,
     similarity: str = "lasso",
     aggregate: str = "paper",
-    kl_threshold: float = 0.01,
+    kl_threshold: float = INFORMATIVE_KL,
     lasso_alpha: float = 0.1,
 ) -> float:
     """UDR_ab of model a (the predictor in the Lasso) against model b.
@@ -531,10 +359,10 @@ def udr_pair(
     informative components scores 0 (with a warning) instead of failing, so a
     collapsed model cannot break a ranking.
     """
-    similarity = _check_choice("similarity", similarity, SIMILARITIES)
-    aggregate = _check_choice("aggregate", aggregate, AGGREGATES)
-    threshold = _check_finite("kl_threshold", kl_threshold)
-    alpha = _check_positive("lasso_alpha", lasso_alpha)
+    similarity = check_choice("similarity", similarity, SIMILARITIES)
+    aggregate = check_choice("aggregate", aggregate, AGGREGATES)
+    threshold = check_real("kl_threshold", kl_threshold)
+    alpha = check_real("lasso_alpha", lasso_alpha, 0.0, strict=True)
     reps, kls = _validate_models(
         [rep_a, rep_b], [kl_a, kl_b], (("rep_a", "rep_b"), ("kl_a", "kl_b"))
     )
@@ -560,7 +388,7 @@ def pair_similarities(
     pairs: Any,
     *,
     similarity: str = "lasso",
-    kl_threshold: float = 0.01,
+    kl_threshold: float = INFORMATIVE_KL,
     lasso_alpha: float = 0.1,
 ) -> np.ndarray:
     """The matrices R that UDR scores, for a list of ``(i, j)`` model pairs.
@@ -571,9 +399,9 @@ def pair_similarities(
     missing) components are NaN, so heat maps show them blank. All pairs are
     computed in one batch by the same code as :func:`udr_scores`.
     """
-    similarity = _check_choice("similarity", similarity, SIMILARITIES)
-    threshold = _check_finite("kl_threshold", kl_threshold)
-    alpha = _check_positive("lasso_alpha", lasso_alpha)
+    similarity = check_choice("similarity", similarity, SIMILARITIES)
+    threshold = check_real("kl_threshold", kl_threshold)
+    alpha = check_real("lasso_alpha", lasso_alpha, 0.0, strict=True)
     reps, kls = _validate_models(representations, kl_divergences)
     m = len(reps)
     pair_arr = np.asarray(pairs)
@@ -612,7 +440,7 @@ def masked_similarity(
     kl_b: Any,
     *,
     similarity: str = "lasso",
-    kl_threshold: float = 0.01,
+    kl_threshold: float = INFORMATIVE_KL,
     lasso_alpha: float = 0.1,
 ) -> np.ndarray:
     """The ``(d_a, d_b)`` matrix R that :func:`udr_pair` scores, NaN where
@@ -688,7 +516,7 @@ def udr_scores(
     partner_seed: int | np.random.Generator = 0,
     similarity: str = "lasso",
     aggregate: str = "paper",
-    kl_threshold: float = 0.01,
+    kl_threshold: float = INFORMATIVE_KL,
     lasso_alpha: float = 0.1,
 ) -> UDRResult:
     """UDR of every model against partners from its own group.
@@ -701,14 +529,12 @@ def udr_scores(
     model with ``partner_seed`` (all of the group when None or when the group
     is smaller). All models must have encoded the same n images.
     """
-    similarity = _check_choice("similarity", similarity, SIMILARITIES)
-    aggregate = _check_choice("aggregate", aggregate, AGGREGATES)
-    threshold = _check_finite("kl_threshold", kl_threshold)
-    alpha = _check_positive("lasso_alpha", lasso_alpha)
-    if n_partners is not None and (
-        isinstance(n_partners, bool) or not isinstance(n_partners, (int, np.integer)) or n_partners < 1
-    ):
-        raise ValueError(f"n_partners must be None (all) or an integer >= 1, got {n_partners!r}")
+    similarity = check_choice("similarity", similarity, SIMILARITIES)
+    aggregate = check_choice("aggregate", aggregate, AGGREGATES)
+    threshold = check_real("kl_threshold", kl_threshold)
+    alpha = check_real("lasso_alpha", lasso_alpha, 0.0, strict=True)
+    if n_partners is not None:
+        n_partners = check_int("n_partners (None for all)", n_partners, 1)
     if isinstance(partner_seed, np.random.Generator):
         rng = partner_seed
     elif isinstance(partner_seed, (int, np.integer)) and not isinstance(partner_seed, bool):

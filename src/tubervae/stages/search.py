@@ -30,7 +30,6 @@ import logging
 import os
 import random
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -44,14 +43,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tubervae import plots
 from tubervae.config import Params, SearchSpace
+from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_json
-from tubervae.stages.train import TrainingData, load_training_data, run_key, run_tracked
-from tubervae.tracking import Tracker
-from tubervae.train import Setting
-from tubervae.udr import udr_scores
+from tubervae.runs.tracker import Tracker
+from tubervae.runs.training_run import TrainingData, find_finished_run, load_training_data, run_key, run_tracked
+from tubervae.training import Setting
 
 log = logging.getLogger(__name__)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def storage_url(root: str | Path = ".") -> str:
@@ -60,11 +58,9 @@ def storage_url(root: str | Path = ".") -> str:
 
 def study_name(family: str, params: Params, data_version: str) -> str:
     """Family plus a fingerprint of what makes its models comparable."""
-    identity = {"train": dataclasses.asdict(params.train), "seeds": params.search.seeds,
+    identity = {"train": params.train.weight_identity(), "seeds": params.search.seeds,
                 "data_version": data_version, "min_active": params.search.min_active,
                 "udr": dataclasses.asdict(params.udr)}
-    for key in ("checkpoint_every", "log_every", "snapshot_every", "device", "threads"):
-        identity["train"].pop(key)
     return f"{family}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
@@ -149,15 +145,17 @@ def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Set
     return Setting(family=family, beta=beta, c_max=c_max)
 
 
-def fail_dead_local_trials(study: optuna.Study, max_retry: int | None = None) -> list[int]:
+def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                           max_retry: int | None = None) -> list[int]:
     """Trials left RUNNING by a killed worker on this host fail now and are re-queued.
 
     The heartbeat does the same for other machines after the grace period; on this host
-    we know the worker is dead without waiting.
+    we know the worker is dead without waiting. `storage` is the study's own storage:
+    Optuna's public API has no call to fail a trial of another process, the storage does.
     """
     host = socket.gethostname()
     retry = RetryStaleTrial(max_retry=max_retry)
-    storage = study._storage
+    study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
@@ -170,14 +168,15 @@ def fail_dead_local_trials(study: optuna.Study, max_retry: int | None = None) ->
             pass
         except PermissionError:
             continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
             # The reason first: a finished trial accepts no more attributes.
-            storage.set_trial_system_attr(trial._trial_id, "fail_reason", "worker killed")
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            storage.set_trial_system_attr(trial_id, "fail_reason", "worker killed")
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue  # another worker on this host got there first
-        retry(study, storage.get_trial(trial._trial_id))
+        retry(study, storage.get_trial(trial_id))
         failed.append(trial.number)
     if failed:
         log.warning("re-queued trial(s) %s of a killed worker", failed)
@@ -187,18 +186,6 @@ def fail_dead_local_trials(study: optuna.Study, max_retry: int | None = None) ->
 def enqueue_grid(study: optuna.Study, space: SearchSpace) -> None:
     for point in space.grid:
         study.enqueue_trial(dict(point), skip_if_exists=True)
-
-
-def latents_of(tracker: Tracker, run_id: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = tracker.download(run_id, "latents.npz", tmp)
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-
-
-def find_finished_run(tracker: Tracker, key: str) -> str | None:
-    runs = tracker.finished_runs(f"tags.run_key = '{key}'")
-    return runs[0].info.run_id if runs else None
 
 
 class Objective:
@@ -238,9 +225,10 @@ class Objective:
                     seed_runs.append(reused)
                 else:
                     result = run_tracked(self.tracker, setting, seed, cfg, self.data, parent_id=parent,
-                                         checkpoint_dir=self.checkpoint_dir, progress=self.progress)
+                                         kl_threshold=udr.kl_threshold, checkpoint_dir=self.checkpoint_dir,
+                                         progress=self.progress)
                     seed_runs.append(result["run_id"])
-                latents.append(latents_of(self.tracker, seed_runs[-1]))
+                latents.append(self.tracker.latents(seed_runs[-1]))
             trial.set_user_attr("seed_run_ids", seed_runs)
             result = udr_scores([z["mu"] for z in latents], [z["kl"] for z in latents],
                                 n_partners=udr.n_partners or None, partner_seed=udr.partner_seed,
@@ -311,8 +299,8 @@ def write_reports(summary: dict, out_dir: Path) -> None:
     plots.save_figure(plots.history_figure(np.array(history, dtype=float)), out_dir / f"{family}_history.png")
 
 
-def run_trials(study: optuna.Study, objective, wanted: int, *, max_starts: int, max_retry: int | None,
-               poll_seconds: float = 1.0) -> None:
+def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, objective, wanted: int, *,
+               max_starts: int, max_retry: int | None, poll_seconds: float = 1.0) -> None:
     """Run trials one at a time until the study holds `wanted` complete trials.
 
     A trial starts only while complete + running trials are fewer than `wanted`; when
@@ -323,10 +311,8 @@ def run_trials(study: optuna.Study, objective, wanted: int, *, max_starts: int, 
     """
     started = 0
     while True:
-        fail_dead_local_trials(study, max_retry)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # other hosts' dead workers, by heartbeat
+        fail_dead_local_trials(study, storage, max_retry)
+        optuna.storages.fail_stale_trials(study)  # other hosts' dead workers, by heartbeat
         states = [t.state for t in study.get_trials(deepcopy=False)]
         complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
         if complete >= wanted:
@@ -361,19 +347,23 @@ def run(params: Params, family: str, *, n_trials: int | None = None, storage: st
     if wanted < 1:
         raise ValueError(f"--n-trials must be at least 1, got {wanted}")
     data = load_training_data(processed_dir)
-    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
+    tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(family, params, data.data_version)
-    study = optuna.create_study(study_name=name, storage=make_storage(storage or storage_url(root), params),
-                                sampler=TrialSeededSampler(params.search.sampler_seed), direction="maximize",
-                                load_if_exists=True)
-    if params.search.enqueue_grid:
-        enqueue_grid(study, space)
-    objective = Objective(family, params, tracker, data, study_run_id=run_id,
-                          checkpoint_dir=root / "checkpoints", progress=progress)
-    run_trials(study, objective, wanted, max_starts=wanted * (1 + params.search.max_retry),
-               max_retry=params.search.max_retry, poll_seconds=1.0)
+    with warnings.catch_warnings():
+        # The heartbeat and its retry callback are marked experimental; they are what resumes a killed worker.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study_storage = make_storage(storage or storage_url(root), params)
+        study = optuna.create_study(study_name=name, storage=study_storage,
+                                    sampler=TrialSeededSampler(params.search.sampler_seed), direction="maximize",
+                                    load_if_exists=True)
+        if params.search.enqueue_grid:
+            enqueue_grid(study, space)
+        objective = Objective(family, params, tracker, data, study_run_id=run_id,
+                              checkpoint_dir=root / "checkpoints", progress=progress)
+        run_trials(study, study_storage, objective, wanted, max_starts=wanted * (1 + params.search.max_retry),
+                   max_retry=params.search.max_retry, poll_seconds=1.0)
     summary = summarise(study, family, params)
     best_run = summary["best_mlflow_run_id"]
     for t in summary["trials"]:

@@ -1,9 +1,9 @@
-"""`train` entry point: one tracked VAE run (also what every Optuna trial calls per seed).
+"""One VAE training run tracked in MLflow: what each seed of an Optuna trial is, and `tubervae train`.
 
 Logs to MLflow what the thesis watches (§2.3.1–2.3.2): loss terms and the KL of every
 component over training, latent traversals, per-component distributions and
 reconstructions (at the end and every `snapshot_every` steps), the probe latents that
-UDR compares, and the weights.
+UDR compares, and the weights (layout: `tubervae.runs.tracker`).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,11 @@ import torch
 
 from tubervae import plots
 from tubervae.config import TrainConfig
-from tubervae.stages.preprocess import load_meta, load_split
-from tubervae.tracking import Tracker
-from tubervae.train import (NonFiniteLossError, Outcome, Setting, as_input, checkpoint_identity,
-                            images_to_tensor, train_model)
+from tubervae.data.processed import load_meta, load_split
+from tubervae.evaluation.udr import informative_mask
+from tubervae.runs.tracker import Tracker
+from tubervae.training import (NonFiniteLossError, Outcome, Setting, as_input, checkpoint_identity,
+                               images_to_tensor, train_model)
 
 log = logging.getLogger(__name__)
 TRAVERSAL_OFFSETS = np.linspace(-2.0, 2.0, 9)  # thesis §2.3.1: z_i − 2 … z_i + 2
@@ -49,8 +49,13 @@ def run_key(setting: Setting, seed: int, cfg: TrainConfig, data: TrainingData) -
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def find_finished_run(tracker: Tracker, key: str) -> str | None:
+    runs = tracker.finished_runs(f"tags.run_key = '{key}'")
+    return runs[0].info.run_id if runs else None
+
+
 @torch.no_grad()
-def figures(model, images: np.ndarray, kl: np.ndarray | None = None) -> dict:
+def figures(model, images: np.ndarray, *, kl_threshold: float, kl: np.ndarray | None = None) -> dict:
     """Traversal of the first probe image, its per-component distributions, reconstructions."""
     device = next(model.parameters()).device
     model.eval()
@@ -63,15 +68,20 @@ def figures(model, images: np.ndarray, kl: np.ndarray | None = None) -> dict:
     recon = torch.sigmoid(model.decode(mu)).permute(0, 2, 3, 1).cpu().numpy()
     return {
         "traversal.png": plots.traversal_figure(traversal, kl=kl, values=TRAVERSAL_OFFSETS),
-        "distributions.png": plots.distribution_figure(mu[0].cpu().numpy(), logvar[0].cpu().numpy(), kl=kl),
+        "distributions.png": plots.distribution_figure(mu[0].cpu().numpy(), logvar[0].cpu().numpy(), kl=kl,
+                                                       kl_threshold=kl_threshold),
         "reconstructions.png": plots.reconstruction_figure(images[:8], recon, n=min(8, len(images))),
     }
 
 
 def run_tracked(tracker: Tracker, setting: Setting, seed: int, cfg: TrainConfig, data: TrainingData, *,
-                parent_id: str | None = None, run_id: str | None = None,
+                kl_threshold: float, parent_id: str | None = None, run_id: str | None = None,
                 checkpoint_dir: str | Path = "checkpoints", progress: bool = True) -> dict:
-    """Train (or resume) one model inside an MLflow run; returns its run id and final metrics."""
+    """Train (or resume) one seed as an MLflow run; returns its run id and final metrics.
+
+    `kl_threshold` (params `udr.kl_threshold`) decides which components count as
+    informative for the run's `n_active` metric and its pictures.
+    """
     key = run_key(setting, seed, cfg, data)
     tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
     name = f"{setting.family} {setting.label} seed {seed}"
@@ -84,7 +94,7 @@ def run_tracked(tracker: Tracker, setting: Setting, seed: int, cfg: TrainConfig,
             tracker.log_metrics(rid, metrics, step)
 
         def on_snapshot(model, step: int) -> None:
-            for fname, fig in figures(model, data.probe).items():
+            for fname, fig in figures(model, data.probe, kl_threshold=kl_threshold).items():
                 tracker.log_figure(rid, fig, f"snapshots/step_{step:07d}/{fname}")
 
         try:
@@ -96,30 +106,25 @@ def run_tracked(tracker: Tracker, setting: Setting, seed: int, cfg: TrainConfig,
             tracker.set_tags(rid, {"failure": "non-finite loss"})
             log.error("%s", exc)
             raise
-        tracker.log_metrics(rid, outcome.metrics, outcome.step)
-        tracker.log_metrics(rid, {f"probe_kl_z{j}": v for j, v in enumerate(outcome.latents["kl"])}, outcome.step)
-        for fname, fig in figures(outcome.model, data.probe, kl=outcome.latents["kl"]).items():
+        kl = outcome.latents["kl"]
+        metrics = {"n_active": int(informative_mask(kl, kl_threshold).sum()), **outcome.metrics}
+        tracker.log_metrics(rid, metrics, outcome.step)
+        tracker.log_metrics(rid, {f"probe_kl_z{j}": v for j, v in enumerate(kl)}, outcome.step)
+        for fname, fig in figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold).items():
             tracker.log_figure(rid, fig, fname)
-        with tempfile.TemporaryDirectory() as tmp:
-            np.savez(Path(tmp) / "latents.npz", **outcome.latents)
-            tracker.log_artifact(rid, Path(tmp) / "latents.npz")
-            weights = Path(tmp) / "model"
-            weights.mkdir()
-            torch.save({k: v.cpu() for k, v in outcome.model.state_dict().items()}, weights / "model.pt")
-            (weights / "config.json").write_text(json.dumps(
-                {"image_size": int(data.train.shape[1]), "latent_dim": cfg.latent_dim, "family": setting.family,
-                 "beta": setting.beta, "c_max": setting.c_max, "seed": seed, "data_version": data.data_version},
-                indent=2))
-            tracker.log_artifacts(rid, weights, "model")
-    return {"run_id": rid, **outcome.metrics, "kl": outcome.latents["kl"].tolist()}
+        config = {"image_size": int(data.train.shape[1]), "latent_dim": cfg.latent_dim, "family": setting.family,
+                  "beta": setting.beta, "c_max": setting.c_max, "seed": seed, "data_version": data.data_version}
+        tracker.log_vae(rid, outcome.model, config, outcome.latents)
+    return {"run_id": rid, **metrics, "kl": kl.tolist()}
 
 
-def run(cfg: TrainConfig, *, family: str, beta: float, c_max: float, seed: int, root: str | Path = ".",
-        processed_dir: str | Path = "data/processed", run_id: str | None = None) -> dict:
-    """The `tubervae train` command."""
+def train_command(cfg: TrainConfig, *, family: str, beta: float, c_max: float, seed: int, kl_threshold: float,
+                  root: str | Path = ".", processed_dir: str | Path = "data/processed",
+                  run_id: str | None = None) -> dict:
+    """`tubervae train`: one tracked run outside any study (the search stage trains its seeds the same way)."""
     setting = Setting(family=family, beta=float(beta), c_max=float(c_max))
-    tracker = Tracker.for_run(run_id, root) if run_id else Tracker(root)
-    tracker.mark_stale_runs_killed()
     data = load_training_data(processed_dir)
-    return run_tracked(tracker, setting, seed, cfg, data, run_id=run_id,
+    tracker = Tracker.open(root, run_id)
+    tracker.mark_stale_runs_killed()
+    return run_tracked(tracker, setting, seed, cfg, data, kl_threshold=kl_threshold, run_id=run_id,
                        checkpoint_dir=Path(root) / "checkpoints")

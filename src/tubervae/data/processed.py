@@ -1,0 +1,54 @@
+"""The on-disk format of data/processed/, read by every stage after preprocessing.
+
+Each split is one uncompressed .npz with `images` (uint8, n×s×s×3), `labels` (1 bad,
+0 good, −1 unlabelled), `rows` (row in data/raw/labels.csv), `files`, and `factors` +
+`factor_names` when the photos carry ground-truth factors. meta.json holds the data
+version (a hash of the arrays) that every training run records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tubervae.io import atomic_path, write_json
+
+SPLITS = ("train", "test", "labelled", "udr_probe")
+
+
+def save_split(folder: str | Path, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write one split's arrays (see the module docstring for the keys)."""
+    _check_split(name)
+    missing = {"images", "labels", "rows", "files"} - set(arrays)
+    if missing:
+        raise ValueError(f"split {name!r} lacks arrays {sorted(missing)}")
+    with atomic_path(Path(folder) / f"{name}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def save_meta(folder: str | Path, meta: dict) -> None:
+    write_json(Path(folder) / "meta.json", meta)
+
+
+def load_split(name: str, processed_dir: str | Path = "data/processed") -> dict[str, np.ndarray]:
+    """Load one split into memory; a clear error when preprocessing has not run."""
+    _check_split(name)
+    path = Path(processed_dir) / f"{name}.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the preprocess stage first (dvc repro preprocess)")
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def load_meta(processed_dir: str | Path = "data/processed") -> dict:
+    path = Path(processed_dir) / "meta.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the preprocess stage first (dvc repro preprocess)")
+    return json.loads(path.read_text())
+
+
+def _check_split(name: str) -> None:
+    if name not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {name!r}")

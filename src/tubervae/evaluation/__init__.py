@@ -1,0 +1,1 @@
+"""Scores of representations: UDR (unsupervised) and the supervised disentanglement metrics."""

@@ -1,0 +1,1 @@
+"""Everything that touches MLflow: runs, their artifact layout, the registry and served models."""
