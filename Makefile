@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed-stamp
 export DVC_NO_ANALYTICS = 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test thesis bench clean-runs
+.PHONY: install run test lint thesis bench clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ install: $(STAMP)
 run: install          ## the whole pipeline on the default data (dvc repro)
 	$(BIN)/dvc repro
 
-test: install         ## the test suite
+test: install         ## lint, format check, import layers, then the test suite
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+lint: install         ## fix what ruff can fix and format the tree
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
 
 thesis: install       ## the thesis's settings (64x64, 300000 steps, 5 seeds, every grid point): for a GPU
 	$(BIN)/dvc exp run $$(sed -e 's/#.*//' -e '/^\s*$$/d' -e 's/^/-S /' profiles/thesis.txt | tr '\n' ' ')

@@ -7,6 +7,7 @@ baseline (no reduced-scale JPEG decoding, one process).
 
     .venv/bin/python benchmarks/bench_preprocess.py [--n 600] [--image-size 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,12 +54,15 @@ def main() -> None:
             ours = load_photos(paths, cfg, workers)
             rate = args.n / (time.perf_counter() - start)
             projected = THESIS_SIZE / rate
-            print(f"tubervae preprocess, workers={workers}: {rate:6.1f} photos/s ({rate / base:.2f}x plain); "
-                  f"{THESIS_SIZE} photos in {projected:5.1f} s "
-                  f"({'meets' if projected < TARGET_S else 'misses'} the {TARGET_S:.0f} s target)")
+            print(
+                f"tubervae preprocess, workers={workers}: {rate:6.1f} photos/s ({rate / base:.2f}x plain); "
+                f"{THESIS_SIZE} photos in {projected:5.1f} s "
+                f"({'meets' if projected < TARGET_S else 'misses'} the {TARGET_S:.0f} s target)"
+            )
         diff = np.abs(ours.astype(int) - reference.astype(int))
-        print(f"reduced-scale decoding vs full decode: mean |difference| {diff.mean():.2f} grey levels, "
-              f"max {diff.max()}")
+        print(
+            f"reduced-scale decoding vs full decode: mean |difference| {diff.mean():.2f} grey levels, max {diff.max()}"
+        )
 
 
 if __name__ == "__main__":

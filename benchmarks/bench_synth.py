@@ -7,6 +7,7 @@ splits one core's time per image into drawing and JPEG encoding.
 
     .venv/bin/python benchmarks/bench_synth.py [--n 300] [--workers 1 2]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@ image per step.
 
     python benchmarks/bench_train.py [--image-size 64] [--steps 60] [--family beta_vae]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,16 @@ def plain_loop(images: np.ndarray, steps: int, batch: int, loss_fn) -> float:
 
 def project_loop(images: np.ndarray, steps: int, batch: int, family: str, precision: str = "float32") -> float:
     """`tubervae.training.train_model` as every run uses it (logging every 50 steps, no checkpoint)."""
-    cfg = TrainConfig(steps=5, batch_size=batch, lr=1e-4, log_every=50, checkpoint_every=10**9,
-                      snapshot_every=0, device="cpu", precision=precision)
+    cfg = TrainConfig(
+        steps=5,
+        batch_size=batch,
+        lr=1e-4,
+        log_every=50,
+        checkpoint_every=10**9,
+        snapshot_every=0,
+        device="cpu",
+        precision=precision,
+    )
     setting = Setting(family=family, beta=4.0, c_max=10.0)
     probe = images[:8]
     train_model(setting, 0, cfg, train_images=images, probe_images=probe, test_images=probe, progress=False)
@@ -77,8 +86,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2048, args.image_size, args.image_size, 3), dtype=np.uint8)
     loss_fn = Setting(args.family, 4.0, 10.0).loss(TrainConfig(steps=args.steps), len(images))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.image_size}x{args.image_size}, "
-          f"batch {args.batch}, {args.family}, {args.steps} timed steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.image_size}x{args.image_size}, "
+        f"batch {args.batch}, {args.family}, {args.steps} timed steps"
+    )
     baseline = plain_loop(images, args.steps, args.batch, loss_fn)
     ours = project_loop(images, args.steps, args.batch, args.family)
     ours_bf16 = project_loop(images, args.steps, args.batch, args.family, precision="bfloat16")
@@ -87,8 +98,10 @@ def main() -> None:
     print(f"plain NCHW loop     : {baseline:8.1f} images/s")
     print(f"tubervae train loop : {ours:8.1f} images/s   ({ours / baseline:.2f}x the plain loop)")
     print(f"  precision bfloat16: {ours_bf16:8.1f} images/s   ({ours_bf16 / baseline:.2f}x the plain loop)")
-    print(f"float32 matmul peak : {peak / 1e9:8.1f} GFLOP/s; the training step uses {flops / 1e6:.0f} MFLOP/image "
-          f"-> {ours * flops / 1e9:.1f} GFLOP/s = {ours * flops / peak:.0%} of peak")
+    print(
+        f"float32 matmul peak : {peak / 1e9:8.1f} GFLOP/s; the training step uses {flops / 1e6:.0f} MFLOP/image "
+        f"-> {ours * flops / 1e9:.1f} GFLOP/s = {ours * flops / peak:.0%} of peak"
+    )
 
 
 if __name__ == "__main__":

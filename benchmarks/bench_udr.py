@@ -129,8 +129,12 @@ def main() -> None:
     for similarity in ("spearman", "lasso"):
         t0 = time.perf_counter()
         result = udr_scores(
-            reps, kls, similarity=similarity, aggregate="reference",
-            kl_threshold=KL_THRESHOLD, lasso_alpha=args.alpha,
+            reps,
+            kls,
+            similarity=similarity,
+            aggregate="reference",
+            kl_threshold=KL_THRESHOLD,
+            lasso_alpha=args.alpha,
         )
         fast_s = time.perf_counter() - t0
 
@@ -143,8 +147,12 @@ def main() -> None:
         base_total = base_s / len(subset) * len(all_pairs)
 
         fast_r = pair_similarities(
-            reps, kls, subset, similarity=similarity,
-            kl_threshold=KL_THRESHOLD, lasso_alpha=args.alpha,
+            reps,
+            kls,
+            subset,
+            similarity=similarity,
+            kl_threshold=KL_THRESHOLD,
+            lasso_alpha=args.alpha,
         )
         r_diff = 0.0
         score_diff = 0.0

@@ -3,6 +3,7 @@
 `dvc repro` reruns a stage only when one of its declared deps changed, so a stage whose
 deps miss a module it imports (directly or not) could silently keep stale results.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,9 +26,20 @@ def module_file(module: str) -> Path:
 
 
 def import_closure(graph, module: str) -> set[Path]:
-    """The files of `module` and of every package module it imports, directly or not."""
-    modules = {module, *graph.find_upstream_modules(module)}
-    return {module_file(m).relative_to(ROOT) for m in modules if m.startswith("tubervae")}
+    """The files of `module` and of every package module it imports, directly or not.
+
+    Importing `a.b.c` also runs `a/__init__.py` and `a/b/__init__.py`, and whatever they import.
+    """
+    modules, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current in modules or not current.startswith("tubervae"):
+            continue
+        modules.add(current)
+        parts = current.split(".")
+        todo += [".".join(parts[:k]) for k in range(1, len(parts))]
+        todo += graph.find_upstream_modules(current)
+    return {module_file(m).relative_to(ROOT) for m in modules}
 
 
 def covered(path: Path, deps: list[str]) -> bool:
@@ -73,10 +85,12 @@ def test_import_closure_sees_indirect_imports(graph):
     assert Path("src/tubervae/stages/search.py") not in closure
 
 
-@pytest.mark.skipif(shutil.which("lint-imports", path=str(Path(sys.executable).parent)) is None,
-                    reason="import-linter is not installed")
+@pytest.mark.skipif(
+    shutil.which("lint-imports", path=str(Path(sys.executable).parent)) is None, reason="import-linter is not installed"
+)
 def test_import_layers_hold():
     """The contracts in pyproject.toml: CLI > stages > runs > pure core > settings, stages independent."""
-    result = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports")], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

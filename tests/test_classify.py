@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from tubervae.classify import (
     rank_threshold_rules,
     summarise_label_efficiency,
 )
+from tubervae.models.pixel_cnn import pixel_cnn
 
 
 def separable_latents(seed=0, n_good=20, n_bad=20, d=4, component=2):
@@ -162,6 +164,30 @@ def test_roc_auc_is_none_without_score_or_with_one_class():
     assert binary_metrics([True, False], [True, True])["roc_auc"] is None
 
 
+def test_binary_metrics_one_class_and_empty_positive_cases_by_hand():
+    """The sklearn-backed figures keep the documented edge cases, without warnings."""
+    all_bad = np.array([True, True, True, True])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = binary_metrics(all_bad, [True, False, False, True], majority_label=False)
+        # Only bad is present: balanced accuracy is the bad recall 2/4; "always good" gets 0 of it.
+        assert m["confusion_matrix"] == [[0, 0], [2, 2]]
+        assert m["balanced_accuracy"] == 0.5 and m["accuracy"] == 0.5
+        assert m["f1_bad"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 2))
+        assert (m["majority_accuracy"], m["majority_balanced_accuracy"]) == (0.0, 0.0)
+        # Same labels, default majority (bad): the constant baseline is perfect on this set.
+        m = binary_metrics(all_bad, all_bad)
+        assert m["confusion_matrix"] == [[0, 0], [0, 4]]
+        assert m["balanced_accuracy"] == 1.0 and m["f1_bad"] == 1.0
+        assert m["majority_label"] is True and m["majority_balanced_accuracy"] == 1.0
+        # No bad image and no bad prediction: F1 with bad positive is 0.0 by definition here.
+        m = binary_metrics(~all_bad, ~all_bad, score=[0.1, 0.2, 0.3, 0.4])
+        assert m["confusion_matrix"] == [[4, 0], [0, 0]]
+        assert m["f1_bad"] == 0.0 and m["balanced_accuracy"] == 1.0 and m["roc_auc"] is None
+        assert m["majority_label"] is False and m["majority_balanced_accuracy"] == 1.0
+    json.dumps(m)
+
+
 def test_binary_metrics_validates_lengths():
     with pytest.raises(ValueError, match="bad_pred has 2 labels"):
         binary_metrics([True, False, True], [True, False])
@@ -213,6 +239,14 @@ def test_pixel_cnn_learns_bright_vs_dark_and_is_deterministic():
     assert not torch.equal(next(first.network.parameters()), next(other.network.parameters()))
 
 
+def test_pixel_cnn_network_maps_a_batch_to_one_logit_each():
+    torch.manual_seed(0)
+    network = pixel_cnn()
+    out = network(torch.rand(5, 3, 32, 32) - 0.5)
+    assert out.shape == (5, 1)
+    assert torch.isfinite(out).all()
+
+
 def test_pixel_cnn_validates_images():
     images, bad = bright_dark_images(0, side=16)
     with pytest.raises(ValueError, match="power of two"):
@@ -228,7 +262,13 @@ def test_label_efficiency_rows_columns_and_short_class():
     train, train_bad = separable_latents(seed=4, n_good=3, n_bad=27, d=3)
     test, test_bad = separable_latents(seed=5, n_good=10, n_bad=10, d=3)
     table = label_efficiency(
-        train, train_bad, test, test_bad, sizes=(4, 10), n_draws=2, methods=("threshold", "logistic", "pixel_cnn"),
+        train,
+        train_bad,
+        test,
+        test_bad,
+        sizes=(4, 10),
+        n_draws=2,
+        methods=("threshold", "logistic", "pixel_cnn"),
         components=[0, 2],
     )
     assert list(table.columns) == ["method", "n_labels", "draw", "balanced_accuracy", "n_good", "n_bad"]
@@ -242,7 +282,13 @@ def test_label_efficiency_rows_columns_and_short_class():
     # On these 8-label draws noise component 0 separates less well than component 2.
     assert (table.loc[(table["method"] == "threshold") & (table["n_labels"] == 10), "balanced_accuracy"] == 1.0).all()
     again = label_efficiency(
-        train, train_bad, test, test_bad, sizes=(4, 10), n_draws=2, methods=("threshold", "logistic"),
+        train,
+        train_bad,
+        test,
+        test_bad,
+        sizes=(4, 10),
+        n_draws=2,
+        methods=("threshold", "logistic"),
         components=[0, 2],
     )
     pd.testing.assert_frame_equal(table, again)
@@ -261,8 +307,16 @@ def test_label_efficiency_runs_pixel_cnn_when_images_given():
     images, bad = bright_dark_images(0, n=12)
     latents = np.c_[bad.astype(float), np.zeros(12)]
     table = label_efficiency(
-        latents, bad, latents, bad, train_images=images, test_images=images,
-        sizes=(6,), n_draws=1, methods=("pixel_cnn", "gradient_boosting"), cnn_steps=2,
+        latents,
+        bad,
+        latents,
+        bad,
+        train_images=images,
+        test_images=images,
+        sizes=(6,),
+        n_draws=1,
+        methods=("pixel_cnn", "gradient_boosting"),
+        cnn_steps=2,
     )
     assert list(table["method"]) == ["pixel_cnn", "gradient_boosting"]
     assert (table["n_good"] == 3).all() and (table["n_bad"] == 3).all()

@@ -22,23 +22,32 @@ def test_defaults_apply_to_missing_sections():
     assert params.train.batch_size == Params().train.batch_size
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ({"train": {"stepz": 5}}, "train: unknown key(s) ['stepz']"),
-    ({"trian": {}}, "unknown section(s) ['trian']"),
-    ({"train": {"steps": "many"}}, "train.steps: expected int, got 'many'"),
-    ({"train": {"steps": 0}}, "train.steps: 0 is below the minimum 1"),
-    ({"train": {"lr": -1.0}}, "train.lr: -1.0 must be greater than 0.0"),
-    ({"train": {"rec_kind": "l1"}}, "train.rec_kind: 'l1' is not one of ['bernoulli', 'gaussian']"),
-    ({"train": {"steps": True}}, "train.steps: expected int, got True"),
-    ({"preprocess": {"image_size": 48}}, "preprocess.image_size: 48 is not one of"),
-    ({"data": {"good_fraction": 1.0}}, "data.good_fraction: 1.0 must be less than 1.0"),
-    ({"search": {"spaces": {"vae": {}}}}, "unknown family 'vae'"),
-    ({"search": {"spaces": {"beta_vae": {"beta": [4, 2]}}}}, "search.spaces.beta_vae.beta: low 4.0 is above high 2.0"),
-    ({"search": {"spaces": {"beta_vae": {"c_max": [1, 2]}}}}, "only cbeta_vae searches C_max"),
-    ({"search": {"spaces": {"cbeta_vae": {"beta": [700, 800], "c_max": "x"}}}}, "cbeta_vae.c_max: expected list, got 'x'"),
-    ({"search": {"spaces": {"beta_vae": {"grid": [{"beta": 1, "c_max": 2}]}}}}, "grid[0]: expected keys ['beta']"),
-    ({"search": {"seeds": 2}, "udr": {"n_partners": 3}}, "udr.n_partners: 3 partners need at least 4 seeds"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"train": {"stepz": 5}}, "train: unknown key(s) ['stepz']"),
+        ({"trian": {}}, "unknown section(s) ['trian']"),
+        ({"train": {"steps": "many"}}, "train.steps: expected int, got 'many'"),
+        ({"train": {"steps": 0}}, "train.steps: 0 is below the minimum 1"),
+        ({"train": {"lr": -1.0}}, "train.lr: -1.0 must be greater than 0.0"),
+        ({"train": {"rec_kind": "l1"}}, "train.rec_kind: 'l1' is not one of ['bernoulli', 'gaussian']"),
+        ({"train": {"steps": True}}, "train.steps: expected int, got True"),
+        ({"preprocess": {"image_size": 48}}, "preprocess.image_size: 48 is not one of"),
+        ({"data": {"good_fraction": 1.0}}, "data.good_fraction: 1.0 must be less than 1.0"),
+        ({"search": {"spaces": {"vae": {}}}}, "unknown family 'vae'"),
+        (
+            {"search": {"spaces": {"beta_vae": {"beta": [4, 2]}}}},
+            "search.spaces.beta_vae.beta: low 4.0 is above high 2.0",
+        ),
+        ({"search": {"spaces": {"beta_vae": {"c_max": [1, 2]}}}}, "only cbeta_vae searches C_max"),
+        (
+            {"search": {"spaces": {"cbeta_vae": {"beta": [700, 800], "c_max": "x"}}}},
+            "cbeta_vae.c_max: expected list, got 'x'",
+        ),
+        ({"search": {"spaces": {"beta_vae": {"grid": [{"beta": 1, "c_max": 2}]}}}}, "grid[0]: expected keys ['beta']"),
+        ({"search": {"seeds": 2}, "udr": {"n_partners": 3}}, "udr.n_partners: 3 partners need at least 4 seeds"),
+    ],
+)
 def test_bad_values_name_the_key_the_value_and_the_rule(raw, fragment):
     with pytest.raises(ConfigError) as info:
         parse_params(raw)
@@ -54,8 +63,12 @@ def test_integral_float_is_accepted_as_int_and_int_as_float():
 def test_cli_rejects_a_bad_params_file_with_exit_code_2(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump({"preprocess": {"crop_fraction": 1.5}}))
-    result = subprocess.run([sys.executable, "-m", "tubervae.cli", "--params", str(bad), "preprocess"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tubervae.cli", "--params", str(bad), "preprocess"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "preprocess.crop_fraction: 1.5 is above the maximum 1.0" in result.stderr
     assert not (tmp_path / "data").exists()  # nothing written

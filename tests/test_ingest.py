@@ -1,4 +1,5 @@
 """Ingestion of a folder of real photos, with corrupt and odd files made here."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -52,9 +53,13 @@ def test_every_file_gets_a_documented_decision(folder, tmp_path):
     assert status["bad/cmyk.jpg"] == "converted"
     assert status["bad/big.jpg"] == "converted" and "resized from 800x600" in report.loc["bad/big.jpg", "reason"]
     assert status["bad/portrait.png"] == "converted"
-    for name, reason in [("bad/gray.png", "colour mode L"), ("bad/deep.png", "colour mode I"),
-                         ("bad/tiny.png", "too small"), ("bad/notes.jpg", "not an image"),
-                         ("good/cut.jpg", "truncated")]:
+    for name, reason in [
+        ("bad/gray.png", "colour mode L"),
+        ("bad/deep.png", "colour mode I"),
+        ("bad/tiny.png", "too small"),
+        ("bad/notes.jpg", "not an image"),
+        ("good/cut.jpg", "truncated"),
+    ]:
         assert status[name] == "rejected", name
         assert reason in report.loc[name, "reason"], (name, report.loc[name, "reason"])
     labels = pd.read_csv(out / "labels.csv", keep_default_na=False)
@@ -95,7 +100,7 @@ def test_wrong_size_reject_rule(tmp_path):
 
 def test_model_input_crops_the_centre_and_resizes():
     array = np.zeros((480, 640, 3), np.uint8)
-    array[240 - 96:240 + 96, 320 - 96:320 + 96] = 255  # a white square of side 192 at the centre
+    array[240 - 96 : 240 + 96, 320 - 96 : 320 + 96] = 255  # a white square of side 192 at the centre
     out = load_model_input(array, crop_fraction=0.4, image_size=16)  # the crop is exactly that square
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
     assert out.min() == 255

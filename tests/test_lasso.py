@@ -131,7 +131,7 @@ def test_batched_call_equals_one_call_per_problem(lead):
     count = int(np.prod(lead))
     d, t = 6, 5
     grams, crosses, singles = [], [], []
-    for k in range(count):
+    for _ in range(count):
         x, y = random_problem(rng, int(rng.integers(50, 300)), d, t, int(rng.integers(1, d + 1)))
         gram, cross = gram_and_cross(x, y)
         grams.append(gram)

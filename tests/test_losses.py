@@ -87,9 +87,7 @@ def test_reconstruction_rejects_bad_kind_and_shapes():
 # --- capacity ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "step, expected", [(0, 0.0), (1, 0.012), (250, 3.0), (500, 6.0), (501, 6.0), (10**6, 6.0)]
-)
+@pytest.mark.parametrize("step, expected", [(0, 0.0), (1, 0.012), (250, 3.0), (500, 6.0), (501, 6.0), (10**6, 6.0)])
 def test_capacity_rises_linearly_then_holds(step, expected):
     assert capacity(step, 6.0, 500) == pytest.approx(expected)
 
@@ -156,8 +154,7 @@ def test_stratified_estimate_of_q_z_is_unbiased_over_all_stratified_draws():
     exact = density.mean()
     w = log_importance_weights(3, 6, dtype=torch.float64).exp()[0]
     estimates = [
-        (w * density[torch.tensor([0, mate, other])]).sum()
-        for mate, other in itertools.product([1, 2], [3, 4, 5])
+        (w * density[torch.tensor([0, mate, other])]).sum() for mate, other in itertools.product([1, 2], [3, 4, 5])
     ]
     assert torch.stack(estimates).mean().item() == pytest.approx(exact.item(), rel=1e-12)
 
@@ -294,11 +291,17 @@ def test_hyperparameters_are_bound_in_canonical_types():
         ("beta_vae", {"beta": -1.0}, r"beta must be a finite number > 0.0, got -1.0"),
         ("beta_vae", {"beta": 0}, r"beta must be a finite number > 0.0, got 0"),
         ("beta_vae", {"beta": float("nan")}, r"beta must be a finite number > 0.0, got nan"),
-        ("beta_vae", {"beta": 2.0, "c_max": 1.0},
-         r"unknown hyperparameter\(s\) \('c_max',\) for family 'beta_vae'; allowed: \('beta', 'rec_kind'\)"),
-        ("cbeta_vae", {"beta": 700.0, "c_max": 6.0},
-         r"family 'cbeta_vae' needs hyperparameter\(s\) \('anneal_steps',\); "
-         r"allowed: \('beta', 'c_max', 'anneal_steps', 'rec_kind'\)"),
+        (
+            "beta_vae",
+            {"beta": 2.0, "c_max": 1.0},
+            r"unknown hyperparameter\(s\) \('c_max',\) for family 'beta_vae'; allowed: \('beta', 'rec_kind'\)",
+        ),
+        (
+            "cbeta_vae",
+            {"beta": 700.0, "c_max": 6.0},
+            r"family 'cbeta_vae' needs hyperparameter\(s\) \('anneal_steps',\); "
+            r"allowed: \('beta', 'c_max', 'anneal_steps', 'rec_kind'\)",
+        ),
         ("cbeta_vae", {"beta": 700.0, "c_max": -6.0, "anneal_steps": 10}, r"c_max must be .*>= 0.0, got -6.0"),
         ("cbeta_vae", {"beta": 700.0, "c_max": 6.0, "anneal_steps": 1.5}, r"anneal_steps must be an int"),
         ("beta_tcvae", {"beta": 4.0, "dataset_size": 0}, r"dataset_size must be an int >= 1, got 0"),

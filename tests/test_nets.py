@@ -160,22 +160,26 @@ def test_flops_follow_the_built_network(size, d):
 def test_flops_at_64_near_thesis_figure():
     # Hand count of the table's multiply-adds: (output pixels or input pixels
     # for deconvs) x in x out x 4x4 for the conv layers, in x out for dense.
-    encoder = sum([
-        32 * 32 * 48 * 3 * 16,
-        16 * 16 * 48 * 48 * 16,
-        8 * 8 * 96 * 48 * 16,
-        4 * 4 * 96 * 96 * 16,
-        1536 * 256,
-        2 * 256 * 10,
-    ])
-    decoder = sum([
-        10 * 256,
-        256 * 1024,
-        4 * 4 * 64 * 96 * 16,
-        8 * 8 * 96 * 48 * 16,
-        16 * 16 * 48 * 48 * 16,
-        32 * 32 * 48 * 3 * 16,
-    ])
+    encoder = sum(
+        [
+            32 * 32 * 48 * 3 * 16,
+            16 * 16 * 48 * 48 * 16,
+            8 * 8 * 96 * 48 * 16,
+            4 * 4 * 96 * 96 * 16,
+            1536 * 256,
+            2 * 256 * 10,
+        ]
+    )
+    decoder = sum(
+        [
+            10 * 256,
+            256 * 1024,
+            4 * 4 * 64 * 96 * 16,
+            8 * 8 * 96 * 48 * 16,
+            16 * 16 * 48 * 48 * 16,
+            32 * 32 * 48 * 3 * 16,
+        ]
+    )
     forward = 2 * (encoder + decoder)
     flops = flops_per_image(64, 10)
     assert flops == 3 * forward - 2 * (32 * 32 * 48 * 3 * 16)

@@ -4,6 +4,7 @@ One DVC project with 60 simulated photos is built once for the module (`dvc_proj
 tests that change it put it back as they found it. A folder of real photos, failures
 half-way and the MLproject entry points are checked beside it.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SPLITS = ("train", "test", "labelled", "udr_probe")
 N_IMAGES, PROBE, PER_CLASS, SIZE, CROP = 60, 20, 5, 16, 0.8
-TINY = {"data": {"n_images": N_IMAGES, "workers": 2},
-        "preprocess": {"image_size": SIZE, "probe_size": PROBE, "labelled_per_class": PER_CLASS,
-                       "crop_fraction": CROP}}
+TINY = {
+    "data": {"n_images": N_IMAGES, "workers": 2},
+    "preprocess": {"image_size": SIZE, "probe_size": PROBE, "labelled_per_class": PER_CLASS, "crop_fraction": CROP},
+}
 
 
 # ------------------------------------------------------------------ helpers
@@ -56,8 +58,12 @@ def write_params(root: Path, params: dict, name: str = "params.yaml") -> Path:
 def run_cmd(args: list[str], root: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run a command in `root` (see conftest.run_command), without the caller's MLflow and DVC settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1",
-               DVC_SITE_CACHE_DIR=str(root.parent / "dvc_site_cache"), MPLBACKEND="Agg")
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(root.parent / "dvc_site_cache"),
+        MPLBACKEND="Agg",
+    )
     return run_command(args, root, env=env, timeout=timeout)
 
 
@@ -83,7 +89,7 @@ def block_mean(img: Image.Image, crop_fraction: float, size: int) -> np.ndarray:
     h, w = array.shape[:2]
     side = round(min(h, w) * crop_fraction)
     top, left = (h - side) // 2, (w - side) // 2
-    square = array[top:top + side, left:left + side]
+    square = array[top : top + side, left : left + side]
     k = side // size
     return square.reshape(size, k, size, k, 3).mean(axis=(1, 3))
 
@@ -100,8 +106,11 @@ def dvc_project(tmp_path_factory):
     assert init.returncode == 0, init.stdout
     first = repro(root)
     assert first.returncode == 0, first.stdout[-4000:]
-    return {"root": root, "output": first.stdout,
-            "data_version": json.loads((root / "data/processed/meta.json").read_text())["data_version"]}
+    return {
+        "root": root,
+        "output": first.stdout,
+        "data_version": json.loads((root / "data/processed/meta.json").read_text())["data_version"],
+    }
 
 
 # ------------------------------------------------------------------ dvc repro
@@ -148,8 +157,12 @@ def test_repro_builds_raw_and_processed_data(dvc_project):
         assert arrays["factors"].dtype == np.float32 and arrays["factors"].shape == (n, len(FACTOR_NAMES))
         np.testing.assert_allclose(arrays["factors"], factors[list(FACTOR_NAMES)].to_numpy()[rows], rtol=1e-6)
         assert arrays["factor_names"].tolist() == list(FACTOR_NAMES)
-        assert meta["splits"][name] == {"n": n, "good": int((codes[rows] == 0).sum()),
-                                        "bad": int((codes[rows] == 1).sum()), "unlabelled": 0}
+        assert meta["splits"][name] == {
+            "n": n,
+            "good": int((codes[rows] == 0).sum()),
+            "bad": int((codes[rows] == 1).sum()),
+            "unlabelled": 0,
+        }
     train, test = set(splits["train"]["rows"]), set(splits["test"]["rows"])
     assert not train & test and train | test == set(range(N_IMAGES))
     for cls in (0, 1):  # the test set keeps the class ratio
@@ -293,7 +306,7 @@ def photo(colour, size=(640, 480), radius=120, background=128, mode="RGB") -> Im
     w, h = size
     yy, xx = np.mgrid[:h, :w]
     array = np.full((h, w, 3), background, np.uint8)
-    array[(xx - w / 2) ** 2 + (yy - h / 2) ** 2 <= radius ** 2] = colour
+    array[(xx - w / 2) ** 2 + (yy - h / 2) ** 2 <= radius**2] = colour
     img = Image.fromarray(array, "RGB")
     return img.convert(mode) if mode != "RGB" else img
 
@@ -312,13 +325,13 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
     untouched = snapshot(folder)
 
     raw_dir, reports = tmp_path / "data/raw", tmp_path / "reports/data"
-    raw.run(DataConfig(source=str(folder), workers=1, max_rejected_fraction=0.1), out_dir=raw_dir,
-            reports_dir=reports)
+    raw.run(DataConfig(source=str(folder), workers=1, max_rejected_fraction=0.1), out_dir=raw_dir, reports_dir=reports)
     assert snapshot(folder) == untouched
     ingest = pd.read_csv(reports / "ingest.csv", keep_default_na=False).set_index("source")
     assert len(ingest) == 32
-    assert ingest.loc["bad/grey.png", "status"] == "rejected" and "colour mode L" in ingest.loc["bad/grey.png",
-                                                                                               "reason"]
+    assert (
+        ingest.loc["bad/grey.png", "status"] == "rejected" and "colour mode L" in ingest.loc["bad/grey.png", "reason"]
+    )
     assert ingest.loc["good/large.png", "status"] == "converted"
     assert (ingest.drop(index=["bad/grey.png", "good/large.png", "bad/large.png"]).status == "accepted").all()
     assert ingest.loc["unsorted.png", "label"] == ""
@@ -326,8 +339,12 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
     with Image.open(reports / "contact_sheet.png") as sheet:
         assert sheet.format == "PNG"
 
-    meta = preprocess.run(PreprocessConfig(image_size=SIZE, probe_size=10, labelled_per_class=3, crop_fraction=CROP),
-                          raw_dir=raw_dir, out_dir=tmp_path / "data/processed", workers=1)
+    meta = preprocess.run(
+        PreprocessConfig(image_size=SIZE, probe_size=10, labelled_per_class=3, crop_fraction=CROP),
+        raw_dir=raw_dir,
+        out_dir=tmp_path / "data/processed",
+        workers=1,
+    )
     assert meta["factor_names"] == []
     assert meta["splits"]["test"] == {"n": 6, "good": 3, "bad": 3, "unlabelled": 0}
     assert meta["splits"]["train"] == {"n": 25, "good": 12, "bad": 12, "unlabelled": 1}
@@ -382,8 +399,10 @@ def test_mlproject_entry_points_run_the_dvc_stage_commands():
         else:
             assert vars(_parsed(entry.compute_command({}, None))) == vars(_parsed(stage["cmd"])), name
     # Whole numbers arrive from MLflow as floats ('1.0'): the train entry point must take them.
-    train = _parsed(project.get_entry_point("train").compute_command(
-        {"family": "cbeta_vae", "beta": 700, "c_max": 6.0, "seed": 1.0}, None))
-    assert (train.command, train.family, train.beta, train.c_max, train.seed) == ("train", "cbeta_vae", 700.0,
-                                                                               6.0, 1)
+    train = _parsed(
+        project.get_entry_point("train").compute_command(
+            {"family": "cbeta_vae", "beta": 700, "c_max": 6.0, "seed": 1.0}, None
+        )
+    )
+    assert (train.command, train.family, train.beta, train.c_max, train.seed) == ("train", "cbeta_vae", 700.0, 6.0, 1)
     assert isinstance(train.seed, int)

@@ -183,9 +183,7 @@ def test_importance_heatmap_rejects_text():
 
 
 def test_table_figure_formats_floats_to_two_decimals():
-    df = pd.DataFrame(
-        {"model type": ["beta_vae"], "param": [4], "#top": [7], "seed_0": [0.3851], "udr": [0.4]}
-    )
+    df = pd.DataFrame({"model type": ["beta_vae"], "param": [4], "#top": [7], "seed_0": [0.3851], "udr": [0.4]})
     fig = plots.table_figure(df, title="UDR")
     table = fig.axes[0].tables[0]
     cells = table.get_celld()
@@ -235,9 +233,13 @@ def test_scatter_threshold_rejects_bad_input(values, bad, kwargs, message):
 
 def test_metric_vs_param_groups_and_infeasible():
     fig = plots.metric_vs_param_figure(
-        [1, 2, 4, 8], [0.3, 0.4, 0.5, 0.2],
-        groups=["vae", "vae", "tc", "tc"], infeasible=[False, False, False, True],
-        xlabel="beta", ylabel="UDR", logx=True,
+        [1, 2, 4, 8],
+        [0.3, 0.4, 0.5, 0.2],
+        groups=["vae", "vae", "tc", "tc"],
+        infeasible=[False, False, False, True],
+        xlabel="beta",
+        ylabel="UDR",
+        logx=True,
     )
     ax = fig.axes[0]
     counts = {c.get_label(): len(c.get_offsets()) for c in ax.collections}

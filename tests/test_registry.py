@@ -3,6 +3,7 @@
 The registry tests share one tiny project (16×16 disc photos, two VAEs trained for a
 few steps) built once per module: training dominates the cost.
 """
+
 import json
 import os
 import signal
@@ -69,8 +70,11 @@ def write_processed_discs(folder: Path, seed: int = 0) -> Path:
         splits[name] = (images, labels, factors)
     good, _, good_f = disc_photos(rng, 10, 0.0)
     bad, _, bad_f = disc_photos(rng, 10, 1.0)
-    splits["labelled"] = (np.concatenate([good, bad]), np.r_[np.zeros(10, np.int64), np.ones(10, np.int64)],
-                          np.concatenate([good_f, bad_f]))
+    splits["labelled"] = (
+        np.concatenate([good, bad]),
+        np.r_[np.zeros(10, np.int64), np.ones(10, np.int64)],
+        np.concatenate([good_f, bad_f]),
+    )
     write_processed(folder, splits, ["x", "radius", "brightness"], data_version=DATA_VERSION, crop_fraction=CROP)
     return folder
 
@@ -82,9 +86,20 @@ def load(folder: Path, split: str) -> dict:
 
 def models_row(run_id, family, beta, seed, udr, n_active, feasible=True, c_max=0.0, udr_a2a=0.3):
     setting = f"{beta:g}" if family != "cbeta_vae" else f"{beta:g}_{c_max:g}"
-    return {"run_id": run_id, "trial": 0, "feasible": feasible, "family": family, "beta": float(beta),
-            "c_max": float(c_max), "seed": seed, "setting": setting, "data_version": DATA_VERSION,
-            "n_active": n_active, "udr_within": udr, "udr_a2a": udr_a2a}
+    return {
+        "run_id": run_id,
+        "trial": 0,
+        "feasible": feasible,
+        "family": family,
+        "beta": float(beta),
+        "c_max": float(c_max),
+        "seed": seed,
+        "setting": setting,
+        "data_version": DATA_VERSION,
+        "n_active": n_active,
+        "udr_within": udr,
+        "udr_a2a": udr_a2a,
+    }
 
 
 def write_models_csv(udr_dir: Path, rows: list[dict]) -> None:
@@ -103,12 +118,17 @@ def policy_table():
     beta_vae β=1:   UDR 0.90 0.91 0.92, #top 1, infeasible (collapsed)
     """
     rows = [models_row(f"a{s}", "beta_vae", 4, s, u, 3, udr_a2a=0.1) for s, u in enumerate([0.58, 0.60, 0.61])]
-    rows += [models_row(f"b{s}", "beta_tcvae", 6, s, u, n, udr_a2a=0.2)
-             for s, (u, n) in enumerate([(0.50, 6), (0.57, 6), (0.62, 5)])]
-    rows += [models_row(f"c{s}", "cbeta_vae", 700, s, u, 9, c_max=6, udr_a2a=0.3)
-             for s, u in enumerate([0.30, 0.40, 0.95])]
-    rows += [models_row(f"d{s}", "beta_vae", 1, s, u, 1, feasible=False, udr_a2a=0.99)
-             for s, u in enumerate([0.90, 0.91, 0.92])]
+    rows += [
+        models_row(f"b{s}", "beta_tcvae", 6, s, u, n, udr_a2a=0.2)
+        for s, (u, n) in enumerate([(0.50, 6), (0.57, 6), (0.62, 5)])
+    ]
+    rows += [
+        models_row(f"c{s}", "cbeta_vae", 700, s, u, 9, c_max=6, udr_a2a=0.3) for s, u in enumerate([0.30, 0.40, 0.95])
+    ]
+    rows += [
+        models_row(f"d{s}", "beta_vae", 1, s, u, 1, feasible=False, udr_a2a=0.99)
+        for s, u in enumerate([0.90, 0.91, 0.92])
+    ]
     return pd.DataFrame(rows)
 
 
@@ -143,8 +163,11 @@ def test_infeasible_settings_never_win_and_a2a_is_ignored():
 
 
 def test_seed_ties_within_the_setting_go_to_more_components():
-    rows = [models_row("s0", "beta_vae", 4, 0, 0.5, 4), models_row("s1", "beta_vae", 4, 1, 0.5, 6),
-            models_row("s2", "beta_vae", 4, 2, float("nan"), 9)]
+    rows = [
+        models_row("s0", "beta_vae", 4, 0, 0.5, 4),
+        models_row("s1", "beta_vae", 4, 1, 0.5, 6),
+        models_row("s2", "beta_vae", 4, 2, float("nan"), 9),
+    ]
     champion = choose_champion(pd.DataFrame(rows), udr_tolerance=0.05)
     assert champion.run_id == "s1"
 
@@ -160,17 +183,22 @@ def test_no_feasible_model_and_missing_columns_are_reported():
 
 def test_register_without_the_udr_table_says_to_run_udr(tmp_path):
     with pytest.raises(FileNotFoundError, match="udr stage"):
-        register.run(parse_params({}), root=tmp_path, udr_dir=tmp_path / "reports" / "udr",
-                     processed_dir=write_processed_discs(tmp_path / "data" / "processed"),
-                     out_path=tmp_path / "champion.json")
+        register.run(
+            parse_params({}),
+            root=tmp_path,
+            udr_dir=tmp_path / "reports" / "udr",
+            processed_dir=write_processed_discs(tmp_path / "data" / "processed"),
+            out_path=tmp_path / "champion.json",
+        )
 
 
 # ------------------------------------------------------------ a tiny registry
 
 
 def tiny_params():
-    return parse_params({"classify": {"label_sizes": [6, 100], "n_draws": 1, "cnn_steps": 5, "gallery_size": 4,
-                                      "seed": 0}})
+    return parse_params(
+        {"classify": {"label_sizes": [6, 100], "n_draws": 1, "cnn_steps": 5, "gallery_size": 4, "seed": 0}}
+    )
 
 
 def use_registry(root: Path) -> str:
@@ -189,13 +217,35 @@ def project(tmp_path_factory):
         root = tmp_path_factory.mktemp("project")
         processed = write_processed_discs(root / "data" / "processed")
         tracker = Tracker(root)
-        data = TrainingData(train=load(processed, "train")["images"], probe=load(processed, "udr_probe")["images"],
-                            test=load(processed, "test")["images"], data_version=DATA_VERSION)
-        cfg = TrainConfig(latent_dim=LATENT, steps=8, batch_size=16, log_every=4, checkpoint_every=8,
-                          snapshot_every=0, device="cpu", threads=1)
-        runs = {beta: run_tracked(tracker, Setting("beta_vae", beta), 0, cfg, data, kl_threshold=0.01,
-                                  checkpoint_dir=root / "checkpoints", progress=False)["run_id"]
-                for beta in (2.0, 6.0)}
+        data = TrainingData(
+            train=load(processed, "train")["images"],
+            probe=load(processed, "udr_probe")["images"],
+            test=load(processed, "test")["images"],
+            data_version=DATA_VERSION,
+        )
+        cfg = TrainConfig(
+            latent_dim=LATENT,
+            steps=8,
+            batch_size=16,
+            log_every=4,
+            checkpoint_every=8,
+            snapshot_every=0,
+            device="cpu",
+            threads=1,
+        )
+        runs = {
+            beta: run_tracked(
+                tracker,
+                Setting("beta_vae", beta),
+                0,
+                cfg,
+                data,
+                kl_threshold=0.01,
+                checkpoint_dir=root / "checkpoints",
+                progress=False,
+            )["run_id"]
+            for beta in (2.0, 6.0)
+        }
         params = tiny_params()
         udr_dir = root / "reports" / "udr"
         out = root / "reports" / "register" / "champion.json"
@@ -210,9 +260,18 @@ def project(tmp_path_factory):
         again = register.run(params, **kwargs)
 
         metrics = classify.run(params, root=root, processed_dir=processed, out_dir=root / "reports" / "classify")
-        yield {"root": root, "processed": processed, "runs": runs, "first": first, "first_file": first_file,
-               "second": second, "again": again, "second_file": json.loads(out.read_text()), "metrics": metrics,
-               "table": table}
+        yield {
+            "root": root,
+            "processed": processed,
+            "runs": runs,
+            "first": first,
+            "first_file": first_file,
+            "second": second,
+            "again": again,
+            "second_file": json.loads(out.read_text()),
+            "metrics": metrics,
+            "table": table,
+        }
 
 
 def client_for(root: Path) -> MlflowClient:
@@ -240,8 +299,15 @@ def test_register_tags_the_champion_version(project):
     assert first["version"] == 1 and first["run_id"] == project["runs"][2.0]
     assert project["first_file"] == first
     tags = client.get_model_version(VAE_NAME, "1").tags
-    assert tags == {"family": "beta_vae", "setting": "2", "seed": "0", "udr": "0.4", "n_active": "4",
-                    "data_version": DATA_VERSION, "source_run_id": project["runs"][2.0]}
+    assert tags == {
+        "family": "beta_vae",
+        "setting": "2",
+        "seed": "0",
+        "udr": "0.4",
+        "n_active": "4",
+        "data_version": DATA_VERSION,
+        "source_run_id": project["runs"][2.0],
+    }
     assert first["data_version"] == DATA_VERSION and first["udr_within"] == pytest.approx(0.40)
     assert "more informative components" in first["policy"]
 
@@ -286,7 +352,10 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
 
     out = project["root"] / "reports" / "classify"
     assert json.loads((out / "metrics.json").read_text())["registered"] == {
-        "model": QUALITY_NAME, "version": 1, "alias": "champion"}
+        "model": QUALITY_NAME,
+        "version": 1,
+        "alias": "champion",
+    }
     efficiency = pd.read_csv(out / "label_efficiency.csv")
     # 100 labels exceed the 20 labelled photos: only the 6-label draw is measured.
     assert set(efficiency.n_labels) == {6}
@@ -390,16 +459,39 @@ def http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[in
 def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(project, photos, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project['root'] / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project['root'] / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     log_path = tmp_path / "serve.log"
     rule = project["metrics"]["rule"]
     column = f"z{rule['component']}"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{QUALITY_NAME}@champion",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                f"models:/{QUALITY_NAME}@champion",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                "1",
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 90
         while True:

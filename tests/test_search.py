@@ -5,6 +5,7 @@ cost more than the training here; those belong to the train stage and are tested
 it, so these tests replace them with nothing (in worker subprocesses too, through a small
 launcher that then calls the `tubervae` command's own `main`).
 """
+
 from __future__ import annotations
 
 import glob
@@ -40,8 +41,17 @@ STEPS, CHECKPOINT_EVERY, LOG_EVERY = 20, 5, 5
 RAW_PARAMS = {
     "data": {"n_images": 300},
     "preprocess": {"image_size": 16, "probe_size": 48},
-    "train": {"latent_dim": 4, "steps": STEPS, "batch_size": 16, "lr": 0.02, "checkpoint_every": CHECKPOINT_EVERY,
-              "log_every": LOG_EVERY, "snapshot_every": 0, "device": "cpu", "threads": 1},
+    "train": {
+        "latent_dim": 4,
+        "steps": STEPS,
+        "batch_size": 16,
+        "lr": 0.02,
+        "checkpoint_every": CHECKPOINT_EVERY,
+        "log_every": LOG_EVERY,
+        "snapshot_every": 0,
+        "device": "cpu",
+        "threads": 1,
+    },
     "search": {"seeds": 2, "min_active": 0, "spaces": {FAMILY: {"n_trials": 1, "beta": [1.0, 8.0], "beta_log": True}}},
     "udr": {"similarity": "spearman"},
 }
@@ -50,7 +60,7 @@ RAW_PARAMS = {
 # per-run pictures. With BLOCK_AT_SEED_1 set to a path it writes that file and stops for
 # good when seed 1 logs step 10 (after the step-5 checkpoint, before the step-10 one),
 # so the test can kill it in the middle of a trial.
-WORKER = '''
+WORKER = """
 import os, sys, time
 from pathlib import Path
 import tubervae.runs.training_run as stage
@@ -75,7 +85,7 @@ if marker:
     stage.train_model = blocking_train_model
 from tubervae.cli import main
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 def merged(base: dict, **sections) -> dict:
@@ -96,8 +106,9 @@ def write_processed_discs(folder: Path, size: int = 16, seed: int = 0) -> None:
     counts = {"train": 128, "test": 16, "labelled": 16, "udr_probe": 48}
     splits = {}
     for name, n in counts.items():
-        f = np.column_stack([rng.uniform(4, size - 4, n), rng.uniform(4, size - 4, n), rng.uniform(2, 4, n),
-                             rng.uniform(0.4, 1.0, n)]).astype(np.float32)
+        f = np.column_stack(
+            [rng.uniform(4, size - 4, n), rng.uniform(4, size - 4, n), rng.uniform(2, 4, n), rng.uniform(0.4, 1.0, n)]
+        ).astype(np.float32)
         disc = (xx - f[:, 0, None, None]) ** 2 + (yy - f[:, 1, None, None]) ** 2 <= f[:, 2, None, None] ** 2
         gray = (disc * f[:, 3, None, None] * 255).astype(np.uint8)
         labels = -np.ones(n, np.int64) if name == "udr_probe" else (f[:, 2] > 3).astype(np.int64)
@@ -122,8 +133,15 @@ def no_pictures(monkeypatch):
 
 
 def run_search(root: Path, raw: dict, **kwargs) -> dict:
-    return search.run(parse_params(raw), FAMILY, root=root, processed_dir=root / "data" / "processed",
-                      reports_dir=root / "reports" / "search", progress=False, **kwargs)
+    return search.run(
+        parse_params(raw),
+        FAMILY,
+        root=root,
+        processed_dir=root / "data" / "processed",
+        reports_dir=root / "reports" / "search",
+        progress=False,
+        **kwargs,
+    )
 
 
 def load_study(root: Path, raw: dict, storage: str | None = None) -> optuna.Study:
@@ -257,8 +275,9 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
         assert metrics["n_active"] == pytest.approx(float(np.median(trial.user_attrs["n_active_per_seed"])))
         assert metrics["feasible"] == 1.0 and tags["feasible"] == "True"
 
-        children = c.search_runs([parent.info.experiment_id],
-                                 filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        children = c.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
         by_seed = {int(r.data.tags["seed"]): r for r in children}
         assert sorted(by_seed) == [0, 1]
         assert [by_seed[s].info.run_id for s in (0, 1)] == trial.user_attrs["seed_run_ids"]
@@ -278,7 +297,8 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
 
 
 def test_grid_points_come_first_failures_are_recorded_and_infeasible_trials_never_win(
-        project, no_pictures, monkeypatch):
+    project, no_pictures, monkeypatch
+):
     """Grid point β=7 diverges (NaN loss): FAIL with its reason; β=2 and β=3 follow in order.
 
     min_active 5 exceeds the 4 latent components, so every complete trial is infeasible.
@@ -299,13 +319,22 @@ def test_grid_points_come_first_failures_are_recorded_and_infeasible_trials_neve
         return poisoned
 
     monkeypatch.setattr(train_module, "make_loss", loss_nan_at_beta_7)
-    raw = merged(RAW_PARAMS, search={"min_active": 5, "enqueue_grid": True,
-                                     "spaces": {FAMILY: {"n_trials": 2, "grid": [{"beta": 7}, {"beta": 2}, {"beta": 3}]}}})
+    raw = merged(
+        RAW_PARAMS,
+        search={
+            "min_active": 5,
+            "enqueue_grid": True,
+            "spaces": {FAMILY: {"n_trials": 2, "grid": [{"beta": 7}, {"beta": 2}, {"beta": 3}]}},
+        },
+    )
     summary = run_search(project, raw)
 
     trials = load_study(project, raw).get_trials()
     assert [(t.state, t.params["beta"]) for t in trials] == [
-        (TrialState.FAIL, 7.0), (TrialState.COMPLETE, 2.0), (TrialState.COMPLETE, 3.0)]
+        (TrialState.FAIL, 7.0),
+        (TrialState.COMPLETE, 2.0),
+        (TrialState.COMPLETE, 3.0),
+    ]
     reason = trials[0].user_attrs["fail_reason"]
     assert reason.startswith("NonFiniteLossError") and "non-finite" in reason
     assert summary["trials"][0]["fail_reason"] == reason
@@ -313,15 +342,17 @@ def test_grid_points_come_first_failures_are_recorded_and_infeasible_trials_neve
     c = client(project)
     failed_parent = c.get_run(trials[0].user_attrs["mlflow_run_id"])
     assert failed_parent.info.status == "FAILED" and "NonFiniteLossError" in failed_parent.data.tags["error"]
-    failed_seed = c.search_runs([failed_parent.info.experiment_id],
-                                filter_string=f"tags.mlflow.parentRunId = '{failed_parent.info.run_id}'")
+    failed_seed = c.search_runs(
+        [failed_parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{failed_parent.info.run_id}'"
+    )
     assert [(r.info.status, r.data.tags["failure"]) for r in failed_seed] == [("FAILED", "non-finite loss")]
 
     for t in trials[1:]:
         n_active = float(np.median(t.user_attrs["n_active_per_seed"]))
         assert t.user_attrs["feasible"] is False
         assert t.user_attrs["infeasible_reason"] == (
-            f"median informative components {n_active:g} below search.min_active 5")
+            f"median informative components {n_active:g} below search.min_active 5"
+        )
         assert t.constraints == {"min_active": pytest.approx(5 - n_active)}  # > 0: infeasible to Optuna
         assert c.get_run(t.user_attrs["mlflow_run_id"]).data.tags["feasible"] == "False"
     assert summary["n_complete"] == 2 and summary["n_feasible"] == 0
@@ -340,8 +371,13 @@ def start_worker(root: Path, args: list[str], env: dict | None = None) -> subpro
     (root / "worker.py").write_text(WORKER)
     log = open(root / f"worker-{len(list(root.glob('worker-*.log')))}.log", "w")
     try:
-        proc = subprocess.Popen([sys.executable, str(root / "worker.py"), *args], cwd=root,
-                                env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, str(root / "worker.py"), *args],
+            cwd=root,
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     finally:
         log.close()
     proc.log_path = Path(log.name)
@@ -396,8 +432,11 @@ def test_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpoint(proj
     cfg = parse_params(RAW_PARAMS).train
     setting = Setting(FAMILY, retry.params["beta"])
     for seed, run_id in enumerate(retry.user_attrs["seed_run_ids"]):
-        finished = [r.info.run_id for r in runs
-                    if r.data.tags.get("run_key") == run_key(setting, seed, cfg, data) and r.info.status == "FINISHED"]
+        finished = [
+            r.info.run_id
+            for r in runs
+            if r.data.tags.get("run_key") == run_key(setting, seed, cfg, data) and r.info.status == "FINISHED"
+        ]
         assert finished == [run_id]
     seed0, seed1 = (client(project).get_run(r) for r in retry.user_attrs["seed_run_ids"])
     assert seed0.data.tags["mlflow.parentRunId"] == killed_parent
@@ -408,6 +447,7 @@ def test_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpoint(proj
 
 
 # --- two workers, one PostgreSQL study -------------------------------------------------------------
+
 
 def postgres_bin() -> Path | None:
     def version(path: str) -> tuple:
@@ -444,11 +484,36 @@ def postgres_url():
     pg_ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
     started = False
     try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
-        subprocess.run([*pg_ctl, "-l", str(cluster / "server.log"),
-                        "-o", f"-h 127.0.0.1 -p {port} -k {cluster} -F -c max_connections=40", "start"],
-                       check=True, capture_output=True, timeout=90)
+        subprocess.run(
+            [
+                *as_user,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [
+                *pg_ctl,
+                "-l",
+                str(cluster / "server.log"),
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {cluster} -F -c max_connections=40",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=90,
+        )
         started = True
         conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
         try:

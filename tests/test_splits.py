@@ -45,7 +45,8 @@ def test_encode_labels():
 def test_fingerprint_changes_with_content_dtype_and_shape():
     a = np.zeros((2, 3), np.uint8)
     assert fingerprint(a) == fingerprint(a.copy())
-    b = a.copy(); b[0, 0] = 1
+    b = a.copy()
+    b[0, 0] = 1
     assert fingerprint(a) != fingerprint(b)
     assert fingerprint(a) != fingerprint(a.reshape(3, 2))
     assert fingerprint(a) != fingerprint(a.astype(np.int16))

@@ -1,4 +1,5 @@
 """Tests of the tuber photo simulator: determinism, ground truth, visibility, safety."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,19 @@ CROP = (slice(96, 384), slice(176, 464))  # the pipeline's 288×288 centre crop 
 
 def _factors(**overrides) -> dict[str, float]:
     """A mid-range good tuber; keyword arguments change single factors."""
-    base = dict(x=0.0, y=0.0, size=0.45, elongation=1.3, rotation=30.0, tone=0.3, brightness=1.0,
-                spot_count=0, spot_size=0.0, greening=0.0, rot=0.0)
+    base = dict(
+        x=0.0,
+        y=0.0,
+        size=0.45,
+        elongation=1.3,
+        rotation=30.0,
+        tone=0.3,
+        brightness=1.0,
+        spot_count=0,
+        spot_size=0.0,
+        greening=0.0,
+        rot=0.0,
+    )
     base.update(overrides)
     return base
 
@@ -168,7 +180,7 @@ def test_greening_tints_the_tuber_green_and_survives_32px():
     plain, green = _render(), _render(greening=0.4)
     changed = np.abs(green.astype(float) - plain.astype(float)).sum(axis=2) > 30
     assert changed[CROP].mean() > 0.02
-    g_minus_r = lambda img: img[..., 1].astype(float) - img[..., 0].astype(float)  # noqa: E731
+    g_minus_r = lambda img: img[..., 1].astype(float) - img[..., 0].astype(float)
     assert (g_minus_r(green) - g_minus_r(plain))[changed].mean() > 30
     small = _downscale(green, 32) - _downscale(plain, 32)
     assert (small[..., 1] - small[..., 0]).max() > 30

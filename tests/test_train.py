@@ -3,6 +3,7 @@
 Every run here is tiny: 16×16 images of bright discs (position, radius and brightness are
 the factors), a 4-component latent space, batches of 16 and at most 40 steps on one thread.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,11 +44,13 @@ FIGURES = ("traversal.png", "distributions.png", "reconstructions.png")
 
 def disc_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Grey discs on black: uint8 (n, 16, 16, 3) and their factors (n, 4)."""
-    factors = np.stack([rng.uniform(4, 12, n), rng.uniform(4, 12, n), rng.uniform(2, 4, n),
-                        rng.uniform(0.4, 1.0, n)], axis=1).astype(np.float32)
+    factors = np.stack(
+        [rng.uniform(4, 12, n), rng.uniform(4, 12, n), rng.uniform(2, 4, n), rng.uniform(0.4, 1.0, n)], axis=1
+    ).astype(np.float32)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5
-    inside = ((xx - factors[:, 0, None, None]) ** 2 + (yy - factors[:, 1, None, None]) ** 2
-              <= factors[:, 2, None, None] ** 2)
+    inside = (xx - factors[:, 0, None, None]) ** 2 + (yy - factors[:, 1, None, None]) ** 2 <= factors[
+        :, 2, None, None
+    ] ** 2
     grey = np.round(inside * factors[:, 3, None, None] * 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1), factors
 
@@ -64,8 +67,17 @@ def write_processed_discs(folder: Path) -> dict:
 
 
 def tiny_cfg(**changes) -> TrainConfig:
-    values = dict(latent_dim=LATENT, steps=10, batch_size=16, lr=1e-3, checkpoint_every=5, log_every=5,
-                  snapshot_every=0, device="cpu", threads=1)
+    values = dict(
+        latent_dim=LATENT,
+        steps=10,
+        batch_size=16,
+        lr=1e-3,
+        checkpoint_every=5,
+        log_every=5,
+        snapshot_every=0,
+        device="cpu",
+        threads=1,
+    )
     values.update(changes)
     return TrainConfig(**values)
 
@@ -94,10 +106,21 @@ def data(tmp_path) -> stage.TrainingData:
     return stage.load_training_data(tmp_path / "data" / "processed")
 
 
-def train(data: stage.TrainingData, cfg: TrainConfig, setting=Setting("beta_vae", 4.0), seed: int = 0, **kwargs):
+BETA_4 = Setting("beta_vae", 4.0)
+
+
+def train(data: stage.TrainingData, cfg: TrainConfig, setting=BETA_4, seed: int = 0, **kwargs):
     kwargs.setdefault("data_version", data.data_version)
-    return train_model(setting, seed, cfg, train_images=data.train, probe_images=data.probe,
-                       test_images=data.test, progress=False, **kwargs)
+    return train_model(
+        setting,
+        seed,
+        cfg,
+        train_images=data.train,
+        probe_images=data.probe,
+        test_images=data.test,
+        progress=False,
+        **kwargs,
+    )
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -139,10 +162,20 @@ def no_figures(monkeypatch):
     monkeypatch.setattr(stage, "figures", lambda model, images, **kwargs: {})
 
 
-def run_stage(root: Path, cfg: TrainConfig, family: str = "beta_vae", beta: float = 4.0, c_max: float = 0.0,
-              **kwargs) -> dict:
-    return stage.train_command(cfg, family=family, beta=beta, c_max=c_max, seed=0, root=root,
-                               kl_threshold=INFORMATIVE_KL, processed_dir=root / "data" / "processed", **kwargs)
+def run_stage(
+    root: Path, cfg: TrainConfig, family: str = "beta_vae", beta: float = 4.0, c_max: float = 0.0, **kwargs
+) -> dict:
+    return stage.train_command(
+        cfg,
+        family=family,
+        beta=beta,
+        c_max=c_max,
+        seed=0,
+        root=root,
+        kl_threshold=INFORMATIVE_KL,
+        processed_dir=root / "data" / "processed",
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- reproducibility
@@ -214,8 +247,9 @@ def test_checkpoint_of_other_settings_is_ignored(data, tmp_path, caplog, change)
         version = "another-version"
     logged: list = []
     with caplog.at_level(logging.WARNING, logger="tubervae.training"):
-        other = train(data, cfg, setting, checkpoint_path=path, data_version=version,
-                      on_log=lambda m, s: logged.append(s))
+        other = train(
+            data, cfg, setting, checkpoint_path=path, data_version=version, on_log=lambda m, s: logged.append(s)
+        )
     fresh = train(data, cfg, setting, data_version=version)
 
     assert "ignoring checkpoint" in caplog.text
@@ -229,8 +263,9 @@ def test_checkpoint_of_other_settings_is_ignored(data, tmp_path, caplog, change)
 # --------------------------------------------------------------------------- non-finite losses
 
 
-def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
-                                                                                  empty_mlflow_db):
+def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch, empty_mlflow_db
+):
     new_project(tmp_path, empty_mlflow_db)
     real_make_loss = train_module.make_loss
 
@@ -304,8 +339,18 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     assert result["run_id"] == rid and run.info.status == "FINISHED"
 
     params = run.data.params
-    expected = {"family": "beta_vae", "beta": "4.0", "c_max": "0.0", "seed": "0", "steps": "5", "batch_size": "16",
-                "lr": "0.001", "image_size": "16", "latent_dim": "4", "data_version": meta["data_version"]}
+    expected = {
+        "family": "beta_vae",
+        "beta": "4.0",
+        "c_max": "0.0",
+        "seed": "0",
+        "steps": "5",
+        "batch_size": "16",
+        "lr": "0.001",
+        "image_size": "16",
+        "latent_dim": "4",
+        "data_version": meta["data_version"],
+    }
     assert {k: params.get(k) for k in expected} == expected
 
     terms = ["loss", "rec", "kl"] + [f"kl_z{j}" for j in range(LATENT)]
@@ -328,8 +373,15 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     for name in set(FIGURES) | snapshots:
         assert (local / name).read_bytes()[:8] == PNG_SIGNATURE, name
     config = json.loads((local / "model" / "config.json").read_text())
-    assert config == {"image_size": 16, "latent_dim": 4, "family": "beta_vae", "beta": 4.0, "c_max": 0.0,
-                      "seed": 0, "data_version": meta["data_version"]}
+    assert config == {
+        "image_size": 16,
+        "latent_dim": 4,
+        "family": "beta_vae",
+        "beta": 4.0,
+        "c_max": 0.0,
+        "seed": 0,
+        "data_version": meta["data_version"],
+    }
     model = VAE(image_size=config["image_size"], latent_dim=config["latent_dim"])
     model.load_state_dict(torch.load(local / "model" / "model.pt", weights_only=True))
     model.eval()
@@ -356,13 +408,15 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
 
 
 def test_cbeta_and_tcvae_runs_log_their_family_terms_also_in_a_run_handed_over_by_mlflow_run(
-        tmp_path, empty_mlflow_db, no_figures):
+    tmp_path, empty_mlflow_db, no_figures
+):
     new_project(tmp_path, empty_mlflow_db)
     handed = Tracker(tmp_path).create_run("from mlflow run")
     # `mlflow run . -e train -P family=cbeta_vae -P beta=700 -P c_max=6` logs the values as typed first.
     client = client_for(tmp_path)
-    client.log_batch(handed, params=[Param("family", "cbeta_vae"), Param("beta", "700"), Param("c_max", "6"),
-                                     Param("seed", "0")])
+    client.log_batch(
+        handed, params=[Param("family", "cbeta_vae"), Param("beta", "700"), Param("c_max", "6"), Param("seed", "0")]
+    )
     cfg = tiny_cfg(steps=6, log_every=2, checkpoint_every=6, anneal_fraction=0.5)
     cbeta = run_stage(tmp_path, cfg, family="cbeta_vae", beta=700.0, c_max=6.0, run_id=handed)
     tcvae = run_stage(tmp_path, cfg, family="beta_tcvae", beta=3.0)
@@ -430,8 +484,9 @@ train:
 """
 
 
-def test_sigkilled_cli_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, caplog, empty_mlflow_db,
-                                                                          no_figures):
+def test_sigkilled_cli_run_resumes_to_the_weights_of_an_uninterrupted_run(
+    tmp_path, caplog, empty_mlflow_db, no_figures
+):
     killed, baseline = tmp_path / "killed", tmp_path / "baseline"
     for root in (killed, baseline):
         new_project(root, empty_mlflow_db)
@@ -480,7 +535,9 @@ def test_sigkilled_cli_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_pa
     statuses = {r.info.run_id: r.info.status for r in all_runs(client)}
     assert statuses == {left.info.run_id: "KILLED", resumed["run_id"]: "FINISHED"}
 
-    weights = [torch.load(download(client_for(root), r["run_id"], "model/model.pt", root / "dl"), weights_only=True)
-               for root, r in ((killed, resumed), (baseline, uninterrupted))]
+    weights = [
+        torch.load(download(client_for(root), r["run_id"], "model/model.pt", root / "dl"), weights_only=True)
+        for root, r in ((killed, resumed), (baseline, uninterrupted))
+    ]
     assert_same_weights(*weights)
     assert resumed["test_rec"] == uninterrupted["test_rec"] and resumed["kl"] == uninterrupted["kl"]

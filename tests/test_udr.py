@@ -1,6 +1,5 @@
 """Tests of the UDR metric against hand-computed values, scipy and scikit-learn."""
 
-
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -77,9 +76,7 @@ def test_single_shared_informative_component():
     assert udr_pair(a, b, kl_a, kl_b, similarity="spearman") == pytest.approx(1.0)
     # Lasso shrinks the perfect weight 1 of standardised data to 1 - alpha.
     assert udr_pair(a, b, kl_a, kl_b, similarity="lasso") == pytest.approx(0.9, abs=1e-9)
-    assert udr_pair(
-        a, b, kl_a, kl_b, similarity="lasso", aggregate="reference"
-    ) == pytest.approx(0.9, abs=1e-9)
+    assert udr_pair(a, b, kl_a, kl_b, similarity="lasso", aggregate="reference") == pytest.approx(0.9, abs=1e-9)
 
 
 def test_independent_columns_against_permuted_copy_spearman():
@@ -131,9 +128,7 @@ def test_aggregations_agree_when_dimensions_are_equal():
     rng = np.random.default_rng(4)
     r = rng.uniform(size=(4, 4))
     mask = np.array([True, True, False, True])
-    assert aggregate_udr(r, mask, mask, "paper") == pytest.approx(
-        aggregate_udr(r, mask, mask, "reference")
-    )
+    assert aggregate_udr(r, mask, mask, "paper") == pytest.approx(aggregate_udr(r, mask, mask, "reference"))
 
 
 def test_zero_column_counts_as_zero_not_nan():

@@ -5,6 +5,7 @@ agree: seeds of the "clean" setting hold the same factors up to permutation, sig
 scale (UDR near 1), seeds of the "mixed" setting hold different rotations of them.
 The evaluate stage gets tiny models trained by the real training entry point.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,26 +59,29 @@ def fresh_root(root: Path, empty_mlflow_db: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(empty_mlflow_db, root / "mlflow.db")
     with sqlite3.connect(root / "mlflow.db") as con:
-        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                    (str(root / "mlruns" / "0"),))
+        con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(root / "mlruns" / "0"),)
+        )
     con.close()
     return root
 
 
 def disc_images(rng: np.random.Generator, n: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Bright discs on a dark background; factors x, y (offset from the centre), radius, brightness."""
-    factors = np.column_stack([rng.uniform(-3, 3, n), rng.uniform(-3, 3, n), rng.uniform(2, 5, n),
-                               rng.uniform(0.4, 1.0, n)]).astype(np.float32)
+    factors = np.column_stack(
+        [rng.uniform(-3, 3, n), rng.uniform(-3, 3, n), rng.uniform(2, 5, n), rng.uniform(0.4, 1.0, n)]
+    ).astype(np.float32)
     yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
     images = np.full((n, size, size, 3), 20, np.uint8)
     for i, (x, y, r, b) in enumerate(factors):
-        inside = (xx - x) ** 2 + (yy - y) ** 2 <= r ** 2
+        inside = (xx - x) ** 2 + (yy - y) ** 2 <= r**2
         images[i][inside] = np.array([255 * b, 230 * b, 160 * b]).astype(np.uint8)
     return images, factors
 
 
-def write_processed_discs(root: Path, *, seed: int = 0, n_train: int = 120, n_test: int = 60,
-                          with_factors: bool = True) -> str:
+def write_processed_discs(
+    root: Path, *, seed: int = 0, n_train: int = 120, n_test: int = 60, with_factors: bool = True
+) -> str:
     """The files the preprocess stage writes, for disc images; returns the data version."""
     rng = np.random.default_rng(seed)
     n = n_train + n_test
@@ -86,20 +90,31 @@ def write_processed_discs(root: Path, *, seed: int = 0, n_train: int = 120, n_te
     rows = {"train": np.arange(n_train), "test": np.arange(n_train, n)}
     rows["labelled"] = np.concatenate([np.flatnonzero(labels[:n_train] == c)[:5] for c in (0, 1)])
     rows["udr_probe"] = np.arange(min(N_PROBE, n_train))
-    splits = {name: (images[idx], labels[idx], factors[idx] if with_factors else None, idx)
-              for name, idx in rows.items()}
+    splits = {
+        name: (images[idx], labels[idx], factors[idx] if with_factors else None, idx) for name, idx in rows.items()
+    }
     meta = write_processed(root / "data" / "processed", splits, FACTOR_NAMES if with_factors else ())
     return meta["data_version"]
 
 
-def log_model(tracker: Tracker, *, family: str, beta: float, c_max: float = 0.0, seed: int,
-              data_version: str, mu: np.ndarray, kl: np.ndarray) -> str:
+def log_model(
+    tracker: Tracker,
+    *,
+    family: str,
+    beta: float,
+    c_max: float = 0.0,
+    seed: int,
+    data_version: str,
+    mu: np.ndarray,
+    kl: np.ndarray,
+) -> str:
     """A finished VAE run as the training stage leaves it, as far as the udr stage reads it."""
     setting = Setting(family=family, beta=beta, c_max=c_max)
     tags = {"kind": "vae", "family": family, "setting": setting.label, "seed": seed}
     with tracker.run(f"{family} {setting.label} seed {seed}", tags=tags) as rid:
-        tracker.log_params(rid, {"family": family, "beta": beta, "c_max": c_max, "seed": seed,
-                                 "data_version": data_version})
+        tracker.log_params(
+            rid, {"family": family, "beta": beta, "c_max": c_max, "seed": seed, "data_version": data_version}
+        )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "latents.npz"
             np.savez(path, mu=mu, logvar=np.zeros_like(mu), kl=kl)
@@ -111,15 +126,37 @@ def search_report(root: Path, family: str, trials: list[dict]) -> None:
     """reports/search/<family>.json in the layout of tubervae.stages.search.summarise."""
     full = []
     for number, trial in enumerate(trials):
-        full.append({"number": number, "state": trial.get("state", "COMPLETE"), "value": trial.get("value"),
-                     "params": trial["params"], "feasible": trial.get("feasible", True), "n_active": None,
-                     "infeasible_reason": "", "udr_per_seed": None, "mlflow_run_id": None,
-                     "seed_run_ids": trial["seed_run_ids"], "fail_reason": ""})
-    write_json(root / "reports" / "search" / f"{family}.json",
-               {"family": family, "study": f"{family}-test", "objective": "median within-setting UDR",
-                "n_complete": sum(t["state"] == "COMPLETE" for t in full), "n_feasible": len(full),
-                "best_value": None, "best_params": None, "best_trial": None, "best_n_active": None,
-                "best_mlflow_run_id": None, "trials": full})
+        full.append(
+            {
+                "number": number,
+                "state": trial.get("state", "COMPLETE"),
+                "value": trial.get("value"),
+                "params": trial["params"],
+                "feasible": trial.get("feasible", True),
+                "n_active": None,
+                "infeasible_reason": "",
+                "udr_per_seed": None,
+                "mlflow_run_id": None,
+                "seed_run_ids": trial["seed_run_ids"],
+                "fail_reason": "",
+            }
+        )
+    write_json(
+        root / "reports" / "search" / f"{family}.json",
+        {
+            "family": family,
+            "study": f"{family}-test",
+            "objective": "median within-setting UDR",
+            "n_complete": sum(t["state"] == "COMPLETE" for t in full),
+            "n_feasible": len(full),
+            "best_value": None,
+            "best_params": None,
+            "best_trial": None,
+            "best_n_active": None,
+            "best_mlflow_run_id": None,
+            "trials": full,
+        },
+    )
 
 
 def clean_copy(truth: np.ndarray, keep: list[int], n_dead: int, rng: np.random.Generator):
@@ -168,24 +205,33 @@ def udr_root(tmp_path, empty_mlflow_db):
     mixed = [add("beta_vae", 1.0, s, *mixed_copy(truth, 1, rng)) for s in (0, 1)]
     stale = add("beta_vae", 4.0, 3, *clean_copy(truth, [0, 1, 2], 2, rng), data_version="0123456789abcdef")
     tc = [add("beta_tcvae", 6.0, s, *clean_copy(truth, [0, 1], 3, rng)) for s in (0, 1)]
-    search_report(root, "beta_vae", [
-        {"params": {"beta": 4.0}, "seed_run_ids": clean + [stale]},
-        {"params": {"beta": 1.0}, "seed_run_ids": mixed, "feasible": False},
-        {"params": {"beta": 2.0}, "seed_run_ids": ["f" * 32], "state": "FAIL"},  # never opened
-    ])
+    search_report(
+        root,
+        "beta_vae",
+        [
+            {"params": {"beta": 4.0}, "seed_run_ids": clean + [stale]},
+            {"params": {"beta": 1.0}, "seed_run_ids": mixed, "feasible": False},
+            {"params": {"beta": 2.0}, "seed_run_ids": ["f" * 32], "state": "FAIL"},  # never opened
+        ],
+    )
     search_report(root, "beta_tcvae", [{"params": {"beta": 6.0}, "seed_run_ids": tc}])
     return {"root": root, "tracker": tracker, "models": models, "stale": stale, "version": version}
 
 
 def stage_paths(root: Path) -> dict:
-    return dict(root=root, search_dir=root / "reports" / "search", out_dir=root / "reports" / "udr",
-                processed_dir=root / "data" / "processed")
+    return dict(
+        root=root,
+        search_dir=root / "reports" / "search",
+        out_dir=root / "reports" / "udr",
+        processed_dir=root / "data" / "processed",
+    )
 
 
 def expected_scores(models: list[dict], cfg: UdrConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     reps, kls = [m["mu"] for m in models], [m["kl"] for m in models]
-    common = dict(similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold,
-                  lasso_alpha=cfg.lasso_alpha)
+    common = dict(
+        similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha
+    )
     within = udr_scores(reps, kls, groups=[f"{m['family']}/{m['beta']}" for m in models], **common)
     a2a = udr_scores(reps, kls, **common)
     return within.scores, a2a.scores, within.n_informative
@@ -215,8 +261,14 @@ def test_udr_tables_scores_and_metrics_on_runs(udr_root):
     def check_rows(table: pd.DataFrame, scores: np.ndarray, n_seeds: int) -> None:
         """Each row: the setting's models' scores in seed order (NaN-padded), then their median."""
         for row in table.to_dict("records"):
-            idx = sorted((i for i, m in enumerate(models) if m["family"] == row["model type"]
-                          and Setting(m["family"], m["beta"]).label == row["param"]), key=lambda i: models[i]["seed"])
+            idx = sorted(
+                (
+                    i
+                    for i, m in enumerate(models)
+                    if m["family"] == row["model type"] and Setting(m["family"], m["beta"]).label == row["param"]
+                ),
+                key=lambda i: models[i]["seed"],
+            )
             padded = np.concatenate([scores[idx], np.full(n_seeds - len(idx), np.nan)])
             assert [row[f"seed_{i}"] for i in range(n_seeds)] == pytest.approx(padded, abs=1e-9, nan_ok=True)
             assert row["udr"] == pytest.approx(np.median(scores[idx]), abs=1e-9)
@@ -238,8 +290,7 @@ def test_udr_tables_scores_and_metrics_on_runs(udr_root):
     # A2A: every model against every other, all families in one table.
     table = pd.read_csv(out / "a2a.csv", dtype={"param": str})
     assert list(table.columns[:7]) == thesis_columns(3)
-    assert list(zip(table["model type"], table["param"])) == [("beta_tcvae", "6"), ("beta_vae", "1"),
-                                                            ("beta_vae", "4")]
+    assert list(zip(table["model type"], table["param"])) == [("beta_tcvae", "6"), ("beta_vae", "1"), ("beta_vae", "4")]
     check_rows(table, a2a, 3)
 
     # Herd effect table: ranks 1 = best, shift = A2A rank - within rank, biggest shifts first.
@@ -329,16 +380,29 @@ def test_clear_errors_without_models(tmp_path, empty_mlflow_db):
     tracker = Tracker(root)
     rng = np.random.default_rng(0)
     version = json.loads((root / "data" / "processed" / "meta.json").read_text())["data_version"]
-    log_model(tracker, family="beta_vae", beta=4.0, seed=0, data_version=version,
-              mu=rng.normal(size=(N_PROBE, 3)), kl=np.ones(3))
-    log_model(tracker, family="beta_vae", beta=4.0, seed=1, data_version="another",
-              mu=rng.normal(size=(N_PROBE, 3)), kl=np.ones(3))
+    log_model(
+        tracker,
+        family="beta_vae",
+        beta=4.0,
+        seed=0,
+        data_version=version,
+        mu=rng.normal(size=(N_PROBE, 3)),
+        kl=np.ones(3),
+    )
+    log_model(
+        tracker,
+        family="beta_vae",
+        beta=4.0,
+        seed=1,
+        data_version="another",
+        mu=rng.normal(size=(N_PROBE, 3)),
+        kl=np.ones(3),
+    )
     with pytest.raises(RuntimeError, match="at least two models trained on the current data"):
         udr_stage.run(Params(), **stage_paths(root))
 
     # A search report naming runs of another tracking store.
-    search_report(root, "cbeta_vae", [{"params": {"beta": 700.0, "c_max": 6.0},
-                                       "seed_run_ids": ["e" * 32, "d" * 32]}])
+    search_report(root, "cbeta_vae", [{"params": {"beta": 700.0, "c_max": 6.0}, "seed_run_ids": ["e" * 32, "d" * 32]}])
     with pytest.raises(RuntimeError, match=f"run {'e' * 32} .*not in the tracking store"):
         udr_stage.run(Params(), **stage_paths(root))
     assert not (root / "reports" / "udr").exists()
@@ -354,12 +418,14 @@ def test_mlflow_run_udr_entry_point_reuses_the_run(udr_root):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg")
-    done = run_command([str(BIN / "mlflow"), "run", ".", "-e", "udr", "--env-manager", "local"],
-                       root, env=env, timeout=240)
+    done = run_command(
+        [str(BIN / "mlflow"), "run", ".", "-e", "udr", "--env-manager", "local"], root, env=env, timeout=240
+    )
     assert done.returncode == 0, done.stdout[-4000:]
     client = udr_root["tracker"].client
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              "tags.`mlflow.project.entryPoint` = 'udr'")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`mlflow.project.entryPoint` = 'udr'"
+    )
     assert len(runs) == 1
     run = client.get_run(runs[0].info.run_id)
     assert run.info.status == "FINISHED"
@@ -368,8 +434,10 @@ def test_mlflow_run_udr_entry_point_reuses_the_run(udr_root):
     logged = {f.path for f in client.list_artifacts(run.info.run_id, "udr")}
     assert {"udr/a2a.csv", "udr/beta_vae.csv", "udr/beta_tcvae.csv", "udr/summary.json"} <= logged
     # No second run was opened for the stage.
-    assert not client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                  f"tags.kind = 'udr' and attributes.run_id != '{run.info.run_id}'")
+    assert not client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.kind = 'udr' and attributes.run_id != '{run.info.run_id}'",
+    )
     assert "beta_vae: best 4 UDR" in done.stdout
     assert (root / "reports" / "udr" / "a2a.csv").exists()
 
@@ -393,7 +461,7 @@ def test_bootstrap_spearman_matches_scipy(n):
 def test_bootstrap_spearman_edge_cases():
     rng = np.random.default_rng(0)
     x = np.arange(10.0)
-    perfect = evaluate_stage.bootstrap_spearman(x, x ** 3, 50, rng)
+    perfect = evaluate_stage.bootstrap_spearman(x, x**3, 50, rng)
     assert perfect == pytest.approx({"rho": 1.0, "low": 1.0, "high": 1.0, "n": 10}, abs=1e-12)
     reverse = evaluate_stage.bootstrap_spearman(x, -x, 50, rng)
     assert (reverse["rho"], reverse["low"], reverse["high"]) == pytest.approx((-1.0, -1.0, -1.0), abs=1e-12)
@@ -402,8 +470,12 @@ def test_bootstrap_spearman_edge_cases():
     ok = np.isfinite(y)
     gappy = evaluate_stage.bootstrap_spearman(x, y, 50, rng)
     assert gappy["n"] == 8 and gappy["rho"] == pytest.approx(spearmanr(x[ok], y[ok]).statistic)
-    assert evaluate_stage.bootstrap_spearman(x, np.ones(10), 50, rng) == {"rho": None, "low": None,
-                                                                         "high": None, "n": 10}
+    assert evaluate_stage.bootstrap_spearman(x, np.ones(10), 50, rng) == {
+        "rho": None,
+        "low": None,
+        "high": None,
+        "n": 10,
+    }
     assert evaluate_stage.bootstrap_spearman(x[:2], x[:2], 50, rng)["rho"] is None
 
 
@@ -415,19 +487,36 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     monkeypatch.setattr(train_stage, "figures", lambda *args, **kwargs: {})
     tracker = Tracker(root)
     data = train_stage.load_training_data(processed)
-    cfg = TrainConfig(latent_dim=3, steps=8, batch_size=16, log_every=4, checkpoint_every=8, snapshot_every=0,
-                      device="cpu", threads=1)
-    run_ids = [train_stage.run_tracked(tracker, Setting("beta_vae", beta), seed, cfg, data, kl_threshold=0.01,
-                                       checkpoint_dir=root / "checkpoints", progress=False)["run_id"]
-               for beta in (1.0, 4.0) for seed in (0, 1)]
+    cfg = TrainConfig(
+        latent_dim=3, steps=8, batch_size=16, log_every=4, checkpoint_every=8, snapshot_every=0, device="cpu", threads=1
+    )
+    run_ids = [
+        train_stage.run_tracked(
+            tracker,
+            Setting("beta_vae", beta),
+            seed,
+            cfg,
+            data,
+            kl_threshold=0.01,
+            checkpoint_dir=root / "checkpoints",
+            progress=False,
+        )["run_id"]
+        for beta in (1.0, 4.0)
+        for seed in (0, 1)
+    ]
     params = Params(udr=UdrConfig(heatmap_pairs=0), evaluate=EvaluateConfig(n_points=40, n_bootstrap=20))
     udr_stage.run(params, all_runs=True, **stage_paths(root))
     champion = run_ids[2]
     write_json(root / "reports" / "register" / "champion.json", {"run_id": champion})
 
-    summary = evaluate_stage.run(params, root=root, processed_dir=processed, udr_dir=root / "reports" / "udr",
-                                 champion_path=root / "reports" / "register" / "champion.json",
-                                 out_dir=root / "reports" / "evaluate")
+    summary = evaluate_stage.run(
+        params,
+        root=root,
+        processed_dir=processed,
+        udr_dir=root / "reports" / "udr",
+        champion_path=root / "reports" / "register" / "champion.json",
+        out_dir=root / "reports" / "evaluate",
+    )
     out = root / "reports" / "evaluate"
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["n_models"] == 4 and summary["n_points"] == 40 and summary["factors"] == FACTOR_NAMES
@@ -440,8 +529,12 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     assert table.udr_within_lasso.to_numpy() == pytest.approx(table.udr_within.to_numpy(), nan_ok=True)
     assert table.udr_a2a_lasso.to_numpy() == pytest.approx(table.udr_a2a.to_numpy(), nan_ok=True)
     # Correlations are Spearman's rho over the models, as scipy computes it.
-    assert set(summary["correlations"]) == {"udr_within_lasso", "udr_a2a_lasso", "udr_within_spearman",
-                                            "udr_a2a_spearman"}
+    assert set(summary["correlations"]) == {
+        "udr_within_lasso",
+        "udr_a2a_lasso",
+        "udr_within_spearman",
+        "udr_a2a_spearman",
+    }
     rhos = [r["rho"] for per_metric in summary["correlations"].values() for r in per_metric.values()]
     assert sum(r is not None for r in rhos) >= 6
     for udr_col, per_metric in summary["correlations"].items():
@@ -474,8 +567,13 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
 def test_evaluate_skips_data_without_factors(tmp_path):
     write_processed_discs(tmp_path, with_factors=False)
     out = tmp_path / "reports" / "evaluate"
-    summary = evaluate_stage.run(Params(), root=tmp_path, processed_dir=tmp_path / "data" / "processed",
-                                 udr_dir=tmp_path / "reports" / "udr", out_dir=out)
+    summary = evaluate_stage.run(
+        Params(),
+        root=tmp_path,
+        processed_dir=tmp_path / "data" / "processed",
+        udr_dir=tmp_path / "reports" / "udr",
+        out_dir=out,
+    )
     assert summary == {"skipped": True}
     assert "no ground-truth factors" in json.loads((out / "metrics.json").read_text())["skipped"]
     # Both outputs dvc.yaml declares for the stage exist, so `dvc repro` on real photos goes on.

@@ -22,8 +22,9 @@ def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | 
     return int(value)
 
 
-def check_real(name: str, value: Any, minimum: float | None = None, *, strict: bool = False,
-               maximum: float | None = None) -> float:
+def check_real(
+    name: str, value: Any, minimum: float | None = None, *, strict: bool = False, maximum: float | None = None
+) -> float:
     """A finite real number (not a bool) ``>= minimum`` (``> minimum`` when ``strict``) and ``<= maximum``."""
     bounds = _bounds_text(minimum, maximum, strict=strict)
     if isinstance(value, bool) or not isinstance(value, Real):

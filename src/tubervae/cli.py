@@ -4,6 +4,7 @@ params.yaml is read and validated once, before a stage touches any file; command
 options override single values. Heavy libraries are imported by the stage that needs
 them, so `--help` stays instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,13 @@ def _override(params: Params, section: str, **values) -> Params:
 def cmd_synth(args, params: Params) -> None:
     from tubervae.data import synth
 
-    frame = synth.generate(Path(args.out), args.n_images, seed=args.seed, good_fraction=params.data.good_fraction,
-                           workers=args.workers or None)
+    frame = synth.generate(
+        Path(args.out),
+        args.n_images,
+        seed=args.seed,
+        good_fraction=params.data.good_fraction,
+        workers=args.workers or None,
+    )
     synth.contact_sheet(Path(args.out), Path(args.out) / "contact_sheet.png", seed=args.seed)
     print(f"wrote {len(frame)} photos to {args.out}")
 
@@ -48,16 +54,22 @@ def cmd_preprocess(args, params: Params) -> None:
     from tubervae.stages import preprocess
 
     meta = preprocess.run(params.preprocess, workers=params.data.workers)
-    print(f"data version {meta['data_version']}: " +
-          ", ".join(f"{k} {v['n']}" for k, v in meta["splits"].items()))
+    print(f"data version {meta['data_version']}: " + ", ".join(f"{k} {v['n']}" for k, v in meta["splits"].items()))
 
 
 def cmd_train(args, params: Params) -> None:
     from tubervae.runs.training_run import train_command
 
     params = _override(params, "train", steps=args.steps)
-    result = train_command(params.train, family=args.family, beta=args.beta, c_max=args.c_max, seed=args.seed,
-                           kl_threshold=params.udr.kl_threshold, run_id=args.mlflow_run_id)
+    result = train_command(
+        params.train,
+        family=args.family,
+        beta=args.beta,
+        c_max=args.c_max,
+        seed=args.seed,
+        kl_threshold=params.udr.kl_threshold,
+        run_id=args.mlflow_run_id,
+    )
     print(f"run {result['run_id']}: n_active {result['n_active']}, test reconstruction {result['test_rec']:.1f}")
 
 
@@ -65,12 +77,14 @@ def cmd_search(args, params: Params) -> None:
     from tubervae.stages import search
 
     params = _override(params, "search", enqueue_grid=True if args.enqueue_grid else None)
-    summary = search.run(params, args.family, n_trials=args.n_trials, storage=args.storage,
-                         run_id=args.mlflow_run_id)
+    summary = search.run(params, args.family, n_trials=args.n_trials, storage=args.storage, run_id=args.mlflow_run_id)
     best = summary["best_params"]
-    print(f"{args.family}: {summary['n_complete']} complete trials ({summary['n_feasible']} feasible); "
-          f"best {best} UDR {summary['best_value']}" if best else
-          f"{args.family}: {summary['n_complete']} complete trials, none feasible")
+    print(
+        f"{args.family}: {summary['n_complete']} complete trials ({summary['n_feasible']} feasible); "
+        f"best {best} UDR {summary['best_value']}"
+        if best
+        else f"{args.family}: {summary['n_complete']} complete trials, none feasible"
+    )
 
 
 def cmd_udr(args, params: Params) -> None:
@@ -85,8 +99,10 @@ def cmd_register(args, params: Params) -> None:
     from tubervae.stages import register
 
     s = register.run(params, run_id=args.mlflow_run_id)
-    print(f"{s['model']}@{s['alias']} = version {s['version']}: {s['family']} {s['setting']} seed {s['seed']} "
-          f"(UDR {s['udr_within']:.3f}, {s['n_active']} informative components)")
+    print(
+        f"{s['model']}@{s['alias']} = version {s['version']}: {s['family']} {s['setting']} seed {s['seed']} "
+        f"(UDR {s['udr_within']:.3f}, {s['n_active']} informative components)"
+    )
 
 
 def cmd_classify(args, params: Params) -> None:
@@ -94,8 +110,10 @@ def cmd_classify(args, params: Params) -> None:
 
     m = classify.run(params, run_id=args.mlflow_run_id)
     t, r = m["test"], m["rule"]
-    print(f"rule: z{r['component']} {r['direction']} {r['threshold']:.3f}; test accuracy {t['accuracy']:.3f}, "
-          f"balanced accuracy {t['balanced_accuracy']:.3f} (majority baseline accuracy {t['majority_accuracy']:.3f})")
+    print(
+        f"rule: z{r['component']} {r['direction']} {r['threshold']:.3f}; test accuracy {t['accuracy']:.3f}, "
+        f"balanced accuracy {t['balanced_accuracy']:.3f} (majority baseline accuracy {t['majority_accuracy']:.3f})"
+    )
 
 
 def cmd_evaluate(args, params: Params) -> None:
@@ -107,8 +125,10 @@ def cmd_evaluate(args, params: Params) -> None:
         return
     key = f"udr_within_{params.udr.similarity}"
     rhos = {m: v["rho"] for m, v in summary["correlations"][key].items()}
-    print(f"Spearman correlation of {key} with supervised metrics over {summary['n_models']} models: " +
-          ", ".join(f"{m} {'n/a' if r is None else f'{r:.2f}'}" for m, r in rhos.items()))
+    print(
+        f"Spearman correlation of {key} with supervised metrics over {summary['n_models']} models: "
+        + ", ".join(f"{m} {'n/a' if r is None else f'{r:.2f}'}" for m, r in rhos.items())
+    )
 
 
 def _whole(text: str) -> int:
@@ -123,36 +143,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tubervae",
         description="Disentangled VAE representations of tuber photos: simulate or import photos, train "
-                    "β-VAE / β-TCVAE / Cβ-VAE models, rank them with UDR, search with Optuna, register the "
-                    "champion and classify tubers. Each subcommand is one DVC stage (see dvc.yaml).")
+        "β-VAE / β-TCVAE / Cβ-VAE models, rank them with UDR, search with Optuna, register the "
+        "champion and classify tubers. Each subcommand is one DVC stage (see dvc.yaml).",
+    )
     parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
 
-    p = sub.add_parser("synth", help="simulate tuber photos into a folder (standalone)",
-                       description="Write simulated 640×480 tuber photos, labels.csv and factors.csv into OUT.")
+    p = sub.add_parser(
+        "synth",
+        help="simulate tuber photos into a folder (standalone)",
+        description="Write simulated 640×480 tuber photos, labels.csv and factors.csv into OUT.",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n-images", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     p.set_defaults(fn=cmd_synth)
 
-    p = sub.add_parser("raw", help="stage raw: simulate photos or import a folder into data/raw",
-                       description="Fill data/raw/ from data.source: 'synthetic' runs the simulator; a folder "
-                                   "path imports real photos (good/ and bad/ subfolders give labels). Every file "
-                                   "is checked; reports/data/ingest.csv says what was kept and why.")
+    p = sub.add_parser(
+        "raw",
+        help="stage raw: simulate photos or import a folder into data/raw",
+        description="Fill data/raw/ from data.source: 'synthetic' runs the simulator; a folder "
+        "path imports real photos (good/ and bad/ subfolders give labels). Every file "
+        "is checked; reports/data/ingest.csv says what was kept and why.",
+    )
     p.add_argument("--source", help="override data.source")
     p.add_argument("--n-images", type=int, help="override data.n_images")
     p.set_defaults(fn=cmd_raw)
 
-    p = sub.add_parser("preprocess", help="stage preprocess: crop, resize, split into data/processed",
-                       description="Centre-crop and resize every photo, then split into train, test, the "
-                                   "labelled set and the UDR probe set (data/processed/*.npz).")
+    p = sub.add_parser(
+        "preprocess",
+        help="stage preprocess: crop, resize, split into data/processed",
+        description="Centre-crop and resize every photo, then split into train, test, the "
+        "labelled set and the UDR probe set (data/processed/*.npz).",
+    )
     p.set_defaults(fn=cmd_preprocess)
 
-    p = sub.add_parser("train", help="train one VAE run (tracked in MLflow)",
-                       description="Train one model of a family at one setting and seed, with the train "
-                                   "section of params.yaml; resumes from its checkpoint when killed.")
+    p = sub.add_parser(
+        "train",
+        help="train one VAE run (tracked in MLflow)",
+        description="Train one model of a family at one setting and seed, with the train "
+        "section of params.yaml; resumes from its checkpoint when killed.",
+    )
     p.add_argument("--family", required=True, choices=FAMILIES)
     p.add_argument("--beta", type=float, required=True)
     p.add_argument("--c-max", type=float, default=0.0, help="capacity C_max in nats (cbeta_vae only)")
@@ -160,40 +193,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="override train.steps")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("search", help="stage search@<family>: Optuna study with UDR as the objective",
-                       description="Run (or resume) the family's Optuna study until it has n_trials complete "
-                                   "trials; each trial trains one setting on search.seeds seeds and scores the "
-                                   "median within-setting UDR. Writes reports/search/<family>.json and plots.")
+    p = sub.add_parser(
+        "search",
+        help="stage search@<family>: Optuna study with UDR as the objective",
+        description="Run (or resume) the family's Optuna study until it has n_trials complete "
+        "trials; each trial trains one setting on search.seeds seeds and scores the "
+        "median within-setting UDR. Writes reports/search/<family>.json and plots.",
+    )
     p.add_argument("--family", required=True, choices=FAMILIES)
     p.add_argument("--n-trials", type=_whole, help="total complete trials wanted (default, or 0: from params.yaml)")
-    p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql+psycopg2://user:pw@host/db to share "
-                                     "one study between machines (default: sqlite:///<project>/optuna.db)")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL, e.g. postgresql+psycopg2://user:pw@host/db to share "
+        "one study between machines (default: sqlite:///<project>/optuna.db)",
+    )
     p.add_argument("--enqueue-grid", action="store_true", help="run the thesis's grid points first")
     p.set_defaults(fn=cmd_search)
 
-    p = sub.add_parser("udr", help="stage udr: UDR tables within families and all-against-all",
-                       description="Rank the trained models with UDR (udr section of params.yaml): the thesis's "
-                                   "tables per family and A2A, the herd-effect table and similarity heat maps "
-                                   "in reports/udr/, and udr_within / udr_a2a metrics on every model's run.")
-    p.add_argument("--all-runs", action="store_true",
-                   help="rank every finished VAE run of the experiment, not only the search's trials")
+    p = sub.add_parser(
+        "udr",
+        help="stage udr: UDR tables within families and all-against-all",
+        description="Rank the trained models with UDR (udr section of params.yaml): the thesis's "
+        "tables per family and A2A, the herd-effect table and similarity heat maps "
+        "in reports/udr/, and udr_within / udr_a2a metrics on every model's run.",
+    )
+    p.add_argument(
+        "--all-runs",
+        action="store_true",
+        help="rank every finished VAE run of the experiment, not only the search's trials",
+    )
     p.set_defaults(fn=cmd_udr)
 
-    p = sub.add_parser("register", help="stage register: promote the champion VAE (alias 'champion')",
-                       description="Choose the champion from reports/udr/models.csv (feasible settings, best "
-                                   "within-family UDR, more informative components on near-ties) and register it "
-                                   "as a new version of register.model_name with alias 'champion'.")
+    p = sub.add_parser(
+        "register",
+        help="stage register: promote the champion VAE (alias 'champion')",
+        description="Choose the champion from reports/udr/models.csv (feasible settings, best "
+        "within-family UDR, more informative components on near-ties) and register it "
+        "as a new version of register.model_name with alias 'champion'.",
+    )
     p.set_defaults(fn=cmd_register)
 
-    p = sub.add_parser("classify", help="stage classify: threshold classifier on one component, test metrics",
-                       description="Fit the good/bad threshold on the labelled set with the champion's latents, "
-                                   "score the test set against baselines, write reports/classify/ and register "
-                                   "the classifier as classify.model_name@champion.")
+    p = sub.add_parser(
+        "classify",
+        help="stage classify: threshold classifier on one component, test metrics",
+        description="Fit the good/bad threshold on the labelled set with the champion's latents, "
+        "score the test set against baselines, write reports/classify/ and register "
+        "the classifier as classify.model_name@champion.",
+    )
     p.set_defaults(fn=cmd_classify)
 
-    p = sub.add_parser("evaluate", help="stage evaluate: supervised metrics vs UDR (simulated data only)",
-                       description="MIG, DCI, SAP and FactorVAE score of every ranked model on the simulator's "
-                                   "factors, and how well UDR correlates with them (reports/evaluate/).")
+    p = sub.add_parser(
+        "evaluate",
+        help="stage evaluate: supervised metrics vs UDR (simulated data only)",
+        description="MIG, DCI, SAP and FactorVAE score of every ranked model on the simulator's "
+        "factors, and how well UDR correlates with them (reports/evaluate/).",
+    )
     p.set_defaults(fn=cmd_evaluate)
     return parser
 
@@ -201,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # `mlflow run` hands its run over in MLFLOW_RUN_ID: the entry point logs into that run.

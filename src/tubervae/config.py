@@ -5,6 +5,7 @@ Each top-level section of params.yaml maps to one frozen dataclass below. A fiel
 stops the stage with a message naming the key, the value and the rule, before any
 output is touched.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -250,8 +251,12 @@ def validate_space(family: str, space: SearchSpace, where: str) -> SearchSpace:
         wanted = {"beta", "c_max"} if family == "cbeta_vae" else {"beta"}
         if set(point) != wanted:
             raise ConfigError(f"{where}.grid[{i}]: expected keys {sorted(wanted)}, got {sorted(point)}")
-        grid.append({k: _check_value(f"{where}.grid[{i}].{k}", v, float, {"open_min": 0.0} if k == "beta" else {"min": 0.0})
-                     for k, v in point.items()})
+        grid.append(
+            {
+                k: _check_value(f"{where}.grid[{i}].{k}", v, float, {"open_min": 0.0} if k == "beta" else {"min": 0.0})
+                for k, v in point.items()
+            }
+        )
     return dataclasses.replace(space, beta=beta, c_max=c_max, grid=grid)
 
 
@@ -275,12 +280,14 @@ def parse_params(raw: dict | None) -> Params:
     if sections["udr"].n_partners and sections["udr"].n_partners > sections["search"].seeds - 1:
         raise ConfigError(
             f"udr.n_partners: {sections['udr'].n_partners} partners need at least {sections['udr'].n_partners + 1} "
-            f"seeds, but search.seeds is {sections['search'].seeds}; use 0 for all other seeds")
+            f"seeds, but search.seeds is {sections['search'].seeds}; use 0 for all other seeds"
+        )
     prep = sections["preprocess"]
     if prep.probe_size > sections["data"].n_images and sections["data"].source == "synthetic":
         raise ConfigError(
             f"preprocess.probe_size: {prep.probe_size} probe images need at least as many photos, "
-            f"but data.n_images is {sections['data'].n_images}")
+            f"but data.n_images is {sections['data'].n_images}"
+        )
     return Params(**sections)
 
 

@@ -71,7 +71,9 @@ def _vector(name: str, values, length: int | None = None, *, allow_nan: bool = F
     bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
     if bad.any():
         allowed = "finite values or NaN" if allow_nan else "finite values"
-        raise ValueError(f"{name} must hold {allowed}, got {arr[bad][:3].tolist()} at index {np.flatnonzero(bad)[:3].tolist()}")
+        raise ValueError(
+            f"{name} must hold {allowed}, got {arr[bad][:3].tolist()} at index {np.flatnonzero(bad)[:3].tolist()}"
+        )
     return arr
 
 
@@ -234,9 +236,7 @@ def reconstruction_figure(originals, reconstructions, n: int = 8) -> Figure:
     if originals.shape[0] == 0:
         raise ValueError("originals must hold at least one image, got none")
     n = min(int(n), originals.shape[0])
-    return image_grid_figure(
-        [originals[:n], reconstructions[:n]], row_labels=["original", "reconstruction"]
-    )
+    return image_grid_figure([originals[:n], reconstructions[:n]], row_labels=["original", "reconstruction"])
 
 
 # --------------------------------------------------------------------------- latents
@@ -447,7 +447,11 @@ def metric_vs_param_figure(
     if logx and (x <= 0).any():
         raise ValueError(f"x must be positive when logx is True, got minimum {x.min():.3g}")
     feasible = np.ones(n, dtype=bool) if infeasible is None else ~_mask("infeasible", infeasible, n)
-    group_of = np.array(["all"] * n, dtype=object) if groups is None else np.asarray(_labels("groups", list(groups), n), dtype=object)
+    group_of = (
+        np.array(["all"] * n, dtype=object)
+        if groups is None
+        else np.asarray(_labels("groups", list(groups), n), dtype=object)
+    )
 
     fig = _new_figure(6.0, 4.2)
     ax = fig.add_subplot()
@@ -456,7 +460,9 @@ def metric_vs_param_figure(
         keep = (group_of == name) & feasible
         ax.scatter(x[keep], y[keep], s=22, color=colour, alpha=0.8, label=None if groups is None else str(name))
     if not feasible.all():
-        ax.scatter(x[~feasible], y[~feasible], s=30, marker="x", color="grey", label=f"infeasible ({int((~feasible).sum())})")
+        ax.scatter(
+            x[~feasible], y[~feasible], s=30, marker="x", color="grey", label=f"infeasible ({int((~feasible).sum())})"
+        )
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -517,8 +523,9 @@ def label_efficiency_figure(df: pd.DataFrame, *, logx: bool = True) -> Figure:
     methods = list(dict.fromkeys(df["method"]))
     for method, colour in zip(methods, _palette(len(methods))):
         part = numbers[df["method"] == method].sort_values("n_labels").to_numpy(dtype=float)
-        ax.errorbar(part[:, 0], part[:, 1], yerr=part[:, 2], marker="o", ms=4,
-                    capsize=3, color=colour, label=str(method))
+        ax.errorbar(
+            part[:, 0], part[:, 1], yerr=part[:, 2], marker="o", ms=4, capsize=3, color=colour, label=str(method)
+        )
     if logx:
         ax.set_xscale("log")
     ticks = np.unique(numbers["n_labels"].to_numpy())
@@ -567,7 +574,9 @@ def rank_scatter_figure(
         for k, i in enumerate(top, start=1):
             ax.annotate(str(k), (x[i], y[i]), xytext=(4, 3), textcoords="offset points", fontsize=7, color="tab:red")
         handles = [Line2D([], [], ls="none", marker=f"${k}$", color="tab:red") for k in range(1, top.size + 1)]
-        fig.legend(handles, [labels[i] for i in top], loc="outside right upper", fontsize=7, title="top", title_fontsize=8)
+        fig.legend(
+            handles, [labels[i] for i in top], loc="outside right upper", fontsize=7, title="top", title_fontsize=8
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     rho_text = "n/a" if np.isnan(rho) else f"{rho:.2f}"

@@ -9,6 +9,7 @@ Checkpoints are plain data (tensors, numbers, strings) read with
 `torch.load(weights_only=True)`: loading one never runs code, and one that is damaged,
 forged or of other settings is reported and ignored, so training restarts cleanly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -94,8 +95,13 @@ def as_input(batch: torch.Tensor) -> torch.Tensor:
 
 def checkpoint_identity(setting: Setting, seed: int, cfg: TrainConfig, data_version: str, image_size: int) -> dict:
     """What must match for a checkpoint to be resumed (everything that changes the weights)."""
-    return {"setting": asdict(setting), "seed": seed, "train": cfg.weight_identity(),
-            "data_version": data_version, "image_size": image_size}
+    return {
+        "setting": asdict(setting),
+        "seed": seed,
+        "train": cfg.weight_identity(),
+        "data_version": data_version,
+        "image_size": image_size,
+    }
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -140,14 +146,15 @@ def _checkpoint_problem(state, identity: dict, model: torch.nn.Module, total_ste
 
 
 @torch.no_grad()
-def encode(model: VAE, images: np.ndarray, device: torch.device | None = None,
-           batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def encode(
+    model: VAE, images: np.ndarray, device: torch.device | None = None, batch_size: int = 500
+) -> tuple[np.ndarray, np.ndarray]:
     """Encoder means and log-variances of uint8 images (on the model's device by default)."""
     device = device or next(model.parameters()).device
     model.eval()
     mus, logvars = [np.zeros((0, model.latent_dim), np.float32)], [np.zeros((0, model.latent_dim), np.float32)]
     for start in range(0, len(images), batch_size):
-        x = as_input(images_to_tensor(images[start:start + batch_size], device))
+        x = as_input(images_to_tensor(images[start : start + batch_size], device))
         mu, logvar = model.encode(x)
         mus.append(mu.float().cpu().numpy())
         logvars.append(logvar.float().cpu().numpy())
@@ -155,13 +162,14 @@ def encode(model: VAE, images: np.ndarray, device: torch.device | None = None,
 
 
 @torch.no_grad()
-def reconstruction_error(model: VAE, images: np.ndarray, device: torch.device, rec_kind: str,
-                         batch_size: int = 500) -> float:
+def reconstruction_error(
+    model: VAE, images: np.ndarray, device: torch.device, rec_kind: str, batch_size: int = 500
+) -> float:
     """Mean per-image reconstruction loss (summed over pixels) from the encoder means."""
     model.eval()
     total = 0.0
     for start in range(0, len(images), batch_size):
-        x = as_input(images_to_tensor(images[start:start + batch_size], device))
+        x = as_input(images_to_tensor(images[start : start + batch_size], device))
         mu, _ = model.encode(x)
         total += float(reconstruction_loss(x, model.decode(mu), kind=rec_kind)) * len(x)
     return total / len(images)
@@ -174,12 +182,20 @@ def probe_latents(model: VAE, probe: np.ndarray, device: torch.device | None = N
     return {"mu": mu, "logvar": logvar, "kl": kl}
 
 
-def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: np.ndarray,
-                probe_images: np.ndarray, test_images: np.ndarray, data_version: str = "",
-                checkpoint_path: str | Path | None = None,
-                on_log: Callable[[dict, int], None] | None = None,
-                on_snapshot: Callable[[VAE, int], None] | None = None,
-                progress: bool = True) -> Outcome:
+def train_model(
+    setting: Setting,
+    seed: int,
+    cfg: TrainConfig,
+    *,
+    train_images: np.ndarray,
+    probe_images: np.ndarray,
+    test_images: np.ndarray,
+    data_version: str = "",
+    checkpoint_path: str | Path | None = None,
+    on_log: Callable[[dict, int], None] | None = None,
+    on_snapshot: Callable[[VAE, int], None] | None = None,
+    progress: bool = True,
+) -> Outcome:
     """Train one VAE; resume from `checkpoint_path` when it holds a matching checkpoint."""
     device = select_device(cfg.device)
     if cfg.threads:
@@ -189,8 +205,9 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
         raise ValueError(f"training images must be square, got {train_images.shape[1:3]}")
     torch.manual_seed(seed)
     model = VAE(image_size=image_size, latent_dim=cfg.latent_dim).to(device, memory_format=torch.channels_last)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                 eps=cfg.adam_eps)
+    optimiser = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
+    )
     batches = torch.Generator().manual_seed(seed)
     data = images_to_tensor(train_images, device)
     loss_fn = setting.loss(cfg, dataset_size=len(train_images))
@@ -218,17 +235,31 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
             bar.close()
             raise NonFiniteLossError(
                 f"{setting.family} {setting.label} seed {seed}: non-finite weights after step {step} "
-                f"(a non-finite gradient); the last good checkpoint is kept. Try a lower train.lr or a smaller β")
-        save_checkpoint(path, {
-            "identity": identity, "step": step, "model": model.state_dict(),
-            "optimiser": optimiser.state_dict(), "batch_rng": batches.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None})
+                f"(a non-finite gradient); the last good checkpoint is kept. Try a lower train.lr or a smaller β"
+            )
+        save_checkpoint(
+            path,
+            {
+                "identity": identity,
+                "step": step,
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "batch_rng": batches.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            },
+        )
 
     names, sums, count = None, None, 0
     last = {}
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"{setting.family} {setting.label} s{seed}",
-               unit="step", disable=not progress, leave=False)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        desc=f"{setting.family} {setting.label} s{seed}",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
     low_precision = cfg.precision == "bfloat16"
     model.train()
     while step < cfg.steps:
@@ -246,9 +277,12 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
         count += 1
 
         scalars = [k for k in terms if k != "kl_per_component"]
-        row = torch.cat([torch.stack([torch.as_tensor(terms[k], device=device).detach().float().reshape(())
-                                      for k in scalars]),
-                         terms["kl_per_component"].detach().float()])
+        row = torch.cat(
+            [
+                torch.stack([torch.as_tensor(terms[k], device=device).detach().float().reshape(()) for k in scalars]),
+                terms["kl_per_component"].detach().float(),
+            ]
+        )
         if names is None:
             names = scalars + [f"kl_z{j}" for j in range(cfg.latent_dim)]
         sums = row if sums is None else sums + row
@@ -262,7 +296,8 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
                 raise NonFiniteLossError(
                     f"{setting.family} {setting.label} seed {seed}: non-finite {bad} between steps "
                     f"{step - count + 1} and {step}; the last good checkpoint is kept. Try a lower train.lr "
-                    f"or a smaller β")
+                    f"or a smaller β"
+                )
             last = dict(zip(names, (float(v) for v in means)))
             if step % cfg.log_every == 0 or step == cfg.steps:
                 if on_log:
@@ -278,6 +313,8 @@ def train_model(setting: Setting, seed: int, cfg: TrainConfig, *, train_images: 
     bar.close()
 
     latents = probe_latents(model, probe_images, device)
-    metrics = {"test_rec": reconstruction_error(model, test_images, device, cfg.rec_kind),
-               **{f"final_{k}": v for k, v in last.items()}}
+    metrics = {
+        "test_rec": reconstruction_error(model, test_images, device, cfg.rec_kind),
+        **{f"final_{k}": v for k, v in last.items()},
+    }
     return Outcome(model=model, step=step, latents=latents, metrics=metrics)

@@ -8,8 +8,9 @@ come from :mod:`tubervae.checks`; only the array-shaped ones are written here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from numbers import Integral
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +29,7 @@ def as_latents(latents: Any, name: str = "latents") -> np.ndarray:
     array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):
         bad_rows = np.flatnonzero(~np.all(np.isfinite(array), axis=1))
-        raise ValueError(
-            f"{name} must be finite; {bad_rows.size} row(s) hold NaN or inf, first at row {bad_rows[0]}"
-        )
+        raise ValueError(f"{name} must be finite; {bad_rows.size} row(s) hold NaN or inf, first at row {bad_rows[0]}")
     return array
 
 
@@ -104,6 +103,4 @@ def as_images(images: Any, name: str = "images") -> np.ndarray:
 def check_width(latents: np.ndarray, n_features: int, name: str = "latents") -> None:
     """Latents at prediction time must have as many components as at fit time."""
     if latents.shape[1] != n_features:
-        raise ValueError(
-            f"{name} has {latents.shape[1]} components but the classifier was fitted on {n_features}"
-        )
+        raise ValueError(f"{name} has {latents.shape[1]} components but the classifier was fitted on {n_features}")

@@ -9,8 +9,9 @@ methods see the same images and a size's draws do not depend on the others.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from numbers import Integral
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,9 +104,7 @@ def label_efficiency(
                 f"train_images has {pool_images.shape[0]} images but train_latents has {pool.shape[0]} rows"
             )
         if test_pixels.shape[0] != test.shape[0]:
-            raise ValueError(
-                f"test_images has {test_pixels.shape[0]} images but test_latents has {test.shape[0]} rows"
-            )
+            raise ValueError(f"test_images has {test_pixels.shape[0]} images but test_latents has {test.shape[0]} rows")
 
     rows = []
     for size in size_list:

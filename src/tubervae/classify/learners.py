@@ -11,7 +11,8 @@ for callers that only need the threshold rule.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -181,7 +182,7 @@ def fit_pixel_cnn(
     seed = as_random_state(random_state)
     steps = check_int("steps", steps, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    lr = check_real("lr", lr, minimum=0.0, strict=True)
+    lr = check_real("lr", lr, minimum=0, strict=True)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -10,8 +10,9 @@ sensitive to new data.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,7 +70,7 @@ class ThresholdRule:
         }
 
     @classmethod
-    def from_dict(cls, fields: dict) -> "ThresholdRule":
+    def from_dict(cls, fields: dict) -> ThresholdRule:
         return cls(
             component=int(fields["component"]),
             threshold=float(fields["threshold"]),

@@ -13,6 +13,7 @@ the README, are:
 |                                       | `wrong_size: reject`: reject                      |
 | smaller than `MIN_SIDE` px            | reject                                            |
 """
+
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,5 @@
 """Deterministic splits of the photo set: train, held-out test, the labelled 200, the UDR probe."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,9 @@ def encode_labels(labels) -> np.ndarray:
     return out
 
 
-def split_indices(labels: np.ndarray, *, test_fraction: float, labelled_per_class: int,
-                  probe_size: int, seed: int) -> dict[str, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, *, test_fraction: float, labelled_per_class: int, probe_size: int, seed: int
+) -> dict[str, np.ndarray]:
     """Row indices of each split.
 
     The test set is stratified over the labelled photos; unlabelled photos only train.
@@ -44,7 +46,8 @@ def split_indices(labels: np.ndarray, *, test_fraction: float, labelled_per_clas
     if len(train) < probe_size:
         raise ValueError(
             f"the UDR probe needs {probe_size} training images but only {len(train)} remain after the "
-            f"test split; lower preprocess.probe_size or add photos")
+            f"test split; lower preprocess.probe_size or add photos"
+        )
     labelled = []
     for cls in (GOOD, BAD):
         members = rng.permutation(train[labels[train] == cls])

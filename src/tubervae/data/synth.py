@@ -34,6 +34,7 @@ Images are reproducible: factors come from `default_rng([seed, 0])`, image i is
 drawn from `default_rng([seed, 1, i])`, so the bytes do not depend on the number
 of workers.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from tubervae.checks import check_int
-from tubervae.io import write_csv
+from tubervae.io import atomic_path, write_csv
 
 WIDTH, HEIGHT = 640, 480
 CROP_FRACTION = 0.6
@@ -58,8 +59,17 @@ CROP_SIDE = CROP_FRACTION * HEIGHT  # 288 px: the square the pipeline keeps
 GOOD_FRACTION = 1554 / 8498  # the thesis's training set: 1554 good, 6944 bad
 
 FACTOR_NAMES = (
-    "x", "y", "size", "elongation", "rotation", "tone", "brightness",
-    "spot_count", "spot_size", "greening", "rot",
+    "x",
+    "y",
+    "size",
+    "elongation",
+    "rotation",
+    "tone",
+    "brightness",
+    "spot_count",
+    "spot_size",
+    "greening",
+    "rot",
 )
 NUISANCE_RANGES = {
     "x": (-40.0, 40.0),
@@ -129,7 +139,7 @@ def sample_factors(n: int, rng: np.random.Generator, good_fraction: float = GOOD
     cols: dict[str, np.ndarray] = {}
     for name, (lo, hi) in NUISANCE_RANGES.items():
         cols[name] = rng.uniform(lo, hi, n)
-    has_spots, has_green, has_rot = (rng.random((3, n)) < q)
+    has_spots, has_green, has_rot = rng.random((3, n)) < q
     lo, hi = DEFECT_RANGES["spot_count"]
     cols["spot_count"] = np.where(has_spots, rng.integers(lo, hi + 1, n), 0).astype(np.int64)
     for name, present in (("spot_size", has_spots), ("greening", has_green), ("rot", has_rot)):
@@ -354,8 +364,8 @@ def render_tuber(factors: Mapping[str, float], rng: np.random.Generator) -> np.n
     # Unit-disc coordinates of the tuber (d < 1 inside).
     dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx))[None, :]
     dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy))[:, None]
-    p = (dx * np.float32(cos_t / a) + dy * np.float32(sin_t / a))
-    q = (dy * np.float32(cos_t / b) - dx * np.float32(sin_t / b))
+    p = dx * np.float32(cos_t / a) + dy * np.float32(sin_t / a)
+    q = dy * np.float32(cos_t / b) - dx * np.float32(sin_t / b)
     wob = _lookup(outline, np.arctan2(q, p))
     X, Y = p / wob, q / wob
     d2 = X * X + Y * Y
@@ -522,10 +532,9 @@ def generate(
 
 def contact_sheet(out_dir: str | os.PathLike, png_path: str | os.PathLike, *, n: int = 24, seed: int = 0) -> Path:
     """Save a grid of `n` random photos from a generated folder, captioned with label and defects."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A pyplot-free figure on the Agg canvas: no global backend switch, nothing left open.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n = check_int("n", n, 1)
     seed = check_int("seed", seed, 0)
@@ -541,7 +550,9 @@ def contact_sheet(out_dir: str | os.PathLike, png_path: str | os.PathLike, *, n:
 
     cols = min(6, len(picks))
     rows = math.ceil(len(picks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.25 * rows), squeeze=False)
+    fig = Figure(figsize=(2.6 * cols, 2.25 * rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), picks):
@@ -556,7 +567,6 @@ def contact_sheet(out_dir: str | os.PathLike, png_path: str | os.PathLike, *, n:
         ax.set_title(caption, fontsize=8, color=colour)
     fig.tight_layout()
     png = Path(png_path)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, format="png", dpi=80)
-    plt.close(fig)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
     return png

@@ -34,9 +34,7 @@ from tubervae.checks import check_int, check_real
 __all__ = ["lasso_gram"]
 
 
-def _cd_sweeps(
-    g: np.ndarray, c: np.ndarray, w: np.ndarray, alpha: float, sweeps: int
-) -> np.ndarray:
+def _cd_sweeps(g: np.ndarray, c: np.ndarray, w: np.ndarray, alpha: float, sweeps: int) -> np.ndarray:
     """Cyclic coordinate descent in place on ``w`` (B, d, T) with the Gram
     matrices ``g`` (B, d, d) and ``c`` (B, d, T); returns each target's largest
     weight change during the last sweep, shape (B, T)."""
@@ -130,9 +128,7 @@ def lasso_gram(
     if g.ndim < 2 or g.shape[-1] != g.shape[-2]:
         raise ValueError(f"gram must have shape (..., d, d), got {g.shape}")
     if c.ndim != g.ndim or c.shape[:-1] != g.shape[:-1]:
-        raise ValueError(
-            f"cross must have shape (..., d, t) matching gram {g.shape}, got {c.shape}"
-        )
+        raise ValueError(f"cross must have shape (..., d, t) matching gram {g.shape}, got {c.shape}")
     if not (np.all(np.isfinite(g)) and np.all(np.isfinite(c))):
         raise ValueError("gram and cross must be finite")
     lead, d, t = g.shape[:-2], g.shape[-1], c.shape[-1]

@@ -66,9 +66,7 @@ def _as_data(representations, factors) -> tuple[np.ndarray, np.ndarray]:
             f"got {reps.shape[0]} and {facs.shape[0]}"
         )
     if reps.shape[0] < 4:
-        raise ValueError(
-            f"need at least 4 images to split into train and test; got n={reps.shape[0]}"
-        )
+        raise ValueError(f"need at least 4 images to split into train and test; got n={reps.shape[0]}")
     return reps, facs
 
 
@@ -83,9 +81,7 @@ def _as_2d_finite(values, name: str) -> np.ndarray:
         raise ValueError(f"{name} must have at least one row and one column; got shape {array.shape}")
     if not np.all(np.isfinite(array)):
         bad = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(
-            f"{name} must be finite; found {array[tuple(bad)]} at row {bad[0]}, column {bad[1]}"
-        )
+        raise ValueError(f"{name} must be finite; found {array[tuple(bad)]} at row {bad[0]}, column {bad[1]}")
     return array
 
 
@@ -99,9 +95,7 @@ def _rng(random_state) -> np.random.Generator:
     if isinstance(random_state, np.random.Generator):
         return random_state
     if isinstance(random_state, bool) or not isinstance(random_state, Integral) or random_state < 0:
-        raise ValueError(
-            f"random_state must be a non-negative int or a numpy Generator; got {random_state!r}"
-        )
+        raise ValueError(f"random_state must be a non-negative int or a numpy Generator; got {random_state!r}")
     return np.random.default_rng(int(random_state))
 
 
@@ -116,8 +110,7 @@ def _discrete_mask(facs: np.ndarray, discrete) -> np.ndarray:
     mask = np.asarray(discrete)
     if mask.dtype != bool or mask.shape != (facs.shape[1],):
         raise ValueError(
-            f"discrete must be None or a bool sequence with one entry per factor "
-            f"({facs.shape[1]}); got {discrete!r}"
+            f"discrete must be None or a bool sequence with one entry per factor ({facs.shape[1]}); got {discrete!r}"
         )
     return mask
 
@@ -336,8 +329,11 @@ def dci(
     lasso_alpha = check_real("lasso_alpha", lasso_alpha, 0.0, strict=True)
     rng = _rng(random_state)
     train, test = train_test_indices(
-        reps.shape[0], test_fraction=test_fraction, random_state=rng,
-        max_train=max_train, max_test=max_test,
+        reps.shape[0],
+        test_fraction=test_fraction,
+        random_state=rng,
+        max_train=max_train,
+        max_test=max_test,
     )
     d, k = reps.shape[1], facs.shape[1]
     importance = np.zeros((d, k))
@@ -388,8 +384,11 @@ def sap(
     mask = _discrete_mask(facs, discrete)
     rng = _rng(random_state)
     train, test = train_test_indices(
-        reps.shape[0], test_fraction=test_fraction, random_state=rng,
-        max_train=max_train, max_test=max_test,
+        reps.shape[0],
+        test_fraction=test_fraction,
+        random_state=rng,
+        max_train=max_train,
+        max_test=max_test,
     )
     d, k = reps.shape[1], facs.shape[1]
     constant = _constant_mask(facs)
@@ -409,9 +408,7 @@ def sap(
         levels = np.unique(facs[:, j]).size
         seed = _seed(rng)
         for i in range(d):
-            tree = DecisionTreeClassifier(
-                max_leaf_nodes=max(levels, 2), class_weight="balanced", random_state=seed
-            )
+            tree = DecisionTreeClassifier(max_leaf_nodes=max(levels, 2), class_weight="balanced", random_state=seed)
             tree.fit(reps[train, i : i + 1], facs[train, j])
             predicted = tree.predict(reps[test, i : i + 1])
             scores[i, j] = max(0.0, balanced_accuracy_score(facs[test, j], predicted, adjusted=True))
@@ -533,8 +530,7 @@ def evaluate_all(
     names = list(factor_names) if not isinstance(factor_names, str) else None
     if names is None or len(names) != facs.shape[1] or not all(isinstance(n, str) for n in names):
         raise ValueError(
-            f"factor_names must be a sequence of {facs.shape[1]} strings (one per factor column); "
-            f"got {factor_names!r}"
+            f"factor_names must be a sequence of {facs.shape[1]} strings (one per factor column); got {factor_names!r}"
         )
     if len(set(names)) != len(names):
         raise ValueError(f"factor_names must be unique; got {names}")

@@ -36,6 +36,7 @@ from scipy.stats import rankdata
 
 from tubervae.checks import check_choice, check_int, check_real
 from tubervae.config import AGGREGATES, INFORMATIVE_KL, SIMILARITIES
+
 # The Lasso similarity is solved by a batched Gram-matrix solver rather than scikit-learn's
 # Lasso, one pair at a time: see tubervae.evaluation.lasso for why (and benchmarks/bench_udr.py).
 from tubervae.evaluation.lasso import lasso_gram
@@ -58,10 +59,7 @@ def _as_representation(name: str, rep: Any) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (n, d) array, got shape {arr.shape}")
     if arr.shape[0] < 2 or arr.shape[1] < 1:
-        raise ValueError(
-            f"{name} needs at least 2 rows (images) and 1 column (component), "
-            f"got shape {arr.shape}"
-        )
+        raise ValueError(f"{name} needs at least 2 rows (images) and 1 column (component), got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return arr
@@ -70,10 +68,7 @@ def _as_representation(name: str, rep: Any) -> np.ndarray:
 def _as_kl(name: str, kl: Any, d: int) -> np.ndarray:
     arr = np.asarray(kl, dtype=float)
     if arr.ndim != 1 or arr.shape[0] != d:
-        raise ValueError(
-            f"{name} must be a length-{d} vector (one KL per component), "
-            f"got shape {arr.shape}"
-        )
+        raise ValueError(f"{name} must be a length-{d} vector (one KL per component), got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return arr
@@ -82,10 +77,7 @@ def _as_kl(name: str, kl: Any, d: int) -> np.ndarray:
 def _check_same_n(shapes: Sequence[tuple[int, ...]], what: str) -> None:
     ns = sorted({s[0] for s in shapes})
     if len(ns) > 1:
-        raise ValueError(
-            f"all {what} must encode the same images (same number of rows n), "
-            f"got n values {ns}"
-        )
+        raise ValueError(f"all {what} must encode the same images (same number of rows n), got n values {ns}")
 
 
 # --------------------------------------------------------------------------
@@ -173,9 +165,7 @@ def similarity_matrix(
 # aggregation
 
 
-def _aggregate_batch(
-    r: np.ndarray, rows: np.ndarray, cols: np.ndarray, aggregate: str
-) -> np.ndarray:
+def _aggregate_batch(r: np.ndarray, rows: np.ndarray, cols: np.ndarray, aggregate: str) -> np.ndarray:
     """UDR of a stack of similarity matrices ``r`` (..., d_a, d_b)."""
     r = np.where(rows[..., :, None] & cols[..., None, :], np.abs(r), 0.0)
     d_a = rows.sum(axis=-1)
@@ -245,9 +235,7 @@ class _Prepared:
     masks: np.ndarray  # (M, d_max) informative components; padding is False
 
 
-def _prepare(
-    reps: Sequence[np.ndarray], masks: Sequence[np.ndarray], similarity: str
-) -> _Prepared:
+def _prepare(reps: Sequence[np.ndarray], masks: Sequence[np.ndarray], similarity: str) -> _Prepared:
     m = len(reps)
     n = reps[0].shape[0]
     dims = np.array([r.shape[1] for r in reps])
@@ -263,9 +251,7 @@ def _prepare(
     return _Prepared(z=np.ascontiguousarray(z.transpose(1, 0, 2)), masks=padded_masks)
 
 
-def _batched_similarities(
-    prep: _Prepared, partners: np.ndarray, similarity: str, lasso_alpha: float
-) -> np.ndarray:
+def _batched_similarities(prep: _Prepared, partners: np.ndarray, similarity: str, lasso_alpha: float) -> np.ndarray:
     """R for every (model, partner) pair: shape (M, P_max, d_max, d_max).
 
     ``partners`` is (M, P_max) with -1 for padding; padded slots give zeros.
@@ -318,8 +304,7 @@ def _validate_models(
         kls_in = list(kl_divergences)
     else:
         raise TypeError(
-            "kl_divergences must be a list of length-d vectors or an (M, d) array, "
-            f"got {type(kl_divergences).__name__}"
+            f"kl_divergences must be a list of length-d vectors or an (M, d) array, got {type(kl_divergences).__name__}"
         )
     if len(kls_in) != len(reps_in):
         raise ValueError(
@@ -363,15 +348,12 @@ def udr_pair(
     aggregate = check_choice("aggregate", aggregate, AGGREGATES)
     threshold = check_real("kl_threshold", kl_threshold)
     alpha = check_real("lasso_alpha", lasso_alpha, 0.0, strict=True)
-    reps, kls = _validate_models(
-        [rep_a, rep_b], [kl_a, kl_b], (("rep_a", "rep_b"), ("kl_a", "kl_b"))
-    )
+    reps, kls = _validate_models([rep_a, rep_b], [kl_a, kl_b], (("rep_a", "rep_b"), ("kl_a", "kl_b")))
     masks = [k > threshold for k in kls]
     for name, mask in zip(("a", "b"), masks):
         if not mask.any():
             warnings.warn(
-                f"model {name} has no informative component (KL > {threshold:g}); "
-                "its UDR is 0",
+                f"model {name} has no informative component (KL > {threshold:g}); its UDR is 0",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -486,17 +468,13 @@ def _choose_partners(
     else:
         labels = list(groups)
         if len(labels) != m:
-            raise ValueError(
-                f"groups must have one label per model: {m} models but {len(labels)} labels"
-            )
+            raise ValueError(f"groups must have one label per model: {m} models but {len(labels)} labels")
     members: dict[Hashable, list[int]] = {}
     for i, label in enumerate(labels):
         try:
             members.setdefault(label, []).append(i)
         except TypeError:
-            raise TypeError(
-                f"groups[{i}] must be hashable (e.g. a string or tuple), got {label!r}"
-            ) from None
+            raise TypeError(f"groups[{i}] must be hashable (e.g. a string or tuple), got {label!r}") from None
     chosen = []
     for i, label in enumerate(labels):
         others = [j for j in members[label] if j != i]
@@ -540,9 +518,7 @@ def udr_scores(
     elif isinstance(partner_seed, (int, np.integer)) and not isinstance(partner_seed, bool):
         rng = np.random.default_rng(int(partner_seed))
     else:
-        raise TypeError(
-            f"partner_seed must be an int or numpy Generator, got {partner_seed!r}"
-        )
+        raise TypeError(f"partner_seed must be an int or numpy Generator, got {partner_seed!r}")
     reps, kls = _validate_models(representations, kl_divergences)
     m = len(reps)
     masks = [k > threshold for k in kls]
@@ -552,8 +528,7 @@ def udr_scores(
     silent = [i for i in range(m) if n_informative[i] == 0]
     if silent:
         warnings.warn(
-            f"models {silent} have no informative component (KL > {threshold:g}); "
-            "their pair scores are 0",
+            f"models {silent} have no informative component (KL > {threshold:g}); their pair scores are 0",
             RuntimeWarning,
             stacklevel=2,
         )

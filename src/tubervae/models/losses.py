@@ -64,14 +64,9 @@ def _check_output(x: torch.Tensor, out: VAEOutput) -> None:
             f"{tuple(mu.shape)}, {tuple(logvar.shape)} and {tuple(z.shape)}"
         )
     if x.shape != logits.shape:
-        raise ValueError(
-            f"x and out.logits must have the same shape, got {tuple(x.shape)} and "
-            f"{tuple(logits.shape)}"
-        )
+        raise ValueError(f"x and out.logits must have the same shape, got {tuple(x.shape)} and {tuple(logits.shape)}")
     if x.shape[0] != mu.shape[0]:
-        raise ValueError(
-            f"x has {x.shape[0]} images but out.mu has {mu.shape[0]} rows; they must match"
-        )
+        raise ValueError(f"x has {x.shape[0]} images but out.mu has {mu.shape[0]} rows; they must match")
 
 
 # --- building blocks ---------------------------------------------------------
@@ -80,16 +75,11 @@ def _check_output(x: torch.Tensor, out: VAEOutput) -> None:
 def kl_per_component(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(μ_j, σ_j²) ‖ N(0, 1)) = ½(μ² + σ² − log σ² − 1), elementwise, shape of ``mu``."""
     if mu.shape != logvar.shape:
-        raise ValueError(
-            f"mu and logvar must have the same shape, got {tuple(mu.shape)} and "
-            f"{tuple(logvar.shape)}"
-        )
+        raise ValueError(f"mu and logvar must have the same shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}")
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
 
 
-def reconstruction_loss(
-    x: torch.Tensor, logits: torch.Tensor, kind: str = "bernoulli"
-) -> torch.Tensor:
+def reconstruction_loss(x: torch.Tensor, logits: torch.Tensor, kind: str = "bernoulli") -> torch.Tensor:
     """Reconstruction error summed over each image, averaged over the batch.
 
     ``"bernoulli"``: binary cross-entropy of the logits against ``x`` in [0, 1]
@@ -104,14 +94,9 @@ def reconstruction_loss(
 def _reconstruction_loss(x: torch.Tensor, logits: torch.Tensor, kind: str) -> torch.Tensor:
     """:func:`reconstruction_loss` for a ``kind`` already checked."""
     if x.shape != logits.shape:
-        raise ValueError(
-            f"x and logits must have the same shape, got {tuple(x.shape)} and "
-            f"{tuple(logits.shape)}"
-        )
+        raise ValueError(f"x and logits must have the same shape, got {tuple(x.shape)} and {tuple(logits.shape)}")
     if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(
-            f"x must be a non-empty batch (batch, ...), got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"x must be a non-empty batch (batch, ...), got shape {tuple(x.shape)}")
     batch = x.shape[0]
     if kind == "bernoulli":
         total = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
@@ -136,9 +121,7 @@ def _capacity(step: int, c_max: float, anneal_steps: int) -> float:
     return c_max * step / anneal_steps
 
 
-def log_density_gaussian(
-    z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | float
-) -> torch.Tensor:
+def log_density_gaussian(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | float) -> torch.Tensor:
     """log N(z; μ, exp(logvar)), elementwise with broadcasting."""
     logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
     return -0.5 * (_LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))
@@ -170,10 +153,7 @@ def log_importance_weights(
     b = check_int("batch_size", batch_size, 2)
     n = check_int("dataset_size", dataset_size, 1)
     if n < b:
-        raise ValueError(
-            f"dataset_size must be >= batch_size ({b}) since the batch is drawn from "
-            f"the dataset, got {n}"
-        )
+        raise ValueError(f"dataset_size must be >= batch_size ({b}) since the batch is drawn from the dataset, got {n}")
     return _log_importance_weights(b, n).to(dtype=dtype, device=device)
 
 
@@ -237,9 +217,7 @@ class VAELoss(abc.ABC):
         return terms
 
     @abc.abstractmethod
-    def _add_family_terms(
-        self, terms: dict[str, torch.Tensor], x: torch.Tensor, out: VAEOutput, step: int
-    ) -> None:
+    def _add_family_terms(self, terms: dict[str, torch.Tensor], x: torch.Tensor, out: VAEOutput, step: int) -> None:
         """Add the family's own terms and ``loss`` to ``terms`` (which holds rec, kl, kl_per_component)."""
 
     def __repr__(self) -> str:
@@ -312,9 +290,7 @@ class BetaTCVAE(VAELoss):
 
     family = "beta_tcvae"
 
-    def __init__(
-        self, beta: float, dataset_size: int, estimator: str = "stratified", rec_kind: str = "bernoulli"
-    ):
+    def __init__(self, beta: float, dataset_size: int, estimator: str = "stratified", rec_kind: str = "bernoulli"):
         super().__init__(rec_kind)
         self._beta = check_real("beta", beta, 0.0, strict=True)
         self._dataset_size = check_int("dataset_size", dataset_size, 1)
@@ -339,13 +315,9 @@ class BetaTCVAE(VAELoss):
     def _add_family_terms(self, terms, x, out, step):
         batch = x.shape[0]
         if self._dataset_size < batch:
-            raise ValueError(
-                f"dataset_size must be >= the batch size ({batch}), got {self._dataset_size!r}"
-            )
+            raise ValueError(f"dataset_size must be >= the batch size ({batch}), got {self._dataset_size!r}")
         if self._estimator == "stratified" and batch < 2:
-            raise ValueError(
-                f"estimator 'stratified' needs a batch of at least 2 images, got {batch}"
-            )
+            raise ValueError(f"estimator 'stratified' needs a batch of at least 2 images, got {batch}")
         z, mu, logvar = out.z, out.mu, out.logvar
         log_qz_x = log_density_gaussian(z, mu, logvar).sum(1)
         zeros = torch.zeros_like(z)
@@ -398,13 +370,10 @@ def make_loss(family: str, **hyperparameters: object) -> VAELoss:
     allowed = required + optional
     unknown = tuple(key for key in hyperparameters if key not in allowed)
     if unknown:
-        raise ValueError(
-            f"unknown hyperparameter(s) {unknown} for family {family!r}; allowed: {allowed}"
-        )
+        raise ValueError(f"unknown hyperparameter(s) {unknown} for family {family!r}; allowed: {allowed}")
     missing = tuple(key for key in required if key not in hyperparameters)
     if missing:
         raise ValueError(
-            f"family {family!r} needs hyperparameter(s) {missing}; allowed: {allowed}, "
-            f"got {tuple(hyperparameters)}"
+            f"family {family!r} needs hyperparameter(s) {missing}; allowed: {allowed}, got {tuple(hyperparameters)}"
         )
     return cls(**hyperparameters)

@@ -72,14 +72,11 @@ class VAEOutput(NamedTuple):
 def _check_image_size(image_size: object) -> int:
     if isinstance(image_size, bool) or not isinstance(image_size, Integral):
         raise TypeError(
-            f"image_size must be an int power of two >= 16, got {image_size!r} "
-            f"({type(image_size).__name__})"
+            f"image_size must be an int power of two >= 16, got {image_size!r} ({type(image_size).__name__})"
         )
     size = int(image_size)
     if size < 16 or size & (size - 1):
-        raise ValueError(
-            f"image_size must be a power of two >= 16 (16, 32, 64, 128, ...), got {size}"
-        )
+        raise ValueError(f"image_size must be a power of two >= 16 (16, 32, 64, 128, ...), got {size}")
     return size
 
 
@@ -119,9 +116,7 @@ class Encoder(nn.Module):
             layers += [nn.Conv2d(in_ch, out_ch, _KERNEL, _STRIDE, _PADDING), nn.ReLU()]
             in_ch = out_ch
         self.convs = nn.Sequential(*layers)
-        self.dense = nn.Sequential(
-            nn.Linear(in_ch * _INNER_SIZE * _INNER_SIZE, _DENSE_UNITS), nn.ReLU()
-        )
+        self.dense = nn.Sequential(nn.Linear(in_ch * _INNER_SIZE * _INNER_SIZE, _DENSE_UNITS), nn.ReLU())
         self.mean = nn.Linear(_DENSE_UNITS, self.latent_dim)
         self.logvar = nn.Linear(_DENSE_UNITS, self.latent_dim)
 
@@ -129,8 +124,7 @@ class Encoder(nn.Module):
         expected = (self.channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
-                f"x must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), "
-                f"got {tuple(x.shape)}"
+                f"x must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}"
             )
         # flatten(1) reads the logical (C, H, W) order, whatever the memory format.
         h = self.dense(self.convs(x).flatten(1))
@@ -165,9 +159,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(
-                f"z must have shape (batch, {self.latent_dim}), got {tuple(z.shape)}"
-            )
+            raise ValueError(f"z must have shape (batch, {self.latent_dim}), got {tuple(z.shape)}")
         h = self.dense(z).view(-1, _DECODER_SEED_CHANNELS, _INNER_SIZE, _INNER_SIZE)
         return self.deconvs(h)
 

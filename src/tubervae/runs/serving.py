@@ -10,6 +10,7 @@ Accepted inputs of `predict`:
   (encoded image bytes, e.g. a JPEG sent over HTTP);
 - a numpy array of RGB images, n×H×W×3 (or one H×W×3 image), uint8 or floats in [0, 1].
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,7 +50,7 @@ def _open(source, where: str) -> Image.Image:
 
 def images_from_input(model_input, *, crop_fraction: float, image_size: int) -> np.ndarray:
     """Any accepted input → uint8 n×s×s×3 as the encoder sees it."""
-    prepare = lambda img: load_model_input(img, crop_fraction=crop_fraction, image_size=image_size)  # noqa: E731
+    prepare = lambda img: load_model_input(img, crop_fraction=crop_fraction, image_size=image_size)
     if isinstance(model_input, pd.DataFrame):
         if "path" in model_input.columns:
             images = []
@@ -67,7 +68,11 @@ def images_from_input(model_input, *, crop_fraction: float, image_size: int) -> 
                     raise bad_input(f"row {i}: image_base64 is not valid base64") from None
                 images.append(prepare(_open(io.BytesIO(raw), f"row {i}")))
             return np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-        if len(model_input.columns) == 1 and model_input.shape[0] and isinstance(model_input.iloc[0, 0], (list, np.ndarray)):
+        if (
+            len(model_input.columns) == 1
+            and model_input.shape[0]
+            and isinstance(model_input.iloc[0, 0], (list, np.ndarray))
+        ):
             model_input = np.asarray(model_input.iloc[:, 0].tolist())
         else:
             raise bad_input(f"expected a 'path' or 'image_base64' column, got columns {list(model_input.columns)}")
@@ -102,12 +107,14 @@ class VaeModel(mlflow.pyfunc.PythonModel):
         self.vae = load_vae_files(context.artifacts["weights"], self.config)
 
     def predict(self, context, model_input, params=None):
-        images = images_from_input(model_input, crop_fraction=self.config["crop_fraction"],
-                                   image_size=self.config["image_size"])
+        images = images_from_input(
+            model_input, crop_fraction=self.config["crop_fraction"], image_size=self.config["image_size"]
+        )
         mu, logvar = encode(self.vae, images)
         d = mu.shape[1]
-        return pd.DataFrame(np.hstack([mu, logvar]), columns=[f"mu_{j}" for j in range(d)] +
-                            [f"logvar_{j}" for j in range(d)])
+        return pd.DataFrame(
+            np.hstack([mu, logvar]), columns=[f"mu_{j}" for j in range(d)] + [f"logvar_{j}" for j in range(d)]
+        )
 
 
 class TuberQualityModel(mlflow.pyfunc.PythonModel):
@@ -119,10 +126,15 @@ class TuberQualityModel(mlflow.pyfunc.PythonModel):
         self.rule = ThresholdRule.from_dict(json.loads(Path(context.artifacts["rule"]).read_text()))
 
     def predict(self, context, model_input, params=None):
-        images = images_from_input(model_input, crop_fraction=self.config["crop_fraction"],
-                                   image_size=self.config["image_size"])
+        images = images_from_input(
+            model_input, crop_fraction=self.config["crop_fraction"], image_size=self.config["image_size"]
+        )
         mu, _ = encode(self.vae, images)
         bad = self.rule.predict(mu) if len(mu) else np.zeros(0, bool)
-        return pd.DataFrame({"label": np.where(bad, "bad", "good"),
-                             f"z{self.rule.component}": mu[:, self.rule.component] if len(mu) else [],
-                             "threshold": self.rule.threshold})
+        return pd.DataFrame(
+            {
+                "label": np.where(bad, "bad", "good"),
+                f"z{self.rule.component}": mu[:, self.rule.component] if len(mu) else [],
+                "threshold": self.rule.threshold,
+            }
+        )

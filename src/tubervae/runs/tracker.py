@@ -12,6 +12,7 @@ Artifact layout of a VAE run (written and read only here):
 - `model/config.json`: what rebuilds the network and where it came from (`VAE_CONFIG_KEYS`);
 - `latents.npz`: `mu`, `logvar` and `kl` of the UDR probe images.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -42,8 +43,18 @@ WEIGHTS, VAE_CONFIG, LATENTS = "model/model.pt", "model/config.json", "latents.n
 VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed", "data_version")
 PARENT_TAG = "mlflow.parentRunId"
 MAX_BATCH = 900  # below MLflow's 1000-entries-per-log_batch limit
-PIP_REQUIREMENTS = ["torch==2.14.1", "mlflow==3.17.2", "numpy==2.4.6", "pandas==3.1.1", "pillow==13.0.0",
-                    "scikit-learn==1.9.1", "scipy==1.17.1", "pyyaml==6.0.4", "tqdm==4.70.1", "matplotlib==3.11.2"]
+PIP_REQUIREMENTS = [
+    "torch==2.14.1",
+    "mlflow==3.17.2",
+    "numpy==2.4.6",
+    "pandas==3.1.1",
+    "pillow==13.0.0",
+    "scikit-learn==1.9.1",
+    "scipy==1.17.1",
+    "pyyaml==6.0.4",
+    "tqdm==4.70.1",
+    "matplotlib==3.11.2",
+]
 
 
 def tracking_uri(root: str | Path = ".") -> str:
@@ -101,13 +112,16 @@ class Tracker:
         experiment_id = MlflowClient(tracking_uri=tracking_uri(root)).get_run(run_id).info.experiment_id
         return cls(root, experiment_id=experiment_id)
 
-    def get_run(self, run_id: str, what: str = "run"):
-        """The run (params, tags, metrics); a RuntimeError naming `what` when the store lacks it."""
+    def get_run(self, run_id: str, origin: str = ""):
+        """The run (params, tags, metrics); a RuntimeError saying where it came from when the store lacks it."""
         try:
             return self.client.get_run(run_id)
         except MlflowException as exc:
-            raise RuntimeError(f"{what} {run_id} is not in the tracking store {self.uri}: rerun the stage that "
-                               f"made it against this store ({exc.message})") from None
+            where = f" ({origin})" if origin else ""
+            raise RuntimeError(
+                f"run {run_id}{where} is not in the tracking store {self.uri}: rerun the stage "
+                f"that made it against this store ({exc.message})"
+            ) from None
 
     # runs ------------------------------------------------------------------------
     def create_run(self, name: str, *, parent_id: str | None = None, tags: dict | None = None) -> str:
@@ -119,8 +133,9 @@ class Tracker:
         return run.info.run_id
 
     @contextmanager
-    def run(self, name: str, *, run_id: str | None = None, parent_id: str | None = None,
-            tags: dict | None = None) -> Iterator[str]:
+    def run(
+        self, name: str, *, run_id: str | None = None, parent_id: str | None = None, tags: dict | None = None
+    ) -> Iterator[str]:
         """Open a run (or reopen `run_id`); its status follows how the block ends."""
         if run_id is None:
             run_id = self.create_run(name, parent_id=parent_id, tags=tags)
@@ -143,8 +158,9 @@ class Tracker:
         """Runs left RUNNING by a dead process on this host are marked KILLED."""
         host = socket.gethostname()
         stale = []
-        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
-                                       max_results=5000)
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000
+        )
         for run in runs:
             tags = run.data.tags
             if tags.get("host") != host or not tags.get("pid", "").isdigit():
@@ -167,19 +183,19 @@ class Tracker:
             text = _param_value(value)
             if key in held:
                 if not _same_param(held[key], text):
-                    raise ValueError(f"param {key!r}: run {run_id} already holds {held[key]!r}, "
-                                     f"cannot log {text!r}")
+                    raise ValueError(f"param {key!r}: run {run_id} already holds {held[key]!r}, cannot log {text!r}")
                 continue
             entries.append(Param(key, text))
         for i in range(0, len(entries), 90):
-            self.client.log_batch(run_id, params=entries[i:i + 90])
+            self.client.log_batch(run_id, params=entries[i : i + 90])
 
     def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
         now = int(time.time() * 1000)
-        entries = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                   if v is not None and math.isfinite(float(v))]
+        entries = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        ]
         for i in range(0, len(entries), MAX_BATCH):
-            self.client.log_batch(run_id, metrics=entries[i:i + MAX_BATCH])
+            self.client.log_batch(run_id, metrics=entries[i : i + MAX_BATCH])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         entries = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -237,15 +253,28 @@ class Tracker:
                 return {k: data[k] for k in data.files}
 
     # registry --------------------------------------------------------------------
-    def log_pyfunc(self, run_id: str, python_model, artifacts: dict, *, registered_name: str,
-                   code_paths: list[str] | None = None, tags: dict | None = None):
+    def log_pyfunc(
+        self,
+        run_id: str,
+        python_model,
+        artifacts: dict,
+        *,
+        registered_name: str,
+        code_paths: list[str] | None = None,
+        tags: dict | None = None,
+    ):
         """Log a pyfunc model on `run_id`, register it as a new version of `registered_name`."""
         import mlflow.pyfunc
 
         with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            info = mlflow.pyfunc.log_model(name="model", python_model=python_model, artifacts=artifacts,
-                                           code_paths=code_paths, pip_requirements=PIP_REQUIREMENTS,
-                                           registered_model_name=registered_name)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=python_model,
+                artifacts=artifacts,
+                code_paths=code_paths,
+                pip_requirements=PIP_REQUIREMENTS,
+                registered_model_name=registered_name,
+            )
         version = self.client.get_model_version(registered_name, str(info.registered_model_version))
         for key, value in (tags or {}).items():
             self.client.set_model_version_tag(registered_name, version.version, key, str(value))
@@ -284,8 +313,9 @@ class Tracker:
         query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
         out, token = [], None
         while True:
-            page = self.client.search_runs(experiment_ids or [self.experiment_id], filter_string=query,
-                                           max_results=1000, page_token=token)
+            page = self.client.search_runs(
+                experiment_ids or [self.experiment_id], filter_string=query, max_results=1000, page_token=token
+            )
             out.extend(page)
             token = page.token
             if not token:

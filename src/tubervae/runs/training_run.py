@@ -5,6 +5,7 @@ component over training, latent traversals, per-component distributions and
 reconstructions (at the end and every `snapshot_every` steps), the probe latents that
 UDR compares, and the weights (layout: `tubervae.runs.tracker`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,15 @@ from tubervae.config import TrainConfig
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.runs.tracker import Tracker
-from tubervae.training import (NonFiniteLossError, Outcome, Setting, as_input, checkpoint_identity,
-                               images_to_tensor, train_model)
+from tubervae.training import (
+    NonFiniteLossError,
+    Outcome,
+    Setting,
+    as_input,
+    checkpoint_identity,
+    images_to_tensor,
+    train_model,
+)
 
 log = logging.getLogger(__name__)
 TRAVERSAL_OFFSETS = np.linspace(-2.0, 2.0, 9)  # thesis §2.3.1: z_i − 2 … z_i + 2
@@ -38,9 +46,12 @@ class TrainingData:
 
 def load_training_data(processed_dir: str | Path = "data/processed") -> TrainingData:
     meta = load_meta(processed_dir)
-    return TrainingData(train=load_split("train", processed_dir)["images"],
-                        probe=load_split("udr_probe", processed_dir)["images"],
-                        test=load_split("test", processed_dir)["images"], data_version=meta["data_version"])
+    return TrainingData(
+        train=load_split("train", processed_dir)["images"],
+        probe=load_split("udr_probe", processed_dir)["images"],
+        test=load_split("test", processed_dir)["images"],
+        data_version=meta["data_version"],
+    )
 
 
 def run_key(setting: Setting, seed: int, cfg: TrainConfig, data: TrainingData) -> str:
@@ -68,15 +79,26 @@ def figures(model, images: np.ndarray, *, kl_threshold: float, kl: np.ndarray | 
     recon = torch.sigmoid(model.decode(mu)).permute(0, 2, 3, 1).cpu().numpy()
     return {
         "traversal.png": plots.traversal_figure(traversal, kl=kl, values=TRAVERSAL_OFFSETS),
-        "distributions.png": plots.distribution_figure(mu[0].cpu().numpy(), logvar[0].cpu().numpy(), kl=kl,
-                                                       kl_threshold=kl_threshold),
+        "distributions.png": plots.distribution_figure(
+            mu[0].cpu().numpy(), logvar[0].cpu().numpy(), kl=kl, kl_threshold=kl_threshold
+        ),
         "reconstructions.png": plots.reconstruction_figure(images[:8], recon, n=min(8, len(images))),
     }
 
 
-def run_tracked(tracker: Tracker, setting: Setting, seed: int, cfg: TrainConfig, data: TrainingData, *,
-                kl_threshold: float, parent_id: str | None = None, run_id: str | None = None,
-                checkpoint_dir: str | Path = "checkpoints", progress: bool = True) -> dict:
+def run_tracked(
+    tracker: Tracker,
+    setting: Setting,
+    seed: int,
+    cfg: TrainConfig,
+    data: TrainingData,
+    *,
+    kl_threshold: float,
+    parent_id: str | None = None,
+    run_id: str | None = None,
+    checkpoint_dir: str | Path = "checkpoints",
+    progress: bool = True,
+) -> dict:
     """Train (or resume) one seed as an MLflow run; returns its run id and final metrics.
 
     `kl_threshold` (params `udr.kl_threshold`) decides which components count as
@@ -86,9 +108,19 @@ def run_tracked(tracker: Tracker, setting: Setting, seed: int, cfg: TrainConfig,
     tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
     name = f"{setting.family} {setting.label} seed {seed}"
     with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags) as rid:
-        tracker.log_params(rid, {"family": setting.family, "beta": setting.beta, "c_max": setting.c_max,
-                                 "seed": seed, "image_size": data.train.shape[1], "n_train": len(data.train),
-                                 "data_version": data.data_version, **dataclasses.asdict(cfg)})
+        tracker.log_params(
+            rid,
+            {
+                "family": setting.family,
+                "beta": setting.beta,
+                "c_max": setting.c_max,
+                "seed": seed,
+                "image_size": data.train.shape[1],
+                "n_train": len(data.train),
+                "data_version": data.data_version,
+                **dataclasses.asdict(cfg),
+            },
+        )
 
         def on_log(metrics: dict, step: int) -> None:
             tracker.log_metrics(rid, metrics, step)
@@ -99,9 +131,18 @@ def run_tracked(tracker: Tracker, setting: Setting, seed: int, cfg: TrainConfig,
 
         try:
             outcome: Outcome = train_model(
-                setting, seed, cfg, train_images=data.train, probe_images=data.probe, test_images=data.test,
-                data_version=data.data_version, checkpoint_path=Path(checkpoint_dir) / f"{key}.pt",
-                on_log=on_log, on_snapshot=on_snapshot, progress=progress)
+                setting,
+                seed,
+                cfg,
+                train_images=data.train,
+                probe_images=data.probe,
+                test_images=data.test,
+                data_version=data.data_version,
+                checkpoint_path=Path(checkpoint_dir) / f"{key}.pt",
+                on_log=on_log,
+                on_snapshot=on_snapshot,
+                progress=progress,
+            )
         except NonFiniteLossError as exc:
             tracker.set_tags(rid, {"failure": "non-finite loss"})
             log.error("%s", exc)
@@ -112,19 +153,43 @@ def run_tracked(tracker: Tracker, setting: Setting, seed: int, cfg: TrainConfig,
         tracker.log_metrics(rid, {f"probe_kl_z{j}": v for j, v in enumerate(kl)}, outcome.step)
         for fname, fig in figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold).items():
             tracker.log_figure(rid, fig, fname)
-        config = {"image_size": int(data.train.shape[1]), "latent_dim": cfg.latent_dim, "family": setting.family,
-                  "beta": setting.beta, "c_max": setting.c_max, "seed": seed, "data_version": data.data_version}
+        config = {
+            "image_size": int(data.train.shape[1]),
+            "latent_dim": cfg.latent_dim,
+            "family": setting.family,
+            "beta": setting.beta,
+            "c_max": setting.c_max,
+            "seed": seed,
+            "data_version": data.data_version,
+        }
         tracker.log_vae(rid, outcome.model, config, outcome.latents)
     return {"run_id": rid, **metrics, "kl": kl.tolist()}
 
 
-def train_command(cfg: TrainConfig, *, family: str, beta: float, c_max: float, seed: int, kl_threshold: float,
-                  root: str | Path = ".", processed_dir: str | Path = "data/processed",
-                  run_id: str | None = None) -> dict:
+def train_command(
+    cfg: TrainConfig,
+    *,
+    family: str,
+    beta: float,
+    c_max: float,
+    seed: int,
+    kl_threshold: float,
+    root: str | Path = ".",
+    processed_dir: str | Path = "data/processed",
+    run_id: str | None = None,
+) -> dict:
     """`tubervae train`: one tracked run outside any study (the search stage trains its seeds the same way)."""
     setting = Setting(family=family, beta=float(beta), c_max=float(c_max))
     data = load_training_data(processed_dir)
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()
-    return run_tracked(tracker, setting, seed, cfg, data, kl_threshold=kl_threshold, run_id=run_id,
-                       checkpoint_dir=Path(root) / "checkpoints")
+    return run_tracked(
+        tracker,
+        setting,
+        seed,
+        cfg,
+        data,
+        kl_threshold=kl_threshold,
+        run_id=run_id,
+        checkpoint_dir=Path(root) / "checkpoints",
+    )

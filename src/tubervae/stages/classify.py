@@ -9,6 +9,7 @@ suggested improvements (logistic regression, gradient boosting on the informativ
 components) and a pixel CNN that sees the same labels are measured beside it, with a
 label-efficiency table. The rule is registered as the pyfunc model `tuber-quality`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,13 +36,21 @@ THESIS_ACCURACY = 0.813
 def load_champion(tracker: Tracker, name: str):
     version = tracker.version_by_alias(name, CHAMPION)
     if version is None:
-        raise RuntimeError(f"no model {name}@{CHAMPION} in the registry: run the search and the register stage "
-                           f"first (dvc repro register)")
+        raise RuntimeError(
+            f"no model {name}@{CHAMPION} in the registry: run the search and the register stage "
+            f"first (dvc repro register)"
+        )
     return version, tracker.load_registered(name, CHAMPION).unwrap_python_model()
 
 
-def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "data/processed",
-        out_dir: str | Path = "reports/classify", run_id: str | None = None) -> dict:
+def run(
+    params: Params,
+    *,
+    root: str | Path = ".",
+    processed_dir: str | Path = "data/processed",
+    out_dir: str | Path = "reports/classify",
+    run_id: str | None = None,
+) -> dict:
     cfg = params.classify
     out_dir = Path(out_dir)
     tracker = Tracker.open(root, run_id)
@@ -49,12 +58,17 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
     vae, vae_config = vae_model.vae, vae_model.config
     meta = load_meta(processed_dir)
     if vae_config["data_version"] != meta["data_version"]:
-        log.warning("the champion was trained on data version %s, the processed data is %s",
-                    vae_config["data_version"], meta["data_version"])
+        log.warning(
+            "the champion was trained on data version %s, the processed data is %s",
+            vae_config["data_version"],
+            meta["data_version"],
+        )
     labelled, test, train = (load_split(s, processed_dir) for s in ("labelled", "test", "train"))
     if vae_config["image_size"] != labelled["images"].shape[1]:
-        raise RuntimeError(f"the champion expects {vae_config['image_size']}px images but data/processed holds "
-                           f"{labelled['images'].shape[1]}px: rerun the search and register stages")
+        raise RuntimeError(
+            f"the champion expects {vae_config['image_size']}px images but data/processed holds "
+            f"{labelled['images'].shape[1]}px: rerun the search and register stages"
+        )
     test_known = test["labels"] >= 0
     x_lab, y_lab = labelled["images"], labelled["labels"] == 1
     x_test, y_test = test["images"][test_known], test["labels"][test_known] == 1
@@ -72,78 +86,137 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
     rule = clf.fit_threshold_rule(z_lab, y_lab)
     train_labels = train["labels"][train["labels"] >= 0]
     majority_bad = bool((train_labels == 1).mean() >= 0.5) if len(train_labels) else True
-    threshold_metrics = clf.binary_metrics(y_test, rule.predict(z_test), rule.score(z_test),
-                                           majority_label=majority_bad)
+    threshold_metrics = clf.binary_metrics(
+        y_test, rule.predict(z_test), rule.score(z_test), majority_label=majority_bad
+    )
     others = {
         "logistic": clf.fit_logistic(z_lab, y_lab, components=informative, random_state=cfg.seed),
         "gradient_boosting": clf.fit_gradient_boosting(z_lab, y_lab, components=informative, random_state=cfg.seed),
     }
-    alternatives = {name: clf.binary_metrics(y_test, m.predict(z_test), m.predict_score(z_test),
-                                             majority_label=majority_bad) for name, m in others.items()}
+    alternatives = {
+        name: clf.binary_metrics(y_test, m.predict(z_test), m.predict_score(z_test), majority_label=majority_bad)
+        for name, m in others.items()
+    }
     cnn = clf.fit_pixel_cnn(x_lab, y_lab, random_state=cfg.seed, steps=cfg.cnn_steps)
-    alternatives["pixel_cnn"] = clf.binary_metrics(y_test, cnn.predict(x_test), cnn.predict_score(x_test),
-                                                   majority_label=majority_bad)
+    alternatives["pixel_cnn"] = clf.binary_metrics(
+        y_test, cnn.predict(x_test), cnn.predict_score(x_test), majority_label=majority_bad
+    )
     sizes = tuple(s for s in cfg.label_sizes if s <= len(y_lab))
     if not sizes:
-        log.warning("every classify.label_sizes %s exceeds the %d labelled photos: measuring at %d only",
-                    list(cfg.label_sizes), len(y_lab), len(y_lab))
+        log.warning(
+            "every classify.label_sizes %s exceeds the %d labelled photos: measuring at %d only",
+            list(cfg.label_sizes),
+            len(y_lab),
+            len(y_lab),
+        )
         sizes = (len(y_lab),)
     # The threshold searches every component, as the rule above does; the learned
     # alternatives see the informative components (and the CNN the pixels).
     common = dict(sizes=sizes, n_draws=cfg.n_draws, random_state=cfg.seed, cnn_steps=cfg.cnn_steps)
-    efficiency = pd.concat([
-        clf.label_efficiency(z_lab, y_lab, z_test, y_test, methods=("threshold",), **common),
-        clf.label_efficiency(z_lab, y_lab, z_test, y_test, train_images=x_lab, test_images=x_test,
-                             methods=("logistic", "gradient_boosting", "pixel_cnn"), components=informative,
-                             **common)], ignore_index=True)
+    efficiency = pd.concat(
+        [
+            clf.label_efficiency(z_lab, y_lab, z_test, y_test, methods=("threshold",), **common),
+            clf.label_efficiency(
+                z_lab,
+                y_lab,
+                z_test,
+                y_test,
+                train_images=x_lab,
+                test_images=x_test,
+                methods=("logistic", "gradient_boosting", "pixel_cnn"),
+                components=informative,
+                **common,
+            ),
+        ],
+        ignore_index=True,
+    )
     efficiency_summary = clf.summarise_label_efficiency(efficiency)
 
     metrics = {
-        "champion": {"model": params.register.model_name, "version": int(version.version),
-                     "run_id": version.tags.get("source_run_id"), "family": vae_config["family"],
-                     "beta": vae_config["beta"], "c_max": vae_config["c_max"], "seed": vae_config["seed"]},
-        "rule": {**rule.as_dict(), "kl": float(kl[rule.component]),
-                 "informative": bool(is_informative[rule.component])},
+        "champion": {
+            "model": params.register.model_name,
+            "version": int(version.version),
+            "run_id": version.tags.get("source_run_id"),
+            "family": vae_config["family"],
+            "beta": vae_config["beta"],
+            "c_max": vae_config["c_max"],
+            "seed": vae_config["seed"],
+        },
+        "rule": {
+            **rule.as_dict(),
+            "kl": float(kl[rule.component]),
+            "informative": bool(is_informative[rule.component]),
+        },
         "informative_components": informative,
         "n_labelled": {"good": int((~y_lab).sum()), "bad": int(y_lab.sum())},
         "test": threshold_metrics,
-        "alternatives": {k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "roc_auc", "f1_bad")}
-                         for k, v in alternatives.items()},
-        "thesis": {"accuracy": THESIS_ACCURACY, "note": "one threshold on one β-TCVAE component; majority "
-                                                        "baseline at the thesis's class ratio: 0.817"},
+        "alternatives": {
+            k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "roc_auc", "f1_bad")}
+            for k, v in alternatives.items()
+        },
+        "thesis": {
+            "accuracy": THESIS_ACCURACY,
+            "note": "one threshold on one β-TCVAE component; majority baseline at the thesis's class ratio: 0.817",
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "components.csv", ranking)
     write_csv(out_dir / "label_efficiency.csv", efficiency_summary)
     # One draw has no spread (its std is NaN): plot it without an error bar.
-    plots.save_figure(plots.label_efficiency_figure(efficiency_summary.rename(
-        columns={"mean_balanced_accuracy": "mean", "std_balanced_accuracy": "std"}).fillna({"std": 0.0})),
-        out_dir / "label_efficiency.png")
+    plots.save_figure(
+        plots.label_efficiency_figure(
+            efficiency_summary.rename(
+                columns={"mean_balanced_accuracy": "mean", "std_balanced_accuracy": "std"}
+            ).fillna({"std": 0.0})
+        ),
+        out_dir / "label_efficiency.png",
+    )
     top2 = [int(c) for c in ranking.component.iloc[:2]] if len(ranking) > 1 else [rule.component] * 2
-    plots.save_figure(plots.scatter_threshold_figure(
-        z_lab[:, top2], y_lab, [f"z{c}" for c in top2], threshold=rule.threshold, threshold_axis=0),
-        out_dir / "scatter.png")
-    wrong = np.flatnonzero(rule.predict(z_test) != y_test)[:cfg.gallery_size]
+    plots.save_figure(
+        plots.scatter_threshold_figure(
+            z_lab[:, top2], y_lab, [f"z{c}" for c in top2], threshold=rule.threshold, threshold_axis=0
+        ),
+        out_dir / "scatter.png",
+    )
+    wrong = np.flatnonzero(rule.predict(z_test) != y_test)[: cfg.gallery_size]
     if len(wrong):
         per_row = 8
-        rows = [x_test[wrong[i:i + per_row]] for i in range(0, len(wrong), per_row)]
-        titles = [[f"{'bad' if y_test[k] else 'good'} as {'good' if y_test[k] else 'bad'}"
-                   for k in wrong[i:i + per_row]] for i in range(0, len(wrong), per_row)]
+        rows = [x_test[wrong[i : i + per_row]] for i in range(0, len(wrong), per_row)]
+        titles = [
+            [f"{'bad' if y_test[k] else 'good'} as {'good' if y_test[k] else 'bad'}" for k in wrong[i : i + per_row]]
+            for i in range(0, len(wrong), per_row)
+        ]
         plots.save_figure(plots.image_grid_figure(rows, titles=titles), out_dir / "misclassified.png")
 
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = quality_model_artifacts(Path(tmp), vae, vae_config, rule)
-        tags = {"component": rule.component, "threshold": rule.threshold, "direction": rule.direction,
-                "test_balanced_accuracy": threshold_metrics["balanced_accuracy"],
-                "vae_version": version.version, "data_version": meta["data_version"]}
+        tags = {
+            "component": rule.component,
+            "threshold": rule.threshold,
+            "direction": rule.direction,
+            "test_balanced_accuracy": threshold_metrics["balanced_accuracy"],
+            "vae_version": version.version,
+            "data_version": meta["data_version"],
+        }
         with tracker.run("classify", run_id=run_id, tags={"kind": "classify"}) as rid:
-            tracker.log_metrics(rid, {f"test_{k}": v for k, v in threshold_metrics.items()
-                                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            tracker.log_metrics(
+                rid,
+                {
+                    f"test_{k}": v
+                    for k, v in threshold_metrics.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                },
+            )
             tracker.log_artifacts(rid, out_dir, "classify")
             model_version = tracker.log_pyfunc(
-                rid, TuberQualityModel(), artifacts,
-                registered_name=cfg.model_name, code_paths=[str(Path(__file__).resolve().parents[1])], tags=tags)
+                rid,
+                TuberQualityModel(),
+                artifacts,
+                registered_name=cfg.model_name,
+                code_paths=[str(Path(__file__).resolve().parents[1])],
+                tags=tags,
+            )
         tracker.set_alias(cfg.model_name, CHAMPION, model_version.version)
     metrics["registered"] = {"model": cfg.model_name, "version": int(model_version.version), "alias": CHAMPION}
     write_json(out_dir / "metrics.json", metrics)

@@ -7,6 +7,7 @@ Spearman similarity) with each supervised metric, with a bootstrap interval, is 
 beside the thesis's 0.51 (P = 5) – 0.61 (P ≥ 30). Also: where the UDR-chosen champion
 ranks by MIG and DCI, and which component of the champion tracks which factor.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def bootstrap_spearman(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random
         idx = rng.integers(0, len(x), len(x))
         if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0:
             draws.append(spearmanr(x[idx], y[idx])[0])
-    low, high = (np.percentile(draws, [2.5, 97.5]) if draws else (np.nan, np.nan))
+    low, high = np.percentile(draws, [2.5, 97.5]) if draws else (np.nan, np.nan)
     return {"rho": rho, "low": float(low), "high": float(high), "n": int(len(x))}
 
 
@@ -54,17 +55,30 @@ def udr_variants(models: pd.DataFrame, latents: list[dict], params: Params) -> p
     groups = list(zip(models.family, models.beta, models.c_max))
     out = {}
     for similarity in ("lasso", "spearman"):
-        common = dict(similarity=similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold,
-                      lasso_alpha=cfg.lasso_alpha, partner_seed=cfg.partner_seed)
-        out[f"udr_within_{similarity}"] = udr_scores(reps, kls, groups=groups, n_partners=cfg.n_partners or None,
-                                                     **common).scores
+        common = dict(
+            similarity=similarity,
+            aggregate=cfg.aggregate,
+            kl_threshold=cfg.kl_threshold,
+            lasso_alpha=cfg.lasso_alpha,
+            partner_seed=cfg.partner_seed,
+        )
+        out[f"udr_within_{similarity}"] = udr_scores(
+            reps, kls, groups=groups, n_partners=cfg.n_partners or None, **common
+        ).scores
         out[f"udr_a2a_{similarity}"] = udr_scores(reps, kls, groups=None, **common).scores
     return pd.DataFrame(out, index=models.index)
 
 
-def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "data/processed",
-        udr_dir: str | Path = "reports/udr", champion_path: str | Path = "reports/register/champion.json",
-        out_dir: str | Path = "reports/evaluate", run_id: str | None = None) -> dict:
+def run(
+    params: Params,
+    *,
+    root: str | Path = ".",
+    processed_dir: str | Path = "data/processed",
+    udr_dir: str | Path = "reports/udr",
+    champion_path: str | Path = "reports/register/champion.json",
+    out_dir: str | Path = "reports/evaluate",
+    run_id: str | None = None,
+) -> dict:
     cfg = params.evaluate
     out_dir = Path(out_dir)
     test = load_split("test", processed_dir)
@@ -99,33 +113,53 @@ def run(params: Params, *, root: str | Path = ".", processed_dir: str | Path = "
 
     correlations = {}
     for udr_col in [c for c in table.columns if c.startswith("udr_") and c.count("_") == 2]:
-        correlations[udr_col] = {m: bootstrap_spearman(table[udr_col].to_numpy(float), table[m].to_numpy(float),
-                                                       cfg.n_bootstrap, rng) for m in SUPERVISED}
+        correlations[udr_col] = {
+            m: bootstrap_spearman(table[udr_col].to_numpy(float), table[m].to_numpy(float), cfg.n_bootstrap, rng)
+            for m in SUPERVISED
+        }
     for metric in ("mig", "dci_d"):
-        plots.save_figure(plots.rank_scatter_figure(
-            table[f"udr_within_{params.udr.similarity}"].to_numpy(float), table[metric].to_numpy(float),
-            labels=[f"{f} {s} s{d}" for f, s, d in zip(table.family, table.setting, table.seed)],
-            xlabel=f"within-setting UDR ({params.udr.similarity})", ylabel=metric), out_dir / f"udr_vs_{metric}.png")
+        plots.save_figure(
+            plots.rank_scatter_figure(
+                table[f"udr_within_{params.udr.similarity}"].to_numpy(float),
+                table[metric].to_numpy(float),
+                labels=[f"{f} {s} s{d}" for f, s, d in zip(table.family, table.setting, table.seed)],
+                xlabel=f"within-setting UDR ({params.udr.similarity})",
+                ylabel=metric,
+            ),
+            out_dir / f"udr_vs_{metric}.png",
+        )
 
-    summary = {"n_models": int(len(table)), "n_points": int(len(images)), "factors": names,
-               "correlations": correlations, "thesis_udr_vs_supervised": THESIS_CORRELATION}
+    summary = {
+        "n_models": int(len(table)),
+        "n_points": int(len(images)),
+        "factors": names,
+        "correlations": correlations,
+        "thesis_udr_vs_supervised": THESIS_CORRELATION,
+    }
     champion_path = Path(champion_path)
     if champion_path.exists():
         champion = json.loads(champion_path.read_text())
         row = table[table.run_id == champion["run_id"]]
         if len(row):
-            summary["champion"] = {"run_id": champion["run_id"], **{m: float(row[m].iloc[0]) for m in SUPERVISED},
-                                   **{f"rank_by_{m}": int((table[m] > row[m].iloc[0]).sum() + 1)
-                                      for m in ("mig", "dci_d")}}
+            summary["champion"] = {
+                "run_id": champion["run_id"],
+                **{m: float(row[m].iloc[0]) for m in SUPERVISED},
+                **{f"rank_by_{m}": int((table[m] > row[m].iloc[0]).sum() + 1) for m in ("mig", "dci_d")},
+            }
             importance = importances[champion["run_id"]]
             plots.save_figure(plots.importance_heatmap(importance), out_dir / "champion_importance.png")
             write_csv(out_dir / "champion_importance.csv", importance.reset_index(names="component"))
             kl = latents[int(np.flatnonzero(table.run_id.to_numpy() == champion["run_id"])[0])]["kl"]
             informative = informative_mask(kl, params.udr.kl_threshold)
             summary["champion"]["component_factor"] = {
-                comp: {"factor": importance.columns[int(np.argmax(vals))], "kl": float(kl[j]),
-                       "informative": bool(informative[j])}
-                for j, (comp, vals) in enumerate(importance.iterrows()) if np.max(vals) > 0}
+                comp: {
+                    "factor": importance.columns[int(np.argmax(vals))],
+                    "kl": float(kl[j]),
+                    "informative": bool(informative[j]),
+                }
+                for j, (comp, vals) in enumerate(importance.iterrows())
+                if np.max(vals) > 0
+            }
     write_json(out_dir / "metrics.json", summary)
     with tracker.run("evaluate", run_id=run_id, tags={"kind": "evaluate"}) as rid:
         tracker.log_artifacts(rid, out_dir, "evaluate")

@@ -2,6 +2,7 @@
 
 The format of what it writes, data/processed/, is `tubervae.data.processed`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,11 +14,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from tubervae.config import PreprocessConfig
+from tubervae.config import PreprocessConfig, worker_count
 from tubervae.data.images import load_model_input
-from tubervae.data.splits import encode_labels, fingerprint, split_indices
-from tubervae.config import worker_count
 from tubervae.data.processed import SPLITS, save_meta, save_split
+from tubervae.data.splits import encode_labels, fingerprint, split_indices
 from tubervae.io import staged_dir
 
 log = logging.getLogger(__name__)
@@ -51,33 +51,55 @@ def read_raw(raw_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def run(cfg: PreprocessConfig, *, raw_dir: str | Path = "data/raw", out_dir: str | Path = "data/processed",
-        workers: int = 0) -> dict:
+def run(
+    cfg: PreprocessConfig, *, raw_dir: str | Path = "data/raw", out_dir: str | Path = "data/processed", workers: int = 0
+) -> dict:
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     frame = read_raw(raw_dir)
     labels = encode_labels(frame["label"].tolist())
     factor_names = [c for c in frame.columns if c not in ("file", "label", "source")]
     images = load_photos([raw_dir / f for f in frame["file"]], cfg, worker_count(workers))
-    splits = split_indices(labels, test_fraction=cfg.test_fraction, labelled_per_class=cfg.labelled_per_class,
-                           probe_size=cfg.probe_size, seed=cfg.seed)
+    splits = split_indices(
+        labels,
+        test_fraction=cfg.test_fraction,
+        labelled_per_class=cfg.labelled_per_class,
+        probe_size=cfg.probe_size,
+        seed=cfg.seed,
+    )
     counts = {}
     with staged_dir(out_dir) as partial_dir:
         for name in SPLITS:
             rows = splits[name]
-            arrays = {"images": images[rows], "labels": labels[rows], "rows": rows,
-                      "files": np.asarray(frame["file"].to_numpy()[rows], dtype=str)}
+            arrays = {
+                "images": images[rows],
+                "labels": labels[rows],
+                "rows": rows,
+                "files": np.asarray(frame["file"].to_numpy()[rows], dtype=str),
+            }
             if factor_names:
                 arrays["factors"] = frame[factor_names].to_numpy(dtype=np.float32)[rows]
                 arrays["factor_names"] = np.asarray(factor_names, dtype=str)
             save_split(partial_dir, name, arrays)
-            counts[name] = {"n": len(rows), "good": int((labels[rows] == 0).sum()),
-                            "bad": int((labels[rows] == 1).sum()), "unlabelled": int((labels[rows] == -1).sum())}
-        meta = {"data_version": fingerprint(images, labels, np.concatenate([splits[s] for s in SPLITS])),
-                "image_size": cfg.image_size, "crop_fraction": cfg.crop_fraction,
-                "factor_names": factor_names, "splits": counts}
+            counts[name] = {
+                "n": len(rows),
+                "good": int((labels[rows] == 0).sum()),
+                "bad": int((labels[rows] == 1).sum()),
+                "unlabelled": int((labels[rows] == -1).sum()),
+            }
+        meta = {
+            "data_version": fingerprint(images, labels, np.concatenate([splits[s] for s in SPLITS])),
+            "image_size": cfg.image_size,
+            "crop_fraction": cfg.crop_fraction,
+            "factor_names": factor_names,
+            "splits": counts,
+        }
         save_meta(partial_dir, meta)
     for cls in ("good", "bad"):
         if counts["labelled"][cls] < cfg.labelled_per_class:
-            log.warning("only %d %s photos in the labelled set (wanted %d)", counts["labelled"][cls], cls,
-                        cfg.labelled_per_class)
+            log.warning(
+                "only %d %s photos in the labelled set (wanted %d)",
+                counts["labelled"][cls],
+                cls,
+                cfg.labelled_per_class,
+            )
     return meta

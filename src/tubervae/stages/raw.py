@@ -5,6 +5,7 @@ are unlabelled (still used by the unsupervised stages). Every file is inspected
 (`tubervae.data.images.inspect_image`); each gets a line in reports/data/ingest.csv.
 The user's folder is only read, never changed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,13 @@ def _label_of(path: Path, root: Path) -> str:
 def _ingest_one(task):
     index, source, root, out_dir, wrong_size = task
     result = inspect_image(source, wrong_size=wrong_size)
-    row = {"source": str(source.relative_to(root)), "status": result.status, "reason": result.reason,
-           "label": _label_of(source, root), "file": ""}
+    row = {
+        "source": str(source.relative_to(root)),
+        "status": result.status,
+        "reason": result.reason,
+        "label": _label_of(source, root),
+        "file": "",
+    }
     if result.image is not None:
         if result.status == "accepted":
             name = f"images/photo_{index:05d}{source.suffix.lower()}"
@@ -70,11 +76,16 @@ def import_folder(cfg: DataConfig, out_dir: Path, report_path: Path) -> pd.DataF
     if rejected > cfg.max_rejected_fraction:
         raise IngestError(
             f"{rejected:.1%} of the files were rejected, above data.max_rejected_fraction "
-            f"{cfg.max_rejected_fraction:.1%}; reasons are in {report_path}")
+            f"{cfg.max_rejected_fraction:.1%}; reasons are in {report_path}"
+        )
     kept = report[report.status != "rejected"]
     write_csv(out_dir / "labels.csv", kept[["file", "label", "source"]])
-    log.info("imported %d photos (%d converted, %d rejected)", usable,
-             int((report.status == "converted").sum()), int((report.status == "rejected").sum()))
+    log.info(
+        "imported %d photos (%d converted, %d rejected)",
+        usable,
+        int((report.status == "converted").sum()),
+        int((report.status == "rejected").sum()),
+    )
     return report
 
 
@@ -100,10 +111,18 @@ def run(cfg: DataConfig, *, out_dir: str | Path = "data/raw", reports_dir: str |
     reports_dir.mkdir(parents=True, exist_ok=True)
     with staged_dir(out_dir) as partial:
         if cfg.source == "synthetic":
-            frame = synth.generate(partial, cfg.n_images, seed=cfg.seed, good_fraction=cfg.good_fraction,
-                                   workers=worker_count(cfg.workers))
-            report = pd.DataFrame({"source": frame["file"], "status": "generated", "reason": "",
-                                   "label": frame["label"], "file": frame["file"]})
+            frame = synth.generate(
+                partial, cfg.n_images, seed=cfg.seed, good_fraction=cfg.good_fraction, workers=worker_count(cfg.workers)
+            )
+            report = pd.DataFrame(
+                {
+                    "source": frame["file"],
+                    "status": "generated",
+                    "reason": "",
+                    "label": frame["label"],
+                    "file": frame["file"],
+                }
+            )
             write_csv(reports_dir / "ingest.csv", report)
         else:
             import_folder(cfg, partial, reports_dir / "ingest.csv")

@@ -12,6 +12,7 @@ Policy (thesis §2.3.4 and §4.2.3):
 The champion becomes a new version of `tubervae-vae` (a pyfunc model: encoder and
 decoder) with alias `champion`; if the alias already points at that run, nothing changes.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from tubervae.config import Params
+from tubervae.data.processed import load_meta
 from tubervae.io import write_json
 from tubervae.runs.serving import VaeModel
-from tubervae.data.processed import load_meta
 from tubervae.runs.tracker import CHAMPION, Tracker
 
 log = logging.getLogger(__name__)
@@ -38,21 +39,33 @@ def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
         raise ValueError(f"the models table lacks columns {sorted(missing)}")
     feasible = models[models.feasible.astype(bool) & models.udr_within.notna()]
     if feasible.empty:
-        raise RuntimeError("no feasible model to register: every trial has fewer informative components than "
-                           "search.min_active; train longer, lower β, or lower search.min_active")
-    settings = (feasible.groupby(["family", "beta", "c_max"])
-                .agg(udr=("udr_within", "median"), n_top=("n_active", "median")).reset_index())
+        raise RuntimeError(
+            "no feasible model to register: every trial has fewer informative components than "
+            "search.min_active; train longer, lower β, or lower search.min_active"
+        )
+    settings = (
+        feasible.groupby(["family", "beta", "c_max"])
+        .agg(udr=("udr_within", "median"), n_top=("n_active", "median"))
+        .reset_index()
+    )
     best = settings.udr.max()
     close = settings[settings.udr >= best - udr_tolerance]
     chosen = close.sort_values(["n_top", "udr"], ascending=False).iloc[0]
-    members = feasible[(feasible.family == chosen.family) & (feasible.beta == chosen.beta)
-                       & (feasible.c_max == chosen.c_max)]
+    members = feasible[
+        (feasible.family == chosen.family) & (feasible.beta == chosen.beta) & (feasible.c_max == chosen.c_max)
+    ]
     return members.sort_values(["udr_within", "n_active"], ascending=False).iloc[0]
 
 
-def run(params: Params, *, root: str | Path = ".", udr_dir: str | Path = "reports/udr",
-        processed_dir: str | Path = "data/processed", out_path: str | Path = "reports/register/champion.json",
-        run_id: str | None = None) -> dict:
+def run(
+    params: Params,
+    *,
+    root: str | Path = ".",
+    udr_dir: str | Path = "reports/udr",
+    processed_dir: str | Path = "data/processed",
+    out_path: str | Path = "reports/register/champion.json",
+    run_id: str | None = None,
+) -> dict:
     cfg = params.register
     models_path = Path(udr_dir) / "models.csv"
     if not models_path.exists():
@@ -72,24 +85,47 @@ def run(params: Params, *, root: str | Path = ".", udr_dir: str | Path = "report
             config["crop_fraction"] = meta["crop_fraction"]
             trained_on = config.get("data_version") or meta["data_version"]
             if trained_on != meta["data_version"]:
-                log.warning("the champion was trained on data version %s, the processed data is %s: rerun the "
-                            "search and udr stages", trained_on, meta["data_version"])
+                log.warning(
+                    "the champion was trained on data version %s, the processed data is %s: rerun the "
+                    "search and udr stages",
+                    trained_on,
+                    meta["data_version"],
+                )
             config_path = Path(tmp) / "vae_config.json"
             config_path.write_text(json.dumps(config, indent=2))
-            tags = {"family": champion.family, "setting": champion.setting, "seed": int(champion.seed),
-                    "udr": float(champion.udr_within), "n_active": int(champion.n_active),
-                    "data_version": trained_on, "source_run_id": champion.run_id}
+            tags = {
+                "family": champion.family,
+                "setting": champion.setting,
+                "seed": int(champion.seed),
+                "udr": float(champion.udr_within),
+                "n_active": int(champion.n_active),
+                "data_version": trained_on,
+                "source_run_id": champion.run_id,
+            }
             with tracker.run("register", run_id=run_id, tags={"kind": "register", **tags}) as rid:
-                version = tracker.log_pyfunc(rid, VaeModel(), {"weights": str(weights), "config": str(config_path)},
-                                             registered_name=cfg.model_name,
-                                             code_paths=[str(Path(__file__).resolve().parents[1])], tags=tags)
+                version = tracker.log_pyfunc(
+                    rid,
+                    VaeModel(),
+                    {"weights": str(weights), "config": str(config_path)},
+                    registered_name=cfg.model_name,
+                    code_paths=[str(Path(__file__).resolve().parents[1])],
+                    tags=tags,
+                )
         tracker.set_alias(cfg.model_name, CHAMPION, version.version)
         log.info("registered %s version %s as %s", cfg.model_name, version.version, CHAMPION)
-    summary = {"model": cfg.model_name, "alias": CHAMPION, "version": int(version.version),
-               "run_id": champion.run_id, "family": champion.family, "setting": str(champion.setting),
-               "seed": int(champion.seed), "udr_within": float(champion.udr_within),
-               "n_active": int(champion.n_active), "data_version": trained_on,
-               "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
-                         f"informative components"}
+    summary = {
+        "model": cfg.model_name,
+        "alias": CHAMPION,
+        "version": int(version.version),
+        "run_id": champion.run_id,
+        "family": champion.family,
+        "setting": str(champion.setting),
+        "seed": int(champion.seed),
+        "udr_within": float(champion.udr_within),
+        "n_active": int(champion.n_active),
+        "data_version": trained_on,
+        "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
+        f"informative components",
+    }
     write_json(out_path, summary)
     return summary

@@ -20,6 +20,7 @@ otherwise waits for the others, so the study ends with exactly `n_trials` comple
 trials. The sampler's state is not stored, so each trial seeds it from its own number:
 a resumed study does not repeat its first suggestions, and two workers never share a seed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,9 +59,13 @@ def storage_url(root: str | Path = ".") -> str:
 
 def study_name(family: str, params: Params, data_version: str) -> str:
     """Family plus a fingerprint of what makes its models comparable."""
-    identity = {"train": params.train.weight_identity(), "seeds": params.search.seeds,
-                "data_version": data_version, "min_active": params.search.min_active,
-                "udr": dataclasses.asdict(params.udr)}
+    identity = {
+        "train": params.train.weight_identity(),
+        "seeds": params.search.seeds,
+        "data_version": data_version,
+        "min_active": params.search.min_active,
+        "udr": dataclasses.asdict(params.udr),
+    }
     return f"{family}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
@@ -76,8 +81,9 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         clean = copy.deepcopy(trial)
         clean.user_attrs = {}
-        clean.system_attrs = {k: v for k, v in clean.system_attrs.items()
-                              if k != "fail_reason" and not k.startswith("constraints")}
+        clean.system_attrs = {
+            k: v for k, v in clean.system_attrs.items() if k != "fail_reason" and not k.startswith("constraints")
+        }
         super().__call__(study, clean)
 
 
@@ -90,9 +96,11 @@ def make_storage(url: str, params: Params, attempts: int = 5) -> RDBStorage:
     for attempt in range(1, attempts + 1):
         try:
             return RDBStorage(
-                url, heartbeat_interval=params.search.heartbeat_interval,
+                url,
+                heartbeat_interval=params.search.heartbeat_interval,
                 grace_period=params.search.grace_period,
-                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=params.search.max_retry))
+                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=params.search.max_retry),
+            )
         except SQLAlchemyError as exc:
             if attempt == attempts:
                 raise
@@ -145,8 +153,9 @@ def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Set
     return Setting(family=family, beta=beta, c_max=c_max)
 
 
-def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
-                           max_retry: int | None = None) -> list[int]:
+def fail_dead_local_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, max_retry: int | None = None
+) -> list[int]:
     """Trials left RUNNING by a killed worker on this host fail now and are re-queued.
 
     The heartbeat does the same for other machines after the grace period; on this host
@@ -191,8 +200,17 @@ def enqueue_grid(study: optuna.Study, space: SearchSpace) -> None:
 class Objective:
     """Train one setting on every seed, score it with within-setting UDR."""
 
-    def __init__(self, family: str, params: Params, tracker: Tracker, data: TrainingData, *,
-                 study_run_id: str | None, checkpoint_dir: Path, progress: bool = True):
+    def __init__(
+        self,
+        family: str,
+        params: Params,
+        tracker: Tracker,
+        data: TrainingData,
+        *,
+        study_run_id: str | None,
+        checkpoint_dir: Path,
+        progress: bool = True,
+    ):
         self.family, self.params, self.tracker, self.data = family, params, tracker, data
         self.space = params.search.spaces[family]
         self.study_run_id, self.checkpoint_dir, self.progress = study_run_id, checkpoint_dir, progress
@@ -209,14 +227,29 @@ class Objective:
     def _evaluate(self, trial: optuna.Trial) -> float:
         setting = suggest_setting(trial, self.family, self.space)
         cfg, search, udr = self.params.train, self.params.search, self.params.udr
-        tags = {"kind": "trial", "family": self.family, "setting": setting.label,
-                "optuna_study": trial.study.study_name, "optuna_trial": trial.number}
-        with self.tracker.run(f"trial {trial.number} {self.family} {setting.label}", parent_id=self.study_run_id,
-                              tags=tags) as parent:
+        tags = {
+            "kind": "trial",
+            "family": self.family,
+            "setting": setting.label,
+            "optuna_study": trial.study.study_name,
+            "optuna_trial": trial.number,
+        }
+        with self.tracker.run(
+            f"trial {trial.number} {self.family} {setting.label}", parent_id=self.study_run_id, tags=tags
+        ) as parent:
             trial.set_user_attr("mlflow_run_id", parent)
-            self.tracker.log_params(parent, {"family": self.family, "beta": setting.beta, "c_max": setting.c_max,
-                                             "seeds": search.seeds, "similarity": udr.similarity,
-                                             "aggregate": udr.aggregate, "optuna_trial": trial.number})
+            self.tracker.log_params(
+                parent,
+                {
+                    "family": self.family,
+                    "beta": setting.beta,
+                    "c_max": setting.c_max,
+                    "seeds": search.seeds,
+                    "similarity": udr.similarity,
+                    "aggregate": udr.aggregate,
+                    "optuna_trial": trial.number,
+                },
+            )
             seed_runs, latents = [], []
             for seed in range(search.seeds):
                 reused = find_finished_run(self.tracker, run_key(setting, seed, cfg, self.data))
@@ -224,32 +257,57 @@ class Objective:
                     log.info("seed %d of %s %s: reusing finished run %s", seed, self.family, setting.label, reused)
                     seed_runs.append(reused)
                 else:
-                    result = run_tracked(self.tracker, setting, seed, cfg, self.data, parent_id=parent,
-                                         kl_threshold=udr.kl_threshold, checkpoint_dir=self.checkpoint_dir,
-                                         progress=self.progress)
+                    result = run_tracked(
+                        self.tracker,
+                        setting,
+                        seed,
+                        cfg,
+                        self.data,
+                        parent_id=parent,
+                        kl_threshold=udr.kl_threshold,
+                        checkpoint_dir=self.checkpoint_dir,
+                        progress=self.progress,
+                    )
                     seed_runs.append(result["run_id"])
                 latents.append(self.tracker.latents(seed_runs[-1]))
             trial.set_user_attr("seed_run_ids", seed_runs)
-            result = udr_scores([z["mu"] for z in latents], [z["kl"] for z in latents],
-                                n_partners=udr.n_partners or None, partner_seed=udr.partner_seed,
-                                similarity=udr.similarity, aggregate=udr.aggregate,
-                                kl_threshold=udr.kl_threshold, lasso_alpha=udr.lasso_alpha)
+            result = udr_scores(
+                [z["mu"] for z in latents],
+                [z["kl"] for z in latents],
+                n_partners=udr.n_partners or None,
+                partner_seed=udr.partner_seed,
+                similarity=udr.similarity,
+                aggregate=udr.aggregate,
+                kl_threshold=udr.kl_threshold,
+                lasso_alpha=udr.lasso_alpha,
+            )
             scores = np.nan_to_num(result.scores, nan=0.0)
             value = float(np.median(scores))
             n_active = float(np.median(result.n_informative))
             feasible = n_active >= search.min_active
-            reason = "" if feasible else (f"median informative components {n_active:g} below "
-                                          f"search.min_active {search.min_active}")
+            reason = (
+                ""
+                if feasible
+                else (f"median informative components {n_active:g} below search.min_active {search.min_active}")
+            )
             trial.set_user_attr("udr_per_seed", [float(s) for s in scores])
             trial.set_user_attr("n_active_per_seed", [int(n) for n in result.n_informative])
             trial.set_user_attr("n_active", n_active)
             trial.set_user_attr("feasible", feasible)
             trial.set_user_attr("infeasible_reason", reason)
             trial.set_constraint("min_active", float(search.min_active - n_active))
-            self.tracker.log_metrics(parent, {"udr": value, "n_active": n_active, "feasible": float(feasible),
-                                              **{f"udr_seed_{i}": s for i, s in enumerate(scores)}})
-            self.tracker.set_tags(parent, {"feasible": feasible, "infeasible_reason": reason,
-                                           "seed_run_ids": ",".join(seed_runs)})
+            self.tracker.log_metrics(
+                parent,
+                {
+                    "udr": value,
+                    "n_active": n_active,
+                    "feasible": float(feasible),
+                    **{f"udr_seed_{i}": s for i, s in enumerate(scores)},
+                },
+            )
+            self.tracker.set_tags(
+                parent, {"feasible": feasible, "infeasible_reason": reason, "seed_run_ids": ",".join(seed_runs)}
+            )
         return value
 
 
@@ -261,23 +319,36 @@ def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def summarise(study: optuna.Study, family: str, params: Params) -> dict:
     trials = []
     for t in study.get_trials(deepcopy=False):
-        trials.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                       "feasible": t.user_attrs.get("feasible"), "n_active": t.user_attrs.get("n_active"),
-                       "infeasible_reason": t.user_attrs.get("infeasible_reason", ""),
-                       "udr_per_seed": t.user_attrs.get("udr_per_seed"),
-                       "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-                       "seed_run_ids": t.user_attrs.get("seed_run_ids", []),
-                       "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason", "")})
+        trials.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "feasible": t.user_attrs.get("feasible"),
+                "n_active": t.user_attrs.get("n_active"),
+                "infeasible_reason": t.user_attrs.get("infeasible_reason", ""),
+                "udr_per_seed": t.user_attrs.get("udr_per_seed"),
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                "seed_run_ids": t.user_attrs.get("seed_run_ids", []),
+                "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason", ""),
+            }
+        )
     best = best_feasible(study)
     complete = [t for t in trials if t["state"] == "COMPLETE"]
-    return {"family": family, "study": study.study_name,
-            "objective": f"median within-setting UDR ({params.udr.similarity}, {params.udr.aggregate})",
-            "n_complete": len(complete), "n_feasible": sum(bool(t["feasible"]) for t in complete),
-            "best_value": best.value if best else None, "best_params": best.params if best else None,
-            "best_trial": best.number if best else None,
-            "best_n_active": best.user_attrs.get("n_active") if best else None,
-            "best_mlflow_run_id": best.user_attrs.get("mlflow_run_id") if best else None,
-            "trials": trials}
+    return {
+        "family": family,
+        "study": study.study_name,
+        "objective": f"median within-setting UDR ({params.udr.similarity}, {params.udr.aggregate})",
+        "n_complete": len(complete),
+        "n_feasible": sum(bool(t["feasible"]) for t in complete),
+        "best_value": best.value if best else None,
+        "best_params": best.params if best else None,
+        "best_trial": best.number if best else None,
+        "best_n_active": best.user_attrs.get("n_active") if best else None,
+        "best_mlflow_run_id": best.user_attrs.get("mlflow_run_id") if best else None,
+        "trials": trials,
+    }
 
 
 def write_reports(summary: dict, out_dir: Path) -> None:
@@ -288,19 +359,42 @@ def write_reports(summary: dict, out_dir: Path) -> None:
         return
     infeasible = np.array([not t["feasible"] for t in done])
     values = np.array([t["value"] for t in done], dtype=float)
-    plots.save_figure(plots.metric_vs_param_figure(
-        np.array([t["params"]["beta"] for t in done]), values, xlabel="β", ylabel="median UDR",
-        logx=True, infeasible=infeasible), out_dir / f"{family}_udr_vs_beta.png")
+    plots.save_figure(
+        plots.metric_vs_param_figure(
+            np.array([t["params"]["beta"] for t in done]),
+            values,
+            xlabel="β",
+            ylabel="median UDR",
+            logx=True,
+            infeasible=infeasible,
+        ),
+        out_dir / f"{family}_udr_vs_beta.png",
+    )
     if family == "cbeta_vae":
-        plots.save_figure(plots.metric_vs_param_figure(
-            np.array([t["params"]["c_max"] for t in done]), values, xlabel="C_max (nats)", ylabel="median UDR",
-            infeasible=infeasible), out_dir / f"{family}_udr_vs_cmax.png")
+        plots.save_figure(
+            plots.metric_vs_param_figure(
+                np.array([t["params"]["c_max"] for t in done]),
+                values,
+                xlabel="C_max (nats)",
+                ylabel="median UDR",
+                infeasible=infeasible,
+            ),
+            out_dir / f"{family}_udr_vs_cmax.png",
+        )
     history = [t["value"] if t["state"] == "COMPLETE" and t["feasible"] else np.nan for t in summary["trials"]]
     plots.save_figure(plots.history_figure(np.array(history, dtype=float)), out_dir / f"{family}_history.png")
 
 
-def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, objective, wanted: int, *,
-               max_starts: int, max_retry: int | None, poll_seconds: float = 1.0) -> None:
+def run_trials(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    objective,
+    wanted: int,
+    *,
+    max_starts: int,
+    max_retry: int | None,
+    poll_seconds: float = 1.0,
+) -> None:
     """Run trials one at a time until the study holds `wanted` complete trials.
 
     A trial starts only while complete + running trials are fewer than `wanted`; when
@@ -321,8 +415,7 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, object
             time.sleep(poll_seconds)
             continue
         if started >= max_starts:
-            log.error("stopping after %d trial(s) started by this worker: %d of %d complete", started, complete,
-                      wanted)
+            log.error("stopping after %d trial(s) started by this worker: %d of %d complete", started, complete, wanted)
             return
         started += 1
         study.optimize(objective, n_trials=1, catch=(RuntimeError, ValueError), callbacks=[_report_failure])
@@ -330,17 +423,31 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, object
 
 def _report_failure(study: optuna.Study, trial: FrozenTrial) -> None:
     if trial.state == TrialState.FAIL:
-        log.error("trial %d failed (%s); the study goes on", trial.number,
-                  trial.user_attrs.get("fail_reason", "no reason recorded"))
+        log.error(
+            "trial %d failed (%s); the study goes on",
+            trial.number,
+            trial.user_attrs.get("fail_reason", "no reason recorded"),
+        )
 
 
-def run(params: Params, family: str, *, n_trials: int | None = None, storage: str | None = None,
-        root: str | Path = ".", processed_dir: str | Path = "data/processed", run_id: str | None = None,
-        reports_dir: str | Path = "reports/search", progress: bool = True) -> dict:
+def run(
+    params: Params,
+    family: str,
+    *,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    root: str | Path = ".",
+    processed_dir: str | Path = "data/processed",
+    run_id: str | None = None,
+    reports_dir: str | Path = "reports/search",
+    progress: bool = True,
+) -> dict:
     """The `tubervae search` command: run the study up to `n_trials` complete trials."""
     if family not in params.search.spaces:
-        raise ValueError(f"family {family!r} has no search space in params.yaml (search.spaces); "
-                         f"configured: {sorted(params.search.spaces)}")
+        raise ValueError(
+            f"family {family!r} has no search space in params.yaml (search.spaces); "
+            f"configured: {sorted(params.search.spaces)}"
+        )
     root = Path(root)
     space = params.search.spaces[family]
     wanted = n_trials or space.n_trials
@@ -355,15 +462,27 @@ def run(params: Params, family: str, *, n_trials: int | None = None, storage: st
         # The heartbeat and its retry callback are marked experimental; they are what resumes a killed worker.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study_storage = make_storage(storage or storage_url(root), params)
-        study = optuna.create_study(study_name=name, storage=study_storage,
-                                    sampler=TrialSeededSampler(params.search.sampler_seed), direction="maximize",
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            study_name=name,
+            storage=study_storage,
+            sampler=TrialSeededSampler(params.search.sampler_seed),
+            direction="maximize",
+            load_if_exists=True,
+        )
         if params.search.enqueue_grid:
             enqueue_grid(study, space)
-        objective = Objective(family, params, tracker, data, study_run_id=run_id,
-                              checkpoint_dir=root / "checkpoints", progress=progress)
-        run_trials(study, study_storage, objective, wanted, max_starts=wanted * (1 + params.search.max_retry),
-                   max_retry=params.search.max_retry, poll_seconds=1.0)
+        objective = Objective(
+            family, params, tracker, data, study_run_id=run_id, checkpoint_dir=root / "checkpoints", progress=progress
+        )
+        run_trials(
+            study,
+            study_storage,
+            objective,
+            wanted,
+            max_starts=wanted * (1 + params.search.max_retry),
+            max_retry=params.search.max_retry,
+            poll_seconds=1.0,
+        )
     summary = summarise(study, family, params)
     best_run = summary["best_mlflow_run_id"]
     for t in summary["trials"]:

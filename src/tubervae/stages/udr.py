@@ -11,6 +11,7 @@ Outputs (reports/udr/): `<family>.csv` and `a2a.csv` in the thesis's layout (fig
 of chosen pairs (figures 4.15, 4.17) and `summary.json` (DVC metrics). `udr_within`
 and `udr_a2a` go back onto each model's run so `mlflow ui` can sort by them.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,11 +49,19 @@ def models_from_search(search_dir: Path) -> list[dict]:
 def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
     rows = []
     for model in models:
-        run = tracker.get_run(model["run_id"], what=f"run of search trial {model['trial']}")
+        run = tracker.get_run(model["run_id"], origin=f"search trial {model['trial']}")
         p = run.data.params
-        rows.append({**model, "family": p["family"], "beta": float(p["beta"]), "c_max": float(p["c_max"]),
-                     "seed": int(p["seed"]), "setting": run.data.tags.get("setting", p["beta"]),
-                     "data_version": p.get("data_version", "")})
+        rows.append(
+            {
+                **model,
+                "family": p["family"],
+                "beta": float(p["beta"]),
+                "c_max": float(p["c_max"]),
+                "seed": int(p["seed"]),
+                "setting": run.data.tags.get("setting", p["beta"]),
+                "data_version": p.get("data_version", ""),
+            }
+        )
     frame = pd.DataFrame(rows)
     return frame.drop_duplicates("run_id").reset_index(drop=True) if len(frame) else frame
 
@@ -90,17 +99,30 @@ def choose_heatmap_pairs(frame: pd.DataFrame, n_pairs: int) -> list[tuple[int, i
         same = (group.beta == group.loc[top, "beta"]) & (group.c_max == group.loc[top, "c_max"])
         partners = group[same & (group.index != top)]
         if len(partners):
-            pairs.append((top, partners.index[0], f"{family} {group.loc[top, 'setting']}: seed "
-                          f"{group.loc[top, 'seed']} vs seed {group.loc[partners.index[0], 'seed']}"))
+            pairs.append(
+                (
+                    top,
+                    partners.index[0],
+                    f"{family} {group.loc[top, 'setting']}: seed "
+                    f"{group.loc[top, 'seed']} vs seed {group.loc[partners.index[0], 'seed']}",
+                )
+            )
     families = sorted(best)
     for a, b in zip(families, families[1:]):
         pairs.append((best[a], best[b], f"{a} vs {b} (best of each)"))
     return pairs[:n_pairs] if n_pairs else []
 
 
-def run(params: Params, *, root: str | Path = ".", search_dir: str | Path = "reports/search",
-        out_dir: str | Path = "reports/udr", processed_dir: str | Path = "data/processed",
-        all_runs: bool = False, run_id: str | None = None) -> dict:
+def run(
+    params: Params,
+    *,
+    root: str | Path = ".",
+    search_dir: str | Path = "reports/search",
+    out_dir: str | Path = "reports/udr",
+    processed_dir: str | Path = "data/processed",
+    all_runs: bool = False,
+    run_id: str | None = None,
+) -> dict:
     cfg = params.udr
     root, out_dir = Path(root), Path(out_dir)
     tracker = Tracker.open(root, run_id)
@@ -120,10 +142,17 @@ def run(params: Params, *, root: str | Path = ".", search_dir: str | Path = "rep
         raise RuntimeError("UDR needs at least two models trained on the current data")
     latents = [tracker.latents(rid) for rid in frame.run_id]
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
-    common = dict(similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold,
-                  lasso_alpha=cfg.lasso_alpha)
-    within = udr_scores(reps, kls, groups=list(zip(frame.family, frame.beta, frame.c_max)),
-                        n_partners=cfg.n_partners or None, partner_seed=cfg.partner_seed, **common)
+    common = dict(
+        similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha
+    )
+    within = udr_scores(
+        reps,
+        kls,
+        groups=list(zip(frame.family, frame.beta, frame.c_max)),
+        n_partners=cfg.n_partners or None,
+        partner_seed=cfg.partner_seed,
+        **common,
+    )
     a2a = udr_scores(reps, kls, groups=None, n_partners=None, partner_seed=cfg.partner_seed, **common)
     frame["n_active"] = within.n_informative
     frame["udr_within"] = within.scores
@@ -141,40 +170,80 @@ def run(params: Params, *, root: str | Path = ".", search_dir: str | Path = "rep
         write_csv(out_dir / f"{name}.csv", table)
         title = f"{method}: {'all against all' if name == 'a2a' else name + ', within setting'}"
         plots.save_figure(plots.table_figure(table.drop(columns=["feasible"]), title=title), out_dir / f"{name}.png")
-    herd = frame[["family", "setting", "seed", "run_id", "n_active", "udr_within", "udr_a2a", "rank_within",
-                  "rank_a2a", "rank_shift"]].sort_values("rank_shift", key=np.abs, ascending=False)
+    herd = frame[
+        [
+            "family",
+            "setting",
+            "seed",
+            "run_id",
+            "n_active",
+            "udr_within",
+            "udr_a2a",
+            "rank_within",
+            "rank_a2a",
+            "rank_shift",
+        ]
+    ].sort_values("rank_shift", key=np.abs, ascending=False)
     write_csv(out_dir / "herd.csv", herd)
-    plots.save_figure(plots.rank_scatter_figure(
-        frame.rank_within.to_numpy(), frame.rank_a2a.to_numpy(),
-        labels=[f"{f} {s} s{d}" for f, s, d in zip(frame.family, frame.setting, frame.seed)],
-        xlabel="rank by within-setting UDR", ylabel="rank by A2A UDR", higher_is_better=False),
-        out_dir / "herd.png")
+    plots.save_figure(
+        plots.rank_scatter_figure(
+            frame.rank_within.to_numpy(),
+            frame.rank_a2a.to_numpy(),
+            labels=[f"{f} {s} s{d}" for f, s, d in zip(frame.family, frame.setting, frame.seed)],
+            xlabel="rank by within-setting UDR",
+            ylabel="rank by A2A UDR",
+            higher_is_better=False,
+        ),
+        out_dir / "herd.png",
+    )
     for k, (i, j, title) in enumerate(choose_heatmap_pairs(frame, cfg.heatmap_pairs)):
-        matrix = masked_similarity(reps[i], reps[j], kls[i], kls[j], similarity=cfg.similarity,
-                                   kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha)
-        plots.save_figure(plots.similarity_heatmap(
-            np.nan_to_num(matrix), informative_mask(kls[i], cfg.kl_threshold),
-            informative_mask(kls[j], cfg.kl_threshold),
-            title=f"{cfg.similarity} similarity, {title}"), out_dir / f"heatmap_{k}.png")
+        matrix = masked_similarity(
+            reps[i],
+            reps[j],
+            kls[i],
+            kls[j],
+            similarity=cfg.similarity,
+            kl_threshold=cfg.kl_threshold,
+            lasso_alpha=cfg.lasso_alpha,
+        )
+        plots.save_figure(
+            plots.similarity_heatmap(
+                np.nan_to_num(matrix),
+                informative_mask(kls[i], cfg.kl_threshold),
+                informative_mask(kls[j], cfg.kl_threshold),
+                title=f"{cfg.similarity} similarity, {title}",
+            ),
+            out_dir / f"heatmap_{k}.png",
+        )
 
     # n_active too: a reused run was trained under an earlier udr.kl_threshold, the tables use today's.
     for rid, w, a, n in zip(frame.run_id, frame.udr_within, frame.udr_a2a, frame.n_active):
         tracker.log_metrics(rid, {"udr_within": w, "udr_a2a": a, "n_active": n})
-    summary = {"similarity": cfg.similarity, "aggregate": cfg.aggregate, "n_models": int(len(frame)),
-               "families": {}}
+    summary = {"similarity": cfg.similarity, "aggregate": cfg.aggregate, "n_models": int(len(frame)), "families": {}}
     for family, table in tables.items():
         if family == "a2a":
             continue
         top = table.sort_values("udr", ascending=False).iloc[0]
-        summary["families"][family] = {"best_param": str(top["param"]), "best_udr": float(top["udr"]),
-                                       "best_n_top": float(top["#top"]),
-                                       "mean_udr_within": float(frame[frame.family == family].udr_within.mean()),
-                                       "mean_udr_a2a": float(frame[frame.family == family].udr_a2a.mean())}
+        summary["families"][family] = {
+            "best_param": str(top["param"]),
+            "best_udr": float(top["udr"]),
+            "best_n_top": float(top["#top"]),
+            "mean_udr_within": float(frame[frame.family == family].udr_within.mean()),
+            "mean_udr_a2a": float(frame[frame.family == family].udr_a2a.mean()),
+        }
     write_json(out_dir / "summary.json", summary)
     write_csv(out_dir / "models.csv", frame)
     with tracker.run("udr", run_id=run_id, tags={"kind": "udr"}) as rid:
-        tracker.log_params(rid, {"similarity": cfg.similarity, "aggregate": cfg.aggregate,
-                                 "kl_threshold": cfg.kl_threshold, "lasso_alpha": cfg.lasso_alpha,
-                                 "n_partners": cfg.n_partners, "n_models": len(frame)})
+        tracker.log_params(
+            rid,
+            {
+                "similarity": cfg.similarity,
+                "aggregate": cfg.aggregate,
+                "kl_threshold": cfg.kl_threshold,
+                "lasso_alpha": cfg.lasso_alpha,
+                "n_partners": cfg.n_partners,
+                "n_models": len(frame),
+            },
+        )
         tracker.log_artifacts(rid, out_dir, "udr")
     return summary
