@@ -68,6 +68,38 @@ def write_processed(
     return meta
 
 
+def labelled_disc_splits(seed: int = 0, size: int = 16) -> tuple[dict[str, tuple], list[str]]:
+    """A few dozen photos of bright discs on black (bad discs are dim), split as preprocess splits.
+
+    Position, radius and brightness vary; the labelled split holds 10 good + 10 bad.
+    Returns the splits for `write_processed` and the factor names.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+
+    def photos(n, bad_fraction):
+        bad = rng.random(n) < bad_fraction
+        factors = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+        images = np.zeros((n, size, size, 3), np.uint8)
+        for i in range(n):
+            cx, r = 5 + 6 * factors[i, 0], 2 + 3 * factors[i, 1]
+            level = 60 + 60 * factors[i, 2] if bad[i] else 150 + 100 * factors[i, 2]
+            images[i][(xx - cx) ** 2 + (yy - size / 2) ** 2 <= r * r] = (level, 0.8 * level, 0.5 * level)
+        return images, bad.astype(np.int64), factors
+
+    splits = {}
+    for name, n, bad_fraction in (("train", 64, 0.75), ("test", 40, 0.5), ("udr_probe", 32, 0.5)):
+        images, labels, factors = photos(n, bad_fraction)
+        splits[name] = (images, np.full(n, -1, np.int64) if name == "udr_probe" else labels, factors)
+    (good, _, good_f), (bad, _, bad_f) = photos(10, 0.0), photos(10, 1.0)
+    splits["labelled"] = (
+        np.concatenate([good, bad]),
+        np.r_[np.zeros(10, np.int64), np.ones(10, np.int64)],
+        np.concatenate([good_f, bad_f]),
+    )
+    return splits, ["x", "radius", "brightness"]
+
+
 def run_command(
     args: list[str], cwd: Path, *, env: dict | None = None, timeout: float = 180, check: bool = False
 ) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import write_processed
+from conftest import labelled_disc_splits, write_processed
 from tubervae.classify import fit_threshold_rule
 from tubervae.config import TrainConfig, parse_params
 from tubervae.models.nets import VAE
@@ -46,36 +46,10 @@ QUALITY_NAME = "tuber-quality"
 # ------------------------------------------------------------------ tiny data
 
 
-def disc_photos(rng, n, bad_fraction):
-    """Bright discs on black; position, radius and brightness vary; bad discs are dim."""
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    bad = rng.random(n) < bad_fraction
-    factors = rng.uniform(0, 1, (n, 3)).astype(np.float32)
-    images = np.zeros((n, SIZE, SIZE, 3), np.uint8)
-    for i in range(n):
-        cx, r = 5 + 6 * factors[i, 0], 2 + 3 * factors[i, 1]
-        level = 60 + 60 * factors[i, 2] if bad[i] else 150 + 100 * factors[i, 2]
-        images[i][(xx - cx) ** 2 + (yy - SIZE / 2) ** 2 <= r * r] = (level, 0.8 * level, 0.5 * level)
-    return images, bad.astype(np.int64), factors
-
-
 def write_processed_discs(folder: Path, seed: int = 0) -> Path:
-    """The files the preprocess stage writes, for a few dozen 16×16 photos."""
-    rng = np.random.default_rng(seed)
-    splits = {}
-    for name, n, bad_fraction in (("train", 64, 0.75), ("test", 40, 0.5), ("udr_probe", 32, 0.5)):
-        images, labels, factors = disc_photos(rng, n, bad_fraction)
-        if name == "udr_probe":
-            labels = np.full(n, -1, np.int64)
-        splits[name] = (images, labels, factors)
-    good, _, good_f = disc_photos(rng, 10, 0.0)
-    bad, _, bad_f = disc_photos(rng, 10, 1.0)
-    splits["labelled"] = (
-        np.concatenate([good, bad]),
-        np.r_[np.zeros(10, np.int64), np.ones(10, np.int64)],
-        np.concatenate([good_f, bad_f]),
-    )
-    write_processed(folder, splits, ["x", "radius", "brightness"], data_version=DATA_VERSION, crop_fraction=CROP)
+    """The files the preprocess stage writes, for a few dozen 16×16 photos (bad discs are dim)."""
+    splits, names = labelled_disc_splits(seed, SIZE)
+    write_processed(folder, splits, names, data_version=DATA_VERSION, crop_fraction=CROP)
     return folder
 
 

@@ -60,6 +60,7 @@ def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
                 "seed": int(p["seed"]),
                 "setting": run.data.tags.get("setting", p["beta"]),
                 "data_version": p.get("data_version", ""),
+                "steps": int(p.get("steps", 0)),
             }
         )
     frame = pd.DataFrame(rows)
@@ -216,9 +217,11 @@ def run(
             out_dir / f"heatmap_{k}.png",
         )
 
-    # n_active too: a reused run was trained under an earlier udr.kl_threshold, the tables use today's.
-    for rid, w, a, n in zip(frame.run_id, frame.udr_within, frame.udr_a2a, frame.n_active):
-        tracker.log_metrics(rid, {"udr_within": w, "udr_a2a": a, "n_active": n})
+    for rid, w, a, n, steps in zip(frame.run_id, frame.udr_within, frame.udr_a2a, frame.n_active, frame.steps):
+        tracker.log_metrics(rid, {"udr_within": w, "udr_a2a": a})
+        # A reused run was counted under the udr.kl_threshold of its day; today's count, at the training's
+        # last step, becomes the value MLflow shows.
+        tracker.log_metrics(rid, {"n_active": n}, step=int(steps))
     summary = {"similarity": cfg.similarity, "aggregate": cfg.aggregate, "n_models": int(len(frame)), "families": {}}
     for family, table in tables.items():
         if family == "a2a":
