@@ -202,7 +202,9 @@ def test_scores_are_medians_of_pair_scores():
         pair = [udr_pair(reps[i], reps[j], kls[i], kls[j]) for j in range(4) if j != i]
         got = [res.pair_scores[i, j] for j in range(4) if j != i]
         assert got == pytest.approx(pair, abs=1e-9)
-        assert res.scores[i] == pytest.approx(sorted(pair)[1], abs=1e-9)  # median of 3
+        # model i is scored by its partners predicting it: column i, as disentanglement_lib does
+        scored_by = [udr_pair(reps[j], reps[i], kls[j], kls[i]) for j in range(4) if j != i]
+        assert res.scores[i] == pytest.approx(sorted(scored_by)[1], abs=1e-9)  # median of 3
     # the Lasso direction matters, so the matrix is not symmetric
     assert not np.allclose(res.pair_scores[0, 1], res.pair_scores[1, 0])
     assert res.n_informative.tolist() == [3, 4, 3, 4]
@@ -216,11 +218,14 @@ def test_partner_subset_stays_in_group():
     groups = ["a", "a", "a", "b", "b", "b"]
     res = udr_scores(reps, kls, groups=groups, n_partners=2, partner_seed=3, similarity="spearman")
     for i in range(6):
-        computed = np.flatnonzero(~np.isnan(res.pair_scores[i]))
-        assert len(computed) == 2
-        assert all(groups[j] == groups[i] and j != i for j in computed)
-        assert tuple(computed) == res.partners[i]
-        assert res.scores[i] == pytest.approx(res.pair_scores[i, computed].mean())
+        partners = list(res.partners[i])
+        assert len(partners) == 2
+        assert all(groups[j] == groups[i] and j != i for j in partners)
+        assert not np.isnan(res.pair_scores[partners, i]).any()  # each partner predicted model i
+        assert res.scores[i] == pytest.approx(res.pair_scores[partners, i].mean())
+    # only partner pairs were computed, in the direction partner -> model
+    computed = {(int(a), int(b)) for a, b in zip(*np.nonzero(~np.isnan(res.pair_scores)))}
+    assert computed == {(j, i) for i in range(6) for j in res.partners[i]}
 
 
 def test_grouped_scores_match_each_group_alone():
@@ -353,3 +358,64 @@ def test_vocabulary_and_threshold_come_from_config():
     assert udr.lasso_gram is lasso.lasso_gram  # still importable from udr
     for fn in (informative_mask, udr_pair, pair_similarities, masked_similarity, udr_scores):
         assert inspect.signature(fn).parameters["kl_threshold"].default == config.INFORMATIVE_KL, fn.__name__
+
+
+# ---------------------------------------------------------------- model scores as the reference computes them
+
+
+def reference_model_scores(reps, kls, similarity, aggregate, kl_threshold=0.01, alpha=0.1):
+    """disentanglement_lib's compute_udr_sklearn, written plainly with scipy and scikit-learn.
+
+    Standardise each representation, zero its uninformative components, compare every
+    ordered pair (i predicts j), keep the informative rows and columns, aggregate; model i
+    scores the median over j of the pair (j, i): column i of the pair matrix.
+    """
+    m = len(reps)
+    masks = [kl > kl_threshold for kl in kls]
+    zs = [StandardScaler().fit_transform(r) * mask for r, mask in zip(reps, masks)]
+    pairs = np.full((m, m), np.nan)
+    for i in range(m):
+        for j in range(m):
+            if i == j:
+                continue
+            a, b = zs[i][:, masks[i]], zs[j][:, masks[j]]
+            if similarity == "spearman":
+                r = np.array(
+                    [[abs(spearmanr(a[:, p], b[:, q])[0]) for q in range(b.shape[1])] for p in range(a.shape[1])]
+                )
+            else:  # all of model i's components predict each of model j's
+                r = np.abs(tight_sklearn_lasso(zs[i], zs[j], alpha).T)[np.ix_(masks[i], masks[j])]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                by_col = np.nan_to_num(r.max(axis=0) ** 2 / r.sum(axis=0))
+                by_row = np.nan_to_num(r.max(axis=1) ** 2 / r.sum(axis=1))
+            if aggregate == "reference":
+                pairs[i, j] = (by_col.mean() + by_row.mean()) / 2
+            else:  # the thesis's formula: one sum over both directions, divided by d_a + d_b
+                pairs[i, j] = (by_col.sum() + by_row.sum()) / (r.shape[0] + r.shape[1])
+    return np.array([np.median(np.delete(pairs[:, i], i)) for i in range(m)]), pairs
+
+
+@pytest.mark.parametrize("aggregate", ["paper", "reference"])
+@pytest.mark.parametrize("similarity", ["spearman", "lasso"])
+def test_model_scores_match_an_independent_reference(similarity, aggregate):
+    """Five fixed models of different informative widths: each model's score is its column's median."""
+    rng = np.random.default_rng(2024)
+    base = mixed_latents(rng, n=400, d=5, k=3)
+    reps = [
+        base[:, rng.permutation(5)] * rng.choice([-1, 1], 5) + s * rng.normal(size=base.shape)
+        for s in (0.2, 0.5, 0.8, 1.2, 0.3)
+    ]
+    kls = [
+        np.array([1.0, 1.0, 1.0, 1.0, 1.0]),
+        np.array([1.0, 0.0, 1.0, 1.0, 0.5]),
+        np.array([0.2, 1.0, 0.005, 1.0, 1.0]),
+        np.array([1.0, 1.0, 1.0, 0.0, 0.0]),
+        np.array([0.5, 0.5, 0.5, 0.5, 0.001]),
+    ]
+    expected, pairs = reference_model_scores(reps, kls, similarity, aggregate)
+    res = udr_scores(reps, kls, similarity=similarity, aggregate=aggregate)
+    assert np.allclose(res.pair_scores, pairs, atol=1e-7, equal_nan=True)
+    assert res.scores == pytest.approx(expected, abs=1e-7)
+    if similarity == "lasso":  # the side matters: scoring model i by its own row would rank differently
+        by_row = np.array([np.median(np.delete(pairs[i], i)) for i in range(5)])
+        assert not np.allclose(by_row, expected, atol=1e-3)

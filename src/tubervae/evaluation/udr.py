@@ -4,7 +4,9 @@ Two models trained with different seeds that both disentangle should find the
 same factors, each in one component, up to permutation and sign. UDR scores a
 pair of models by how one-to-one the similarity matrix ``R`` between their
 informative latent components is, and scores a model by the median over its
-partners.
+partners of the pairs in which the partner's representation predicts the model's
+(as disentanglement_lib's ``compute_udr_sklearn`` does; it matters for the Lasso
+similarity, which is not symmetric).
 
 Everything here is pure numpy/scipy: arrays in, arrays out, no I/O. All pairs
 of a comparison are computed in one batch (ranks once per model, one Gram
@@ -444,10 +446,12 @@ def masked_similarity(
 class UDRResult:
     """UDR of a set of models.
 
-    ``scores[i]`` is the median of ``pair_scores[i, j]`` over model i's
-    partners j (NaN when it has none); ``pair_scores[i, j]`` is UDR_ij with
-    model i as the Lasso predictor, NaN where the pair was not compared
-    (including the diagonal). ``partners[i]`` lists the partner indices.
+    ``pair_scores[i, j]`` is UDR_ij with model i's representation as the Lasso
+    predictor of model j's, NaN where the pair was not compared (including the
+    diagonal). ``scores[i]`` is the median of ``pair_scores[j, i]`` over model
+    i's partners j: how well the partners' representations explain model i's,
+    as disentanglement_lib's ``compute_udr_sklearn`` scores a model (the median
+    of column i); NaN when it has none. ``partners[i]`` lists the partner indices.
     """
 
     scores: np.ndarray
@@ -540,23 +544,29 @@ def udr_scores(
             stacklevel=2,
         )
 
+    # Model i is scored on the pairs (j -> i): each partner j predicts model i. Batch them by
+    # predictor: predictor j's targets are the models that have j as a partner.
+    targets_of: list[list[int]] = [[] for _ in range(m)]
+    for i, plist in enumerate(partner_lists):
+        for j in plist:
+            targets_of[j].append(i)
     pair_scores = np.full((m, m), np.nan)
-    p_max = max(len(p) for p in partner_lists)
-    if p_max > 0:
-        partners = np.full((m, p_max), -1)
-        for i, plist in enumerate(partner_lists):
-            partners[i, : len(plist)] = plist
+    t_max = max(len(t) for t in targets_of)
+    if t_max > 0:
+        targets = np.full((m, t_max), -1)
+        for j, tlist in enumerate(targets_of):
+            targets[j, : len(tlist)] = tlist
         prep = _prepare(reps, masks, similarity)
-        r = _batched_similarities(prep, partners, similarity, alpha)
-        valid = partners >= 0
-        rows = np.broadcast_to(prep.masks[:, None, :], (m, p_max, prep.masks.shape[1]))
-        cols = prep.masks[np.where(valid, partners, 0)]
+        r = _batched_similarities(prep, targets, similarity, alpha)
+        valid = targets >= 0
+        rows = np.broadcast_to(prep.masks[:, None, :], (m, t_max, prep.masks.shape[1]))
+        cols = prep.masks[np.where(valid, targets, 0)]
         scores = _aggregate_batch(r, rows, cols, aggregate)
-        owner = np.broadcast_to(np.arange(m)[:, None], partners.shape)
-        pair_scores[owner[valid], partners[valid]] = scores[valid]
+        predictor = np.broadcast_to(np.arange(m)[:, None], targets.shape)
+        pair_scores[predictor[valid], targets[valid]] = scores[valid]
 
     model_scores = np.array(
-        [np.median(pair_scores[i, plist]) if plist else np.nan for i, plist in enumerate(partner_lists)]
+        [np.median(pair_scores[plist, i]) if plist else np.nan for i, plist in enumerate(partner_lists)]
     )
     settings = {
         "similarity": similarity,
