@@ -247,6 +247,18 @@ def test_metric_vs_param_groups_and_infeasible():
     assert ax.get_xscale() == "log"
 
 
+def test_metric_vs_param_secondary_axis_shows_the_scaled_value():
+    fig = plots.metric_vs_param_figure(
+        [1, 4, 16], [0.3, 0.4, 0.5], xlabel="β", ylabel="UDR", logx=True, secondary=("normalised β", 0.01)
+    )
+    ax = fig.axes[0]
+    (top,) = [child for child in ax.child_axes if child.get_xlabel() == "normalised β"]
+    fig.canvas.draw()
+    assert top.get_xlim() == pytest.approx(tuple(0.01 * v for v in ax.get_xlim()))
+    with pytest.raises(ValueError, match="positive"):
+        plots.metric_vs_param_figure([1, 2], [0.1, 0.2], xlabel="β", ylabel="UDR", secondary=("x", 0.0))
+
+
 def test_metric_vs_param_rejects_nonpositive_x_on_log_axis():
     with pytest.raises(ValueError, match="x must be positive"):
         plots.metric_vs_param_figure([0, 1], [0.1, 0.2], xlabel="beta", ylabel="UDR", logx=True)

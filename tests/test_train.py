@@ -29,7 +29,7 @@ from tubervae.config import INFORMATIVE_KL, TrainConfig, load_params
 from tubervae.models.nets import VAE
 from tubervae.runs import training_run as stage
 from tubervae.runs.tracker import Tracker
-from tubervae.training import NonFiniteLossError, Setting, train_model
+from tubervae.training import NonFiniteLossError, Setting, normalised_beta, train_model
 
 SIZE = 16
 LATENT = 4
@@ -342,6 +342,7 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     expected = {
         "family": "beta_vae",
         "beta": "4.0",
+        "beta_norm": str(4.0 * LATENT / (3 * 16 * 16)),  # β·d/N, N = 3 channels × 16 × 16
         "c_max": "0.0",
         "seed": "0",
         "steps": "5",
@@ -541,3 +542,11 @@ def test_sigkilled_cli_run_resumes_to_the_weights_of_an_uninterrupted_run(
     ]
     assert_same_weights(*weights)
     assert resumed["test_rec"] == uninterrupted["test_rec"] and resumed["kl"] == uninterrupted["kl"]
+
+
+def test_normalised_beta_by_hand():
+    """β·d/N (Higgins et al.): the thesis's β = 4 at 64×64 is β = 1 at 32×32, with d = 10 and RGB."""
+    assert normalised_beta(4.0, 10, 64) == pytest.approx(40 / 12288)
+    assert normalised_beta(1.0, 10, 32) == pytest.approx(normalised_beta(4.0, 10, 64))
+    assert Setting("beta_vae", 18.0).normalised_beta(10, 64) == pytest.approx(0.0146484375)
+    assert normalised_beta(2.0, 5, 16, channels=1) == pytest.approx(10 / 256)

@@ -41,7 +41,7 @@ FACTOR_NAMES = ["x", "y", "radius", "brightness"]
 
 def thesis_columns(n_seeds: int) -> list[str]:
     """The columns of the thesis's UDR tables (figures 4.11-4.14), in order."""
-    return ["model type", "param", "#top", *(f"seed_{i}" for i in range(n_seeds)), "udr"]
+    return ["model type", "param", "beta_norm", "#top", *(f"seed_{i}" for i in range(n_seeds)), "udr"]
 
 
 # ------------------------------------------------------------------ fixtures and helpers
@@ -276,20 +276,20 @@ def test_udr_tables_scores_and_metrics_on_runs(udr_root):
 
     # Thesis layout, one table per family: one row per setting, seeds in seed order, median.
     table = pd.read_csv(out / "beta_vae.csv", dtype={"param": str})
-    assert list(table.columns[:7]) == thesis_columns(3)
+    assert list(table.columns[:8]) == thesis_columns(3)
     assert table["param"].tolist() == ["1", "4"]  # sorted by beta
     assert table["#top"].tolist() == [4.0, 3.0]
     check_rows(table, within, 3)
     assert np.isnan(table.loc[0, "seed_2"])  # the mixed setting has two seeds
     assert table["feasible"].tolist() == [False, True]
     tc_table = pd.read_csv(out / "beta_tcvae.csv", dtype={"param": str})
-    assert list(tc_table.columns[:6]) == thesis_columns(2)
+    assert list(tc_table.columns[:7]) == thesis_columns(2)
     assert tc_table["param"].tolist() == ["6"] and tc_table["#top"].tolist() == [2.0]
     check_rows(tc_table, within, 2)
 
     # A2A: every model against every other, all families in one table.
     table = pd.read_csv(out / "a2a.csv", dtype={"param": str})
-    assert list(table.columns[:7]) == thesis_columns(3)
+    assert list(table.columns[:8]) == thesis_columns(3)
     assert list(zip(table["model type"], table["param"])) == [("beta_tcvae", "6"), ("beta_vae", "1"), ("beta_vae", "4")]
     check_rows(table, a2a, 3)
 

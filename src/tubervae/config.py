@@ -85,7 +85,7 @@ class TrainConfig:
     adam_beta2: float = _rule(0.999, min=0.0, open_max=1.0)
     adam_eps: float = _rule(1e-8, open_min=0.0)
     rec_kind: str = _rule("bernoulli", choices=REC_KINDS)
-    anneal_fraction: float = _rule(0.5, open_min=0.0, max=1.0)  # Cβ-VAE: share of steps for C: 0 → C_max
+    anneal_fraction: float = _rule(1.0, open_min=0.0, max=1.0)  # Cβ-VAE: share of steps for C: 0 → C_max (thesis: all)
     tc_estimator: str = _rule("stratified", choices=TC_ESTIMATORS)
     checkpoint_every: int = _rule(500, min=1)
     log_every: int = _rule(50, min=1)

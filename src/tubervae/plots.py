@@ -434,12 +434,13 @@ def scatter_threshold_figure(values_2d, labels_bad, component_names, threshold=N
 
 
 def metric_vs_param_figure(
-    x, y, *, groups=None, xlabel: str, ylabel: str, logx: bool = False, infeasible=None
+    x, y, *, groups=None, xlabel: str, ylabel: str, logx: bool = False, infeasible=None, secondary=None
 ) -> Figure:
     """A metric against a hyperparameter, one point per trial (e.g. UDR against beta).
 
     ``groups`` colours points by family or setting; ``infeasible`` trials are drawn as
-    grey crosses so they are seen but not mistaken for candidates.
+    grey crosses so they are seen but not mistaken for candidates. ``secondary`` =
+    (label, factor) adds a top axis showing ``x * factor`` (e.g. the normalised β).
     """
     x = _vector("x", x)
     n = x.shape[0]
@@ -468,6 +469,13 @@ def metric_vs_param_figure(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel} against {xlabel}")
+    if secondary is not None:
+        label, factor = secondary
+        factor = float(factor)
+        if not np.isfinite(factor) or factor <= 0:
+            raise ValueError(f"secondary's factor must be a positive number, got {factor!r}")
+        top = ax.secondary_xaxis("top", functions=(lambda v: v * factor, lambda v: v / factor))
+        top.set_xlabel(label)
     if groups is not None or not feasible.all():
         ax.legend(fontsize=8)
     return fig

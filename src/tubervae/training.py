@@ -50,6 +50,11 @@ class Setting:
             return f"{self.beta:.4g}_{self.c_max:.3g}"
         return f"{self.beta:.3g}"
 
+    def normalised_beta(self, latent_dim: int, image_size: int, channels: int = 3) -> float:
+        """β·d/N (Higgins et al. 2017): comparable across image sizes, since the summed reconstruction
+        term grows with the N = channels·size² input values while the KL grows with the d components."""
+        return normalised_beta(self.beta, latent_dim, image_size, channels)
+
     def loss(self, cfg: TrainConfig, dataset_size: int) -> VAELoss:
         """The family's objective with this setting's hyperparameters bound (and validated) once."""
         hp = {"beta": self.beta, "rec_kind": cfg.rec_kind}
@@ -58,6 +63,11 @@ class Setting:
         elif self.family == "beta_tcvae":
             hp.update(dataset_size=dataset_size, estimator=cfg.tc_estimator)
         return make_loss(self.family, **hp)
+
+
+def normalised_beta(beta: float, latent_dim: int, image_size: int, channels: int = 3) -> float:
+    """β·d/N with N = channels·image_size² input values: the thesis's β = 4 at 64×64 equals β = 1 at 32×32."""
+    return float(beta) * latent_dim / (channels * image_size * image_size)
 
 
 @dataclass

@@ -113,6 +113,7 @@ def run_tracked(
             {
                 "family": setting.family,
                 "beta": setting.beta,
+                "beta_norm": setting.normalised_beta(cfg.latent_dim, int(data.train.shape[1])),
                 "c_max": setting.c_max,
                 "seed": seed,
                 "image_size": data.train.shape[1],

@@ -243,6 +243,7 @@ class Objective:
                 {
                     "family": self.family,
                     "beta": setting.beta,
+                    "beta_norm": setting.normalised_beta(cfg.latent_dim, int(self.data.train.shape[1])),
                     "c_max": setting.c_max,
                     "seeds": search.seeds,
                     "similarity": udr.similarity,
@@ -290,6 +291,7 @@ class Objective:
                 if feasible
                 else (f"median informative components {n_active:g} below search.min_active {search.min_active}")
             )
+            trial.set_user_attr("beta_norm", setting.normalised_beta(cfg.latent_dim, int(self.data.train.shape[1])))
             trial.set_user_attr("udr_per_seed", [float(s) for s in scores])
             trial.set_user_attr("n_active_per_seed", [int(n) for n in result.n_informative])
             trial.set_user_attr("n_active", n_active)
@@ -325,6 +327,7 @@ def summarise(study: optuna.Study, family: str, params: Params) -> dict:
                 "state": t.state.name,
                 "value": t.value,
                 "params": t.params,
+                "beta_norm": t.user_attrs.get("beta_norm"),
                 "feasible": t.user_attrs.get("feasible"),
                 "n_active": t.user_attrs.get("n_active"),
                 "infeasible_reason": t.user_attrs.get("infeasible_reason", ""),
@@ -359,14 +362,18 @@ def write_reports(summary: dict, out_dir: Path) -> None:
         return
     infeasible = np.array([not t["feasible"] for t in done])
     values = np.array([t["value"] for t in done], dtype=float)
+    betas = np.array([t["params"]["beta"] for t in done])
+    norms = np.array([t.get("beta_norm") or np.nan for t in done], dtype=float)
+    per_beta = float(np.nanmedian(norms / betas)) if np.isfinite(norms).any() else None
     plots.save_figure(
         plots.metric_vs_param_figure(
-            np.array([t["params"]["beta"] for t in done]),
+            betas,
             values,
             xlabel="β",
             ylabel="median UDR",
             logx=True,
             infeasible=infeasible,
+            secondary=None if per_beta is None else ("normalised β = β·d/N", per_beta),
         ),
         out_dir / f"{family}_udr_vs_beta.png",
     )

@@ -27,6 +27,7 @@ from tubervae.data.processed import load_meta
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_scores
 from tubervae.io import write_csv, write_json
 from tubervae.runs.tracker import Tracker
+from tubervae.training import normalised_beta
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,20 @@ def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
                 "setting": run.data.tags.get("setting", p["beta"]),
                 "data_version": p.get("data_version", ""),
                 "steps": int(p.get("steps", 0)),
+                "beta_norm": beta_norm_of(p),
             }
         )
     frame = pd.DataFrame(rows)
     return frame.drop_duplicates("run_id").reset_index(drop=True) if len(frame) else frame
+
+
+def beta_norm_of(params: dict) -> float:
+    """A run's normalised β (logged since it exists; computed from the run's settings otherwise)."""
+    if "beta_norm" in params:
+        return float(params["beta_norm"])
+    if "latent_dim" in params and "image_size" in params:
+        return normalised_beta(float(params["beta"]), int(params["latent_dim"]), int(params["image_size"]))
+    return float("nan")
 
 
 def all_vae_runs(tracker: Tracker) -> list[dict]:
@@ -73,13 +84,21 @@ def all_vae_runs(tracker: Tracker) -> list[dict]:
 
 
 def thesis_table(frame: pd.DataFrame, score_column: str) -> pd.DataFrame:
-    """One row per setting: model type, param, #top, seed_0 … seed_k, udr (median over seeds)."""
+    """One row per setting: model type, param, β_norm, #top, seed_0 … seed_k, udr (median over seeds).
+
+    β_norm = β·d/N sits beside the thesis's param so tables of different image sizes compare.
+    """
     rows = []
     n_seeds = int(frame.groupby(["family", "beta", "c_max"]).size().max())
     for (family, _, _), group in frame.groupby(["family", "beta", "c_max"], sort=False):
         setting = group["setting"].iloc[0]
         group = group.sort_values("seed")
-        row = {"model type": family, "param": setting, "#top": float(np.median(group["n_active"]))}
+        row = {
+            "model type": family,
+            "param": setting,
+            "beta_norm": float(group["beta_norm"].iloc[0]),
+            "#top": float(np.median(group["n_active"])),
+        }
         for i in range(n_seeds):
             row[f"seed_{i}"] = group[score_column].iloc[i] if i < len(group) else np.nan
         row["udr"] = float(np.nanmedian(group[score_column]))
