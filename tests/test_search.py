@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -31,10 +32,10 @@ from optuna.trial import TrialState
 from conftest import write_processed
 from tubervae.config import parse_params
 from tubervae.evaluation.udr import udr_scores
-from tubervae.runs.tracker import Tracker
+from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import load_training_data, run_key
 from tubervae.stages import search
-from tubervae.training import Setting
+from tubervae.training import Setting, train_model
 
 FAMILY = "beta_vae"
 STEPS, CHECKPOINT_EVERY, LOG_EVERY = 20, 5, 5
@@ -51,6 +52,7 @@ RAW_PARAMS = {
         "snapshot_every": 0,
         "device": "cpu",
         "threads": 1,
+        "workers": 1,
     },
     "search": {"seeds": 2, "min_active": 0, "spaces": {FAMILY: {"n_trials": 1, "beta": [1.0, 8.0], "beta_log": True}}},
     "udr": {"similarity": "spearman"},
@@ -83,8 +85,11 @@ if marker:
         return train_model(setting, seed, cfg, **kwargs)
 
     stage.train_model = blocking_train_model
-from tubervae.cli import main
-sys.exit(main(sys.argv[1:]))
+
+if __name__ == "__main__":  # training pool workers re-import this file (spawn): only the parent runs the CLI
+    from tubervae.cli import main
+
+    sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -559,3 +564,78 @@ def test_two_workers_share_one_postgres_study_without_losing_or_repeating_trials
     assert len([r for r in runs if r.data.tags.get("kind") == "vae"]) == 3 * 2
     report = json.loads((project / "reports" / "search" / f"{FAMILY}.json").read_text())
     assert report["n_complete"] == 3
+
+
+# --- several models at once: a pool of training processes -------------------------------------------
+
+
+def test_parallel_workers_train_each_seed_once_and_as_in_process(project):
+    """Two worker processes, two trials at once: every seed trains once, to the weights an in-process
+    1-thread training of the same seed gives, nested under its own trial."""
+    raw = merged(RAW_PARAMS, train={"workers": 2}, search={"parallel_trials": 2, "spaces": {FAMILY: {"n_trials": 2}}})
+    summary = run_search(project, raw)
+    assert summary["n_complete"] == 2
+
+    runs = all_runs(project)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    vae_runs = [r for r in runs if r.data.tags.get("kind") == "vae"]
+    assert len(vae_runs) == 4 and len({r.data.tags["run_key"] for r in vae_runs}) == 4
+    worker_pids = {r.data.tags["pid"] for r in vae_runs}
+    assert str(os.getpid()) not in worker_pids  # trained in the pool, not here
+    for trial in summary["trials"]:
+        for run_id in trial["seed_run_ids"]:
+            assert client(project).get_run(run_id).data.tags["mlflow.parentRunId"] == trial["mlflow_run_id"]
+
+    # the same seed trained here, in-process with one thread, gives the same weights
+    trial = summary["trials"][0]
+    cfg = parse_params(raw).train
+    data = load_training_data(project / "data" / "processed")
+    here = train_model(
+        Setting(FAMILY, trial["params"]["beta"]),
+        1,
+        cfg,
+        train_images=data.train,
+        probe_images=data.probe,
+        test_images=data.test,
+        data_version=data.data_version,
+        progress=False,
+    )
+    there, _ = Tracker(project).load_vae(trial["seed_run_ids"][1])
+    for name, value in here.model.state_dict().items():
+        assert torch.equal(value.cpu(), there.state_dict()[name]), name
+
+
+def test_killed_search_takes_its_training_workers_along_and_resumes(project):
+    """kill -9 of a search with a training pool: the workers die with it (no orphan trains on), and
+    the rerun retries the trial, reuses the finished seed and resumes the cut one from its checkpoint."""
+    raw = merged(RAW_PARAMS, train={"workers": 2})
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    marker = project / "blocked"
+    search_proc = start_worker(project, ["search", "--family", FAMILY], env={"BLOCK_AT_SEED_1": str(marker)})
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists() or not marker.read_text():
+            assert search_proc.poll() is None, f"search ended early:\n{stop(search_proc)}"
+            assert time.monotonic() < deadline, f"seed 1 never got to step 10:\n{stop(search_proc)}"
+            time.sleep(0.2)
+        worker_pid = int(marker.read_text())
+        assert worker_pid != search_proc.pid  # seed 1 trains in a pool worker
+        search_proc.send_signal(signal.SIGKILL)
+        search_proc.wait(timeout=30)
+    finally:
+        stop(search_proc)
+    deadline = time.monotonic() + 30
+    while process_alive(worker_pid):
+        assert time.monotonic() < deadline, "the training worker outlived its killed search"
+        time.sleep(0.2)
+
+    summary = run_search(project, merged(raw, train={"workers": 1}))
+    assert summary["n_complete"] == 1
+    runs = all_runs(project)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    retry = [t for t in load_study(project, raw).get_trials() if t.state == TrialState.COMPLETE][0]
+    seed1 = client(project).get_run(retry.user_attrs["seed_run_ids"][1])
+    history = client(project).get_metric_history(seed1.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(2 * LOG_EVERY, STEPS + 1, LOG_EVERY))
+    finished = [r for r in runs if r.data.tags.get("kind") == "vae" and r.info.status == "FINISHED"]
+    assert len(finished) == 2 and len({r.data.tags["run_key"] for r in finished}) == 2

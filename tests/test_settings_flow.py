@@ -36,6 +36,7 @@ def raw_params(kl_threshold: float, seeds: int) -> dict:
             "snapshot_every": 0,
             "device": "cpu",
             "threads": 1,
+            "workers": 1,  # in-process, so that the plots spy sees the training
         },
         "search": {
             "seeds": seeds,

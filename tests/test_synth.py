@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.metrics import mutual_info_score
 
 from tubervae.data import synth
 
@@ -24,8 +26,7 @@ def _factors(**overrides) -> dict[str, float]:
         rotation=30.0,
         tone=0.3,
         brightness=1.0,
-        spot_count=0,
-        spot_size=0.0,
+        spot_area=0.0,
         greening=0.0,
         rot=0.0,
     )
@@ -100,7 +101,8 @@ def test_csvs_list_the_files_and_labels_follow_the_defects(dataset):
     assert list(factors["file"]) == list(labels["file"])
     assert all((out / f).is_file() for f in labels["file"])
     for (_, lab), (_, fac) in zip(labels.iterrows(), factors.iterrows()):
-        defective = fac["spot_count"] > 0 or fac["greening"] > 0 or fac["rot"] > 0
+        defective = fac["spot_area"] > 0 or fac["greening"] > 0 or fac["rot"] > 0
+        assert (fac["spot_count"], fac["spot_size"]) == pytest.approx(synth.spot_layout(fac["spot_area"]))
         assert lab["label"] == ("bad" if defective else "good")
     assert list(table["label"]) == list(labels["label"])
 
@@ -109,12 +111,14 @@ def test_sampled_labels_match_defects_and_requested_fraction():
     n, gf = 4000, 0.125  # q = 1 - 0.125^(1/3) = 0.5 exactly
     frame = synth.sample_factors(n, np.random.default_rng(0), good_fraction=gf)
     labels = synth.labels_from_factors(frame)
-    spots, green, rot = frame["spot_count"] > 0, frame["greening"] > 0, frame["rot"] > 0
+    spots, green, rot = frame["spot_area"] > 0, frame["greening"] > 0, frame["rot"] > 0
     assert ((labels == "bad") == (spots | green | rot)).all()
     tol = 4 * math.sqrt(0.25 / n)  # four binomial standard errors at p = 0.5
     for present in (spots, green, rot):
         assert abs(present.mean() - 0.5) < tol
-    assert abs((spots & rot).mean() - 0.25) < tol  # independent types
+    for a, b in itertools.combinations((spots, green, rot), 2):
+        assert abs((a & b).mean() - 0.25) < tol  # independent types
+    assert abs((spots & green & rot).mean() - 0.125) < tol
     assert abs((labels == "good").mean() - gf) < 4 * math.sqrt(gf * (1 - gf) / n)
     assert synth.defect_probability(gf) == pytest.approx(0.5)
 
@@ -126,6 +130,73 @@ def test_default_good_fraction_is_the_thesis_ratio():
     assert abs(good - 0.1829) < 4 * math.sqrt(0.1829 * 0.8171 / 4000)
 
 
+@pytest.mark.parametrize("good_fraction", [synth.GOOD_FRACTION, 0.05, 0.5, 0.9])
+def test_good_fraction_is_exact_in_expectation_and_met_by_20000_draws(good_fraction):
+    # Three independent presences with probability q each: P(good) = (1 - q)^3 = good_fraction.
+    q = synth.defect_probability(good_fraction)
+    assert (1 - q) ** len(synth.DEFECT_TYPES) == pytest.approx(good_fraction, rel=1e-12)
+    n = 20_000
+    frame = synth.sample_factors(n, np.random.default_rng(7), good_fraction=good_fraction)
+    good = (synth.labels_from_factors(frame) == "good").mean()
+    # Default (18.29 %): these 20 000 draws give 18.20 %, 0.3 standard errors off.
+    assert abs(good - good_fraction) < 4 * math.sqrt(good_fraction * (1 - good_fraction) / n)
+
+
+def _mi_codes(column: pd.Series, n_bins: int = 10) -> np.ndarray:
+    """Bin codes for a mutual-information estimate: 0 alone is bin 0 (an absent defect), other
+    values keep their levels when there are at most `n_bins`, else fall into `n_bins` quantile bins."""
+    values = column.to_numpy(dtype=float)
+    codes = np.zeros(values.size, dtype=int)
+    nonzero = values != 0
+    levels = np.unique(values[nonzero])
+    if levels.size <= n_bins:
+        codes[nonzero] = 1 + np.searchsorted(levels, values[nonzero])
+    else:
+        edges = np.quantile(values[nonzero], np.linspace(0, 1, n_bins + 1)[1:-1])
+        codes[nonzero] = 1 + np.searchsorted(edges, values[nonzero], side="right")
+    return codes
+
+
+MI_BOUND = 0.01  # nats
+
+
+def test_scored_factors_are_pairwise_independent():
+    frame = synth.sample_factors(20_000, np.random.default_rng(0))
+    codes = {name: _mi_codes(frame[name]) for name in synth.FACTOR_NAMES}
+    mi = {(a, b): mutual_info_score(codes[a], codes[b]) for a, b in itertools.combinations(synth.SCORED_FACTORS, 2)}
+    # Independent draws with 11 × 11 bins leave a plug-in bias of about 100 / (2 · 20 000) = 0.0025 nats;
+    # these 36 pairs score 0.0022 nats (median) to 0.0029 (brightness, spot_area).
+    worst = max(mi, key=mi.get)
+    assert mi[worst] < MI_BOUND, (worst, mi[worst])
+    # The test can fail: the old simulator's scored pair spot_count / spot_size shared one presence draw and
+    # scored 0.685 nats on 20 000 draws (seed 0); the derived columns here share spot_area's zero likewise
+    # (0.98 nats spot_count / spot_size), which is why they are descriptive, not scored.
+    assert mutual_info_score(codes["spot_count"], codes["spot_size"]) > 0.5
+    assert mutual_info_score(codes["spot_area"], codes["spot_count"]) > 0.5
+
+
+def test_scored_factors_are_the_sampled_ones_but_rotation():
+    assert synth.FACTOR_NAMES == synth.SAMPLED_FACTORS + synth.DERIVED_FACTORS
+    assert set(synth.SCORED_FACTORS) == set(synth.SAMPLED_FACTORS) - {"rotation"}
+    assert [n for n in synth.FACTOR_NAMES if n in synth.SCORED_FACTORS] == list(synth.SCORED_FACTORS)
+    assert set(synth.DEFECT_COLUMNS.values()) <= set(synth.SCORED_FACTORS)
+    assert set(synth.DEFECT_COLUMNS) == set(synth.DEFECT_TYPES)
+
+
+def test_spot_layout_fixes_count_and_radius_from_the_area():
+    assert synth.spot_layout(0.0) == (0, 0.0)
+    assert synth.spot_layout(5 * math.pi * 18.0**2) == (5, pytest.approx(18.0))
+    lo, hi = synth.DEFECT_RANGES["spot_area"]
+    area = np.linspace(lo, hi, 10_001)
+    count, radius = synth.spot_layout(area)
+    assert np.array_equal(np.unique(count), [3, 4, 5, 6])
+    assert (np.diff(count) >= 0).all()  # more area, never fewer spots
+    np.testing.assert_allclose(count * np.pi * radius**2, area)
+    assert radius.min() >= 10.0 and radius.max() <= 20.0
+    for i in range(0, area.size, 97):  # one photo's scalar path agrees exactly with the array path
+        assert synth.spot_layout(area[i]) == (count[i], radius[i])
+
+
 def test_factor_ranges_and_absent_defects_are_zero():
     frame = synth.sample_factors(3000, np.random.default_rng(2))
     assert list(frame.columns) == list(synth.FACTOR_NAMES)
@@ -133,13 +204,15 @@ def test_factor_ranges_and_absent_defects_are_zero():
         col = frame[name]
         assert col.min() >= lo and col.max() <= hi
         assert col.min() < lo + 0.02 * (hi - lo) and col.max() > hi - 0.02 * (hi - lo)  # fills the range
-    counts = frame["spot_count"]
-    assert set(counts.unique()) == {0, 3, 4, 5, 6}
-    assert ((counts == 0) == (frame["spot_size"] == 0)).all()
-    for name in ("spot_size", "greening", "rot"):
-        lo, hi = synth.DEFECT_RANGES[name]
+    for name, (lo, hi) in synth.DEFECT_RANGES.items():
         present = frame.loc[frame[name] > 0, name]
         assert present.min() >= lo and present.max() <= hi
+        assert present.min() < lo + 0.02 * (hi - lo) and present.max() > hi - 0.02 * (hi - lo)
+    counts = frame["spot_count"]
+    assert set(counts.unique()) == {0, 3, 4, 5, 6}
+    assert ((counts == 0) == (frame["spot_area"] == 0)).all() and ((counts == 0) == (frame["spot_size"] == 0)).all()
+    sizes = frame.loc[counts > 0, "spot_size"]
+    assert sizes.min() >= 10.0 and sizes.max() <= 20.0
 
 
 # --------------------------------------------------------------- what is drawn
@@ -167,7 +240,7 @@ def test_position_size_and_brightness_act_as_their_factors_say():
 
 
 def test_black_spots_darken_the_crop_and_survive_32px():
-    plain, spotted = _render(), _render(spot_count=5, spot_size=18.0)
+    plain, spotted = _render(), _render(spot_area=5 * math.pi * 18.0**2)  # 5 spots of radius 18 px
     diff = spotted[CROP].astype(float) - plain[CROP].astype(float)
     # 5 spots of ~18 px cover ~5 100 px² (3.5 % of the crop), each darkening by ~100 levels.
     assert np.abs(diff).mean() > 1.5
@@ -193,6 +266,20 @@ def test_rot_darkens_a_large_patch():
     assert (diff[CROP] < -30).sum() > 2500
 
 
+def test_render_accepts_a_factors_csv_row_with_its_derived_columns():
+    row = synth.sample_factors(3, np.random.default_rng(4)).iloc[0].to_dict() | {"spot_area": 3000.0}
+    row["spot_count"], row["spot_size"] = synth.spot_layout(3000.0)
+    without = {k: v for k, v in row.items() if k not in synth.DERIVED_FACTORS}
+    image = synth.render_tuber(row, np.random.default_rng(1))
+    assert np.array_equal(image, synth.render_tuber(without, np.random.default_rng(1)))
+
+
+def test_defect_names_follow_the_amounts():
+    assert synth.defect_names(_factors()) == []
+    assert synth.defect_names(_factors(spot_area=1000.0, rot=0.2)) == ["spots", "rot"]
+    assert synth.defect_names(_factors(greening=0.3)) == ["greening"]
+
+
 def test_render_consumes_rng_but_is_reproducible():
     a = synth.render_tuber(_factors(), np.random.default_rng(3))
     b = synth.render_tuber(_factors(), np.random.default_rng(3))
@@ -210,6 +297,17 @@ def test_contact_sheet_is_a_png(dataset, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as img:
         assert img.format == "PNG" and img.size[0] > 200
+
+
+def test_contact_sheet_of_an_older_folder_captions_labels_only(dataset, tmp_path):
+    out, _ = dataset
+    (tmp_path / "images").mkdir()
+    for f in (out / "images").iterdir():
+        (tmp_path / "images" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "labels.csv").write_bytes((out / "labels.csv").read_bytes())
+    pd.read_csv(out / "factors.csv").drop(columns="spot_area").to_csv(tmp_path / "factors.csv", index=False)
+    png = synth.contact_sheet(tmp_path, tmp_path / "sheet.png", n=2, seed=1)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_crash_leaves_no_csv_and_rerun_removes_stale_images(tmp_path, monkeypatch):
@@ -259,10 +357,12 @@ def test_render_and_sample_reject_bad_factors():
         synth.render_tuber({k: v for k, v in _factors().items() if k != "rot"}, rng)
     with pytest.raises(ValueError, match="'size'.*0.9"):
         synth.render_tuber(_factors(size=0.9), rng)
-    with pytest.raises(ValueError, match="spot_count and spot_size"):
+    with pytest.raises(ValueError, match="spot_count and spot_size are derived"):
         synth.render_tuber(_factors(spot_count=4), rng)
-    with pytest.raises(ValueError, match="'spot_count'.*2"):
-        synth.render_tuber(_factors(spot_count=2, spot_size=12.0), rng)
+    with pytest.raises(ValueError, match="spot_count and spot_size are derived"):
+        synth.render_tuber(_factors(spot_area=2000.0, spot_count=3, spot_size=12.0), rng)
+    with pytest.raises(ValueError, match="'spot_area'.*500"):
+        synth.render_tuber(_factors(spot_area=500.0), rng)
     with pytest.raises(ValueError, match="'greening'"):
         synth.render_tuber(_factors(greening=0.9), rng)
     with pytest.raises(TypeError, match="rng"):

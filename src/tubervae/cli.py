@@ -116,6 +116,13 @@ def cmd_classify(args, params: Params) -> None:
     )
 
 
+def cmd_evalset(args, params: Params) -> None:
+    from tubervae.stages import evalset
+
+    meta = evalset.run(params)
+    print(f"evaluation set: {meta['n']} photos" + (f" ({meta['reason']})" if meta["n"] == 0 else ""))
+
+
 def cmd_evaluate(args, params: Params) -> None:
     from tubervae.stages import evaluate
 
@@ -243,10 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_classify)
 
     p = sub.add_parser(
+        "evalset",
+        help="stage evalset: a dedicated simulated evaluation set for the supervised metrics",
+        description="Simulate evaluate.set_size photos from the simulator's own evaluation streams (never a "
+        "training photo), preprocess them in memory like the pipeline, and keep the arrays and factors in "
+        "data/evalset/. Records an empty set when the photos come from a folder.",
+    )
+    p.set_defaults(fn=cmd_evalset)
+
+    p = sub.add_parser(
         "evaluate",
         help="stage evaluate: supervised metrics vs UDR (simulated data only)",
-        description="MIG, DCI, SAP and FactorVAE score of every ranked model on the simulator's "
-        "factors, and how well UDR correlates with them (reports/evaluate/).",
+        description="MIG, DCI, SAP and FactorVAE score of every ranked model on the evaluation set's "
+        "scored factors (data/evalset/), and how well UDR correlates with them (reports/evaluate/).",
     )
     p.set_defaults(fn=cmd_evaluate)
     return parser

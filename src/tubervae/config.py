@@ -32,7 +32,7 @@ WRONG_SIZE_POLICIES = ("resize", "reject")
 # of `udr.kl_threshold`, the one value that UDR, n_active, classify and the plots all read.
 INFORMATIVE_KL = 0.01
 # Training settings that change how a run is watched, never its weights.
-OBSERVATION_ONLY_KEYS = ("checkpoint_every", "log_every", "snapshot_every", "device", "threads")
+OBSERVATION_ONLY_KEYS = ("checkpoint_every", "log_every", "snapshot_every", "device", "threads", "workers")
 
 
 class ConfigError(ValueError):
@@ -93,6 +93,7 @@ class TrainConfig:
     device: str = _rule("auto", choices=DEVICES)
     precision: str = _rule("float32", choices=PRECISIONS)  # bfloat16: autocast forward pass
     threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores
+    workers: int = _rule(0, min=0)  # models trained at once, one process and one thread each; 0 = one per core
 
     def weight_identity(self) -> dict:
         """The settings that decide the trained weights (what a checkpoint or a reused run must match)."""
@@ -117,6 +118,7 @@ class SearchConfig:
     seeds: int = _rule(3, min=2)
     min_active: int = _rule(2, min=0)
     enqueue_grid: bool = _rule(False)
+    parallel_trials: int = _rule(0, min=0)  # trials run at once (their seeds share train.workers); 0 = workers
     sampler_seed: int = _rule(0, min=0)
     heartbeat_interval: int = _rule(60, min=1)
     grace_period: int = _rule(180, min=2)
@@ -159,9 +161,11 @@ class ClassifyConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Supervised disentanglement metrics on the simulator's factors."""
+    """Supervised disentanglement metrics on a dedicated simulated evaluation set (stage evalset)."""
 
-    n_points: int = _rule(2000, min=10)
+    set_size: int = _rule(10000, min=10)  # photos simulated for the evaluation set (stage evalset)
+    set_seed: int = _rule(0, min=0)  # its own random streams: never a training photo, whatever the seeds
+    n_points: int = _rule(10000, min=10)  # photos of the set each model is scored on (all when larger)
     n_bootstrap: int = _rule(1000, min=10)
     seed: int = _rule(0, min=0)
 

@@ -49,6 +49,41 @@ def load_meta(processed_dir: str | Path = "data/processed") -> dict:
     return json.loads(path.read_text())
 
 
+def save_evalset(
+    folder: str | Path,
+    images: np.ndarray,
+    factors: np.ndarray,
+    factor_names,
+    scored_names,
+    labels: np.ndarray,
+    meta: dict,
+) -> None:
+    """The dedicated evaluation set (data/evalset/): arrays as the models see them, factors, labels."""
+    folder = Path(folder)
+    with atomic_path(folder / "evalset.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            images=images,
+            factors=np.asarray(factors, np.float32),
+            labels=labels,
+            factor_names=np.asarray(list(factor_names)),
+            scored_names=np.asarray(list(scored_names)),
+        )
+    write_json(folder / "meta.json", meta)
+
+
+def load_evalset(folder: str | Path = "data/evalset") -> dict[str, np.ndarray] | None:
+    """The evaluation set's arrays, or None when the data has no simulated ground truth (meta n = 0)."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path} is missing: run the evalset stage first (dvc repro evalset)")
+    if json.loads(meta_path.read_text()).get("n", 0) == 0:
+        return None
+    with np.load(folder / "evalset.npz", allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
 def _check_split(name: str) -> None:
     if name not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {name!r}")

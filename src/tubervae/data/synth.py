@@ -5,30 +5,65 @@ here: 640×480 RGB JPEG photos of one tuber on a conveyor belt, like the thesis'
 data, plus the ground truth a real data set lacks (`factors.csv`), which lets the
 supervised disentanglement metrics be checked against UDR.
 
-Factors (one column each in `factors.csv`, order `FACTOR_NAMES`), all sampled
-independently:
+Columns of `factors.csv` (order `FACTOR_NAMES`):
 
-| name         | meaning                                                    | range              |
-|--------------|------------------------------------------------------------|--------------------|
-| `x`, `y`     | tuber centre minus image centre, px                        | [-40, 40]          |
-| `size`       | tuber length (major axis) / side of the centre crop        | [0.40, 0.68]       |
-| `elongation` | length / width                                             | [1.0, 1.6]         |
-| `rotation`   | angle of the major axis, degrees (image y axis points down)| [0, 180)           |
-| `tone`       | skin colour, 0 = pale yellow, 1 = russet brown             | [0, 1]             |
-| `brightness` | scene illumination multiplier                              | [0.65, 1.20]       |
-| `spot_count` | number of black spots (0 = none)                           | 0 or {3, …, 6}     |
-| `spot_size`  | mean black-spot radius, px (each spot ±15 %)               | 0 or [10, 25]      |
-| `greening`   | nominal share of the tuber's area under a green patch      | 0 or [0.25, 0.55]  |
-| `rot`        | nominal share of the tuber's area under a brown sunken rot | 0 or [0.15, 0.40]  |
+| name         | meaning                                                    | range              | scored |
+|--------------|------------------------------------------------------------|--------------------|--------|
+| `x`, `y`     | tuber centre minus image centre, px                        | [-40, 40]          | yes    |
+| `size`       | tuber length (major axis) / side of the centre crop        | [0.40, 0.68]       | yes    |
+| `elongation` | length / width                                             | [1.0, 1.6]         | yes    |
+| `rotation`   | angle of the major axis, degrees (image y axis points down)| [0, 180)           | no     |
+| `tone`       | skin colour, 0 = pale yellow, 1 = russet brown             | [0, 1]             | yes    |
+| `brightness` | scene illumination multiplier                              | [0.65, 1.20]       | yes    |
+| `spot_area`  | nominal total area of the black spots, px² (0 = none)      | 0 or [950, 7500]   | yes    |
+| `greening`   | nominal share of the tuber's area under a green patch      | 0 or [0.25, 0.55]  | yes    |
+| `rot`        | nominal share of the tuber's area under a brown sunken rot | 0 or [0.15, 0.40]  | yes    |
+| `spot_count` | number of black spots, a function of `spot_area`           | 0 or {3, …, 6}     | no     |
+| `spot_size`  | black-spot radius, px (each spot ±15 %), from `spot_area`  | 0 or [10, 20]      | no     |
 
-Each defect type is present independently with probability q, where
-(1 - q)^3 = good_fraction, so a tuber is 'good' exactly when it has no defect and
-'bad without black spots' (the thesis's main failure case) is common.
+What is independent of what, exactly:
+
+* Every column of `SAMPLED_FACTORS` (all but `spot_count` and `spot_size`) is
+  drawn independently of every other one: each nuisance factor is uniform on its
+  range; each defect type (spots, greening, rot) has its own presence draw,
+  Bernoulli(q), and its own amount draw, uniform on its range, and its column is
+  the amount when present, else 0. No draw depends on another, so the scored
+  factors (`SCORED_FACTORS`) are mutually independent, and so are the three
+  presences. With q = 1 - good_fraction^(1/3), P(no defect) = (1 - q)^3 is
+  exactly the configured good fraction.
+* The label is a function of the three presences only: 'bad' when any defect is
+  present. It therefore depends on `spot_area`, `greening` and `rot` (through
+  their zeros) and on nothing else; 'bad without black spots' (the thesis's main
+  failure case) is common.
+* `spot_count` and `spot_size` are deterministic functions of `spot_area`
+  (`spot_layout`): the count steps 3 → 6 over the four quarters of the area
+  range and the radius is sqrt(area / (π · count)). They are descriptive columns,
+  not scored: they share the zero of `spot_area` (and each other's), so a single
+  "spots" component would serve three factors, which FactorVAE's vote and DCI
+  would penalise though the model is right.
+* `rotation` is drawn independently too, and rendered, but not scored: it is
+  periodic (0° and 179° look alike yet bin apart) and only identifiable through
+  the outline's elongation, invisible on a round tuber (elongation ≈ 1). Any
+  identifiable stand-in, e.g. (elongation - 1)·cos 2·rotation, would be a
+  function of `elongation` and break the independence of the scored set.
+* Outline wobble, texture offsets, belt position and where each defect sits are
+  per-photo randomness (from the image's own generator), not factors.
+
+How the metrics see the zero-inflated defect factors (`spot_area`, `greening`,
+`rot`): they are scored as the amount, 0 when absent, one factor per defect.
+Discretised into equal-width bins over [0, max] (MIG's 20 bins), 0 falls alone
+into the first bin and the present amounts spread over the upper 11-18 bins, so a
+factor's entropy is its presence (about 0.68 nats at q ≈ 0.43) plus its amount
+given presence. FactorVAE's 10 quantile bins collapse the ~57 % zeros into one
+bin, which also takes the present amounts below the 60 % quantile (about 3 % of
+rows), so holding the factor holds its presence all but fixed. Presence alone is
+not a column: it is the zero of the amount.
 
 Everything stays inside the pipeline's centre crop (288×288 around the image
 centre for crop_fraction 0.6), and the tuber fills most of it, as in the thesis's
 photos: |x| + length/2 · 1.06 ≤ 40 + 103.8 < 144. Defects are sized to survive a
-32×32 downscale of that crop (9 px of photo per pixel).
+32×32 downscale of that crop (9 px of photo per pixel): the smallest spot layout
+is 3 spots of radius 10 px.
 
 Images are reproducible: factors come from `default_rng([seed, 0])`, image i is
 drawn from `default_rng([seed, 1, i])`, so the bytes do not depend on the number
@@ -37,6 +72,7 @@ of workers.
 
 from __future__ import annotations
 
+import io
 import math
 import multiprocessing
 import os
@@ -51,6 +87,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from tubervae.checks import check_int
+from tubervae.data.images import load_model_input
 from tubervae.io import atomic_path, write_csv
 
 WIDTH, HEIGHT = 640, 480
@@ -58,7 +95,8 @@ CROP_FRACTION = 0.6
 CROP_SIDE = CROP_FRACTION * HEIGHT  # 288 px: the square the pipeline keeps
 GOOD_FRACTION = 1554 / 8498  # the thesis's training set: 1554 good, 6944 bad
 
-FACTOR_NAMES = (
+# Drawn independently of each other by `sample_factors`; what `render_tuber` needs.
+SAMPLED_FACTORS = (
     "x",
     "y",
     "size",
@@ -66,11 +104,17 @@ FACTOR_NAMES = (
     "rotation",
     "tone",
     "brightness",
-    "spot_count",
-    "spot_size",
+    "spot_area",
     "greening",
     "rot",
 )
+# Descriptive columns, deterministic functions of `spot_area` (`spot_layout`).
+DERIVED_FACTORS = ("spot_count", "spot_size")
+FACTOR_NAMES = SAMPLED_FACTORS + DERIVED_FACTORS  # every column of factors.csv, in order
+# The mutually independent, identifiable factors the supervised metrics score. Left out:
+# rotation (periodic, and unidentifiable on a round tuber) and the derived spot_count,
+# spot_size (they share spot_area's zero), see the module docstring.
+SCORED_FACTORS = tuple(name for name in SAMPLED_FACTORS if name != "rotation")
 NUISANCE_RANGES = {
     "x": (-40.0, 40.0),
     "y": (-40.0, 40.0),
@@ -80,14 +124,15 @@ NUISANCE_RANGES = {
     "tone": (0.0, 1.0),
     "brightness": (0.65, 1.20),
 }
-# Severity ranges when a defect is present; an absent defect has severity 0.
+# Amount ranges when a defect is present; an absent defect has amount 0.
 DEFECT_RANGES = {
-    "spot_count": (3, 6),
-    "spot_size": (10.0, 25.0),
+    "spot_area": (950.0, 7500.0),  # 3 spots of radius 10 px … 6 of radius 20 px
     "greening": (0.25, 0.55),
     "rot": (0.15, 0.40),
 }
+SPOT_COUNTS = (3, 6)  # fewest and most black spots, stepped through by spot_area
 DEFECT_TYPES = ("spots", "greening", "rot")  # the independently present defect types
+DEFECT_COLUMNS = {"spots": "spot_area", "greening": "greening", "rot": "rot"}  # type → its scored amount
 
 # Albedo colours (RGB, 0–255) before lighting.
 _SKIN_PALE = np.array([214.0, 188.0, 128.0], dtype=np.float32)
@@ -130,8 +175,37 @@ def defect_probability(good_fraction: float = GOOD_FRACTION) -> float:
     return 1.0 - good_fraction ** (1.0 / len(DEFECT_TYPES))
 
 
+def spot_layout(spot_area):
+    """Black-spot count and nominal radius (px) for a total spot area (px²): (0, 0.0) when 0.
+
+    The count steps from `SPOT_COUNTS[0]` to `SPOT_COUNTS[1]` over equal parts of
+    the area range and the radius makes count · π · radius² the area, so both are
+    fixed by the one scored amount (radius 10–20 px over the range). Works on
+    arrays (returns int64 and float64 arrays) and on scalars (returns int, float).
+    """
+    lo, hi = DEFECT_RANGES["spot_area"]
+    first, last = SPOT_COUNTS
+    levels = last - first + 1
+    if np.ndim(spot_area) == 0:  # one photo: plain floats, the same arithmetic as below
+        area = float(spot_area)
+        if not area > 0:
+            return 0, 0.0
+        count = first + min(max(math.floor(levels * (area - lo) / (hi - lo)), 0), levels - 1)
+        return count, math.sqrt(area / (math.pi * count))
+    area = np.asarray(spot_area, dtype=np.float64)
+    step = np.clip(np.floor(levels * (area - lo) / (hi - lo)), 0, levels - 1)
+    count = np.where(area > 0, first + step, 0).astype(np.int64)
+    radius = np.where(count > 0, np.sqrt(area / (np.pi * np.maximum(count, 1))), 0.0)
+    return count, radius
+
+
 def sample_factors(n: int, rng: np.random.Generator, good_fraction: float = GOOD_FRACTION) -> pd.DataFrame:
-    """Draw `n` independent factor rows (columns `FACTOR_NAMES`), see the module table."""
+    """Draw `n` factor rows (columns `FACTOR_NAMES`), see the module docstring.
+
+    Every sampled column is drawn independently of the others: uniform nuisances,
+    then one Bernoulli(q) presence per defect type, then one uniform amount per
+    defect type (kept where present, else 0). The derived spot columns follow.
+    """
     n = check_int("n", n, 1)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -139,58 +213,53 @@ def sample_factors(n: int, rng: np.random.Generator, good_fraction: float = GOOD
     cols: dict[str, np.ndarray] = {}
     for name, (lo, hi) in NUISANCE_RANGES.items():
         cols[name] = rng.uniform(lo, hi, n)
-    has_spots, has_green, has_rot = rng.random((3, n)) < q
-    lo, hi = DEFECT_RANGES["spot_count"]
-    cols["spot_count"] = np.where(has_spots, rng.integers(lo, hi + 1, n), 0).astype(np.int64)
-    for name, present in (("spot_size", has_spots), ("greening", has_green), ("rot", has_rot)):
+    presence = rng.random((len(DEFECT_TYPES), n)) < q
+    for present, defect in zip(presence, DEFECT_TYPES):
+        name = DEFECT_COLUMNS[defect]
         lo, hi = DEFECT_RANGES[name]
         cols[name] = np.where(present, rng.uniform(lo, hi, n), 0.0)
+    cols["spot_count"], cols["spot_size"] = spot_layout(cols["spot_area"])
     return pd.DataFrame(cols, columns=list(FACTOR_NAMES))
 
 
 def labels_from_factors(factors: pd.DataFrame) -> pd.Series:
-    """'bad' when any defect is present, else 'good' (the thesis's two classes)."""
-    bad = (factors["spot_count"] > 0) | (factors["greening"] > 0) | (factors["rot"] > 0)
+    """'bad' when any defect is present (its amount is > 0), else 'good' (the thesis's two classes)."""
+    bad = np.zeros(len(factors), dtype=bool)
+    for name in DEFECT_COLUMNS.values():
+        bad |= factors[name].to_numpy() > 0
     return pd.Series(np.where(bad, "bad", "good"), index=factors.index, name="label")
 
 
 def defect_names(row: Mapping[str, float]) -> list[str]:
     """The defect types present in one factor row, e.g. ['spots', 'rot']."""
-    found = []
-    if row["spot_count"] > 0:
-        found.append("spots")
-    if row["greening"] > 0:
-        found.append("greening")
-    if row["rot"] > 0:
-        found.append("rot")
-    return found
+    return [defect for defect in DEFECT_TYPES if row[DEFECT_COLUMNS[defect]] > 0]
 
 
 def _validate_factors(factors: Mapping[str, float]) -> dict[str, float]:
-    missing = [k for k in FACTOR_NAMES if k not in factors]
+    """The sampled factors as floats, checked; derived spot columns, if given, must match spot_area."""
+    missing = [k for k in SAMPLED_FACTORS if k not in factors]
     if missing:
-        raise ValueError(f"factors is missing {missing}; required keys are {list(FACTOR_NAMES)}")
-    values = {k: float(factors[k]) for k in FACTOR_NAMES}
+        raise ValueError(f"factors is missing {missing}; required keys are {list(SAMPLED_FACTORS)}")
+    values = {k: float(factors[k]) for k in SAMPLED_FACTORS}
     for name, v in values.items():
         if not math.isfinite(v):
             raise ValueError(f"factor {name!r} must be finite, got {v!r}")
     for name, (lo, hi) in NUISANCE_RANGES.items():
         if not lo <= values[name] <= hi:
             raise ValueError(f"factor {name!r} must lie in [{lo}, {hi}], got {values[name]!r}")
-    count = values["spot_count"]
-    lo, hi = DEFECT_RANGES["spot_count"]
-    if count != int(count) or not (count == 0 or lo <= count <= hi):
-        raise ValueError(f"factor 'spot_count' must be 0 or an integer in [{lo}, {hi}], got {count!r}")
-    if (count == 0) != (values["spot_size"] == 0):
-        raise ValueError(
-            f"spot_count and spot_size must both be 0 or both positive, got "
-            f"spot_count={count!r}, spot_size={values['spot_size']!r}"
-        )
-    for name in ("spot_size", "greening", "rot"):
-        lo, hi = DEFECT_RANGES[name]
+    for name, (lo, hi) in DEFECT_RANGES.items():
         v = values[name]
         if not (v == 0 or lo <= v <= hi):
             raise ValueError(f"factor {name!r} must be 0 (absent) or in [{lo}, {hi}], got {v!r}")
+    count, radius = spot_layout(values["spot_area"])
+    given = {k: float(factors[k]) for k in DERIVED_FACTORS if k in factors}
+    if given and not (
+        given.get("spot_count", count) == count and math.isclose(given.get("spot_size", radius), radius, rel_tol=1e-6)
+    ):
+        raise ValueError(
+            f"spot_count and spot_size are derived from spot_area={values['spot_area']!r} "
+            f"(count {count}, radius {radius!r}); got {given}"
+        )
     return values
 
 
@@ -408,9 +477,8 @@ def render_tuber(factors: Mapping[str, float], rng: np.random.Generator) -> np.n
         ring = mask * (1.0 - mask) * 4.0
         shade *= 1.0 - 0.22 * mask - 0.30 * ring
 
-    count = int(f["spot_count"])
+    count, spot_r = spot_layout(f["spot_area"])
     if count:
-        spot_r = f["spot_size"]
         radii = spot_r * rng.uniform(0.85, 1.15, count)
         for (sx, sy), r in zip(_spot_centres(rng, count, spot_r, a, b, cos_t, sin_t), radii):
             # Each spot is drawn only on its own small box.
@@ -527,6 +595,70 @@ def generate(
     return table
 
 
+# ------------------------------------------------------------------ an evaluation set in memory
+
+# Random streams: the raw data set draws factors from [seed, 0] and photo i from [seed, 1, i];
+# an evaluation set draws from [seed, 2] and [seed, 3, i], so it never repeats a training photo.
+_EVAL_FACTORS_STREAM, _EVAL_IMAGES_STREAM = 2, 3
+
+
+def _render_model_input(task: tuple) -> np.ndarray:
+    """Worker: photo `index` as the pipeline would store and preprocess it (JPEG, decode, crop, resize)."""
+    index, row, seed, quality, crop_fraction, image_size = task
+    image = render_tuber(row, np.random.default_rng([seed, _EVAL_IMAGES_STREAM, index]))
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    return load_model_input(buffer, crop_fraction=crop_fraction, image_size=image_size)
+
+
+def model_inputs(
+    n_images: int,
+    *,
+    seed: int,
+    crop_fraction: float,
+    image_size: int,
+    good_fraction: float = GOOD_FRACTION,
+    workers: int | None = None,
+    progress: bool = True,
+    jpeg_quality: int = 90,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """`n_images` simulated photos as the models see them, with their factors, written nowhere.
+
+    Each photo takes the raw data's path (JPEG at `jpeg_quality`, then the preprocess
+    stage's decode, centre crop and resize) without touching the disk, from random
+    streams of its own: a held-out evaluation set of any size, never a training photo.
+    Returns uint8 (n, size, size, 3) and the factors (`FACTOR_NAMES`, then `label`).
+    """
+    n_images = check_int("n_images", n_images, 1)
+    seed = check_int("seed", seed, 0)
+    _check_fraction(good_fraction)
+    jpeg_quality = check_int("jpeg_quality", jpeg_quality, 1, 95)
+    workers = min(check_int("workers", workers or os.cpu_count() or 1, 1), n_images)
+    factors = sample_factors(n_images, np.random.default_rng([seed, _EVAL_FACTORS_STREAM]), good_fraction)
+    records = factors.to_dict("records")
+    tasks = [(i, records[i], seed, jpeg_quality, crop_fraction, image_size) for i in range(n_images)]
+    _warm_caches()
+    with tqdm(total=n_images, desc="simulating an evaluation set", unit="img", disable=not progress) as bar:
+        if workers == 1:
+            arrays = []
+            for task in tasks:
+                arrays.append(_render_model_input(task))
+                bar.update()
+        else:
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+            chunk = max(1, min(32, n_images // (4 * workers)))
+            with ctx.Pool(workers) as pool:
+                arrays = []
+                for array in pool.imap(_render_model_input, tasks, chunksize=chunk):
+                    arrays.append(array)
+                    bar.update()
+    table = factors[list(FACTOR_NAMES)].copy()
+    table["label"] = labels_from_factors(factors).to_numpy()
+    return np.stack(arrays), table
+
+
 # ----------------------------------------------------------------- looking at it
 
 
@@ -545,6 +677,8 @@ def contact_sheet(out_dir: str | os.PathLike, png_path: str | os.PathLike, *, n:
     labels = pd.read_csv(labels_path, keep_default_na=False, dtype={"label": str})
     factors_path = out / "factors.csv"
     factors = pd.read_csv(factors_path) if factors_path.is_file() else None
+    if factors is not None and not set(DEFECT_COLUMNS.values()) <= set(factors.columns):
+        factors = None  # an older simulator's columns: caption the label only
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(labels), size=min(n, len(labels)), replace=False))
 

@@ -165,7 +165,7 @@ class Tracker:
             tags = run.data.tags
             if tags.get("host") != host or not tags.get("pid", "").isdigit():
                 continue
-            if not _pid_alive(int(tags["pid"])):
+            if not process_alive(int(tags["pid"])):
                 self.client.set_terminated(run.info.run_id, status="KILLED")
                 stale.append(run.info.run_id)
         if stale:
@@ -337,14 +337,19 @@ def _same_param(held: str, text: str) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs; a zombie (dead, not yet reaped) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): the signal test above is all there is
+    return "\nState:\tZ" not in status
 
 
 @contextmanager

@@ -23,6 +23,7 @@ a resumed study does not repeat its first suggestions, and two workers never sha
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -31,6 +32,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -43,12 +45,13 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from tubervae import plots
-from tubervae.config import Params, SearchSpace
+from tubervae.config import Params, SearchSpace, worker_count
 from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_json
-from tubervae.runs.tracker import Tracker
+from tubervae.runs.pool import SeedJob, TrainingPool
+from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import TrainingData, find_finished_run, load_training_data, run_key, run_tracked
-from tubervae.training import Setting
+from tubervae.training import Setting, select_device
 
 log = logging.getLogger(__name__)
 
@@ -121,27 +124,37 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     def __init__(self, seed: int):
         self.seed = seed
         self._tpe = self._make(seed)
+        self._by_trial: dict[int, optuna.samplers.TPESampler] = {}  # trials sampled at once, in threads
+        self._lock = threading.Lock()
 
     @staticmethod
     def _make(seed: int) -> optuna.samplers.TPESampler:
         # constant_liar: trials running on other workers count as pending, not as unknown
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
+    def _of(self, trial) -> optuna.samplers.TPESampler:
+        with self._lock:
+            return self._by_trial.get(trial.number, self._tpe)
+
     def before_trial(self, study, trial) -> None:
-        self._tpe = self._make(self.seed + trial.number)
-        self._tpe.before_trial(study, trial)
+        tpe = self._make(self.seed + trial.number)
+        with self._lock:
+            self._by_trial[trial.number] = tpe
+        tpe.before_trial(study, trial)
 
     def infer_relative_search_space(self, study, trial):
-        return self._tpe.infer_relative_search_space(study, trial)
+        return self._of(trial).infer_relative_search_space(study, trial)
 
     def sample_relative(self, study, trial, search_space):
-        return self._tpe.sample_relative(study, trial, search_space)
+        return self._of(trial).sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values) -> None:
-        self._tpe.after_trial(study, trial, state, values)
+        self._of(trial).after_trial(study, trial, state, values)
+        with self._lock:
+            self._by_trial.pop(trial.number, None)
 
     def reseed_rng(self) -> None:
         self._tpe.reseed_rng()
@@ -170,12 +183,7 @@ def fail_dead_local_trials(
         attrs = trial.user_attrs
         if attrs.get("host") != host or not str(attrs.get("pid", "")).isdigit():
             continue
-        try:
-            os.kill(int(attrs["pid"]), 0)
-            continue  # the worker is alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        if process_alive(int(attrs["pid"])):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
@@ -210,10 +218,12 @@ class Objective:
         study_run_id: str | None,
         checkpoint_dir: Path,
         progress: bool = True,
+        pool: TrainingPool | None = None,
     ):
         self.family, self.params, self.tracker, self.data = family, params, tracker, data
         self.space = params.search.spaces[family]
         self.study_run_id, self.checkpoint_dir, self.progress = study_run_id, checkpoint_dir, progress
+        self.pool = pool
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
@@ -251,26 +261,8 @@ class Objective:
                     "optuna_trial": trial.number,
                 },
             )
-            seed_runs, latents = [], []
-            for seed in range(search.seeds):
-                reused = find_finished_run(self.tracker, run_key(setting, seed, cfg, self.data))
-                if reused:
-                    log.info("seed %d of %s %s: reusing finished run %s", seed, self.family, setting.label, reused)
-                    seed_runs.append(reused)
-                else:
-                    result = run_tracked(
-                        self.tracker,
-                        setting,
-                        seed,
-                        cfg,
-                        self.data,
-                        parent_id=parent,
-                        kl_threshold=udr.kl_threshold,
-                        checkpoint_dir=self.checkpoint_dir,
-                        progress=self.progress,
-                    )
-                    seed_runs.append(result["run_id"])
-                latents.append(self.tracker.latents(seed_runs[-1]))
+            seed_runs = self._train_seeds(setting, parent)
+            latents = [self.tracker.latents(run_id) for run_id in seed_runs]
             trial.set_user_attr("seed_run_ids", seed_runs)
             result = udr_scores(
                 [z["mu"] for z in latents],
@@ -311,6 +303,43 @@ class Objective:
                 parent, {"feasible": feasible, "infeasible_reason": reason, "seed_run_ids": ",".join(seed_runs)}
             )
         return value
+
+    def _train_seeds(self, setting: Setting, parent: str) -> list[str]:
+        """Run ids of the setting's seeds: finished runs are reused, the rest trained (in the pool if any)."""
+        cfg, udr = self.params.train, self.params.udr
+        runs: dict[int, str] = {}
+        jobs = []
+        for seed in range(self.params.search.seeds):
+            reused = find_finished_run(self.tracker, run_key(setting, seed, cfg, self.data))
+            if reused:
+                log.info("seed %d of %s %s: reusing finished run %s", seed, self.family, setting.label, reused)
+                runs[seed] = reused
+            else:
+                jobs.append(SeedJob(setting, seed, cfg, udr.kl_threshold, parent))
+        if self.pool is None:
+            for job in jobs:
+                runs[job.seed] = run_tracked(
+                    self.tracker,
+                    job.setting,
+                    job.seed,
+                    cfg,
+                    self.data,
+                    parent_id=parent,
+                    kl_threshold=job.kl_threshold,
+                    checkpoint_dir=self.checkpoint_dir,
+                    progress=self.progress,
+                )["run_id"]
+        else:
+            futures = {job.seed: self.pool.submit(job) for job in jobs}
+            errors = []
+            for seed, future in futures.items():  # wait for every seed: none may outlive its trial's run
+                try:
+                    runs[seed] = future.result()["run_id"]
+                except Exception as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+        return [runs[seed] for seed in sorted(runs)]
 
 
 def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -392,6 +421,14 @@ def write_reports(summary: dict, out_dir: Path) -> None:
     plots.save_figure(plots.history_figure(np.array(history, dtype=float)), out_dir / f"{family}_history.png")
 
 
+def training_workers(params: Params) -> int:
+    """Models trained at once: `train.workers`, where 0 means one per CPU core, or one on an accelerator
+    (several processes would only compete for it)."""
+    if params.train.workers:
+        return params.train.workers
+    return worker_count(0) if select_device(params.train.device).type == "cpu" else 1
+
+
 def run_trials(
     study: optuna.Study,
     storage: optuna.storages.BaseStorage,
@@ -401,14 +438,18 @@ def run_trials(
     max_starts: int,
     max_retry: int | None,
     poll_seconds: float = 1.0,
+    parallel: int = 1,
 ) -> None:
-    """Run trials one at a time until the study holds `wanted` complete trials.
+    """Run trials, up to `parallel` at once, until the study holds `wanted` complete trials.
 
     A trial starts only while complete + running trials are fewer than `wanted`; when
     other workers hold the missing trials this worker waits, and takes over a trial that
     comes back as WAITING because its worker died (here: at once; elsewhere: heartbeat).
     A failing trial (non-finite loss, bad setting) is recorded as FAIL with its reason
-    and the study goes on; `max_starts` bounds the trials this worker starts.
+    and the study goes on; `max_starts` bounds the trials this worker starts. Trials run
+    at once are sampled before any of them is told (TPE's constant liar counts the
+    running ones), each in its own thread with its own heartbeat; their seeds share the
+    training pool.
     """
     started = 0
     while True:
@@ -424,8 +465,11 @@ def run_trials(
         if started >= max_starts:
             log.error("stopping after %d trial(s) started by this worker: %d of %d complete", started, complete, wanted)
             return
-        started += 1
-        study.optimize(objective, n_trials=1, catch=(RuntimeError, ValueError), callbacks=[_report_failure])
+        batch = min(parallel, wanted - complete - running, max_starts - started)
+        started += batch
+        study.optimize(
+            objective, n_trials=batch, n_jobs=batch, catch=(RuntimeError, ValueError), callbacks=[_report_failure]
+        )
 
 
 def _report_failure(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -478,18 +522,31 @@ def run(
         )
         if params.search.enqueue_grid:
             enqueue_grid(study, space)
-        objective = Objective(
-            family, params, tracker, data, study_run_id=run_id, checkpoint_dir=root / "checkpoints", progress=progress
-        )
-        run_trials(
-            study,
-            study_storage,
-            objective,
-            wanted,
-            max_starts=wanted * (1 + params.search.max_retry),
-            max_retry=params.search.max_retry,
-            poll_seconds=1.0,
-        )
+        workers = training_workers(params)
+        with contextlib.ExitStack() as stack:
+            pool = None
+            if workers > 1:
+                pool = stack.enter_context(TrainingPool(workers, tracker, processed_dir, root / "checkpoints"))
+            objective = Objective(
+                family,
+                params,
+                tracker,
+                data,
+                study_run_id=run_id,
+                checkpoint_dir=root / "checkpoints",
+                progress=progress,
+                pool=pool,
+            )
+            run_trials(
+                study,
+                study_storage,
+                objective,
+                wanted,
+                max_starts=wanted * (1 + params.search.max_retry),
+                max_retry=params.search.max_retry,
+                poll_seconds=1.0,
+                parallel=params.search.parallel_trials or workers,
+            )
     summary = summarise(study, family, params)
     best_run = summary["best_mlflow_run_id"]
     for t in summary["trials"]:
