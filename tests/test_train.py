@@ -550,3 +550,17 @@ def test_normalised_beta_by_hand():
     assert normalised_beta(1.0, 10, 32) == pytest.approx(normalised_beta(4.0, 10, 64))
     assert Setting("beta_vae", 18.0).normalised_beta(10, 64) == pytest.approx(0.0146484375)
     assert normalised_beta(2.0, 5, 16, channels=1) == pytest.approx(10 / 256)
+
+
+def test_precision_auto_is_bfloat16_only_where_native(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "native_bfloat16_cpu", lambda: False)
+    assert train_module.resolve_precision("auto", cpu) == "float32"
+    assert train_module.resolve_precision("bfloat16", cpu) == "bfloat16"  # asked for: emulated, but obeyed
+    # a model trained under 'auto' here is the float32 model: the same checkpoint and run identity
+    auto, explicit = tiny_cfg(precision="auto"), tiny_cfg(precision="float32")
+    assert train_module.weight_identity(auto) == train_module.weight_identity(explicit)
+    monkeypatch.setattr(train_module, "native_bfloat16_cpu", lambda: True)
+    assert train_module.resolve_precision("auto", cpu) == "bfloat16"
+    assert train_module.resolve_precision("float32", cpu) == "float32"
+    assert train_module.weight_identity(auto)["precision"] == "bfloat16"

@@ -25,7 +25,7 @@ TC_ESTIMATORS = ("stratified", "weighted")
 SIMILARITIES = ("lasso", "spearman")
 AGGREGATES = ("paper", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16")
 IMAGE_SIZES = (16, 32, 64, 128)
 WRONG_SIZE_POLICIES = ("resize", "reject")
 # Thesis §2.3.1: a component is informative when its KL to the prior exceeds this. The default
@@ -91,7 +91,7 @@ class TrainConfig:
     log_every: int = _rule(50, min=1)
     snapshot_every: int = _rule(1000, min=0)  # traversal/reconstruction pictures during training; 0 = end only
     device: str = _rule("auto", choices=DEVICES)
-    precision: str = _rule("float32", choices=PRECISIONS)  # bfloat16: autocast forward pass
+    precision: str = _rule("auto", choices=PRECISIONS)  # bfloat16: autocast forward pass; auto: where it is native
     threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores
     workers: int = _rule(0, min=0)  # models trained at once, one process and one thread each; 0 = one per core
 

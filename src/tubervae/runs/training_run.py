@@ -29,6 +29,8 @@ from tubervae.training import (
     as_input,
     checkpoint_identity,
     images_to_tensor,
+    resolve_precision,
+    select_device,
     train_model,
 )
 
@@ -120,6 +122,7 @@ def run_tracked(
                 "n_train": len(data.train),
                 "data_version": data.data_version,
                 **dataclasses.asdict(cfg),
+                "precision": resolve_precision(cfg.precision, select_device(cfg.device)),
             },
         )
 

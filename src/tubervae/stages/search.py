@@ -51,7 +51,7 @@ from tubervae.io import write_json
 from tubervae.runs.pool import SeedJob, TrainingPool
 from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import TrainingData, find_finished_run, load_training_data, run_key, run_tracked
-from tubervae.training import Setting, select_device
+from tubervae.training import Setting, select_device, weight_identity
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def storage_url(root: str | Path = ".") -> str:
 def study_name(family: str, params: Params, data_version: str) -> str:
     """Family plus a fingerprint of what makes its models comparable."""
     identity = {
-        "train": params.train.weight_identity(),
+        "train": weight_identity(params.train),
         "seeds": params.search.seeds,
         "data_version": data_version,
         "min_active": params.search.min_active,
