@@ -24,11 +24,13 @@ from PIL import Image
 from scipy.stats import rankdata, spearmanr
 
 from conftest import run_command, write_processed
-from tubervae.config import EvaluateConfig, Params, TrainConfig, UdrConfig
+from tubervae.config import DataConfig, EvaluateConfig, Params, TrainConfig, UdrConfig
+from tubervae.data.processed import load_split, save_evalset
 from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_json
 from tubervae.runs import training_run as train_stage
 from tubervae.runs.tracker import Tracker
+from tubervae.stages import evalset as evalset_stage
 from tubervae.stages import evaluate as evaluate_stage
 from tubervae.stages import udr as udr_stage
 from tubervae.training import Setting
@@ -508,18 +510,32 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     udr_stage.run(params, all_runs=True, **stage_paths(root))
     champion = run_ids[2]
     write_json(root / "reports" / "register" / "champion.json", {"run_id": champion})
+    # A held-out set with known factors; its 4th factor plays a defect ('rot'), and only 3 are scored.
+    held = load_split("test", processed)
+    names, scored = ["x", "y", "radius", "rot"], ["x", "radius", "rot"]
+    save_evalset(
+        root / "data" / "evalset",
+        held["images"],
+        held["factors"],
+        names,
+        scored,
+        held["labels"],
+        {"n": len(held["images"])},
+    )
 
     summary = evaluate_stage.run(
         params,
         root=root,
         processed_dir=processed,
+        evalset_dir=root / "data" / "evalset",
         udr_dir=root / "reports" / "udr",
         champion_path=root / "reports" / "register" / "champion.json",
         out_dir=root / "reports" / "evaluate",
     )
     out = root / "reports" / "evaluate"
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(summary))
-    assert summary["n_models"] == 4 and summary["n_points"] == 40 and summary["factors"] == FACTOR_NAMES
+    assert summary["n_models"] == 4 and summary["n_points"] == 40 and summary["factors"] == scored
+    assert summary["scored_on"] == "evaluation set"
     table = pd.read_csv(out / "models.csv")
     assert sorted(table.run_id) == sorted(run_ids)
     for metric in evaluate_stage.SUPERVISED:
@@ -555,7 +571,14 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     assert summary["champion"]["rank_by_mig"] == int((table.mig > chosen.mig).sum() + 1)
     assert summary["champion"]["rank_by_dci_d"] == int((table.dci_d > chosen.dci_d).sum() + 1)
     importance = pd.read_csv(out / "champion_importance.csv")
-    assert importance.columns.tolist() == ["component", *FACTOR_NAMES] and len(importance) == 3
+    assert importance.columns.tolist() == ["component", *scored] and len(importance) == 3
+    # The defect's best informative component in every model, from the same 40 photos' codes.
+    assert summary["best_defect_rho"] == {"rot": pytest.approx(table.rho_rot.max())}
+    assert summary["champion"]["defects"]["rot"]["rho"] == pytest.approx(chosen.rho_rot)
+    assert summary["champion"]["defects"]["rot"]["component"] == chosen.component_rot
+    for row in table.itertuples():
+        assert tracker.client.get_run(row.run_id).data.metrics["defect_rho/rot"] == pytest.approx(row.rho_rot)
+        assert 0 <= row.rho_rot <= 1 and -1 <= row.component_rot < 3
     for name in ("udr_vs_mig", "udr_vs_dci_d", "champion_importance"):
         assert is_png(out / f"{name}.png"), name
     (stage_run,) = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'evaluate'")
@@ -567,10 +590,12 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
 def test_evaluate_skips_data_without_factors(tmp_path):
     write_processed_discs(tmp_path, with_factors=False)
     out = tmp_path / "reports" / "evaluate"
+    evalset_stage.run(Params(data=DataConfig(source=str(tmp_path))), out_dir=tmp_path / "data" / "evalset")
     summary = evaluate_stage.run(
         Params(),
         root=tmp_path,
         processed_dir=tmp_path / "data" / "processed",
+        evalset_dir=tmp_path / "data" / "evalset",
         udr_dir=tmp_path / "reports" / "udr",
         out_dir=out,
     )

@@ -1,11 +1,14 @@
-"""`evaluate` stage (simulated data only): does UDR track supervised disentanglement?
+"""`evaluate` stage (known factors only): does UDR track supervised disentanglement?
 
-Every ranked model encodes the held-out test photos, whose true factors the simulator
-knows; MIG, DCI, SAP and the FactorVAE score (tubervae.evaluation.metrics) go onto its MLflow run.
+Every ranked model encodes the dedicated evaluation set (stage evalset: simulated
+photos never used for training or selection), and MIG, DCI, SAP and the FactorVAE score
+of its scored factors (`tubervae.evaluation.metrics`) go onto its MLflow run. With a real
+folder whose photos carry a factors.csv, the test split's factors are scored instead.
 Across models, the Spearman correlation of UDR (within-family and A2A, Lasso and
 Spearman similarity) with each supervised metric, with a bootstrap interval, is set
-beside the thesis's 0.51 (P = 5) – 0.61 (P ≥ 30). Also: where the UDR-chosen champion
-ranks by MIG and DCI, and which component of the champion tracks which factor.
+beside the thesis's 0.51 (P = 5) – 0.61 (P ≥ 30). Also: for each defect factor, the
+informative component that follows it best (|Spearman ρ|) in every model, and where
+the UDR-chosen champion ranks by MIG and DCI.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from scipy.stats import spearmanr
 
 from tubervae import plots
 from tubervae.config import Params
-from tubervae.data.processed import load_split
+from tubervae.data.processed import load_evalset, load_split
+from tubervae.data.synth import DEFECT_COLUMNS
+from tubervae.evaluation.matching import best_components
 from tubervae.evaluation.metrics import evaluate_all
 from tubervae.evaluation.udr import informative_mask, udr_scores
 from tubervae.io import write_csv, write_json
@@ -69,11 +74,26 @@ def udr_variants(models: pd.DataFrame, latents: list[dict], params: Params) -> p
     return pd.DataFrame(out, index=models.index)
 
 
+def scored_data(evalset_dir: Path, processed_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str], str] | None:
+    """Images, factors and factor names to score, and where they come from; None without known factors."""
+    held = load_evalset(evalset_dir)
+    if held is not None:
+        names = [str(n) for n in held["factor_names"]]
+        scored = [str(n) for n in held["scored_names"]]
+        columns = [names.index(n) for n in scored]
+        return held["images"], held["factors"][:, columns], scored, "evaluation set"
+    test = load_split("test", processed_dir)
+    if "factors" in test:
+        return test["images"], test["factors"], [str(n) for n in test["factor_names"]], "test split"
+    return None
+
+
 def run(
     params: Params,
     *,
     root: str | Path = ".",
     processed_dir: str | Path = "data/processed",
+    evalset_dir: str | Path = "data/evalset",
     udr_dir: str | Path = "reports/udr",
     champion_path: str | Path = "reports/register/champion.json",
     out_dir: str | Path = "reports/evaluate",
@@ -81,33 +101,44 @@ def run(
 ) -> dict:
     cfg = params.evaluate
     out_dir = Path(out_dir)
-    test = load_split("test", processed_dir)
-    if "factors" not in test:
+    data = scored_data(Path(evalset_dir), Path(processed_dir))
+    if data is None:
         log.warning("the photos carry no ground-truth factors (real data): nothing to evaluate")
         write_json(out_dir / "metrics.json", {"skipped": "no ground-truth factors in the data"})
         # dvc.yaml declares models.csv as an output of this stage: it must exist, if empty.
         write_csv(out_dir / "models.csv", pd.DataFrame(columns=["run_id", *SUPERVISED]))
         return {"skipped": True}
+    all_images, all_factors, names, source = data
     models_path = Path(udr_dir) / "models.csv"
     if not models_path.exists():
         raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
     models = pd.read_csv(models_path, dtype={"setting": str})
     tracker = Tracker.open(root, run_id)
     rng = np.random.default_rng(cfg.seed)
-    take = np.sort(rng.choice(len(test["images"]), size=min(cfg.n_points, len(test["images"])), replace=False))
-    images, factors = test["images"][take], test["factors"][take]
-    names = [str(n) for n in test["factor_names"]]
+    take = np.sort(rng.choice(len(all_images), size=min(cfg.n_points, len(all_images)), replace=False))
+    images, factors = all_images[take], all_factors[take]
+    defects = [name for name in DEFECT_COLUMNS.values() if name in names]
+    latents = [tracker.latents(rid) for rid in models.run_id]
     rows, importances = [], {}
-    for _, model in models.iterrows():
+    for (_, model), latent in zip(models.iterrows(), latents):
         vae, _ = tracker.load_vae(model.run_id)
         mu, _ = encode(vae, images)
         result = evaluate_all(mu, factors, names, random_state=cfg.seed)
         scores = {k: float(result[k]) for k in SUPERVISED}
-        tracker.log_metrics(model.run_id, scores)
+        informative = informative_mask(latent["kl"], params.udr.kl_threshold)
+        component, rho = best_components(mu, factors[:, [names.index(d) for d in defects]], informative)
+        matches = {f"rho_{d}": float(r) for d, r in zip(defects, rho)}
+        tracker.log_metrics(model.run_id, {**scores, **{f"defect_rho/{d}": r for d, r in zip(defects, rho)}})
         importances[model.run_id] = result["importance"]
-        rows.append({"run_id": model.run_id, **scores})
+        rows.append(
+            {
+                "run_id": model.run_id,
+                **scores,
+                **matches,
+                **{f"component_{d}": int(c) for d, c in zip(defects, component)},
+            }
+        )
     table = models.merge(pd.DataFrame(rows), on="run_id")
-    latents = [tracker.latents(rid) for rid in table.run_id]
     table = pd.concat([table, udr_variants(table, latents, params)], axis=1)
     write_csv(out_dir / "models.csv", table)
 
@@ -132,7 +163,9 @@ def run(
     summary = {
         "n_models": int(len(table)),
         "n_points": int(len(images)),
+        "scored_on": source,
         "factors": names,
+        "best_defect_rho": {d: float(table[f"rho_{d}"].max()) for d in defects},
         "correlations": correlations,
         "thesis_udr_vs_supervised": THESIS_CORRELATION,
     }
@@ -145,11 +178,15 @@ def run(
                 "run_id": champion["run_id"],
                 **{m: float(row[m].iloc[0]) for m in SUPERVISED},
                 **{f"rank_by_{m}": int((table[m] > row[m].iloc[0]).sum() + 1) for m in ("mig", "dci_d")},
+                "defects": {
+                    d: {"component": int(row[f"component_{d}"].iloc[0]), "rho": float(row[f"rho_{d}"].iloc[0])}
+                    for d in defects
+                },
             }
             importance = importances[champion["run_id"]]
             plots.save_figure(plots.importance_heatmap(importance), out_dir / "champion_importance.png")
             write_csv(out_dir / "champion_importance.csv", importance.reset_index(names="component"))
-            kl = latents[int(np.flatnonzero(table.run_id.to_numpy() == champion["run_id"])[0])]["kl"]
+            kl = latents[int(np.flatnonzero(models.run_id.to_numpy() == champion["run_id"])[0])]["kl"]
             informative = informative_mask(kl, params.udr.kl_threshold)
             summary["champion"]["component_factor"] = {
                 comp: {
