@@ -28,6 +28,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 IMAGE_SIZES = (16, 32, 64, 128)
 WRONG_SIZE_POLICIES = ("resize", "reject")
+DCI_METHODS = ("gbt", "gbt_fast", "gbt_regressor", "lasso")  # gbt: the published classifier (evaluation/metrics.py)
+SAP_METHODS = ("svm", "correlation", "mixed")  # svm: the published LinearSVC(C=0.01) on factor classes
 # Thesis §2.3.1: a component is informative when its KL to the prior exceeds this. The default
 # of `udr.kl_threshold`, the one value that UDR, n_active, classify and the plots all read.
 INFORMATIVE_KL = 0.01
@@ -166,6 +168,10 @@ class EvaluateConfig:
     set_size: int = _rule(10000, min=10)  # photos simulated for the evaluation set (stage evalset)
     set_seed: int = _rule(0, min=0)  # its own random streams: never a training photo, whatever the seeds
     n_points: int = _rule(10000, min=10)  # photos of the set each model is scored on (all when larger)
+    dci_method: str = _rule("gbt", choices=DCI_METHODS)
+    sap_method: str = _rule("svm", choices=SAP_METHODS)
+    n_train: int = _rule(1000, min=10)  # DCI and SAP fit on this many of the photos
+    n_test: int = _rule(1000, min=10)  # and score on this many others
     n_bootstrap: int = _rule(1000, min=10)
     seed: int = _rule(0, min=0)
 

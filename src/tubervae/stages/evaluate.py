@@ -22,7 +22,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from tubervae import plots
-from tubervae.config import Params
+from tubervae.config import Params, worker_count
 from tubervae.data.processed import load_evalset, load_split
 from tubervae.data.synth import DEFECT_COLUMNS
 from tubervae.evaluation.matching import best_components
@@ -123,7 +123,17 @@ def run(
     for (_, model), latent in zip(models.iterrows(), latents):
         vae, _ = tracker.load_vae(model.run_id)
         mu, _ = encode(vae, images)
-        result = evaluate_all(mu, factors, names, random_state=cfg.seed)
+        result = evaluate_all(
+            mu,
+            factors,
+            names,
+            random_state=cfg.seed,
+            dci_method=cfg.dci_method,
+            sap_method=cfg.sap_method,
+            n_train=cfg.n_train,
+            n_test=cfg.n_test,
+            n_jobs=worker_count(0),
+        )
         scores = {k: float(result[k]) for k in SUPERVISED}
         informative = informative_mask(latent["kl"], params.udr.kl_threshold)
         component, rho = best_components(mu, factors[:, [names.index(d) for d in defects]], informative)
@@ -164,6 +174,7 @@ def run(
         "n_models": int(len(table)),
         "n_points": int(len(images)),
         "scored_on": source,
+        "definitions": {"dci": cfg.dci_method, "sap": cfg.sap_method, "n_train": cfg.n_train, "n_test": cfg.n_test},
         "factors": names,
         "best_defect_rho": {d: float(table[f"rho_{d}"].max()) for d in defects},
         "correlations": correlations,
