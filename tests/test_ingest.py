@@ -1,5 +1,11 @@
 """Ingestion of a folder of real photos, with corrupt and odd files made here."""
 
+import builtins
+import os
+import struct
+import zlib
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,7 +45,20 @@ def folder(tmp_path):
 
 
 def snapshot(root):
-    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every entry under `root` (links not followed): its type, mtime, and bytes or link target."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            info = os.lstat(path)
+            if os.path.islink(path):
+                content = os.readlink(path)
+            elif os.path.isfile(path):  # a regular file (not the fifo)
+                content = Path(path).read_bytes()
+            else:
+                content = None
+            state[path] = (info.st_mode, info.st_mtime_ns, content)
+    return state
 
 
 def test_every_file_gets_a_documented_decision(folder, tmp_path):
@@ -85,7 +104,7 @@ def test_nothing_usable_and_missing_folder(tmp_path):
     root = tmp_path / "junk"
     root.mkdir()
     (root / "a.png").write_bytes(b"\x89PNG garbage")
-    with pytest.raises(IngestError, match="none of the 1 files is usable"):
+    with pytest.raises(IngestError, match="none of the 1 image files is usable"):
         import_folder(DataConfig(source=str(root), workers=1), tmp_path / "raw", tmp_path / "ingest.csv")
     with pytest.raises(IngestError, match="neither 'synthetic' nor an existing folder"):
         import_folder(DataConfig(source=str(tmp_path / "nope"), workers=1), tmp_path / "raw2", tmp_path / "i.csv")
@@ -109,3 +128,168 @@ def test_model_input_crops_the_centre_and_resizes():
     assert abs(wide.mean() / 255 - 0.25) < 0.02
     with pytest.raises(ValueError, match="H×W×3"):
         load_model_input(np.zeros((4, 4)), crop_fraction=0.5, image_size=16)
+
+
+def bomb_png(path, side=20_000):
+    """An all-black 1-bit PNG of side×side pixels: a few tens of KB on disk, 400 Mpx decoded."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (side + 7) // 8)  # filter byte + packed bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def messy(folder, tmp_path):
+    """The photo folder plus clutter, links of every kind and a decompression bomb."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    photo().save(outside / "secret.jpg")  # a good photo: imported if a link out were followed
+    (folder / "README.txt").write_text("photos of 2023\n")
+    (folder / "good" / "broken.jpg").symlink_to("missing.jpg")
+    (folder / "bad" / "loop.jpg").symlink_to("loop.jpg")
+    (folder / "bad" / "passwd.jpg").symlink_to("/etc/passwd")
+    (folder / "bad" / "secret.jpg").symlink_to(outside / "secret.jpg")
+    (folder / "ext").symlink_to(outside, target_is_directory=True)
+    (folder / "alias").symlink_to("misc", target_is_directory=True)
+    (folder / "good" / "linked.jpg").symlink_to("../misc/unlabelled.jpg")
+    os.mkfifo(folder / "misc" / "pipe.fifo.jpg")  # opening it would block the import
+    bomb_png(folder / "bad" / "bomb.png")
+    return folder
+
+
+def test_every_entry_gets_a_line_and_no_link_leads_out(messy, tmp_path, monkeypatch):
+    before = snapshot(messy)
+    opened = []
+    real_open = builtins.open
+
+    def recording_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, str | os.PathLike):
+            opened.append((os.path.realpath(file), mode))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    out = tmp_path / "raw"
+    cfg = DataConfig(source=str(messy), workers=1, max_rejected_fraction=0.9)
+    report = import_folder(cfg, out, tmp_path / "ingest.csv")
+    monkeypatch.setattr(builtins, "open", real_open)
+
+    written = pd.read_csv(tmp_path / "ingest.csv", keep_default_na=False)
+    assert written.source.tolist() == report.source.tolist()
+    assert written.source.is_unique
+    expected = {
+        "README.txt": ("skipped", "not an image suffix"),
+        "good/broken.jpg": ("rejected", "broken link"),
+        "bad/loop.jpg": ("rejected", "link loop"),
+        "bad/passwd.jpg": ("rejected", "link leads outside the folder"),
+        "bad/secret.jpg": ("rejected", "link leads outside the folder"),
+        "ext": ("rejected", "link leads outside the folder"),
+        "alias": ("skipped", "link to a folder inside the folder"),
+        "misc/pipe.fifo.jpg": ("rejected", "not a regular file"),
+        "bad/bomb.png": (
+            "rejected",
+            f"image of 20000×20000 pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels "
+            "(decompression bomb guard)",
+        ),
+        "good/linked.jpg": ("accepted", ""),
+        # the photos of `folder`, decided as before
+        "good/ok.jpg": ("accepted", ""),
+        "good/alpha.png": ("converted", "converted RGBA to RGB"),
+        "good/cut.jpg": ("rejected", "truncated"),
+        "bad/cmyk.jpg": ("converted", "converted CMYK to RGB"),
+        "bad/big.jpg": ("converted", "resized from 800x600"),
+        "bad/portrait.png": ("converted", "resized from 480x640"),
+        "bad/gray.png": ("rejected", "colour mode L"),
+        "bad/deep.png": ("rejected", "colour mode I"),
+        "bad/tiny.png": ("rejected", "too small"),
+        "bad/notes.jpg": ("rejected", "not an image"),
+        "misc/unlabelled.jpg": ("accepted", ""),
+        "top.jpg": ("accepted", ""),
+    }
+    assert set(written.source) == set(expected)  # one line per entry; folders walked, links to folders not
+    for row in written.itertuples():
+        status, reason = expected[row.source]
+        assert row.status == status, (row.source, row.status, row.reason)
+        assert reason in row.reason, (row.source, row.reason)
+
+    root = os.path.realpath(messy)
+    read = {path for path, mode in opened if "r" in mode and "+" not in mode}
+    assert read, "the recorder saw no reads"
+    assert all(path.startswith(root + os.sep) for path in read), sorted(read - {p for p in read if root in p})
+    assert "/etc/passwd" not in read and str(tmp_path / "outside" / "secret.jpg") not in read
+
+    labels = pd.read_csv(out / "labels.csv", keep_default_na=False).set_index("source")
+    assert len(labels) == 8  # the 7 usable photos of `folder`, and the one linked into good/
+    assert labels.loc["good/linked.jpg", "label"] == "good"
+    assert (out / labels.loc["good/linked.jpg", "file"]).read_bytes() == (
+        messy / "misc" / "unlabelled.jpg"
+    ).read_bytes()
+    assert labels.loc["top.jpg", "label"] == "" and labels.loc["bad/cmyk.jpg", "label"] == "bad"
+    for f in labels.file:
+        with Image.open(out / f) as img:
+            assert img.mode == "RGB" and img.size == (640, 480)
+    assert snapshot(messy) == before  # every byte, link and mtime of the user's folder stays
+
+
+def test_files_without_an_image_suffix_do_not_count_towards_the_rejected_share(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    photo().save(root / "a.jpg")
+    photo().save(root / "b.jpg")
+    for name in ("README.txt", "Thumbs.db", ".DS_Store", "notes.md"):
+        (root / name).write_text("not a photo")
+    report = import_folder(
+        DataConfig(source=str(root), workers=1, max_rejected_fraction=0.0), tmp_path / "raw", tmp_path / "i.csv"
+    )
+    assert sorted(report.status) == ["accepted"] * 2 + ["skipped"] * 4
+    (root / "c.jpg").write_text("a broken photo")  # 1 of 3 photos rejected
+    with pytest.raises(IngestError, match=r"33.3% of the image files were rejected"):
+        import_folder(
+            DataConfig(source=str(root), workers=1, max_rejected_fraction=0.3), tmp_path / "raw2", tmp_path / "j.csv"
+        )
+
+
+def test_a_folder_without_photos_fails_with_the_report_written(tmp_path):
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "README.txt").write_text("nothing here")
+    with pytest.raises(IngestError, match="no image files"):
+        import_folder(DataConfig(source=str(root), workers=1), tmp_path / "raw", tmp_path / "i.csv")
+    written = pd.read_csv(tmp_path / "i.csv", keep_default_na=False)
+    assert written.to_dict("records") == [
+        {"source": "sub/README.txt", "status": "skipped", "reason": "not an image suffix", "label": "", "file": ""}
+    ]
+
+
+def test_unreadable_files_and_folders_get_a_line(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    (root / "locked").mkdir(parents=True)
+    photo().save(root / "locked" / "hidden.jpg")
+    photo().save(root / "ok.jpg")
+    photo().save(root / "private.jpg")
+    locked, private = str(root / "locked"), str(root / "private.jpg")
+    real_scandir, real_open = os.scandir, builtins.open
+
+    def scandir(path="."):  # permissions would do, but the tests may run as root
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, str | os.PathLike) and os.fspath(file) == private:
+            raise PermissionError(13, "Permission denied", private)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    cfg = DataConfig(source=str(root), workers=1, max_rejected_fraction=0.9)
+    report = import_folder(cfg, tmp_path / "raw", tmp_path / "i.csv").set_index("source")
+    assert sorted(report.index) == ["locked", "ok.jpg", "private.jpg"]
+    assert report.loc["locked", "status"] == "rejected"
+    assert report.loc["locked", "reason"] == "unreadable folder: Permission denied"
+    assert report.loc["private.jpg", "status"] == "rejected" and "unreadable" in report.loc["private.jpg", "reason"]
+    assert report.loc["ok.jpg", "status"] == "accepted"

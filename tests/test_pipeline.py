@@ -406,3 +406,38 @@ def test_mlproject_entry_points_run_the_dvc_stage_commands():
     )
     assert (train.command, train.family, train.beta, train.c_max, train.seed) == ("train", "cbeta_vae", 700.0, 6.0, 1)
     assert isinstance(train.seed, int)
+
+
+def test_hand_run_search_and_dvc_repro_agree(dvc_project):
+    """A study resumed by hand to 2 trials, then `dvc repro`: the report says 2, as optuna.db does."""
+    root = dvc_project["root"]
+    tiny_search = tiny_params(
+        train={
+            "latent_dim": 4,
+            "steps": 10,
+            "batch_size": 8,
+            "snapshot_every": 0,
+            "checkpoint_every": 10,
+            "log_every": 5,
+            "device": "cpu",
+            "threads": 1,
+            "workers": 1,
+        },
+        search={
+            "seeds": 2,
+            "min_active": 0,
+            "spaces": {"beta_vae": {"n_trials": 1, "beta": [1.0, 4.0], "beta_log": True}},
+        },
+    )
+    write_params(root, tiny_search)
+    first = run_cmd([str(BIN / "dvc"), "repro", "search@beta_vae"], root)
+    assert first.returncode == 0, first.stdout[-3000:]
+    by_hand = run_cmd([str(BIN / "tubervae"), "search", "--family", "beta_vae", "--n-trials", "2"], root)
+    assert by_hand.returncode == 0, by_hand.stdout[-3000:]
+    report = root / "reports" / "search" / "beta_vae.json"
+    assert json.loads(report.read_text())["n_complete"] == 2
+    again = run_cmd([str(BIN / "dvc"), "repro", "search@beta_vae"], root)
+    assert again.returncode == 0, again.stdout[-3000:]
+    summary = json.loads(report.read_text())
+    assert summary["n_complete"] == 2 and len(summary["trials"]) == 2  # not a cached report of 1 trial
+    write_params(root, tiny_params())  # the other tests of this module expect the data settings alone

@@ -372,8 +372,9 @@ def photos(tmp_path_factory):
     return {"grid": grid, "path": path, "array": small, "not_image": not_image}
 
 
-def test_vae_pyfunc_by_alias_encodes_a_path_and_an_array_of_another_size(project, photos, tmp_path):
+def test_vae_pyfunc_by_alias_encodes_a_path_and_an_array_of_another_size(project, photos, tmp_path, monkeypatch):
     use_registry(project["root"])
+    monkeypatch.setenv("TUBERVAE_INPUT_FOLDER", str(photos["path"].parent))  # the `path` input is off without it
     model = mlflow.pyfunc.load_model(f"models:/{VAE_NAME}@champion")
     expected = means(independent_vae(project["root"], project["runs"][6.0], tmp_path), photos["grid"][None])[0]
     from_path = model.predict(pd.DataFrame({"path": [str(photos["path"])]}))
@@ -384,8 +385,11 @@ def test_vae_pyfunc_by_alias_encodes_a_path_and_an_array_of_another_size(project
     np.testing.assert_allclose(from_array[mu_columns].to_numpy()[0], expected, atol=1e-5)
 
 
-def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_input(project, photos, tmp_path):
+def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_input(
+    project, photos, tmp_path, monkeypatch
+):
     use_registry(project["root"])
+    monkeypatch.setenv("TUBERVAE_INPUT_FOLDER", str(photos["path"].parent))  # the `path` input is off without it
     model = mlflow.pyfunc.load_model(f"models:/{QUALITY_NAME}@champion")
     rule = project["metrics"]["rule"]
     c, threshold = rule["component"], rule["threshold"]
@@ -399,9 +403,9 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
     two = model.predict(np.stack([photos["array"], photos["array"][:, ::-1]]))
     assert len(two) == 2 and two.loc[0, f"z{c}"] == pytest.approx(z, abs=1e-5)
 
-    with pytest.raises(MlflowException, match="notes.png.*not a readable image") as info:
+    with pytest.raises(MlflowException, match="^row 0: not a readable image") as info:
         model.predict(pd.DataFrame({"path": [str(photos["not_image"])]}))
-    assert info.value.get_http_status_code() == 400
+    assert info.value.get_http_status_code() == 400 and "notes.png" not in info.value.message
     with pytest.raises(MlflowException, match=r"shape \(1, 5, 5, 2\)") as info:
         model.predict(np.zeros((5, 5, 2), np.uint8))
     assert info.value.get_http_status_code() == 400
@@ -436,6 +440,7 @@ def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(proje
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{project['root'] / 'mlflow.db'}",
+        "TUBERVAE_INPUT_FOLDER": str(photos["path"].parent),  # the `path` input is off without it
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     log_path = tmp_path / "serve.log"
@@ -486,7 +491,8 @@ def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(proje
         status, body = http(f"{url}/invocations", {"dataframe_records": [{"path": str(photos["not_image"])}]})
         assert status == 400
         assert body["error_code"] == "INVALID_PARAMETER_VALUE"
-        assert "notes.png" in body["message"] and "not a readable image" in body["message"]
+        # The answer names the row, never the path the request sent.
+        assert body["message"].startswith("row 0: not a readable image") and "notes.png" not in body["message"]
 
         status, body = http(f"{url}/invocations", {"inputs": [[[1, 2], [3, 4]]]})
         assert status == 400 and "shape (1, 1, 2, 2)" in body["message"]

@@ -639,3 +639,24 @@ def test_killed_search_takes_its_training_workers_along_and_resumes(project):
     assert sorted(m.step for m in history) == list(range(2 * LOG_EVERY, STEPS + 1, LOG_EVERY))
     finished = [r for r in runs if r.data.tags.get("kind") == "vae" and r.info.status == "FINISHED"]
     assert len(finished) == 2 and len({r.data.tags["run_key"] for r in finished}) == 2
+
+
+def test_a_study_whose_trials_all_fail_stops_with_a_clear_error(project, no_pictures, monkeypatch):
+    import tubervae.training as train_module
+
+    def always_nan(family, **hp):
+        def poisoned(x, out, step):
+            terms = real(x, out, step)
+            return {**terms, "loss": terms["loss"] * float("nan")}
+
+        real = real_make_loss(family, **hp)
+        return poisoned
+
+    real_make_loss = train_module.make_loss
+    monkeypatch.setattr(train_module, "make_loss", always_nan)
+    raw = merged(RAW_PARAMS, search={"max_retry": 1})
+    with pytest.raises(RuntimeError, match=r"holds 0 of 1 complete trials.*beta_vae\.json"):
+        run_search(project, raw)
+    report = json.loads((project / "reports" / "search" / f"{FAMILY}.json").read_text())
+    assert report["n_complete"] == 0 and len(report["trials"]) == 2  # 1 × (1 + max_retry) starts
+    assert all("non-finite" in t["fail_reason"] for t in report["trials"])

@@ -564,3 +564,73 @@ def test_precision_auto_is_bfloat16_only_where_native(monkeypatch):
     assert train_module.resolve_precision("auto", cpu) == "bfloat16"
     assert train_module.resolve_precision("float32", cpu) == "float32"
     assert train_module.weight_identity(auto)["precision"] == "bfloat16"
+
+
+# --------------------------------------------------------------------------- hostile checkpoints
+
+
+class _Payload:
+    """Unpickling this object would run `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _forged(path: Path, cfg: TrainConfig, data, kind: str, marker: Path) -> None:
+    """Write a checkpoint of the given kind of damage where the run expects its own."""
+    train(data, cfg, checkpoint_path=path)  # a genuine checkpoint at the end, to forge from
+    state = torch.load(path, weights_only=True)
+    if kind == "malicious pickle":
+        import pickle
+
+        path.write_bytes(pickle.dumps({**state, "step": _Payload(marker)}))
+    elif kind == "a list":
+        torch.save([1, 2, 3], path)
+    elif kind == "wrong shapes":
+        state["model"] = {k: v[..., :1].clone() if v.ndim else v for k, v in state["model"].items()}
+        torch.save(state, path)
+    elif kind == "forged step":
+        torch.save({**state, "step": 10**9}, path)
+    elif kind == "forged optimiser":
+        torch.save({**state, "optimiser": {"state": {}, "param_groups": [{"params": [0]}]}}, path)
+
+
+@pytest.mark.parametrize("kind", ["malicious pickle", "a list", "wrong shapes", "forged step", "forged optimiser"])
+def test_a_damaged_or_forged_checkpoint_is_ignored_and_runs_no_code(data, tmp_path, kind, caplog):
+    cfg = tiny_cfg(steps=10)
+    path, marker = tmp_path / "model.pt", tmp_path / "payload-ran"
+    _forged(path, cfg, data, kind, marker)
+    with caplog.at_level(logging.WARNING, logger="tubervae.training"):
+        outcome = train(data, cfg, checkpoint_path=path)
+    assert not marker.exists(), "loading the checkpoint ran code"
+    assert "ignoring" in caplog.text and outcome.step == 10
+    # trained from scratch to the same weights as a run that never saw the forged file
+    assert_same_weights(outcome.model.state_dict(), train(data, cfg).model.state_dict())
+    assert torch.load(path, weights_only=True)["step"] == 10  # the rerun replaced the forged file
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tubervae.training"):
+        train(data, cfg, checkpoint_path=path)  # ignored once, never again
+    assert "ignoring" not in caplog.text
+
+
+def test_checkpoint_goes_once_the_model_is_in_mlflow_unless_kept(tmp_path, empty_mlflow_db):
+    new_project(tmp_path, empty_mlflow_db)
+    run_stage(tmp_path, tiny_cfg(steps=5))
+    assert not list((tmp_path / "checkpoints").glob("*.pt"))
+    run_stage(tmp_path, tiny_cfg(steps=5, keep_checkpoints=True), beta=2.0)
+    (kept,) = (tmp_path / "checkpoints").glob("*.pt")
+    assert torch.load(kept, weights_only=True)["step"] == 5
+
+
+@pytest.mark.parametrize("beta", [float("nan"), -1.0, 0.0])
+def test_bad_beta_is_refused_before_any_run_exists(tmp_path, empty_mlflow_db, beta):
+    new_project(tmp_path, empty_mlflow_db)
+    with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+        run_stage(tmp_path, tiny_cfg(steps=5), beta=beta)
+    with pytest.raises(ValueError, match="c_max must be a finite number >= 0"):
+        run_stage(tmp_path, tiny_cfg(steps=5), family="cbeta_vae", beta=700.0, c_max=-1.0)
+    client = client_for(tmp_path)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []  # no run, not even FAILED

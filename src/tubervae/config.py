@@ -34,7 +34,15 @@ SAP_METHODS = ("svm", "correlation", "mixed")  # svm: the published LinearSVC(C=
 # of `udr.kl_threshold`, the one value that UDR, n_active, classify and the plots all read.
 INFORMATIVE_KL = 0.01
 # Training settings that change how a run is watched, never its weights.
-OBSERVATION_ONLY_KEYS = ("checkpoint_every", "log_every", "snapshot_every", "device", "threads", "workers")
+OBSERVATION_ONLY_KEYS = (
+    "checkpoint_every",
+    "log_every",
+    "snapshot_every",
+    "device",
+    "threads",
+    "workers",
+    "keep_checkpoints",
+)
 
 
 class ConfigError(ValueError):
@@ -90,6 +98,7 @@ class TrainConfig:
     anneal_fraction: float = _rule(1.0, open_min=0.0, max=1.0)  # Cβ-VAE: share of steps for C: 0 → C_max (thesis: all)
     tc_estimator: str = _rule("stratified", choices=TC_ESTIMATORS)
     checkpoint_every: int = _rule(500, min=1)
+    keep_checkpoints: bool = _rule(False)  # false: a run's checkpoint goes once its model is safely in MLflow
     log_every: int = _rule(50, min=1)
     snapshot_every: int = _rule(1000, min=0)  # traversal/reconstruction pictures during training; 0 = end only
     device: str = _rule("auto", choices=DEVICES)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tubervae.config import TrainConfig
+from tubervae.checks import check_choice, check_real
+from tubervae.config import FAMILIES, TrainConfig
 from tubervae.io import atomic_path
 from tubervae.models.losses import VAELoss, kl_per_component, make_loss, reconstruction_loss
 from tubervae.models.nets import VAE, VAEOutput
@@ -43,6 +44,11 @@ class Setting:
     family: str
     beta: float
     c_max: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice("family", self.family, FAMILIES)
+        check_real("beta", self.beta, 0.0, strict=True)
+        check_real("c_max", self.c_max, 0.0)
 
     @property
     def label(self) -> str:
@@ -244,12 +250,15 @@ def train_model(
     image_size = train_images.shape[1]
     if train_images.shape[1] != train_images.shape[2]:
         raise ValueError(f"training images must be square, got {train_images.shape[1:3]}")
-    torch.manual_seed(seed)
-    model = VAE(image_size=image_size, latent_dim=cfg.latent_dim).to(device, memory_format=torch.channels_last)
-    optimiser = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
-    )
-    batches = torch.Generator().manual_seed(seed)
+
+    def fresh() -> tuple[VAE, torch.optim.Optimizer, torch.Generator]:
+        """The run's state at step 0: everything the seed decides."""
+        torch.manual_seed(seed)
+        net = VAE(image_size=image_size, latent_dim=cfg.latent_dim).to(device, memory_format=torch.channels_last)
+        adam = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        return net, adam, torch.Generator().manual_seed(seed)
+
+    model, optimiser, batches = fresh()
     data = images_to_tensor(train_images, device)
     loss_fn = setting.loss(cfg, dataset_size=len(train_images))
 
@@ -258,14 +267,20 @@ def train_model(
     step = 0
     state = load_checkpoint(path, identity, model, cfg.steps) if path else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        batches.set_state(state["batch_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        step = state["step"]
-        log.info("resuming %s seed %d from step %d", setting.label, seed, step)
+        try:
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            batches.set_state(state["batch_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"])
+            step = state["step"]
+            log.info("resuming %s seed %d from step %d", setting.label, seed, step)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            # Sound on the outside, unusable inside (e.g. a forged optimiser state): start over, once;
+            # the first checkpoint of the new run replaces it.
+            log.warning("ignoring checkpoint %s: it cannot be restored (%s)", path, str(exc).splitlines()[0][:200])
+            model, optimiser, batches = fresh()
 
     def checkpoint() -> None:
         if path is None:

@@ -6,16 +6,24 @@ the README, are:
 | what is found                         | rule                                              |
 |---------------------------------------|---------------------------------------------------|
 | not an image, unreadable, truncated   | reject                                            |
+| more than `Image.MAX_IMAGE_PIXELS`    | reject: decompression bomb guard                  |
 | grayscale / 1-bit / 16-bit / float    | reject: colour carries skin tone and greening     |
 | RGBA, LA-free palette (P), CMYK       | convert to RGB (alpha composited on black)        |
 | RGB 8-bit, 640×480                    | accept as is                                      |
 | another size, at least `MIN_SIDE` px  | `wrong_size: resize`: centre-crop to 4:3, resize  |
 |                                       | `wrong_size: reject`: reject                      |
 | smaller than `MIN_SIDE` px            | reject                                            |
+
+Which entries of a folder reach `inspect_image` is decided by `scan_folder`, which gives
+every entry under the folder a decision (its docstring lists the rules); nothing outside
+the folder is ever opened.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +73,9 @@ def inspect_image(path: str | Path, *, wrong_size: str = "resize") -> Inspection
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
             img.load()  # decodes everything: truncated files fail here, not later
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        return _reject(_bomb_reason(path))
+    except UnidentifiedImageError as exc:
         return _reject(f"not an image: {type(exc).__name__}")
     except (OSError, SyntaxError, ValueError) as exc:
         message = str(exc).lower()
@@ -135,7 +145,118 @@ def load_model_input(path_or_image, *, crop_fraction: float, image_size: int) ->
     return np.asarray(square.resize((image_size, image_size), Image.Resampling.BOX), dtype=np.uint8)
 
 
+def _bomb_reason(path: str | Path) -> str:
+    size = _header_size(path)
+    what = f"{size[0]}×{size[1]} pixels" if size else "more pixels than allowed"
+    return f"image of {what} exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels (decompression bomb guard)"
+
+
+def _header_size(path: str | Path) -> tuple[int, int] | None:
+    """Width and height read from the header alone, without Pillow's pixel-count guard.
+
+    Pillow's `DecompressionBombError` keeps only the pixel count, so the header is read
+    again the way `Image.open` identifies a file (same plugin registry), minus the check;
+    no pixel data is decoded. None when no plugin reads it.
+    """
+    Image.init()
+    try:
+        with open(path, "rb") as fp:
+            prefix = fp.read(16)
+            for fmt in Image.ID:
+                factory, accept = Image.OPEN[fmt]
+                verdict = not accept or accept(prefix)
+                if not verdict or isinstance(verdict, str):
+                    continue
+                fp.seek(0)
+                try:
+                    return tuple(factory(fp, str(path)).size)
+                except Exception:  # any plugin failure means "try the next one"
+                    continue
+    except OSError:
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class FolderEntry:
+    """One entry found under a photo folder, and what ingestion does with it."""
+
+    source: Path  # where it was found: the folder's resolved root / relative path (not resolved further)
+    read_from: Path | None  # the file to open: inside the root, links resolved; None when it is not read
+    status: str  # "" = a candidate photo for `inspect_image`; else "skipped" or "rejected"
+    reason: str = ""
+
+    @property
+    def has_image_suffix(self) -> bool:
+        return self.source.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _inside(path: str | Path, root: Path) -> bool:
+    return Path(path).is_relative_to(root)
+
+
+def _classify(path: Path, root: Path) -> FolderEntry:
+    """The decision for one non-directory entry (or a link to a directory) under `root`."""
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError as exc:  # vanished or unreadable while walking
+        return FolderEntry(path, None, "rejected", f"unreadable: {exc.strerror}")
+    real = Path(os.path.realpath(path))  # resolves links without opening anything
+    if not _inside(real, root):
+        return FolderEntry(path, None, "rejected", "link leads outside the folder: not followed")
+    try:
+        info = os.stat(real)  # `real` has no link left in it, except in a loop
+    except FileNotFoundError:
+        return FolderEntry(path, None, "rejected", "broken link" if is_link else "unreadable: vanished")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return FolderEntry(path, None, "rejected", "link loop")
+        return FolderEntry(path, None, "rejected", f"unreadable: {exc.strerror}")
+    if stat.S_ISDIR(info.st_mode):  # only a link can get here: real folders are walked
+        return FolderEntry(path, None, "skipped", "link to a folder inside the folder: not walked")
+    if not stat.S_ISREG(info.st_mode):
+        return FolderEntry(path, None, "rejected", "not a regular file (fifo, socket or device)")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return FolderEntry(path, None, "skipped", "not an image suffix")
+    return FolderEntry(path, real, "")
+
+
+def scan_folder(folder: str | Path) -> list[FolderEntry]:
+    """Every entry under `folder` with its decision, sorted by path; nothing is opened.
+
+    Real sub-folders are walked, not listed; every other entry gets one `FolderEntry`:
+
+    | entry                                            | status     | reason                                     |
+    |--------------------------------------------------|------------|--------------------------------------------|
+    | file with an image suffix, inside the folder     | "" (read)  | `inspect_image` decides                    |
+    | link to such a file inside the folder            | "" (read)  | the target is read; the link's path labels |
+    | file without an image suffix (README.txt)        | skipped    | not an image suffix                        |
+    | link to a folder inside the folder               | skipped    | not walked (its photos are read where they |
+    |                                                  |            | are; walking it would count them twice)    |
+    | link leading outside (file or folder)            | rejected   | link leads outside the folder: not followed|
+    | broken link / link loop                          | rejected   | broken link / link loop                    |
+    | fifo, socket, device                             | rejected   | not a regular file                         |
+    | folder that cannot be listed                     | rejected   | unreadable folder: ...                     |
+
+    "Outside" is decided on `os.path.realpath` of the entry against the folder's resolved
+    root, before anything is opened, and `read_from` is that resolved path, so no link is
+    followed out of the folder, neither to read nor to copy. Links to folders are never
+    walked (`os.walk(followlinks=False)`), whichever way they point.
+    """
+    root = Path(os.path.realpath(folder))
+    entries: list[FolderEntry] = []
+
+    def unreadable_folder(exc: OSError) -> None:
+        entries.append(FolderEntry(Path(exc.filename or root), None, "rejected", f"unreadable folder: {exc.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable_folder, followlinks=False):
+        for name in dirnames:  # real folders are walked next; links to folders are entries
+            if os.path.islink(os.path.join(dirpath, name)):
+                entries.append(_classify(Path(dirpath, name), root))
+        entries.extend(_classify(Path(dirpath, name), root) for name in filenames)
+    return sorted(entries, key=lambda e: e.source)
+
+
 def list_images(folder: str | Path) -> list[Path]:
-    """All files under `folder` with an image suffix, in a stable order."""
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The files under `folder` that ingestion inspects (image suffix, inside the folder), in a stable order."""
+    return [e.source for e in scan_folder(folder) if e.read_from is not None]

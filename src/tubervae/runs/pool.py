@@ -11,7 +11,9 @@ Workers are started with 'spawn' (no inherited sqlite connections or thread pool
 watch the process that started them: when it dies, they exit within a second, so a
 killed search never leaves an orphan training a seed that the resumed search would
 train a second time. (Linux's parent-death signal would fire when the *thread* that
-started a worker ends, and trials run in threads.)
+started a worker ends, and trials run in threads.) As with any 'spawn' pool, a script
+that starts one must guard its entry point (`if __name__ == "__main__":`): the workers
+import the main module. The `tubervae` command and `python -m tubervae.cli` do.
 """
 
 from __future__ import annotations

@@ -107,6 +107,7 @@ def run_tracked(
     informative for the run's `n_active` metric and its pictures.
     """
     key = run_key(setting, seed, cfg, data)
+    checkpoint_path = Path(checkpoint_dir) / f"{key}.pt"
     tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
     name = f"{setting.family} {setting.label} seed {seed}"
     with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags) as rid:
@@ -142,7 +143,7 @@ def run_tracked(
                 probe_images=data.probe,
                 test_images=data.test,
                 data_version=data.data_version,
-                checkpoint_path=Path(checkpoint_dir) / f"{key}.pt",
+                checkpoint_path=checkpoint_path,
                 on_log=on_log,
                 on_snapshot=on_snapshot,
                 progress=progress,
@@ -167,6 +168,9 @@ def run_tracked(
             "data_version": data.data_version,
         }
         tracker.log_vae(rid, outcome.model, config, outcome.latents)
+    # The model is in MLflow and its run FINISHED: the resume point has served its purpose.
+    if not cfg.keep_checkpoints:
+        checkpoint_path.unlink(missing_ok=True)
     return {"run_id": rid, **metrics, "kl": kl.tolist()}
 
 

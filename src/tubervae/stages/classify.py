@@ -54,6 +54,7 @@ def run(
     cfg = params.classify
     out_dir = Path(out_dir)
     tracker = Tracker.open(root, run_id)
+    tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     version, vae_model = load_champion(tracker, params.register.model_name)
     vae, vae_config = vae_model.vae, vae_model.config
     meta = load_meta(processed_dir)

@@ -114,6 +114,7 @@ def run(
         raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
     models = pd.read_csv(models_path, dtype={"setting": str})
     tracker = Tracker.open(root, run_id)
+    tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     rng = np.random.default_rng(cfg.seed)
     take = np.sort(rng.choice(len(all_images), size=min(cfg.n_points, len(all_images)), replace=False))
     images, factors = all_images[take], all_factors[take]

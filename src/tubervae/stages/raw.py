@@ -1,9 +1,24 @@
 """`raw` stage: the photo set in data/raw/, simulated (default) or imported from a folder.
 
 A folder of real photos: `good/` and `bad/` subfolders give labels; photos elsewhere
-are unlabelled (still used by the unsupervised stages). Every file is inspected
-(`tubervae.data.images.inspect_image`); each gets a line in reports/data/ingest.csv.
-The user's folder is only read, never changed.
+are unlabelled (still used by the unsupervised stages). Every entry under the folder gets
+a line in reports/data/ingest.csv (`tubervae.data.images.scan_folder` lists the rules):
+files with an image suffix are inspected (`tubervae.data.images.inspect_image`) and are
+"accepted", "converted" or "rejected"; files without one and links to folders inside the
+folder are "skipped"; broken links, link loops, links leading outside the folder (never
+followed: nothing outside is opened, copied or walked), fifos and folders that cannot be
+listed are "rejected". A link
+inside the folder to a photo inside the folder is followed: the photo is read from its
+real path and labelled by the link's place (so a photo linked from `good/` is imported
+once more, as a good one). The user's folder is only read, never changed.
+
+`data.max_rejected_fraction` is the rejected share of the entries that look like photos
+(an image suffix), rejected links named like photos included. Files without an image
+suffix (README.txt, Thumbs.db, .DS_Store) are neither in the numerator nor in the
+denominator: they say nothing about the photos, and counting them would make an import
+pass or fail on the clutter beside the photos. Rejections without an image suffix (a fifo,
+a folder that cannot be listed, a link named `data` leading outside) are logged as a
+warning and written to the report but do not count.
 """
 
 from __future__ import annotations
@@ -17,7 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tubervae.config import DataConfig, worker_count
-from tubervae.data.images import inspect_image, list_images
+from tubervae.data.images import IMAGE_SUFFIXES, inspect_image, scan_folder
 from tubervae.io import staged_dir, write_csv
 
 log = logging.getLogger(__name__)
@@ -29,13 +44,13 @@ class IngestError(RuntimeError):
 
 
 def _label_of(path: Path, root: Path) -> str:
-    first = path.relative_to(root).parts[0].lower()
-    return first if first in LABEL_FOLDERS and len(path.relative_to(root).parts) > 1 else ""
+    parts = path.relative_to(root).parts
+    return parts[0].lower() if len(parts) > 1 and parts[0].lower() in LABEL_FOLDERS else ""
 
 
 def _ingest_one(task):
-    index, source, root, out_dir, wrong_size = task
-    result = inspect_image(source, wrong_size=wrong_size)
+    index, source, read_from, root, out_dir, wrong_size = task
+    result = inspect_image(read_from, wrong_size=wrong_size)  # read_from is inside root: checked by scan_folder
     row = {
         "source": str(source.relative_to(root)),
         "status": result.status,
@@ -45,8 +60,9 @@ def _ingest_one(task):
     }
     if result.image is not None:
         if result.status == "accepted":
-            name = f"images/photo_{index:05d}{source.suffix.lower()}"
-            shutil.copyfile(source, out_dir / name)
+            suffix = read_from.suffix.lower() if read_from.suffix.lower() in IMAGE_SUFFIXES else source.suffix.lower()
+            name = f"images/photo_{index:05d}{suffix}"
+            shutil.copyfile(read_from, out_dir / name)
         else:
             name = f"images/photo_{index:05d}.png"
             result.image.save(out_dir / name)
@@ -55,36 +71,60 @@ def _ingest_one(task):
 
 
 def import_folder(cfg: DataConfig, out_dir: Path, report_path: Path) -> pd.DataFrame:
-    """Inspect and copy a folder of photos into `out_dir`; returns the ingestion report."""
+    """Inspect and copy a folder of photos into `out_dir`; returns the ingestion report (one row per entry)."""
     root = Path(cfg.source).expanduser().resolve()
     if not root.is_dir():
         raise IngestError(f"data.source: {cfg.source!r} is neither 'synthetic' nor an existing folder")
-    sources = list_images(root)
-    if not sources:
-        raise IngestError(f"data.source: no image files (jpg, png, bmp, tif, webp) under {root}")
+    entries = scan_folder(root)
+    candidates = [e for e in entries if e.read_from is not None]
     (out_dir / "images").mkdir(parents=True)
-    tasks = [(i, p, root, out_dir, cfg.wrong_size) for i, p in enumerate(sources)]
+    tasks = [(i, e.source, e.read_from, root, out_dir, cfg.wrong_size) for i, e in enumerate(candidates)]
     workers = worker_count(cfg.workers)
-    with Pool(workers) if workers > 1 else _InProcess() as pool:
-        rows = list(tqdm(pool.imap(_ingest_one, tasks, chunksize=16), total=len(tasks), desc="ingest", unit="img"))
-    report = pd.DataFrame(rows, columns=["source", "status", "reason", "label", "file"])
+    with Pool(workers) if workers > 1 and tasks else _InProcess() as pool:
+        inspected = list(tqdm(pool.imap(_ingest_one, tasks, chunksize=16), total=len(tasks), desc="ingest", unit="img"))
+    rows = iter(inspected)
+    report = pd.DataFrame(
+        [
+            next(rows)
+            if e.read_from is not None
+            else {
+                "source": str(e.source.relative_to(root)),
+                "status": e.status,
+                "reason": e.reason,
+                "label": _label_of(e.source, root),
+                "file": "",
+            }
+            for e in entries
+        ],
+        columns=["source", "status", "reason", "label", "file"],
+    )
     write_csv(report_path, report)
-    rejected = (report.status == "rejected").mean()
-    usable = int((report.status != "rejected").sum())
+    photo_like = report[[e.has_image_suffix for e in entries]]
+    others_rejected = int((report.status == "rejected").sum()) - int((photo_like.status == "rejected").sum())
+    if others_rejected:
+        log.warning("%d entries without an image suffix were rejected; reasons are in %s", others_rejected, report_path)
+    if photo_like.empty:
+        raise IngestError(
+            f"data.source: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; "
+            f"what was found is in {report_path}"
+        )
+    rejected = (photo_like.status == "rejected").mean()
+    usable = int(report.status.isin(["accepted", "converted"]).sum())
     if usable == 0:
-        raise IngestError(f"none of the {len(report)} files is usable; reasons are in {report_path}")
+        raise IngestError(f"none of the {len(photo_like)} image files is usable; reasons are in {report_path}")
     if rejected > cfg.max_rejected_fraction:
         raise IngestError(
-            f"{rejected:.1%} of the files were rejected, above data.max_rejected_fraction "
+            f"{rejected:.1%} of the image files were rejected, above data.max_rejected_fraction "
             f"{cfg.max_rejected_fraction:.1%}; reasons are in {report_path}"
         )
-    kept = report[report.status != "rejected"]
+    kept = report[report.status.isin(["accepted", "converted"])]
     write_csv(out_dir / "labels.csv", kept[["file", "label", "source"]])
     log.info(
-        "imported %d photos (%d converted, %d rejected)",
+        "imported %d photos (%d converted, %d rejected, %d skipped)",
         usable,
         int((report.status == "converted").sum()),
         int((report.status == "rejected").sum()),
+        int((report.status == "skipped").sum()),
     )
     return report
 

@@ -73,6 +73,7 @@ def run(
     models = pd.read_csv(models_path, dtype={"setting": str})
     champion = choose_champion(models, cfg.udr_tolerance)
     tracker = Tracker.open(root, run_id)
+    tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     meta = load_meta(processed_dir)
     current = tracker.version_by_alias(cfg.model_name, CHAMPION)
     if current is not None and current.tags.get("source_run_id") == champion.run_id:

@@ -553,4 +553,9 @@ def run(
         if t["mlflow_run_id"] and t["state"] == "COMPLETE":
             tracker.set_tags(t["mlflow_run_id"], {"best_trial": t["mlflow_run_id"] == best_run})
     write_reports(summary, Path(reports_dir))
+    if summary["n_complete"] < wanted:
+        raise RuntimeError(
+            f"the {family} study holds {summary['n_complete']} of {wanted} complete trials after this worker's "
+            f"trial starts ran out; each trial's failure reason is in {Path(reports_dir) / f'{family}.json'}"
+        )
     return summary
