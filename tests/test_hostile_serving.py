@@ -12,14 +12,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
 import struct
-import subprocess
-import sys
-import time
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,7 +25,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from test_registry import free_port, http
+from conftest import http, served
 from tubervae.classify.rules import ThresholdRule
 from tubervae.data.images import inspect_image, load_model_input
 from tubervae.models.nets import VAE
@@ -378,47 +372,6 @@ def peak_rss(pid: int) -> int:
         except OSError:
             continue
     return peak
-
-
-@contextmanager
-def served(model_dir: Path, env: dict, log_path: Path):
-    """`mlflow models serve` on a free port; yields (url, the server's Popen); stops its process group."""
-    port = free_port()
-    env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager", "local"]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [*command, "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-            env=env,
-            cwd=log_path.parent,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, f"the server exited early:\n{log_path.read_text()[-3000:]}"
-            try:
-                if http(f"{url}/ping", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no answer on /ping in 90 s:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield url, server
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(server.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                continue
-            time.sleep(0.5)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc")

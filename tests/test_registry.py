@@ -5,14 +5,6 @@ few steps) built once per module: training dominates the cost.
 """
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -25,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import labelled_disc_splits, write_processed
+from conftest import http, labelled_disc_splits, served, write_processed
 from tubervae.classify import fit_threshold_rule
 from tubervae.config import TrainConfig, parse_params
 from tubervae.models.nets import VAE
@@ -414,75 +406,14 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
 # ------------------------------------------------------------ the served model
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[int, dict | str]:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, body = response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        status, body = error.code, error.read().decode()
-    try:
-        return status, json.loads(body)
-    except json.JSONDecodeError:
-        return status, body
-
-
 def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(project, photos, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{project['root'] / 'mlflow.db'}",
         "TUBERVAE_INPUT_FOLDER": str(photos["path"].parent),  # the `path` input is off without it
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    log_path = tmp_path / "serve.log"
     rule = project["metrics"]["rule"]
     column = f"z{rule['component']}"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "models",
-                "serve",
-                "-m",
-                f"models:/{QUALITY_NAME}@champion",
-                "--env-manager",
-                "local",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-w",
-                "1",
-            ],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, f"the server exited early:\n{log_path.read_text()[-3000:]}"
-            try:
-                if http(f"{url}/ping", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no answer on /ping in 90 s:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
-
+    with served(f"models:/{QUALITY_NAME}@champion", env, tmp_path / "serve.log") as (url, server):
         status, body = http(f"{url}/invocations", {"dataframe_records": [{"path": str(photos["path"])}]})
         assert status == 200, body
         good = body["predictions"][0]
@@ -504,15 +435,3 @@ def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(proje
         assert again["label"] == good["label"]
         assert again[column] == pytest.approx(good[column], abs=1e-5)
         assert server.poll() is None
-    finally:
-        # The server runs uvicorn as a child in the same new process group: stop the whole group.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(server.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                continue
-            time.sleep(0.5)  # let the child follow its parent before checking the group again

@@ -313,8 +313,8 @@ def quality_model_artifacts(folder: Path, vae, vae_config: dict, rule: Threshold
     return {name: str(path) for name, path in paths.items()}
 
 
-class VaeModel(mlflow.pyfunc.PythonModel):
-    """The champion VAE. `predict` returns mu_0…, logvar_0… per image; `vae` is the torch module."""
+class _PhotoModel(mlflow.pyfunc.PythonModel):
+    """What both served models share: the VAE, its preprocessing, the input limits and the error guard."""
 
     def load_context(self, context):
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
@@ -324,39 +324,35 @@ class VaeModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         return _guarded(lambda: self._predict(model_input))
 
-    def _predict(self, model_input) -> pd.DataFrame:
-        images = images_from_input(
+    def _images(self, model_input) -> np.ndarray:
+        return images_from_input(
             model_input,
             crop_fraction=self.config["crop_fraction"],
             image_size=self.config["image_size"],
             limits=getattr(self, "limits", None),
         )
-        mu, logvar = encode(self.vae, images)
+
+
+class VaeModel(_PhotoModel):
+    """The champion VAE. `predict` returns mu_0…, logvar_0… per image; `vae` is the torch module."""
+
+    def _predict(self, model_input) -> pd.DataFrame:
+        mu, logvar = encode(self.vae, self._images(model_input))
         d = mu.shape[1]
         return pd.DataFrame(
             np.hstack([mu, logvar]), columns=[f"mu_{j}" for j in range(d)] + [f"logvar_{j}" for j in range(d)]
         )
 
 
-class TuberQualityModel(mlflow.pyfunc.PythonModel):
+class TuberQualityModel(_PhotoModel):
     """Threshold on one latent component of the champion VAE: label 'good' or 'bad' per photo."""
 
     def load_context(self, context):
-        self.config = json.loads(Path(context.artifacts["config"]).read_text())
-        self.vae = load_vae_files(context.artifacts["weights"], self.config)
+        super().load_context(context)
         self.rule = ThresholdRule.from_dict(json.loads(Path(context.artifacts["rule"]).read_text()))
-        self.limits = InputLimits.from_env()
-
-    def predict(self, context, model_input, params=None):
-        return _guarded(lambda: self._predict(model_input))
 
     def _predict(self, model_input) -> pd.DataFrame:
-        images = images_from_input(
-            model_input,
-            crop_fraction=self.config["crop_fraction"],
-            image_size=self.config["image_size"],
-            limits=getattr(self, "limits", None),
-        )
+        images = self._images(model_input)
         mu, _ = encode(self.vae, images)
         bad = self.rule.predict(mu) if len(mu) else np.zeros(0, bool)
         return pd.DataFrame(
