@@ -1,11 +1,12 @@
 """Several models trained at once: one worker process per core, one torch thread each.
 
 Small convolutions do not scale across threads, independent models do: on two cores two
-1-thread processes train about 1.37× the images of one 2-thread process
-(`benchmarks/bench_parallel.py`). A `TrainingPool` runs `run_tracked` for one seed per
-task in worker processes, each with its own MLflow client and its own copy of the
-training data, so the guarantees of a single run hold for each: a killed worker's seed
-resumes from its checkpoint, its MLflow run is marked KILLED by the next start.
+1-thread processes train about 1.37× the images of one 2-thread process; a whole search
+gains less for now, 1.18–1.23× in `benchmarks/bench_parallel.py` (benchmarks/README.md).
+A `TrainingPool` runs `run_tracked` for one seed per task in worker processes, each with
+its own MLflow client and its own copy of the training data, so the guarantees of a single
+run hold for each: a killed worker's seed resumes from its checkpoint, and its MLflow run is
+marked KILLED by the next start.
 
 Workers are started with 'spawn' (no inherited sqlite connections or thread pools) and
 watch the process that started them: when it dies, they exit within a second, so a
