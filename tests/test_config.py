@@ -79,3 +79,14 @@ def test_cli_help_lists_every_stage():
     assert result.returncode == 0
     for stage in ("raw", "preprocess", "train"):
         assert stage in result.stdout
+
+
+def test_cbeta_vae_anneals_capacity_over_all_of_training_by_default():
+    """The thesis raises C from 0 to C_max over the whole run, in the default and in params.yaml alike."""
+    from tubervae.training import Setting
+
+    assert Params().train.anneal_fraction == 1.0
+    project = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert project.train.anneal_fraction == 1.0
+    loss = Setting("cbeta_vae", 700.0, 6.0).loss(project.train, dataset_size=100)
+    assert loss.hyperparameters["anneal_steps"] == project.train.steps
