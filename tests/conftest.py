@@ -107,6 +107,40 @@ def labelled_disc_splits(seed: int = 0, size: int = 16) -> tuple[dict[str, tuple
     return splits, ["x", "radius", "brightness"]
 
 
+def train_tiny_runs(tracker, data, betas_and_seeds, *, latent_dim: int = 3) -> list[str]:
+    """Tiny β-VAE runs (8 steps, 1 thread) tracked in MLflow, one per (β, seed); their run ids in order.
+
+    Callers that do not test the training pictures patch `tubervae.runs.training_run.figures` first.
+    """
+    from tubervae.config import TrainConfig
+    from tubervae.runs.training_run import run_tracked
+    from tubervae.training import Setting
+
+    cfg = TrainConfig(
+        latent_dim=latent_dim,
+        steps=8,
+        batch_size=16,
+        log_every=4,
+        checkpoint_every=8,
+        snapshot_every=0,
+        device="cpu",
+        threads=1,
+    )
+    return [
+        run_tracked(
+            tracker,
+            Setting("beta_vae", beta),
+            seed,
+            cfg,
+            data,
+            kl_threshold=0.01,
+            checkpoint_dir=tracker.root / "checkpoints",
+            progress=False,
+        )["run_id"]
+        for beta, seed in betas_and_seeds
+    ]
+
+
 def run_command(
     args: list[str], cwd: Path, *, env: dict | None = None, timeout: float = 180, check: bool = False
 ) -> subprocess.CompletedProcess:

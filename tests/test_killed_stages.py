@@ -18,13 +18,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import labelled_disc_splits, write_processed
+from conftest import labelled_disc_splits, train_tiny_runs, write_processed
 from tubervae import cli
-from tubervae.config import DataConfig, Params, TrainConfig
+from tubervae.config import DataConfig, Params
 from tubervae.runs import training_run
 from tubervae.runs.tracker import Tracker
 from tubervae.stages import evalset
-from tubervae.training import Setting
 
 STAGES = ("udr", "register", "classify", "evaluate")  # the order dvc repro runs them in
 PARAMS = {
@@ -69,28 +68,7 @@ def project(tmp_path_factory, empty_mlflow_db):
         mp.setattr(training_run, "figures", lambda *args, **kwargs: {})
         tracker = Tracker(root)
         data = training_run.load_training_data(root / "data" / "processed")
-        cfg = TrainConfig(
-            latent_dim=3,
-            steps=8,
-            batch_size=16,
-            log_every=4,
-            checkpoint_every=8,
-            snapshot_every=0,
-            device="cpu",
-            threads=1,
-        )
-        for beta in (1.0, 4.0):
-            for seed in (0, 1):
-                training_run.run_tracked(
-                    tracker,
-                    Setting("beta_vae", beta),
-                    seed,
-                    cfg,
-                    data,
-                    kl_threshold=0.01,
-                    checkpoint_dir=root / "checkpoints",
-                    progress=False,
-                )
+        train_tiny_runs(tracker, data, [(beta, seed) for beta in (1.0, 4.0) for seed in (0, 1)])
         (root / "stopper.py").write_text(STOPPER)
         yield root
 

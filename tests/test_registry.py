@@ -17,15 +17,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import http, labelled_disc_splits, served, write_processed
+from conftest import http, labelled_disc_splits, served, train_tiny_runs, write_processed
 from tubervae.classify import fit_threshold_rule
-from tubervae.config import TrainConfig, parse_params
+from tubervae.config import parse_params
 from tubervae.models.nets import VAE
 from tubervae.runs.tracker import Tracker
-from tubervae.runs.training_run import TrainingData, run_tracked
+from tubervae.runs.training_run import TrainingData
 from tubervae.stages import classify, register
 from tubervae.stages.register import choose_champion
-from tubervae.training import Setting
 
 SIZE = 16
 LATENT = 4
@@ -189,29 +188,7 @@ def project(tmp_path_factory):
             test=load(processed, "test")["images"],
             data_version=DATA_VERSION,
         )
-        cfg = TrainConfig(
-            latent_dim=LATENT,
-            steps=8,
-            batch_size=16,
-            log_every=4,
-            checkpoint_every=8,
-            snapshot_every=0,
-            device="cpu",
-            threads=1,
-        )
-        runs = {
-            beta: run_tracked(
-                tracker,
-                Setting("beta_vae", beta),
-                0,
-                cfg,
-                data,
-                kl_threshold=0.01,
-                checkpoint_dir=root / "checkpoints",
-                progress=False,
-            )["run_id"]
-            for beta in (2.0, 6.0)
-        }
+        runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=LATENT)))
         params = tiny_params()
         udr_dir = root / "reports" / "udr"
         out = root / "reports" / "register" / "champion.json"

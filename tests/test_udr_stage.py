@@ -23,8 +23,8 @@ import yaml
 from PIL import Image
 from scipy.stats import rankdata, spearmanr
 
-from conftest import run_command, write_processed
-from tubervae.config import DataConfig, EvaluateConfig, Params, TrainConfig, UdrConfig
+from conftest import run_command, train_tiny_runs, write_processed
+from tubervae.config import DataConfig, EvaluateConfig, Params, UdrConfig
 from tubervae.data.processed import load_split, save_evalset
 from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_json
@@ -489,23 +489,7 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     monkeypatch.setattr(train_stage, "figures", lambda *args, **kwargs: {})
     tracker = Tracker(root)
     data = train_stage.load_training_data(processed)
-    cfg = TrainConfig(
-        latent_dim=3, steps=8, batch_size=16, log_every=4, checkpoint_every=8, snapshot_every=0, device="cpu", threads=1
-    )
-    run_ids = [
-        train_stage.run_tracked(
-            tracker,
-            Setting("beta_vae", beta),
-            seed,
-            cfg,
-            data,
-            kl_threshold=0.01,
-            checkpoint_dir=root / "checkpoints",
-            progress=False,
-        )["run_id"]
-        for beta in (1.0, 4.0)
-        for seed in (0, 1)
-    ]
+    run_ids = train_tiny_runs(tracker, data, [(beta, seed) for beta in (1.0, 4.0) for seed in (0, 1)])
     params = Params(udr=UdrConfig(heatmap_pairs=0), evaluate=EvaluateConfig(n_points=40, n_bootstrap=20))
     udr_stage.run(params, all_runs=True, **stage_paths(root))
     champion = run_ids[2]
