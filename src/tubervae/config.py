@@ -26,6 +26,7 @@ SIMILARITIES = ("lasso", "spearman")
 AGGREGATES = ("paper", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
+FUSE_MODES = ("auto", "always", "never")  # auto: a trial's seeds train as one fused model on CUDA
 IMAGE_SIZES = (16, 32, 64, 128)
 WRONG_SIZE_POLICIES = ("resize", "reject")
 DCI_METHODS = ("gbt", "gbt_fast", "gbt_regressor", "lasso")  # gbt: the published classifier (evaluation/metrics.py)
@@ -42,6 +43,7 @@ OBSERVATION_ONLY_KEYS = (
     "threads",
     "workers",
     "keep_checkpoints",
+    "fuse",  # a fused model equals its separately trained twin (tests/test_fused.py)
 )
 
 
@@ -105,6 +107,7 @@ class TrainConfig:
     precision: str = _rule("auto", choices=PRECISIONS)  # bfloat16: autocast forward pass; auto: where it is native
     threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores
     workers: int = _rule(0, min=0)  # models trained at once, one process and one thread each; 0 = one per core
+    fuse: str = _rule("auto", choices=FUSE_MODES)  # a trial's seeds as one fused model (tubervae.fused)
 
     def weight_identity(self) -> dict:
         """The settings that decide the trained weights (what a checkpoint or a reused run must match)."""

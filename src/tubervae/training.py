@@ -137,7 +137,8 @@ def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def as_input(batch: torch.Tensor) -> torch.Tensor:
-    return batch.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+    """uint8 pixels → values in [0, 1] of the default dtype (float32 unless a test asks for float64)."""
+    return batch.contiguous(memory_format=torch.channels_last).to(torch.get_default_dtype()).div_(255.0)
 
 
 def checkpoint_identity(setting: Setting, seed: int, cfg: TrainConfig, data_version: str, image_size: int) -> dict:

@@ -8,6 +8,7 @@ UDR compares, and the weights (layout: `tubervae.runs.tracker`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -21,6 +22,7 @@ from tubervae import plots
 from tubervae.config import TrainConfig
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
+from tubervae.fused import FusedJob, train_fused
 from tubervae.runs.tracker import Tracker
 from tubervae.training import (
     NonFiniteLossError,
@@ -108,31 +110,13 @@ def run_tracked(
     """
     key = run_key(setting, seed, cfg, data)
     checkpoint_path = Path(checkpoint_dir) / f"{key}.pt"
-    tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
-    name = f"{setting.family} {setting.label} seed {seed}"
-    with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags) as rid:
-        tracker.log_params(
-            rid,
-            {
-                "family": setting.family,
-                "beta": setting.beta,
-                "beta_norm": setting.normalised_beta(cfg.latent_dim, int(data.train.shape[1])),
-                "c_max": setting.c_max,
-                "seed": seed,
-                "image_size": data.train.shape[1],
-                "n_train": len(data.train),
-                "data_version": data.data_version,
-                **dataclasses.asdict(cfg),
-                "precision": resolve_precision(cfg.precision, select_device(cfg.device)),
-            },
-        )
+    with _seed_run(tracker, setting, seed, cfg, data, key, run_id=run_id, parent_id=parent_id) as rid:
 
         def on_log(metrics: dict, step: int) -> None:
             tracker.log_metrics(rid, metrics, step)
 
         def on_snapshot(model, step: int) -> None:
-            for fname, fig in figures(model, data.probe, kl_threshold=kl_threshold).items():
-                tracker.log_figure(rid, fig, f"snapshots/step_{step:07d}/{fname}")
+            _log_snapshot(tracker, rid, model, step, data, kl_threshold)
 
         try:
             outcome: Outcome = train_model(
@@ -152,26 +136,110 @@ def run_tracked(
             tracker.set_tags(rid, {"failure": "non-finite loss"})
             log.error("%s", exc)
             raise
-        kl = outcome.latents["kl"]
-        metrics = {"n_active": int(informative_mask(kl, kl_threshold).sum()), **outcome.metrics}
-        tracker.log_metrics(rid, metrics, outcome.step)
-        tracker.log_metrics(rid, {f"probe_kl_z{j}": v for j, v in enumerate(kl)}, outcome.step)
-        for fname, fig in figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold).items():
-            tracker.log_figure(rid, fig, fname)
-        config = {
-            "image_size": int(data.train.shape[1]),
-            "latent_dim": cfg.latent_dim,
-            "family": setting.family,
-            "beta": setting.beta,
-            "c_max": setting.c_max,
-            "seed": seed,
-            "data_version": data.data_version,
-        }
-        tracker.log_vae(rid, outcome.model, config, outcome.latents)
+        metrics = _log_outcome(tracker, rid, outcome, setting, seed, cfg, data, kl_threshold)
     # The model is in MLflow and its run FINISHED: the resume point has served its purpose.
     if not cfg.keep_checkpoints:
         checkpoint_path.unlink(missing_ok=True)
-    return {"run_id": rid, **metrics, "kl": kl.tolist()}
+    return {"run_id": rid, **metrics}
+
+
+def run_tracked_fused(
+    tracker: Tracker,
+    setting: Setting,
+    seeds: list[int],
+    cfg: TrainConfig,
+    data: TrainingData,
+    *,
+    kl_threshold: float,
+    parent_id: str | None = None,
+    checkpoint_dir: str | Path = "checkpoints",
+) -> list[dict]:
+    """`run_tracked` for several seeds of one setting trained as one fused model (`tubervae.fused`).
+
+    Each seed keeps its own MLflow run, checkpoint, metrics and artifacts, exactly as `run_tracked`
+    writes them; a failure marks every seed's run FAILED and their checkpoints stay for the resume.
+    """
+    keys = [run_key(setting, seed, cfg, data) for seed in seeds]
+    paths = [Path(checkpoint_dir) / f"{key}.pt" for key in keys]
+    with contextlib.ExitStack() as stack:
+        rids = [
+            stack.enter_context(_seed_run(tracker, setting, seed, cfg, data, key, parent_id=parent_id))
+            for seed, key in zip(seeds, keys)
+        ]
+        try:
+            outcomes = train_fused(
+                [FusedJob(setting, seed, path) for seed, path in zip(seeds, paths)],
+                cfg,
+                train_images=data.train,
+                probe_images=data.probe,
+                test_images=data.test,
+                data_version=data.data_version,
+                on_log=lambda i, metrics, step: tracker.log_metrics(rids[i], metrics, step),
+                on_snapshot=lambda i, model, step: _log_snapshot(tracker, rids[i], model, step, data, kl_threshold),
+            )
+        except NonFiniteLossError as exc:
+            for rid in rids:
+                tracker.set_tags(rid, {"failure": "non-finite loss"})
+            log.error("%s", exc)
+            raise
+        results = [
+            {"run_id": rid, **_log_outcome(tracker, rid, outcome, setting, seed, cfg, data, kl_threshold)}
+            for rid, outcome, seed in zip(rids, outcomes, seeds)
+        ]
+    if not cfg.keep_checkpoints:
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return results
+
+
+@contextlib.contextmanager
+def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=None):
+    """The MLflow run of one seed, with its tags and parameters."""
+    tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
+    name = f"{setting.family} {setting.label} seed {seed}"
+    with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags) as rid:
+        tracker.log_params(
+            rid,
+            {
+                "family": setting.family,
+                "beta": setting.beta,
+                "beta_norm": setting.normalised_beta(cfg.latent_dim, int(data.train.shape[1])),
+                "c_max": setting.c_max,
+                "seed": seed,
+                "image_size": data.train.shape[1],
+                "n_train": len(data.train),
+                "data_version": data.data_version,
+                **dataclasses.asdict(cfg),
+                "precision": resolve_precision(cfg.precision, select_device(cfg.device)),
+            },
+        )
+        yield rid
+
+
+def _log_snapshot(tracker, rid, model, step, data, kl_threshold) -> None:
+    for fname, fig in figures(model, data.probe, kl_threshold=kl_threshold).items():
+        tracker.log_figure(rid, fig, f"snapshots/step_{step:07d}/{fname}")
+
+
+def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_threshold) -> dict:
+    """A finished seed's metrics, pictures, weights and probe latents; returns its final metrics."""
+    kl = outcome.latents["kl"]
+    metrics = {"n_active": int(informative_mask(kl, kl_threshold).sum()), **outcome.metrics}
+    tracker.log_metrics(rid, metrics, outcome.step)
+    tracker.log_metrics(rid, {f"probe_kl_z{j}": v for j, v in enumerate(kl)}, outcome.step)
+    for fname, fig in figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold).items():
+        tracker.log_figure(rid, fig, fname)
+    config = {
+        "image_size": int(data.train.shape[1]),
+        "latent_dim": cfg.latent_dim,
+        "family": setting.family,
+        "beta": setting.beta,
+        "c_max": setting.c_max,
+        "seed": seed,
+        "data_version": data.data_version,
+    }
+    tracker.log_vae(rid, outcome.model, config, outcome.latents)
+    return {**metrics, "kl": kl.tolist()}
 
 
 def train_command(

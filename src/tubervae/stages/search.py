@@ -50,7 +50,14 @@ from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_json
 from tubervae.runs.pool import SeedJob, TrainingPool
 from tubervae.runs.tracker import Tracker, process_alive
-from tubervae.runs.training_run import TrainingData, find_finished_run, load_training_data, run_key, run_tracked
+from tubervae.runs.training_run import (
+    TrainingData,
+    find_finished_run,
+    load_training_data,
+    run_key,
+    run_tracked,
+    run_tracked_fused,
+)
 from tubervae.training import Setting, select_device, weight_identity
 
 log = logging.getLogger(__name__)
@@ -316,7 +323,19 @@ class Objective:
                 runs[seed] = reused
             else:
                 jobs.append(SeedJob(setting, seed, cfg, udr.kl_threshold, parent))
-        if self.pool is None:
+        if jobs and fuse_seeds(cfg):
+            results = run_tracked_fused(
+                self.tracker,
+                setting,
+                [job.seed for job in jobs],
+                cfg,
+                self.data,
+                kl_threshold=udr.kl_threshold,
+                parent_id=parent,
+                checkpoint_dir=self.checkpoint_dir,
+            )
+            runs.update({job.seed: result["run_id"] for job, result in zip(jobs, results)})
+        elif self.pool is None:
             for job in jobs:
                 runs[job.seed] = run_tracked(
                     self.tracker,
@@ -419,6 +438,11 @@ def write_reports(summary: dict, out_dir: Path) -> None:
         )
     history = [t["value"] if t["state"] == "COMPLETE" and t["feasible"] else np.nan for t in summary["trials"]]
     plots.save_figure(plots.history_figure(np.array(history, dtype=float)), out_dir / f"{family}_history.png")
+
+
+def fuse_seeds(cfg) -> bool:
+    """Whether a trial's seeds train as one fused model: `train.fuse`, where auto means on CUDA."""
+    return cfg.fuse == "always" or (cfg.fuse == "auto" and select_device(cfg.device).type == "cuda")
 
 
 def training_workers(params: Params) -> int:

@@ -1,0 +1,163 @@
+"""Fused training (`tubervae.fused`): each fused model is its separately trained twin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tubervae.config import TrainConfig
+from tubervae.fused import FusedJob, train_fused
+from tubervae.training import Setting, train_model
+
+TOLERANCE = 1e-9  # float64: the twins differ by rounding only
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(3).integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(steps=20, batch_size=8, latent_dim=3, log_every=5, checkpoint_every=10, snapshot_every=0, device="cpu")
+    return TrainConfig(**{**base, **overrides})
+
+
+JOBS = [
+    FusedJob(Setting("beta_vae", 4.0), 0),
+    FusedJob(Setting("beta_vae", 4.0), 1),  # shares its setting (one vmapped loss) with the first
+    FusedJob(Setting("cbeta_vae", 300.0, 5.0), 2),
+    FusedJob(Setting("beta_tcvae", 6.0), 3),
+]
+
+
+def twin(job: FusedJob, cfg: TrainConfig, images, **kw):
+    return train_model(
+        job.setting,
+        job.seed,
+        cfg,
+        train_images=images,
+        probe_images=images[:8],
+        test_images=images[:8],
+        progress=False,
+        **kw,
+    )
+
+
+def fused(jobs, cfg, images, **kw):
+    return train_fused(jobs, cfg, train_images=images, probe_images=images[:8], test_images=images[:8], **kw)
+
+
+def largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k] - sb[k]).abs().max()) for k in sa)
+
+
+def test_fused_models_equal_their_separately_trained_twins(float64, images):
+    cfg = config()
+    outcomes = fused(JOBS, cfg, images)
+    for job, out in zip(JOBS, outcomes):
+        alone = twin(job, cfg, images)
+        assert out.step == alone.step == 20
+        assert largest_difference(out.model, alone.model) < TOLERANCE
+        # the twins moved away from their start, so the match is not two untouched initialisations
+        torch.manual_seed(job.seed)
+        assert largest_difference(out.model, type(out.model)(16, 3)) > 1e-3
+        assert out.metrics["final_loss"] == pytest.approx(alone.metrics["final_loss"], rel=1e-9)
+        assert out.metrics["test_rec"] == pytest.approx(alone.metrics["test_rec"], rel=1e-9)
+        np.testing.assert_allclose(out.latents["mu"], alone.latents["mu"], atol=1e-9)
+    assert largest_difference(outcomes[0].model, outcomes[1].model) > 1e-3  # seeds differ
+
+
+def test_fused_run_logs_each_model_as_its_twin_does(float64, images):
+    cfg = config()
+    fused_logs, twin_logs = {}, {}
+    fused(JOBS[2:], cfg, images, on_log=lambda i, m, step: fused_logs.setdefault(i, []).append((step, m)))
+    for i, job in enumerate(JOBS[2:]):
+        twin(job, cfg, images, on_log=lambda m, step, i=i: twin_logs.setdefault(i, []).append((step, m)))
+    for i in twin_logs:
+        assert [s for s, _ in fused_logs[i]] == [s for s, _ in twin_logs[i]] == [5, 10, 15, 20]
+        for (_, a), (_, b) in zip(fused_logs[i], twin_logs[i]):
+            assert a.keys() == b.keys()
+            assert all(a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12) for k in a)
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(step_to_die: int):
+    def on_log(index, metrics, step):
+        if step == step_to_die:
+            raise Killed
+
+    return on_log
+
+
+def test_killed_fused_run_resumes_from_per_model_checkpoints(float64, images, tmp_path):
+    cfg = config()
+    jobs = [FusedJob(j.setting, j.seed, tmp_path / f"m{i}.pt") for i, j in enumerate(JOBS[1:])]
+    with pytest.raises(Killed):
+        fused(jobs, cfg, images, on_log=kill_at(15))  # after the step-10 checkpoints
+    saved = [torch.load(j.checkpoint_path, weights_only=True) for j in jobs]
+    assert [s["step"] for s in saved] == [10, 10, 10]
+    resumed = fused(jobs, cfg, images)
+    for job, out in zip(jobs, resumed):
+        assert largest_difference(out.model, twin(job, cfg, images).model) < TOLERANCE
+
+
+def test_checkpoints_move_between_fused_and_separate_training(float64, images, tmp_path):
+    cfg = config()
+    job = FusedJob(JOBS[3].setting, JOBS[3].seed, tmp_path / "tc.pt")
+    reference = twin(job, cfg, images).model
+    # a fused run killed at step 15 leaves its step-10 checkpoint; the separate trainer finishes it
+    with pytest.raises(Killed):
+        fused([job], cfg, images, on_log=kill_at(15))
+    finished = twin(job, cfg, images, checkpoint_path=job.checkpoint_path)
+    assert largest_difference(finished.model, reference) < TOLERANCE
+    # a separate run killed after step 10; the fused trainer finishes it beside a fresh model
+    other = FusedJob(JOBS[0].setting, JOBS[0].seed, tmp_path / "b.pt")
+    job.checkpoint_path.unlink()
+
+    def die(metrics, step):
+        if step == 15:
+            raise Killed
+
+    with pytest.raises(Killed):
+        twin(job, cfg, images, checkpoint_path=job.checkpoint_path, on_log=die)
+    outcomes = fused([other, job], cfg, images)  # the two start at different steps: two fused groups
+    assert largest_difference(outcomes[1].model, reference) < TOLERANCE
+    assert largest_difference(outcomes[0].model, twin(other, cfg, images).model) < TOLERANCE
+
+
+def test_checkpoint_of_other_settings_is_ignored(float64, images, tmp_path, caplog):
+    cfg = config()
+    path = tmp_path / "m.pt"
+    with pytest.raises(Killed):
+        fused([FusedJob(JOBS[0].setting, 0, path)], cfg, images, on_log=kill_at(15))
+    job = FusedJob(Setting("beta_vae", 9.0), 0, path)  # same file, another β
+    out = fused([job], cfg, images)[0]
+    assert "belongs to other settings" in caplog.text
+    assert largest_difference(out.model, twin(FusedJob(job.setting, 0), cfg, images).model) < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("jobs", "message"),
+    [
+        ([], "at least one job"),
+        ([JOBS[0], JOBS[0]], "same \\(setting, seed\\) twice"),
+        ([FusedJob(JOBS[0].setting, 0, "a.pt"), FusedJob(JOBS[0].setting, 1, "a.pt")], "one checkpoint path"),
+    ],
+)
+def test_bad_job_lists_are_refused(images, jobs, message):
+    with pytest.raises(ValueError, match=message):
+        fused(jobs, config(steps=2), images)
