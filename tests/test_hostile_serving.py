@@ -4,7 +4,8 @@ photos ingestion refuses, requests too large.
 Every refusal must be a clean HTTP 400 whose body names the problem and the limit and holds
 no stack trace, no server path and no path from the request. The unit tests call
 `images_from_input` directly; one end-to-end test serves a tiny `tuber-quality` model
-(random weights: only the input handling is under test) with `mlflow models serve`.
+(random weights: only the input handling and the shape of the answer are under test) with
+`mlflow models serve`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from conftest import http, served
-from tubervae.classify.rules import ThresholdRule
+from tubervae.classify import AnyOfRule, ThresholdRule
 from tubervae.data.images import inspect_image, load_model_input
 from tubervae.models.nets import VAE
 from tubervae.runs import serving
@@ -337,13 +338,18 @@ def test_an_internal_failure_is_a_500_without_its_traceback(tmp_path, monkeypatc
 # ------------------------------------------------------------------ end to end
 
 
+TINY_RULE = AnyOfRule(
+    (ThresholdRule(0, 0.0, "bad_if_above", 0.5), ThresholdRule(2, 0.0, "bad_if_below", 0.5)),
+    scales=(1.0, 2.0),
+    train_balanced_accuracy=0.5,
+)
+
+
 def tiny_quality_artifacts(folder: Path) -> dict[str, str]:
     torch.manual_seed(0)
     vae = VAE(image_size=SIZE, latent_dim=4)
     config = {"image_size": SIZE, "latent_dim": 4, "crop_fraction": CROP}
-    return serving.quality_model_artifacts(
-        folder, vae, config, ThresholdRule(0, 0.0, "bad_if_above", train_balanced_accuracy=0.5)
-    )
+    return serving.quality_model_artifacts(folder, vae, config, TINY_RULE)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -392,6 +398,17 @@ def test_served_classifier_refuses_hostile_requests_cleanly_and_stays_small(bomb
         photo = encoded(colour_photo(1))
         status, body = http(f"{url}/invocations", {"dataframe_records": [{"path": "tuber.png"}]})
         assert status == 200, body
+        # The answer names each rule and which fired, after the one-rule model's fields.
+        answer = body["predictions"][0]
+        assert list(answer) == ["label", "z0", "threshold", "z2", "score", "fired", "rules"]
+        assert [(r["component"], r["direction"], r["threshold"]) for r in answer["rules"]] == [
+            (0, "bad_if_above", 0.0),
+            (2, "bad_if_below", 0.0),
+        ]
+        assert answer["fired"] == [r["component"] for r in answer["rules"] if r["fired"]]
+        assert answer["label"] == ("bad" if answer["fired"] else "good")
+        assert (answer["score"] > 0) == bool(answer["fired"])
+        assert [r["value"] for r in answer["rules"]] == pytest.approx([answer["z0"], answer["z2"]])
         status, again = http(f"{url}/invocations", {"dataframe_records": [{"image_base64": photo}]})
         assert status == 200 and again == body
         status, answer = http(f"{url}/invocations", {"inputs": [np.asarray(colour_photo(1)).tolist()]})

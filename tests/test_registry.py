@@ -290,7 +290,7 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     # Training photos are 75 % bad, so the baseline says "bad" to every test photo.
     assert metrics["test"]["majority_accuracy"] == pytest.approx(y_test.mean())
     assert metrics["n_labelled"] == {"good": 10, "bad": 10}
-    assert set(metrics["alternatives"]) == {"logistic", "gradient_boosting", "pixel_cnn"}
+    assert set(metrics["alternatives"]) == {"any_rule", "logistic", "gradient_boosting", "pixel_cnn"}
     assert metrics["champion"]["version"] == 2 and metrics["champion"]["run_id"] == project["runs"][6.0]
 
     out = project["root"] / "reports" / "classify"
@@ -302,12 +302,14 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     efficiency = pd.read_csv(out / "label_efficiency.csv")
     # 100 labels exceed the 20 labelled photos: only the 6-label draw is measured.
     assert set(efficiency.n_labels) == {6}
-    assert set(efficiency.method) == {"threshold", "logistic", "gradient_boosting", "pixel_cnn"}
+    assert set(efficiency.method) == {"threshold", "any_rule", "logistic", "gradient_boosting", "pixel_cnn"}
     for name in ("components.csv", "scatter.png", "label_efficiency.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "misclassified.png").exists() == bool((predicted_bad != y_test).any())
     version = client_for(project["root"]).get_model_version_by_alias(QUALITY_NAME, "champion")
-    assert version.tags["component"] == str(rule["component"]) and int(version.tags["vae_version"]) == 2
+    served = metrics["any_rule"]["rules"]  # the served rule: one cut per chosen component, bad if any fires
+    assert version.tags["component"] == ",".join(str(r["component"]) for r in served)
+    assert int(version.tags["vae_version"]) == 2 and int(version.tags["n_rules"]) == len(served)
 
 
 def test_classify_without_a_champion_says_to_run_search_and_register(tmp_path, monkeypatch):
@@ -360,15 +362,26 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
     use_registry(project["root"])
     monkeypatch.setenv("TUBERVAE_INPUT_FOLDER", str(photos["path"].parent))  # the `path` input is off without it
     model = mlflow.pyfunc.load_model(f"models:/{QUALITY_NAME}@champion")
-    rule = project["metrics"]["rule"]
-    c, threshold = rule["component"], rule["threshold"]
-    z = means(independent_vae(project["root"], project["runs"][6.0], tmp_path), photos["grid"][None])[0, c]
-    bad = z > threshold if rule["direction"] == "bad_if_above" else z < threshold
+    rules = project["metrics"]["any_rule"]["rules"]
+    c, threshold = rules[0]["component"], rules[0]["threshold"]
+    mu = means(independent_vae(project["root"], project["runs"][6.0], tmp_path), photos["grid"][None])[0]
+    z = mu[c]
+    fired = [
+        r["component"]
+        for r in rules
+        if (
+            mu[r["component"]] > r["threshold"]
+            if r["direction"] == "bad_if_above"
+            else mu[r["component"]] < r["threshold"]
+        )
+    ]
     for answer in (model.predict(pd.DataFrame({"path": [str(photos["path"])]})), model.predict(photos["array"])):
-        assert list(answer.columns) == ["label", f"z{c}", "threshold"]
+        assert list(answer.columns[:3]) == ["label", f"z{c}", "threshold"]  # what the one-rule model sent
         assert answer.loc[0, f"z{c}"] == pytest.approx(z, abs=1e-5)
-        assert answer.loc[0, "label"] == ("bad" if bad else "good")
+        assert answer.loc[0, "label"] == ("bad" if fired else "good")
         assert answer.loc[0, "threshold"] == pytest.approx(threshold)
+        assert list(answer.loc[0, "fired"]) == fired
+        assert [r["component"] for r in answer.loc[0, "rules"]] == [r["component"] for r in rules]
     two = model.predict(np.stack([photos["array"], photos["array"][:, ::-1]]))
     assert len(two) == 2 and two.loc[0, f"z{c}"] == pytest.approx(z, abs=1e-5)
 
@@ -388,13 +401,12 @@ def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(proje
         "MLFLOW_TRACKING_URI": f"sqlite:///{project['root'] / 'mlflow.db'}",
         "TUBERVAE_INPUT_FOLDER": str(photos["path"].parent),  # the `path` input is off without it
     }
-    rule = project["metrics"]["rule"]
-    column = f"z{rule['component']}"
+    column = f"z{project['metrics']['any_rule']['rules'][0]['component']}"
     with served(f"models:/{QUALITY_NAME}@champion", env, tmp_path / "serve.log") as (url, server):
         status, body = http(f"{url}/invocations", {"dataframe_records": [{"path": str(photos["path"])}]})
         assert status == 200, body
         good = body["predictions"][0]
-        assert good["label"] in ("good", "bad") and set(good) == {"label", column, "threshold"}
+        assert good["label"] in ("good", "bad") and {"label", column, "threshold", "fired", "rules"} <= set(good)
 
         status, body = http(f"{url}/invocations", {"dataframe_records": [{"path": str(photos["not_image"])}]})
         assert status == 400

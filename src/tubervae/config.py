@@ -171,6 +171,8 @@ class ClassifyConfig:
     cnn_steps: int = _rule(300, min=1)
     gallery_size: int = _rule(16, min=0)
     seed: int = _rule(0, min=0)
+    max_rules: int = _rule(3, min=1, max=10)  # the served rule: bad if any of up to this many cuts fires
+    cv_folds: int = _rule(5, min=2)  # cross-validation on the labelled set picks how many cuts
 
 
 @dataclass(frozen=True)

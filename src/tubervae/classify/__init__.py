@@ -14,12 +14,21 @@ latents are ``(n, d)`` encoder means; images are uint8 ``(n, h, w, 3)``.
 Everything is pure: no files, no tracking. One module per concern:
 
 * :mod:`~tubervae.classify.rules`: the thesis's one-component threshold rule;
+* :mod:`~tubervae.classify.any_rule`: bad if any of a few components passes its threshold
+  (one defect per component), the number of rules chosen by cross-validation;
 * :mod:`~tubervae.classify.scores`: the metrics every classifier is reported with;
 * :mod:`~tubervae.classify.learners`: the learned yardsticks (logistic, boosting, pixel CNN);
 * :mod:`~tubervae.classify.efficiency`: test balanced accuracy against the number of labels;
 * :mod:`~tubervae.classify._inputs`: the argument checks they share.
 """
 
+from tubervae.classify.any_rule import (
+    DEFAULT_MAX_RULES,
+    DEFAULT_N_FOLDS,
+    AnyOfRule,
+    fit_any_of_rule,
+    greedy_any_of_rule,
+)
 from tubervae.classify.efficiency import METHODS, label_efficiency, summarise_label_efficiency
 from tubervae.classify.learners import (
     GRADIENT_BOOSTING_SETTINGS,
@@ -33,17 +42,22 @@ from tubervae.classify.rules import DIRECTIONS, ThresholdRule, fit_threshold_rul
 from tubervae.classify.scores import binary_metrics
 
 __all__ = [
+    "DEFAULT_MAX_RULES",
+    "DEFAULT_N_FOLDS",
     "DIRECTIONS",
     "GRADIENT_BOOSTING_SETTINGS",
+    "AnyOfRule",
     "LatentClassifier",
     "METHODS",
     "PixelCNNClassifier",
     "ThresholdRule",
     "binary_metrics",
+    "fit_any_of_rule",
     "fit_gradient_boosting",
     "fit_logistic",
     "fit_pixel_cnn",
     "fit_threshold_rule",
+    "greedy_any_of_rule",
     "label_efficiency",
     "rank_threshold_rules",
     "summarise_label_efficiency",

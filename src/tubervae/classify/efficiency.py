@@ -25,13 +25,14 @@ from tubervae.classify._inputs import (
     as_random_state,
     require_both_classes,
 )
+from tubervae.classify.any_rule import fit_any_of_rule
 from tubervae.classify.learners import fit_gradient_boosting, fit_logistic, fit_pixel_cnn
 from tubervae.classify.rules import fit_threshold_rule
 from tubervae.classify.scores import balanced_accuracy
 
 __all__ = ["METHODS", "label_efficiency", "summarise_label_efficiency"]
 
-METHODS = ("threshold", "logistic", "gradient_boosting", "pixel_cnn")
+METHODS = ("threshold", "any_rule", "logistic", "gradient_boosting", "pixel_cnn")
 
 
 def _balanced_draw(bad: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -68,7 +69,9 @@ def label_efficiency(
     fitted on it and scored on the whole test set. Draw ``k`` of size ``s``
     uses the seed ``(random_state, s, k)``, so it is the same subset for every
     method and does not depend on the other sizes. ``pixel_cnn`` runs only
-    when both image arrays are given.
+    when both image arrays are given. ``any_rule`` chooses its number of rules
+    by cross-validation inside the draw alone (its folds shrink with a small
+    draw), so the test set never picks it.
 
     Columns: method, n_labels, draw, balanced_accuracy, n_good, n_bad.
     """
@@ -116,6 +119,8 @@ def label_efficiency(
             for method in method_list:
                 if method == "threshold":
                     predicted = fit_threshold_rule(x, y, components=chosen).predict(test)
+                elif method == "any_rule":
+                    predicted = fit_any_of_rule(x, y, components=chosen, random_state=fit_seed).predict(test)
                 elif method == "logistic":
                     predicted = fit_logistic(x, y, components=chosen, random_state=fit_seed).predict(test)
                 elif method == "gradient_boosting":

@@ -34,6 +34,12 @@ A `path` row that is not a string, does not exist, is not a regular file or lies
 outside the input folder gets one and the same answer, so that requests cannot probe
 which files the server has. A bad setting (not a positive integer, a missing folder)
 stops the model from loading with a message naming the variable.
+
+`tuber-quality` answers one row per photo: `label` ("good"/"bad"), `z<c>` for each
+component of its rule, `threshold` (the first rule's, as the one-rule model always
+sent), `score` (> 0 exactly when bad), `fired` (the components whose rule called the
+photo bad) and `rules` (each rule's component, direction, threshold, the photo's value
+and whether it fired), so that every verdict can be read off the rule.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from PIL import Image
 
+from tubervae.classify.any_rule import AnyOfRule
 from tubervae.classify.rules import ThresholdRule
 from tubervae.data.images import CONVERTIBLE_MODES, REJECTED_MODES, load_model_input
 from tubervae.runs.tracker import load_vae_files
@@ -304,13 +311,31 @@ def _guarded(compute):
         ) from exc
 
 
-def quality_model_artifacts(folder: Path, vae, vae_config: dict, rule: ThresholdRule) -> dict[str, str]:
-    """Write what `TuberQualityModel` loads (weights, VAE config, rule) into `folder`; returns the artifact map."""
+def quality_model_artifacts(folder: Path, vae, vae_config: dict, rule: AnyOfRule | ThresholdRule) -> dict[str, str]:
+    """Write what `TuberQualityModel` loads (weights, VAE config, rule) into `folder`; returns the artifact map.
+
+    A single ThresholdRule is written as the one-rule AnyOfRule it is.
+    """
+    if isinstance(rule, ThresholdRule):
+        rule = AnyOfRule.from_threshold_rule(rule)
+    if not isinstance(rule, AnyOfRule):
+        raise TypeError(f"rule must be an AnyOfRule or a ThresholdRule, got {type(rule).__name__}")
     paths = {"weights": folder / "model.pt", "config": folder / "vae_config.json", "rule": folder / "rule.json"}
     torch.save({k: v.detach().cpu() for k, v in vae.state_dict().items()}, paths["weights"])
     paths["config"].write_text(json.dumps(vae_config, indent=2))
     paths["rule"].write_text(json.dumps(rule.as_dict(), indent=2))
     return {name: str(path) for name, path in paths.items()}
+
+
+def rule_from_artifact(fields: dict) -> AnyOfRule:
+    """The served rule from rule.json: an AnyOfRule, or a model written before it held one rule only.
+
+    The old file is a ThresholdRule's fields; it loads as the one-rule AnyOfRule with scale 1, whose
+    verdicts and score are the old rule's.
+    """
+    if isinstance(fields, dict) and "rules" not in fields and "component" in fields:
+        return AnyOfRule.from_threshold_rule(ThresholdRule.from_dict(fields))
+    return AnyOfRule.from_dict(fields)
 
 
 class _PhotoModel(mlflow.pyfunc.PythonModel):
@@ -345,20 +370,59 @@ class VaeModel(_PhotoModel):
 
 
 class TuberQualityModel(_PhotoModel):
-    """Threshold on one latent component of the champion VAE: label 'good' or 'bad' per photo."""
+    """Bad if any of a few latent components of the champion VAE passes its threshold; 'good' or 'bad' per photo.
+
+    The answer names every rule and which fired (module docstring), so a verdict explains itself.
+    """
 
     def load_context(self, context):
         super().load_context(context)
-        self.rule = ThresholdRule.from_dict(json.loads(Path(context.artifacts["rule"]).read_text()))
+        self.rule = rule_from_artifact(json.loads(Path(context.artifacts["rule"]).read_text()))
 
     def _predict(self, model_input) -> pd.DataFrame:
-        images = self._images(model_input)
-        mu, _ = encode(self.vae, images)
-        bad = self.rule.predict(mu) if len(mu) else np.zeros(0, bool)
-        return pd.DataFrame(
-            {
-                "label": np.where(bad, "bad", "good"),
-                f"z{self.rule.component}": mu[:, self.rule.component] if len(mu) else [],
-                "threshold": self.rule.threshold,
-            }
-        )
+        mu, _ = encode(self.vae, self._images(model_input))
+        return quality_answer(self.rule, mu)
+
+
+def quality_answer(rule: AnyOfRule, mu: np.ndarray) -> pd.DataFrame:
+    """One row per photo from its encoder means: the verdict, the values the rule reads, and which rule fired.
+
+    The first columns are those the one-rule model sent (label, z<c>, threshold), so its clients keep working.
+    """
+    n = len(mu)
+    fired = rule.fired(mu) if n else np.zeros((0, len(rule.rules)), bool)
+    score = rule.score(mu) if n else np.zeros(0)
+    first = rule.rules[0]
+    columns = {
+        "label": np.where(fired.any(axis=1), "bad", "good"),
+        f"z{first.component}": mu[:, first.component],
+        "threshold": np.full(n, first.threshold),
+    }
+    for r in rule.rules[1:]:
+        columns[f"z{r.component}"] = mu[:, r.component]
+    columns["score"] = score
+    columns["fired"] = _objects([[r.component for r, hit in zip(rule.rules, row) if hit] for row in fired])
+    columns["rules"] = _objects(
+        [
+            [
+                {
+                    "component": r.component,
+                    "direction": r.direction,
+                    "threshold": r.threshold,
+                    "value": float(mu[i, r.component]),
+                    "fired": bool(fired[i, j]),
+                }
+                for j, r in enumerate(rule.rules)
+            ]
+            for i in range(n)
+        ]
+    )
+    return pd.DataFrame(columns)
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-D object array of per-photo lists, which pandas keeps as one cell each."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
