@@ -1,12 +1,21 @@
 # Two commands on a fresh machine: `make run` (the whole pipeline) and `make test`.
+# Then `make ui` (MLflow), `make dashboard` (Optuna) and `make serve` (the classifier).
 VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 export DVC_NO_ANALYTICS = 1
+# Recipes find the environment's commands (tubervae, dvc, mlflow, uvicorn) without activating it.
 export PATH := $(abspath $(BIN)):$(PATH)
+TRACKING_URI  = sqlite:///$(CURDIR)/mlflow.db
+STUDIES_URI   = sqlite:///$(CURDIR)/optuna.db
+UI_PORT        ?= 5000
+DASHBOARD_PORT ?= 8080
+SERVE_PORT     ?= 5001
+SERVE_MODEL    ?= models:/tuber-quality@champion
+DASHBOARD_VERSION = 0.21.0
 
-.PHONY: install run test lint thesis bench clean-runs
+.PHONY: install run test lint thesis bench ui dashboard serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +43,14 @@ thesis: install       ## the thesis's settings (64x64, 300000 steps, 5 seeds, ev
 
 bench: install        ## speed figures (benchmarks/README.md)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+ui: install           ## MLflow's UI on the project's tracking store (http://127.0.0.1:$(UI_PORT))
+	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --port $(UI_PORT)
+
+dashboard: install    ## optuna-dashboard on the studies in optuna.db (installed on first use)
+	test -x $(BIN)/optuna-dashboard || $(BIN)/python -m pip install --quiet 'optuna-dashboard==$(DASHBOARD_VERSION)'
+	$(BIN)/optuna-dashboard $(STUDIES_URI) --port $(DASHBOARD_PORT)
+
+serve: install        ## serve the registered classifier (tuber-quality@champion) on port $(SERVE_PORT)
+	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local \
+	    --host 127.0.0.1 --port $(SERVE_PORT)

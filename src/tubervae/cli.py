@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage search@<family>: Optuna study with UDR as the objective",
         description="Run (or resume) the family's Optuna study until it has n_trials complete "
         "trials; each trial trains one setting on search.seeds seeds and scores the "
-        "median within-setting UDR. Writes reports/search/<family>.json and plots.",
+        "median within-setting UDR. Writes reports/search/<family>.json and plots, its numbers in "
+        "reports/metrics/search_<family>.json and the plot data in reports/plots/search_<family>.csv.",
     )
     p.add_argument("--family", required=True, choices=FAMILIES)
     p.add_argument("--n-trials", type=_whole, help="total complete trials wanted (default, or 0: from params.yaml)")

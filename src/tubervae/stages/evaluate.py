@@ -9,6 +9,10 @@ Spearman similarity) with each supervised metric, with a bootstrap interval, is 
 beside the thesis's 0.51 (P = 5) – 0.61 (P ≥ 30). Also: for each defect factor, the
 informative component that follows it best (|Spearman ρ|) in every model, and where
 the UDR-chosen champion ranks by MIG and DCI.
+
+Outputs: reports/evaluate/ (`metrics.json`, the whole summary with bootstrap intervals;
+`models.csv`; figures), the numbers DVC compares in reports/metrics/evaluate.json and the
+plot data reports/plots/udr_vs_supervised.csv (one row per model).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from tubervae.training import encode
 
 log = logging.getLogger(__name__)
 SUPERVISED = ("mig", "dci_d", "dci_c", "dci_i", "sap", "factorvae")
+# reports/plots/udr_vs_supervised.csv: one row per model (udr_within: the configured similarity).
+PLOT_COLUMNS = ["family", "setting", "seed", "udr_within", *SUPERVISED]
 THESIS_CORRELATION = {"P=5": 0.51, "P=10": 0.57, "P=20": 0.60, "P>=30": 0.61}
 
 
@@ -88,6 +94,18 @@ def scored_data(evalset_dir: Path, processed_dir: Path) -> tuple[np.ndarray, np.
     return None
 
 
+def evaluate_metrics(summary: dict, udr_column: str) -> dict:
+    """metrics.json's headline numbers for `dvc metrics show`: how the configured within-family UDR
+    correlates with each supervised metric, the best defect matches and the champion's scores."""
+    metrics: dict = {"n_models": summary["n_models"]}
+    metrics["rho_udr"] = {m: c["rho"] for m, c in summary["correlations"][udr_column].items()}
+    metrics["best_defect_rho"] = summary["best_defect_rho"]
+    champion = summary.get("champion")
+    if champion:
+        metrics["champion"] = {k: champion[k] for k in (*SUPERVISED, "rank_by_mig", "rank_by_dci_d")}
+    return metrics
+
+
 def run(
     params: Params,
     *,
@@ -98,13 +116,21 @@ def run(
     champion_path: str | Path = "reports/register/champion.json",
     out_dir: str | Path = "reports/evaluate",
     run_id: str | None = None,
+    metrics_path: str | Path | None = None,
+    plots_dir: str | Path | None = None,
 ) -> dict:
+    """Score the models; the numbers-only `metrics_path` and the plot data in `plots_dir` default
+    to reports/metrics/evaluate.json and reports/plots/ beside `out_dir`."""
     cfg = params.evaluate
     out_dir = Path(out_dir)
+    metrics_path = Path(metrics_path) if metrics_path else out_dir.parent / "metrics" / "evaluate.json"
+    plots_dir = Path(plots_dir) if plots_dir else out_dir.parent / "plots"
     data = scored_data(Path(evalset_dir), Path(processed_dir))
     if data is None:
         log.warning("the photos carry no ground-truth factors (real data): nothing to evaluate")
         write_json(out_dir / "metrics.json", {"skipped": "no ground-truth factors in the data"})
+        write_json(metrics_path, {"n_models": 0})
+        write_csv(plots_dir / "udr_vs_supervised.csv", pd.DataFrame(columns=PLOT_COLUMNS))
         # dvc.yaml declares models.csv as an output of this stage: it must exist, if empty.
         write_csv(out_dir / "models.csv", pd.DataFrame(columns=["run_id", *SUPERVISED]))
         return {"skipped": True}
@@ -210,6 +236,11 @@ def run(
                 if np.max(vals) > 0
             }
     write_json(out_dir / "metrics.json", summary)
+    write_json(metrics_path, evaluate_metrics(summary, f"udr_within_{params.udr.similarity}"))
+    write_csv(
+        plots_dir / "udr_vs_supervised.csv",
+        table.rename(columns={f"udr_within_{params.udr.similarity}": "udr_within"})[PLOT_COLUMNS],
+    )
     with tracker.run("evaluate", run_id=run_id, tags={"kind": "evaluate"}) as rid:
         tracker.log_artifacts(rid, out_dir, "evaluate")
     return summary

@@ -10,9 +10,12 @@ never the MLflow database) and is loaded by name. `n_trials` is the total wanted
 after completion trains nothing; a rerun after a kill first fails and re-queues the
 trials of dead workers on this host, then runs only what is missing. Each seed's
 training reuses a finished MLflow run or resumes from its checkpoint, so no seed is
-trained twice. The study name carries a fingerprint of everything that changes the
-models (data version, training settings, seeds), so changed settings start a new study
-and never mix with old trials.
+trained twice. The study name (`beta_vae-2000steps-3seeds-lasso-32f9c81004`) carries a
+fingerprint of everything that changes the models (data version, training settings, seeds,
+UDR settings), so changed settings start a new study and never mix with old trials; the
+study's user attributes list those settings, and its objective is named "udr"
+(optuna-dashboard sqlite:///optuna.db shows both). A study named before the readable part
+(`beta_vae-32f9c81004`) is resumed under its old name.
 
 Several workers may share one study (a PostgreSQL URL for several machines): a worker
 starts a trial only while complete + running trials fall short of `n_trials` and
@@ -39,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
@@ -47,7 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tubervae import plots
 from tubervae.config import Params, SearchSpace, worker_count
 from tubervae.evaluation.udr import udr_scores
-from tubervae.io import write_json
+from tubervae.io import write_csv, write_json
 from tubervae.runs.pool import SeedJob, TrainingPool
 from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import (
@@ -67,16 +71,58 @@ def storage_url(root: str | Path = ".") -> str:
     return f"sqlite:///{Path(root).resolve() / 'optuna.db'}"
 
 
-def study_name(family: str, params: Params, data_version: str) -> str:
-    """Family plus a fingerprint of what makes its models comparable."""
-    identity = {
+def study_identity(params: Params, data_version: str) -> dict:
+    """What makes a study's models and scores comparable: the settings behind its fingerprint."""
+    return {
         "train": weight_identity(params.train),
         "seeds": params.search.seeds,
         "data_version": data_version,
         "min_active": params.search.min_active,
         "udr": dataclasses.asdict(params.udr),
     }
-    return f"{family}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def fingerprint(params: Params, data_version: str) -> str:
+    return hashlib.sha256(json.dumps(study_identity(params, data_version), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def study_name(family: str, params: Params, data_version: str) -> str:
+    """Family, a few readable settings, and the fingerprint of everything that makes the models comparable.
+
+    e.g. `beta_vae-2000steps-3seeds-lasso-32f9c81004`: the fingerprint alone decides, so two
+    settings that differ anywhere never share a study; the words are for people (the study's
+    user attributes spell out every setting behind the fingerprint).
+    """
+    train, udr = params.train, params.udr
+    readable = f"{train.steps}steps-{params.search.seeds}seeds-{udr.similarity}"
+    return f"{family}-{readable}-{fingerprint(params, data_version)}"
+
+
+def legacy_study_name(family: str, params: Params, data_version: str) -> str:
+    """The name studies had before the readable part (`beta_vae-32f9c81004`): such a study is resumed."""
+    return f"{family}-{fingerprint(params, data_version)}"
+
+
+def describe_study(study: optuna.Study, family: str, params: Params, data_version: str) -> None:
+    """Name the objective (optuna-dashboard shows "udr", not "Objective 0") and record, as the study's
+    user attributes, the settings its fingerprint stands for. Written once; a worker that finds them
+    written (or loses the race to write them on a shared database) leaves them."""
+    wanted = {
+        "family": family,
+        "objective": f"median within-setting UDR over {params.search.seeds} seeds "
+        f"({params.udr.similarity} similarity, {params.udr.aggregate} aggregation)",
+        "fingerprint": fingerprint(params, data_version),
+        **study_identity(params, data_version),
+    }
+    try:
+        if study.metric_names is None:
+            study.set_metric_names(["udr"])
+        present = study.user_attrs
+        for key, value in wanted.items():
+            if key not in present:
+                study.set_user_attr(key, value)
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        log.debug("study attributes already being written by another worker (%s)", type(exc).__name__)
 
 
 class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
@@ -402,9 +448,52 @@ def summarise(study: optuna.Study, family: str, params: Params) -> dict:
     }
 
 
-def write_reports(summary: dict, out_dir: Path) -> None:
+def search_metrics(summary: dict) -> dict:
+    """The study's headline numbers for `dvc metrics show` / `dvc exp show`: numbers only, no ids."""
+    metrics = {"n_complete": summary["n_complete"], "n_feasible": summary["n_feasible"]}
+    if summary["best_value"] is not None:
+        metrics.update(best_udr=summary["best_value"], best_trial=summary["best_trial"])
+        metrics.update({f"best_{k}": v for k, v in (summary["best_params"] or {}).items()})
+        metrics["best_n_active"] = summary["best_n_active"]
+    return metrics
+
+
+def history_table(summary: dict) -> pd.DataFrame:
+    """The study's complete trials in order, with the running best feasible UDR (DVC plot data)."""
+    rows, best = [], float("nan")
+    for t in summary["trials"]:
+        if t["state"] != "COMPLETE":
+            continue
+        if t["feasible"] and t["value"] is not None and (np.isnan(best) or t["value"] > best):
+            best = float(t["value"])
+        rows.append(
+            {
+                "family": summary["family"],
+                "trial": t["number"],
+                "udr": t["value"],
+                "best_udr": best,
+                "feasible": bool(t["feasible"]),
+                "n_active": t["n_active"],
+                "beta": t["params"].get("beta"),
+                "beta_norm": t.get("beta_norm"),
+                "c_max": t["params"].get("c_max", 0.0),
+            }
+        )
+    columns = ["family", "trial", "udr", "best_udr", "feasible", "n_active", "beta", "beta_norm", "c_max"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_reports(
+    summary: dict, out_dir: Path, *, metrics_dir: Path | None = None, plots_dir: Path | None = None
+) -> None:
+    """`<family>.json` (the whole study, ids included) and the figures in `out_dir`; the numbers-only
+    metrics in `metrics_dir/search_<family>.json` and the plot data in `plots_dir/search_<family>.csv`
+    (both default to siblings of `out_dir`: reports/metrics/, reports/plots/)."""
     family = summary["family"]
+    out_dir = Path(out_dir)
     write_json(out_dir / f"{family}.json", summary)
+    write_json((metrics_dir or out_dir.parent / "metrics") / f"search_{family}.json", search_metrics(summary))
+    write_csv((plots_dir or out_dir.parent / "plots") / f"search_{family}.csv", history_table(summary))
     done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
     if not done:
         return
@@ -474,6 +563,13 @@ def run_trials(
     at once are sampled before any of them is told (TPE's constant liar counts the
     running ones), each in its own thread with its own heartbeat; their seeds share the
     training pool.
+
+    Why not `study.optimize(callbacks=[MaxTrialsCallback(wanted, states=(COMPLETE,))])`: the callback
+    stops a worker only after one of its trials finishes, so trials that other workers (or this
+    worker's other threads) started meanwhile still complete. Measured with optuna 5.0.0 and
+    MaxTrialsCallback(3): 3 complete trials with n_jobs=1, 4 with n_jobs=2, 5 with n_jobs=4. This
+    loop counts running trials before it starts one, which keeps exactly `wanted`, and fails and
+    re-queues a dead local worker's trial before counting.
     """
     started = 0
     while True:
@@ -537,6 +633,10 @@ def run(
         # The heartbeat and its retry callback are marked experimental; they are what resumes a killed worker.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study_storage = make_storage(storage or storage_url(root), params)
+        legacy = legacy_study_name(family, params, data.data_version)
+        existing = optuna.study.get_all_study_names(study_storage)
+        if legacy in existing and name not in existing:
+            name = legacy  # a study begun before the readable names: resumed under its name
         study = optuna.create_study(
             study_name=name,
             storage=study_storage,
@@ -544,6 +644,7 @@ def run(
             direction="maximize",
             load_if_exists=True,
         )
+        describe_study(study, family, params, data.data_version)
         if params.search.enqueue_grid:
             enqueue_grid(study, space)
         workers = training_workers(params)

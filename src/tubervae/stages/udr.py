@@ -8,8 +8,10 @@ take part, so every model of a comparison encoded the same images.
 Outputs (reports/udr/): `<family>.csv` and `a2a.csv` in the thesis's layout (figures
 4.11–4.14: model type, param, #top, seed_0 … seed_k, udr), a PNG of each table,
 `herd.csv` (within-family against A2A ranks, the herd effect), similarity heat maps
-of chosen pairs (figures 4.15, 4.17) and `summary.json` (DVC metrics). `udr_within`
-and `udr_a2a` go back onto each model's run so `mlflow ui` can sort by them.
+of chosen pairs (figures 4.15, 4.17) and `summary.json`. DVC reads `reports/metrics/udr.json`
+(its numbers only) and the plot data `reports/plots/udr_vs_beta.csv` (one row per setting) and
+`reports/plots/herd.csv`. `udr_within` and `udr_a2a` go back onto each model's run so
+`mlflow ui` can sort by them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ from tubervae.runs.tracker import Tracker
 from tubervae.training import normalised_beta
 
 log = logging.getLogger(__name__)
+# herd.csv: within-family against A2A ranks, one row per model (reports/plots/herd.csv: without run_id)
+HERD_COLUMNS = [
+    "family",
+    "setting",
+    "seed",
+    "run_id",
+    "n_active",
+    "udr_within",
+    "udr_a2a",
+    "rank_within",
+    "rank_a2a",
+    "rank_shift",
+]
 
 
 def models_from_search(search_dir: Path) -> list[dict]:
@@ -133,6 +148,34 @@ def choose_heatmap_pairs(frame: pd.DataFrame, n_pairs: int) -> list[tuple[int, i
     return pairs[:n_pairs] if n_pairs else []
 
 
+def udr_metrics(summary: dict) -> dict:
+    """summary.json's numbers for `dvc metrics show`: the model count and each family's best and mean UDR."""
+    metrics: dict = {"n_models": summary["n_models"]}
+    for family, best in summary["families"].items():
+        metrics[family] = {k: v for k, v in best.items() if k != "best_param"}
+    return metrics
+
+
+def settings_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting (DVC plot data, UDR against β): medians over its seeds."""
+    table = (
+        frame.groupby(["family", "beta", "c_max"], sort=True)
+        .agg(
+            setting=("setting", "first"),
+            beta_norm=("beta_norm", "first"),
+            udr_within=("udr_within", "median"),
+            udr_a2a=("udr_a2a", "median"),
+            n_active=("n_active", "median"),
+            feasible=("feasible", "all"),
+            n_seeds=("seed", "size"),
+        )
+        .reset_index()
+    )
+    return table[
+        ["family", "setting", "beta", "beta_norm", "c_max", "udr_within", "udr_a2a", "n_active", "feasible", "n_seeds"]
+    ]
+
+
 def run(
     params: Params,
     *,
@@ -142,7 +185,11 @@ def run(
     processed_dir: str | Path = "data/processed",
     all_runs: bool = False,
     run_id: str | None = None,
+    metrics_dir: str | Path | None = None,
+    plots_dir: str | Path | None = None,
 ) -> dict:
+    """Rank the models; `metrics_dir` (numbers only) and `plots_dir` (plot data) default to
+    reports/metrics/ and reports/plots/ beside `out_dir`."""
     cfg = params.udr
     root, out_dir = Path(root), Path(out_dir)
     tracker = Tracker.open(root, run_id)
@@ -190,20 +237,7 @@ def run(
         write_csv(out_dir / f"{name}.csv", table)
         title = f"{method}: {'all against all' if name == 'a2a' else name + ', within setting'}"
         plots.save_figure(plots.table_figure(table.drop(columns=["feasible"]), title=title), out_dir / f"{name}.png")
-    herd = frame[
-        [
-            "family",
-            "setting",
-            "seed",
-            "run_id",
-            "n_active",
-            "udr_within",
-            "udr_a2a",
-            "rank_within",
-            "rank_a2a",
-            "rank_shift",
-        ]
-    ].sort_values("rank_shift", key=np.abs, ascending=False)
+    herd = frame[HERD_COLUMNS].sort_values("rank_shift", key=np.abs, ascending=False)
     write_csv(out_dir / "herd.csv", herd)
     plots.save_figure(
         plots.rank_scatter_figure(
@@ -255,6 +289,11 @@ def run(
         }
     write_json(out_dir / "summary.json", summary)
     write_csv(out_dir / "models.csv", frame)
+    metrics_dir = Path(metrics_dir) if metrics_dir else out_dir.parent / "metrics"
+    plots_dir = Path(plots_dir) if plots_dir else out_dir.parent / "plots"
+    write_json(metrics_dir / "udr.json", udr_metrics(summary))
+    write_csv(plots_dir / "udr_vs_beta.csv", settings_table(frame))
+    write_csv(plots_dir / "herd.csv", herd.drop(columns=["run_id"]))
     with tracker.run("udr", run_id=run_id, tags={"kind": "udr"}) as rid:
         tracker.log_params(
             rid,

@@ -1,0 +1,301 @@
+"""DVC's versioning workflow as the README shows it, on a tiny profile.
+
+A git repository made of the project's files (what `git ls-files` would commit, with the
+working tree's content) reproduces the data stages (raw, preprocess, evalset) with 40
+simulated photos, commits `dvc.lock`, and `dvc push`es to the default remote of
+`.dvc/config` (a folder beside the clone). A second `git clone` then runs `dvc pull` and
+must hold byte-identical `data/raw`, `data/processed` and `data/evalset`, with nothing left
+to reproduce for those stages.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_command
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = {
+    "data": {"n_images": 40, "workers": 1},
+    "preprocess": {"image_size": 16, "probe_size": 10, "labelled_per_class": 4},
+    "evaluate": {"set_size": 10},
+}
+DATA_STAGES = ("raw", "preprocess", "evalset")  # every stage whose outputs live in DVC's cache
+
+
+def project_files() -> list[str]:
+    """The files a commit of the working tree would hold (tracked and not ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=PROJECT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return [name for name in listed.split("\0") if name and (PROJECT / name).is_file()]
+
+
+def env_for(tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(tmp / "dvc_site_cache"),
+        MPLBACKEND="Agg",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+        GIT_CONFIG_NOSYSTEM="1",
+        HOME=str(tmp / "home"),
+    )
+    return env
+
+
+def sh(args: list, cwd: Path, env: dict, timeout: float = 120) -> str:
+    return run_command([str(a) for a in args], cwd, env=env, timeout=timeout, check=True).stdout
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_default_remote_is_a_folder_outside_the_clone():
+    config = configparser.ConfigParser()
+    config.read(PROJECT / ".dvc" / "config")
+    name = config["core"]["remote"]
+    url = config[f"'remote \"{name}\"'"]["url"]
+    resolved = (PROJECT / ".dvc" / url).resolve()
+    assert "://" not in url and not resolved.is_relative_to(PROJECT), resolved
+
+
+def test_gitignore_keeps_dvc_lock_and_the_metrics_in_git():
+    dvc = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    declared = ["dvc.lock"]
+    for stage in dvc["stages"].values():
+        body = stage.get("do", stage)
+        for entry in body.get("metrics", []):
+            (path,) = entry if isinstance(entry, dict) else [entry]
+            declared.append(path.replace("${key}", "beta_vae"))
+    for entry in dvc.get("plots", []):
+        spec = next(iter(entry.values())) if isinstance(entry, dict) else {}
+        y = (spec or {}).get("y", {})
+        declared += list(y) if isinstance(y, dict) else []
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *declared], cwd=PROJECT, capture_output=True, text=True
+    ).stdout.split()
+    assert not ignored, f"git ignores files DVC compares between commits: {ignored}"
+    data = subprocess.run(
+        ["git", "check-ignore", "--no-index", "data/raw", "data/processed", "reports/udr/a2a.csv"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert data == ["data/raw", "data/processed", "reports/udr/a2a.csv"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_commit_push_clone_pull_round_trip(tmp_path):
+    env = env_for(tmp_path)
+    (tmp_path / "home").mkdir()
+    origin = tmp_path / "origin"
+    for name in project_files():
+        (origin / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT / name, origin / name)
+    (origin / "dvc.lock").unlink(missing_ok=True)  # this run writes its own
+    params = yaml.safe_load((origin / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (origin / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["git", "init", "-q", "-b", "main"], origin, env)
+    sh(["git", "add", "-A"], origin, env)
+    sh(["git", "commit", "-q", "-m", "project"], origin, env)
+
+    # The README's workflow: run, commit the lock, push the data.
+    sh([BIN / "dvc", "repro", *DATA_STAGES], origin, env, timeout=180)
+    sh(["git", "add", "dvc.lock", "reports"], origin, env)  # as the README says
+    sh(["git", "commit", "-q", "-m", "a run"], origin, env)
+    assert "dvc.lock" in sh(["git", "ls-files"], origin, env).split()
+    assert not sh(["git", "status", "--porcelain"], origin, env).strip()  # nothing left untracked
+    sh([BIN / "dvc", "push"], origin, env)
+    store = tmp_path / "tubervae-dvc-store"  # the default remote: beside the clone
+    assert store.is_dir() and any(p.is_file() for p in store.rglob("*"))
+
+    # Another clone gets exactly the same photos and arrays from the remote.
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", origin, clone], tmp_path, env)
+    assert not (clone / "data" / "raw").exists()
+    sh([BIN / "dvc", "pull"], clone, env)
+    for folder in ("data/raw", "data/processed", "data/evalset", "reports/data"):
+        theirs, ours = snapshot(origin / folder), snapshot(clone / folder)
+        assert theirs and theirs.keys() == ours.keys(), folder
+        assert all(theirs[k] == ours[k] for k in theirs), f"{folder} differs after dvc pull"
+    status = sh([BIN / "dvc", "status", *DATA_STAGES], clone, env)
+    assert "up to date" in status, status
+
+
+# ------------------------------------------------------------------ metrics and plots are DVC-shaped
+
+
+def leaves(obj, prefix=""):
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), obj
+
+
+def search_summary() -> dict:
+    trial = {
+        "state": "COMPLETE",
+        "params": {"beta": 2.0, "c_max": 8.0},
+        "beta_norm": 0.01,
+        "n_active": 3.0,
+        "infeasible_reason": "",
+        "udr_per_seed": [0.5, 0.6],
+        "mlflow_run_id": "abc",
+        "seed_run_ids": ["a", "b"],
+        "fail_reason": "",
+    }
+    trials = [
+        {**trial, "number": 0, "value": 0.4, "feasible": True},
+        {**trial, "number": 1, "value": 0.7, "feasible": False},
+        {**trial, "number": 2, "state": "FAIL", "value": None, "feasible": None, "fail_reason": "boom"},
+        {**trial, "number": 3, "value": 0.6, "feasible": True},
+    ]
+    return {
+        "family": "cbeta_vae",
+        "study": "cbeta_vae-2000steps-3seeds-lasso-0123456789",
+        "objective": "median within-setting UDR (lasso, paper)",
+        "n_complete": 3,
+        "n_feasible": 2,
+        "best_value": 0.6,
+        "best_params": {"beta": 2.0, "c_max": 8.0},
+        "best_trial": 3,
+        "best_n_active": 3.0,
+        "best_mlflow_run_id": "abc",
+        "trials": trials,
+    }
+
+
+def test_metrics_files_hold_numbers_only():
+    from tubervae.stages import evaluate, search, udr
+
+    udr_summary = {
+        "similarity": "lasso",
+        "aggregate": "paper",
+        "n_models": 4,
+        "families": {
+            "beta_vae": {
+                "best_param": "2.61",
+                "best_udr": 0.6,
+                "best_n_top": 3.0,
+                "mean_udr_within": 0.5,
+                "mean_udr_a2a": 0.4,
+            }
+        },
+    }
+    rho = {"rho": 0.5, "low": 0.1, "high": 0.8, "n": 4}
+    evaluate_summary = {
+        "n_models": 4,
+        "n_points": 100,
+        "scored_on": "evaluation set",
+        "factors": ["x", "spot_area"],
+        "best_defect_rho": {"spot_area": 0.4},
+        "correlations": {"udr_within_lasso": {m: rho for m in evaluate.SUPERVISED}},
+        "champion": {
+            "run_id": "abc",
+            **{m: 0.1 for m in evaluate.SUPERVISED},
+            "rank_by_mig": 2,
+            "rank_by_dci_d": 1,
+            "defects": {"spot_area": {"component": 3, "rho": 0.4}},
+        },
+    }
+    written = {
+        "search": search.search_metrics(search_summary()),
+        "udr": udr.udr_metrics(udr_summary),
+        "evaluate": evaluate.evaluate_metrics(evaluate_summary, "udr_within_lasso"),
+    }
+    for name, metrics in written.items():
+        values = dict(leaves(metrics))
+        assert values, name
+        text = {k: v for k, v in values.items() if isinstance(v, (str, bool, list)) or v is None}
+        assert not text, f"{name} metrics hold more than numbers: {text}"
+    assert written["search"]["best_udr"] == 0.6 and written["search"]["best_c_max"] == 8.0
+    assert written["udr"]["beta_vae"]["best_udr"] == 0.6
+    assert written["evaluate"]["rho_udr"]["mig"] == 0.5 and written["evaluate"]["champion"]["rank_by_mig"] == 2
+
+
+def test_search_history_keeps_the_running_best_of_feasible_trials():
+    from tubervae.stages import search
+
+    table = search.history_table(search_summary())
+    assert table.trial.tolist() == [0, 1, 3]  # complete trials only
+    assert table.best_udr.tolist() == [0.4, 0.4, 0.6]  # the infeasible 0.7 never counts
+
+
+def written_columns() -> dict[str, set[str]]:
+    """The columns each stage writes into the plot data files (label efficiency: the classify stage's)."""
+    import pandas as pd
+
+    from tubervae.stages import evaluate, search, udr
+
+    frame = pd.DataFrame(
+        {
+            "family": ["beta_vae"] * 2,
+            "beta": [2.0, 2.0],
+            "c_max": [0.0, 0.0],
+            "setting": ["2", "2"],
+            "beta_norm": [0.01, 0.01],
+            "udr_within": [0.5, 0.6],
+            "udr_a2a": [0.4, 0.3],
+            "n_active": [3, 4],
+            "feasible": [True, True],
+            "seed": [0, 1],
+        }
+    )
+    history = set(search.history_table(search_summary()).columns)
+    columns = {f"reports/plots/search_{family}.csv": history for family in ("beta_vae", "beta_tcvae", "cbeta_vae")}
+    columns["reports/plots/udr_vs_beta.csv"] = set(udr.settings_table(frame).columns)
+    columns["reports/plots/herd.csv"] = set(udr.HERD_COLUMNS) - {"run_id"}
+    columns["reports/plots/udr_vs_supervised.csv"] = set(evaluate.PLOT_COLUMNS)
+    return columns
+
+
+def stage_outputs(dvc: dict) -> set[str]:
+    families = yaml.safe_load((PROJECT / "params.yaml").read_text())["search"]["spaces"]
+    paths = set()
+    for stage in dvc["stages"].values():
+        keys = families if "foreach" in stage else [None]
+        body = stage.get("do", stage)
+        for key in keys:
+            for section in ("outs", "metrics", "plots"):
+                for entry in body.get(section, []):
+                    path = next(iter(entry)) if isinstance(entry, dict) else entry
+                    paths.add(path.replace("${key}", key) if key else path)
+    return paths
+
+
+def test_top_level_plots_draw_declared_outputs_with_their_columns():
+    dvc = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    outputs, columns = stage_outputs(dvc), written_columns()
+    assert len(dvc["plots"]) >= 5
+    for entry in dvc["plots"]:
+        ((title, spec),) = entry.items()
+        template = PROJECT / ".dvc" / "plots" / f"{spec['template']}.json"
+        assert template.is_file(), f"{title}: no template {template}"
+        content = template.read_text()
+        assert "<DVC_METRIC_DATA>" in content and "<DVC_METRIC_X>" in content and "<DVC_METRIC_Y>" in content
+        group = yaml.safe_load(content)["encoding"]["color"]["field"]
+        for path, y in spec["y"].items():
+            assert path in outputs, f"{title}: {path} is no stage's output"
+            if path in columns:  # the classify stage's table is checked by its own tests
+                assert {spec["x"], y, group} <= columns[path], f"{title}: {path} lacks x, y or {group}"

@@ -1,0 +1,142 @@
+"""Every command in the README's shell blocks runs as written: a cheap smoke form of each.
+
+The README's ```bash blocks are split into simple commands (continuation lines joined,
+comments dropped, `&&`, `;` and `|` split). Each is checked without running it:
+
+- `make T …`: `make -n T …` succeeds (the target exists, its recipe expands);
+- `tubervae …`, `dvc …`, `mlflow …` (alone or as `.venv/bin/…`): the program is in the
+  environment and its own parser accepts the arguments (subcommands, options, values);
+- a bare `tubervae`, `dvc` or `mlflow` only after the block activated the environment
+  (`source .venv/bin/activate`), since nothing else puts them on PATH;
+- anything else (`git`, `curl`, `ls`, …) is a program found on PATH or a shell builtin.
+
+Inline `tubervae …` commands in the text go through the same parser.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+README = PROJECT / "README.md"
+BIN = Path(sys.executable).parent
+VENV_PROGRAMS = ("tubervae", "dvc", "mlflow")
+BUILTINS = {"cd", "export", "source", ".", "echo", "test"}
+ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def bash_blocks(text: str) -> list[str]:
+    return re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def simple_commands(block: str) -> list[list[str]]:
+    """The block's simple commands as word lists, environment assignments in front removed."""
+    commands = []
+    for line in block.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        words: list[str] = []
+        for token in [*lexer, ";"]:
+            if token and set(token) <= set(";&|"):
+                while words and ASSIGNMENT.match(words[0]):
+                    words.pop(0)
+                if words:
+                    commands.append(words)
+                words = []
+            else:
+                words.append(token)
+    return commands
+
+
+def readme_commands() -> list[tuple[int, list[str], bool]]:
+    """(block number, words, environment activated earlier in the block) for every command."""
+    found = []
+    for number, block in enumerate(bash_blocks(README.read_text())):
+        activated = False
+        for words in simple_commands(block):
+            found.append((number, words, activated))
+            if words[0] in ("source", ".") and words[1:] == [".venv/bin/activate"]:
+                activated = True
+    return found
+
+
+def inline_tubervae_commands() -> list[list[str]]:
+    """`tubervae …` spans of the text, the family placeholder `F` filled in (`tubervae …` is not a command)."""
+    spans = sorted(set(re.findall(r"`(tubervae [^`…]+)`", README.read_text())))
+    return [["beta_vae" if w == "F" else w for w in shlex.split(span)] for span in spans]
+
+
+def check_click(group: click.Group, args: list[str]) -> None:
+    """Resolve subcommands and parse the arguments as click would, without invoking anything."""
+    command, name = group, group.name
+    while isinstance(command, click.Group):
+        name, args = args[0], args[1:]
+        command = command.get_command(click.Context(group), name)
+        assert command is not None, f"no command {name!r}"
+    command.make_context(name, list(args), resilient_parsing=False)
+
+
+def check_venv_program(program: str, args: list[str]) -> None:
+    assert (BIN / program).is_file(), f"{program} is not installed in {BIN}"
+    if program == "tubervae":
+        from tubervae import cli
+
+        cli.build_parser().parse_args(args)
+    elif program == "dvc":
+        from dvc.cli.parser import get_main_parser
+
+        get_main_parser().parse_args(args)
+    else:
+        from mlflow.cli import cli as mlflow_cli
+
+        check_click(mlflow_cli, args)
+
+
+def test_the_readme_has_commands_to_check():
+    programs = {words[0] for _, words, _ in readme_commands()}
+    assert {"make", ".venv/bin/dvc", ".venv/bin/tubervae"} <= programs, programs
+
+
+@pytest.mark.parametrize(
+    "block, words, activated",
+    readme_commands(),
+    ids=lambda value: " ".join(value)[:60] if isinstance(value, list) else str(value),
+)
+def test_readme_command_runs_as_written(block, words, activated):
+    program, args = words[0], words[1:]
+    if program == "make":
+        make = subprocess.run(["make", "-n", *args], cwd=PROJECT, capture_output=True, text=True, timeout=60)
+        assert make.returncode == 0, f"make -n {' '.join(args)}: {make.stderr}"
+        return
+    if program in ("source", "."):
+        assert (PROJECT / args[0]).is_file(), f"{args[0]} does not exist"
+        return
+    name = Path(program).name
+    if name in VENV_PROGRAMS:
+        on_path = program == name
+        assert not on_path or activated, f"`{program}` runs only with the environment activated (block {block})"
+        assert on_path or Path(program).parent == Path(".venv/bin"), program
+        try:
+            check_venv_program(name, args)
+        except SystemExit as exc:
+            assert exc.code == 0 and "--help" in args, f"{' '.join(words)}: the arguments do not parse ({exc.code})"
+        return
+    assert program in BUILTINS or shutil.which(program), f"{program} is neither a shell builtin nor on PATH"
+
+
+@pytest.mark.parametrize("words", inline_tubervae_commands(), ids=" ".join)
+def test_inline_tubervae_commands_parse(words):
+    from tubervae import cli
+
+    try:
+        cli.build_parser().parse_args(words[1:])
+    except SystemExit as exc:
+        assert exc.code == 0 and "--help" in words, f"{' '.join(words)} does not parse (exit {exc.code})"
