@@ -30,8 +30,8 @@ from tubervae.classify import (
     rank_threshold_rules,
 )
 from tubervae.models.nets import VAE
-from tubervae.runs import serving
-from tubervae.runs.serving import TuberQualityModel, quality_answer
+from tubervae.runs import quality_model
+from tubervae.runs.quality_model import TuberQualityModel, quality_answer
 from tubervae.training import encode
 
 SIZE = 16
@@ -357,7 +357,7 @@ def tiny_model(folder, rule):
     torch.manual_seed(0)
     vae = VAE(image_size=SIZE, latent_dim=4)
     config = {"image_size": SIZE, "latent_dim": 4, "crop_fraction": 1.0}
-    context = SimpleNamespace(artifacts=serving.quality_model_artifacts(folder, vae, config, rule))
+    context = SimpleNamespace(artifacts=quality_model.quality_model_artifacts(folder, vae, config, rule))
     model = TuberQualityModel()
     model.load_context(context)
     return model, context, vae

@@ -30,8 +30,9 @@ from conftest import http, served
 from tubervae.classify import AnyOfRule, ThresholdRule
 from tubervae.data.images import inspect_image, load_model_input
 from tubervae.models.nets import VAE
-from tubervae.runs import serving
-from tubervae.runs.serving import BadRequest, InputLimits, TuberQualityModel, images_from_input
+from tubervae.runs import quality_model, serving
+from tubervae.runs.quality_model import TuberQualityModel
+from tubervae.runs.serving import BadRequest, InputLimits, images_from_input
 from tubervae.runs.tracker import PIP_REQUIREMENTS
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -325,7 +326,7 @@ def test_an_internal_failure_is_a_500_without_its_traceback(tmp_path, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError(f"exploded in {tmp_path}/secret.py")
 
-    monkeypatch.setattr(serving, "encode", broken)
+    monkeypatch.setattr(quality_model, "encode", broken)  # where TuberQualityModel looks it up
     with pytest.raises(BadRequest) as info:
         model.predict(context, np.zeros((1, 8, 8, 3), np.uint8))
     assert info.value.get_http_status_code() == 500 and isinstance(info.value.__cause__, RuntimeError)
@@ -349,7 +350,7 @@ def tiny_quality_artifacts(folder: Path) -> dict[str, str]:
     torch.manual_seed(0)
     vae = VAE(image_size=SIZE, latent_dim=4)
     config = {"image_size": SIZE, "latent_dim": 4, "crop_fraction": CROP}
-    return serving.quality_model_artifacts(folder, vae, config, TINY_RULE)
+    return quality_model.quality_model_artifacts(folder, vae, config, TINY_RULE)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -392,6 +393,8 @@ def test_served_classifier_refuses_hostile_requests_cleanly_and_stays_small(bomb
         artifacts=tiny_quality_artifacts(artifacts_dir),
         code_paths=[str(Path(serving.__file__).resolve().parents[1])],  # the package, as the classify stage logs it
         pip_requirements=PIP_REQUIREMENTS,
+        signature=quality_model.quality_signature(TINY_RULE),  # as the classify stage logs it: MLflow checks it first
+        input_example=serving.photo_example(None, SIZE),
     )
     env = {"TUBERVAE_INPUT_FOLDER": str(folders["allowed"]), "TUBERVAE_MAX_BASE64_BYTES": "1000000"}
     with served(model_dir, env, tmp / "serve.log") as (url, server):
@@ -411,8 +414,11 @@ def test_served_classifier_refuses_hostile_requests_cleanly_and_stays_small(bomb
         assert [r["value"] for r in answer["rules"]] == pytest.approx([answer["z0"], answer["z2"]])
         status, again = http(f"{url}/invocations", {"dataframe_records": [{"image_base64": photo}]})
         assert status == 200 and again == body
+        # An array is no table of photos: the signature refuses it, cleanly, before the model sees it.
         status, answer = http(f"{url}/invocations", {"inputs": [np.asarray(colour_photo(1)).tolist()]})
-        assert status == 200 and answer["predictions"][0]["label"] == body["predictions"][0]["label"]
+        assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", answer
+        assert set(answer) <= {"error_code", "message", "sqlstate", "error_class"}, answer
+        assert_clean(json.dumps(answer), str(tmp))
         before = peak_rss(server.pid)
 
         refused = "row 0: path refused: it must name an existing image file inside the server's input folder"
@@ -425,6 +431,8 @@ def test_served_classifier_refuses_hostile_requests_cleanly_and_stays_small(bomb
             ({"path": "/etc/does-not-exist"}, refused),
             ({"path": "../outside/secret.png"}, refused),
             ({"path": "sub/escape.png"}, refused),
+            ({"path": None}, refused),
+            ({"image_base64": None}, "row 0: image_base64 must be a string"),
         ]
         requests = [({"dataframe_records": [record]}, start) for record, start in hostile]
         requests += [

@@ -4,6 +4,8 @@ The registry tests share one tiny project (16×16 disc photos, two VAEs trained 
 few steps) built once per module: training dominates the cost.
 """
 
+import base64
+import io
 import json
 from pathlib import Path
 
@@ -255,6 +257,55 @@ def test_register_tags_the_champion_version(project):
     assert "more informative components" in first["policy"]
 
 
+def logged_vae(client: MlflowClient, run_id: str):
+    """The MLflow model `vae` that the training run `run_id` logged (exactly one)."""
+    experiment = client.get_run(run_id).info.experiment_id
+    (model,) = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}' AND name = 'vae'")
+    return model
+
+
+def test_each_version_is_the_model_its_training_run_logged(project):
+    client = client_for(project["root"])
+    for version, beta in (("1", 2.0), ("2", 6.0)):
+        run_id = project["runs"][beta]
+        registered = client.get_model_version(VAE_NAME, version)
+        model = logged_vae(client, run_id)
+        # The version is the training run's own model, not a copy logged by another run.
+        assert registered.run_id == run_id and registered.source == f"models:/{model.model_id}"
+        assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": VAE_NAME, "version": int(version)}]
+        run = client.get_run(run_id)
+        # The model carries the run's params and its final metrics (those of the last training step).
+        assert model.params["beta"] == run.data.params["beta"] == str(beta)
+        assert {m.key for m in model.metrics} >= {"loss", "n_active", "test_rec"}
+        assert {m.step for m in model.metrics} == {8}
+    registers = client.search_runs([client.get_run(project["runs"][2.0]).info.experiment_id], "tags.kind = 'register'")
+    assert len(registers) == 3 and all(r.info.status == "FINISHED" for r in registers)
+    assert not any(client.list_artifacts(r.info.run_id, "model") for r in registers)  # no model re-logged there
+    assert {r.data.metrics["version"] for r in registers} == {1.0, 2.0}
+
+
+def test_the_registered_models_have_a_signature_and_an_input_example(project):
+    use_registry(project["root"])
+    vae = mlflow.models.get_model_info(f"models:/{VAE_NAME}@champion")
+    assert vae.signature.inputs.input_names() == ["image_base64", "path"]
+    assert vae.signature.inputs.required_input_names() == []
+    assert vae.signature.outputs.input_names() == [f"mu_{j}" for j in range(LATENT)] + [
+        f"logvar_{j}" for j in range(LATENT)
+    ]
+    quality = mlflow.models.get_model_info(f"models:/{QUALITY_NAME}@champion")
+    assert quality.signature.inputs == vae.signature.inputs
+    assert quality.signature.outputs.input_names()[0] == "label"
+    assert {"score", "fired", "rules"} <= set(quality.signature.outputs.input_names())
+    for name in (VAE_NAME, QUALITY_NAME):
+        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+        example = model.input_example
+        assert list(example.columns) == ["image_base64"] and len(example) == 1
+        # The example is a photo of the training size that the model answers.
+        photo = Image.open(io.BytesIO(base64.b64decode(example.image_base64[0])))
+        assert photo.size == (SIZE, SIZE) and photo.mode == "RGB"
+        assert len(model.predict(example)) == 1
+
+
 def test_a_better_model_moves_the_alias_and_earlier_versions_stay(project):
     client = client_for(project["root"])
     second = project["second"]
@@ -299,6 +350,16 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
         "version": 1,
         "alias": "champion",
     }
+    # DVC's metrics file: numbers only, by method; the classify run logs the same figures grouped by '/'.
+    numbers = json.loads((project["root"] / "reports" / "metrics" / "classify.json").read_text())
+    assert set(numbers) == {"threshold", "any_rule", "majority", "logistic", "gradient_boosting", "pixel_cnn"}
+    assert all(isinstance(v, float) for group in numbers.values() for v in group.values())
+    assert numbers["threshold"]["balanced_accuracy"] == pytest.approx(metrics["test"]["balanced_accuracy"])
+    assert numbers["any_rule"]["n_rules"] == len(metrics["any_rule"]["rules"])
+    assert numbers["majority"]["accuracy"] == pytest.approx(metrics["test"]["majority_accuracy"])
+    client = client_for(project["root"])
+    (run,) = client.search_runs([client.get_run(project["runs"][6.0]).info.experiment_id], "tags.kind = 'classify'")
+    assert run.data.metrics["any_rule/balanced_accuracy"] == pytest.approx(numbers["any_rule"]["balanced_accuracy"])
     efficiency = pd.read_csv(out / "label_efficiency.csv")
     # 100 labels exceed the 20 labelled photos: only the 6-label draw is measured.
     assert set(efficiency.n_labels) == {6}
@@ -327,7 +388,8 @@ def test_classify_without_a_champion_says_to_run_search_and_register(tmp_path, m
 def photos(tmp_path_factory):
     """One 16×16 colour grid hidden in two photos of other sizes so that the pipeline's centre crop
     (0.8 of the shorter side) and box resize recover it exactly:
-    a 50×40 PNG (crop 32×32 at x 9, y 4; each grid cell a 2×2 block) and a 30×20 array (crop 16×16 at x 7, y 2).
+    a 50×40 PNG (crop 32×32 at x 9, y 4; each grid cell a 2×2 block) and a 30×20 array (crop 16×16 at x 7, y 2),
+    also sent PNG-encoded as `encoded`.
     """
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(7)
@@ -340,7 +402,10 @@ def photos(tmp_path_factory):
     small[2:18, 7:23] = grid
     not_image = folder / "notes.png"
     not_image.write_text("this is not a picture")
-    return {"grid": grid, "path": path, "array": small, "not_image": not_image}
+    buffer = io.BytesIO()
+    Image.fromarray(small).save(buffer, "PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return {"grid": grid, "path": path, "array": small, "encoded": encoded, "not_image": not_image}
 
 
 def test_vae_pyfunc_by_alias_encodes_a_path_and_an_array_of_another_size(project, photos, tmp_path, monkeypatch):
@@ -349,11 +414,13 @@ def test_vae_pyfunc_by_alias_encodes_a_path_and_an_array_of_another_size(project
     model = mlflow.pyfunc.load_model(f"models:/{VAE_NAME}@champion")
     expected = means(independent_vae(project["root"], project["runs"][6.0], tmp_path), photos["grid"][None])[0]
     from_path = model.predict(pd.DataFrame({"path": [str(photos["path"])]}))
-    from_array = model.predict(photos["array"])
+    from_bytes = model.predict(pd.DataFrame({"image_base64": [photos["encoded"]]}))
+    # An array goes to the Python model itself: the signature admits tables only.
+    from_array = model.unwrap_python_model().predict(None, photos["array"])
     mu_columns = [f"mu_{j}" for j in range(LATENT)]
     assert list(from_path.columns) == mu_columns + [f"logvar_{j}" for j in range(LATENT)]
-    np.testing.assert_allclose(from_path[mu_columns].to_numpy()[0], expected, atol=1e-5)
-    np.testing.assert_allclose(from_array[mu_columns].to_numpy()[0], expected, atol=1e-5)
+    for answer in (from_path, from_bytes, from_array):
+        np.testing.assert_allclose(answer[mu_columns].to_numpy()[0], expected, atol=1e-5)
 
 
 def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_input(
@@ -375,21 +442,29 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
             else mu[r["component"]] < r["threshold"]
         )
     ]
-    for answer in (model.predict(pd.DataFrame({"path": [str(photos["path"])]})), model.predict(photos["array"])):
+    answers = (
+        model.predict(pd.DataFrame({"path": [str(photos["path"])]})),
+        model.predict(pd.DataFrame({"image_base64": [photos["encoded"]]})),
+        model.unwrap_python_model().predict(None, photos["array"]),  # arrays: the Python model only
+    )
+    for answer in answers:
         assert list(answer.columns[:3]) == ["label", f"z{c}", "threshold"]  # what the one-rule model sent
         assert answer.loc[0, f"z{c}"] == pytest.approx(z, abs=1e-5)
         assert answer.loc[0, "label"] == ("bad" if fired else "good")
         assert answer.loc[0, "threshold"] == pytest.approx(threshold)
         assert list(answer.loc[0, "fired"]) == fired
         assert [r["component"] for r in answer.loc[0, "rules"]] == [r["component"] for r in rules]
-    two = model.predict(np.stack([photos["array"], photos["array"][:, ::-1]]))
+    two = model.unwrap_python_model().predict(None, np.stack([photos["array"], photos["array"][:, ::-1]]))
     assert len(two) == 2 and two.loc[0, f"z{c}"] == pytest.approx(z, abs=1e-5)
 
     with pytest.raises(MlflowException, match="^row 0: not a readable image") as info:
         model.predict(pd.DataFrame({"path": [str(photos["not_image"])]}))
     assert info.value.get_http_status_code() == 400 and "notes.png" not in info.value.message
     with pytest.raises(MlflowException, match=r"shape \(1, 5, 5, 2\)") as info:
-        model.predict(np.zeros((5, 5, 2), np.uint8))
+        model.unwrap_python_model().predict(None, np.zeros((5, 5, 2), np.uint8))
+    assert info.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException) as info:  # the loaded model: MLflow holds an array to the signature
+        model.predict(np.zeros((1, 16, 16, 3), np.uint8))
     assert info.value.get_http_status_code() == 400
 
 
@@ -414,13 +489,14 @@ def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(proje
         # The answer names the row, never the path the request sent.
         assert body["message"].startswith("row 0: not a readable image") and "notes.png" not in body["message"]
 
+        # An array is no table of photos: the signature refuses it before the model sees it.
         status, body = http(f"{url}/invocations", {"inputs": [[[1, 2], [3, 4]]]})
-        assert status == 400 and "shape (1, 1, 2, 2)" in body["message"]
+        assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
 
-        status, body = http(f"{url}/invocations", {"inputs": photos["array"][None].tolist()})
+        status, body = http(f"{url}/invocations", {"dataframe_records": [{"image_base64": photos["encoded"]}]})
         assert status == 200, body
         again = body["predictions"][0]
-        # The same photo as a path and as an array of another size gets the same answer.
+        # The same photo as a path and as encoded bytes of another size gets the same answer.
         assert again["label"] == good["label"]
         assert again[column] == pytest.approx(good[column], abs=1e-5)
         assert server.poll() is None

@@ -1,4 +1,5 @@
-"""MLflow pyfunc models: the champion VAE (`tubervae-vae`) and the tuber classifier (`tuber-quality`).
+"""MLflow pyfunc models: the champion VAE (`tubervae-vae`) and the photo handling it shares with
+`tuber-quality` (`tubervae.runs.quality_model`).
 
 Both take photos of any size, preprocess them exactly like the pipeline (centre crop,
 resize), and answer a bad input (unreadable file, wrong shape, too large) with an
@@ -8,8 +9,13 @@ which row, the limit): never a stack trace, a server path or a path from the req
 
 Accepted inputs of `predict`:
 - a pandas DataFrame with an `image_base64` column (encoded image bytes, e.g. a JPEG
-  sent over HTTP) or, only where an input folder is configured, a `path` column;
-- a numpy array of RGB images, n×H×W×3 (or one H×W×3 image), uint8 or floats in [0, 1].
+  sent over HTTP) or, only where an input folder is configured, a `path` column: what
+  the models' MLflow signature declares (`PHOTO_INPUT`), so what a loaded or served
+  model takes;
+- a numpy array of RGB images, n×H×W×3 (or one H×W×3 image), uint8 or floats in [0, 1],
+  only when the Python model is called directly (`unwrap_python_model()`): MLflow checks
+  a loaded model's input against its signature, and no signature admits both a table
+  and a 4-D array.
 
 Encoded images follow the ingestion rules of `tubervae.data.images`: JPEG, PNG, BMP,
 TIFF or WebP; grayscale, 1-bit, 16-bit and float images are refused (colour carries skin
@@ -57,13 +63,12 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
-from tubervae.classify.any_rule import AnyOfRule
-from tubervae.classify.rules import ThresholdRule
 from tubervae.data.images import CONVERTIBLE_MODES, REJECTED_MODES, load_model_input
 from tubervae.runs.tracker import load_vae_files
 from tubervae.training import encode
@@ -311,33 +316,6 @@ def _guarded(compute):
         ) from exc
 
 
-def quality_model_artifacts(folder: Path, vae, vae_config: dict, rule: AnyOfRule | ThresholdRule) -> dict[str, str]:
-    """Write what `TuberQualityModel` loads (weights, VAE config, rule) into `folder`; returns the artifact map.
-
-    A single ThresholdRule is written as the one-rule AnyOfRule it is.
-    """
-    if isinstance(rule, ThresholdRule):
-        rule = AnyOfRule.from_threshold_rule(rule)
-    if not isinstance(rule, AnyOfRule):
-        raise TypeError(f"rule must be an AnyOfRule or a ThresholdRule, got {type(rule).__name__}")
-    paths = {"weights": folder / "model.pt", "config": folder / "vae_config.json", "rule": folder / "rule.json"}
-    torch.save({k: v.detach().cpu() for k, v in vae.state_dict().items()}, paths["weights"])
-    paths["config"].write_text(json.dumps(vae_config, indent=2))
-    paths["rule"].write_text(json.dumps(rule.as_dict(), indent=2))
-    return {name: str(path) for name, path in paths.items()}
-
-
-def rule_from_artifact(fields: dict) -> AnyOfRule:
-    """The served rule from rule.json: an AnyOfRule, or a model written before it held one rule only.
-
-    The old file is a ThresholdRule's fields; it loads as the one-rule AnyOfRule with scale 1, whose
-    verdicts and score are the old rule's.
-    """
-    if isinstance(fields, dict) and "rules" not in fields and "component" in fields:
-        return AnyOfRule.from_threshold_rule(ThresholdRule.from_dict(fields))
-    return AnyOfRule.from_dict(fields)
-
-
 class _PhotoModel(mlflow.pyfunc.PythonModel):
     """What both served models share: the VAE, its preprocessing, the input limits and the error guard."""
 
@@ -346,7 +324,13 @@ class _PhotoModel(mlflow.pyfunc.PythonModel):
         self.vae = load_vae_files(context.artifacts["weights"], self.config)
         self.limits = InputLimits.from_env()
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """The answer for each photo; any failure but a bad input is a clean 500 (`_guarded`).
+
+        Typed as the table the signature declares: the one annotation of an input MLflow accepts
+        without a warning and without wrapping `predict` in its own validation (which would refuse
+        the arrays a direct call may pass, module docstring).
+        """
         return _guarded(lambda: self._predict(model_input))
 
     def _images(self, model_input) -> np.ndarray:
@@ -369,60 +353,25 @@ class VaeModel(_PhotoModel):
         )
 
 
-class TuberQualityModel(_PhotoModel):
-    """Bad if any of a few latent components of the champion VAE passes its threshold; 'good' or 'bad' per photo.
+# ------------------------------------------------------------------ signatures and input examples
 
-    The answer names every rule and which fired (module docstring), so a verdict explains itself.
+# Both columns optional: a request sends one of them. Strings, so that a table of anything else is
+# MLflow's to refuse; `images_from_input` checks every value again for a direct call.
+PHOTO_INPUT = Schema([ColSpec("string", "image_base64", required=False), ColSpec("string", "path", required=False)])
+
+
+def vae_signature(latent_dim: int) -> ModelSignature:
+    """Photos in; each component's encoder mean and log-variance out (the columns of `VaeModel`)."""
+    outputs = [ColSpec("double", f"{kind}_{j}") for kind in ("mu", "logvar") for j in range(latent_dim)]
+    return ModelSignature(inputs=PHOTO_INPUT, outputs=Schema(outputs))
+
+
+def photo_example(images: np.ndarray | None, image_size: int) -> pd.DataFrame:
+    """One photo as a request sends it: the first of `images` (uint8 n×s×s×3) PNG-encoded, or a grey square.
+
+    PNG is lossless, so the example encodes to exactly what the model saw in training.
     """
-
-    def load_context(self, context):
-        super().load_context(context)
-        self.rule = rule_from_artifact(json.loads(Path(context.artifacts["rule"]).read_text()))
-
-    def _predict(self, model_input) -> pd.DataFrame:
-        mu, _ = encode(self.vae, self._images(model_input))
-        return quality_answer(self.rule, mu)
-
-
-def quality_answer(rule: AnyOfRule, mu: np.ndarray) -> pd.DataFrame:
-    """One row per photo from its encoder means: the verdict, the values the rule reads, and which rule fired.
-
-    The first columns are those the one-rule model sent (label, z<c>, threshold), so its clients keep working.
-    """
-    n = len(mu)
-    fired = rule.fired(mu) if n else np.zeros((0, len(rule.rules)), bool)
-    score = rule.score(mu) if n else np.zeros(0)
-    first = rule.rules[0]
-    columns = {
-        "label": np.where(fired.any(axis=1), "bad", "good"),
-        f"z{first.component}": mu[:, first.component],
-        "threshold": np.full(n, first.threshold),
-    }
-    for r in rule.rules[1:]:
-        columns[f"z{r.component}"] = mu[:, r.component]
-    columns["score"] = score
-    columns["fired"] = _objects([[r.component for r, hit in zip(rule.rules, row) if hit] for row in fired])
-    columns["rules"] = _objects(
-        [
-            [
-                {
-                    "component": r.component,
-                    "direction": r.direction,
-                    "threshold": r.threshold,
-                    "value": float(mu[i, r.component]),
-                    "fired": bool(fired[i, j]),
-                }
-                for j, r in enumerate(rule.rules)
-            ]
-            for i in range(n)
-        ]
-    )
-    return pd.DataFrame(columns)
-
-
-def _objects(values: list) -> np.ndarray:
-    """A 1-D object array of per-photo lists, which pandas keeps as one cell each."""
-    out = np.empty(len(values), dtype=object)
-    for i, value in enumerate(values):
-        out[i] = value
-    return out
+    photo = np.full((image_size, image_size, 3), 128, np.uint8) if images is None or not len(images) else images[0]
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(photo, np.uint8)).save(buffer, "PNG")
+    return pd.DataFrame({"image_base64": [base64.b64encode(buffer.getvalue()).decode()]})

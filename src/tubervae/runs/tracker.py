@@ -10,17 +10,22 @@ behave the same.
 Artifact layout of a VAE run (written and read only here):
 - `model/model.pt`: the weights (a state dict, read with `weights_only=True`);
 - `model/config.json`: what rebuilds the network and where it came from (`VAE_CONFIG_KEYS`);
-- `latents.npz`: `mu`, `logvar` and `kl` of the UDR probe images.
+- `latents.npz`: `mu`, `logvar` and `kl` of the UDR probe images;
+- the logged MLflow model `vae` (a pyfunc `VaeModel` with its signature and an input example,
+  linked to the run with its params and final metrics): what the register stage registers.
+  The raw weights above stay beside it: the stages and tests read them without loading a model.
 """
 
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,9 +35,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from PIL import Image
 
 from tubervae.models.nets import VAE
 
@@ -41,8 +48,9 @@ EXPERIMENT = "tubervae"
 CHAMPION = "champion"  # the registry alias of the promoted version of each registered model
 WEIGHTS, VAE_CONFIG, LATENTS = "model/model.pt", "model/config.json", "latents.npz"
 VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed", "data_version")
+VAE_MODEL = "vae"  # the name of the logged MLflow model on each training run
 PARENT_TAG = "mlflow.parentRunId"
-MAX_BATCH = 900  # below MLflow's 1000-entries-per-log_batch limit
+FIGURE_DPI = 120  # as `plots.save_figure` writes the report PNGs
 PIP_REQUIREMENTS = [
     "torch==2.14.1",
     "mlflow==3.17.2",
@@ -96,6 +104,7 @@ class Tracker:
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             self.client.search_experiments(max_results=1)  # opens the store: creates or migrates it
             self.experiment_id = experiment_id or self._experiment(experiment)
+        self._last_step: dict[str, int] = {}  # per run: the step of the latest metrics logged through here
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -176,7 +185,8 @@ class Tracker:
     def log_params(self, run_id: str, params: dict) -> None:
         """Log params; keys the run already holds (`mlflow run` logs its -P values first, e.g. beta '4'
         where the stage logs 4.0) are skipped when they mean the same value, and a real conflict is
-        a ValueError that names both values."""
+        a ValueError that names both values. MlflowClient.log_batch splits the entries into batches
+        within the server's limits itself."""
         held = self.client.get_run(run_id).data.params
         entries = []
         for key, value in params.items():
@@ -186,16 +196,24 @@ class Tracker:
                     raise ValueError(f"param {key!r}: run {run_id} already holds {held[key]!r}, cannot log {text!r}")
                 continue
             entries.append(Param(key, text))
-        for i in range(0, len(entries), 90):
-            self.client.log_batch(run_id, params=entries[i : i + 90])
+        if entries:
+            self.client.log_batch(run_id, params=entries)
 
     def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
+        """Log the finite values among `metrics` at `step` (None, NaN and inf are left out).
+
+        Nested dicts (a stage's metrics file) become names grouped by '/', e.g. `any_rule/roc_auc`,
+        which the MLflow UI shows as one group per prefix.
+        """
         now = int(time.time() * 1000)
         entries = [
-            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+            Metric(k, float(v), now, step)
+            for k, v in _flat(metrics).items()
+            if v is not None and math.isfinite(float(v))
         ]
-        for i in range(0, len(entries), MAX_BATCH):
-            self.client.log_batch(run_id, metrics=entries[i : i + MAX_BATCH])
+        if entries:
+            self.client.log_batch(run_id, metrics=entries)
+        self._last_step[run_id] = max(step, self._last_step.get(run_id, step))
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         entries = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -209,20 +227,70 @@ class Tracker:
         self.client.log_artifacts(run_id, str(folder), artifact_path)
 
     def log_figure(self, run_id: str, fig, name: str) -> None:
-        from tubervae.plots import save_figure
+        """A matplotlib figure as the PNG artifact `name` (a run-relative path); the figure is closed."""
+        try:
+            self.client.log_figure(run_id, fig, name, save_kwargs={"dpi": FIGURE_DPI})
+        finally:
+            _close_figure(fig)
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(name).name
-            save_figure(fig, path)
-            parent = str(Path(name).parent)
-            self.log_artifact(run_id, path, None if parent == "." else parent)
+    def log_image_at_step(self, run_id: str, fig, key: str, step: int) -> None:
+        """A matplotlib figure as the image `key` at `step`: the UI's image slider walks through the steps.
+
+        MlflowClient.log_image takes arrays or PIL images, so the figure is rendered to an RGB image first.
+        """
+        try:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+        finally:
+            _close_figure(fig)
+        buffer.seek(0)
+        with Image.open(buffer) as image:
+            self.client.log_image(run_id, image.convert("RGB"), key=key, step=int(step))
+
+    def log_dataset(self, run_id: str, processed_dir: str | Path, context: str = "training") -> None:
+        """data/processed as the run's `mlflow.data` dataset input: its folder, its data version as digest,
+        the image arrays' shape as schema. Only the description is logged; DVC versions the arrays."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.types.schema import Schema, TensorSpec
+
+        folder = Path(processed_dir).resolve()
+        meta = json.loads((folder / "meta.json").read_text())
+        size = int(meta["image_size"])
+        schema = Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3), "images")])
+        dataset = MetaDataset(
+            LocalArtifactDatasetSource(str(folder)), name=folder.name, digest=meta["data_version"], schema=schema
+        )
+        # mlflow.log_input needs the fluent active run, whose end would close this still-open run: the
+        # client logs the entity that mlflow.log_input builds the same way.
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self.client.log_inputs(run_id, datasets=[entry])
 
     def download(self, run_id: str, artifact: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
 
     # the artifact layout of a VAE run ------------------------------------------------
-    def log_vae(self, run_id: str, model: VAE, config: dict, latents: dict) -> None:
-        """Weights, their config and the probe latents, in the layout the module docstring gives."""
+    def log_vae(
+        self,
+        run_id: str,
+        model: VAE,
+        config: dict,
+        latents: dict,
+        *,
+        processed_dir: str | Path | None = None,
+        example_images: np.ndarray | None = None,
+        step: int | None = None,
+    ) -> str | None:
+        """Weights, their config, the probe latents and the logged MLflow model (module docstring).
+
+        The model needs the preprocessing's crop fraction, which lives in `processed_dir`/meta.json
+        (default: the project's data/processed, used only if it holds the model's data version); the
+        processed data is logged as the run's dataset input at the same time. Without it the model is
+        left out with a warning, and the register stage logs it on the run when it registers it.
+        `example_images` (uint8 n×s×s×3; default a grey square) give the input example; `step` links
+        the run's metrics of that step to the model (default the last step this tracker logged).
+        Returns the logged model's id, or None.
+        """
         missing = set(VAE_CONFIG_KEYS) - set(config)
         if missing:
             raise ValueError(f"the VAE config lacks {sorted(missing)}")
@@ -234,6 +302,79 @@ class Tracker:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(tmp) / WEIGHTS)
             (Path(tmp) / VAE_CONFIG).write_text(json.dumps(config, indent=2))
             self.log_artifacts(run_id, folder, str(Path(WEIGHTS).parent))
+            processed = self._processed_dir_of(config["data_version"], processed_dir)
+            if processed is None:
+                log.warning(
+                    "run %s: no data/processed of data version %s, so no crop fraction: the VAE is logged as "
+                    "weights only until the register stage logs its MLflow model",
+                    run_id,
+                    config["data_version"],
+                )
+                return None
+            self.log_dataset(run_id, processed)
+            crop = json.loads((processed / "meta.json").read_text())["crop_fraction"]
+            return self.log_vae_model(
+                run_id, Path(tmp) / WEIGHTS, {**config, "crop_fraction": crop}, example_images=example_images, step=step
+            )
+
+    def _processed_dir_of(self, data_version: str, processed_dir: str | Path | None) -> Path | None:
+        """`processed_dir` (or the project's data/processed) if its meta.json is of `data_version`."""
+        folder = Path(processed_dir) if processed_dir is not None else self.root / "data" / "processed"
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return folder if meta.get("data_version") == data_version else None
+
+    def log_vae_model(
+        self,
+        run_id: str,
+        weights: str | Path,
+        config: dict,
+        *,
+        example_images: np.ndarray | None = None,
+        step: int | None = None,
+    ) -> str:
+        """Log the VAE of `run_id` as its MLflow model `vae` (a pyfunc `VaeModel`); returns the model id.
+
+        `config` holds `VAE_CONFIG_KEYS` and `crop_fraction`, which the served model's preprocessing needs.
+        """
+        from tubervae.runs.serving import VaeModel, photo_example, vae_signature
+
+        with tempfile.TemporaryDirectory() as tmp:
+            config_path = Path(tmp) / "vae_config.json"
+            config_path.write_text(json.dumps(config, indent=2))
+            return self.log_pyfunc(
+                run_id,
+                VaeModel(),
+                {"weights": str(weights), "config": str(config_path)},
+                name=VAE_MODEL,
+                signature=vae_signature(int(config["latent_dim"])),
+                input_example=photo_example(example_images, int(config["image_size"])),
+                step=self._last_step.get(run_id, 0) if step is None else step,
+            )
+
+    def logged_model_id(self, run_id: str, name: str = VAE_MODEL) -> str | None:
+        """The id of the MLflow model `name` logged on `run_id` (the latest, if several), or None."""
+        run = self.get_run(run_id)
+        found = self.client.search_logged_models(
+            [run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+            order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+            max_results=1,
+        )
+        return found[0].model_id if found else None
+
+    def ensure_vae_model(self, run_id: str, crop_fraction: float) -> str:
+        """The id of the run's logged VAE model; one is logged from the run's weights if the run has none
+        (a run trained before models were logged, or without its data/processed at hand)."""
+        model_id = self.logged_model_id(run_id)
+        if model_id is not None:
+            return model_id
+        with tempfile.TemporaryDirectory() as tmp:
+            weights, config = self.vae_files(run_id, tmp)
+            log.info("run %s has no logged model %r: logging it from its weights", run_id, VAE_MODEL)
+            return self.log_vae_model(run_id, weights, {**config, "crop_fraction": crop_fraction})
 
     def load_vae(self, run_id: str) -> tuple[VAE, dict]:
         """The VAE of a training run (on the CPU, in eval mode) and its config."""
@@ -259,26 +400,49 @@ class Tracker:
         python_model,
         artifacts: dict,
         *,
-        registered_name: str,
-        code_paths: list[str] | None = None,
-        tags: dict | None = None,
-    ):
-        """Log a pyfunc model on `run_id`, register it as a new version of `registered_name`."""
+        name: str = "model",
+        signature=None,
+        input_example=None,
+        step: int = 0,
+    ) -> str:
+        """Log a pyfunc model named `name` on `run_id`; returns its model id.
+
+        MLflow links the model to the run: it takes the run's params, and the run's metrics of
+        `step` become the model's metrics. The package travels with the model (`code_paths`), so
+        `mlflow models serve` needs no install of tubervae.
+        """
         import mlflow.pyfunc
 
         with mlflow.start_run(run_id=run_id, log_system_metrics=False):
             info = mlflow.pyfunc.log_model(
-                name="model",
+                name=name,
                 python_model=python_model,
                 artifacts=artifacts,
-                code_paths=code_paths,
+                code_paths=[str(Path(__file__).resolve().parents[1])],
                 pip_requirements=PIP_REQUIREMENTS,
-                registered_model_name=registered_name,
+                signature=signature,
+                input_example=input_example,
+                step=step,
             )
-        version = self.client.get_model_version(registered_name, str(info.registered_model_version))
-        for key, value in (tags or {}).items():
-            self.client.set_model_version_tag(registered_name, version.version, key, str(value))
-        return version
+        return info.model_id
+
+    def register_model(self, name: str, model_id: str, *, tags: dict | None = None):
+        """A new version of registered model `name` from the logged model `model_id`, tagged `tags`.
+
+        `mlflow.register_model` records the model as the version's source and its training run as the
+        version's run, and lists the version on the logged model's page (its `mlflow.modelVersions` tag).
+        """
+        version = mlflow.register_model(f"models:/{model_id}", name, tags={k: str(v) for k, v in (tags or {}).items()})
+        return self.client.get_model_version(name, version.version)
+
+    def versions_of(self, name: str, model_id: str) -> list:
+        """The versions of registered model `name` made from the logged model `model_id`, oldest first."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{name}'")
+        except MlflowException:
+            return []
+        source = f"models:/{model_id}"
+        return sorted((v for v in versions if v.source == source), key=lambda v: int(v.version))
 
     def set_alias(self, name: str, alias: str, version: str | int) -> None:
         self.client.set_registered_model_alias(name, alias, str(version))
@@ -322,6 +486,16 @@ class Tracker:
                 return out
 
 
+def _flat(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}/")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _param_value(value) -> str:
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
@@ -361,6 +535,14 @@ def _file_lock(path: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _close_figure(fig) -> None:
+    """Release a matplotlib figure, from pyplot too if a caller created it there."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
+    fig.clear()
 
 
 def load_vae_files(weights: str | Path, config: dict) -> VAE:

@@ -32,7 +32,8 @@ from tubervae.config import Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import write_csv, write_json
-from tubervae.runs.serving import TuberQualityModel, quality_model_artifacts
+from tubervae.runs.quality_model import TuberQualityModel, quality_model_artifacts, quality_signature
+from tubervae.runs.serving import photo_example
 from tubervae.runs.tracker import CHAMPION, Tracker
 from tubervae.training import encode, probe_latents
 
@@ -56,10 +57,14 @@ def run(
     root: str | Path = ".",
     processed_dir: str | Path = "data/processed",
     out_dir: str | Path = "reports/classify",
+    metrics_path: str | Path | None = None,
     run_id: str | None = None,
 ) -> dict:
+    """Fit, score and register the classifier; `metrics_path` (default reports/metrics/classify.json beside
+    `out_dir`) receives the headline figures as numbers only, for `dvc metrics`."""
     cfg = params.classify
     out_dir = Path(out_dir)
+    metrics_path = Path(metrics_path) if metrics_path else out_dir.parent / "metrics" / "classify.json"
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     version, vae_model = load_champion(tracker, params.register.model_name)
@@ -195,6 +200,8 @@ def run(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
+    numbers = headline_metrics(threshold_metrics, any_rule_metrics, alternatives, n_rules=len(any_rule.rules))
+    write_json(metrics_path, numbers)
     write_csv(out_dir / "components.csv", ranking)
     write_csv(out_dir / "label_efficiency.csv", efficiency_summary)
     # One draw has no spread (its std is NaN): plot it without an error bar.
@@ -238,28 +245,37 @@ def run(
             "data_version": meta["data_version"],
         }
         with tracker.run("classify", run_id=run_id, tags={"kind": "classify"}) as rid:
-            tracker.log_metrics(
-                rid,
-                {
-                    f"test_{k}": v
-                    for k, v in threshold_metrics.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)
-                }
-                | {
-                    "test_any_rule_balanced_accuracy": any_rule_metrics["balanced_accuracy"],
-                    "any_rule_n_rules": len(any_rule.rules),
-                },
-            )
+            tracker.log_metrics(rid, numbers)
             tracker.log_artifacts(rid, out_dir, "classify")
-            model_version = tracker.log_pyfunc(
+            model_id = tracker.log_pyfunc(
                 rid,
                 TuberQualityModel(),
                 artifacts,
-                registered_name=cfg.model_name,
-                code_paths=[str(Path(__file__).resolve().parents[1])],
-                tags=tags,
+                signature=quality_signature(any_rule),
+                input_example=photo_example(x_test, int(vae_config["image_size"])),
             )
+            model_version = tracker.register_model(cfg.model_name, model_id, tags=tags)
         tracker.set_alias(cfg.model_name, CHAMPION, model_version.version)
     metrics["registered"] = {"model": cfg.model_name, "version": int(model_version.version), "alias": CHAMPION}
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def headline_metrics(threshold: dict, any_rule: dict, alternatives: dict, *, n_rules: int) -> dict:
+    """The test figures as numbers only, by method: what `dvc metrics show` and `dvc exp show` compare
+    across commits (ids and notes stay in reports/classify/metrics.json). Undefined figures (a ROC AUC
+    on one class) are left out."""
+    keys = ("balanced_accuracy", "accuracy", "roc_auc")
+    metrics: dict = {
+        "threshold": _finite({k: threshold[k] for k in keys}),
+        "any_rule": _finite({**{k: any_rule[k] for k in keys}, "n_rules": n_rules}),
+        "majority": _finite({"accuracy": threshold["majority_accuracy"]}),
+    }
+    for name, scores in alternatives.items():
+        if name != "any_rule":
+            metrics[name] = _finite({"balanced_accuracy": scores["balanced_accuracy"]})
+    return metrics
+
+
+def _finite(values: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(float(v))}

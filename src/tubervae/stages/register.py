@@ -9,15 +9,17 @@ Policy (thesis §2.3.4 and §4.2.3):
    a collapsed model has lost (small black spots go first); then the higher UDR.
 4. Within the chosen setting, the seed with the highest UDR (then more components).
 
-The champion becomes a new version of `tubervae-vae` (a pyfunc model: encoder and
-decoder) with alias `champion`; if the alias already points at that run, nothing changes.
+The champion becomes a new version of `tubervae-vae` with alias `champion`: the MLflow
+model `vae` that its training run logged (a pyfunc `VaeModel` with its signature and input
+example), so the version links to the run that trained it, with its params and metrics. A
+run without a logged model (trained before models were logged) gets it now, on that run.
+If the alias already points at that run, nothing changes. The stage's own `register` run
+logs the champion's figures as metrics and champion.json as an artifact.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +27,6 @@ import pandas as pd
 from tubervae.config import Params
 from tubervae.data.processed import load_meta
 from tubervae.io import write_json
-from tubervae.runs.serving import VaeModel
 from tubervae.runs.tracker import CHAMPION, Tracker
 
 log = logging.getLogger(__name__)
@@ -75,58 +76,64 @@ def run(
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     meta = load_meta(processed_dir)
-    current = tracker.version_by_alias(cfg.model_name, CHAMPION)
+    with tracker.run("register", run_id=run_id, tags={"kind": "register", "source_run_id": champion.run_id}) as rid:
+        version = promote(tracker, cfg.model_name, champion, meta)
+        summary = {
+            "model": cfg.model_name,
+            "alias": CHAMPION,
+            "version": int(version.version),
+            "run_id": champion.run_id,
+            "family": champion.family,
+            "setting": str(champion.setting),
+            "seed": int(champion.seed),
+            "udr_within": float(champion.udr_within),
+            "n_active": int(champion.n_active),
+            "data_version": version.tags.get("data_version", meta["data_version"]),
+            "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
+            f"informative components",
+        }
+        write_json(out_path, summary)
+        headline = {"version": summary["version"], "udr_within": summary["udr_within"], "n_active": summary["n_active"]}
+        tracker.log_metrics(rid, headline)
+        tracker.log_artifacts(rid, Path(out_path).parent, "register")
+    return summary
+
+
+def promote(tracker: Tracker, name: str, champion: pd.Series, meta: dict):
+    """`name@champion` on the champion's logged model; the version it points at.
+
+    Nothing changes when the alias already is that run. A version of that very model made by an
+    earlier attempt that died before moving the alias is reused, so a rerun adds no duplicate.
+    """
+    current = tracker.version_by_alias(name, CHAMPION)
     if current is not None and current.tags.get("source_run_id") == champion.run_id:
-        log.info("%s@%s already is run %s (version %s)", cfg.model_name, CHAMPION, champion.run_id, current.version)
-        version = current
-        trained_on = current.tags.get("data_version", meta["data_version"])
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            weights, config = tracker.vae_files(champion.run_id, tmp)
-            config["crop_fraction"] = meta["crop_fraction"]
-            trained_on = config.get("data_version") or meta["data_version"]
-            if trained_on != meta["data_version"]:
-                log.warning(
-                    "the champion was trained on data version %s, the processed data is %s: rerun the "
-                    "search and udr stages",
-                    trained_on,
-                    meta["data_version"],
-                )
-            config_path = Path(tmp) / "vae_config.json"
-            config_path.write_text(json.dumps(config, indent=2))
-            tags = {
-                "family": champion.family,
-                "setting": champion.setting,
-                "seed": int(champion.seed),
-                "udr": float(champion.udr_within),
-                "n_active": int(champion.n_active),
-                "data_version": trained_on,
-                "source_run_id": champion.run_id,
-            }
-            with tracker.run("register", run_id=run_id, tags={"kind": "register", **tags}) as rid:
-                version = tracker.log_pyfunc(
-                    rid,
-                    VaeModel(),
-                    {"weights": str(weights), "config": str(config_path)},
-                    registered_name=cfg.model_name,
-                    code_paths=[str(Path(__file__).resolve().parents[1])],
-                    tags=tags,
-                )
-        tracker.set_alias(cfg.model_name, CHAMPION, version.version)
-        log.info("registered %s version %s as %s", cfg.model_name, version.version, CHAMPION)
-    summary = {
-        "model": cfg.model_name,
-        "alias": CHAMPION,
-        "version": int(version.version),
-        "run_id": champion.run_id,
+        log.info("%s@%s already is run %s (version %s)", name, CHAMPION, champion.run_id, current.version)
+        return current
+    model_id = tracker.ensure_vae_model(champion.run_id, crop_fraction=meta["crop_fraction"])
+    version = (tracker.versions_of(name, model_id) or [None])[-1]
+    if version is None:
+        version = tracker.register_model(name, model_id, tags=version_tags(tracker, champion, meta))
+    tracker.set_alias(name, CHAMPION, version.version)
+    log.info("registered %s version %s (run %s) as %s", name, version.version, champion.run_id, CHAMPION)
+    return version
+
+
+def version_tags(tracker: Tracker, champion: pd.Series, meta: dict) -> dict:
+    """What a version says of its model at a glance; warns when the data moved on since training."""
+    trained_on = tracker.get_run(champion.run_id, origin="reports/udr/models.csv").data.params.get("data_version")
+    trained_on = trained_on or meta["data_version"]
+    if trained_on != meta["data_version"]:
+        log.warning(
+            "the champion was trained on data version %s, the processed data is %s: rerun the search and udr stages",
+            trained_on,
+            meta["data_version"],
+        )
+    return {
         "family": champion.family,
-        "setting": str(champion.setting),
+        "setting": champion.setting,
         "seed": int(champion.seed),
-        "udr_within": float(champion.udr_within),
+        "udr": float(champion.udr_within),
         "n_active": int(champion.n_active),
         "data_version": trained_on,
-        "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
-        f"informative components",
+        "source_run_id": champion.run_id,
     }
-    write_json(out_path, summary)
-    return summary

@@ -291,7 +291,8 @@ def run(
     write_csv(out_dir / "models.csv", frame)
     metrics_dir = Path(metrics_dir) if metrics_dir else out_dir.parent / "metrics"
     plots_dir = Path(plots_dir) if plots_dir else out_dir.parent / "plots"
-    write_json(metrics_dir / "udr.json", udr_metrics(summary))
+    headline = udr_metrics(summary)
+    write_json(metrics_dir / "udr.json", headline)
     write_csv(plots_dir / "udr_vs_beta.csv", settings_table(frame))
     write_csv(plots_dir / "herd.csv", herd.drop(columns=["run_id"]))
     with tracker.run("udr", run_id=run_id, tags={"kind": "udr"}) as rid:
@@ -306,5 +307,6 @@ def run(
                 "n_models": len(frame),
             },
         )
+        tracker.log_metrics(rid, headline)  # the numbers DVC compares, grouped by '/' in MLflow
         tracker.log_artifacts(rid, out_dir, "udr")
     return summary
