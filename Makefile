@@ -29,14 +29,14 @@ run: install          ## the whole pipeline on the default data (dvc repro)
 	$(BIN)/dvc repro
 
 test: install         ## lint, format check, import layers, then the test suite
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: install         ## fix what ruff can fix and format the tree
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks experiments
+	$(BIN)/ruff format src tests benchmarks experiments
 
 thesis: install       ## the thesis's settings (64x64, 300000 steps, 5 seeds, every grid point): for a GPU
 	$(BIN)/dvc exp run $$(sed -e 's/#.*//' -e '/^\s*$$/d' -e 's/^/-S /' profiles/thesis.txt | tr '\n' ' ')
