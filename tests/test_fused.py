@@ -139,6 +139,23 @@ def test_checkpoints_move_between_fused_and_separate_training(float64, images, t
     assert largest_difference(outcomes[0].model, twin(other, cfg, images).model) < TOLERANCE
 
 
+def test_fused_training_in_segments_gives_the_weights_of_one_go(images, tmp_path):
+    """Stopped at ¼ and ½ and resumed, in float32: bitwise the fused models of one go, checkpointed at each stop."""
+    cfg = config(checkpoint_every=7)  # no regular checkpoint on a stop
+    one = fused(JOBS[1:], cfg, images)
+    jobs = [FusedJob(j.setting, j.seed, tmp_path / f"m{i}.pt") for i, j in enumerate(JOBS[1:])]
+    for stop in (5, 10, None):
+        outcomes = fused(jobs, cfg, images, stop_at=stop)
+        expected = stop or cfg.steps
+        assert [out.step for out in outcomes] == [expected] * len(jobs)
+        assert [torch.load(j.checkpoint_path, weights_only=True)["step"] for j in jobs] == [expected] * len(jobs)
+    for a, b in zip(one, outcomes):
+        assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+        np.testing.assert_array_equal(a.latents["mu"], b.latents["mu"])
+    with pytest.raises(ValueError, match="one for every job"):
+        fused(JOBS[:1], cfg, images, stop_at=5)
+
+
 def test_checkpoint_of_other_settings_is_ignored(float64, images, tmp_path, caplog):
     cfg = config()
     path = tmp_path / "m.pt"

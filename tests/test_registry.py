@@ -5,6 +5,7 @@ few steps) built once per module: training dominates the cost.
 """
 
 import base64
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import http, labelled_disc_splits, served, train_tiny_runs, write_processed
-from tubervae.classify import fit_threshold_rule
+from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
 from tubervae.models.nets import VAE
 from tubervae.runs.tracker import Tracker
@@ -500,3 +501,70 @@ def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(proje
         assert again["label"] == good["label"]
         assert again[column] == pytest.approx(good[column], abs=1e-5)
         assert server.poll() is None
+
+
+def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_reports_both(tmp_path, monkeypatch):
+    """register.select: job: among the settings tied on UDR, the one whose multi-defect rule cross-validates best
+    on the labelled photos becomes the champion; champion.json names both champions, and classify scores both on
+    the test photos side by side. The cross-validated scores are recomputed here from the logged weights."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    processed = write_processed_discs(tmp_path / "data" / "processed")
+    tracker = Tracker(tmp_path)
+    data = TrainingData(
+        train=load(processed, "train")["images"],
+        probe=load(processed, "udr_probe")["images"],
+        test=load(processed, "test")["images"],
+        data_version=DATA_VERSION,
+    )
+    runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=LATENT)))
+    udr_dir = tmp_path / "reports" / "udr"
+    write_models_csv(
+        udr_dir, [models_row(runs[2.0], "beta_vae", 2, 0, 0.70, 3), models_row(runs[6.0], "beta_vae", 6, 0, 0.68, 3)]
+    )
+    params = tiny_params()
+    params = dataclasses.replace(params, register=dataclasses.replace(params.register, select="job"))
+    summary = register.run(params, root=tmp_path, udr_dir=udr_dir, processed_dir=processed)
+
+    labelled = load(processed, "labelled")
+    expected = {}
+    for run_id in runs.values():
+        z = means(independent_vae(tmp_path, run_id, tmp_path), labelled["images"])
+        kl = tracker.latents(run_id)["kl"]
+        informative = [int(j) for j in np.flatnonzero(kl > params.udr.kl_threshold)] or None
+        rule = fit_any_of_rule(z, labelled["labels"] == 1, components=informative, max_rules=3, n_folds=5)
+        expected[run_id] = max(rule.cv_balanced_accuracy)
+    best_for_job = max(expected, key=lambda r: (expected[r], r == runs[2.0]))  # ties keep the UDR order
+    champions = summary["champions"]
+    assert summary["select"] == "job" and champions["job_candidates"] == 2
+    assert champions["udr"]["run_id"] == runs[2.0]
+    assert champions["job"]["run_id"] == best_for_job == summary["run_id"]
+    for entry in (champions["udr"], champions["job"]):
+        assert entry["rule_cv_balanced_accuracy"] == pytest.approx(expected[entry["run_id"]])
+    version = client_for(tmp_path).get_model_version_by_alias("tubervae-vae", "champion")
+    assert version.tags["source_run_id"] == best_for_job
+
+    metrics = classify.run(params, root=tmp_path, processed_dir=processed, out_dir=tmp_path / "reports" / "classify")
+    table = pd.read_csv(tmp_path / "reports" / "classify" / "champions.csv")
+    assert list(table.selection) == ["udr", "job"] and list(table.run_id) == [runs[2.0], best_for_job]
+    served = table[table.served]
+    assert list(served.run_id.unique()) == [best_for_job]
+    assert served.any_rule_test_balanced_accuracy.iloc[0] == pytest.approx(
+        metrics["any_rule"]["test"]["balanced_accuracy"]
+    )
+    assert table.threshold_test_balanced_accuracy.between(0, 1).all()
+
+
+def test_selection_for_the_job_without_labels_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    processed = tmp_path / "data" / "processed"
+    write_processed_discs(processed)
+    with np.load(processed / "labelled.npz") as split:
+        arrays = {k: split[k] for k in split.files}
+    arrays["labels"] = np.ones_like(arrays["labels"])  # no good photo
+    np.savez(processed / "labelled.npz", **arrays)
+    write_models_csv(tmp_path / "udr", [models_row("r1", "beta_vae", 2, 0, 0.7, 3)])
+    params = tiny_params()
+    params = dataclasses.replace(params, register=dataclasses.replace(params.register, select="job"))
+    with pytest.raises(RuntimeError, match="register.select is 'job'.*labelled split lacks"):
+        register.run(params, root=tmp_path, udr_dir=tmp_path / "udr", processed_dir=processed)

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import write_processed
-from tubervae.config import parse_params
+from tubervae.config import ConfigError, parse_params
 from tubervae.evaluation.udr import udr_scores
 from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import load_training_data, run_key
@@ -216,7 +216,8 @@ def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
     """A RUNNING trial whose worker process is gone fails with a reason and comes back WAITING.
 
     The copy keeps the parameters but none of the dead worker's attributes (host, pid, run ids):
-    with them, another worker on this host could mistake the retry for the dead trial.
+    with them, another worker on this host could mistake the retry for the dead trial; nor the
+    rungs successive halving had recorded for it.
     """
     params = parse_params(RAW_PARAMS)
     storage = search.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", params)
@@ -227,6 +228,7 @@ def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
         trial = study.ask({"beta": optuna.distributions.FloatDistribution(1.0, 8.0)})
         for key, value in {"host": socket.gethostname(), "pid": pid, "mlflow_run_id": "abc"}.items():
             trial.set_user_attr(key, value)
+        storage.set_trial_system_attr(trial._trial_id, "completed_rung_0", 0.5)  # successive halving's record
 
     assert search.fail_dead_local_trials(study, storage, max_retry=3) == [0]
     assert search.fail_dead_local_trials(study, storage, max_retry=3) == []  # nothing left to fail
@@ -236,6 +238,7 @@ def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
     assert retry.state == TrialState.WAITING and retry.params == first.params
     assert retry.user_attrs == {} and retry.system_attrs["failed_trial"] == 0
     assert "fail_reason" not in retry.system_attrs
+    assert not [key for key in retry.system_attrs if key.startswith("completed_rung_")]  # judged afresh
 
 
 def test_completed_study_resumes_without_training_and_moves_on(project, no_pictures):
@@ -655,7 +658,7 @@ def test_a_study_whose_trials_all_fail_stops_with_a_clear_error(project, no_pict
     real_make_loss = train_module.make_loss
     monkeypatch.setattr(train_module, "make_loss", always_nan)
     raw = merged(RAW_PARAMS, search={"max_retry": 1})
-    with pytest.raises(RuntimeError, match=r"holds 0 of 1 complete trials.*beta_vae\.json"):
+    with pytest.raises(RuntimeError, match=r"holds 0 of 1 finished trials.*beta_vae\.json"):
         run_search(project, raw)
     report = json.loads((project / "reports" / "search" / f"{FAMILY}.json").read_text())
     assert report["n_complete"] == 0 and len(report["trials"]) == 2  # 1 × (1 + max_retry) starts
@@ -706,3 +709,218 @@ def test_fused_seeds_keep_one_mlflow_run_each_and_are_reused_unfused(project, no
     again = run_search(project, merged(raw, train={"fuse": "never"}), n_trials=1)
     assert again["trials"][0]["seed_run_ids"] == trial["seed_run_ids"]
     assert len([r for r in all_runs(project) if r.data.tags.get("kind") == "vae"]) == 2
+
+
+# --- pruning: settings judged part-way ----------------------------------------------------------------
+
+PRUNING = {"pruner": "median", "prune_at": [0.25, 0.5], "prune_startup_trials": 1}  # judged at steps 5 and 10
+
+
+class PrunePlan(optuna.pruners.BasePruner):
+    """Prunes trial n at step plan[n]; every other trial goes on."""
+
+    def __init__(self, plan: dict[int, int]):
+        self.plan = plan
+
+    def prune(self, study, trial) -> bool:
+        return self.plan.get(trial.number) == trial.last_step
+
+
+def runs_of(root: Path, parent_id: str) -> list:
+    c = client(root)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    return c.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def test_pruned_trials_are_killed_in_mlflow_leave_no_checkpoint_and_count_towards_n_trials(
+    project, no_pictures, monkeypatch
+):
+    """Trial 0 pruned at ¼, trial 2 at ½: PRUNED in Optuna, their runs and seed runs KILLED and tagged, no
+    checkpoint left; trial 1 completes with one continuous run per seed; 3 trials asked, 3 run, 1 complete."""
+    monkeypatch.setattr(search, "make_pruner", lambda params: PrunePlan({0: 5, 2: 10}))
+    raw = merged(RAW_PARAMS, search={**PRUNING, "spaces": {FAMILY: {"n_trials": 3}}})
+    summary = run_search(project, raw)
+
+    trials = load_study(project, raw).get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED]
+    assert [sorted(t.intermediate_values) for t in trials] == [[5], [5, 10], [5, 10]]
+    assert (summary["n_complete"], summary["n_pruned"], summary["best_trial"]) == (1, 2, 1)
+    assert summary["best_value"] == pytest.approx(trials[1].value)
+    assert [t["pruned_at_step"] for t in summary["trials"]] == [5, None, 10]
+    assert not list((project / "checkpoints").glob("*.pt"))
+    assert not [r for r in all_runs(project) if r.info.status == "RUNNING"]
+
+    c = client(project)
+    for trial, step in ((trials[0], 5), (trials[2], 10)):
+        assert trial.user_attrs["pruned_at_step"] == step
+        assert (
+            trial.user_attrs["pruned_reason"]
+            == f"median pruner: median UDR {trial.intermediate_values[step]:.4g} at step {step}"
+        )
+        parent = c.get_run(trial.user_attrs["mlflow_run_id"])
+        assert parent.info.status == "KILLED" and "error" not in parent.data.tags
+        assert (parent.data.tags["optuna_state"], parent.data.tags["pruned_at_step"]) == ("PRUNED", str(step))
+        udr_history = dict((m.step, m.value) for m in c.get_metric_history(parent.info.run_id, "udr"))
+        assert udr_history == pytest.approx(trial.intermediate_values)
+        seeds = runs_of(project, parent.info.run_id)
+        assert sorted(r.info.run_id for r in seeds) == sorted(trial.user_attrs["seed_run_ids"])
+        for run in seeds:
+            assert run.info.status == "KILLED"
+            assert (run.data.tags["optuna_state"], run.data.tags["pruned_at_step"]) == ("PRUNED", str(step))
+            assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "loss")) == list(range(5, step + 1, 5))
+
+    # the complete trial: one run per seed, one history over its three segments, its udr the objective
+    parent = c.get_run(trials[1].user_attrs["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and "optuna_state" not in parent.data.tags
+    assert parent.data.metrics["udr"] == pytest.approx(trials[1].value)
+    udr_steps = sorted(m.step for m in c.get_metric_history(parent.info.run_id, "udr"))
+    assert udr_steps == [5, 10, STEPS]
+    seeds = runs_of(project, parent.info.run_id)
+    assert len(seeds) == 2 and {r.info.status for r in seeds} == {"FINISHED"}
+    for run in seeds:
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "loss")) == list(range(5, STEPS + 1, 5))
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "n_active")) == [5, 10, STEPS]
+    assert len([r for r in all_runs(project) if r.data.tags.get("kind") == "vae"]) == 3 * 2
+
+    metrics = json.loads((project / "reports" / "metrics" / f"search_{FAMILY}.json").read_text())
+    assert (metrics["n_complete"], metrics["n_pruned"]) == (1, 2)
+    run_search(project, raw)  # 3 finished trials already: nothing to do
+    assert len(load_study(project, raw).get_trials()) == 3
+
+
+def test_min_active_prunes_a_collapsed_setting_once_a_complete_trial_shows_components_open_there(project, no_pictures):
+    """β = 1000 collapses every component. As the first trial nothing shows that components could be
+    open at step 5, so it completes (infeasible); after β = 1 completed with them open at step 5, the
+    next collapsed setting is pruned there by the infeasibility rule (the median pruner waits for 10)."""
+    grid = [{"beta": 1000.0}, {"beta": 1.0}, {"beta": 900.0}]
+    raw = merged(
+        RAW_PARAMS,
+        search={
+            **PRUNING,
+            "prune_startup_trials": 10,
+            "min_active": 2,
+            "enqueue_grid": True,
+            "spaces": {FAMILY: {"n_trials": 3, "beta": [1.0, 1000.0], "grid": grid}},
+        },
+    )
+    summary = run_search(project, raw)
+    collapsed, opened, pruned = load_study(project, raw).get_trials()
+    assert (collapsed.state, collapsed.user_attrs["feasible"]) == (TrialState.COMPLETE, False)
+    assert (opened.state, opened.user_attrs["feasible"]) == (TrialState.COMPLETE, True)
+    assert opened.user_attrs["n_active_at"]["5"] >= 2 > collapsed.user_attrs["n_active_at"]["5"]
+    assert pruned.state == TrialState.PRUNED and pruned.last_step == 5
+    assert pruned.user_attrs["pruned_reason"] == (
+        f"median informative components {pruned.user_attrs['n_active_at']['5']:g} at step 5 below search.min_active 2"
+    )
+    assert (summary["n_complete"], summary["n_pruned"], summary["best_trial"]) == (2, 1, 1)
+    assert client(project).get_run(pruned.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("where", ["here", "fused", "pool"])
+def test_a_trial_that_is_not_pruned_scores_as_without_pruning(project, no_pictures, empty_mlflow_db, where):
+    """Segments in-process, fused or in the training pool: the same seeds, the same objective, bit for bit."""
+    train = {"here": {}, "fused": {"fuse": "always"}, "pool": {"workers": 2}}[where]
+    plain = run_search(project, merged(RAW_PARAMS, train=train))
+    other = project / "pruned"
+    other.mkdir()
+    shutil.copy(empty_mlflow_db, other / "mlflow.db")
+    raw = merged(RAW_PARAMS, train=train, search=PRUNING)
+    pruned = search.run(
+        parse_params(raw),
+        FAMILY,
+        root=other,
+        processed_dir=project / "data" / "processed",
+        reports_dir=other / "reports" / "search",
+        progress=False,
+    )
+    [a], [b] = plain["trials"], pruned["trials"]
+    assert (a["state"], b["state"]) == ("COMPLETE", "COMPLETE")
+    assert a["params"] == b["params"] and a["value"] == b["value"] and a["udr_per_seed"] == b["udr_per_seed"]
+    assert [step for step, _ in b["intermediate_udr"]] == [5, 10] and a["intermediate_udr"] == []
+    assert {r.info.status for r in all_runs(other)} == {"FINISHED"}
+    for run_a, run_b in zip(a["seed_run_ids"], b["seed_run_ids"]):
+        za, zb = Tracker(project).latents(run_a), Tracker(other).latents(run_b)
+        np.testing.assert_array_equal(za["mu"], zb["mu"])
+
+
+def test_a_search_killed_between_segments_resumes_each_seed_from_its_checkpoint(project, no_pictures):
+    """Killed while seed 1 trains its second segment (seed 0 has finished it): the retry resumes seed 0 at
+    step 10 and seed 1 at step 5, trains no step twice past its checkpoint, and leaves no run RUNNING."""
+    raw = merged(RAW_PARAMS, search=PRUNING)
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    marker = project / "blocked"
+    worker = start_worker(project, ["search", "--family", FAMILY], env={"BLOCK_AT_SEED_1": str(marker)})
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert worker.poll() is None, f"worker ended early:\n{stop(worker)}"
+            assert time.monotonic() < deadline, f"worker never reached seed 1:\n{stop(worker)}"
+            time.sleep(0.1)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        stop(worker)
+    assert {r.info.status for r in all_runs(project)} == {"RUNNING"}  # the trial and both seeds, between segments
+    cut = {r.data.tags["seed"]: r.info.run_id for r in all_runs(project) if r.data.tags.get("kind") == "vae"}
+    assert sorted(cut) == ["0", "1"]
+
+    summary = run_search(project, raw)
+    assert (summary["n_complete"], summary["n_pruned"]) == (1, 0)
+    runs = all_runs(project)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status[cut["0"]] == status[cut["1"]] == "KILLED"
+    retry = [t for t in load_study(project, raw).get_trials() if t.state == TrialState.COMPLETE][0]
+    c = client(project)
+    seed0, seed1 = retry.user_attrs["seed_run_ids"]
+    # the killed runs hold what was logged before the kill; the new ones only what came after each checkpoint
+    assert sorted(m.step for m in c.get_metric_history(cut["0"], "loss")) == [5, 10]
+    assert sorted(m.step for m in c.get_metric_history(seed0, "loss")) == [15, 20]
+    assert sorted(m.step for m in c.get_metric_history(seed1, "loss")) == [10, 15, 20]
+    finished = [r for r in runs if r.data.tags.get("kind") == "vae" and r.info.status == "FINISHED"]
+    assert sorted(r.info.run_id for r in finished) == sorted([seed0, seed1])
+
+
+def test_prune_at_must_be_increasing_fractions():
+    for bad, message in (([0.5, 0.25], "must increase"), ([0.25, 1.0], "must be less than 1.0"), ([], "is empty")):
+        with pytest.raises(ConfigError, match=message):
+            parse_params(merged(RAW_PARAMS, search={**PRUNING, "prune_at": bad}))
+    with pytest.raises(ConfigError, match="not one of"):
+        parse_params(merged(RAW_PARAMS, search={"pruner": "asha"}))
+    assert search.prune_steps(parse_params(merged(RAW_PARAMS, search=PRUNING))) == [5, 10]
+    assert search.prune_steps(parse_params(RAW_PARAMS)) == []  # pruner none: trials train in one go
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband"])
+def test_settings_that_ended_infeasible_set_no_bar_for_pruning(pruner):
+    """A collapsed setting's high UDR part-way must not stop settings that end feasible: only feasible
+    trials compete. One infeasible trial at 0.9: a trial at 0.2 goes on; a feasible one at 0.5: it stops."""
+    params = parse_params(merged(RAW_PARAMS, search={**PRUNING, "pruner": pruner}))
+    study = optuna.create_study(direction="maximize", pruner=search.make_pruner(params))
+    beta = optuna.distributions.FloatDistribution(1.0, 8.0)
+
+    def finished(value: float, feasible: bool) -> None:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"beta": 2.0},
+                distributions={"beta": beta},
+                value=value,
+                intermediate_values={5: value},
+                user_attrs={"feasible": feasible},
+                system_attrs={"completed_rung_0": value},  # what successive halving recorded at step 5
+            )
+        )
+
+    def judged_at_step_5() -> bool:
+        trial = study.ask({"beta": beta})
+        trial.report(0.2, 5)
+        pruned = trial.should_prune()
+        study.tell(trial, state=TrialState.PRUNED if pruned else TrialState.FAIL)
+        return pruned
+
+    finished(0.9, feasible=False)
+    assert not judged_at_step_5()
+    if pruner == "hyperband":  # its brackets split the trials by number: judged in its own bracket or not
+        return
+    finished(0.5, feasible=True)
+    assert judged_at_step_5()

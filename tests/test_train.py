@@ -232,6 +232,35 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_an
     assert torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 15
 
 
+def test_training_in_segments_gives_the_weights_and_logs_of_one_go(data, tmp_path):
+    """Stopped at ¼ and ½ and resumed (what a pruning search does): bitwise the weights of one go.
+
+    checkpoint_every 7 puts no regular checkpoint on a segment's end, so the stops write their own.
+    """
+    cfg = tiny_cfg(steps=20, checkpoint_every=7, log_every=5)
+    setting = Setting("cbeta_vae", 300.0, 5.0)  # its capacity anneals over all 20 steps, segments or not
+    one_logs: list = []
+    one = train(data, cfg, setting, on_log=lambda m, s: one_logs.append((s, m)))
+
+    path, logs, steps = tmp_path / "segments.pt", [], []
+    for stop in (5, 10, None):
+        outcome = train(data, cfg, setting, checkpoint_path=path, stop_at=stop, on_log=lambda m, s: logs.append((s, m)))
+        steps.append((outcome.step, torch.load(path, weights_only=True)["step"]))
+        assert outcome.latents["mu"].shape == (len(data.probe), LATENT) and np.isfinite(outcome.metrics["test_rec"])
+
+    assert steps == [(5, 5), (10, 10), (20, 20)]
+    assert_same_weights(one.model.state_dict(), outcome.model.state_dict())
+    assert logs == one_logs  # one continuous history: the stops are multiples of log_every
+    np.testing.assert_array_equal(one.latents["mu"], outcome.latents["mu"])
+
+    # a run that already stands past `stop_at` (resumed after a kill) is handed back as it stands
+    assert train(data, cfg, setting, checkpoint_path=path, stop_at=5).step == 20
+    with pytest.raises(ValueError, match="pass a checkpoint_path"):
+        train(data, cfg, setting, stop_at=5)
+    with pytest.raises(ValueError, match=r"stop_at must be a step in 1\.\.20"):
+        train(data, cfg, setting, checkpoint_path=path, stop_at=21)
+
+
 @pytest.mark.parametrize("change", ["beta", "lr", "data_version"])
 def test_checkpoint_of_other_settings_is_ignored(data, tmp_path, caplog, change):
     path = tmp_path / "model.pt"

@@ -26,7 +26,9 @@ SIMILARITIES = ("lasso", "spearman")
 AGGREGATES = ("paper", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
+SELECTIONS = ("udr", "job")  # register.select: the champion by UDR alone, or for the grading job
 FUSE_MODES = ("auto", "always", "never")  # auto: a trial's seeds train as one fused model on CUDA
+PRUNERS = ("none", "median", "successive_halving", "hyperband")  # Optuna's, judging trials part-way (search.pruner)
 IMAGE_SIZES = (16, 32, 64, 128)
 WRONG_SIZE_POLICIES = ("resize", "reject")
 DCI_METHODS = ("gbt", "gbt_fast", "gbt_regressor", "lasso")  # gbt: the published classifier (evaluation/metrics.py)
@@ -137,6 +139,10 @@ class SearchConfig:
     heartbeat_interval: int = _rule(60, min=1)
     grace_period: int = _rule(180, min=2)
     max_retry: int = _rule(3, min=0)
+    pruner: str = _rule("none", choices=PRUNERS)  # stops settings that cannot win part-way; none: train every trial
+    prune_at: list = _rule(default_factory=lambda: [0.25, 0.5])  # fractions of train.steps where trials are judged
+    prune_startup_trials: int = _rule(1, min=0)  # median: complete trials before it prunes
+    reduction_factor: int = _rule(2, min=2)  # successive halving, Hyperband: 1 in this many trials goes on at a rung
     spaces: dict = _rule(default_factory=dict)
 
 
@@ -159,6 +165,7 @@ class RegisterConfig:
 
     model_name: str = _rule("tubervae-vae")
     udr_tolerance: float = _rule(0.05, min=0.0, max=1.0)
+    select: str = _rule("udr", choices=SELECTIONS)  # job: among the UDR ties, the best rule on the labels (CV)
 
 
 @dataclass(frozen=True)
@@ -257,6 +264,18 @@ def _range(where: str, value: Any, *, positive: bool) -> list:
     return [low, high]
 
 
+def _fractions(where: str, value: Any) -> list:
+    """Fractions strictly between 0 and 1, strictly increasing (the points where a search judges its trials)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of fractions of train.steps, e.g. [0.25, 0.5], got {value!r}")
+    fractions = [
+        _check_value(f"{where}[{i}]", v, float, {"open_min": 0.0, "open_max": 1.0}) for i, v in enumerate(value)
+    ]
+    if any(b <= a for a, b in zip(fractions, fractions[1:])):
+        raise ConfigError(f"{where}: the fractions must increase, got {fractions!r}")
+    return fractions
+
+
 def validate_space(family: str, space: SearchSpace, where: str) -> SearchSpace:
     """Check that a family's search space has exactly the hyperparameters the family uses."""
     beta = _range(f"{where}.beta", space.beta, positive=True)
@@ -300,7 +319,14 @@ def parse_params(raw: dict | None) -> Params:
             raise ConfigError(f"search.spaces: unknown family {family!r}; allowed: {list(FAMILIES)}")
         where = f"search.spaces.{family}"
         spaces[family] = validate_space(family, build(SearchSpace, space, where), where)
-    sections["search"] = dataclasses.replace(search, spaces=spaces)
+    sections["search"] = dataclasses.replace(
+        search, spaces=spaces, prune_at=_fractions("search.prune_at", search.prune_at)
+    )
+    if search.pruner != "none" and not search.prune_at:
+        raise ConfigError(
+            f"search.prune_at is empty, so search.pruner {search.pruner!r} has no point to judge trials at: "
+            "give fractions of train.steps (e.g. [0.25, 0.5]) or set search.pruner: none"
+        )
     if sections["udr"].n_partners and sections["udr"].n_partners > sections["search"].seeds - 1:
         raise ConfigError(
             f"udr.n_partners: {sections['udr'].n_partners} partners need at least {sections['udr'].n_partners + 1} "

@@ -44,6 +44,7 @@ from tubervae.training import (
     reconstruction_error,
     resolve_precision,
     save_checkpoint,
+    segment_end,
     select_device,
 )
 
@@ -222,8 +223,9 @@ def _segment(
     on_log: Callable[[int, dict, int], None] | None,
     on_snapshot: Callable[[int, VAE, int], None] | None,
     progress: bool,
+    end: int,
 ) -> None:
-    """Train members that stand at the same step together up to `cfg.steps`."""
+    """Train members that stand at the same step together up to step `end` (checkpointed there)."""
     stack = _Stack(members, cfg)
     enc = {k.removeprefix("encoder."): v for k, v in stack.params.items() if k.startswith("encoder.")}
     dec = {k.removeprefix("decoder."): v for k, v in stack.params.items() if k.startswith("decoder.")}
@@ -238,7 +240,7 @@ def _segment(
     step = members[0].step
     sums, count = [None] * len(groups), 0
     bar = tqdm(total=cfg.steps, initial=step, desc=f"{n} fused models", unit="step", disable=not progress, leave=False)
-    while step < cfg.steps:
+    while step < end:
         idx = torch.cat([torch.randint(len(data), (b,), generator=m.batches) for m in members])
         if device.type == "cuda":  # pinned: the copy does not wait for the GPU's queue to drain
             idx = idx.pin_memory().to(device, non_blocking=True)
@@ -266,7 +268,7 @@ def _segment(
         stack.adam.step()
         step += 1
         count += 1
-        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end:
             for k, (index, _, _) in enumerate(groups):
                 means = (sums[k] / count).cpu().numpy()
                 labels = names[k] + [f"kl_z{j}" for j in range(d)]
@@ -281,10 +283,10 @@ def _segment(
                             "Try a lower train.lr or a smaller β"
                         )
                     m.last = dict(zip(labels, (float(v) for v in row)))
-                    if on_log and (step % cfg.log_every == 0 or step == cfg.steps):
+                    if on_log and (step % cfg.log_every == 0 or step == end):
                         on_log(g, m.last, step)
             sums, count = [None] * len(groups), 0
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or step == end:
                 stack.write_back(members)
                 for m in members:
                     _checkpoint(m, device)
@@ -310,14 +312,18 @@ def train_fused(
     on_log: Callable[[int, dict, int], None] | None = None,
     on_snapshot: Callable[[int, VAE, int], None] | None = None,
     progress: bool = False,
+    stop_at: int | None = None,
 ) -> list[Outcome]:
     """Train every job as one fused model; the outcomes are in the jobs' order.
 
     `on_log(index, metrics, step)` and `on_snapshot(index, model, step)` receive what
-    `train_model`'s callbacks receive, per job.
+    `train_model`'s callbacks receive, per job. `stop_at` is `train_model`'s: train up to that step,
+    checkpoint every model there, and hand back the models as they stand (a model whose checkpoint is
+    already past it is not trained).
     """
     if not jobs:
         raise ValueError("train_fused needs at least one job")
+    end = segment_end(cfg, stop_at, resumable=all(job.checkpoint_path for job in jobs))
     keys = [(job.setting, job.seed) for job in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError("train_fused got the same (setting, seed) twice; each model trains once")
@@ -339,7 +345,7 @@ def train_fused(
     data = images_to_tensor(train_images, device)
     for start in sorted({m.step for m in members}):
         group = [m for m in members if m.step == start]
-        if start < cfg.steps:
+        if start < end:
             where = [i for i, m in enumerate(members) if m.step == start]  # the jobs' indices of the group
             _segment(
                 group,
@@ -349,6 +355,7 @@ def train_fused(
                 None if on_log is None else (lambda g, metrics, step, w=where: on_log(w[g], metrics, step)),
                 None if on_snapshot is None else (lambda g, model, step, w=where: on_snapshot(w[g], model, step)),
                 progress,
+                end,
             )
     outcomes = []
     for m in members:

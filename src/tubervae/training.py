@@ -230,6 +230,23 @@ def probe_latents(model: VAE, probe: np.ndarray, device: torch.device | None = N
     return {"mu": mu, "logvar": logvar, "kl": kl}
 
 
+def segment_end(cfg: TrainConfig, stop_at: int | None, *, resumable: bool) -> int:
+    """The step a training call stops at: `cfg.steps`, or `stop_at` for a segment that a later call resumes.
+
+    A segment that ends early is only worth training when the next one can resume it, from a checkpoint.
+    """
+    if stop_at is None:
+        return cfg.steps
+    if isinstance(stop_at, bool) or not isinstance(stop_at, int) or not 1 <= stop_at <= cfg.steps:
+        raise ValueError(f"stop_at must be a step in 1..{cfg.steps} (train.steps), got {stop_at!r}")
+    if stop_at < cfg.steps and not resumable:
+        raise ValueError(
+            f"stop_at {stop_at} ends a segment before train.steps {cfg.steps}, and only a checkpoint lets the next "
+            "segment resume there: pass a checkpoint_path (for fused training, one for every job)"
+        )
+    return stop_at
+
+
 def train_model(
     setting: Setting,
     seed: int,
@@ -243,8 +260,16 @@ def train_model(
     on_log: Callable[[dict, int], None] | None = None,
     on_snapshot: Callable[[VAE, int], None] | None = None,
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> Outcome:
-    """Train one VAE; resume from `checkpoint_path` when it holds a matching checkpoint."""
+    """Train one VAE; resume from `checkpoint_path` when it holds a matching checkpoint.
+
+    `stop_at` trains only up to that step (a segment, so a search can judge the run early): the
+    checkpoint is written there, the next call resumes exactly there, and training in segments gives
+    bitwise the weights of one go. The outcome is the model at the step reached, which is the
+    checkpoint's step when a resumed run already stands past `stop_at`.
+    """
+    end = segment_end(cfg, stop_at, resumable=bool(checkpoint_path))
     device = select_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -319,7 +344,7 @@ def train_model(
     )
     low_precision = resolve_precision(cfg.precision, device) == "bfloat16"
     model.train()
-    while step < cfg.steps:
+    while step < end:
         idx = torch.randint(len(data), (cfg.batch_size,), generator=batches).to(device)
         x = as_input(data[idx])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
@@ -344,7 +369,7 @@ def train_model(
             names = scalars + [f"kl_z{j}" for j in range(cfg.latent_dim)]
         sums = row if sums is None else sums + row
 
-        boundary = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps
+        boundary = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end
         if boundary:
             means = (sums / count).cpu().numpy()
             if not np.isfinite(means).all():
@@ -356,12 +381,12 @@ def train_model(
                     f"or a smaller β"
                 )
             last = dict(zip(names, (float(v) for v in means)))
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if step % cfg.log_every == 0 or step == end:  # a segment's end logs its partial window
                 if on_log:
                     on_log(last, step)
                 bar.set_postfix({k: f"{last[k]:.3g}" for k in scalars}, refresh=False)
             sums, count = None, 0
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or step == end:
                 checkpoint()
         if on_snapshot and cfg.snapshot_every and step % cfg.snapshot_every == 0 and step < cfg.steps:
             on_snapshot(model, step)

@@ -41,13 +41,19 @@ _PARENT_POLL_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class SeedJob:
-    """One model to train: a setting, a seed, and the MLflow run (a trial's) to nest it under."""
+    """One model to train: a setting, a seed, and the MLflow run (a trial's) to nest it under.
+
+    `stop_at` trains one segment only (`run_tracked`'s), and `run_id` is the seed's run that an
+    earlier segment left open, which this one continues.
+    """
 
     setting: Setting
     seed: int
     cfg: TrainConfig
     kl_threshold: float
     parent_id: str | None
+    stop_at: int | None = None
+    run_id: str | None = None
 
 
 class TrainingPool:
@@ -113,6 +119,8 @@ def _train(job: SeedJob) -> dict:
         data,
         kl_threshold=job.kl_threshold,
         parent_id=job.parent_id,
+        run_id=job.run_id,
         checkpoint_dir=_worker["checkpoint_dir"],
         progress=False,
+        stop_at=job.stop_at,
     )

@@ -4,6 +4,11 @@ Logs to MLflow what the thesis watches (§2.3.1–2.3.2): loss terms and the KL 
 component over training, latent traversals, per-component distributions and
 reconstructions (at the end and every `snapshot_every` steps), the probe latents that
 UDR compares, and the weights (layout: `tubervae.runs.tracker`).
+
+A run may train in segments (`stop_at`), so that a search can judge a setting part-way and
+stop it: each segment reopens the seed's one MLflow run, which stays RUNNING between segments
+(never FINISHED, so no half-trained run is ever reused as a finished one) and keeps one
+continuous metric history; the last segment finishes it as a one-go run would.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +77,65 @@ def find_finished_run(tracker: Tracker, key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def checkpoint_file(
+    checkpoint_dir: str | Path, setting: Setting, seed: int, cfg: TrainConfig, data: TrainingData
+) -> Path:
+    """Where the seed's checkpoint lives: named by its run key, so any run of the same training resumes it."""
+    return Path(checkpoint_dir) / f"{run_key(setting, seed, cfg, data)}.pt"
+
+
+@contextlib.contextmanager
+def tracked_run(
+    tracker: Tracker,
+    name: str,
+    *,
+    run_id: str | None = None,
+    parent_id: str | None = None,
+    tags: dict | None = None,
+    keep_open: bool = False,
+    killed_by: tuple[type[BaseException], ...] = (),
+) -> Iterator[str]:
+    """`Tracker.run` with the two endings a segmented search needs.
+
+    `keep_open`: a block that ends well leaves the run RUNNING, for the next segment to reopen (a
+    process that dies meanwhile leaves it to `Tracker.mark_stale_runs_killed`, as any run). An
+    exception of `killed_by` (a pruned trial) ends it KILLED, without an error tag: stopped on
+    purpose, not failed. Everything else ends as `Tracker.run` ends it (a plain block is `Tracker.run`).
+    """
+    if not keep_open and not killed_by:
+        with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags) as rid:
+            yield rid
+        return
+    if run_id is None:
+        run_id = tracker.create_run(name, parent_id=parent_id, tags=tags)
+    else:
+        tracker.client.update_run(run_id, status="RUNNING")
+        tracker.set_tags(run_id, {"host": socket.gethostname(), "pid": str(os.getpid()), **(tags or {})})
+    try:
+        yield run_id
+    except (KeyboardInterrupt, *killed_by):
+        end_run(tracker, run_id, "KILLED")
+        raise
+    except BaseException as exc:
+        tracker.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"[:4000]})
+        end_run(tracker, run_id, "FAILED")
+        raise
+    else:
+        if not keep_open:
+            end_run(tracker, run_id, "FINISHED")
+
+
+def end_run(tracker: Tracker, run_id: str, status: str, tags: dict | None = None) -> None:
+    """End a run with `status` (FINISHED, FAILED or KILLED), after setting `tags`."""
+    if tags:
+        tracker.set_tags(run_id, tags)
+    tracker.client.set_terminated(run_id, status=status)
+
+
+def run_status(tracker: Tracker, run_id: str) -> str:
+    return tracker.get_run(run_id).info.status
+
+
 @torch.no_grad()
 def figures(model, images: np.ndarray, *, kl_threshold: float, kl: np.ndarray | None = None) -> dict:
     """Traversal of the first probe image, its per-component distributions, reconstructions."""
@@ -102,15 +169,20 @@ def run_tracked(
     run_id: str | None = None,
     checkpoint_dir: str | Path = "checkpoints",
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> dict:
     """Train (or resume) one seed as an MLflow run; returns its run id and final metrics.
 
     `kl_threshold` (params `udr.kl_threshold`) decides which components count as
-    informative for the run's `n_active` metric and its pictures.
+    informative for the run's `n_active` metric and its pictures. With `stop_at` below
+    `cfg.steps` only that segment trains: the run (`run_id` when it continues one) stays
+    RUNNING, and the result holds the step reached and the probe latents there
+    (`latents`: mu, kl), which the search scores.
     """
     key = run_key(setting, seed, cfg, data)
-    checkpoint_path = Path(checkpoint_dir) / f"{key}.pt"
-    with _seed_run(tracker, setting, seed, cfg, data, key, run_id=run_id, parent_id=parent_id) as rid:
+    checkpoint_path = checkpoint_file(checkpoint_dir, setting, seed, cfg, data)
+    final = stop_at is None or stop_at >= cfg.steps
+    with _seed_run(tracker, setting, seed, cfg, data, key, run_id=run_id, parent_id=parent_id, final=final) as rid:
 
         def on_log(metrics: dict, step: int) -> None:
             tracker.log_metrics(rid, metrics, step)
@@ -131,11 +203,14 @@ def run_tracked(
                 on_log=on_log,
                 on_snapshot=on_snapshot,
                 progress=progress,
+                stop_at=None if final else stop_at,
             )
         except NonFiniteLossError as exc:
             tracker.set_tags(rid, {"failure": "non-finite loss"})
             log.error("%s", exc)
             raise
+        if not final:
+            return {"run_id": rid, **_log_progress(tracker, rid, outcome, kl_threshold)}
         metrics = _log_outcome(tracker, rid, outcome, setting, seed, cfg, data, kl_threshold)
     # The model is in MLflow and its run FINISHED: the resume point has served its purpose.
     if not cfg.keep_checkpoints:
@@ -153,18 +228,25 @@ def run_tracked_fused(
     kl_threshold: float,
     parent_id: str | None = None,
     checkpoint_dir: str | Path = "checkpoints",
+    stop_at: int | None = None,
+    run_ids: list[str | None] | None = None,
 ) -> list[dict]:
     """`run_tracked` for several seeds of one setting trained as one fused model (`tubervae.fused`).
 
     Each seed keeps its own MLflow run, checkpoint, metrics and artifacts, exactly as `run_tracked`
     writes them; a failure marks every seed's run FAILED and their checkpoints stay for the resume.
+    `stop_at` and `run_ids` (one per seed, None for a new run) are `run_tracked`'s `stop_at` and `run_id`.
     """
     keys = [run_key(setting, seed, cfg, data) for seed in seeds]
-    paths = [Path(checkpoint_dir) / f"{key}.pt" for key in keys]
+    paths = [checkpoint_file(checkpoint_dir, setting, seed, cfg, data) for seed in seeds]
+    final = stop_at is None or stop_at >= cfg.steps
+    run_ids = run_ids or [None] * len(seeds)
     with contextlib.ExitStack() as stack:
         rids = [
-            stack.enter_context(_seed_run(tracker, setting, seed, cfg, data, key, parent_id=parent_id))
-            for seed, key in zip(seeds, keys)
+            stack.enter_context(
+                _seed_run(tracker, setting, seed, cfg, data, key, run_id=rid, parent_id=parent_id, final=final)
+            )
+            for seed, key, rid in zip(seeds, keys, run_ids)
         ]
         try:
             outcomes = train_fused(
@@ -176,12 +258,17 @@ def run_tracked_fused(
                 data_version=data.data_version,
                 on_log=lambda i, metrics, step: tracker.log_metrics(rids[i], metrics, step),
                 on_snapshot=lambda i, model, step: _log_snapshot(tracker, rids[i], model, step, data, kl_threshold),
+                stop_at=None if final else stop_at,
             )
         except NonFiniteLossError as exc:
             for rid in rids:
                 tracker.set_tags(rid, {"failure": "non-finite loss"})
             log.error("%s", exc)
             raise
+        if not final:
+            return [
+                {"run_id": rid, **_log_progress(tracker, rid, out, kl_threshold)} for rid, out in zip(rids, outcomes)
+            ]
         results = [
             {"run_id": rid, **_log_outcome(tracker, rid, outcome, setting, seed, cfg, data, kl_threshold)}
             for rid, outcome, seed in zip(rids, outcomes, seeds)
@@ -193,11 +280,11 @@ def run_tracked_fused(
 
 
 @contextlib.contextmanager
-def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=None):
-    """The MLflow run of one seed, with its tags and parameters."""
+def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=None, final=True):
+    """The MLflow run of one seed, with its tags and parameters; left RUNNING after a segment that is not `final`."""
     tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
     name = f"{setting.family} {setting.label} seed {seed}"
-    with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags) as rid:
+    with tracked_run(tracker, name, run_id=run_id, parent_id=parent_id, tags=tags, keep_open=not final) as rid:
         tracker.log_params(
             rid,
             {
@@ -219,6 +306,14 @@ def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=
 def _log_snapshot(tracker, rid, model, step, data, kl_threshold) -> None:
     for fname, fig in figures(model, data.probe, kl_threshold=kl_threshold).items():
         tracker.log_figure(rid, fig, f"snapshots/step_{step:07d}/{fname}")
+
+
+def _log_progress(tracker, rid, outcome: Outcome, kl_threshold) -> dict:
+    """A segment's end: `n_active` and `test_rec` in the run's history at its step; the probe latents for the search."""
+    kl = outcome.latents["kl"]
+    metrics = {"n_active": int(informative_mask(kl, kl_threshold).sum()), "test_rec": outcome.metrics["test_rec"]}
+    tracker.log_metrics(rid, metrics, outcome.step)
+    return {**metrics, "step": outcome.step, "latents": {"mu": outcome.latents["mu"], "kl": kl}}
 
 
 def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_threshold) -> dict:

@@ -19,6 +19,7 @@ thesis's rule.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -51,12 +52,64 @@ def load_champion(tracker: Tracker, name: str):
     return version, tracker.load_registered(name, CHAMPION).unwrap_python_model()
 
 
+def champions_side_by_side(
+    tracker: Tracker, champion_path, served: str, served_scores: dict, params: Params, data: tuple, majority_bad: bool
+) -> pd.DataFrame | None:
+    """Test balanced accuracy of the champion by UDR and of the champion for the job (register.select), one row each.
+
+    The served champion's figures are those computed above; the other's rules are fitted the same way on the same
+    labels. None when champion.json names only one champion (no labelled photos at register time).
+    """
+    path = Path(champion_path)
+    champions = json.loads(path.read_text()).get("champions", {}) if path.exists() else {}
+    if "job" not in champions:
+        return None
+    x_lab, y_lab, x_test, y_test = data
+    rows = []
+    for selection in ("udr", "job"):
+        entry = champions[selection]
+        if entry["run_id"] == served:
+            scores = served_scores
+        else:
+            vae, _ = tracker.load_vae(entry["run_id"])
+            (z_lab, _), (z_test, _) = encode(vae, x_lab), encode(vae, x_test)
+            kl = tracker.latents(entry["run_id"])["kl"]
+            informative = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or None
+            rules = {
+                "threshold": clf.fit_threshold_rule(z_lab, y_lab),
+                "any_rule": clf.fit_any_of_rule(
+                    z_lab,
+                    y_lab,
+                    components=informative,
+                    max_rules=params.classify.max_rules,
+                    n_folds=params.classify.cv_folds,
+                    random_state=params.classify.seed,
+                ),
+            }
+            scores = {
+                name: clf.binary_metrics(y_test, r.predict(z_test), r.score(z_test), majority_label=majority_bad)
+                for name, r in rules.items()
+            }
+        rows.append(
+            {
+                "selection": selection,
+                "served": entry["run_id"] == served,
+                **{k: entry[k] for k in ("run_id", "family", "setting", "seed", "udr_within")},
+                "rule_cv_balanced_accuracy": entry.get("rule_cv_balanced_accuracy", float("nan")),
+                "threshold_test_balanced_accuracy": scores["threshold"]["balanced_accuracy"],
+                "any_rule_test_balanced_accuracy": scores["any_rule"]["balanced_accuracy"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def run(
     params: Params,
     *,
     root: str | Path = ".",
     processed_dir: str | Path = "data/processed",
     out_dir: str | Path = "reports/classify",
+    champion_path: str | Path = "reports/register/champion.json",
     metrics_path: str | Path | None = None,
     run_id: str | None = None,
 ) -> dict:
@@ -199,6 +252,19 @@ def run(
         },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    served = metrics["champion"]["run_id"]
+    side_by_side = champions_side_by_side(
+        tracker,
+        champion_path,
+        served,
+        {"threshold": threshold_metrics, "any_rule": any_rule_metrics},
+        params,
+        (x_lab, y_lab, x_test, y_test),
+        majority_bad,
+    )
+    if side_by_side is not None:
+        write_csv(out_dir / "champions.csv", side_by_side)
+        metrics["champions"] = side_by_side.to_dict("records")
     write_json(out_dir / "metrics.json", metrics)
     numbers = headline_metrics(threshold_metrics, any_rule_metrics, alternatives, n_rules=len(any_rule.rules))
     write_json(metrics_path, numbers)

@@ -9,6 +9,13 @@ Policy (thesis §2.3.4 and §4.2.3):
    a collapsed model has lost (small black spots go first); then the higher UDR.
 4. Within the chosen setting, the seed with the highest UDR (then more components).
 
+`register.select: job` chooses for the grading job instead, as the thesis does by eye: among
+the feasible settings within the tolerance of the best UDR (step 3's ties), each setting's best
+seed is scored by the cross-validated balanced accuracy of the multi-defect rule
+(`tubervae.classify.any_rule`) on the labelled photos alone; the best score wins (ties: the UDR
+policy's order). No test photo is touched. Both champions are written to champion.json
+either way, so the classify stage reports them side by side.
+
 The champion becomes a new version of `tubervae-vae` with alias `champion`: the MLflow
 model `vae` that its training run logged (a pyfunc `VaeModel` with its signature and input
 example), so the version links to the run that trained it, with its params and metrics. A
@@ -22,18 +29,27 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from tubervae.classify.any_rule import fit_any_of_rule
 from tubervae.config import Params
-from tubervae.data.processed import load_meta
+from tubervae.data.processed import load_meta, load_split
+from tubervae.evaluation.udr import informative_mask
 from tubervae.io import write_json
 from tubervae.runs.tracker import CHAMPION, Tracker
+from tubervae.training import encode
 
 log = logging.getLogger(__name__)
 
 
 def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
     """The champion row of reports/udr/models.csv under the policy above."""
+    return udr_candidates(models, udr_tolerance).iloc[0]
+
+
+def udr_candidates(models: pd.DataFrame, udr_tolerance: float) -> pd.DataFrame:
+    """The best seed of every feasible setting within `udr_tolerance` of the best UDR, in the UDR policy's order."""
     needed = {"run_id", "family", "beta", "c_max", "setting", "seed", "n_active", "udr_within", "feasible"}
     missing = needed - set(models.columns)
     if missing:
@@ -49,13 +65,41 @@ def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
         .agg(udr=("udr_within", "median"), n_top=("n_active", "median"))
         .reset_index()
     )
-    best = settings.udr.max()
-    close = settings[settings.udr >= best - udr_tolerance]
-    chosen = close.sort_values(["n_top", "udr"], ascending=False).iloc[0]
-    members = feasible[
-        (feasible.family == chosen.family) & (feasible.beta == chosen.beta) & (feasible.c_max == chosen.c_max)
-    ]
-    return members.sort_values(["udr_within", "n_active"], ascending=False).iloc[0]
+    return _best_seeds(feasible, settings, udr_tolerance)
+
+
+def _best_seeds(feasible: pd.DataFrame, settings: pd.DataFrame, udr_tolerance: float) -> pd.DataFrame:
+    close = settings[settings.udr >= settings.udr.max() - udr_tolerance]
+    rows = []
+    for _, chosen in close.sort_values(["n_top", "udr"], ascending=False).iterrows():
+        members = feasible[
+            (feasible.family == chosen.family) & (feasible.beta == chosen.beta) & (feasible.c_max == chosen.c_max)
+        ]
+        rows.append(members.sort_values(["udr_within", "n_active"], ascending=False).iloc[0])
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def rule_cv_score(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> float:
+    """Cross-validated balanced accuracy of the multi-defect rule on the run's latents of the labelled photos."""
+    vae, _ = tracker.load_vae(run_id)
+    z, _ = encode(vae, labelled["images"])
+    kl = tracker.latents(run_id)["kl"]
+    informative = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or None
+    rule = fit_any_of_rule(
+        z,
+        labelled["labels"] == 1,
+        components=informative,
+        max_rules=params.classify.max_rules,
+        n_folds=params.classify.cv_folds,
+        random_state=params.classify.seed,
+    )
+    return float(max(rule.cv_balanced_accuracy)) if rule.cv_balanced_accuracy else float(rule.train_balanced_accuracy)
+
+
+def choose_for_the_job(tracker: Tracker, candidates: pd.DataFrame, labelled: dict, params: Params) -> pd.DataFrame:
+    """`candidates` with their `rule_cv` score, best for the job first (ties keep the UDR policy's order)."""
+    scored = candidates.assign(rule_cv=[rule_cv_score(tracker, r, labelled, params) for r in candidates.run_id])
+    return scored.sort_values("rule_cv", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def run(
@@ -72,10 +116,21 @@ def run(
     if not models_path.exists():
         raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
     models = pd.read_csv(models_path, dtype={"setting": str})
-    champion = choose_champion(models, cfg.udr_tolerance)
+    by_udr = choose_champion(models, cfg.udr_tolerance)
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     meta = load_meta(processed_dir)
+    labelled = load_split("labelled", processed_dir)
+    has_labels = bool((labelled["labels"] == 1).any() and (labelled["labels"] == 0).any())
+    if cfg.select == "job" and not has_labels:
+        raise RuntimeError(
+            "register.select is 'job' but the labelled split lacks good or bad photos: add labelled photos "
+            "or set register.select: udr"
+        )
+    job = (
+        choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
+    )
+    champion = job.iloc[0] if cfg.select == "job" else by_udr
     with tracker.run("register", run_id=run_id, tags={"kind": "register", "source_run_id": champion.run_id}) as rid:
         version = promote(tracker, cfg.model_name, champion, meta)
         summary = {
@@ -90,13 +145,39 @@ def run(
             "n_active": int(champion.n_active),
             "data_version": version.tags.get("data_version", meta["data_version"]),
             "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
-            f"informative components",
+            f"informative components"
+            + (
+                "; then the best cross-validated multi-defect rule on the labelled photos"
+                if cfg.select == "job"
+                else ""
+            ),
+            "select": cfg.select,
+            "champions": {
+                "udr": _describe(_scored(by_udr, job)),
+                **({"job": _describe(job.iloc[0]), "job_candidates": len(job)} if job is not None else {}),
+            },
         }
         write_json(out_path, summary)
         headline = {"version": summary["version"], "udr_within": summary["udr_within"], "n_active": summary["n_active"]}
         tracker.log_metrics(rid, headline)
         tracker.log_artifacts(rid, Path(out_path).parent, "register")
     return summary
+
+
+def _scored(row: pd.Series, scored: pd.DataFrame | None) -> pd.Series:
+    """`row` with its rule score when the job's candidates scored it (the UDR champion always is one)."""
+    if scored is None or not (scored.run_id == row.run_id).any():
+        return row
+    return scored[scored.run_id == row.run_id].iloc[0]
+
+
+def _describe(row: pd.Series) -> dict:
+    """What champion.json says of one champion (the classify stage reads run_id)."""
+    out = {"run_id": row.run_id, "family": row.family, "setting": str(row.setting), "seed": int(row.seed)}
+    out["udr_within"] = float(row.udr_within)
+    if "rule_cv" in row:
+        out["rule_cv_balanced_accuracy"] = float(row.rule_cv)
+    return out
 
 
 def promote(tracker: Tracker, name: str, champion: pd.Series, meta: dict):

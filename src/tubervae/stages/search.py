@@ -17,10 +17,19 @@ study's user attributes list those settings, and its objective is named "udr"
 (optuna-dashboard sqlite:///optuna.db shows both). A study named before the readable part
 (`beta_vae-32f9c81004`) is resumed under its old name.
 
+Pruning (`search.pruner`, off by default): the seeds of a trial train segment by segment,
+are scored part-way at `search.prune_at` × `train.steps` exactly as at the end, and a
+trial that Optuna's pruner gives up on (judged against feasible trials only), or whose
+median informative components fall below `min_active` where a complete trial had them
+open, ends PRUNED (its MLflow runs KILLED, tagged `optuna_state=PRUNED`). A pruned trial
+counts towards `n_trials` as a complete one does and never wins; a trial that is not
+pruned scores exactly what it would without pruning, so the pruner is not part of the
+fingerprint.
+
 Several workers may share one study (a PostgreSQL URL for several machines): a worker
-starts a trial only while complete + running trials fall short of `n_trials` and
-otherwise waits for the others, so the study ends with exactly `n_trials` complete
-trials. The sampler's state is not stored, so each trial seeds it from its own number:
+starts a trial only while finished (complete or pruned) + running trials fall short of
+`n_trials` and otherwise waits for the others, so the study ends with exactly `n_trials`
+finished trials. The sampler's state is not stored, so each trial seeds it from its own number:
 a resumed study does not repeat its first suggestions, and two workers never share a seed.
 """
 
@@ -49,18 +58,22 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from tubervae import plots
-from tubervae.config import Params, SearchSpace, worker_count
+from tubervae.config import Params, SearchSpace, UdrConfig, worker_count
 from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_csv, write_json
 from tubervae.runs.pool import SeedJob, TrainingPool
 from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import (
     TrainingData,
+    checkpoint_file,
+    end_run,
     find_finished_run,
     load_training_data,
     run_key,
+    run_status,
     run_tracked,
     run_tracked_fused,
+    tracked_run,
 )
 from tubervae.training import Setting, select_device, weight_identity
 
@@ -130,15 +143,18 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 
     The copy must not carry the dead worker's host and pid (another worker on that host
     would take the retry for the dead trial), its MLflow run ids and scores, its failure
-    reason, or a constraint value (Optuna keeps the first one set and would ignore the
-    retry's own).
+    reason, a constraint value (Optuna keeps the first one set and would ignore the
+    retry's own), or the rungs successive halving recorded for it (the retry would start
+    judged at a later rung than the steps it reports).
     """
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         clean = copy.deepcopy(trial)
         clean.user_attrs = {}
         clean.system_attrs = {
-            k: v for k, v in clean.system_attrs.items() if k != "fail_reason" and not k.startswith("constraints")
+            k: v
+            for k, v in clean.system_attrs.items()
+            if k != "fail_reason" and not k.startswith(("constraints", "completed_rung_"))
         }
         super().__call__(study, clean)
 
@@ -258,8 +274,146 @@ def enqueue_grid(study: optuna.Study, space: SearchSpace) -> None:
         study.enqueue_trial(dict(point), skip_if_exists=True)
 
 
+def prune_steps(params: Params) -> list[int]:
+    """The training steps where a trial is judged (`search.prune_at` × `train.steps`); none without a pruner."""
+    if params.search.pruner == "none":
+        return []
+    steps = params.train.steps
+    return sorted({s for s in (round(f * steps) for f in params.search.prune_at) if 1 <= s < steps})
+
+
+def make_pruner(params: Params) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for `search.pruner`, with its rungs on the judging steps, judging against feasible trials.
+
+    Successive halving and Hyperband start at the first judging step and let one trial in
+    `search.reduction_factor` go on at each rung (rungs at first step × factor^k: with the
+    default [0.25, 0.5] and factor 2, at ¼ and ½ of training). The median pruner stops a trial
+    whose UDR falls below the median of the complete trials at the same step, once
+    `search.prune_startup_trials` trials are complete. Either way only feasible trials compete
+    (`FeasibleCompetitors`).
+    """
+    search, stops = params.search, prune_steps(params)
+    if not stops:
+        return optuna.pruners.NopPruner()
+    if search.pruner == "median":
+        inner = optuna.pruners.MedianPruner(n_startup_trials=search.prune_startup_trials, n_warmup_steps=0)
+    elif search.pruner == "successive_halving":
+        inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=stops[0], reduction_factor=search.reduction_factor)
+    else:
+        inner = _FeasibleHyperband(
+            min_resource=stops[0], max_resource=params.train.steps, reduction_factor=search.reduction_factor
+        )
+    return FeasibleCompetitors(inner)
+
+
+class FeasibleView:
+    """A study as a pruner should see it: trials known to be infeasible are no competition.
+
+    UDR rewards collapsed models, so a setting that ends infeasible (below `search.min_active`)
+    often leads part-way; measured in `benchmarks/bench_pruning.py`, the median pruner then
+    stopped every setting that would have ended feasible. Hidden: complete trials that ended
+    infeasible, and trials pruned as infeasible. Everything else is the study's.
+    """
+
+    def __init__(self, study: optuna.Study):
+        self._viewed = study
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        return [t for t in self._viewed.get_trials(deepcopy=deepcopy, states=states) if not _known_infeasible(t)]
+
+    def __getattr__(self, name: str):
+        return getattr(self._viewed, name)
+
+
+def _known_infeasible(trial: FrozenTrial) -> bool:
+    if trial.state == TrialState.COMPLETE:
+        return trial.user_attrs.get("feasible") is False
+    return trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("pruned_infeasible"))
+
+
+class FeasibleCompetitors(optuna.pruners.BasePruner):
+    """Optuna's `pruner`, shown the study through `FeasibleView`."""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner):
+        self.pruner = pruner
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return self.pruner.prune(FeasibleView(study), trial)
+
+
+class _FeasibleHyperband(optuna.pruners.HyperbandPruner):
+    """Hyperband whose brackets are seen through `FeasibleView` too (it builds them from the study's storage)."""
+
+    def _create_bracket_study(self, study, bracket_id):
+        return FeasibleView(super()._create_bracket_study(study, bracket_id))
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedScores:
+    """A setting's seeds scored as the objective scores them: per-seed UDR (NaN as 0) and informative components."""
+
+    udr: np.ndarray
+    n_informative: np.ndarray
+
+    @property
+    def value(self) -> float:
+        """The objective: the median UDR over the seeds."""
+        return float(np.median(self.udr))
+
+    @property
+    def n_active(self) -> float:
+        """The median number of informative components, which `search.min_active` bounds."""
+        return float(np.median(self.n_informative))
+
+
+def score_seeds(latents: list[dict], udr: UdrConfig) -> SeedScores:
+    """Within-setting UDR of the seeds' probe latents (dicts with `mu` and `kl`): one rule, part-way and at the end."""
+    result = udr_scores(
+        [z["mu"] for z in latents],
+        [z["kl"] for z in latents],
+        n_partners=udr.n_partners or None,
+        partner_seed=udr.partner_seed,
+        similarity=udr.similarity,
+        aggregate=udr.aggregate,
+        kl_threshold=udr.kl_threshold,
+        lasso_alpha=udr.lasso_alpha,
+    )
+    return SeedScores(np.nan_to_num(result.scores, nan=0.0), np.asarray(result.n_informative))
+
+
+def components_open_at(study: optuna.Study, step: int, min_active: int) -> bool:
+    """Whether a complete trial of the study had `min_active` informative components at `step`.
+
+    Early in training every setting looks collapsed: the KL of all components first falls
+    to nothing, and they open later (at 16×16, lr 1e-3: after 40–150 steps, the later the
+    larger β). Until a complete trial shows that components are open at a judging step,
+    too few of them there says nothing about the end, and `search.min_active` prunes nothing.
+    """
+    return any(
+        t.user_attrs.get("n_active_at", {}).get(str(step), 0) >= min_active
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    )
+
+
+class Pruned(optuna.TrialPruned):
+    """A trial stopped part-way (Optuna records it PRUNED): the training step and the reason."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(reason)
+        self.step, self.reason = step, reason
+
+
 class Objective:
-    """Train one setting on every seed, score it with within-setting UDR."""
+    """Train one setting on every seed, score it with within-setting UDR.
+
+    With a pruner the seeds train segment by segment (`prune_steps`); after each intermediate
+    segment the seeds' probe latents are scored exactly as at the end, the value is reported to
+    Optuna (and logged on the trial's run at that step), and the trial is pruned when the pruner
+    says so or when its median informative components fall below `search.min_active` where a
+    complete trial had them open (`components_open_at`). A pruned
+    trial's run and its seeds' runs end KILLED, tagged `optuna_state=PRUNED` and `pruned_at_step`,
+    and the seeds' checkpoints go unless `train.keep_checkpoints`.
+    """
 
     def __init__(
         self,
@@ -277,12 +431,15 @@ class Objective:
         self.space = params.search.spaces[family]
         self.study_run_id, self.checkpoint_dir, self.progress = study_run_id, checkpoint_dir, progress
         self.pool = pool
+        self.stops = prune_steps(params)
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         try:
             return self._evaluate(trial)
+        except optuna.TrialPruned:
+            raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
             raise
@@ -297,8 +454,9 @@ class Objective:
             "optuna_study": trial.study.study_name,
             "optuna_trial": trial.number,
         }
-        with self.tracker.run(
-            f"trial {trial.number} {self.family} {setting.label}", parent_id=self.study_run_id, tags=tags
+        name = f"trial {trial.number} {self.family} {setting.label}"
+        with tracked_run(
+            self.tracker, name, parent_id=self.study_run_id, tags=tags, killed_by=(optuna.TrialPruned,)
         ) as parent:
             trial.set_user_attr("mlflow_run_id", parent)
             self.tracker.log_params(
@@ -312,24 +470,13 @@ class Objective:
                     "similarity": udr.similarity,
                     "aggregate": udr.aggregate,
                     "optuna_trial": trial.number,
+                    "pruner": search.pruner,
                 },
             )
-            seed_runs = self._train_seeds(setting, parent)
-            latents = [self.tracker.latents(run_id) for run_id in seed_runs]
+            seed_runs = self._train_seeds(trial, setting, parent)
             trial.set_user_attr("seed_run_ids", seed_runs)
-            result = udr_scores(
-                [z["mu"] for z in latents],
-                [z["kl"] for z in latents],
-                n_partners=udr.n_partners or None,
-                partner_seed=udr.partner_seed,
-                similarity=udr.similarity,
-                aggregate=udr.aggregate,
-                kl_threshold=udr.kl_threshold,
-                lasso_alpha=udr.lasso_alpha,
-            )
-            scores = np.nan_to_num(result.scores, nan=0.0)
-            value = float(np.median(scores))
-            n_active = float(np.median(result.n_informative))
+            score = score_seeds([self.tracker.latents(run_id) for run_id in seed_runs], udr)
+            value, n_active = score.value, score.n_active
             feasible = n_active >= search.min_active
             reason = (
                 ""
@@ -337,8 +484,8 @@ class Objective:
                 else (f"median informative components {n_active:g} below search.min_active {search.min_active}")
             )
             trial.set_user_attr("beta_norm", setting.normalised_beta(cfg.latent_dim, int(self.data.train.shape[1])))
-            trial.set_user_attr("udr_per_seed", [float(s) for s in scores])
-            trial.set_user_attr("n_active_per_seed", [int(n) for n in result.n_informative])
+            trial.set_user_attr("udr_per_seed", [float(s) for s in score.udr])
+            trial.set_user_attr("n_active_per_seed", [int(n) for n in score.n_informative])
             trial.set_user_attr("n_active", n_active)
             trial.set_user_attr("feasible", feasible)
             trial.set_user_attr("infeasible_reason", reason)
@@ -349,65 +496,166 @@ class Objective:
                     "udr": value,
                     "n_active": n_active,
                     "feasible": float(feasible),
-                    **{f"udr_seed_{i}": s for i, s in enumerate(scores)},
+                    **{f"udr_seed_{i}": s for i, s in enumerate(score.udr)},
                 },
+                cfg.steps,  # after any intermediate udr, so the run's latest udr is the objective
             )
             self.tracker.set_tags(
                 parent, {"feasible": feasible, "infeasible_reason": reason, "seed_run_ids": ",".join(seed_runs)}
             )
         return value
 
-    def _train_seeds(self, setting: Setting, parent: str) -> list[str]:
-        """Run ids of the setting's seeds: finished runs are reused, the rest trained (in the pool if any)."""
-        cfg, udr = self.params.train, self.params.udr
+    def _train_seeds(self, trial: optuna.Trial, setting: Setting, parent: str) -> list[str]:
+        """Run ids of the setting's seeds: finished runs are reused, the rest trained, segment by segment
+        with a pruner (in the pool if any, fused, or here), each seed in one MLflow run throughout."""
+        cfg = self.params.train
         runs: dict[int, str] = {}
-        jobs = []
+        todo = []
         for seed in range(self.params.search.seeds):
             reused = find_finished_run(self.tracker, run_key(setting, seed, cfg, self.data))
             if reused:
                 log.info("seed %d of %s %s: reusing finished run %s", seed, self.family, setting.label, reused)
                 runs[seed] = reused
             else:
-                jobs.append(SeedJob(setting, seed, cfg, udr.kl_threshold, parent))
-        if jobs and fuse_seeds(cfg):
-            results = run_tracked_fused(
+                todo.append(seed)
+        if not todo:
+            return [runs[seed] for seed in sorted(runs)]
+        open_runs: dict[int, str] = {}  # seed → its run, left RUNNING by the last intermediate segment
+        try:
+            # A reused seed is judged by its final latents: it stands past every judging step.
+            finished = {seed: self.tracker.latents(run_id) for seed, run_id in runs.items()} if self.stops else {}
+            for stop in self.stops:
+                results = self._train_segment(setting, todo, parent, stop, open_runs)
+                latents = {**finished, **{seed: result["latents"] for seed, result in results.items()}}
+                self._judge(trial, parent, stop, [latents[seed] for seed in sorted(latents)])
+            results = self._train_segment(setting, todo, parent, None, open_runs)
+        except Pruned as pruned:
+            self._end_pruned(trial, setting, parent, todo, {**runs, **open_runs}, open_runs, pruned)
+            raise
+        except BaseException:
+            self._end_open_runs(open_runs, {"stopped": "its trial failed or was interrupted"})
+            raise
+        runs.update({seed: result["run_id"] for seed, result in results.items()})
+        return [runs[seed] for seed in sorted(runs)]
+
+    def _train_segment(
+        self, setting: Setting, seeds: list[int], parent: str, stop: int | None, open_runs: dict[int, str]
+    ) -> dict[int, dict]:
+        """Train `seeds` up to step `stop` (None: to the end), continuing the runs in `open_runs`; their results.
+
+        Every seed that ends this segment well is put in `open_runs` before an error of another is
+        raised, so no run that the segment left RUNNING is forgotten.
+        """
+        cfg, kl_threshold = self.params.train, self.params.udr.kl_threshold
+        final = stop is None
+        results: dict[int, dict] = {}
+
+        def done(seed: int, result: dict) -> None:
+            results[seed] = result
+            if final:
+                open_runs.pop(seed, None)
+            else:
+                open_runs[seed] = result["run_id"]
+
+        if fuse_seeds(cfg):
+            fused = run_tracked_fused(
                 self.tracker,
                 setting,
-                [job.seed for job in jobs],
+                seeds,
                 cfg,
                 self.data,
-                kl_threshold=udr.kl_threshold,
+                kl_threshold=kl_threshold,
                 parent_id=parent,
                 checkpoint_dir=self.checkpoint_dir,
+                stop_at=stop,
+                run_ids=[open_runs.get(seed) for seed in seeds],
             )
-            runs.update({job.seed: result["run_id"] for job, result in zip(jobs, results)})
+            for seed, result in zip(seeds, fused):
+                done(seed, result)
         elif self.pool is None:
-            for job in jobs:
-                runs[job.seed] = run_tracked(
+            for seed in seeds:
+                result = run_tracked(
                     self.tracker,
-                    job.setting,
-                    job.seed,
+                    setting,
+                    seed,
                     cfg,
                     self.data,
                     parent_id=parent,
-                    kl_threshold=job.kl_threshold,
+                    run_id=open_runs.get(seed),
+                    kl_threshold=kl_threshold,
                     checkpoint_dir=self.checkpoint_dir,
                     progress=self.progress,
-                )["run_id"]
+                    stop_at=stop,
+                )
+                done(seed, result)
         else:
+            jobs = [SeedJob(setting, seed, cfg, kl_threshold, parent, stop, open_runs.get(seed)) for seed in seeds]
             futures = {job.seed: self.pool.submit(job) for job in jobs}
             errors = []
             for seed, future in futures.items():  # wait for every seed: none may outlive its trial's run
                 try:
-                    runs[seed] = future.result()["run_id"]
+                    done(seed, future.result())
                 except Exception as exc:
                     errors.append(exc)
             if errors:
                 raise errors[0]
-        return [runs[seed] for seed in sorted(runs)]
+        return results
+
+    def _judge(self, trial: optuna.Trial, parent: str, step: int, latents: list[dict]) -> None:
+        """Score the seeds part-way, report to Optuna, and raise `Pruned` when the trial should stop."""
+        search = self.params.search
+        score = score_seeds(latents, self.params.udr)
+        trial.report(score.value, step)
+        trial.set_user_attr("n_active_at", {**trial.user_attrs.get("n_active_at", {}), str(step): score.n_active})
+        self.tracker.log_metrics(parent, {"udr": score.value, "n_active": score.n_active}, step)
+        pruner_says = trial.should_prune()  # always asked: successive halving records its rungs when asked
+        if score.n_active < search.min_active and components_open_at(trial.study, step, search.min_active):
+            trial.set_user_attr("pruned_infeasible", True)
+            raise Pruned(
+                step,
+                f"median informative components {score.n_active:g} at step {step} below search.min_active "
+                f"{search.min_active}",
+            )
+        if pruner_says:
+            raise Pruned(step, f"{search.pruner} pruner: median UDR {score.value:.4g} at step {step}")
+
+    def _end_pruned(
+        self,
+        trial: optuna.Trial,
+        setting: Setting,
+        parent: str,
+        trained: list[int],
+        seed_runs: dict[int, str],
+        open_runs: dict[int, str],
+        pruned: Pruned,
+    ) -> None:
+        """Record the pruning on the trial and its runs, end the trained seeds' runs KILLED, remove their
+        checkpoints (a setting that cannot win is not resumed)."""
+        tags = {"optuna_state": "PRUNED", "pruned_at_step": pruned.step}
+        trial.set_user_attr("pruned_at_step", pruned.step)
+        trial.set_user_attr("pruned_reason", pruned.reason)
+        trial.set_user_attr("seed_run_ids", [seed_runs[seed] for seed in sorted(seed_runs)])
+        self.tracker.set_tags(
+            parent, {**tags, "pruned_reason": pruned.reason, "seed_run_ids": ",".join(seed_runs.values())}
+        )
+        self._end_open_runs(open_runs, tags)
+        if not self.params.train.keep_checkpoints:
+            for seed in trained:
+                checkpoint_file(self.checkpoint_dir, setting, seed, self.params.train, self.data).unlink(
+                    missing_ok=True
+                )
+        log.info("trial %d pruned: %s", trial.number, pruned)
+
+    def _end_open_runs(self, open_runs: dict[int, str], tags: dict) -> None:
+        """End KILLED, with `tags`, the seed runs an intermediate segment left RUNNING (not those that failed since)."""
+        for run_id in open_runs.values():
+            if run_status(self.tracker, run_id) == "RUNNING":
+                end_run(self.tracker, run_id, "KILLED", tags)
+        open_runs.clear()
 
 
 def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best complete feasible trial: a pruned trial (stopped part-way, its value an intermediate one) never wins."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible")]
     return max(done, key=lambda t: (t.value, t.user_attrs.get("n_active", 0)), default=None)
 
@@ -429,6 +677,9 @@ def summarise(study: optuna.Study, family: str, params: Params) -> dict:
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                 "seed_run_ids": t.user_attrs.get("seed_run_ids", []),
                 "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason", ""),
+                "intermediate_udr": [[step, value] for step, value in sorted(t.intermediate_values.items())],
+                "pruned_at_step": t.user_attrs.get("pruned_at_step"),
+                "pruned_reason": t.user_attrs.get("pruned_reason", ""),
             }
         )
     best = best_feasible(study)
@@ -437,7 +688,9 @@ def summarise(study: optuna.Study, family: str, params: Params) -> dict:
         "family": family,
         "study": study.study_name,
         "objective": f"median within-setting UDR ({params.udr.similarity}, {params.udr.aggregate})",
+        "pruner": params.search.pruner,
         "n_complete": len(complete),
+        "n_pruned": sum(t["state"] == "PRUNED" for t in trials),
         "n_feasible": sum(bool(t["feasible"]) for t in complete),
         "best_value": best.value if best else None,
         "best_params": best.params if best else None,
@@ -450,7 +703,11 @@ def summarise(study: optuna.Study, family: str, params: Params) -> dict:
 
 def search_metrics(summary: dict) -> dict:
     """The study's headline numbers for `dvc metrics show` / `dvc exp show`: numbers only, no ids."""
-    metrics = {"n_complete": summary["n_complete"], "n_feasible": summary["n_feasible"]}
+    metrics = {
+        "n_complete": summary["n_complete"],
+        "n_pruned": summary["n_pruned"],
+        "n_feasible": summary["n_feasible"],
+    }
     if summary["best_value"] is not None:
         metrics.update(best_udr=summary["best_value"], best_trial=summary["best_trial"])
         metrics.update({f"best_{k}": v for k, v in (summary["best_params"] or {}).items()})
@@ -553,9 +810,12 @@ def run_trials(
     poll_seconds: float = 1.0,
     parallel: int = 1,
 ) -> None:
-    """Run trials, up to `parallel` at once, until the study holds `wanted` complete trials.
+    """Run trials, up to `parallel` at once, until the study holds `wanted` finished trials.
 
-    A trial starts only while complete + running trials are fewer than `wanted`; when
+    Finished means complete or pruned: a pruned trial has decided its setting (it cannot
+    win) as surely as a complete one, so pruning saves training instead of buying more
+    trials, and `n_trials` counts what Optuna's own `n_trials` counts, minus failures.
+    A trial starts only while finished + running trials are fewer than `wanted`; when
     other workers hold the missing trials this worker waits, and takes over a trial that
     comes back as WAITING because its worker died (here: at once; elsewhere: heartbeat).
     A failing trial (non-finite loss, bad setting) is recorded as FAIL with its reason
@@ -576,16 +836,17 @@ def run_trials(
         fail_dead_local_trials(study, storage, max_retry)
         optuna.storages.fail_stale_trials(study)  # other hosts' dead workers, by heartbeat
         states = [t.state for t in study.get_trials(deepcopy=False)]
-        complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
-        if complete >= wanted:
+        finished = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+        running = states.count(TrialState.RUNNING)
+        if finished >= wanted:
             return
-        if complete + running >= wanted:
+        if finished + running >= wanted:
             time.sleep(poll_seconds)
             continue
         if started >= max_starts:
-            log.error("stopping after %d trial(s) started by this worker: %d of %d complete", started, complete, wanted)
+            log.error("stopping after %d trial(s) started by this worker: %d of %d finished", started, finished, wanted)
             return
-        batch = min(parallel, wanted - complete - running, max_starts - started)
+        batch = min(parallel, wanted - finished - running, max_starts - started)
         started += batch
         study.optimize(
             objective, n_trials=batch, n_jobs=batch, catch=(RuntimeError, ValueError), callbacks=[_report_failure]
@@ -613,7 +874,7 @@ def run(
     reports_dir: str | Path = "reports/search",
     progress: bool = True,
 ) -> dict:
-    """The `tubervae search` command: run the study up to `n_trials` complete trials."""
+    """The `tubervae search` command: run the study up to `n_trials` finished (complete or pruned) trials."""
     if family not in params.search.spaces:
         raise ValueError(
             f"family {family!r} has no search space in params.yaml (search.spaces); "
@@ -641,6 +902,7 @@ def run(
             study_name=name,
             storage=study_storage,
             sampler=TrialSeededSampler(params.search.sampler_seed),
+            pruner=make_pruner(params),
             direction="maximize",
             load_if_exists=True,
         )
@@ -678,9 +940,11 @@ def run(
         if t["mlflow_run_id"] and t["state"] == "COMPLETE":
             tracker.set_tags(t["mlflow_run_id"], {"best_trial": t["mlflow_run_id"] == best_run})
     write_reports(summary, Path(reports_dir))
-    if summary["n_complete"] < wanted:
+    finished = summary["n_complete"] + summary["n_pruned"]
+    if finished < wanted:
         raise RuntimeError(
-            f"the {family} study holds {summary['n_complete']} of {wanted} complete trials after this worker's "
-            f"trial starts ran out; each trial's failure reason is in {Path(reports_dir) / f'{family}.json'}"
+            f"the {family} study holds {finished} of {wanted} finished trials ({summary['n_complete']} complete, "
+            f"{summary['n_pruned']} pruned) after this worker's trial starts ran out; each trial's failure reason "
+            f"is in {Path(reports_dir) / f'{family}.json'}"
         )
     return summary
