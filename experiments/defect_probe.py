@@ -20,6 +20,7 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import cross_val_score
 
+from tubervae import classify as clf
 from tubervae.config import INFORMATIVE_KL, TrainConfig
 from tubervae.data.processed import load_meta, load_split
 from tubervae.training import Setting, encode, train_model
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--grade", action="store_true", help="also grade: rules and learners on the labelled split")
     args = parser.parse_args()
     train, test, probe = (load_split(name, args.dir) for name in ("train", "test", "udr_probe"))
     names = list(load_meta(args.dir)["factor_names"])
@@ -72,17 +74,40 @@ def main() -> None:
         name: round(float(cross_val_score(RidgeCV(), mu, factors[:, names.index(name)], cv=5, scoring="r2").mean()), 3)
         for name in DEFECTS
     }
-    print(
-        json.dumps(
-            {
-                "args": vars(args),
-                "seconds": round(seconds, 1),
-                "n_active": int((out.latents["kl"] > INFORMATIVE_KL).sum()),
-                "rho": rho,
-                "linear_r2": linear,
-            }
-        )
-    )
+    result = {
+        "args": vars(args),
+        "seconds": round(seconds, 1),
+        "n_active": int((out.latents["kl"] > INFORMATIVE_KL).sum()),
+        "rho": rho,
+        "linear_r2": linear,
+    }
+    if args.grade:
+        result["test_balanced_accuracy"] = grade(out, args.dir)
+    print(json.dumps(result))
+
+
+def balanced_accuracy(predicted_bad: np.ndarray, bad: np.ndarray) -> float:
+    return round(float((predicted_bad[bad].mean() + (~predicted_bad[~bad]).mean()) / 2), 3)
+
+
+def grade(out, folder: str) -> dict:
+    """Test balanced accuracy of the rules and learners fitted on the labelled split (as the classify stage does)."""
+    labelled, test = load_split("labelled", folder), load_split("test", folder)
+    known = test["labels"] >= 0
+    y_lab, y_test = labelled["labels"] == 1, test["labels"][known] == 1
+    (z_lab, _), (z_test, _) = encode(out.model, labelled["images"]), encode(out.model, test["images"][known])
+    informative = [int(j) for j in np.flatnonzero(out.latents["kl"] > INFORMATIVE_KL)] or None
+    fitted = {
+        "threshold": clf.fit_threshold_rule(z_lab, y_lab),
+        "any_rule": clf.fit_any_of_rule(z_lab, y_lab, components=informative),
+        "logistic": clf.fit_logistic(z_lab, y_lab, components=informative, random_state=0),
+        "gradient_boosting": clf.fit_gradient_boosting(z_lab, y_lab, components=informative, random_state=0),
+    }
+    scores = {name: balanced_accuracy(model.predict(z_test), y_test) for name, model in fitted.items()}
+    cnn = clf.fit_pixel_cnn(labelled["images"], y_lab, random_state=0, steps=300)
+    scores["pixel_cnn"] = balanced_accuracy(cnn.predict(test["images"][known]), y_test)
+    scores["any_rule_cuts"] = fitted["any_rule"].describe()
+    return scores
 
 
 if __name__ == "__main__":
