@@ -157,10 +157,10 @@ def main() -> None:
         for i, (label, pruner, prune_at) in enumerate(searches):
             summary, seconds = run_search(tmp / f"search{i}", tmp / "processed", params(args, pruner, prune_at))
             rows.append((label, summary, seconds, steps_spent(summary, args.steps, args.seeds)))
-            print(f"  {label:30s} {describe(summary)}", flush=True)
+            print(f"  {label:36s} {describe(summary)}", flush=True)
     _, full, _, full_steps = rows[0]
     header = ("best UDR", "best β", "steps", "share", "within 0.05", "wall s")
-    print(f"{'search':30s} " + " ".join(f"{h:>{w}s}" for h, w in zip(header, (9, 7, 7, 6, 11, 7))))
+    print(f"{'search':36s} " + " ".join(f"{h:>{w}s}" for h, w in zip(header, (9, 7, 7, 6, 11, 7))))
     for label, summary, seconds, spent in rows:
         best = summary["best_value"]
         beta = summary["best_params"]["beta"] if summary["best_params"] else float("nan")
@@ -169,7 +169,7 @@ def main() -> None:
         shown = f"{best:9.4f}" if best is not None else f"{'none':>9s}"
         verdict = "" if label == "full grid" else f"  goal {'met' if met else 'missed'}"
         print(
-            f"{label:30s} {shown} {beta:7g} {spent:7d} {spent / full_steps:6.2f} {str(close):>11s} {seconds:7.1f}"
+            f"{label:36s} {shown} {beta:7g} {spent:7d} {spent / full_steps:6.2f} {str(close):>11s} {seconds:7.1f}"
             f"{verdict}"
         )
 

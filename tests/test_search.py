@@ -788,16 +788,15 @@ def test_pruned_trials_are_killed_in_mlflow_leave_no_checkpoint_and_count_toward
     assert len(load_study(project, raw).get_trials()) == 3
 
 
-def test_min_active_prunes_a_collapsed_setting_once_a_complete_trial_shows_components_open_there(project, no_pictures):
-    """β = 1000 collapses every component. As the first trial nothing shows that components could be
-    open at step 5, so it completes (infeasible); after β = 1 completed with them open at step 5, the
-    next collapsed setting is pruned there by the infeasibility rule (the median pruner waits for 10)."""
+def test_a_setting_infeasible_part_way_is_judged_0_and_stopped_once_a_feasible_one_did_better(project, no_pictures):
+    """β = 1000 collapses every component. As the first trial it has nothing to lose against and
+    completes (infeasible); β = 1 then completes feasible (the infeasible trial sets no bar); β = 900,
+    infeasible at step 5, reports 0 there and is pruned: β = 1 did better at step 5."""
     grid = [{"beta": 1000.0}, {"beta": 1.0}, {"beta": 900.0}]
     raw = merged(
         RAW_PARAMS,
         search={
             **PRUNING,
-            "prune_startup_trials": 10,
             "min_active": 2,
             "enqueue_grid": True,
             "spaces": {FAMILY: {"n_trials": 3, "beta": [1.0, 1000.0], "grid": grid}},
@@ -806,14 +805,14 @@ def test_min_active_prunes_a_collapsed_setting_once_a_complete_trial_shows_compo
     summary = run_search(project, raw)
     collapsed, opened, pruned = load_study(project, raw).get_trials()
     assert (collapsed.state, collapsed.user_attrs["feasible"]) == (TrialState.COMPLETE, False)
+    assert collapsed.intermediate_values == {5: 0.0, 10: 0.0}
     assert (opened.state, opened.user_attrs["feasible"]) == (TrialState.COMPLETE, True)
-    assert opened.user_attrs["n_active_at"]["5"] >= 2 > collapsed.user_attrs["n_active_at"]["5"]
-    assert pruned.state == TrialState.PRUNED and pruned.last_step == 5
-    assert pruned.user_attrs["pruned_reason"] == (
-        f"median informative components {pruned.user_attrs['n_active_at']['5']:g} at step 5 below search.min_active 2"
-    )
+    assert opened.intermediate_values[5] > 0
+    assert (pruned.state, pruned.intermediate_values) == (TrialState.PRUNED, {5: 0.0})
+    assert pruned.user_attrs["pruned_reason"].startswith("median pruner: infeasible at step 5 (median informative")
     assert (summary["n_complete"], summary["n_pruned"], summary["best_trial"]) == (2, 1, 1)
-    assert client(project).get_run(pruned.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    parent = client(project).get_run(pruned.user_attrs["mlflow_run_id"])
+    assert parent.info.status == "KILLED" and parent.data.metrics["feasible"] == 0.0  # logged as it was: raw udr
 
 
 @pytest.mark.parametrize("where", ["here", "fused", "pool"])

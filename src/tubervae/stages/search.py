@@ -18,13 +18,12 @@ study's user attributes list those settings, and its objective is named "udr"
 (`beta_vae-32f9c81004`) is resumed under its old name.
 
 Pruning (`search.pruner`, off by default): the seeds of a trial train segment by segment,
-are scored part-way at `search.prune_at` × `train.steps` exactly as at the end, and a
-trial that Optuna's pruner gives up on (judged against feasible trials only), or whose
-median informative components fall below `min_active` where a complete trial had them
-open, ends PRUNED (its MLflow runs KILLED, tagged `optuna_state=PRUNED`). A pruned trial
-counts towards `n_trials` as a complete one does and never wins; a trial that is not
-pruned scores exactly what it would without pruning, so the pruner is not part of the
-fingerprint.
+are scored part-way at `search.prune_at` × `train.steps` exactly as at the end (0 while
+fewer than `min_active` components are informative), and a trial that Optuna's pruner
+gives up on, judged against feasible trials only, ends PRUNED (its MLflow runs KILLED,
+tagged `optuna_state=PRUNED`). A pruned trial counts towards `n_trials` as a complete
+one does and never wins; a trial that is not pruned scores exactly what it would without
+pruning, so the pruner is not part of the fingerprint.
 
 Several workers may share one study (a PostgreSQL URL for several machines): a worker
 starts a trial only while finished (complete or pruned) + running trials fall short of
@@ -307,28 +306,26 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
 
 
 class FeasibleView:
-    """A study as a pruner should see it: trials known to be infeasible are no competition.
+    """A study as a pruner should see it: complete trials that ended infeasible are no competition.
 
     UDR rewards collapsed models, so a setting that ends infeasible (below `search.min_active`)
-    often leads part-way; measured in `benchmarks/bench_pruning.py`, the median pruner then
-    stopped every setting that would have ended feasible. Hidden: complete trials that ended
-    infeasible, and trials pruned as infeasible. Everything else is the study's.
+    often leads part-way: in `benchmarks/bench_pruning.py` β = 1 and 2 lead at ¼ and ½ of
+    training and end with one informative component, and judged against them the median pruner
+    stopped every setting that would have ended feasible. Everything but those trials is the study's.
     """
 
     def __init__(self, study: optuna.Study):
         self._viewed = study
 
     def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
-        return [t for t in self._viewed.get_trials(deepcopy=deepcopy, states=states) if not _known_infeasible(t)]
+        return [t for t in self._viewed.get_trials(deepcopy=deepcopy, states=states) if not _ended_infeasible(t)]
 
     def __getattr__(self, name: str):
         return getattr(self._viewed, name)
 
 
-def _known_infeasible(trial: FrozenTrial) -> bool:
-    if trial.state == TrialState.COMPLETE:
-        return trial.user_attrs.get("feasible") is False
-    return trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("pruned_infeasible"))
+def _ended_infeasible(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and trial.user_attrs.get("feasible") is False
 
 
 class FeasibleCompetitors(optuna.pruners.BasePruner):
@@ -381,18 +378,17 @@ def score_seeds(latents: list[dict], udr: UdrConfig) -> SeedScores:
     return SeedScores(np.nan_to_num(result.scores, nan=0.0), np.asarray(result.n_informative))
 
 
-def components_open_at(study: optuna.Study, step: int, min_active: int) -> bool:
-    """Whether a complete trial of the study had `min_active` informative components at `step`.
+def judged_value(score: SeedScores, min_active: int) -> float:
+    """What a trial reports part-way: its median UDR where it is feasible, 0 where it is not.
 
-    Early in training every setting looks collapsed: the KL of all components first falls
-    to nothing, and they open later (at 16×16, lr 1e-3: after 40–150 steps, the later the
-    larger β). Until a complete trial shows that components are open at a judging step,
-    too few of them there says nothing about the end, and `search.min_active` prunes nothing.
+    This is how the infeasibility rule judges part-way: a setting with fewer than `min_active`
+    informative components would be worth nothing if it ended there, so it goes on only while no
+    feasible setting did better at that step. Not a rule of its own (prune whenever too few
+    components are informative): early in training every component is closed and they open
+    later the larger β is, so at ⅛ of 600 steps that rule pruned the full grid's best setting
+    (β = 4, `benchmarks/README.md`).
     """
-    return any(
-        t.user_attrs.get("n_active_at", {}).get(str(step), 0) >= min_active
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    )
+    return score.value if score.n_active >= min_active else 0.0
 
 
 class Pruned(optuna.TrialPruned):
@@ -408,9 +404,8 @@ class Objective:
 
     With a pruner the seeds train segment by segment (`prune_steps`); after each intermediate
     segment the seeds' probe latents are scored exactly as at the end, the value is reported to
-    Optuna (and logged on the trial's run at that step), and the trial is pruned when the pruner
-    says so or when its median informative components fall below `search.min_active` where a
-    complete trial had them open (`components_open_at`). A pruned
+    Optuna as `judged_value` (0 while infeasible) and logged on the trial's run at that step, and
+    the trial is pruned when the pruner says so, judging against feasible trials only. A pruned
     trial's run and its seeds' runs end KILLED, tagged `optuna_state=PRUNED` and `pruned_at_step`,
     and the seeds' checkpoints go unless `train.keep_checkpoints`.
     """
@@ -605,19 +600,20 @@ class Objective:
         """Score the seeds part-way, report to Optuna, and raise `Pruned` when the trial should stop."""
         search = self.params.search
         score = score_seeds(latents, self.params.udr)
-        trial.report(score.value, step)
-        trial.set_user_attr("n_active_at", {**trial.user_attrs.get("n_active_at", {}), str(step): score.n_active})
-        self.tracker.log_metrics(parent, {"udr": score.value, "n_active": score.n_active}, step)
-        pruner_says = trial.should_prune()  # always asked: successive halving records its rungs when asked
-        if score.n_active < search.min_active and components_open_at(trial.study, step, search.min_active):
-            trial.set_user_attr("pruned_infeasible", True)
-            raise Pruned(
-                step,
-                f"median informative components {score.n_active:g} at step {step} below search.min_active "
-                f"{search.min_active}",
-            )
-        if pruner_says:
+        feasible = score.n_active >= search.min_active
+        trial.report(judged_value(score, search.min_active), step)
+        self.tracker.log_metrics(
+            parent, {"udr": score.value, "n_active": score.n_active, "feasible": float(feasible)}, step
+        )
+        if not trial.should_prune():
+            return
+        if feasible:
             raise Pruned(step, f"{search.pruner} pruner: median UDR {score.value:.4g} at step {step}")
+        raise Pruned(
+            step,
+            f"{search.pruner} pruner: infeasible at step {step} (median informative components {score.n_active:g} "
+            f"below search.min_active {search.min_active}), judged 0",
+        )
 
     def _end_pruned(
         self,
