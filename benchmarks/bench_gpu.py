@@ -12,19 +12,19 @@ convolutions and batched matmuls. This script prints, on the device it finds:
 A rate is measured as the difference of two runs of `train_fused` (`--steps` and twice that), so
 the set-up (initialisation, probe encoding, the test-set error) cancels out.
 
-    python benchmarks/bench_gpu.py [--models 1,5,25,115] [--steps 40] [--precision auto]
+    python benchmarks/bench_gpu.py [--models 1,5,25,115] [--steps 100] [--precision auto]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import time
 
 import numpy as np
 import torch
 
+from _machine import cpu_model  # benchmarks/, the script's folder
+from tubervae import fused
 from tubervae.config import TrainConfig
 from tubervae.fused import FusedJob, train_fused
 from tubervae.training import Setting, resolve_precision, select_device, train_model
@@ -37,11 +37,7 @@ SEEDS = 5
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
+    return cpu_model()
 
 
 def thesis_like_jobs(n: int) -> list[FusedJob]:
@@ -139,23 +135,30 @@ def profile(n: int, args, images, device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="1,5,25,115", help="comma-separated numbers of fused models")
-    parser.add_argument("--steps", type=int, default=40, help="steps of the shorter timed run")
+    parser.add_argument("--steps", type=int, default=100, help="steps of the shorter timed run (fewer: set-up noise shows)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--images", type=int, default=4000, help="random training photos")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-check", action="store_true", help="skip the fused-equals-separate check")
+    parser.add_argument(
+        "--layout", choices=["channels_last", "contiguous"], help="the batch's memory layout on CUDA (default: fused's)"
+    )
     parser.add_argument("--profile", type=int, default=0, help="instead: profile this many fused models")
     args = parser.parse_args()
     device = select_device(args.device)
+    if args.layout:
+        fused.INPUT_LAYOUT["cuda"] = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[
+            args.layout
+        ]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     images = np.random.default_rng(0).integers(0, 256, (args.images, args.image_size, args.image_size, 3), np.uint8)
     precision = resolve_precision(args.precision, device)
     print(
         f"device: {device_name(device)}; torch {torch.__version__}; {args.image_size}×{args.image_size}, "
-        f"batch {args.batch}, precision {precision}",
+        f"batch {args.batch}, precision {precision}, layout {fused.INPUT_LAYOUT.get(device.type)}",
         flush=True,
     )
     if args.profile:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import yaml
 
 import tubervae.runs.training_run as training_run
+from _machine import cpu_model  # benchmarks/, the script's folder
 from tubervae.config import parse_params
 from tubervae.stages import preprocess, raw, search
 
@@ -40,14 +40,6 @@ training_run.figures = lambda *args, **kwargs: {}
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = "beta_vae"
 GOAL_UDR, GOAL_SHARE = 0.05, 1 / 3
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return "unknown CPU"
 
 
 def thesis_grid() -> list[dict]:

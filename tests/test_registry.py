@@ -163,6 +163,20 @@ def test_register_without_the_udr_table_says_to_run_udr(tmp_path):
 # ------------------------------------------------------------ a tiny registry
 
 
+def two_tiny_vaes(root: Path) -> tuple[Path, Tracker, dict[float, str]]:
+    """Tiny processed data under `root` and two tracked β-VAE runs on it (β 2 and 6, seed 0), by β."""
+    processed = write_processed_discs(root / "data" / "processed")
+    tracker = Tracker(root)
+    data = TrainingData(
+        train=load(processed, "train")["images"],
+        probe=load(processed, "udr_probe")["images"],
+        test=load(processed, "test")["images"],
+        data_version=DATA_VERSION,
+    )
+    runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=LATENT)))
+    return processed, tracker, runs
+
+
 def tiny_params():
     return parse_params(
         {"classify": {"label_sizes": [6, 100], "n_draws": 1, "cnn_steps": 5, "gallery_size": 4, "seed": 0}}
@@ -183,15 +197,7 @@ def project(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         root = tmp_path_factory.mktemp("project")
-        processed = write_processed_discs(root / "data" / "processed")
-        tracker = Tracker(root)
-        data = TrainingData(
-            train=load(processed, "train")["images"],
-            probe=load(processed, "udr_probe")["images"],
-            test=load(processed, "test")["images"],
-            data_version=DATA_VERSION,
-        )
-        runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=LATENT)))
+        processed, tracker, runs = two_tiny_vaes(root)
         params = tiny_params()
         udr_dir = root / "reports" / "udr"
         out = root / "reports" / "register" / "champion.json"
@@ -509,15 +515,7 @@ def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_re
     the test photos side by side. The cross-validated scores are recomputed here from the logged weights."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    processed = write_processed_discs(tmp_path / "data" / "processed")
-    tracker = Tracker(tmp_path)
-    data = TrainingData(
-        train=load(processed, "train")["images"],
-        probe=load(processed, "udr_probe")["images"],
-        test=load(processed, "test")["images"],
-        data_version=DATA_VERSION,
-    )
-    runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=LATENT)))
+    processed, tracker, runs = two_tiny_vaes(tmp_path)
     udr_dir = tmp_path / "reports" / "udr"
     write_models_csv(
         udr_dir, [models_row(runs[2.0], "beta_vae", 2, 0, 0.70, 3), models_row(runs[6.0], "beta_vae", 6, 0, 0.68, 3)]

@@ -400,20 +400,29 @@ def stop(proc: subprocess.Popen) -> str:
     return proc.log_path.read_text()
 
 
+def kill_search_at_seed_1(project: Path, timeout: float) -> tuple[int, int]:
+    """Start `tubervae search` (the WORKER script) and kill -9 it once seed 1 has logged step 10.
+
+    Returns the pid of the process that trained seed 1 and that of the search.
+    """
+    marker = project / "blocked"
+    proc = start_worker(project, ["search", "--family", FAMILY], env={"BLOCK_AT_SEED_1": str(marker)})
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists() or not marker.read_text():
+            assert proc.poll() is None, f"search ended early:\n{stop(proc)}"
+            assert time.monotonic() < deadline, f"seed 1 never got to step 10:\n{stop(proc)}"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    return int(marker.read_text()), proc.pid
+
+
 def test_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpoint(project, no_pictures):
     (project / "params.yaml").write_text(yaml.safe_dump(RAW_PARAMS))
-    marker = project / "blocked"
-    worker = start_worker(project, ["search", "--family", FAMILY], env={"BLOCK_AT_SEED_1": str(marker)})
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert worker.poll() is None, f"worker ended early:\n{stop(worker)}"
-            assert time.monotonic() < deadline, f"worker never reached seed 1:\n{stop(worker)}"
-            time.sleep(0.1)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=30)
-    finally:
-        stop(worker)
+    kill_search_at_seed_1(project, timeout=120)
 
     study = load_study(project, RAW_PARAMS)
     [killed] = study.get_trials()
@@ -613,20 +622,8 @@ def test_killed_search_takes_its_training_workers_along_and_resumes(project):
     the rerun retries the trial, reuses the finished seed and resumes the cut one from its checkpoint."""
     raw = merged(RAW_PARAMS, train={"workers": 2})
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    marker = project / "blocked"
-    search_proc = start_worker(project, ["search", "--family", FAMILY], env={"BLOCK_AT_SEED_1": str(marker)})
-    try:
-        deadline = time.monotonic() + 180
-        while not marker.exists() or not marker.read_text():
-            assert search_proc.poll() is None, f"search ended early:\n{stop(search_proc)}"
-            assert time.monotonic() < deadline, f"seed 1 never got to step 10:\n{stop(search_proc)}"
-            time.sleep(0.2)
-        worker_pid = int(marker.read_text())
-        assert worker_pid != search_proc.pid  # seed 1 trains in a pool worker
-        search_proc.send_signal(signal.SIGKILL)
-        search_proc.wait(timeout=30)
-    finally:
-        stop(search_proc)
+    worker_pid, search_pid = kill_search_at_seed_1(project, timeout=180)
+    assert worker_pid != search_pid  # seed 1 trains in a pool worker
     deadline = time.monotonic() + 30
     while process_alive(worker_pid):
         assert time.monotonic() < deadline, "the training worker outlived its killed search"
@@ -847,18 +844,7 @@ def test_a_search_killed_between_segments_resumes_each_seed_from_its_checkpoint(
     step 10 and seed 1 at step 5, trains no step twice past its checkpoint, and leaves no run RUNNING."""
     raw = merged(RAW_PARAMS, search=PRUNING)
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    marker = project / "blocked"
-    worker = start_worker(project, ["search", "--family", FAMILY], env={"BLOCK_AT_SEED_1": str(marker)})
-    try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert worker.poll() is None, f"worker ended early:\n{stop(worker)}"
-            assert time.monotonic() < deadline, f"worker never reached seed 1:\n{stop(worker)}"
-            time.sleep(0.1)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=30)
-    finally:
-        stop(worker)
+    kill_search_at_seed_1(project, timeout=180)
     assert {r.info.status for r in all_runs(project)} == {"RUNNING"}  # the trial and both seeds, between segments
     cut = {r.data.tags["seed"]: r.info.run_id for r in all_runs(project) if r.data.tags.get("kind") == "vae"}
     assert sorted(cut) == ["0", "1"]

@@ -33,10 +33,11 @@ from tqdm import tqdm
 from tubervae.config import TrainConfig
 from tubervae.models.nets import VAE, VAEOutput
 from tubervae.training import (
-    NonFiniteLossError,
     Outcome,
     Setting,
     as_input,
+    check_finite_terms,
+    check_finite_weights,
     checkpoint_identity,
     images_to_tensor,
     load_checkpoint,
@@ -75,6 +76,11 @@ class _Member:
     identity: dict
     step: int
     last: dict = field(default_factory=dict)  # the loss terms at the last logged step
+
+
+# The batch's memory layout per device type: under `vmap` a convolution becomes a grouped convolution,
+# whose fastest layout differs by device (benchmarks/bench_gpu_layout.py measures it).
+INPUT_LAYOUT = {"cpu": torch.channels_last, "cuda": torch.channels_last}
 
 
 def _fresh_member(job: FusedJob, cfg: TrainConfig, image_size: int, device: torch.device, identity: dict) -> _Member:
@@ -128,12 +134,7 @@ def _restore(member: _Member, cfg: TrainConfig, device: torch.device) -> None:
 def _checkpoint(member: _Member, device: torch.device) -> None:
     if not member.job.checkpoint_path:
         return
-    if not bool(torch.stack([torch.isfinite(w).all() for w in member.net.parameters()]).all()):
-        raise NonFiniteLossError(
-            f"{member.job.setting.family} {member.job.setting.label} seed {member.job.seed}: non-finite weights "
-            f"after step {member.step} (a non-finite gradient); the last good checkpoint is kept. "
-            "Try a lower train.lr or a smaller β"
-        )
+    check_finite_weights(member.net, member.job.setting, member.job.seed, member.step)
     save_checkpoint(
         Path(member.job.checkpoint_path),
         {
@@ -246,7 +247,8 @@ def _segment(
             idx = idx.pin_memory().to(device, non_blocking=True)
         else:
             idx = idx.to(device)
-        x = as_input(data[idx]).view(n, b, *data.shape[1:])
+        x = as_input(data[idx]).contiguous(memory_format=INPUT_LAYOUT.get(device.type, torch.channels_last))
+        x = x.view(n, b, *data.shape[1:])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
             mu, logvar = encode(enc, x)
         mu, logvar = mu.float() if low_precision else mu, logvar.float() if low_precision else logvar
@@ -275,13 +277,7 @@ def _segment(
                 for row, g in zip(means, index):
                     m = members[g]
                     m.step = step
-                    if not np.isfinite(row).all():
-                        bad = [key for key, v in zip(labels, row) if not np.isfinite(v)]
-                        raise NonFiniteLossError(
-                            f"{m.job.setting.family} {m.job.setting.label} seed {m.job.seed}: non-finite {bad} "
-                            f"between steps {step - count + 1} and {step}; the last good checkpoint is kept. "
-                            "Try a lower train.lr or a smaller β"
-                        )
+                    check_finite_terms(labels, row, m.job.setting, m.job.seed, step - count + 1, step)
                     m.last = dict(zip(labels, (float(v) for v in row)))
                     if on_log and (step % cfg.log_every == 0 or step == end):
                         on_log(g, m.last, step)

@@ -193,6 +193,26 @@ def _checkpoint_problem(state, identity: dict, model: torch.nn.Module, total_ste
     return ""
 
 
+def check_finite_weights(model: torch.nn.Module, setting: Setting, seed: int, step: int) -> None:
+    """Refuse weights spoilt by a non-finite gradient (a finite loss can hide one): such weights must never
+    replace the last good checkpoint."""
+    if not bool(torch.stack([torch.isfinite(w).all() for w in model.parameters()]).all()):
+        raise NonFiniteLossError(
+            f"{setting.family} {setting.label} seed {seed}: non-finite weights after step {step} "
+            f"(a non-finite gradient); the last good checkpoint is kept. Try a lower train.lr or a smaller β"
+        )
+
+
+def check_finite_terms(names: list[str], means: np.ndarray, setting: Setting, seed: int, first: int, last: int) -> None:
+    """Stop on loss terms (means over steps `first`..`last`) that became NaN or infinite."""
+    if not np.isfinite(means).all():
+        bad = [n for n, v in zip(names, means) if not math.isfinite(v)]
+        raise NonFiniteLossError(
+            f"{setting.family} {setting.label} seed {seed}: non-finite {bad} between steps "
+            f"{first} and {last}; the last good checkpoint is kept. Try a lower train.lr or a smaller β"
+        )
+
+
 @torch.no_grad()
 def encode(
     model: VAE, images: np.ndarray, device: torch.device | None = None, batch_size: int = 500
@@ -311,14 +331,11 @@ def train_model(
     def checkpoint() -> None:
         if path is None:
             return
-        # A finite loss can still hide a non-finite gradient that already spoilt the weights:
-        # such weights must never replace the last good checkpoint.
-        if not bool(torch.stack([torch.isfinite(w).all() for w in model.parameters()]).all()):
+        try:
+            check_finite_weights(model, setting, seed, step)
+        except NonFiniteLossError:
             bar.close()
-            raise NonFiniteLossError(
-                f"{setting.family} {setting.label} seed {seed}: non-finite weights after step {step} "
-                f"(a non-finite gradient); the last good checkpoint is kept. Try a lower train.lr or a smaller β"
-            )
+            raise
         save_checkpoint(
             path,
             {
@@ -372,14 +389,11 @@ def train_model(
         boundary = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end
         if boundary:
             means = (sums / count).cpu().numpy()
-            if not np.isfinite(means).all():
-                bad = [n for n, v in zip(names, means) if not math.isfinite(v)]
+            try:
+                check_finite_terms(names, means, setting, seed, step - count + 1, step)
+            except NonFiniteLossError:
                 bar.close()
-                raise NonFiniteLossError(
-                    f"{setting.family} {setting.label} seed {seed}: non-finite {bad} between steps "
-                    f"{step - count + 1} and {step}; the last good checkpoint is kept. Try a lower train.lr "
-                    f"or a smaller β"
-                )
+                raise
             last = dict(zip(names, (float(v) for v in means)))
             if step % cfg.log_every == 0 or step == end:  # a segment's end logs its partial window
                 if on_log:

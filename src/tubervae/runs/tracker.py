@@ -143,9 +143,22 @@ class Tracker:
 
     @contextmanager
     def run(
-        self, name: str, *, run_id: str | None = None, parent_id: str | None = None, tags: dict | None = None
+        self,
+        name: str,
+        *,
+        run_id: str | None = None,
+        parent_id: str | None = None,
+        tags: dict | None = None,
+        keep_open: bool = False,
+        killed_by: tuple[type[BaseException], ...] = (),
     ) -> Iterator[str]:
-        """Open a run (or reopen `run_id`); its status follows how the block ends."""
+        """Open a run (or reopen `run_id`); its status follows how the block ends.
+
+        Ending well: FINISHED, or still RUNNING with `keep_open` (a segment of a search that the next
+        reopens; a process that dies meanwhile leaves it to `mark_stale_runs_killed`). An interrupt or an
+        exception of `killed_by` (a pruned trial: stopped on purpose, not failed): KILLED. Anything else:
+        FAILED, with the error as a tag.
+        """
         if run_id is None:
             run_id = self.create_run(name, parent_id=parent_id, tags=tags)
         else:
@@ -153,15 +166,24 @@ class Tracker:
             self.set_tags(run_id, {"host": socket.gethostname(), "pid": str(os.getpid()), **(tags or {})})
         try:
             yield run_id
-        except KeyboardInterrupt:
-            self.client.set_terminated(run_id, status="KILLED")
+        except (KeyboardInterrupt, *killed_by):
+            self.end_run(run_id, "KILLED")
             raise
         except BaseException as exc:
-            self.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"[:4000]})
-            self.client.set_terminated(run_id, status="FAILED")
+            self.end_run(run_id, "FAILED", {"error": f"{type(exc).__name__}: {exc}"[:4000]})
             raise
         else:
-            self.client.set_terminated(run_id, status="FINISHED")
+            if not keep_open:
+                self.end_run(run_id, "FINISHED")
+
+    def end_run(self, run_id: str, status: str, tags: dict | None = None) -> None:
+        """End a run with `status` (FINISHED, FAILED or KILLED), after setting `tags`."""
+        if tags:
+            self.set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status=status)
+
+    def status(self, run_id: str) -> str:
+        return self.get_run(run_id).info.status
 
     def mark_stale_runs_killed(self) -> list[str]:
         """Runs left RUNNING by a dead process on this host are marked KILLED."""

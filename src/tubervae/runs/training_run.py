@@ -18,9 +18,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,58 +79,6 @@ def checkpoint_file(
 ) -> Path:
     """Where the seed's checkpoint lives: named by its run key, so any run of the same training resumes it."""
     return Path(checkpoint_dir) / f"{run_key(setting, seed, cfg, data)}.pt"
-
-
-@contextlib.contextmanager
-def tracked_run(
-    tracker: Tracker,
-    name: str,
-    *,
-    run_id: str | None = None,
-    parent_id: str | None = None,
-    tags: dict | None = None,
-    keep_open: bool = False,
-    killed_by: tuple[type[BaseException], ...] = (),
-) -> Iterator[str]:
-    """`Tracker.run` with the two endings a segmented search needs.
-
-    `keep_open`: a block that ends well leaves the run RUNNING, for the next segment to reopen (a
-    process that dies meanwhile leaves it to `Tracker.mark_stale_runs_killed`, as any run). An
-    exception of `killed_by` (a pruned trial) ends it KILLED, without an error tag: stopped on
-    purpose, not failed. Everything else ends as `Tracker.run` ends it (a plain block is `Tracker.run`).
-    """
-    if not keep_open and not killed_by:
-        with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags) as rid:
-            yield rid
-        return
-    if run_id is None:
-        run_id = tracker.create_run(name, parent_id=parent_id, tags=tags)
-    else:
-        tracker.client.update_run(run_id, status="RUNNING")
-        tracker.set_tags(run_id, {"host": socket.gethostname(), "pid": str(os.getpid()), **(tags or {})})
-    try:
-        yield run_id
-    except (KeyboardInterrupt, *killed_by):
-        end_run(tracker, run_id, "KILLED")
-        raise
-    except BaseException as exc:
-        tracker.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"[:4000]})
-        end_run(tracker, run_id, "FAILED")
-        raise
-    else:
-        if not keep_open:
-            end_run(tracker, run_id, "FINISHED")
-
-
-def end_run(tracker: Tracker, run_id: str, status: str, tags: dict | None = None) -> None:
-    """End a run with `status` (FINISHED, FAILED or KILLED), after setting `tags`."""
-    if tags:
-        tracker.set_tags(run_id, tags)
-    tracker.client.set_terminated(run_id, status=status)
-
-
-def run_status(tracker: Tracker, run_id: str) -> str:
-    return tracker.get_run(run_id).info.status
 
 
 @torch.no_grad()
@@ -284,7 +229,7 @@ def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=
     """The MLflow run of one seed, with its tags and parameters; left RUNNING after a segment that is not `final`."""
     tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
     name = f"{setting.family} {setting.label} seed {seed}"
-    with tracked_run(tracker, name, run_id=run_id, parent_id=parent_id, tags=tags, keep_open=not final) as rid:
+    with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags, keep_open=not final) as rid:
         tracker.log_params(
             rid,
             {

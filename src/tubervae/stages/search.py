@@ -65,14 +65,11 @@ from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import (
     TrainingData,
     checkpoint_file,
-    end_run,
     find_finished_run,
     load_training_data,
     run_key,
-    run_status,
     run_tracked,
     run_tracked_fused,
-    tracked_run,
 )
 from tubervae.training import Setting, select_device, weight_identity
 
@@ -450,9 +447,7 @@ class Objective:
             "optuna_trial": trial.number,
         }
         name = f"trial {trial.number} {self.family} {setting.label}"
-        with tracked_run(
-            self.tracker, name, parent_id=self.study_run_id, tags=tags, killed_by=(optuna.TrialPruned,)
-        ) as parent:
+        with self.tracker.run(name, parent_id=self.study_run_id, tags=tags, killed_by=(optuna.TrialPruned,)) as parent:
             trial.set_user_attr("mlflow_run_id", parent)
             self.tracker.log_params(
                 parent,
@@ -645,8 +640,8 @@ class Objective:
     def _end_open_runs(self, open_runs: dict[int, str], tags: dict) -> None:
         """End KILLED, with `tags`, the seed runs an intermediate segment left RUNNING (not those that failed since)."""
         for run_id in open_runs.values():
-            if run_status(self.tracker, run_id) == "RUNNING":
-                end_run(self.tracker, run_id, "KILLED", tags)
+            if self.tracker.status(run_id) == "RUNNING":
+                self.tracker.end_run(run_id, "KILLED", tags)
         open_runs.clear()
 
 
