@@ -358,7 +358,25 @@ def test_finite_loss_with_non_finite_gradient_never_reaches_the_checkpoint(data,
 # --------------------------------------------------------------------------- the MLflow run
 
 
-def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_path, empty_mlflow_db):
+def test_a_run_with_system_metrics_logs_them_and_the_experiment_opens_on_its_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
+    tracker = Tracker(tmp_path)
+    with tracker.run("quiet") as quiet:
+        time.sleep(0.3)
+    with tracker.run("watched", system_metrics=True) as watched:
+        time.sleep(0.3)
+    assert not [k for k in tracker.client.get_run(quiet).data.metrics if k.startswith("system/")]
+    run = tracker.client.get_run(watched)
+    assert run.info.status == "FINISHED"
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    history = tracker.client.get_metric_history(watched, "system/cpu_utilization_percentage")
+    assert len(history) >= 2 and [m.step for m in history] == list(range(len(history)))
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_path, empty_mlflow_db, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
     meta = new_project(tmp_path, empty_mlflow_db)
     result = run_stage(tmp_path, tiny_cfg(steps=5, log_every=2, snapshot_every=3))
 
@@ -392,15 +410,19 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
         assert series["loss"][i][1] == pytest.approx(rec + 4.0 * kl, rel=1e-5)
         assert kl == pytest.approx(sum(series[f"kl_z{j}"][i][1] for j in range(LATENT)), rel=1e-5, abs=1e-7)
     assert not {"capacity", "mi", "tc", "dwkl"} & set(run.data.metrics)
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # a training run watches the machine
 
     paths = artifact_paths(client, rid)
-    snapshots = {f"snapshots/step_0000003/{f}" for f in FIGURES}
-    wanted = set(FIGURES) | snapshots | {"latents.npz", "model/model.pt", "model/config.json"}
+    wanted = set(FIGURES) | {"latents.npz", "model/model.pt", "model/config.json"}
     assert wanted <= paths, wanted - paths
-    assert {p for p in paths if p.startswith("snapshots/")} == snapshots  # every 3 steps, not at the end
+    # the figures as images at their step: every 3 steps (snapshot_every) and at the end (step 5)
+    stepped = {
+        (p.split("+")[0].removeprefix("images/"), int(p.split("+")[2])) for p in paths if p.startswith("images/")
+    }
+    assert stepped == {(f.removesuffix(".png"), step) for f in FIGURES for step in (3, 5)}
 
     local = download(client, rid, "", tmp_path / "download")
-    for name in set(FIGURES) | snapshots:
+    for name in set(FIGURES) | {p for p in paths if p.startswith("images/") and p.endswith(".png")}:
         assert (local / name).read_bytes()[:8] == PNG_SIGNATURE, name
     config = json.loads((local / "model" / "config.json").read_text())
     assert config == {

@@ -431,6 +431,7 @@ def test_mlflow_run_udr_entry_point_reuses_the_run(udr_root):
     assert len(runs) == 1
     run = client.get_run(runs[0].info.run_id)
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "udr"  # not the name MLflow made up when `mlflow run` opened it
     assert run.data.tags["kind"] == "udr"
     assert run.data.params["n_models"] == "7" and run.data.params["similarity"] == "lasso"
     logged = {f.path for f in client.list_artifacts(run.info.run_id, "udr")}

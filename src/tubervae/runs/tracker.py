@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -51,6 +52,15 @@ VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed"
 VAE_MODEL = "vae"  # the name of the logged MLflow model on each training run
 PARENT_TAG = "mlflow.parentRunId"
 FIGURE_DPI = 120  # as `plots.save_figure` writes the report PNGs
+# A model-training experiment, not a GenAI one: MLflow 3's UI then opens it on its runs (not the
+# GenAI overview), with this description on top.
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": "VAE training runs (nested under their Optuna trial and study), the udr, register, "
+    "classify and evaluate stages. Sort by `udr`; the registry holds `tubervae-vae` and `tuber-quality`.",
+}
+# The names MLflow makes up for a run started without one (`mlflow run`): 'bold-fox-123'.
+GENERATED_RUN_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
 PIP_REQUIREMENTS = [
     "torch==2.14.1",
     "mlflow==3.17.2",
@@ -87,6 +97,11 @@ def _point_mlflow_at(uri: str) -> None:
             os.environ[name] = value
 
 
+def _from_mlflow_run(run) -> bool:
+    """Whether `mlflow run` started this run (it records the project's entry point)."""
+    return "mlflow.project.entryPoint" in run.data.tags
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:///")
 
@@ -107,11 +122,17 @@ class Tracker:
         self._last_step: dict[str, int] = {}  # per run: the step of the latest metrics logged through here
 
     def _experiment(self, name: str) -> str:
+        """The experiment `name`, created on first use, tagged so the MLflow UI opens it on its runs."""
         found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        location = (self.root / "mlruns").as_uri() if is_local_store(self.uri) else None
-        return self.client.create_experiment(name, artifact_location=location)
+        if found is None:
+            location = (self.root / "mlruns").as_uri() if is_local_store(self.uri) else None
+            experiment_id = self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        else:
+            experiment_id = found.experiment_id
+            for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tags existed
+                if key not in found.tags:
+                    self.client.set_experiment_tag(experiment_id, key, value)
+        return experiment_id
 
     @classmethod
     def open(cls, root: str | Path = ".", run_id: str | None = None) -> Tracker:
@@ -151,21 +172,37 @@ class Tracker:
         tags: dict | None = None,
         keep_open: bool = False,
         killed_by: tuple[type[BaseException], ...] = (),
+        system_metrics: bool = False,
     ) -> Iterator[str]:
         """Open a run (or reopen `run_id`); its status follows how the block ends.
 
         Ending well: FINISHED, or still RUNNING with `keep_open` (a segment of a search that the next
         reopens; a process that dies meanwhile leaves it to `mark_stale_runs_killed`). An interrupt or an
         exception of `killed_by` (a pruned trial: stopped on purpose, not failed): KILLED. Anything else:
-        FAILED, with the error as a tag.
+        FAILED, with the error as a tag. With `system_metrics`, MLflow's monitor logs CPU, memory, disk,
+        network (and GPU) use as `system/*` metrics every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+        seconds (10 by default) while the block runs. A run that `mlflow run` opened under a made-up
+        name is renamed `name`.
         """
         if run_id is None:
             run_id = self.create_run(name, parent_id=parent_id, tags=tags)
         else:
-            self.client.update_run(run_id, status="RUNNING")
+            held = self.get_run(run_id)
+            renamed = name if GENERATED_RUN_NAME.match(held.info.run_name or "") and _from_mlflow_run(held) else None
+            self.client.update_run(run_id, status="RUNNING", name=renamed)
             self.set_tags(run_id, {"host": socket.gethostname(), "pid": str(os.getpid()), **(tags or {})})
+        monitor = None
+        if system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=self.uri)
+            monitor.start()
         try:
-            yield run_id
+            try:
+                yield run_id
+            finally:
+                if monitor is not None:
+                    monitor.finish()  # its last samples land before the run ends
         except (KeyboardInterrupt, *killed_by):
             self.end_run(run_id, "KILLED")
             raise
@@ -255,8 +292,9 @@ class Tracker:
         finally:
             _close_figure(fig)
 
-    def log_image_at_step(self, run_id: str, fig, key: str, step: int) -> None:
-        """A matplotlib figure as the image `key` at `step`: the UI's image slider walks through the steps.
+    def log_image_at_step(self, run_id: str, fig, key: str, step: int, artifact_file: str | None = None) -> None:
+        """A matplotlib figure as the image `key` at `step`, so the UI's image slider walks through the
+        steps; with `artifact_file` also as that static PNG (rendered once). The figure is closed.
 
         MlflowClient.log_image takes arrays or PIL images, so the figure is rendered to an RGB image first.
         """
@@ -267,7 +305,10 @@ class Tracker:
             _close_figure(fig)
         buffer.seek(0)
         with Image.open(buffer) as image:
-            self.client.log_image(run_id, image.convert("RGB"), key=key, step=int(step))
+            rgb = image.convert("RGB")
+        self.client.log_image(run_id, rgb, key=key, step=int(step))
+        if artifact_file:
+            self.client.log_image(run_id, rgb, artifact_file=artifact_file)
 
     def log_dataset(self, run_id: str, processed_dir: str | Path, context: str = "training") -> None:
         """data/processed as the run's `mlflow.data` dataset input: its folder, its data version as digest,

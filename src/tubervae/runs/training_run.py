@@ -2,7 +2,8 @@
 
 Logs to MLflow what the thesis watches (§2.3.1–2.3.2): loss terms and the KL of every
 component over training, latent traversals, per-component distributions and
-reconstructions (at the end and every `snapshot_every` steps), the probe latents that
+reconstructions (images at every `snapshot_every` steps and at the end, which the UI's image
+slider walks through; the final ones also as PNG artifacts), the probe latents that
 UDR compares, and the weights (layout: `tubervae.runs.tracker`).
 
 A run may train in segments (`stop_at`), so that a search can judge a setting part-way and
@@ -229,7 +230,9 @@ def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=
     """The MLflow run of one seed, with its tags and parameters; left RUNNING after a segment that is not `final`."""
     tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
     name = f"{setting.family} {setting.label} seed {seed}"
-    with tracker.run(name, run_id=run_id, parent_id=parent_id, tags=tags, keep_open=not final) as rid:
+    with tracker.run(
+        name, run_id=run_id, parent_id=parent_id, tags=tags, keep_open=not final, system_metrics=True
+    ) as rid:
         tracker.log_params(
             rid,
             {
@@ -249,8 +252,9 @@ def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=
 
 
 def _log_snapshot(tracker, rid, model, step, data, kl_threshold) -> None:
+    """The figures part-way, as images at their step (the UI's image slider; the final ones end it)."""
     for fname, fig in figures(model, data.probe, kl_threshold=kl_threshold).items():
-        tracker.log_figure(rid, fig, f"snapshots/step_{step:07d}/{fname}")
+        tracker.log_image_at_step(rid, fig, Path(fname).stem, step)
 
 
 def _log_progress(tracker, rid, outcome: Outcome, kl_threshold) -> dict:
@@ -268,7 +272,7 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
     tracker.log_metrics(rid, metrics, outcome.step)
     tracker.log_metrics(rid, {f"probe_kl_z{j}": v for j, v in enumerate(kl)}, outcome.step)
     for fname, fig in figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold).items():
-        tracker.log_figure(rid, fig, fname)
+        tracker.log_image_at_step(rid, fig, Path(fname).stem, outcome.step, artifact_file=fname)
     config = {
         "image_size": int(data.train.shape[1]),
         "latent_dim": cfg.latent_dim,
