@@ -401,14 +401,14 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     }
     assert {k: params.get(k) for k in expected} == expected
 
-    terms = ["loss", "rec", "kl"] + [f"kl_z{j}" for j in range(LATENT)]
+    terms = ["loss", "rec", "kl"] + [f"kl/z{j}" for j in range(LATENT)]
     series = {k: history(client, rid, k) for k in terms}
     for key, points in series.items():
         assert [s for s, _ in points] == [2, 4, 5], key  # every log_every steps and at the last step
     for i in range(3):
         rec, kl = series["rec"][i][1], series["kl"][i][1]
         assert series["loss"][i][1] == pytest.approx(rec + 4.0 * kl, rel=1e-5)
-        assert kl == pytest.approx(sum(series[f"kl_z{j}"][i][1] for j in range(LATENT)), rel=1e-5, abs=1e-7)
+        assert kl == pytest.approx(sum(series[f"kl/z{j}"][i][1] for j in range(LATENT)), rel=1e-5, abs=1e-7)
     assert not {"capacity", "mi", "tc", "dwkl"} & set(run.data.metrics)
     assert "system/cpu_utilization_percentage" in run.data.metrics  # a training run watches the machine
 

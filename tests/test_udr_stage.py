@@ -325,9 +325,9 @@ def test_udr_tables_scores_and_metrics_on_runs(udr_root):
     # Scores go back onto every model's run; the run of the stale data version is left alone.
     for rid, i in by_run.items():
         metrics = tracker.client.get_run(rid).data.metrics
-        assert metrics["udr_within"] == pytest.approx(within[i], abs=1e-9)
+        assert metrics["udr"] == pytest.approx(within[i], abs=1e-9)
         assert metrics["udr_a2a"] == pytest.approx(a2a[i], abs=1e-9)
-    assert "udr_within" not in tracker.client.get_run(udr_root["stale"]).data.metrics
+    assert "udr" not in tracker.client.get_run(udr_root["stale"]).data.metrics
     ranked = pd.read_csv(out / "models.csv")
     assert sorted(ranked.run_id) == sorted(by_run)
     assert (ranked.data_version == udr_root["version"]).all()

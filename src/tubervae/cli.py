@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage udr: UDR tables within families and all-against-all",
         description="Rank the trained models with UDR (udr section of params.yaml): the thesis's "
         "tables per family and A2A, the herd-effect table and similarity heat maps "
-        "in reports/udr/, and udr_within / udr_a2a metrics on every model's run.",
+        "in reports/udr/, and udr (within-setting) / udr_a2a metrics on every model's run.",
     )
     p.add_argument(
         "--all-runs",

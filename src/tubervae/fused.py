@@ -273,7 +273,7 @@ def _segment(
         if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end:
             for k, (index, _, _) in enumerate(groups):
                 means = (sums[k] / count).cpu().numpy()
-                labels = names[k] + [f"kl_z{j}" for j in range(d)]
+                labels = names[k] + [f"kl/z{j}" for j in range(d)]
                 for row, g in zip(means, index):
                     m = members[g]
                     m.step = step

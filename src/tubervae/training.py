@@ -383,7 +383,7 @@ def train_model(
             ]
         )
         if names is None:
-            names = scalars + [f"kl_z{j}" for j in range(cfg.latent_dim)]
+            names = scalars + [f"kl/z{j}" for j in range(cfg.latent_dim)]
         sums = row if sums is None else sums + row
 
         boundary = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end

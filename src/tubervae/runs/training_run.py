@@ -270,7 +270,7 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
     kl = outcome.latents["kl"]
     metrics = {"n_active": int(informative_mask(kl, kl_threshold).sum()), **outcome.metrics}
     tracker.log_metrics(rid, metrics, outcome.step)
-    tracker.log_metrics(rid, {f"probe_kl_z{j}": v for j, v in enumerate(kl)}, outcome.step)
+    tracker.log_metrics(rid, {f"probe_kl/z{j}": v for j, v in enumerate(kl)}, outcome.step)
     for fname, fig in figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold).items():
         tracker.log_image_at_step(rid, fig, Path(fname).stem, outcome.step, artifact_file=fname)
     config = {

@@ -10,8 +10,8 @@ Outputs (reports/udr/): `<family>.csv` and `a2a.csv` in the thesis's layout (fig
 `herd.csv` (within-family against A2A ranks, the herd effect), similarity heat maps
 of chosen pairs (figures 4.15, 4.17) and `summary.json`. DVC reads `reports/metrics/udr.json`
 (its numbers only) and the plot data `reports/plots/udr_vs_beta.csv` (one row per setting) and
-`reports/plots/herd.csv`. `udr_within` and `udr_a2a` go back onto each model's run so
-`mlflow ui` can sort by them.
+`reports/plots/herd.csv`. Each model's run gets its within-setting score as `udr` (the name its
+trial's median has) and `udr_a2a`, so `mlflow ui` sorts trials and seeds by the same column.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def run(
         )
 
     for rid, w, a, n, steps in zip(frame.run_id, frame.udr_within, frame.udr_a2a, frame.n_active, frame.steps):
-        tracker.log_metrics(rid, {"udr_within": w, "udr_a2a": a})
+        tracker.log_metrics(rid, {"udr": w, "udr_a2a": a})  # `udr`: as on the trial, whose `udr` is its seeds' median
         # A reused run was counted under the udr.kl_threshold of its day; today's count, at the training's
         # last step, becomes the value MLflow shows.
         tracker.log_metrics(rid, {"n_active": n}, step=int(steps))
