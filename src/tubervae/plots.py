@@ -157,6 +157,9 @@ def traversal_latents(z0, offsets) -> np.ndarray:
 def image_grid_figure(rows, titles=None, row_labels=None) -> Figure:
     """A grid of RGB images, one row per sequence; rows may differ in length.
 
+    Why not `torchvision.utils.make_grid`: it tiles pixels only, and these grids are read by their
+    labels (each traversal row's component and KL, each misclassified photo's scores).
+
     ``rows`` is a sequence of ``(m_r, h, w, 3)`` arrays (uint8 or float in [0, 1]) or one
     ``(r, m, h, w, 3)`` array. ``titles`` is either ``m`` column titles (flat sequence,
     shown over the first row) or one title per image (a sequence of per-row sequences),
@@ -438,6 +441,9 @@ def metric_vs_param_figure(
 ) -> Figure:
     """A metric against a hyperparameter, one point per trial (e.g. UDR against beta).
 
+    Why not `optuna.visualization.matplotlib.plot_slice`: it cannot mark infeasible trials nor add
+    the normalised-β axis, the two things this figure is read for.
+
     ``groups`` colours points by family or setting; ``infeasible`` trials are drawn as
     grey crosses so they are seen but not mistaken for candidates. ``secondary`` =
     (label, factor) adds a top axis showing ``x * factor`` (e.g. the normalised β).
@@ -484,7 +490,10 @@ def metric_vs_param_figure(
 def history_figure(values, best_so_far: bool = True, *, maximize: bool = True) -> Figure:
     """Objective per trial in order, with the running best (an optimisation history).
 
-    NaN marks a failed or pruned trial: it is skipped, not plotted as zero.
+    NaN marks a failed, pruned or infeasible trial: it is skipped, not plotted as zero.
+    Why not `optuna.visualization.matplotlib.plot_optimization_history`: it needs the study (this
+    draws from the search report, so reports rebuild without optuna.db), and its best-so-far line
+    would count the trials that `search.min_active` rules out, whose UDR is a real number.
     """
     values = _vector("values", values, allow_nan=True)
     if values.shape[0] == 0:
