@@ -45,6 +45,9 @@ bench: install        ## speed figures (benchmarks/README.md)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 ui: install           ## MLflow's UI on the project's tracking store (http://127.0.0.1:$(UI_PORT))
+	@# MLflow 3's UI opens on its GenAI view unless asked for model training: print the link that asks.
+	@$(BIN)/python -c "from tubervae.runs.tracker import Tracker; \
+	  print('training runs: http://127.0.0.1:$(UI_PORT)/#/experiments/' + Tracker('.').experiment_id + '?workflowType=machine_learning')"
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --port $(UI_PORT)
 
 dashboard: install    ## optuna-dashboard on the studies in optuna.db (installed on first use)
