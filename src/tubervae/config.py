@@ -110,6 +110,7 @@ class TrainConfig:
     threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores
     workers: int = _rule(0, min=0)  # models trained at once, one process and one thread each; 0 = one per core
     fuse: str = _rule("auto", choices=FUSE_MODES)  # a trial's seeds as one fused model (tubervae.fused)
+    compile: bool = _rule(False)  # torch.compile the network of a separately trained model (not a fused one)
 
     def weight_identity(self) -> dict:
         """The settings that decide the trained weights (what a checkpoint or a reused run must match)."""
