@@ -334,3 +334,24 @@ def test_save_figure_rejects_other_suffix_and_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="must end in .png"):
         plots.save_figure(plots.history_figure([0.1]), tmp_path / "out" / "fig.jpg")
     assert not (tmp_path / "out").exists()
+
+
+def test_history_ticks_are_whole_trials_and_a_narrow_log_axis_reads_plain_numbers():
+    fig = plots.history_figure([0.4, 0.6])
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks)  # no trial 0.2, 0.4, …
+
+    fig = plots.metric_vs_param_figure(
+        [2.23, 3.57], [0.43, 0.59], xlabel="β", ylabel="UDR", logx=True, secondary=("normalised β", 0.0033)
+    )
+    fig.canvas.draw()
+    labels = [
+        t.get_text()
+        for ax in fig.axes
+        for axis in (ax.xaxis,)
+        for t in axis.get_ticklabels(which="both")
+        if t.get_text()
+    ]
+    assert labels and not [text for text in labels if "10^" in text or "times" in text or "×" in text], labels
+    assert "3" in labels  # within one decade the minor ticks carry plain numbers

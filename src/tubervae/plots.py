@@ -22,6 +22,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from scipy import stats
 
 from tubervae.config import INFORMATIVE_KL
@@ -472,6 +473,12 @@ def metric_vs_param_figure(
         )
     if logx:
         ax.set_xscale("log")
+        # Within a decade the log axis labels its minor ticks as 2.2×10⁰, 2.4×10⁰ …, which collide:
+        # plain numbers, slanted, stay legible.
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="both", labelrotation=45, labelsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel} against {xlabel}")
@@ -482,6 +489,11 @@ def metric_vs_param_figure(
             raise ValueError(f"secondary's factor must be a positive number, got {factor!r}")
         top = ax.secondary_xaxis("top", functions=(lambda v: v * factor, lambda v: v / factor))
         top.set_xlabel(label)
+        if logx:
+            short = FuncFormatter(lambda v, _: f"{v:.3g}")
+            top.xaxis.set_major_formatter(short)
+            top.xaxis.set_minor_formatter(short)
+            top.tick_params(axis="x", which="both", labelrotation=45, labelsize=8)
     if groups is not None or not feasible.all():
         ax.legend(fontsize=8)
     return fig
@@ -509,6 +521,7 @@ def history_figure(values, best_so_far: bool = True, *, maximize: bool = True) -
         running = (np.maximum if maximize else np.minimum).accumulate(np.where(ok, values, fill))
         running = np.where(np.isfinite(running), running, np.nan)  # before the first finite trial
         ax.step(trials, running, where="post", color="tab:red", lw=1.5, label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers, not 0.2, 0.4, …
     ax.set_xlabel("trial")
     ax.set_ylabel("objective")
     ax.set_title("optimisation history")
