@@ -59,8 +59,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"cpu: {cpu_model()}; torch {torch.__version__}; {args.threads} thread(s); "
-          f"{args.image_size}×{args.image_size}, batch {args.batch}", flush=True)
+    print(
+        f"cpu: {cpu_model()}; torch {torch.__version__}; {args.threads} thread(s); "
+        f"{args.image_size}×{args.image_size}, batch {args.batch}",
+        flush=True,
+    )
     eager, eager_warm = rate(False, args)
     print(f"eager     {eager:7.2f} steps/s  (first 3 steps {eager_warm:.1f} s)", flush=True)
     again, _ = rate(False, args)
@@ -71,8 +74,10 @@ def main() -> None:
         print(f"compiled  failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         return
     base = (eager + again) / 2
-    print(f"compiled  {compiled:7.2f} steps/s  {compiled / base:.2f}× eager; compiling (first 3 steps) {compile_s:.1f} s",
-          flush=True)
+    print(
+        f"compiled  {compiled:7.2f} steps/s  {compiled / base:.2f}× eager; compiling (first 3 steps) {compile_s:.1f} s",
+        flush=True,
+    )
     print(f"a 2000-step model: eager {2000 / base:.0f} s, compiled {2000 / compiled + compile_s:.0f} s", flush=True)
 
 

@@ -135,7 +135,7 @@ def profile(n: int, args, images, device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="1,5,25,115", help="comma-separated numbers of fused models")
-    parser.add_argument("--steps", type=int, default=100, help="steps of the shorter timed run (fewer: set-up noise shows)")
+    parser.add_argument("--steps", type=int, default=100, help="steps of the shorter timed run (fewer: set-up noise)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--images", type=int, default=4000, help="random training photos")
