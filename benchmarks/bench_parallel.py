@@ -13,7 +13,10 @@ minutes:
 It prints the CPU model, the wall time and models per hour of each, and the ratio. The
 goal for the default study on 2 cores is ≥ 1.35×.
 
-    .venv/bin/python benchmarks/bench_parallel.py [--steps 400] [--trials 2] [--seeds 3]
+    .venv/bin/python benchmarks/bench_parallel.py [--steps 400] [--trials 2] [--seeds 3] [--compile]
+
+`--compile` adds a third run: the pool with `train.compile: true` (each model's network through
+`torch.compile`, which pays off on one thread; benchmarks/bench_cpu_compile.py).
 """
 
 from __future__ import annotations
@@ -29,11 +32,17 @@ from tubervae.config import parse_params
 from tubervae.stages import preprocess, raw, search
 
 
-def params(args, workers: int) -> dict:
+def params(args, workers: int, compile_: bool = False) -> dict:
     return {
         "data": {"n_images": args.images},
         "preprocess": {"probe_size": min(1000, args.images // 2)},
-        "train": {"steps": args.steps, "snapshot_every": 0, "checkpoint_every": args.steps, "workers": workers},
+        "train": {
+            "steps": args.steps,
+            "snapshot_every": 0,
+            "checkpoint_every": args.steps,
+            "workers": workers,
+            "compile": compile_,
+        },
         "search": {
             "seeds": args.seeds,
             "min_active": 0,
@@ -63,6 +72,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--images", type=int, default=1200)
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the pool with train.compile (torch.compile per model)"
+    )
     args = parser.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
@@ -78,12 +90,22 @@ def main() -> None:
             f"{args.steps} steps each at 32×32, batch 32"
         )
         one = timed_search(tmp / "one", tmp / "processed", params(args, 1))
+        print(
+            f"one model at a time ({cores} threads): {one:7.1f} s  {models * 3600 / one:7.1f} models/hour", flush=True
+        )
         pool = timed_search(tmp / "pool", tmp / "processed", params(args, 0))
-    print(f"one model at a time ({cores} threads): {one:7.1f} s  {models * 3600 / one:7.1f} models/hour")
-    print(
-        f"pool of {cores} 1-thread workers    : {pool:7.1f} s  {models * 3600 / pool:7.1f} models/hour  "
-        f"({one / pool:.2f}x)"
-    )
+        print(
+            f"pool of {cores} 1-thread workers    : {pool:7.1f} s  {models * 3600 / pool:7.1f} models/hour  "
+            f"({one / pool:.2f}x)",
+            flush=True,
+        )
+        if args.compile:
+            compiled = timed_search(tmp / "compiled", tmp / "processed", params(args, 0, True))
+            print(
+                f"the pool, train.compile         : {compiled:7.1f} s  {models * 3600 / compiled:7.1f} models/hour  "
+                f"({one / compiled:.2f}x)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
