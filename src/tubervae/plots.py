@@ -437,6 +437,15 @@ def scatter_threshold_figure(values_2d, labels_bad, component_names, threshold=N
     return fig
 
 
+def _legible_log_ticks(ax, spec: str) -> None:
+    """Within a decade a log x axis labels its minor ticks as 2.2×10⁰, 2.4×10⁰ …, which collide:
+    plain numbers (format `spec`), slanted, stay legible."""
+    plain = FuncFormatter(lambda v, _: format(v, spec))
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="both", labelrotation=45, labelsize=8)
+
+
 def metric_vs_param_figure(
     x, y, *, groups=None, xlabel: str, ylabel: str, logx: bool = False, infeasible=None, secondary=None
 ) -> Figure:
@@ -473,12 +482,7 @@ def metric_vs_param_figure(
         )
     if logx:
         ax.set_xscale("log")
-        # Within a decade the log axis labels its minor ticks as 2.2×10⁰, 2.4×10⁰ …, which collide:
-        # plain numbers, slanted, stay legible.
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="both", labelrotation=45, labelsize=8)
+        _legible_log_ticks(ax, "g")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel} against {xlabel}")
@@ -490,10 +494,7 @@ def metric_vs_param_figure(
         top = ax.secondary_xaxis("top", functions=(lambda v: v * factor, lambda v: v / factor))
         top.set_xlabel(label)
         if logx:
-            short = FuncFormatter(lambda v, _: f"{v:.3g}")
-            top.xaxis.set_major_formatter(short)
-            top.xaxis.set_minor_formatter(short)
-            top.tick_params(axis="x", which="both", labelrotation=45, labelsize=8)
+            _legible_log_ticks(top, ".3g")
     if groups is not None or not feasible.all():
         ax.legend(fontsize=8)
     return fig

@@ -52,8 +52,8 @@ VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed"
 VAE_MODEL = "vae"  # the name of the logged MLflow model on each training run
 PARENT_TAG = "mlflow.parentRunId"
 FIGURE_DPI = 120  # as `plots.save_figure` writes the report PNGs
-# A model-training experiment, not a GenAI one: MLflow 3's UI then opens it on its runs (not the
-# GenAI overview), with this description on top.
+# A model-training experiment, not a GenAI one, with this description on top of its page. (Which view
+# MLflow 3's UI opens on is the browser's choice, not the experiment's: `make ui` prints the link.)
 EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
     "mlflow.note.content": "VAE training runs (nested under their Optuna trial and study), the udr, register, "
@@ -122,7 +122,7 @@ class Tracker:
         self._last_step: dict[str, int] = {}  # per run: the step of the latest metrics logged through here
 
     def _experiment(self, name: str) -> str:
-        """The experiment `name`, created on first use, tagged so the MLflow UI opens it on its runs."""
+        """The experiment `name`, created on first use and tagged as model training (`EXPERIMENT_TAGS`)."""
         found = self.client.get_experiment_by_name(name)
         if found is None:
             location = (self.root / "mlruns").as_uri() if is_local_store(self.uri) else None
