@@ -116,3 +116,32 @@ def test_killed_stage_leaves_no_run_running_after_the_rerun(project, stage, monk
     statuses = {r.info.run_id: r.info.status for r in runs_of(project, stage)}
     assert statuses[killed.info.run_id] == "KILLED"
     assert "RUNNING" not in statuses.values() and "FINISHED" in statuses.values()
+
+
+def test_a_pool_workers_run_is_killed_with_its_owner_even_while_the_worker_lingers(tmp_path, empty_mlflow_db):
+    """A search killed under its training pool: the rerun may start before the orphaned worker has
+    exited (it polls for its owner once a second). Its run is marked KILLED all the same, after the
+    worker is gone; a live owner's worker keeps its run RUNNING."""
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    dead_owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_owner.wait()
+    lingering = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        orphan_tracker = Tracker(tmp_path, owner_pid=dead_owner.pid)
+        orphan = orphan_tracker.create_run("orphan", tags={"kind": "vae"})
+        orphan_tracker.set_tags(orphan, {"pid": str(lingering.pid)})  # as if the lingering process held it
+        owned = Tracker(tmp_path, owner_pid=os.getpid())
+        held = owned.create_run("held", tags={"kind": "vae"})
+        owned.set_tags(held, {"pid": str(busy.pid)})
+
+        start = time.monotonic()
+        marked = Tracker(tmp_path).mark_stale_runs_killed()
+        assert marked == [orphan]
+        assert lingering.poll() is not None and time.monotonic() - start < 10  # waited for it, not longer
+        assert owned.status(orphan) == "KILLED" and owned.status(held) == "RUNNING"
+        assert owned.get_run(orphan).data.tags["owner_pid"] == str(dead_owner.pid)
+    finally:
+        for proc in (lingering, busy):
+            proc.kill()
+            proc.wait()

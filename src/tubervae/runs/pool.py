@@ -11,7 +11,8 @@ marked KILLED by the next start.
 Workers are started with 'spawn' (no inherited sqlite connections or thread pools) and
 watch the process that started them: when it dies, they exit within a second, so a
 killed search never leaves an orphan training a seed that the resumed search would
-train a second time. (Linux's parent-death signal would fire when the *thread* that
+train a second time, and their runs carry the search's pid, so a rerun that starts within that
+second still marks them KILLED. (Linux's parent-death signal would fire when the *thread* that
 started a worker ends, and trials run in threads.) As with any 'spawn' pool, a script
 that starts one must guard its entry point (`if __name__ == "__main__":`): the workers
 import the main module. The `tubervae` command and `python -m tubervae.cli` do.
@@ -95,9 +96,10 @@ _worker: dict = {}
 
 
 def _start_worker(root: str, experiment_id: str, processed_dir: str, checkpoint_dir: str) -> None:
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(1)
-    _worker["tracker"] = Tracker(root, experiment_id=experiment_id)
+    _worker["tracker"] = Tracker(root, experiment_id=experiment_id, owner_pid=parent)
     _worker["data"] = load_training_data(processed_dir)
     _worker["checkpoint_dir"] = Path(checkpoint_dir)
 

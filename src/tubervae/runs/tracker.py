@@ -51,6 +51,7 @@ WEIGHTS, VAE_CONFIG, LATENTS = "model/model.pt", "model/config.json", "latents.n
 VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed", "data_version")
 VAE_MODEL = "vae"  # the name of the logged MLflow model on each training run
 PARENT_TAG = "mlflow.parentRunId"
+OWNER_PID_TAG = "owner_pid"  # on a pool worker's runs: the search whose death ends them
 FIGURE_DPI = 120  # as `plots.save_figure` writes the report PNGs
 # A model-training experiment, not a GenAI one, with this description on top of its page. (Which view
 # MLflow 3's UI opens on is the browser's choice, not the experiment's: `make ui` prints the link.)
@@ -109,8 +110,18 @@ def is_local_store(uri: str) -> bool:
 class Tracker:
     """A handle on the project's experiment: runs, metrics, artifacts, the registry."""
 
-    def __init__(self, root: str | Path = ".", experiment: str = EXPERIMENT, *, experiment_id: str | None = None):
+    def __init__(
+        self,
+        root: str | Path = ".",
+        experiment: str = EXPERIMENT,
+        *,
+        experiment_id: str | None = None,
+        owner_pid: int | None = None,
+    ):
+        """`owner_pid`: the process whose death ends this one's runs too (a training pool's search);
+        its runs carry it, so that a rerun marks them KILLED at once, not only once this process is gone."""
         self.root = Path(root).resolve()
+        self.owner_pid = owner_pid
         self.uri = tracking_uri(self.root)
         _point_mlflow_at(self.uri)  # for model logging and the registry helpers
         # Creating a fresh sqlite database (schema migrations, the experiment) from several
@@ -155,8 +166,7 @@ class Tracker:
 
     # runs ------------------------------------------------------------------------
     def create_run(self, name: str, *, parent_id: str | None = None, tags: dict | None = None) -> str:
-        tags = dict(tags or {})
-        tags.update({"host": socket.gethostname(), "pid": str(os.getpid())})
+        tags = {**(tags or {}), **self._process_tags()}
         if parent_id:
             tags[PARENT_TAG] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
@@ -190,7 +200,7 @@ class Tracker:
             held = self.get_run(run_id)
             renamed = name if GENERATED_RUN_NAME.match(held.info.run_name or "") and _from_mlflow_run(held) else None
             self.client.update_run(run_id, status="RUNNING", name=renamed)
-            self.set_tags(run_id, {"host": socket.gethostname(), "pid": str(os.getpid()), **(tags or {})})
+            self.set_tags(run_id, {**self._process_tags(), **(tags or {})})
         monitor = None
         if system_metrics:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -222,8 +232,20 @@ class Tracker:
     def status(self, run_id: str) -> str:
         return self.get_run(run_id).info.status
 
-    def mark_stale_runs_killed(self) -> list[str]:
-        """Runs left RUNNING by a dead process on this host are marked KILLED."""
+    def _process_tags(self) -> dict:
+        """Which process holds a run: what `mark_stale_runs_killed` checks."""
+        tags = {"host": socket.gethostname(), "pid": str(os.getpid())}
+        if self.owner_pid is not None:
+            tags[OWNER_PID_TAG] = str(self.owner_pid)
+        return tags
+
+    def mark_stale_runs_killed(self, orphan_grace: float = 10.0) -> list[str]:
+        """Runs left RUNNING by a dead process on this host are marked KILLED.
+
+        A run whose owner died (a search killed under its training pool) is stale even while its
+        worker lives on: the worker exits within about a second of its owner, so it is given up to
+        `orphan_grace` seconds to go first, and its run never stays RUNNING behind a quick rerun.
+        """
         host = socket.gethostname()
         stale = []
         runs = self.client.search_runs(
@@ -233,7 +255,11 @@ class Tracker:
             tags = run.data.tags
             if tags.get("host") != host or not tags.get("pid", "").isdigit():
                 continue
-            if not process_alive(int(tags["pid"])):
+            pid, owner = int(tags["pid"]), tags.get(OWNER_PID_TAG, "")
+            orphaned = owner.isdigit() and not process_alive(int(owner))
+            if orphaned:
+                _wait_for_exit(pid, orphan_grace)
+            if orphaned or not process_alive(pid):
                 self.client.set_terminated(run.info.run_id, status="KILLED")
                 stale.append(run.info.run_id)
         if stale:
@@ -572,6 +598,12 @@ def _same_param(held: str, text: str) -> bool:
         return float(held) == float(text)
     except ValueError:
         return False
+
+
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def process_alive(pid: int) -> bool:
