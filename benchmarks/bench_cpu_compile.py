@@ -4,14 +4,18 @@ Times one VAE's training step (forward, the β-VAE loss, backward, Adam) at the 
 size (32×32, batch 32) on one torch thread, as each training worker runs it, eager and compiled
 (inductor), and prints steps per second, the ratio against eager in the same run, and the
 compilation's one-off cost. A model of the default profile trains 2000 steps, so the compile
-cost is set against that.
+cost is set against that. With `--processes 2` that many copies run side by side, one per core,
+as the training pool's workers do, and their summed rates are compared: a speed-up measured on
+an otherwise idle machine need not survive every core being busy.
 
     python benchmarks/bench_cpu_compile.py [--steps 200] [--threads 1] [--image-size 32] [--batch 32]
+                                           [--processes 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 
 import torch
@@ -51,12 +55,34 @@ def rate(compiled: bool, args) -> tuple[float, float]:
     return args.steps / (time.perf_counter() - start), warm
 
 
+def _measure(args, compiled: bool, barrier, results) -> None:
+    torch.set_num_threads(args.threads)
+    if compiled:  # compile first, then start the clock together, so only the steps overlap
+        rate(True, argparse.Namespace(**{**vars(args), "steps": 3}))
+    barrier.wait()
+    results.put(rate(compiled, args)[0])
+
+
+def side_by_side(args, compiled: bool) -> list[float]:
+    """Steps/s of each of `args.processes` processes training at once."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(args.processes), ctx.Queue()
+    procs = [ctx.Process(target=_measure, args=(args, compiled, barrier, results)) for _ in range(args.processes)]
+    for proc in procs:
+        proc.start()
+    rates = [results.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--processes", type=int, default=1, help="copies side by side (e.g. one per core)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -64,6 +90,17 @@ def main() -> None:
         f"{args.image_size}×{args.image_size}, batch {args.batch}",
         flush=True,
     )
+    if args.processes > 1:
+        print(f"{args.processes} processes side by side", flush=True)
+        eager = side_by_side(args, False)
+        print(f"eager     {sum(eager):7.2f} steps/s in all  ({' + '.join(f'{r:.2f}' for r in eager)})", flush=True)
+        fast = side_by_side(args, True)
+        print(
+            f"compiled  {sum(fast):7.2f} steps/s in all  ({' + '.join(f'{r:.2f}' for r in fast)}), "
+            f"{sum(fast) / sum(eager):.2f}× eager side by side",
+            flush=True,
+        )
+        return
     eager, eager_warm = rate(False, args)
     print(f"eager     {eager:7.2f} steps/s  (first 3 steps {eager_warm:.1f} s)", flush=True)
     again, _ = rate(False, args)
