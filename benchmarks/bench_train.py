@@ -3,22 +3,40 @@
 Both train the thesis architecture (table 4.1) with the β-VAE loss, Adam, batch 64, on
 random 64×64 images, in this one process. Prints images/s, the ratio, and the share
 of the machine's float32 peak (measured here with a large matmul) at 221 MFLOP per
-image per step.
+image per step. The project's loop runs Adam as one fused kernel (`training.new_optimiser`);
+it is also timed with PyTorch's per-tensor Adam, the ratio being what the fused kernel buys.
+`--threads 1` times a step as each worker of the training pool runs it.
 
-    python benchmarks/bench_train.py [--image-size 64] [--steps 60] [--family beta_vae]
+    python benchmarks/bench_train.py [--image-size 64] [--batch 64] [--steps 60] [--family beta_vae]
+                                     [--threads 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from unittest import mock
 
 import numpy as np
 import torch
 
+from _machine import cpu_model  # benchmarks/, the script's folder
+from tubervae import training
 from tubervae.config import FAMILIES, TrainConfig
 from tubervae.models.nets import VAE, flops_per_image
 from tubervae.training import Setting, train_model
+
+
+@contextlib.contextmanager
+def per_tensor_adam():
+    """The project's loop with PyTorch's default (per-tensor, not fused) Adam."""
+
+    def adam(params, cfg, device):
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+
+    with mock.patch.object(training, "new_optimiser", adam):
+        yield
 
 
 def plain_loop(images: np.ndarray, steps: int, batch: int, loss_fn) -> float:
@@ -82,21 +100,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--family", default="beta_vae", choices=FAMILIES)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2048, args.image_size, args.image_size, 3), dtype=np.uint8)
     loss_fn = Setting(args.family, 4.0, 10.0).loss(TrainConfig(steps=args.steps), len(images))
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.image_size}x{args.image_size}, "
-        f"batch {args.batch}, {args.family}, {args.steps} timed steps"
+        f"cpu: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.image_size}x{args.image_size}, batch {args.batch}, {args.family}, {args.steps} timed steps"
     )
     baseline = plain_loop(images, args.steps, args.batch, loss_fn)
     ours = project_loop(images, args.steps, args.batch, args.family)
+    with per_tensor_adam():
+        ours_per_tensor = project_loop(images, args.steps, args.batch, args.family)
+    again = project_loop(images, args.steps, args.batch, args.family)  # the noise between two runs
     ours_bf16 = project_loop(images, args.steps, args.batch, args.family, precision="bfloat16")
     peak = matmul_peak()
     flops = flops_per_image(args.image_size, 10)
     print(f"plain NCHW loop     : {baseline:8.1f} images/s")
-    print(f"tubervae train loop : {ours:8.1f} images/s   ({ours / baseline:.2f}x the plain loop)")
+    print(f"tubervae train loop : {ours:8.1f} images/s   ({ours / baseline:.2f}x the plain loop), again {again:.1f}")
+    print(
+        f"  per-tensor Adam   : {ours_per_tensor:8.1f} images/s   "
+        f"(the fused Adam: {(ours + again) / 2 / ours_per_tensor:.2f}x this)"
+    )
     print(f"  precision bfloat16: {ours_bf16:8.1f} images/s   ({ours_bf16 / baseline:.2f}x the plain loop)")
     print(
         f"float32 matmul peak : {peak / 1e9:8.1f} GFLOP/s; the training step uses {flops / 1e6:.0f} MFLOP/image "

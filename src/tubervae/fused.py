@@ -41,6 +41,7 @@ from tubervae.training import (
     checkpoint_identity,
     images_to_tensor,
     load_checkpoint,
+    new_optimiser,
     probe_latents,
     reconstruction_error,
     resolve_precision,
@@ -87,7 +88,7 @@ def _fresh_member(job: FusedJob, cfg: TrainConfig, image_size: int, device: torc
     """The twin's state at step 0, drawn exactly as `train_model` draws it."""
     torch.manual_seed(job.seed)
     net = VAE(image_size=image_size, latent_dim=cfg.latent_dim).to(device, memory_format=torch.channels_last)
-    adam = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    adam = new_optimiser(net.parameters(), cfg, device)
     cpu_rng = torch.get_rng_state()
     noise = torch.Generator(device=device)
     if device.type == "cpu":
@@ -115,7 +116,7 @@ def _restore(member: _Member, cfg: TrainConfig, device: torch.device) -> None:
     if state is None:
         return
     net = copy.deepcopy(member.net)
-    adam = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    adam = new_optimiser(net.parameters(), cfg, device)
     try:
         net.load_state_dict(state["model"])
         adam.load_state_dict(state["optimiser"])
@@ -165,9 +166,7 @@ class _Stack:
         self.names = [name for name, _ in nets[0].named_parameters()]
         params, _ = stack_module_state(nets)
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        self.adam = torch.optim.Adam(
-            [self.params[k] for k in self.names], lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
-        )
+        self.adam = new_optimiser([self.params[k] for k in self.names], cfg, self.params[self.names[0]].device)
         states = [m.adam_state["state"] for m in members]
         if states[0]:  # resumed: stack each parameter's moments and step count
             stacked = {}

@@ -140,6 +140,16 @@ def compiled(model: VAE):
     return torch.compile(model)
 
 
+def new_optimiser(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """The thesis's Adam. On a CPU or CUDA device it runs as one fused kernel: on a CPU the
+    per-tensor loop is about an eighth of a 32×32 step, and the fused one trains 1.07×
+    the steps per second (benchmarks/bench_train.py). The update is the same to rounding."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(
+        params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=fused or None
+    )
+
+
 def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 N×H×W×3 → uint8 N×3×H×W in channels_last layout (no copy of the pixels on the CPU)."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -312,8 +322,7 @@ def train_model(
         """The run's state at step 0: everything the seed decides."""
         torch.manual_seed(seed)
         net = VAE(image_size=image_size, latent_dim=cfg.latent_dim).to(device, memory_format=torch.channels_last)
-        adam = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-        return net, adam, torch.Generator().manual_seed(seed)
+        return net, new_optimiser(net.parameters(), cfg, device), torch.Generator().manual_seed(seed)
 
     model, optimiser, batches = fresh()
     data = images_to_tensor(train_images, device)
