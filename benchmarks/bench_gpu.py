@@ -12,7 +12,10 @@ convolutions and batched matmuls. This script prints, on the device it finds:
 A rate is measured as the difference of two runs of `train_fused` (`--steps` and twice that), so
 the set-up (initialisation, probe encoding, the test-set error) cancels out.
 
-    python benchmarks/bench_gpu.py [--models 1,5,25,115] [--steps 100] [--precision auto]
+`--adam foreach` runs the stacked Adam as PyTorch's multi-tensor loop instead of one fused kernel
+(`training.new_optimiser`), for the ratio between them in one run.
+
+    python benchmarks/bench_gpu.py [--models 1,5,25,115] [--steps 100] [--precision auto] [--adam fused]
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from _machine import cpu_model  # benchmarks/, the script's folder
-from tubervae import fused
+from tubervae import fused, training
 from tubervae.config import TrainConfig
 from tubervae.fused import FusedJob, train_fused
 from tubervae.training import Setting, resolve_precision, select_device, train_model
@@ -146,7 +149,15 @@ def main() -> None:
         "--layout", choices=["channels_last", "contiguous"], help="the batch's memory layout on CUDA (default: fused's)"
     )
     parser.add_argument("--profile", type=int, default=0, help="instead: profile this many fused models")
+    parser.add_argument("--adam", choices=["fused", "foreach"], default="fused", help="the optimiser's kernels")
     args = parser.parse_args()
+    if args.adam == "foreach":
+
+        def foreach_adam(params, cfg, device):
+            betas = (cfg.adam_beta1, cfg.adam_beta2)
+            return torch.optim.Adam(params, lr=cfg.lr, betas=betas, eps=cfg.adam_eps, foreach=True)
+
+        fused.new_optimiser = training.new_optimiser = foreach_adam
     device = select_device(args.device)
     if args.layout:
         fused.INPUT_LAYOUT["cuda"] = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[
@@ -158,7 +169,7 @@ def main() -> None:
     precision = resolve_precision(args.precision, device)
     print(
         f"device: {device_name(device)}; torch {torch.__version__}; {args.image_size}×{args.image_size}, "
-        f"batch {args.batch}, precision {precision}, layout {fused.INPUT_LAYOUT.get(device.type)}",
+        f"batch {args.batch}, precision {precision}, layout {fused.INPUT_LAYOUT.get(device.type)}, Adam {args.adam}",
         flush=True,
     )
     if args.profile:
