@@ -141,6 +141,12 @@ def test_a_pool_workers_run_is_killed_with_its_owner_even_while_the_worker_linge
         assert lingering.poll() is not None and time.monotonic() - start < 10  # waited for it, not longer
         assert owned.status(orphan) == "KILLED" and owned.status(held) == "RUNNING"
         assert owned.get_run(orphan).data.tags["owner_pid"] == str(dead_owner.pid)
+        # Reopened by a live process (a resumed segment), the run is that process's: no former owner lingers.
+        plain = Tracker(tmp_path)
+        with plain.run("orphan", run_id=orphan):
+            assert plain.get_run(orphan).data.tags["owner_pid"] == str(os.getpid())
+            assert Tracker(tmp_path).mark_stale_runs_killed() == []
+        assert owned.status(orphan) == "FINISHED"
     finally:
         for proc in (lingering, busy):
             proc.kill()

@@ -51,7 +51,7 @@ WEIGHTS, VAE_CONFIG, LATENTS = "model/model.pt", "model/config.json", "latents.n
 VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed", "data_version")
 VAE_MODEL = "vae"  # the name of the logged MLflow model on each training run
 PARENT_TAG = "mlflow.parentRunId"
-OWNER_PID_TAG = "owner_pid"  # on a pool worker's runs: the search whose death ends them
+OWNER_PID_TAG = "owner_pid"  # the process whose death ends a run: a pool worker's search, else its own pid
 FIGURE_DPI = 120  # as `plots.save_figure` writes the report PNGs
 # A model-training experiment, not a GenAI one, with this description on top of its page. (Which view
 # MLflow 3's UI opens on is the browser's choice, not the experiment's: `make ui` prints the link.)
@@ -234,10 +234,10 @@ class Tracker:
 
     def _process_tags(self) -> dict:
         """Which process holds a run: what `mark_stale_runs_killed` checks."""
-        tags = {"host": socket.gethostname(), "pid": str(os.getpid())}
-        if self.owner_pid is not None:
-            tags[OWNER_PID_TAG] = str(self.owner_pid)
-        return tags
+        pid = os.getpid()
+        # Always set, so a run reopened by another process never keeps a former holder's owner.
+        owner = pid if self.owner_pid is None else self.owner_pid
+        return {"host": socket.gethostname(), "pid": str(pid), OWNER_PID_TAG: str(owner)}
 
     def mark_stale_runs_killed(self, orphan_grace: float = 10.0) -> list[str]:
         """Runs left RUNNING by a dead process on this host are marked KILLED.
