@@ -42,16 +42,23 @@ def test_traversal_latents_rejects_matrix():
         plots.traversal_latents(np.zeros((2, 2)), [0.0])
 
 
+def _tick_labels(axis) -> list[str]:
+    return [t.get_text() for t in axis.get_ticklabels()]
+
+
 def test_traversal_figure_grid_and_labels():
-    fig = plots.traversal_figure(_images(3, 5, 4, 4), kl=[0.5, 0.004, 1.25])
+    images = _images(3, 5, 4, 4)
+    fig = plots.traversal_figure(images, kl=[0.5, 0.004, 1.25])
     assert isinstance(fig, Figure)
-    image_axes = _image_axes(fig)
-    assert len(image_axes) == 15
-    assert all(len(ax.images) == 1 for ax in image_axes)
-    row_labels = [ax.get_ylabel() for ax in image_axes if ax.get_ylabel()]
-    assert row_labels == ["z0  KL=0.50", "z1  KL=0.00", "z2  KL=1.25"]
-    titles = [ax.get_title() for ax in image_axes if ax.get_title()]
-    assert titles == ["-2", "-1", "+0", "+1", "+2"]  # default offsets -2..2 in 5 steps
+    (ax,) = _image_axes(fig)
+    assert _tick_labels(ax.yaxis) == ["z0  KL=0.50", "z1  KL=0.00", "z2  KL=1.25"]
+    assert _tick_labels(ax.xaxis) == ["-2", "-1", "+0", "+1", "+2"]  # default offsets -2..2 in 5 steps
+    mosaic = ax.images[0].get_array()
+    assert mosaic.shape == (3 * 4 + 2, 5 * 4 + 4, 3)  # 1-pixel gaps between 4-pixel cells
+    np.testing.assert_allclose(mosaic[5:9, 10:14], images[1, 2])  # row 1, column 2
+    # Each tick sits on the centre of its cell.
+    np.testing.assert_allclose(ax.get_yticks(), [1.5, 6.5, 11.5])
+    np.testing.assert_allclose(ax.get_xticks(), [1.5, 6.5, 11.5, 16.5, 21.5])
 
 
 def test_traversal_figure_accepts_uint8_and_scales_it():
@@ -77,12 +84,43 @@ def test_traversal_figure_rejects_bad_input(images, kwargs, message):
 # --------------------------------------------------------------------------- image grids
 
 
+def test_image_mosaic_by_hand():
+    a = np.zeros((2, 2, 3), np.float32)
+    b = np.full((1, 2, 3), 0.5, np.float32)  # smaller than its cell: top-left corner
+    mosaic, row_origins, col_origins = plots.image_mosaic([[a, b], [a]], gap=1, fill=1.0)
+    assert mosaic.shape == (5, 5, 3)
+    np.testing.assert_array_equal(row_origins, [0, 3])
+    np.testing.assert_array_equal(col_origins, [0, 3])
+    expected = np.array(
+        [
+            [0, 0, 1, 0.5, 0.5],
+            [0, 0, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [0, 0, 1, 1, 1],  # the short second row leaves its second cell blank
+            [0, 0, 1, 1, 1],
+        ]
+    )
+    np.testing.assert_array_equal(mosaic[..., 0], expected)
+
+
+@pytest.mark.parametrize("rows, gap, message", [([], 1, "at least one image"), ([[np.zeros((2, 2, 3))]], -1, "gap")])
+def test_image_mosaic_rejects_bad_input(rows, gap, message):
+    with pytest.raises(ValueError, match=message):
+        plots.image_mosaic(rows, gap=gap)
+
+
 def test_image_grid_ragged_rows_and_per_image_titles():
     rows = [_images(3, 4, 4), _images(1, 4, 4)]
     fig = plots.image_grid_figure(rows, titles=[["a", "b", "c"], ["d"]], row_labels=["r0", "r1"])
-    assert len(_image_axes(fig)) == 4
-    assert [ax.get_title() for ax in fig.axes] == ["a", "b", "c", "d"]
-    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["r0", "r1"]
+    (ax,) = _image_axes(fig)
+    assert [t.get_text() for t in ax.texts] == ["a", "b", "c", "d"]
+    assert _tick_labels(ax.yaxis) == ["r0", "r1"]
+    # Each title sits just above its own cell: the cells are 4 pixels wide, 1 pixel apart.
+    positions = [t.get_position() for t in ax.texts]
+    assert [x for x, _ in positions] == [1.5, 6.5, 11.5, 1.5]
+    row_top = [0, 4 + 1]  # the gap grows to one pixel at this size
+    assert all(y < row_top[r] for (_, y), r in zip(positions, [0, 0, 0, 1]))
+    assert positions[3][1] > 3  # the second row's title is below the first row's cells
 
 
 def test_image_grid_rejects_wrong_title_count():
@@ -93,11 +131,12 @@ def test_image_grid_rejects_wrong_title_count():
 def test_reconstruction_figure_keeps_first_n_pairs():
     originals = _images(5, 4, 4)
     fig = plots.reconstruction_figure(originals, originals[::-1].copy(), n=3)
-    image_axes = _image_axes(fig)
-    assert len(image_axes) == 6
-    np.testing.assert_allclose(image_axes[2].images[0].get_array(), originals[2])
-    np.testing.assert_allclose(image_axes[3].images[0].get_array(), originals[4])  # reversed copy
-    assert [ax.get_ylabel() for ax in image_axes if ax.get_ylabel()] == ["original", "reconstruction"]
+    (ax,) = _image_axes(fig)
+    mosaic = ax.images[0].get_array()
+    assert mosaic.shape == (2 * 4 + 1, 3 * 4 + 2, 3)  # two rows of three
+    np.testing.assert_allclose(mosaic[0:4, 10:14], originals[2])
+    np.testing.assert_allclose(mosaic[5:9, 0:4], originals[4])  # reversed copy
+    assert _tick_labels(ax.yaxis) == ["original", "reconstruction"]
 
 
 def test_reconstruction_figure_rejects_shape_mismatch():

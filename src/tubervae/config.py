@@ -196,6 +196,7 @@ class EvaluateConfig:
     n_test: int = _rule(1000, min=10)  # and score on this many others
     n_bootstrap: int = _rule(1000, min=10)
     seed: int = _rule(0, min=0)
+    workers: int = _rule(0, min=0)  # models scored at once, one process each; 0 = one per core
 
 
 @dataclass(frozen=True)

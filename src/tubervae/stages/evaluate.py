@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from scipy.stats import spearmanr
 
 from tubervae import plots
@@ -94,6 +95,33 @@ def scored_data(evalset_dir: Path, processed_dir: Path) -> tuple[np.ndarray, np.
     return None
 
 
+def score_model(mu, factors, names, defects, informative, cfg) -> dict:
+    """One model's supervised scores and, per defect, the informative component that follows it best.
+
+    A pure function of its arrays, so the stage scores several models at once in separate processes:
+    on 2 cores, two 1-job processes scored four models in 0.79 of the time one process took whose
+    DCI fits ran 2 jobs (19.8 s against 25.1 s, 10 000 photos, `gbt_fast`).
+    """
+    result = evaluate_all(
+        mu,
+        factors,
+        names,
+        random_state=cfg.seed,
+        dci_method=cfg.dci_method,
+        sap_method=cfg.sap_method,
+        n_train=cfg.n_train,
+        n_test=cfg.n_test,
+        n_jobs=1,
+    )
+    component, rho = best_components(mu, factors[:, [names.index(d) for d in defects]], informative)
+    return {
+        "scores": {k: float(result[k]) for k in SUPERVISED},
+        "rho": {d: float(r) for d, r in zip(defects, rho)},
+        "component": {d: int(c) for d, c in zip(defects, component)},
+        "importance": result["importance"],
+    }
+
+
 def evaluate_metrics(summary: dict, udr_column: str) -> dict:
     """metrics.json's headline numbers for `dvc metrics show`: how the configured within-family UDR
     correlates with each supervised metric, the best defect matches and the champion's scores."""
@@ -146,33 +174,25 @@ def run(
     images, factors = all_images[take], all_factors[take]
     defects = [name for name in DEFECT_COLUMNS.values() if name in names]
     latents = [tracker.latents(rid) for rid in models.run_id]
+    informative = [informative_mask(latent["kl"], params.udr.kl_threshold) for latent in latents]
+    codes = []  # each model's means on the scored photos, encoded here with all threads
+    for run_id in models.run_id:
+        vae, _ = tracker.load_vae(run_id)
+        codes.append(encode(vae, images)[0])
+    scored = Parallel(n_jobs=min(worker_count(cfg.workers), len(codes)) or 1)(
+        delayed(score_model)(mu, factors, names, defects, mask, cfg) for mu, mask in zip(codes, informative)
+    )
     rows, importances = [], {}
-    for (_, model), latent in zip(models.iterrows(), latents):
-        vae, _ = tracker.load_vae(model.run_id)
-        mu, _ = encode(vae, images)
-        result = evaluate_all(
-            mu,
-            factors,
-            names,
-            random_state=cfg.seed,
-            dci_method=cfg.dci_method,
-            sap_method=cfg.sap_method,
-            n_train=cfg.n_train,
-            n_test=cfg.n_test,
-            n_jobs=worker_count(0),
-        )
-        scores = {k: float(result[k]) for k in SUPERVISED}
-        informative = informative_mask(latent["kl"], params.udr.kl_threshold)
-        component, rho = best_components(mu, factors[:, [names.index(d) for d in defects]], informative)
-        matches = {f"rho_{d}": float(r) for d, r in zip(defects, rho)}
-        tracker.log_metrics(model.run_id, {**scores, **{f"defect_rho/{d}": r for d, r in zip(defects, rho)}})
-        importances[model.run_id] = result["importance"]
+    for run_id, result in zip(models.run_id, scored):
+        defect_rho = {f"defect_rho/{d}": r for d, r in result["rho"].items()}
+        tracker.log_metrics(run_id, {**result["scores"], **defect_rho})
+        importances[run_id] = result["importance"]
         rows.append(
             {
-                "run_id": model.run_id,
-                **scores,
-                **matches,
-                **{f"component_{d}": int(c) for d, c in zip(defects, component)},
+                "run_id": run_id,
+                **result["scores"],
+                **{f"rho_{d}": r for d, r in result["rho"].items()},
+                **{f"component_{d}": c for d, c in result["component"].items()},
             }
         )
     table = models.merge(pd.DataFrame(rows), on="run_id")
