@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -190,34 +191,45 @@ def http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[in
         return status, body
 
 
+def with_makefile(root: Path) -> Path:
+    """`root` as a project whose Makefile targets run against its own stores: the Makefile and
+    pyproject.toml (their times kept, so the environment counts as installed) and `.venv`, this
+    test run's environment."""
+    project = Path(__file__).resolve().parents[1]
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(project / name, root / name)
+    venv = root / ".venv"
+    if not venv.exists():
+        venv.symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    return root
+
+
+def make_target(target: str, **variables) -> list[str]:
+    """`make TARGET VAR=value …` without reinstalling: the installed-stamp is taken as up to date."""
+    return ["make", "-o", ".venv/.installed-stamp", target, *(f"{k}={v}" for k, v in variables.items())]
+
+
 @contextmanager
-def served(model_uri, env: dict, log_path: Path):
-    """`mlflow models serve` on a free port; yields (url, the server's Popen); stops its process group."""
-    port = free_port()
+def started(command: list[str], cwd: Path, env: dict, log_path: Path, ready_url: str):
+    """A server started by `command` in its own process group; yields its Popen once `ready_url`
+    answers 200, and stops the whole group."""
     env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_uri), "--env-manager", "local"]
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [*command, "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-            env=env,
-            cwd=log_path.parent,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
             assert server.poll() is None, f"the server exited early:\n{log_path.read_text()[-3000:]}"
             try:
-                if http(f"{url}/ping", timeout=2)[0] == 200:
+                if http(ready_url, timeout=2)[0] == 200:
                     break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"no answer on /ping in 90 s:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no answer on {ready_url} in 90 s:\n{log_path.read_text()[-3000:]}"
             time.sleep(0.5)
-        yield url, server
+        yield server
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -229,6 +241,21 @@ def served(model_uri, env: dict, log_path: Path):
             except subprocess.TimeoutExpired:
                 continue
             time.sleep(0.5)
+
+
+@contextmanager
+def served(model_uri, env: dict, log_path: Path, *, make_root: Path | None = None):
+    """`mlflow models serve` on a free port, or `make serve` in `make_root` (a `with_makefile`
+    project), as the README runs it; yields (url, the server's Popen)."""
+    port = free_port()
+    if make_root is None:
+        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_uri), "--env-manager", "local"]
+        command, cwd = [*command, "-h", "127.0.0.1", "-p", str(port), "-w", "1"], log_path.parent
+    else:
+        command, cwd = make_target("serve", SERVE_PORT=port, SERVE_MODEL=model_uri), make_root
+    url = f"http://127.0.0.1:{port}"
+    with started(command, cwd, env, log_path, f"{url}/ping") as server:
+        yield url, server
 
 
 @pytest.fixture(scope="session")

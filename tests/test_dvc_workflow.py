@@ -11,6 +11,7 @@ to reproduce for those stages.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import subprocess
@@ -301,3 +302,54 @@ def test_top_level_plots_draw_declared_outputs_with_their_columns():
             assert path in outputs, f"{title}: {path} is no stage's output"
             if path in columns:  # the classify stage's table is checked by its own tests
                 assert {spec["x"], y, group} <= columns[path], f"{title}: {path} lacks x, y or {group}"
+
+
+# ------------------------------------------------------------------ the README's DVC commands, run
+
+
+REFERENCE = PROJECT / "docs" / "results" / "default-profile"  # a make run's reports, kept in git
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_metrics_and_plots_commands_read_a_runs_reports_across_commits(tmp_path):
+    """`dvc metrics show/diff`, `dvc plots show/diff` and `dvc exp show` as the README runs them, on the
+    reference run's metrics and plot data committed, then one number changed as another run would."""
+    env = env_for(tmp_path)
+    (tmp_path / "home").mkdir()
+    repo = tmp_path / "repo"
+    for name in [n for n in project_files() if n in ("dvc.yaml", "params.yaml") or n.startswith(".dvc/")]:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT / name, repo / name)
+    shutil.copytree(REFERENCE / "metrics", repo / "reports" / "metrics")
+    shutil.copytree(REFERENCE / "plots", repo / "reports" / "plots")
+    (repo / "reports" / "classify").mkdir()
+    shutil.copy2(REFERENCE / "classify" / "label_efficiency.csv", repo / "reports" / "classify")
+    sh(["git", "init", "-q", "-b", "main"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-q", "-m", "a run"], repo, env)
+
+    shown = sh([BIN / "dvc", "metrics", "show", "--md"], repo, env)
+    assert "reports/metrics/udr.json" in shown and "n_models" in shown
+    assert max(len(line) for line in shown.splitlines()) < 2000, "metrics too wide to read"
+
+    metrics_path = repo / "reports" / "metrics" / "udr.json"
+    udr_metrics = json.loads(metrics_path.read_text())
+    before = udr_metrics["n_models"]
+    udr_metrics["n_models"] = before + 1
+    metrics_path.write_text(json.dumps(udr_metrics))
+    diff = sh([BIN / "dvc", "metrics", "diff", "HEAD", "--md"], repo, env)
+    (row,) = [line for line in diff.splitlines() if "udr.json" in line and "n_models" in line]
+    assert [cell.strip() for cell in row.strip("|").split("|")][2:5] == [str(before), str(before + 1), "1"]
+
+    sh([BIN / "dvc", "plots", "show", "-o", tmp_path / "show"], repo, env)
+    page = (tmp_path / "show" / "index.html").read_text()
+    dvc = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    titles = [next(iter(entry)) for entry in dvc["plots"]]
+    assert all(json.dumps(title)[1:-1] in page for title in titles), "a declared plot is missing from the page"
+    sh([BIN / "dvc", "plots", "diff", "HEAD", "-o", tmp_path / "diff"], repo, env)
+    assert (tmp_path / "diff" / "index.html").stat().st_size > 0
+
+    table = sh([BIN / "dvc", "exp", "show", "--csv", "--no-pager"], repo, env)
+    header = table.splitlines()[0].split(",")
+    assert "reports/metrics/udr.json:n_models" in header or "n_models" in header, header
+    assert "…" not in table

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,10 +24,11 @@ from PIL import Image
 
 from conftest import run_command
 from tubervae import cli
-from tubervae.config import DataConfig, PreprocessConfig
+from tubervae.config import DataConfig, Params, PreprocessConfig
+from tubervae.data.factors import FactorTableError
 from tubervae.data.splits import fingerprint
 from tubervae.data.synth import FACTOR_NAMES
-from tubervae.stages import preprocess, raw
+from tubervae.stages import evalset, evaluate, preprocess, raw
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -370,6 +372,75 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
     with Image.open(folder / sources[k]) as img:
         expected = block_mean(img, CROP, SIZE)
     assert np.abs(train["images"][k] - expected).max() <= 1
+
+
+def test_a_folders_factors_reach_the_splits_and_the_evaluate_stage(tmp_path):
+    """A researcher's own photos with measured factors: factors.csv travels with the photos (under
+    their imported names, a link described by its target's name too) into every split, and the
+    evaluate stage scores the test split against it."""
+    folder = tmp_path / "photos"
+    for name in ("good", "bad"):
+        (folder / name).mkdir(parents=True)
+    rows = []
+    for i in range(10):
+        for label, colour in (("good", (40, 60, 150 + 8 * i)), ("bad", (150 + 8 * i, 50, 40))):
+            source = f"{label}/{label[0]}{i:02d}.png"
+            photo(colour, radius=60 + 5 * i).save(folder / source)
+            rows.append({"file": source, "radius": 60 + 5 * i, "redness": colour[0] / 255})
+    photo((10, 10, 10), mode="L").save(folder / "bad" / "grey.png")  # rejected: its row is not needed
+    (folder / "good" / "again.png").symlink_to(folder / "good" / "g03.png")  # described as good/g03.png
+    table = pd.DataFrame(rows)
+    table.loc[0, "file"] = "./" + table.loc[0, "file"]  # spelt as a shell would
+    table.to_csv(folder / "factors.csv", index=False)
+
+    raw_dir, reports = tmp_path / "data/raw", tmp_path / "reports/data"
+    raw.run(DataConfig(source=str(folder), workers=1, max_rejected_fraction=0.1), out_dir=raw_dir, reports_dir=reports)
+    ingest = pd.read_csv(reports / "ingest.csv", keep_default_na=False).set_index("source")
+    assert "factors" in ingest.loc["factors.csv", "reason"]
+    labels = pd.read_csv(raw_dir / "labels.csv", keep_default_na=False)
+    imported = pd.read_csv(raw_dir / "factors.csv")
+    assert imported.file.tolist() == labels.file.tolist() and list(imported.columns) == ["file", "radius", "redness"]
+    described_as = labels.source.replace({"good/again.png": "good/g03.png"})
+    expected = pd.DataFrame(rows).set_index("file").loc[described_as]
+    np.testing.assert_allclose(imported[["radius", "redness"]], expected)
+
+    processed = tmp_path / "data/processed"
+    meta = preprocess.run(
+        PreprocessConfig(image_size=SIZE, probe_size=6, labelled_per_class=2, crop_fraction=CROP),
+        raw_dir=raw_dir,
+        out_dir=processed,
+        workers=1,
+    )
+    assert meta["factor_names"] == ["radius", "redness"]
+    evalset_dir = tmp_path / "data/evalset"
+    evalset.run(Params(data=DataConfig(source=str(folder))), out_dir=evalset_dir)
+    images, factors, names, source = evaluate.scored_data(evalset_dir, processed)
+    assert (names, source) == (["radius", "redness"], "test split")
+    test_rows = load_processed(processed)[0]["test"]["rows"]
+    np.testing.assert_allclose(factors, expected.to_numpy()[test_rows], rtol=1e-6)
+    assert len(images) == len(test_rows)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.drop(index=3), "no row for 1 of the 20 photos kept: 'bad/b01.png'"),
+        (lambda t: t.assign(redness=t.redness.astype(object).where(t.index != 2, "red")), "'redness' must be numeric"),
+        (lambda t: pd.concat([t, t.iloc[[0]].assign(file="elsewhere/x.png")]), "not in the folder: 'elsewhere/x.png'"),
+    ],
+)
+def test_a_bad_factors_csv_stops_the_import_with_what_is_wrong(tmp_path, edit, message):
+    folder = tmp_path / "photos"
+    rows = []
+    for i in range(10):
+        for label in ("good", "bad"):
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            photo((40 + 10 * i, 60, 150)).save(folder / label / f"{label[0]}{i:02d}.png")
+            rows.append({"file": f"{label}/{label[0]}{i:02d}.png", "redness": i / 10})
+    edit(pd.DataFrame(rows)).to_csv(folder / "factors.csv", index=False)
+    with pytest.raises(FactorTableError, match=re.escape(message)):
+        raw.run(DataConfig(source=str(folder), workers=1), out_dir=tmp_path / "raw", reports_dir=tmp_path / "reports")
+    assert not (tmp_path / "raw").exists()  # nothing half-written for the next stage
 
 
 # ------------------------------------------------------------------ MLproject and dvc.yaml agree

@@ -20,7 +20,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import http, labelled_disc_splits, served, train_tiny_runs, write_processed
+from conftest import (
+    free_port,
+    http,
+    labelled_disc_splits,
+    make_target,
+    served,
+    started,
+    train_tiny_runs,
+    with_makefile,
+    write_processed,
+)
 from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
 from tubervae.models.nets import VAE
@@ -475,16 +485,32 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
     assert info.value.get_http_status_code() == 400
 
 
-# ------------------------------------------------------------ the served model
+# ------------------------------------------------------------ the UI and the served model
+
+
+def test_make_ui_serves_the_projects_store_and_prints_the_link_to_its_training_runs(project, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the Makefile's store, the project's mlflow.db
+    root = with_makefile(project["root"])
+    port = free_port()
+    log_path = tmp_path / "ui.log"
+    url = f"http://127.0.0.1:{port}"
+    with started(make_target("ui", UI_PORT=port), root, {}, log_path, f"{url}/health"):
+        status, body = http(f"{url}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=tubervae")
+        assert status == 200, body
+        experiment_id = body["experiment"]["experiment_id"]
+        assert experiment_id == Tracker(root).experiment_id
+        link = f"training runs: {url}/#/experiments/{experiment_id}?workflowType=machine_learning"
+        assert link in log_path.read_text().splitlines()
+        status, page = http(f"{url}/")
+        assert status == 200 and "<html" in page.lower()
 
 
 def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(project, photos, tmp_path):
-    env = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{project['root'] / 'mlflow.db'}",
-        "TUBERVAE_INPUT_FOLDER": str(photos["path"].parent),  # the `path` input is off without it
-    }
+    """Served by `make serve`, as the README starts it: the champion of the project's own store."""
+    env = {"TUBERVAE_INPUT_FOLDER": str(photos["path"].parent)}  # the `path` input is off without it
     column = f"z{project['metrics']['any_rule']['rules'][0]['component']}"
-    with served(f"models:/{QUALITY_NAME}@champion", env, tmp_path / "serve.log") as (url, server):
+    root = with_makefile(project["root"])
+    with served(f"models:/{QUALITY_NAME}@champion", env, tmp_path / "serve.log", make_root=root) as (url, server):
         status, body = http(f"{url}/invocations", {"dataframe_records": [{"path": str(photos["path"])}]})
         assert status == 200, body
         good = body["predictions"][0]

@@ -253,6 +253,15 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
 
     summary = run_search(project, RAW_PARAMS, n_trials=2)
     study = load_study(project, RAW_PARAMS)
+    # For people and optuna-dashboard: the objective's name and the settings behind the fingerprint.
+    params = parse_params(RAW_PARAMS)
+    data_version = load_training_data(project / "data" / "processed").data_version
+    assert study.metric_names == ["udr"]
+    assert study.study_name.startswith(f"{FAMILY}-{params.train.steps}steps-{params.search.seeds}seeds-")
+    attrs = study.user_attrs
+    assert attrs["fingerprint"] == study.study_name.rsplit("-", 1)[1] == search.fingerprint(params, data_version)
+    assert attrs["data_version"] == data_version and attrs["seeds"] == params.search.seeds
+    assert attrs["train"]["steps"] == params.train.steps and attrs["udr"]["similarity"] == params.udr.similarity
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert len(all_runs(project)) == 6
@@ -277,7 +286,7 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
         assert tags["setting"] == Setting(FAMILY, trial.params["beta"]).label
         assert tags["best_trial"] == str(trial.number == best.number)
         assert float(params["beta"]) == pytest.approx(trial.params["beta"])
-        per_seed = [metrics["udr_seed_0"], metrics["udr_seed_1"]]
+        per_seed = [metrics["udr_seed/0"], metrics["udr_seed/1"]]
         assert per_seed == pytest.approx(trial.user_attrs["udr_per_seed"])
         assert metrics["udr"] == pytest.approx(float(np.median(per_seed))) == pytest.approx(trial.value)
         assert metrics["n_active"] == pytest.approx(float(np.median(trial.user_attrs["n_active_per_seed"])))

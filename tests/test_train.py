@@ -479,6 +479,43 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     assert [s for s, _ in history(client, rid, "test_rec")] == [5]
 
 
+def test_the_processed_data_is_the_runs_dataset_input_from_its_first_segment_once_wherever_it_lies(
+    tmp_path, empty_mlflow_db
+):
+    """A run in training (or later pruned) already names its data; a resumed run keeps one entry; data kept
+    outside the project's data/processed still gives the dataset input and the logged MLflow model."""
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    meta = write_processed_discs(tmp_path / "elsewhere")
+    data = stage.load_training_data(tmp_path / "elsewhere")
+    tracker = Tracker(tmp_path)
+    cfg, client = tiny_cfg(steps=6), client_for(tmp_path)
+    first = stage.run_tracked(
+        tracker, BETA_4, 0, cfg, data, kl_threshold=INFORMATIVE_KL, checkpoint_dir=tmp_path / "ck", stop_at=3
+    )
+
+    def inputs(run_id):
+        return client.get_run(run_id).inputs.dataset_inputs
+
+    (entry,) = inputs(first["run_id"])
+    assert client.get_run(first["run_id"]).info.status == "RUNNING"
+    assert entry.dataset.digest == meta["data_version"] and entry.dataset.name == "elsewhere"
+    assert {(t.key, t.value) for t in entry.tags} >= {("mlflow.data.context", "training")}
+    assert "[-1, 16, 16, 3]" in entry.dataset.schema  # the image arrays, as the models see them
+    done = stage.run_tracked(
+        tracker,
+        BETA_4,
+        0,
+        cfg,
+        data,
+        kl_threshold=INFORMATIVE_KL,
+        checkpoint_dir=tmp_path / "ck",
+        run_id=first["run_id"],
+    )
+    assert done["run_id"] == first["run_id"] and len(inputs(done["run_id"])) == 1
+    assert client.get_run(done["run_id"]).info.status == "FINISHED"
+    assert client.search_logged_models([client.get_run(done["run_id"]).info.experiment_id])  # the pyfunc VAE
+
+
 def test_cbeta_and_tcvae_runs_log_their_family_terms_also_in_a_run_handed_over_by_mlflow_run(
     tmp_path, empty_mlflow_db, no_figures
 ):
@@ -536,6 +573,19 @@ def test_trackers_of_two_roots_in_one_process_each_use_their_own_store(tmp_path,
     assert "MLFLOW_TRACKING_URI" not in os.environ  # not left behind for later Trackers or child processes
     for root, rid in ids.items():
         assert [r.info.run_id for r in all_runs(client_for(root))] == [rid]
+
+
+def test_a_copied_project_is_told_that_its_artifacts_go_to_the_originals_store(tmp_path, empty_mlflow_db, caplog):
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    new_project(original, empty_mlflow_db)
+    Tracker(original).create_run("first")
+    shutil.copytree(original, copy)  # cp -r: the store's absolute artifact location comes along
+    with caplog.at_level(logging.WARNING, logger="tubervae.runs.tracker"):
+        Tracker(original)
+        assert not caplog.records  # at home, nothing to say
+        Tracker(copy)
+    (record,) = caplog.records
+    assert str(original / "mlruns") in record.getMessage() and "move mlflow.db away" in record.getMessage()
 
 
 # --------------------------------------------------------------------------- a real kill

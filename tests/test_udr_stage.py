@@ -306,9 +306,11 @@ def test_udr_tables_scores_and_metrics_on_runs(udr_root):
     assert herd.n_active.tolist() == n_top[order].tolist()
 
     # Pictures: a table per family and A2A, the rank scatter, and 3 heat maps (2 within, 1 across).
-    for name in ("beta_vae", "beta_tcvae", "a2a", "herd", "heatmap_0", "heatmap_1", "heatmap_2"):
-        assert is_png(out / f"{name}.png"), name
-    assert not (out / "heatmap_3.png").exists()
+    # They sit in figures/, the plots folder dvc.yaml declares, and nothing else does.
+    names = ("beta_vae", "beta_tcvae", "a2a", "herd", "heatmap_0", "heatmap_1", "heatmap_2")
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{name}.png" for name in names)
+    assert all(is_png(out / "figures" / f"{name}.png") for name in names)
+    assert not list(out.glob("*.png"))
 
     # summary.json (the DVC metrics) and the return value agree with the tables.
     written = json.loads((out / "summary.json").read_text())
@@ -352,7 +354,7 @@ def test_udr_settings_reach_the_scores(udr_root):
     for i, m in enumerate(models):
         assert ranked.loc[m["run_id"], "udr_within"] == pytest.approx(within[i], abs=1e-9)
         assert ranked.loc[m["run_id"], "udr_a2a"] == pytest.approx(a2a[i], abs=1e-9)
-    assert not list((root / "reports" / "udr").glob("heatmap_*.png"))
+    assert not list((root / "reports" / "udr" / "figures").glob("heatmap_*.png"))  # the last run's are gone
 
 
 def test_without_search_reports_every_finished_vae_run_is_ranked(udr_root):
@@ -519,6 +521,8 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     )
     out = root / "reports" / "evaluate"
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(summary))
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == ["champion_importance.png", "udr_vs_dci_d.png", "udr_vs_mig.png"]
     assert summary["n_models"] == 4 and summary["n_points"] == 40 and summary["factors"] == scored
     assert summary["scored_on"] == "evaluation set"
     table = pd.read_csv(out / "models.csv")

@@ -29,6 +29,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -140,10 +141,27 @@ class Tracker:
             experiment_id = self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         else:
             experiment_id = found.experiment_id
+            self._warn_if_artifacts_elsewhere(found.artifact_location)
             for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tags existed
                 if key not in found.tags:
                     self.client.set_experiment_tag(experiment_id, key, value)
         return experiment_id
+
+    def _warn_if_artifacts_elsewhere(self, location: str) -> None:
+        """A project copied with `cp -r` keeps its store's absolute artifact location: say so, since the
+        copy's models, figures and latents would land in the original's mlruns/."""
+        if not is_local_store(self.uri) or not location.startswith("file:"):
+            return
+        folder = Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
+        if folder.resolve() != (self.root / "mlruns").resolve():
+            log.warning(
+                "the tracking store %s keeps its artifacts in %s, outside this project (a copied mlflow.db?): "
+                "this project's runs write there. For a store of its own, move mlflow.db away before the next "
+                "stage (a new one is made with %s)",
+                self.uri,
+                folder,
+                self.root / "mlruns",
+            )
 
     @classmethod
     def open(cls, root: str | Path = ".", run_id: str | None = None) -> Tracker:
@@ -338,13 +356,21 @@ class Tracker:
 
     def log_dataset(self, run_id: str, processed_dir: str | Path, context: str = "training") -> None:
         """data/processed as the run's `mlflow.data` dataset input: its folder, its data version as digest,
-        the image arrays' shape as schema. Only the description is logged; DVC versions the arrays."""
+        the image arrays' shape as schema. Only the description is logged; DVC versions the arrays.
+        A run that already has this input (a resumed or reopened run) keeps its one entry."""
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.data.sources import LocalArtifactDatasetSource
         from mlflow.types.schema import Schema, TensorSpec
 
         folder = Path(processed_dir).resolve()
         meta = json.loads((folder / "meta.json").read_text())
+        present = self.client.get_run(run_id).inputs.dataset_inputs
+        if any(
+            d.dataset.digest == meta["data_version"]
+            and {(t.key, t.value) for t in d.tags} >= {(MLFLOW_DATASET_CONTEXT, context)}
+            for d in present
+        ):
+            return
         size = int(meta["image_size"])
         schema = Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3), "images")])
         dataset = MetaDataset(

@@ -52,6 +52,7 @@ class TrainingData:
     probe: np.ndarray
     test: np.ndarray
     data_version: str
+    processed_dir: Path | None = None  # where the arrays came from: each run's dataset input
 
 
 def load_training_data(processed_dir: str | Path = "data/processed") -> TrainingData:
@@ -61,6 +62,7 @@ def load_training_data(processed_dir: str | Path = "data/processed") -> Training
         probe=load_split("udr_probe", processed_dir)["images"],
         test=load_split("test", processed_dir)["images"],
         data_version=meta["data_version"],
+        processed_dir=Path(processed_dir),
     )
 
 
@@ -248,6 +250,8 @@ def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=
                 "precision": resolve_precision(cfg.precision, select_device(cfg.device)),
             },
         )
+        if data.processed_dir is not None:  # from the start, so a run in training, pruned or failed shows its data
+            tracker.log_dataset(rid, data.processed_dir)
         yield rid
 
 
@@ -282,7 +286,7 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
         "seed": seed,
         "data_version": data.data_version,
     }
-    tracker.log_vae(rid, outcome.model, config, outcome.latents)
+    tracker.log_vae(rid, outcome.model, config, outcome.latents, processed_dir=data.processed_dir)
     return {**metrics, "kl": kl.tolist()}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,9 @@ def score_model(mu, factors, names, defects, informative, cfg) -> dict:
         n_test=cfg.n_test,
         n_jobs=1,
     )
-    component, rho = best_components(mu, factors[:, [names.index(d) for d in defects]], informative)
+    component, rho = (
+        ([], []) if not defects else best_components(mu, factors[:, [names.index(d) for d in defects]], informative)
+    )
     return {
         "scores": {k: float(result[k]) for k in SUPERVISED},
         "rho": {d: float(r) for d, r in zip(defects, rho)},
@@ -153,6 +156,9 @@ def run(
     out_dir = Path(out_dir)
     metrics_path = Path(metrics_path) if metrics_path else out_dir.parent / "metrics" / "evaluate.json"
     plots_dir = Path(plots_dir) if plots_dir else out_dir.parent / "plots"
+    figures_dir = out_dir / "figures"  # declared as one plots folder in dvc.yaml: remade whole every run
+    shutil.rmtree(figures_dir, ignore_errors=True)
+    figures_dir.mkdir(parents=True)
     data = scored_data(Path(evalset_dir), Path(processed_dir))
     if data is None:
         log.warning("the photos carry no ground-truth factors (real data): nothing to evaluate")
@@ -214,7 +220,7 @@ def run(
                 xlabel=f"within-setting UDR ({params.udr.similarity})",
                 ylabel=metric,
             ),
-            out_dir / f"udr_vs_{metric}.png",
+            figures_dir / f"udr_vs_{metric}.png",
         )
 
     summary = {
@@ -242,7 +248,7 @@ def run(
                 },
             }
             importance = importances[champion["run_id"]]
-            plots.save_figure(plots.importance_heatmap(importance), out_dir / "champion_importance.png")
+            plots.save_figure(plots.importance_heatmap(importance), figures_dir / "champion_importance.png")
             write_csv(out_dir / "champion_importance.csv", importance.reset_index(names="component"))
             kl = latents[int(np.flatnonzero(models.run_id.to_numpy() == champion["run_id"])[0])]["kl"]
             informative = informative_mask(kl, params.udr.kl_threshold)

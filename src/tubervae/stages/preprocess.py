@@ -48,6 +48,13 @@ def read_raw(raw_dir: Path) -> pd.DataFrame:
         factors = pd.read_csv(factors_path)
         factors = factors.drop(columns=[c for c in ("label",) if c in factors.columns])
         frame = frame.merge(factors, on="file", how="left", validate="one_to_one")
+        names = [c for c in factors.columns if c != "file"]
+        missing = frame["file"][frame[names].isna().any(axis=1)]
+        if len(missing):
+            raise ValueError(
+                f"{factors_path} gives no factors for {len(missing)} photo(s) of {labels_path}, e.g. "
+                f"{', '.join(missing.iloc[:5])}: rerun the raw stage (dvc repro raw) rather than editing data/raw"
+            )
     return frame
 
 

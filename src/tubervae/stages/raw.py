@@ -1,7 +1,10 @@
 """`raw` stage: the photo set in data/raw/, simulated (default) or imported from a folder.
 
 A folder of real photos: `good/` and `bad/` subfolders give labels; photos elsewhere
-are unlabelled (still used by the unsupervised stages). Every entry under the folder gets
+are unlabelled (still used by the unsupervised stages). A `factors.csv` at the top of the
+folder gives the photos' known factors (`tubervae.data.factors`): checked against the
+photos kept and written as data/raw/factors.csv, so the evaluate stage scores the models
+against them. Every entry under the folder gets
 a line in reports/data/ingest.csv (`tubervae.data.images.scan_folder` lists the rules):
 files with an image suffix are inspected (`tubervae.data.images.inspect_image`) and are
 "accepted", "converted" or "rejected"; files without one and links to folders inside the
@@ -32,6 +35,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tubervae.config import DataConfig, worker_count
+from tubervae.data.factors import FACTORS_FILE, factors_for_photos, read_factor_table
 from tubervae.data.images import IMAGE_SUFFIXES, inspect_image, scan_folder
 from tubervae.io import staged_dir, write_csv
 
@@ -98,6 +102,9 @@ def import_folder(cfg: DataConfig, out_dir: Path, report_path: Path) -> pd.DataF
         ],
         columns=["source", "status", "reason", "label", "file"],
     )
+    factors_path = root / FACTORS_FILE
+    if factors_path.is_file():
+        report.loc[report.source == FACTORS_FILE, "reason"] = "the photos' known factors (data/raw/factors.csv)"
     write_csv(report_path, report)
     photo_like = report[[e.has_image_suffix for e in entries]]
     others_rejected = int((report.status == "rejected").sum()) - int((photo_like.status == "rejected").sum())
@@ -119,6 +126,12 @@ def import_folder(cfg: DataConfig, out_dir: Path, report_path: Path) -> pd.DataF
         )
     kept = report[report.status.isin(["accepted", "converted"])]
     write_csv(out_dir / "labels.csv", kept[["file", "label", "source"]])
+    if factors_path.is_file():
+        read_from = {str(e.source.relative_to(root)): e.read_from.relative_to(root).as_posix() for e in candidates}
+        photos = kept.assign(read_from=kept.source.map(read_from))
+        factors = factors_for_photos(read_factor_table(factors_path), photos, report.source)
+        write_csv(out_dir / FACTORS_FILE, factors)
+        log.info("factors of the photos: %s", ", ".join(factors.columns[1:]))
     log.info(
         "imported %d photos (%d converted, %d rejected, %d skipped)",
         usable,

@@ -486,7 +486,7 @@ class Objective:
                     "udr": value,
                     "n_active": n_active,
                     "feasible": float(feasible),
-                    **{f"udr_seed_{i}": s for i, s in enumerate(score.udr)},
+                    **{f"udr_seed/{i}": s for i, s in enumerate(score.udr)},
                 },
                 cfg.steps,  # after any intermediate udr, so the run's latest udr is the objective
             )

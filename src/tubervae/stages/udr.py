@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -227,7 +228,9 @@ def run(
     shift = rank_shift(frame.udr_within.to_numpy(), frame.udr_a2a.to_numpy())
     frame["rank_within"], frame["rank_a2a"], frame["rank_shift"] = shift.rank_within, shift.rank_a2a, shift.shift
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir = out_dir / "figures"  # declared as one plots folder in dvc.yaml: remade whole every run
+    shutil.rmtree(figures_dir, ignore_errors=True)
+    figures_dir.mkdir(parents=True)
     method = f"UDR ({cfg.similarity}, {cfg.aggregate} aggregation)"
     tables = {}
     for family, group in frame.groupby("family"):
@@ -236,7 +239,9 @@ def run(
     for name, table in tables.items():
         write_csv(out_dir / f"{name}.csv", table)
         title = f"{method}: {'all against all' if name == 'a2a' else name + ', within setting'}"
-        plots.save_figure(plots.table_figure(table.drop(columns=["feasible"]), title=title), out_dir / f"{name}.png")
+        plots.save_figure(
+            plots.table_figure(table.drop(columns=["feasible"]), title=title), figures_dir / f"{name}.png"
+        )
     herd = frame[HERD_COLUMNS].sort_values("rank_shift", key=np.abs, ascending=False)
     write_csv(out_dir / "herd.csv", herd)
     plots.save_figure(
@@ -248,7 +253,7 @@ def run(
             ylabel="rank by A2A UDR",
             higher_is_better=False,
         ),
-        out_dir / "herd.png",
+        figures_dir / "herd.png",
     )
     for k, (i, j, title) in enumerate(choose_heatmap_pairs(frame, cfg.heatmap_pairs)):
         matrix = masked_similarity(
@@ -267,7 +272,7 @@ def run(
                 informative_mask(kls[j], cfg.kl_threshold),
                 title=f"{cfg.similarity} similarity, {title}",
             ),
-            out_dir / f"heatmap_{k}.png",
+            figures_dir / f"heatmap_{k}.png",
         )
 
     for rid, w, a, n, steps in zip(frame.run_id, frame.udr_within, frame.udr_a2a, frame.n_active, frame.steps):

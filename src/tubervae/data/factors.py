@@ -1,0 +1,119 @@
+"""Known factors of a user's own photos: the `factors.csv` a photo folder may carry.
+
+A researcher whose photos come with measured factors (size, weight, spot area, lighting...)
+puts `factors.csv` at the top of the folder: a column `file` naming each photo by its path
+relative to the folder (`good/t001.jpg`, as reports/data/ingest.csv's `source` column shows
+it) and one numeric column per factor. The raw stage checks it against the photos it keeps
+and writes it beside labels.csv under the imported names; the evaluate stage then scores
+every model against those factors, as it does against the simulator's.
+
+Everything wrong with the table is refused with what was wrong and where, before any model
+sees it: a missing `file` column, no factor column, a reserved column name, duplicate or
+unknown photo names, text or missing or infinite values, a photo kept without a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FACTORS_FILE = "factors.csv"
+RESERVED_COLUMNS = ("label", "source")  # labels.csv's columns, which the factors are merged with
+_SHOWN = 5  # examples quoted in an error
+
+
+class FactorTableError(ValueError):
+    """The folder's factors.csv cannot be used as it is."""
+
+
+def _examples(values: Iterable) -> str:
+    values = [str(v) for v in values]
+    more = f" and {len(values) - _SHOWN} more" if len(values) > _SHOWN else ""
+    return ", ".join(repr(v) for v in values[:_SHOWN]) + more
+
+
+def _photo_name(name: str) -> str:
+    """A relative photo path as ingest.csv writes it: forward slashes, no leading './'."""
+    name = str(name).strip().replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def read_factor_table(path: str | Path) -> pd.DataFrame:
+    """The table in ``path``: its ``file`` column normalised and its factor columns as float64."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"file": str}, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise FactorTableError(f"{path} is not a readable CSV table: {exc}") from exc
+    if "file" not in table.columns:
+        raise FactorTableError(
+            f"{path} needs a column 'file' naming each photo by its path in the folder (e.g. good/t001.jpg); "
+            f"its columns are {list(table.columns)}"
+        )
+    factors = [c for c in table.columns if c != "file"]
+    if not factors:
+        raise FactorTableError(f"{path} has no factor column besides 'file': add one numeric column per factor")
+    reserved = [c for c in factors if c in RESERVED_COLUMNS]
+    if reserved:
+        raise FactorTableError(
+            f"{path}: column names {reserved} are reserved (labels come from the good/ and bad/ folders); rename them"
+        )
+    if table["file"].isna().any():
+        rows = np.flatnonzero(table["file"].isna().to_numpy()) + 2  # the file's line numbers, header first
+        raise FactorTableError(f"{path}: no photo name in column 'file' on line(s) {_examples(rows)}")
+    table["file"] = table["file"].map(_photo_name)
+    duplicated = table["file"][table["file"].duplicated()].unique()
+    if len(duplicated):
+        raise FactorTableError(f"{path} names these photos more than once: {_examples(duplicated)}")
+    for column in factors:
+        values = pd.to_numeric(table[column], errors="coerce")
+        text = table[column].notna() & values.isna()
+        if text.any():
+            first = int(np.flatnonzero(text.to_numpy())[0])
+            raise FactorTableError(
+                f"{path}: factor {column!r} must be numeric, but line {first + 2} "
+                f"({table['file'].iloc[first]}) holds {table[column].iloc[first]!r}"
+            )
+        if values.isna().any() or not np.isfinite(values.to_numpy(float)).all():
+            bad = table["file"][values.isna() | ~np.isfinite(values.to_numpy(float))]
+            raise FactorTableError(
+                f"{path}: factor {column!r} has no finite value for {len(bad)} photo(s): {_examples(bad)}"
+            )
+        table[column] = values.astype(np.float64)
+    return table
+
+
+def factors_for_photos(table: pd.DataFrame, photos: pd.DataFrame, folder_entries: Iterable[str]) -> pd.DataFrame:
+    """One row of factors per kept photo, in ``photos``' order, under its imported name.
+
+    ``photos`` has the imported name (``file``), the path it was found at (``source``) and the path
+    its bytes were read from (``read_from``; they differ for a link inside the folder, which may be
+    described under either). ``folder_entries`` is every path the folder scan listed: a row naming
+    none of them is a typo or another folder's row, and is refused rather than ignored; a row for a
+    photo that was rejected on import is simply unused.
+    """
+    known = set(folder_entries) | set(photos["source"]) | set(photos["read_from"])
+    unknown = table["file"][~table["file"].isin(known)]
+    if len(unknown):
+        raise FactorTableError(
+            f"{FACTORS_FILE} names {len(unknown)} photo(s) that are not in the folder: {_examples(unknown)}; "
+            "name each photo by its path relative to the folder"
+        )
+    by_name = table.set_index("file")
+    matched = [
+        source if source in by_name.index else read_from if read_from in by_name.index else None
+        for source, read_from in zip(photos["source"], photos["read_from"])
+    ]
+    missing = [source for source, name in zip(photos["source"], matched) if name is None]
+    if missing:
+        raise FactorTableError(
+            f"{FACTORS_FILE} has no row for {len(missing)} of the {len(photos)} photos kept: {_examples(missing)}; "
+            "every photo needs its factors (or remove the photo from the folder)"
+        )
+    rows = by_name.loc[matched].reset_index(drop=True)
+    return pd.concat([photos[["file"]].reset_index(drop=True), rows], axis=1)
