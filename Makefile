@@ -13,7 +13,6 @@ UI_PORT        ?= 5000
 DASHBOARD_PORT ?= 8080
 SERVE_PORT     ?= 5001
 SERVE_MODEL    ?= models:/tuber-quality@champion
-DASHBOARD_VERSION = 0.21.0
 
 .PHONY: install run test lint thesis bench ui dashboard serve
 
@@ -50,8 +49,8 @@ ui: install           ## MLflow's UI on the project's tracking store (http://127
 	  print('training runs: http://127.0.0.1:$(UI_PORT)/#/experiments/' + Tracker('.').experiment_id + '?workflowType=machine_learning')"
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --port $(UI_PORT)
 
-dashboard: install    ## optuna-dashboard on the studies in optuna.db (installed on first use)
-	test -x $(BIN)/optuna-dashboard || $(BIN)/python -m pip install --quiet 'optuna-dashboard==$(DASHBOARD_VERSION)'
+dashboard: install    ## optuna-dashboard on the studies in optuna.db
+	test -x $(BIN)/optuna-dashboard || $(BIN)/python -m pip install --quiet -e '.[dashboard]'
 	$(BIN)/optuna-dashboard $(STUDIES_URI) --port $(DASHBOARD_PORT)
 
 serve: install        ## serve the registered classifier (tuber-quality@champion) on port $(SERVE_PORT)

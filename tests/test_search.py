@@ -29,7 +29,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import write_processed
+from conftest import free_port, http, make_target, started, with_makefile, write_processed
 from tubervae.config import ConfigError, parse_params
 from tubervae.evaluation.udr import udr_scores
 from tubervae.runs.tracker import Tracker, process_alive
@@ -262,6 +262,17 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
     assert attrs["fingerprint"] == study.study_name.rsplit("-", 1)[1] == search.fingerprint(params, data_version)
     assert attrs["data_version"] == data_version and attrs["seeds"] == params.search.seeds
     assert attrs["train"]["steps"] == params.train.steps and attrs["udr"]["similarity"] == params.udr.similarity
+    # `make dashboard`, as the README starts it, shows the study, its objective's name and its attributes.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    root = with_makefile(project)
+    with started(
+        make_target("dashboard", DASHBOARD_PORT=port), root, {}, project / "dashboard.log", f"{url}/api/studies"
+    ):
+        listed = {s["study_name"]: s["study_id"] for s in http(f"{url}/api/studies")[1]["study_summaries"]}
+        status, shown = http(f"{url}/api/studies/{listed[study.study_name]}?after=0")
+        assert status == 200 and shown["objective_names"] == ["udr"]
+        assert {a["key"] for a in shown["user_attrs"]} >= {"fingerprint", "data_version", "objective"}
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert len(all_runs(project)) == 6
@@ -484,12 +495,6 @@ def postgres_bin() -> Path | None:
         return Path(found[-1]).parent
     on_path = shutil.which("initdb")
     return Path(on_path).parent if on_path else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

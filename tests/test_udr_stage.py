@@ -569,9 +569,12 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
         assert tracker.client.get_run(row.run_id).data.metrics["defect_rho/rot"] == pytest.approx(row.rho_rot)
         assert 0 <= row.rho_rot <= 1 and -1 <= row.component_rot < 3
     for name in ("udr_vs_mig", "udr_vs_dci_d", "champion_importance"):
-        assert is_png(out / f"{name}.png"), name
+        assert is_png(out / "figures" / f"{name}.png"), name
     (stage_run,) = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'evaluate'")
     assert stage_run.info.status == "FINISHED"
+    # The stage's own new run: no model's run is reopened for it.
+    assert stage_run.info.run_id not in run_ids
+    assert all(tracker.client.get_run(r).data.tags["kind"] == "vae" for r in run_ids)
     logged = {f.path for f in tracker.client.list_artifacts(stage_run.info.run_id, "evaluate")}
     assert {"evaluate/metrics.json", "evaluate/models.csv"} <= logged
 

@@ -182,20 +182,20 @@ def run(
     latents = [tracker.latents(rid) for rid in models.run_id]
     informative = [informative_mask(latent["kl"], params.udr.kl_threshold) for latent in latents]
     codes = []  # each model's means on the scored photos, encoded here with all threads
-    for run_id in models.run_id:
-        vae, _ = tracker.load_vae(run_id)
+    for model_run in models.run_id:
+        vae, _ = tracker.load_vae(model_run)
         codes.append(encode(vae, images)[0])
     scored = Parallel(n_jobs=min(worker_count(cfg.workers), len(codes)) or 1)(
         delayed(score_model)(mu, factors, names, defects, mask, cfg) for mu, mask in zip(codes, informative)
     )
     rows, importances = [], {}
-    for run_id, result in zip(models.run_id, scored):
+    for model_run, result in zip(models.run_id, scored):  # not `run_id`: the stage's own run, handed over
         defect_rho = {f"defect_rho/{d}": r for d, r in result["rho"].items()}
-        tracker.log_metrics(run_id, {**result["scores"], **defect_rho})
-        importances[run_id] = result["importance"]
+        tracker.log_metrics(model_run, {**result["scores"], **defect_rho})
+        importances[model_run] = result["importance"]
         rows.append(
             {
-                "run_id": run_id,
+                "run_id": model_run,
                 **result["scores"],
                 **{f"rho_{d}": r for d, r in result["rho"].items()},
                 **{f"component_{d}": c for d, c in result["component"].items()},
