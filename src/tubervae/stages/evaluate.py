@@ -100,8 +100,8 @@ def score_model(mu, factors, names, defects, informative, cfg) -> dict:
     """One model's supervised scores and, per defect, the informative component that follows it best.
 
     A pure function of its arrays, so the stage scores several models at once in separate processes:
-    on 2 cores, two 1-job processes scored four models in 0.79 of the time one process took whose
-    DCI fits ran 2 jobs (19.8 s against 25.1 s, 10 000 photos, `gbt_fast`).
+    on 2 cores, two 1-job processes score models 1.39x as fast as one process whose DCI fits run
+    2 jobs (benchmarks/bench_evaluate.py).
     """
     result = evaluate_all(
         mu,
