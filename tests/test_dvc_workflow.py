@@ -11,6 +11,8 @@ to reproduce for those stages.
 from __future__ import annotations
 
 import configparser
+import csv
+import io
 import json
 import os
 import shutil
@@ -141,6 +143,15 @@ def test_commit_push_clone_pull_round_trip(tmp_path):
         assert all(theirs[k] == ours[k] for k in theirs), f"{folder} differs after dvc pull"
     status = sh([BIN / "dvc", "status", *DATA_STAGES], clone, env)
     assert "up to date" in status, status
+
+    # An experiment with one setting changed (`dvc exp run -S`), compared beside the commit in `dvc exp show`.
+    sh([BIN / "dvc", "exp", "run", "evalset", "-S", "evaluate.set_size=12", "-n", "bigger-set"], clone, env, 180)
+    header, *rows = csv.reader(io.StringIO(sh([BIN / "dvc", "exp", "show", "--csv", "--no-pager"], clone, env)))
+    names = ("params.yaml:evaluate.set_size", "evaluate.set_size")  # prefixed only when ambiguous
+    assert any(n in header for n in names), header
+    column = next(header.index(n) for n in names if n in header)
+    sizes = {row[0]: row[column] for row in rows}
+    assert sizes.get("bigger-set") == "12" and "10" in sizes.values(), sizes
 
 
 # ------------------------------------------------------------------ metrics and plots are DVC-shaped
