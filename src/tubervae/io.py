@@ -59,6 +59,15 @@ def _json_default(obj):
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
+def fresh_dir(path: str | Path) -> Path:
+    """`path` as an empty folder: a stage's figures folder, declared whole to DVC, keeps nothing
+    of an earlier run (a heat map the new settings no longer draw)."""
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 @contextmanager
 def staged_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh sibling folder; on success it replaces `final`, on error it is removed.

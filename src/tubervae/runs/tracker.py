@@ -364,13 +364,10 @@ class Tracker:
 
         folder = Path(processed_dir).resolve()
         meta = json.loads((folder / "meta.json").read_text())
-        present = self.client.get_run(run_id).inputs.dataset_inputs
-        if any(
-            d.dataset.digest == meta["data_version"]
-            and {(t.key, t.value) for t in d.tags} >= {(MLFLOW_DATASET_CONTEXT, context)}
-            for d in present
-        ):
-            return
+        for held in self.client.get_run(run_id).inputs.dataset_inputs:
+            same_context = any(t.key == MLFLOW_DATASET_CONTEXT and t.value == context for t in held.tags)
+            if held.dataset.digest == meta["data_version"] and same_context:
+                return
         size = int(meta["image_size"])
         schema = Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3), "images")])
         dataset = MetaDataset(

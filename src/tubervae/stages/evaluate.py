@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from tubervae.data.synth import DEFECT_COLUMNS
 from tubervae.evaluation.matching import best_components
 from tubervae.evaluation.metrics import evaluate_all
 from tubervae.evaluation.udr import informative_mask, udr_scores
-from tubervae.io import write_csv, write_json
+from tubervae.io import fresh_dir, write_csv, write_json
 from tubervae.runs.tracker import Tracker
 from tubervae.training import encode
 
@@ -114,9 +113,9 @@ def score_model(mu, factors, names, defects, informative, cfg) -> dict:
         n_test=cfg.n_test,
         n_jobs=1,
     )
-    component, rho = (
-        ([], []) if not defects else best_components(mu, factors[:, [names.index(d) for d in defects]], informative)
-    )
+    component, rho = ([], [])
+    if defects:
+        component, rho = best_components(mu, factors[:, [names.index(d) for d in defects]], informative)
     return {
         "scores": {k: float(result[k]) for k in SUPERVISED},
         "rho": {d: float(r) for d, r in zip(defects, rho)},
@@ -156,9 +155,7 @@ def run(
     out_dir = Path(out_dir)
     metrics_path = Path(metrics_path) if metrics_path else out_dir.parent / "metrics" / "evaluate.json"
     plots_dir = Path(plots_dir) if plots_dir else out_dir.parent / "plots"
-    figures_dir = out_dir / "figures"  # declared as one plots folder in dvc.yaml: remade whole every run
-    shutil.rmtree(figures_dir, ignore_errors=True)
-    figures_dir.mkdir(parents=True)
+    figures_dir = fresh_dir(out_dir / "figures")  # one plots folder in dvc.yaml
     data = scored_data(Path(evalset_dir), Path(processed_dir))
     if data is None:
         log.warning("the photos carry no ground-truth factors (real data): nothing to evaluate")

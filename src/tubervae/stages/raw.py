@@ -103,7 +103,8 @@ def import_folder(cfg: DataConfig, out_dir: Path, report_path: Path) -> pd.DataF
         columns=["source", "status", "reason", "label", "file"],
     )
     factors_path = root / FACTORS_FILE
-    if factors_path.is_file():
+    has_factors = factors_path.is_file()
+    if has_factors:
         report.loc[report.source == FACTORS_FILE, "reason"] = "the photos' known factors (data/raw/factors.csv)"
     write_csv(report_path, report)
     photo_like = report[[e.has_image_suffix for e in entries]]
@@ -126,7 +127,7 @@ def import_folder(cfg: DataConfig, out_dir: Path, report_path: Path) -> pd.DataF
         )
     kept = report[report.status.isin(["accepted", "converted"])]
     write_csv(out_dir / "labels.csv", kept[["file", "label", "source"]])
-    if factors_path.is_file():
+    if has_factors:
         read_from = {str(e.source.relative_to(root)): e.read_from.relative_to(root).as_posix() for e in candidates}
         photos = kept.assign(read_from=kept.source.map(read_from))
         factors = factors_for_photos(read_factor_table(factors_path), photos, report.source)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from tubervae import plots
 from tubervae.config import FAMILIES, Params
 from tubervae.data.processed import load_meta
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_scores
-from tubervae.io import write_csv, write_json
+from tubervae.io import fresh_dir, write_csv, write_json
 from tubervae.runs.tracker import Tracker
 from tubervae.training import normalised_beta
 
@@ -228,9 +227,7 @@ def run(
     shift = rank_shift(frame.udr_within.to_numpy(), frame.udr_a2a.to_numpy())
     frame["rank_within"], frame["rank_a2a"], frame["rank_shift"] = shift.rank_within, shift.rank_a2a, shift.shift
 
-    figures_dir = out_dir / "figures"  # declared as one plots folder in dvc.yaml: remade whole every run
-    shutil.rmtree(figures_dir, ignore_errors=True)
-    figures_dir.mkdir(parents=True)
+    figures_dir = fresh_dir(out_dir / "figures")  # one plots folder in dvc.yaml
     method = f"UDR ({cfg.similarity}, {cfg.aggregate} aggregation)"
     tables = {}
     for family, group in frame.groupby("family"):
