@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-dim", type=int, default=10)
+    parser.add_argument("--rec-kind", default="bernoulli")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--grade", action="store_true", help="also grade: rules and learners on the labelled split")
     args = parser.parse_args()
@@ -45,6 +47,8 @@ def main() -> None:
     names = list(load_meta(args.dir)["factor_names"])
     cfg = TrainConfig(
         steps=args.steps,
+        latent_dim=args.latent_dim,
+        rec_kind=args.rec_kind,
         batch_size=args.batch,
         lr=args.lr,
         snapshot_every=0,

@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from conftest import free_port, http, make_target, started, with_makefile, write_processed
 from tubervae.config import ConfigError, parse_params
 from tubervae.evaluation.udr import udr_scores
+from tubervae.runs.pool import SeedJob, TrainingPool, TrainingWorkerDied
 from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import load_training_data, run_key
 from tubervae.stages import search
@@ -61,7 +62,7 @@ RAW_PARAMS = {
 # Started as `python worker.py <tubervae arguments>`: the `tubervae` command without the
 # per-run pictures. With BLOCK_AT_SEED_1 set to a path it writes that file and stops for
 # good when seed 1 logs step 10 (after the step-5 checkpoint, before the step-10 one),
-# so the test can kill it in the middle of a trial.
+# so the test can kill it in the middle of a trial; only the first seed 1 to get there stops.
 WORKER = """
 import os, sys, time
 from pathlib import Path
@@ -77,7 +78,7 @@ if marker:
 
         def hooked(metrics, step):
             on_log(metrics, step)
-            if seed == 1 and step >= 10:
+            if seed == 1 and step >= 10 and not Path(marker).exists():  # once: a seed that goes again trains on
                 Path(marker).write_text(str(os.getpid()))
                 time.sleep(3600)
 
@@ -653,6 +654,57 @@ def test_killed_search_takes_its_training_workers_along_and_resumes(project):
     assert sorted(m.step for m in history) == list(range(2 * LOG_EVERY, STEPS + 1, LOG_EVERY))
     finished = [r for r in runs if r.data.tags.get("kind") == "vae" and r.info.status == "FINISHED"]
     assert len(finished) == 2 and len({r.data.tags["run_key"] for r in finished}) == 2
+
+
+def test_a_training_worker_killed_while_its_search_lives_is_replaced_and_its_seed_resumes(project):
+    """kill -9 of one pool worker (as the kernel's out-of-memory killer would) while two trials share the pool:
+    the search starts fresh workers, the lost seeds go again from their checkpoints, every trial completes,
+    and the dead worker's run is KILLED, none RUNNING."""
+    raw = merged(RAW_PARAMS, train={"workers": 2}, search={"spaces": {FAMILY: {"n_trials": 2}}})
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    marker = project / "blocked"
+    proc = start_worker(project, ["search", "--family", FAMILY], env={"BLOCK_AT_SEED_1": str(marker)})
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists() or not marker.read_text():
+            assert proc.poll() is None, f"search ended early:\n{stop(proc)}"
+            assert time.monotonic() < deadline, f"seed 1 never got to step 10:\n{stop(proc)}"
+            time.sleep(0.1)
+        worker_pid = int(marker.read_text())
+        assert worker_pid != proc.pid  # a pool worker, not the search
+        os.kill(worker_pid, signal.SIGKILL)
+        proc.wait(timeout=240)
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert "a training worker died" in out
+    assert [t.state for t in load_study(project, raw).get_trials()] == [TrialState.COMPLETE] * 2
+
+    runs = all_runs(project)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert worker_pid in {int(r.data.tags["pid"]) for r in killed}
+    assert all(r.data.tags.get("kind") == "vae" for r in killed)  # the trials' own runs lived on
+    finished = [r for r in runs if r.data.tags.get("kind") == "vae" and r.info.status == "FINISHED"]
+    assert len(finished) == 4 and len({r.data.tags["run_key"] for r in finished}) == 4
+    cut = next(r for r in killed if int(r.data.tags["pid"]) == worker_pid)
+    resumed = next(r for r in finished if r.data.tags["run_key"] == cut.data.tags["run_key"])
+    history = client(project).get_metric_history(resumed.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(2 * LOG_EVERY, STEPS + 1, LOG_EVERY))  # from step 5 on
+
+
+def test_a_pool_whose_workers_keep_dying_gives_up_with_an_error_that_says_so(project):
+    """Workers that cannot start (their data is gone) break the pool each time: after `max_restarts` fresh
+    starts the pool stops with an error naming the seeds and what to do, instead of looping."""
+    tracker = Tracker(project)
+    job = SeedJob(Setting(FAMILY, 1.0), 0, parse_params(RAW_PARAMS).train, 0.01, None)
+    with TrainingPool(2, tracker, project / "no-such-data", project / "checkpoints", max_restarts=1) as pool:
+        with pytest.raises(
+            TrainingWorkerDied, match=r"died 2 times while training beta_vae 1 seed 0.*train\.workers: 1"
+        ):
+            pool.train([job])
+    with pytest.raises(ValueError, match="max_restarts"):
+        TrainingPool(2, tracker, project, project / "checkpoints", max_restarts=-1)
 
 
 def test_a_study_whose_trials_all_fail_stops_with_a_clear_error(project, no_pictures, monkeypatch):

@@ -1,12 +1,18 @@
 """Several models trained at once: one worker process per core, one torch thread each.
 
 Small convolutions do not scale across threads, independent models do: on two cores two
-1-thread processes train about 1.37× the images of one 2-thread process; a whole search
-gains less for now, 1.18–1.23× in `benchmarks/bench_parallel.py` (benchmarks/README.md).
+1-thread processes train about 1.37× the images of one 2-thread process, and a whole search
+trains 1.49× the models per hour (`benchmarks/bench_parallel.py`, benchmarks/README.md).
 A `TrainingPool` runs `run_tracked` for one seed per task in worker processes, each with
 its own MLflow client and its own copy of the training data, so the guarantees of a single
 run hold for each: a killed worker's seed resumes from its checkpoint, and its MLflow run is
-marked KILLED by the next start.
+marked KILLED.
+
+A worker that dies while its search lives (killed by hand, or by the kernel for memory) takes
+the executor down with it, and every seed in flight with it. `TrainingPool.train` then starts
+fresh workers, marks the dead ones' runs KILLED and sends the lost seeds again; each resumes
+from its last checkpoint in a new run, so no step already checkpointed trains twice. After
+`max_restarts` such deaths in one call it gives up with an error that says so.
 
 Workers are started with 'spawn' (no inherited sqlite connections or thread pools) and
 watch the process that started them: when it dies, they exit within a second, so a
@@ -25,7 +31,8 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,31 +64,102 @@ class SeedJob:
     run_id: str | None = None
 
 
-class TrainingPool:
-    """`workers` processes that each train one `SeedJob` at a time; use as a context manager."""
+class TrainingWorkerDied(RuntimeError):
+    """Training workers kept dying: the pool was restarted `max_restarts` times in one call."""
 
-    def __init__(self, workers: int, tracker: Tracker, processed_dir: str | Path, checkpoint_dir: str | Path):
+
+class TrainingPool:
+    """`workers` processes that each train one `SeedJob` at a time; use as a context manager.
+
+    Thread-safe: the trials a search runs at once in threads share one pool.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        tracker: Tracker,
+        processed_dir: str | Path,
+        checkpoint_dir: str | Path,
+        *,
+        max_restarts: int = 3,
+    ):
         if workers < 2:
             raise ValueError(f"a training pool needs at least 2 workers, got {workers}; train in-process instead")
-        self.workers = workers
-        self._executor = ProcessPoolExecutor(
-            max_workers=workers,
+        if max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
+        self.workers, self.max_restarts = workers, max_restarts
+        self._tracker = tracker
+        self._initargs = (
+            str(tracker.root),
+            tracker.experiment_id,
+            str(Path(processed_dir).resolve()),
+            str(checkpoint_dir),
+        )
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(
-                str(tracker.root),
-                tracker.experiment_id,
-                str(Path(processed_dir).resolve()),
-                str(checkpoint_dir),
-            ),
+            initargs=self._initargs,
         )
 
-    def submit(self, job: SeedJob) -> Future:
-        """A future of `run_tracked`'s result for the job (its run id and final metrics)."""
-        return self._executor.submit(_train, job)
+    def train(self, jobs: list[SeedJob]) -> list[dict | BaseException]:
+        """`run_tracked`'s result for each job, in order, or the exception its training raised.
+
+        Waits for every job, so none outlives the caller's trial. Jobs lost to a dead worker go
+        again on fresh workers (see the module docstring); `TrainingWorkerDied` past `max_restarts`.
+        """
+        outcomes: dict[int, dict | BaseException] = {}
+        todo = list(enumerate(jobs))
+        restarts = 0
+        while todo:
+            with self._lock:
+                generation = self._generation
+                futures = [(i, self._executor.submit(_train, job)) for i, job in todo]
+            lost = []
+            for i, future in futures:
+                try:
+                    outcomes[i] = future.result()
+                except BrokenProcessPool:
+                    lost.append((i, jobs[i]))
+                except Exception as exc:
+                    outcomes[i] = exc
+            if lost:
+                if restarts == self.max_restarts:
+                    seeds = ", ".join(f"{job.setting.family} {job.setting.label} seed {job.seed}" for _, job in lost)
+                    raise TrainingWorkerDied(
+                        f"training worker processes died {restarts + 1} times while training {seeds} (killed, out of "
+                        f"memory, or unable to start: see the errors above); their checkpoints are kept: rerun to "
+                        f"resume, or set train.workers: 1 to train in the search's own process"
+                    )
+                restarts += 1
+                self._restart(generation)
+            todo = lost
+        return [outcomes[i] for i in range(len(jobs))]
+
+    def _restart(self, generation: int) -> None:
+        """Fresh workers in place of a broken executor, once per break however many trials saw it."""
+        with self._lock:
+            if generation != self._generation:
+                return  # another trial's thread has restarted it already
+            broken = self._executor
+            broken.shutdown(wait=True, cancel_futures=True)  # every old worker has exited: its run is stale
+            self._tracker.mark_stale_runs_killed()
+            log.warning(
+                "a training worker died: started %d fresh ones; the lost seeds resume from their checkpoints",
+                self.workers,
+            )
+            self._executor = self._new_executor()
+            self._generation += 1
 
     def close(self, *, cancel: bool = False) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=cancel)
+        with self._lock:
+            executor = self._executor
+        executor.shutdown(wait=True, cancel_futures=cancel)
 
     def __enter__(self) -> TrainingPool:
         return self

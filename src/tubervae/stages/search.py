@@ -580,13 +580,11 @@ class Objective:
                 done(seed, result)
         else:
             jobs = [SeedJob(setting, seed, cfg, kl_threshold, parent, stop, open_runs.get(seed)) for seed in seeds]
-            futures = {job.seed: self.pool.submit(job) for job in jobs}
-            errors = []
-            for seed, future in futures.items():  # wait for every seed: none may outlive its trial's run
-                try:
-                    done(seed, future.result())
-                except Exception as exc:
-                    errors.append(exc)
+            outcomes = self.pool.train(jobs)  # waits for every seed: none may outlive its trial's run
+            for job, outcome in zip(jobs, outcomes):
+                if not isinstance(outcome, BaseException):
+                    done(job.seed, outcome)
+            errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
             if errors:
                 raise errors[0]
         return results
@@ -904,7 +902,11 @@ def run(
         with contextlib.ExitStack() as stack:
             pool = None
             if workers > 1:
-                pool = stack.enter_context(TrainingPool(workers, tracker, processed_dir, root / "checkpoints"))
+                pool = stack.enter_context(
+                    TrainingPool(
+                        workers, tracker, processed_dir, root / "checkpoints", max_restarts=params.search.max_retry
+                    )
+                )
             objective = Objective(
                 family,
                 params,
