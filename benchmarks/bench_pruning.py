@@ -1,11 +1,12 @@
-"""Pruning hopeless settings: the thesis's β-VAE grid searched in full, then with pruners, on the same photos.
+"""Pruning hopeless settings: one family's thesis grid searched in full, then with pruners, on the same photos.
 
-The thesis's 9 β-VAE grid points (params.yaml `search.spaces.beta_vae.grid`) are enqueued as the
-trials of a study at a reduced profile (16×16 simulated photos, a few hundred steps, 3 seeds):
+The thesis's grid points of a family (params.yaml `search.spaces.<family>.grid`: 9 for β-VAE,
+8 for β-TCVAE, 6 for Cβ-VAE) are enqueued as the trials of a study at a reduced profile (16×16
+simulated photos, a few hundred steps, 3 seeds):
 
 - full grid: `search.pruner: none`, every point trained to the end on every seed;
 - each pruner (`median`, `successive_halving`, optionally `hyperband`) and each judging
-  schedule (`search.prune_at`, e.g. ¼ and ½ of training): the same 9 points in the same order,
+  schedule (`search.prune_at`, e.g. ¼ and ½ of training): the same points in the same order,
   judged on the seeds' median UDR (and `search.min_active`) at those fractions of `train.steps`.
 
 Each search runs in its own project root (its own MLflow store, so no seed is reused from
@@ -17,7 +18,8 @@ judges each against the finished ones), their seeds in a pool of `--workers` 1-t
 processes; the per-run pictures are skipped (they cost more than the training at this size, and
 no score depends on them).
 
-    .venv/bin/python benchmarks/bench_pruning.py [--steps 600] [--seeds 3] [--schedules 0.25,0.5 0.125,0.25,0.5]
+    .venv/bin/python benchmarks/bench_pruning.py [--family beta_tcvae] [--steps 600] [--seeds 3]
+        [--schedules 0.25,0.5 0.125,0.25,0.5] [--pruners median successive_halving hyperband]
 """
 
 from __future__ import annotations
@@ -38,18 +40,16 @@ from tubervae.stages import preprocess, raw, search
 # At module level, so that the training pool's workers (which import this file) skip the pictures too.
 training_run.figures = lambda *args, **kwargs: {}
 ROOT = Path(__file__).resolve().parents[1]
-FAMILY = "beta_vae"
 GOAL_UDR, GOAL_SHARE = 0.05, 1 / 3
 
 
-def thesis_grid() -> list[dict]:
-    """The grid as params.yaml gives it (the thesis's β-VAE points)."""
-    spaces = yaml.safe_load((ROOT / "params.yaml").read_text())["search"]["spaces"]
-    return spaces[FAMILY]["grid"]
+def thesis_space(family: str) -> dict:
+    """The family's search space as params.yaml gives it, with as many trials as its grid (the thesis's) has points."""
+    space = yaml.safe_load((ROOT / "params.yaml").read_text())["search"]["spaces"][family]
+    return {**space, "n_trials": len(space["grid"])}
 
 
 def params(args, pruner: str, prune_at: list[float]) -> dict:
-    grid = thesis_grid()
     return {
         "data": {"n_images": args.images},
         "preprocess": {"image_size": 16, "probe_size": min(1000, args.images // 2)},
@@ -70,7 +70,7 @@ def params(args, pruner: str, prune_at: list[float]) -> dict:
             "prune_at": prune_at or [0.25],
             "prune_startup_trials": args.startup,
             "reduction_factor": args.reduction_factor,
-            "spaces": {FAMILY: {"n_trials": len(grid), "beta": [0.25, 18.0], "beta_log": True, "grid": grid}},
+            "spaces": {args.family: thesis_space(args.family)},
         },
     }
 
@@ -88,12 +88,12 @@ def steps_spent(summary: dict, steps: int, seeds: int) -> int:
     return spent
 
 
-def run_search(root: Path, processed: Path, raw_params: dict) -> tuple[dict, float]:
+def run_search(root: Path, processed: Path, raw_params: dict, family: str) -> tuple[dict, float]:
     root.mkdir()
     start = time.perf_counter()
     summary = search.run(
         parse_params(raw_params),
-        FAMILY,
+        family,
         root=root,
         processed_dir=processed,
         reports_dir=root / "reports",
@@ -102,22 +102,29 @@ def run_search(root: Path, processed: Path, raw_params: dict) -> tuple[dict, flo
     return summary, time.perf_counter() - start
 
 
+def point(hyperparameters: dict) -> str:
+    """A grid point as 'β4' or 'β700/C6'."""
+    text = f"β{hyperparameters['beta']:g}"
+    return f"{text}/C{hyperparameters['c_max']:g}" if "c_max" in hyperparameters else text
+
+
 def describe(summary: dict) -> str:
-    """Each grid point: β, then its final UDR ('inf': infeasible), or the step it was pruned at and its UDR there."""
+    """Each grid point, then its final UDR ('inf': infeasible), or the step it was pruned at and its UDR there."""
     parts = []
     for t in summary["trials"]:
-        beta = t["params"]["beta"]
+        name = point(t["params"])
         if t["state"] == "COMPLETE":
-            parts.append(f"β{beta:g}:{t['value']:.3f}{'' if t['feasible'] else 'inf'}")
+            parts.append(f"{name}:{t['value']:.3f}{'' if t['feasible'] else 'inf'}")
         elif t["state"] == "PRUNED":
-            parts.append(f"β{beta:g}:✂{t['pruned_at_step']}({t['intermediate_udr'][-1][1]:.3f})")
+            parts.append(f"{name}:✂{t['pruned_at_step']}({t['intermediate_udr'][-1][1]:.3f})")
         else:
-            parts.append(f"β{beta:g}:{t['state']}")
+            parts.append(f"{name}:{t['state']}")
     return " ".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="beta_vae", choices=["beta_vae", "beta_tcvae", "cbeta_vae"])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--images", type=int, default=1200)
@@ -130,7 +137,8 @@ def main() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     print(
-        f"{cpu_model()}, {os.cpu_count()} cores; {FAMILY} grid {[p['beta'] for p in thesis_grid()]}, "
+        f"{cpu_model()}, {os.cpu_count()} cores; {args.family} grid "
+        f"{[point(p) for p in thesis_space(args.family)['grid']]}, "
         f"{args.seeds} seeds × {args.steps} steps at 16×16, batch 32, {args.workers} worker(s); "
         f"median after {args.startup} complete trial(s), reduction factor {args.reduction_factor}",
         flush=True,
@@ -147,22 +155,24 @@ def main() -> None:
         raw.run(base.data, out_dir=tmp / "raw", reports_dir=tmp / "reports")
         preprocess.run(base.preprocess, raw_dir=tmp / "raw", out_dir=tmp / "processed")
         for i, (label, pruner, prune_at) in enumerate(searches):
-            summary, seconds = run_search(tmp / f"search{i}", tmp / "processed", params(args, pruner, prune_at))
+            summary, seconds = run_search(
+                tmp / f"search{i}", tmp / "processed", params(args, pruner, prune_at), args.family
+            )
             rows.append((label, summary, seconds, steps_spent(summary, args.steps, args.seeds)))
             print(f"  {label:36s} {describe(summary)}", flush=True)
     _, full, _, full_steps = rows[0]
-    header = ("best UDR", "best β", "steps", "share", "within 0.05", "wall s")
-    print(f"{'search':36s} " + " ".join(f"{h:>{w}s}" for h, w in zip(header, (9, 7, 7, 6, 11, 7))))
+    header = ("best UDR", "best", "steps", "share", "within 0.05", "wall s")
+    print(f"{'search':36s} " + " ".join(f"{h:>{w}s}" for h, w in zip(header, (9, 10, 7, 6, 11, 7))))
     for label, summary, seconds, spent in rows:
         best = summary["best_value"]
-        beta = summary["best_params"]["beta"] if summary["best_params"] else float("nan")
+        best_point = point(summary["best_params"]) if summary["best_params"] else "none"
         close = best is not None and full["best_value"] is not None and best >= full["best_value"] - GOAL_UDR
         met = close and spent <= GOAL_SHARE * full_steps
         shown = f"{best:9.4f}" if best is not None else f"{'none':>9s}"
         verdict = "" if label == "full grid" else f"  goal {'met' if met else 'missed'}"
         print(
-            f"{label:36s} {shown} {beta:7g} {spent:7d} {spent / full_steps:6.2f} {str(close):>11s} {seconds:7.1f}"
-            f"{verdict}"
+            f"{label:36s} {shown} {best_point:>10s} {spent:7d} {spent / full_steps:6.2f} {str(close):>11s}"
+            f" {seconds:7.1f}{verdict}"
         )
 
 
