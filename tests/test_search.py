@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -691,6 +693,78 @@ def test_a_training_worker_killed_while_its_search_lives_is_replaced_and_its_see
     resumed = next(r for r in finished if r.data.tags["run_key"] == cut.data.tags["run_key"])
     history = client(project).get_metric_history(resumed.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(2 * LOG_EVERY, STEPS + 1, LOG_EVERY))  # from step 5 on
+
+
+class _Executor:
+    """A stand-in for the pool's process executor: answers each job at once with `answer(job)`, which may
+    raise (BrokenProcessPool: a worker died under it); `broken` refuses every job, as a broken executor does."""
+
+    def __init__(self, answer=None, broken=False):
+        self.answer, self.broken, self.sent = answer, broken, []
+
+    def submit(self, fn, job):
+        if self.broken:
+            raise BrokenProcessPool("broken")
+        self.sent.append(job.seed)
+        future = Future()
+        try:
+            future.set_result(self.answer(job))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+class _ScriptedPool(TrainingPool):
+    """A TrainingPool whose successive executors are the given stand-ins, in order."""
+
+    def __init__(self, executors, tracker, **kwargs):
+        self.executors, self.started = list(executors), []
+        super().__init__(2, tracker, ".", "checkpoints", **kwargs)
+
+    def _new_executor(self):
+        self.started.append(self.executors.pop(0))
+        return self.started[-1]
+
+
+def test_a_pool_sends_again_only_the_jobs_a_dead_worker_lost_and_keeps_the_others_results(project, monkeypatch):
+    tracker = Tracker(project)
+    marked = []
+    monkeypatch.setattr(tracker, "mark_stale_runs_killed", lambda: marked.append(True))
+    cfg = parse_params(RAW_PARAMS).train
+    jobs = [SeedJob(Setting(FAMILY, 1.0), seed, cfg, 0.01, None) for seed in range(3)]
+
+    def seed_1_dies(job):
+        if job.seed == 1:
+            raise BrokenProcessPool("a worker died")
+        if job.seed == 2:
+            raise ValueError("not finite")  # a training error is the job's outcome, not a reason to restart
+        return {"run_id": f"first-{job.seed}"}
+
+    first, second = _Executor(seed_1_dies), _Executor(lambda job: {"run_id": f"second-{job.seed}"})
+    pool = _ScriptedPool([first, second], tracker)
+    outcomes = pool.train(jobs)
+    assert outcomes[0] == {"run_id": "first-0"} and outcomes[1] == {"run_id": "second-1"}
+    assert isinstance(outcomes[2], ValueError)
+    assert first.sent == [0, 1, 2] and second.sent == [1]  # only the lost seed went again
+    assert marked == [True]  # the dead worker's run was marked KILLED before it did
+
+    # an executor that broke before the jobs could be sent (another trial saw the death first): all go again
+    pool = _ScriptedPool([_Executor(broken=True), _Executor(lambda job: {"run_id": job.seed})], tracker)
+    assert pool.train(jobs[:2]) == [{"run_id": 0}, {"run_id": 1}]
+
+    # a restart that another thread has already made is not made twice
+    pool = _ScriptedPool([_Executor(seed_1_dies), _Executor(lambda job: {})], tracker)
+    pool._restart(generation=0)
+    pool._restart(generation=0)
+    assert len(pool.started) == 2 and pool._generation == 1
+
+    # max_restarts = 0: the first death is final
+    pool = _ScriptedPool([_Executor(seed_1_dies)], tracker, max_restarts=0)
+    with pytest.raises(TrainingWorkerDied, match="died once while training beta_vae 1 seed 1"):
+        pool.train(jobs[:2])
 
 
 def test_a_pool_whose_workers_keep_dying_gives_up_with_an_error_that_says_so(project):

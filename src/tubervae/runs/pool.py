@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,9 +119,12 @@ class TrainingPool:
         while todo:
             with self._lock:
                 generation = self._generation
-                futures = [(i, self._executor.submit(_train, job)) for i, job in todo]
+                futures = [(i, self._submit(job)) for i, job in todo]
             lost = []
             for i, future in futures:
+                if future is None:  # not sent: the pool had broken already
+                    lost.append((i, jobs[i]))
+                    continue
                 try:
                     outcomes[i] = future.result()
                 except BrokenProcessPool:
@@ -131,8 +134,9 @@ class TrainingPool:
             if lost:
                 if restarts == self.max_restarts:
                     seeds = ", ".join(f"{job.setting.family} {job.setting.label} seed {job.seed}" for _, job in lost)
+                    times = "once" if restarts == 0 else f"{restarts + 1} times"
                     raise TrainingWorkerDied(
-                        f"training worker processes died {restarts + 1} times while training {seeds} (killed, out of "
+                        f"training worker processes died {times} while training {seeds} (killed, out of "
                         f"memory, or unable to start: see the errors above); their checkpoints are kept: rerun to "
                         f"resume, or set train.workers: 1 to train in the search's own process"
                     )
@@ -140,6 +144,13 @@ class TrainingPool:
                 self._restart(generation)
             todo = lost
         return [outcomes[i] for i in range(len(jobs))]
+
+    def _submit(self, job: SeedJob) -> Future | None:
+        """The job's future, or None when a worker died since the last restart (another trial's, say)."""
+        try:
+            return self._executor.submit(_train, job)
+        except BrokenProcessPool:
+            return None
 
     def _restart(self, generation: int) -> None:
         """Fresh workers in place of a broken executor, once per break however many trials saw it."""
