@@ -27,10 +27,10 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 
 from tubervae.config import INFORMATIVE_KL
 from tubervae.data.processed import load_meta, load_split
+from tubervae.evaluation.matching import best_components
 from tubervae.models.losses import kl_per_component
 from tubervae.models.nets import VAE
 
@@ -49,14 +49,9 @@ def tuber_mask(x: torch.Tensor) -> torch.Tensor:
 
 
 def best_rho(factors: np.ndarray, names: list[str], mu: np.ndarray) -> dict[str, tuple[float, int]]:
-    """Per factor, the largest |Spearman ρ| with one component, and that component."""
-    out = {}
-    for name in FACTORS:
-        values = np.nan_to_num(
-            [abs(spearmanr(factors[:, names.index(name)], mu[:, j]).statistic) for j in range(mu.shape[1])]
-        )
-        out[name] = (round(float(values.max()), 3), int(values.argmax()))
-    return out
+    """Per factor, the largest |Spearman ρ| with one component, and that component (every component competes)."""
+    component, rho = best_components(mu, factors[:, [names.index(name) for name in FACTORS]])
+    return {name: (round(float(r), 3), int(c)) for name, c, r in zip(FACTORS, component, rho)}
 
 
 def main() -> None:
