@@ -34,7 +34,10 @@ from optuna.trial import TrialState
 from conftest import free_port, http, make_target, started, with_makefile, write_processed
 from tubervae.config import ConfigError, parse_params
 from tubervae.evaluation.udr import udr_scores
+from tubervae.runs import study as optuna_study
 from tubervae.runs.pool import SeedJob, TrainingPool, TrainingWorkerDied
+from tubervae.runs.pruning import make_pruner, prune_steps
+from tubervae.runs.study import fail_dead_local_trials, fingerprint, make_storage, storage_url, study_name
 from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import load_training_data, run_key
 from tubervae.stages import search
@@ -154,8 +157,8 @@ def run_search(root: Path, raw: dict, **kwargs) -> dict:
 
 def load_study(root: Path, raw: dict, storage: str | None = None) -> optuna.Study:
     data = load_training_data(root / "data" / "processed")
-    name = search.study_name(FAMILY, parse_params(raw), data.data_version)
-    return optuna.load_study(study_name=name, storage=storage or search.storage_url(root))
+    name = study_name(FAMILY, parse_params(raw), data.data_version)
+    return optuna.load_study(study_name=name, storage=storage or storage_url(root))
 
 
 def client(root: Path) -> MlflowClient:
@@ -187,7 +190,7 @@ def test_storage_open_retries_when_workers_race_to_create_the_schema(tmp_path, m
     """Two workers creating Optuna's tables in a fresh PostgreSQL database collide once; the loser retries."""
     import sqlalchemy.exc
 
-    real = search.RDBStorage
+    real = optuna_study.RDBStorage
     calls = []
 
     def collide_once(url, **kwargs):
@@ -196,11 +199,11 @@ def test_storage_open_retries_when_workers_race_to_create_the_schema(tmp_path, m
             raise sqlalchemy.exc.IntegrityError("CREATE TYPE trialstate", {}, Exception("duplicate key value"))
         return real(url, **kwargs)
 
-    monkeypatch.setattr(search, "RDBStorage", collide_once)
-    monkeypatch.setattr(search.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(optuna_study, "RDBStorage", collide_once)
+    monkeypatch.setattr(optuna_study.time, "sleep", lambda seconds: None)
     params = parse_params(RAW_PARAMS)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    storage = search.make_storage(url, params)
+    storage = make_storage(url, params)
     assert calls == [url, url]
     assert storage.get_heartbeat_interval() == params.search.heartbeat_interval
 
@@ -209,9 +212,9 @@ def test_storage_open_retries_when_workers_race_to_create_the_schema(tmp_path, m
         raise sqlalchemy.exc.OperationalError("connect", {}, Exception("server down"))
 
     calls.clear()
-    monkeypatch.setattr(search, "RDBStorage", always_down)
+    monkeypatch.setattr(optuna_study, "RDBStorage", always_down)
     with pytest.raises(sqlalchemy.exc.OperationalError):
-        search.make_storage(url, params, attempts=3)
+        make_storage(url, params, attempts=3)
     assert len(calls) == 3
 
 
@@ -223,7 +226,7 @@ def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
     rungs successive halving had recorded for it.
     """
     params = parse_params(RAW_PARAMS)
-    storage = search.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", params)
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", params)
     study = optuna.create_study(storage=storage, direction="maximize")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -233,8 +236,8 @@ def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
             trial.set_user_attr(key, value)
         storage.set_trial_system_attr(trial._trial_id, "completed_rung_0", 0.5)  # successive halving's record
 
-    assert search.fail_dead_local_trials(study, storage, max_retry=3) == [0]
-    assert search.fail_dead_local_trials(study, storage, max_retry=3) == []  # nothing left to fail
+    assert fail_dead_local_trials(study, storage, max_retry=3) == [0]
+    assert fail_dead_local_trials(study, storage, max_retry=3) == []  # nothing left to fail
     first, alive, retry = study.get_trials()
     assert (first.state, first.system_attrs["fail_reason"]) == (TrialState.FAIL, "worker killed")
     assert alive.state == TrialState.RUNNING  # its worker (this process) lives
@@ -262,7 +265,7 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
     assert study.metric_names == ["udr"]
     assert study.study_name.startswith(f"{FAMILY}-{params.train.steps}steps-{params.search.seeds}seeds-")
     attrs = study.user_attrs
-    assert attrs["fingerprint"] == study.study_name.rsplit("-", 1)[1] == search.fingerprint(params, data_version)
+    assert attrs["fingerprint"] == study.study_name.rsplit("-", 1)[1] == fingerprint(params, data_version)
     assert attrs["data_version"] == data_version and attrs["seeds"] == params.search.seeds
     assert attrs["train"]["steps"] == params.train.steps and attrs["udr"]["similarity"] == params.udr.similarity
     # `make dashboard`, as the README starts it, shows the study, its objective's name and its attributes.
@@ -1012,8 +1015,8 @@ def test_prune_at_must_be_increasing_fractions():
             parse_params(merged(RAW_PARAMS, search={**PRUNING, "prune_at": bad}))
     with pytest.raises(ConfigError, match="not one of"):
         parse_params(merged(RAW_PARAMS, search={"pruner": "asha"}))
-    assert search.prune_steps(parse_params(merged(RAW_PARAMS, search=PRUNING))) == [5, 10]
-    assert search.prune_steps(parse_params(RAW_PARAMS)) == []  # pruner none: trials train in one go
+    assert prune_steps(parse_params(merged(RAW_PARAMS, search=PRUNING))) == [5, 10]
+    assert prune_steps(parse_params(RAW_PARAMS)) == []  # pruner none: trials train in one go
 
 
 @pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband"])
@@ -1021,7 +1024,7 @@ def test_settings_that_ended_infeasible_set_no_bar_for_pruning(pruner):
     """A collapsed setting's high UDR part-way must not stop settings that end feasible: only feasible
     trials compete. One infeasible trial at 0.9: a trial at 0.2 goes on; a feasible one at 0.5: it stops."""
     params = parse_params(merged(RAW_PARAMS, search={**PRUNING, "pruner": pruner}))
-    study = optuna.create_study(direction="maximize", pruner=search.make_pruner(params))
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(params))
     beta = optuna.distributions.FloatDistribution(1.0, 8.0)
 
     def finished(value: float, feasible: bool) -> None:

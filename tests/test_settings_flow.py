@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from conftest import labelled_disc_splits, write_processed
 from tubervae import plots
 from tubervae.config import INFORMATIVE_KL, parse_params
+from tubervae.runs.study import storage_url
 from tubervae.runs.tracker import Tracker
 from tubervae.stages import classify, register, search, udr
 
@@ -104,7 +105,7 @@ def test_kl_threshold_reaches_udr_n_active_classify_and_plots(project, monkeypat
     # plots: the newly trained seed drew its distributions with the configured cut-off
     assert seen_thresholds and set(seen_thresholds) == {threshold}
     # the search's feasibility count
-    study = optuna.load_study(study_name=summary["study"], storage=search.storage_url(project))
+    study = optuna.load_study(study_name=summary["study"], storage=storage_url(project))
     assert study.trials[-1].user_attrs["n_active_per_seed"] == [counts[rid] for rid in run_ids]
 
     # the UDR tables and the n_active metric written back onto every ranked run

@@ -1,1 +1,1 @@
-"""Everything that touches MLflow: runs, their artifact layout, the registry and served models."""
+"""The MLflow and Optuna edges: runs, their artifact layout, the registry, served models, studies and pruners."""

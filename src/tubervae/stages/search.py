@@ -35,15 +35,10 @@ a resumed study does not repeat its first suggestions, and two workers never sha
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import os
-import random
 import socket
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -51,17 +46,25 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
 
 from tubervae import plots
 from tubervae.config import Params, SearchSpace, UdrConfig, worker_count
 from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_csv, write_json
 from tubervae.runs.pool import SeedJob, TrainingPool
-from tubervae.runs.tracker import Tracker, process_alive
+from tubervae.runs.pruning import make_pruner, prune_steps
+from tubervae.runs.study import (
+    TrialSeededSampler,
+    describe_study,
+    enqueue_grid,
+    fail_dead_local_trials,
+    legacy_study_name,
+    make_storage,
+    storage_url,
+    study_name,
+)
+from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import (
     TrainingData,
     checkpoint_file,
@@ -71,275 +74,15 @@ from tubervae.runs.training_run import (
     run_tracked,
     run_tracked_fused,
 )
-from tubervae.training import Setting, select_device, weight_identity
+from tubervae.training import Setting, select_device
 
 log = logging.getLogger(__name__)
-
-
-def storage_url(root: str | Path = ".") -> str:
-    return f"sqlite:///{Path(root).resolve() / 'optuna.db'}"
-
-
-def study_identity(params: Params, data_version: str) -> dict:
-    """What makes a study's models and scores comparable: the settings behind its fingerprint."""
-    return {
-        "train": weight_identity(params.train),
-        "seeds": params.search.seeds,
-        "data_version": data_version,
-        "min_active": params.search.min_active,
-        "udr": dataclasses.asdict(params.udr),
-    }
-
-
-def fingerprint(params: Params, data_version: str) -> str:
-    return hashlib.sha256(json.dumps(study_identity(params, data_version), sort_keys=True).encode()).hexdigest()[:10]
-
-
-def study_name(family: str, params: Params, data_version: str) -> str:
-    """Family, a few readable settings, and the fingerprint of everything that makes the models comparable.
-
-    e.g. `beta_vae-2000steps-3seeds-lasso-32f9c81004`: the fingerprint alone decides, so two
-    settings that differ anywhere never share a study; the words are for people (the study's
-    user attributes spell out every setting behind the fingerprint).
-    """
-    train, udr = params.train, params.udr
-    readable = f"{train.steps}steps-{params.search.seeds}seeds-{udr.similarity}"
-    return f"{family}-{readable}-{fingerprint(params, data_version)}"
-
-
-def legacy_study_name(family: str, params: Params, data_version: str) -> str:
-    """The name studies had before the readable part (`beta_vae-32f9c81004`): such a study is resumed."""
-    return f"{family}-{fingerprint(params, data_version)}"
-
-
-def describe_study(study: optuna.Study, family: str, params: Params, data_version: str) -> None:
-    """Name the objective (optuna-dashboard shows "udr", not "Objective 0") and record, as the study's
-    user attributes, the settings its fingerprint stands for. Written once; a worker that finds them
-    written (or loses the race to write them on a shared database) leaves them."""
-    wanted = {
-        "family": family,
-        "objective": f"median within-setting UDR over {params.search.seeds} seeds "
-        f"({params.udr.similarity} similarity, {params.udr.aggregate} aggregation)",
-        "fingerprint": fingerprint(params, data_version),
-        **study_identity(params, data_version),
-    }
-    try:
-        if study.metric_names is None:
-            study.set_metric_names(["udr"])
-        present = study.user_attrs
-        for key, value in wanted.items():
-            if key not in present:
-                study.set_user_attr(key, value)
-    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-        log.debug("study attributes already being written by another worker (%s)", type(exc).__name__)
-
-
-class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
-    """Re-queue a dead worker's trial with its parameters but nothing it had recorded.
-
-    The copy must not carry the dead worker's host and pid (another worker on that host
-    would take the retry for the dead trial), its MLflow run ids and scores, its failure
-    reason, a constraint value (Optuna keeps the first one set and would ignore the
-    retry's own), or the rungs successive halving recorded for it (the retry would start
-    judged at a later rung than the steps it reports).
-    """
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        clean = copy.deepcopy(trial)
-        clean.user_attrs = {}
-        clean.system_attrs = {
-            k: v
-            for k, v in clean.system_attrs.items()
-            if k != "fail_reason" and not k.startswith(("constraints", "completed_rung_"))
-        }
-        super().__call__(study, clean)
-
-
-def make_storage(url: str, params: Params, attempts: int = 5) -> RDBStorage:
-    """The study's storage; workers creating the tables of a fresh database at once retry.
-
-    On PostgreSQL two processes creating Optuna's schema together collide (duplicate
-    type names); the loser finds the tables made once it tries again.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return RDBStorage(
-                url,
-                heartbeat_interval=params.search.heartbeat_interval,
-                grace_period=params.search.grace_period,
-                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=params.search.max_retry),
-            )
-        except SQLAlchemyError as exc:
-            if attempt == attempts:
-                raise
-            log.warning("opening the study storage failed (%s); retrying", type(exc).__name__)
-            time.sleep(random.uniform(0.2, 1.0) * attempt)
-    raise AssertionError("unreachable")
-
-
-class TrialSeededSampler(optuna.samplers.BaseSampler):
-    """TPE whose random state is set from the trial's number when the trial starts.
-
-    Optuna keeps no sampler state in the storage: a sampler seeded once per process
-    repeats its first suggestions in every resumed run, and two workers seeded alike
-    suggest the same points. The trial number is unique in the study and grows with the
-    history, so neither happens, and a study run by one worker stays reproducible.
-    """
-
-    def __init__(self, seed: int):
-        self.seed = seed
-        self._tpe = self._make(seed)
-        self._by_trial: dict[int, optuna.samplers.TPESampler] = {}  # trials sampled at once, in threads
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _make(seed: int) -> optuna.samplers.TPESampler:
-        # constant_liar: trials running on other workers count as pending, not as unknown
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-
-    def _of(self, trial) -> optuna.samplers.TPESampler:
-        with self._lock:
-            return self._by_trial.get(trial.number, self._tpe)
-
-    def before_trial(self, study, trial) -> None:
-        tpe = self._make(self.seed + trial.number)
-        with self._lock:
-            self._by_trial[trial.number] = tpe
-        tpe.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return self._of(trial).infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self._of(trial).sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self._of(trial).after_trial(study, trial, state, values)
-        with self._lock:
-            self._by_trial.pop(trial.number, None)
-
-    def reseed_rng(self) -> None:
-        self._tpe.reseed_rng()
 
 
 def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Setting:
     beta = trial.suggest_float("beta", space.beta[0], space.beta[1], log=space.beta_log)
     c_max = trial.suggest_float("c_max", space.c_max[0], space.c_max[1]) if family == "cbeta_vae" else 0.0
     return Setting(family=family, beta=beta, c_max=c_max)
-
-
-def fail_dead_local_trials(
-    study: optuna.Study, storage: optuna.storages.BaseStorage, max_retry: int | None = None
-) -> list[int]:
-    """Trials left RUNNING by a killed worker on this host fail now and are re-queued.
-
-    The heartbeat does the same for other machines after the grace period; on this host
-    we know the worker is dead without waiting. `storage` is the study's own storage:
-    Optuna's public API has no call to fail a trial of another process, the storage does.
-    """
-    host = socket.gethostname()
-    retry = RetryStaleTrial(max_retry=max_retry)
-    study_id = storage.get_study_id_from_name(study.study_name)
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get("host") != host or not str(attrs.get("pid", "")).isdigit():
-            continue
-        if process_alive(int(attrs["pid"])):
-            continue
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        try:
-            # The reason first: a finished trial accepts no more attributes.
-            storage.set_trial_system_attr(trial_id, "fail_reason", "worker killed")
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:
-            continue  # another worker on this host got there first
-        retry(study, storage.get_trial(trial_id))
-        failed.append(trial.number)
-    if failed:
-        log.warning("re-queued trial(s) %s of a killed worker", failed)
-    return failed
-
-
-def enqueue_grid(study: optuna.Study, space: SearchSpace) -> None:
-    for point in space.grid:
-        study.enqueue_trial(dict(point), skip_if_exists=True)
-
-
-def prune_steps(params: Params) -> list[int]:
-    """The training steps where a trial is judged (`search.prune_at` × `train.steps`); none without a pruner."""
-    if params.search.pruner == "none":
-        return []
-    steps = params.train.steps
-    return sorted({s for s in (round(f * steps) for f in params.search.prune_at) if 1 <= s < steps})
-
-
-def make_pruner(params: Params) -> optuna.pruners.BasePruner:
-    """Optuna's pruner for `search.pruner`, with its rungs on the judging steps, judging against feasible trials.
-
-    Successive halving and Hyperband start at the first judging step and let one trial in
-    `search.reduction_factor` go on at each rung (rungs at first step × factor^k: with the
-    default [0.25, 0.5] and factor 2, at ¼ and ½ of training). The median pruner stops a trial
-    whose UDR falls below the median of the complete trials at the same step, once
-    `search.prune_startup_trials` trials are complete. Either way only feasible trials compete
-    (`FeasibleCompetitors`).
-    """
-    search, stops = params.search, prune_steps(params)
-    if not stops:
-        return optuna.pruners.NopPruner()
-    if search.pruner == "median":
-        inner = optuna.pruners.MedianPruner(n_startup_trials=search.prune_startup_trials, n_warmup_steps=0)
-    elif search.pruner == "successive_halving":
-        inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=stops[0], reduction_factor=search.reduction_factor)
-    else:
-        inner = _FeasibleHyperband(
-            min_resource=stops[0], max_resource=params.train.steps, reduction_factor=search.reduction_factor
-        )
-    return FeasibleCompetitors(inner)
-
-
-class FeasibleView:
-    """A study as a pruner should see it: complete trials that ended infeasible are no competition.
-
-    UDR rewards collapsed models, so a setting that ends infeasible (below `search.min_active`)
-    often leads part-way: in `benchmarks/bench_pruning.py` β = 1 and 2 lead at ¼ and ½ of
-    training and end with one informative component, and judged against them the median pruner
-    stopped every setting that would have ended feasible. Everything but those trials is the study's.
-    """
-
-    def __init__(self, study: optuna.Study):
-        self._viewed = study
-
-    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
-        return [t for t in self._viewed.get_trials(deepcopy=deepcopy, states=states) if not _ended_infeasible(t)]
-
-    def __getattr__(self, name: str):
-        return getattr(self._viewed, name)
-
-
-def _ended_infeasible(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and trial.user_attrs.get("feasible") is False
-
-
-class FeasibleCompetitors(optuna.pruners.BasePruner):
-    """Optuna's `pruner`, shown the study through `FeasibleView`."""
-
-    def __init__(self, pruner: optuna.pruners.BasePruner):
-        self.pruner = pruner
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return self.pruner.prune(FeasibleView(study), trial)
-
-
-class _FeasibleHyperband(optuna.pruners.HyperbandPruner):
-    """Hyperband whose brackets are seen through `FeasibleView` too (it builds them from the study's storage)."""
-
-    def _create_bracket_study(self, study, bracket_id):
-        return FeasibleView(super()._create_bracket_study(study, bracket_id))
 
 
 @dataclasses.dataclass(frozen=True)
