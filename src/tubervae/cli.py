@@ -236,17 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
         "register",
         help="stage register: promote the champion VAE (alias 'champion')",
         description="Choose the champion from reports/udr/models.csv (feasible settings, best "
-        "within-family UDR, more informative components on near-ties) and register it "
+        "within-family UDR; among near-ties more informative components, or with register.select: job "
+        "the best multi-defect rule in cross-validation on the labelled photos) and register it "
         "as a new version of register.model_name with alias 'champion'.",
     )
     p.set_defaults(fn=cmd_register)
 
     p = sub.add_parser(
         "classify",
-        help="stage classify: threshold classifier on one component, test metrics",
-        description="Fit the good/bad threshold on the labelled set with the champion's latents, "
-        "score the test set against baselines, write reports/classify/ and register "
-        "the classifier as classify.model_name@champion.",
+        help="stage classify: threshold rules on the champion's components, test metrics",
+        description="Fit the good/bad rules on the labelled set with the champion's latents (one threshold, "
+        "and 'bad if any of up to classify.max_rules cuts fires'), score the test set against learners on "
+        "the latents and a pixel CNN, write reports/classify/ and register the served rule as "
+        "classify.model_name@champion.",
     )
     p.set_defaults(fn=cmd_classify)
 
