@@ -5,8 +5,9 @@ one latent component. This script computes the same figure for representations t
 training, on the test split of a processed folder, to show what the photos allow:
 
 - simple statistics of each photo: the mean grey level of the whole image and of the tuber
-  (the pixels whose colour differs from the belt's, the belt's colour read on the top and bottom
-  rows), and the tuber's mean divided by the belt's (lighting taken out);
+  (the pixels whose colour differs from the belt's by more than a fixed margin, so the tuber's
+  contact shadow too; the belt's colour read on the top and bottom rows), and the tuber's mean
+  divided by the belt's (lighting taken out);
 - principal components of the pixels (fitted on the training split): the linear-Gaussian limit
   of a VAE, one component per direction of largest variance;
 - principal and independent components of the tuber's mean colour (three numbers per photo);
@@ -31,7 +32,7 @@ from tubervae.data.processed import load_split
 DEFECTS = ("spot_area", "greening", "rot")
 SHOWN = ("x", "y", "size", "tone", "brightness", *DEFECTS)
 BELT_ROWS = 2  # top and bottom rows read as the belt
-TUBER_DISTANCE = 0.15  # summed |RGB difference| to the belt's colour (in [0, 1] units) above which a pixel is tuber
+TUBER_DISTANCE = 0.15  # summed |RGB difference| to the belt's colour ([0, 1]) above which a pixel is tuber or shadow
 
 
 def best_rho(representation: np.ndarray, factor: np.ndarray) -> float:

@@ -48,7 +48,10 @@ def main() -> None:
         split["images"] = normalise_exposure(split["images"], args.level)
         save_split(args.dest, name, split)
         print(f"{name}: belt level {before.mean():.1f} ± {before.std():.1f} before, {args.level:g} after")
-    save_meta(args.dest, load_meta(args.source))
+    meta = load_meta(args.source)
+    # Other images, so another data version: models trained on the copy never pass for the source's.
+    meta["data_version"] = f"{meta['data_version']}-exposure{args.level:g}"
+    save_meta(args.dest, meta)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ A study's name carries a fingerprint of everything that makes its models compara
 version, training settings, seeds, UDR settings), so changed settings start a new study. The
 storage is an Optuna RDB (SQLite by default, PostgreSQL for several machines) whose heartbeat
 re-queues the trials of workers that stopped beating; `fail_dead_local_trials` does it at once
-for workers on this host that are known dead. `TrialSeededSampler` makes a resumed or shared
-study's suggestions reproducible without sampler state in the storage.
+for workers on this host that are known dead. `TrialSeededSampler` seeds TPE from each trial's
+number, so a resumed study does not repeat its first suggestions, two workers never share a seed,
+and a study run by one worker stays reproducible. `describe_study` records the settings behind the
+fingerprint on the study; `enqueue_grid` queues a family's grid points as its first trials.
 """
 
 from __future__ import annotations
