@@ -2,7 +2,7 @@
 
 The thesis's grid points of a family (params.yaml `search.spaces.<family>.grid`: 9 for β-VAE,
 8 for β-TCVAE, 6 for Cβ-VAE) are enqueued as the trials of a study at a reduced profile (16×16
-simulated photos, a few hundred steps, 3 seeds):
+simulated photos by default, a few hundred steps, 3 seeds):
 
 - full grid: `search.pruner: none`, every point trained to the end on every seed;
 - each pruner (`median`, `successive_halving`, optionally `hyperband`) and each judging
@@ -18,7 +18,7 @@ judges each against the finished ones), their seeds in a pool of `--workers` 1-t
 processes; the per-run pictures are skipped (they cost more than the training at this size, and
 no score depends on them).
 
-    .venv/bin/python benchmarks/bench_pruning.py [--family beta_tcvae] [--steps 600] [--seeds 3]
+    .venv/bin/python benchmarks/bench_pruning.py [--family beta_tcvae] [--steps 600] [--seeds 3] [--image-size 16]
         [--schedules 0.25,0.5 0.125,0.25,0.5] [--pruners median successive_halving hyperband]
 """
 
@@ -52,7 +52,7 @@ def thesis_space(family: str) -> dict:
 def params(args, pruner: str, prune_at: list[float]) -> dict:
     return {
         "data": {"n_images": args.images},
-        "preprocess": {"image_size": 16, "probe_size": min(1000, args.images // 2)},
+        "preprocess": {"image_size": args.image_size, "probe_size": min(1000, args.images // 2)},
         "train": {
             "steps": args.steps,
             "snapshot_every": 0,
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--images", type=int, default=1200)
+    parser.add_argument("--image-size", type=int, default=16, help="preprocess.image_size (32: the default profile's)")
     parser.add_argument("--workers", type=int, default=2, help="train.workers (1: in this process)")
     parser.add_argument("--schedules", nargs="+", default=["0.25,0.5", "0.125,0.25,0.5"], help="search.prune_at")
     parser.add_argument("--startup", type=int, default=1, help="search.prune_startup_trials (median)")
@@ -139,7 +140,8 @@ def main() -> None:
     print(
         f"{cpu_model()}, {os.cpu_count()} cores; {args.family} grid "
         f"{[point(p) for p in thesis_space(args.family)['grid']]}, "
-        f"{args.seeds} seeds × {args.steps} steps at 16×16, batch 32, {args.workers} worker(s); "
+        f"{args.seeds} seeds × {args.steps} steps at {args.image_size}×{args.image_size}, batch 32, "
+        f"{args.workers} worker(s); "
         f"median after {args.startup} complete trial(s), reduction factor {args.reduction_factor}",
         flush=True,
     )
