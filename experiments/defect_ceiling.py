@@ -23,11 +23,11 @@ import argparse
 import json
 
 import numpy as np
-from scipy.stats import spearmanr
 from sklearn.decomposition import PCA, FastICA
 from sklearn.linear_model import LinearRegression, RidgeCV
 
 from tubervae.data.processed import load_split
+from tubervae.evaluation.matching import best_components
 
 DEFECTS = ("spot_area", "greening", "rot")
 SHOWN = ("x", "y", "size", "tone", "brightness", *DEFECTS)
@@ -38,8 +38,8 @@ TUBER_DISTANCE = 0.15  # summed |RGB difference| to the belt's colour ([0, 1]) a
 def best_rho(representation: np.ndarray, factor: np.ndarray) -> float:
     """The largest |Spearman ρ| between the factor and one column of the representation."""
     columns = representation.reshape(len(representation), -1)
-    values = [abs(spearmanr(columns[:, j], factor).statistic) for j in range(columns.shape[1])]
-    return round(float(np.nanmax(values)), 3)
+    _, rho = best_components(columns, np.asarray(factor)[:, None])
+    return round(float(rho[0]), 3)
 
 
 def belt_and_tuber_colour(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
