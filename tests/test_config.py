@@ -90,3 +90,31 @@ def test_cbeta_vae_anneals_capacity_over_all_of_training_by_default():
     assert project.train.anneal_fraction == 1.0
     loss = Setting("cbeta_vae", 700.0, 6.0).loss(project.train, dataset_size=100)
     assert loss.hyperparameters["anneal_steps"] == project.train.steps
+
+
+def _profile_overrides(path: Path) -> dict[str, str]:
+    """`key=value` lines of a profile file, as `make thesis` / `make cpu-long` pass them to `dvc exp run -S`."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return dict(line.split("=", 1) for line in lines if line)
+
+
+@pytest.mark.parametrize("profile", sorted((ROOT / "profiles").glob("*.txt")), ids=lambda p: p.stem)
+def test_every_profile_overrides_existing_keys_with_valid_values(profile):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overrides = _profile_overrides(profile)
+    assert overrides, f"{profile.name} sets nothing"
+    for dotted, text in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        assert leaf in node, f"{profile.name}: {dotted} is not a key of params.yaml (a typo adds a new one)"
+        node[leaf] = yaml.safe_load(text)  # how DVC parses an -S value
+    params = parse_params(raw)
+    assert params.search.seeds == raw["search"]["seeds"]
+
+
+def test_make_targets_read_their_profiles():
+    makefile = (ROOT / "Makefile").read_text()
+    for profile in (ROOT / "profiles").glob("*.txt"):
+        assert f"$(call profile_overrides,{profile.stem})" in makefile
