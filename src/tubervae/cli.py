@@ -263,9 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="stage evaluate: supervised metrics vs UDR (simulated data only)",
+        help="stage evaluate: supervised metrics vs UDR (photos with known factors)",
         description="MIG, DCI, SAP and FactorVAE score of every ranked model on the evaluation set's "
-        "scored factors (data/evalset/), and how well UDR correlates with them (reports/evaluate/).",
+        "scored factors (data/evalset/; for a folder of photos with its own factors.csv, the test split's), "
+        "and how well UDR correlates with them (reports/evaluate/).",
     )
     p.set_defaults(fn=cmd_evaluate)
     return parser

@@ -11,8 +11,8 @@ marked KILLED.
 A worker that dies while its search lives (killed by hand, or by the kernel for memory) takes
 the executor down with it, and every seed in flight with it. `TrainingPool.train` then starts
 fresh workers, marks the dead ones' runs KILLED and sends the lost seeds again; each resumes
-from its last checkpoint in a new run, so no step already checkpointed trains twice. After
-`max_restarts` such deaths in one call it gives up with an error that says so.
+from its last checkpoint in a new run, so no step already checkpointed trains twice. It restarts
+them `max_restarts` times in one call; the next death gives up with an error that says so.
 
 Workers are started with 'spawn' (no inherited sqlite connections or thread pools) and
 watch the process that started them: when it dies, they exit within a second, so a
