@@ -42,7 +42,7 @@ lint: install         ## fix what ruff can fix and format the tree
 thesis: install       ## the thesis's settings (64x64, 300000 steps, 5 seeds, every grid point): for a GPU
 	$(BIN)/dvc exp run $(call profile_overrides,thesis)
 
-cpu-long: install     ## a longer CPU run for the grading job (8498 photos, 5 seeds, 45 models; under 2 h on 2 cores)
+cpu-long: install     ## a longer CPU run for the grading job (8498 photos, 5 seeds, 30 models; under 2 h on 2 cores)
 	$(BIN)/dvc exp run $(call profile_overrides,cpu-long)
 
 bench: install        ## speed figures (benchmarks/README.md)
