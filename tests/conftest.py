@@ -25,6 +25,31 @@ import pytest
 from tubervae.data.processed import SPLITS, save_meta, save_split
 from tubervae.data.splits import fingerprint
 
+DECOY_RUN_ID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def working_folder_of_decoys(tmp_path_factory):
+    """Every test runs from a working folder that looks like a finished pipeline but is not one:
+    a champion.json naming a run no store holds, and an mlflow.db and optuna.db that are not
+    databases. A stage that reads its project's files from the working folder, instead of from
+    its `root` or the paths it is given, then fails loudly."""
+    decoys = tmp_path_factory.mktemp("decoy-working-folder")
+    (decoys / "reports" / "register").mkdir(parents=True)
+    (decoys / "reports" / "register" / "champion.json").write_text(
+        json.dumps({"run_id": DECOY_RUN_ID, "champions": {"udr": {"run_id": DECOY_RUN_ID}}})
+    )
+    for name in ("mlflow.db", "optuna.db"):
+        (decoys / name).write_text("a decoy, not a database: a test read it from the working folder\n")
+    for name in ("data/processed", "data/raw", "reports/udr", "reports/search"):
+        (decoys / name).mkdir(parents=True, exist_ok=True)
+    before = os.getcwd()
+    os.chdir(decoys)
+    try:
+        yield decoys
+    finally:
+        os.chdir(before)
+
 
 def write_processed(
     folder: Path,

@@ -28,6 +28,7 @@ def images():
 
 def config(**overrides) -> TrainConfig:
     base = dict(steps=20, batch_size=8, latent_dim=3, log_every=5, checkpoint_every=10, snapshot_every=0, device="cpu")
+    base["precision"] = "float32"  # tests that compare numbers say which; `auto` differs between CPUs
     return TrainConfig(**{**base, **overrides})
 
 
@@ -113,6 +114,35 @@ def test_killed_fused_run_resumes_from_per_model_checkpoints(float64, images, tm
     resumed = fused(jobs, cfg, images)
     for job, out in zip(jobs, resumed):
         assert largest_difference(out.model, twin(job, cfg, images).model) < TOLERANCE
+
+
+def test_a_float64_model_runs_in_float64_whatever_precision_says(float64, images):
+    """bfloat16 autocast is for float32 weights: a float64 model (a reference computation) ignores it,
+    on a CPU with native bfloat16 as on one without."""
+    cfg = config(steps=10)
+    as_float32 = fused(JOBS[:2], cfg, images)
+    as_bfloat16 = fused(JOBS[:2], config(steps=10, precision="bfloat16"), images)
+    for a, b in zip(as_float32, as_bfloat16):
+        assert largest_difference(a.model, b.model) == 0.0
+        assert all(v.dtype == torch.float64 for v in b.model.state_dict().values())
+    alone = twin(JOBS[0], config(steps=10, precision="bfloat16"), images)
+    assert largest_difference(alone.model, as_float32[0].model) < TOLERANCE
+
+
+def test_killed_fused_run_resumes_to_the_same_weights_in_bfloat16(images, tmp_path):
+    """The bfloat16 path (emulated where the CPU lacks it): a fused run killed part-way resumes
+    from its checkpoints to the uninterrupted run's weights, and bfloat16 moved them off float32's."""
+    cfg = config(steps=20, precision="bfloat16")
+    jobs = [FusedJob(j.setting, j.seed, tmp_path / f"m{i}.pt") for i, j in enumerate(JOBS[2:])]
+    whole = fused(JOBS[2:], cfg, images)
+    with pytest.raises(Killed):
+        fused(jobs, cfg, images, on_log=kill_at(15))
+    resumed = fused(jobs, cfg, images)
+    in_float32 = fused(JOBS[2:], config(steps=20, precision="float32"), images)
+    for a, b, c in zip(whole, resumed, in_float32):
+        assert largest_difference(a.model, b.model) == 0.0
+        assert largest_difference(a.model, c.model) > 0.0
+        assert all(v.dtype == torch.float32 for v in b.model.state_dict().values())
 
 
 def test_checkpoints_move_between_fused_and_separate_training(float64, images, tmp_path):

@@ -70,8 +70,8 @@ def test_every_file_gets_a_documented_decision(folder, tmp_path):
     assert status["good/ok.jpg"] == "accepted"
     assert status["good/alpha.png"] == "converted" and "RGBA" in report.loc["good/alpha.png", "reason"]
     assert status["bad/cmyk.jpg"] == "converted"
-    assert status["bad/big.jpg"] == "converted" and "resized from 800x600" in report.loc["bad/big.jpg", "reason"]
-    assert status["bad/portrait.png"] == "converted"
+    assert status["bad/big.jpg"] == "accepted" and "kept at 800x600" in report.loc["bad/big.jpg", "reason"]
+    assert status["bad/portrait.png"] == "accepted"
     for name, reason in [
         ("bad/gray.png", "colour mode L"),
         ("bad/deep.png", "colour mode I"),
@@ -86,9 +86,13 @@ def test_every_file_gets_a_documented_decision(folder, tmp_path):
     assert dict(zip(labels.source, labels.label))["misc/unlabelled.jpg"] == ""
     assert dict(zip(labels.source, labels.label))["top.jpg"] == ""
     assert dict(zip(labels.source, labels.label))["bad/cmyk.jpg"] == "bad"
-    for f in labels.file:  # every stored photo is RGB 640×480
+    sizes = {}
+    for source, f in zip(labels.source, labels.file):  # every stored photo is RGB, at its own size
         with Image.open(out / f) as img:
-            assert img.mode == "RGB" and img.size == (640, 480)
+            assert img.mode == "RGB"
+            sizes[source] = img.size
+    assert sizes["good/ok.jpg"] == (640, 480) and sizes["bad/big.jpg"] == (800, 600)
+    assert sizes["bad/portrait.png"] == (480, 640)
     assert (tmp_path / "ingest.csv").exists()
     assert snapshot(folder) == before  # the user's files are untouched
 
@@ -115,6 +119,24 @@ def test_wrong_size_reject_rule(tmp_path):
     photo(size=(800, 600)).save(path)
     result = inspect_image(path, wrong_size="reject")
     assert result.status == "rejected" and "wrong size: 800x600" in result.reason
+
+
+def test_a_square_photo_keeps_its_edges(tmp_path):
+    """No 4:3 step: the square crop is taken from the photo as it is, so at crop_fraction 1 a 64×64
+    photo reaches the model whole, corners included."""
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(pixels).save(folder / "square.png")
+    cfg = DataConfig(source=str(folder), workers=1)
+    report = import_folder(cfg, tmp_path / "raw", tmp_path / "ingest.csv").set_index("source")
+    assert report.loc["square.png", "status"] == "accepted"
+    assert report.loc["square.png", "reason"] == "kept at 64x64"
+    stored = tmp_path / "raw" / report.loc["square.png", "file"]
+    np.testing.assert_array_equal(load_model_input(stored, crop_fraction=1.0, image_size=64), pixels)
+    wide = np.random.default_rng(1).integers(0, 256, (100, 300, 3), dtype=np.uint8)
+    centre = load_model_input(wide, crop_fraction=1.0, image_size=100)  # the central 100×100 of 300×100
+    np.testing.assert_array_equal(centre, wide[:, 100:200])
 
 
 def test_model_input_crops_the_centre_and_resizes():
@@ -201,8 +223,8 @@ def test_every_entry_gets_a_line_and_no_link_leads_out(messy, tmp_path, monkeypa
         "good/alpha.png": ("converted", "converted RGBA to RGB"),
         "good/cut.jpg": ("rejected", "truncated"),
         "bad/cmyk.jpg": ("converted", "converted CMYK to RGB"),
-        "bad/big.jpg": ("converted", "resized from 800x600"),
-        "bad/portrait.png": ("converted", "resized from 480x640"),
+        "bad/big.jpg": ("accepted", "kept at 800x600"),
+        "bad/portrait.png": ("accepted", "kept at 480x640"),
         "bad/gray.png": ("rejected", "colour mode L"),
         "bad/deep.png": ("rejected", "colour mode I"),
         "bad/tiny.png": ("rejected", "too small"),
@@ -231,7 +253,7 @@ def test_every_entry_gets_a_line_and_no_link_leads_out(messy, tmp_path, monkeypa
     assert labels.loc["top.jpg", "label"] == "" and labels.loc["bad/cmyk.jpg", "label"] == "bad"
     for f in labels.file:
         with Image.open(out / f) as img:
-            assert img.mode == "RGB" and img.size == (640, 480)
+            assert img.mode == "RGB" and min(img.size) >= 480
     assert snapshot(messy) == before  # every byte, link and mtime of the user's folder stays
 
 

@@ -18,10 +18,27 @@ def test_splits_are_disjoint_stratified_and_deterministic():
     train, test = set(s1["train"]), set(s1["test"])
     assert not train & test and len(train | test) == len(labels)
     assert (labels[s1["test"]] == GOOD).sum() == 12 and (labels[s1["test"]] == BAD).sum() == 48
-    assert not (labels[s1["test"]] == UNLABELLED).any()  # unlabelled photos only train
+    assert (labels[s1["test"]] == UNLABELLED).sum() == 10  # unlabelled photos are held out too
     assert set(s1["labelled"]) <= train and set(s1["udr_probe"]) <= train
     assert (labels[s1["labelled"]] == GOOD).sum() == 10 and (labels[s1["labelled"]] == BAD).sum() == 10
     assert len(set(s1["udr_probe"])) == 100
+
+
+def test_photos_without_labels_still_hold_out_a_test_split():
+    labels = np.full(300, UNLABELLED, np.int8)
+    s = split_indices(labels, test_fraction=0.2, labelled_per_class=100, probe_size=100, seed=0)
+    assert len(s["test"]) == 60 and len(s["train"]) == 240
+    assert len(s["labelled"]) == 0 and set(s["udr_probe"]) <= set(s["train"])
+
+
+def test_an_all_labelled_set_splits_as_before_unlabelled_photos_joined_the_draw():
+    """The draw over good and bad alone, by hand: adding the unlabelled class must not move it."""
+    labels = make_labels(n_unlabelled=0)
+    rng = np.random.default_rng(5)
+    members = [rng.permutation(np.flatnonzero(labels == c)) for c in (GOOD, BAD)]
+    test = np.sort(np.concatenate([m[: round(0.2 * len(m))] for m in members]))
+    s = split_indices(labels, test_fraction=0.2, labelled_per_class=10, probe_size=50, seed=5)
+    np.testing.assert_array_equal(s["test"], test)
 
 
 def test_another_seed_gives_another_split():

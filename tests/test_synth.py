@@ -215,6 +215,22 @@ def test_factor_ranges_and_absent_defects_are_zero():
     assert sizes.min() >= 10.0 and sizes.max() <= 20.0
 
 
+def test_fixed_factors_are_constant_and_leave_the_other_draws_alone():
+    fixed = {"tone": 0.5, "spot_area": 0, "greening": 0.0, "rot": 0}
+    free = synth.sample_factors(500, np.random.default_rng(3))
+    held = synth.sample_factors(500, np.random.default_rng(3), fixed=fixed)
+    for name, value in fixed.items():
+        assert (held[name] == value).all()
+    assert (held["spot_count"] == 0).all() and (held["spot_size"] == 0).all()
+    assert (synth.labels_from_factors(held) == "good").all()
+    others = [k for k in synth.FACTOR_NAMES if k not in fixed and k not in synth.DERIVED_FACTORS]
+    pd.testing.assert_frame_equal(held[others], free[others])
+    pd.testing.assert_frame_equal(synth.sample_factors(500, np.random.default_rng(3), fixed=None), free)
+    for bad, match in [({"colour": 0.5}, "unknown"), ({"tone": 1.5}, "'tone'"), ({"rot": 0.05}, "'rot'")]:
+        with pytest.raises(ValueError, match=match):
+            synth.sample_factors(5, np.random.default_rng(0), fixed=bad)
+
+
 # --------------------------------------------------------------- what is drawn
 
 

@@ -78,6 +78,7 @@ def tiny_cfg(**changes) -> TrainConfig:
         snapshot_every=0,
         device="cpu",
         threads=1,
+        precision="float32",  # tests that compare numbers say which; `auto` differs between CPUs
     )
     values.update(changes)
     return TrainConfig(**values)
@@ -208,8 +209,9 @@ def test_bfloat16_training_is_reproducible_and_differs_from_float32(data):
     assert any(not torch.equal(v, full.model.state_dict()[k]) for k, v in weights.items())
 
 
-def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_and_logs(data, tmp_path):
-    cfg = tiny_cfg(steps=15)
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])  # bfloat16: native or emulated, on every CPU
+def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_and_logs(data, tmp_path, precision):
+    cfg = tiny_cfg(steps=15, precision=precision)
     full_logs: list = []
     full = train(data, cfg, checkpoint_path=tmp_path / "full.pt", on_log=lambda m, s: full_logs.append((s, m)))
 

@@ -29,31 +29,32 @@ def _override(params: Params, section: str, **values) -> Params:
     return parse_params(raw)
 
 
-def cmd_synth(args, params: Params) -> None:
+def cmd_synth(args, params: Params | None) -> None:
     from tubervae.data import synth
 
-    frame = synth.generate(
-        Path(args.out),
-        args.n_images,
-        seed=args.seed,
-        good_fraction=params.data.good_fraction,
-        workers=args.workers or None,
-    )
-    synth.contact_sheet(Path(args.out), Path(args.out) / "contact_sheet.png", seed=args.seed)
-    print(f"wrote {len(frame)} photos to {args.out}")
+    out = Path(args.out)
+    sheet = Path(args.contact_sheet) if args.contact_sheet else None
+    if sheet is not None and sheet.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--contact-sheet {sheet} lies inside --out {out}: it would be imported as a photo")
+    good_fraction = synth.GOOD_FRACTION if args.good_fraction is None else args.good_fraction
+    workers = args.workers or None
+    frame = synth.generate(out, args.n_images, seed=args.seed, good_fraction=good_fraction, workers=workers)
+    if sheet is not None:
+        synth.contact_sheet(out, sheet, seed=args.seed)
+    print(f"wrote {len(frame)} photos to {out}" + (f", a contact sheet to {sheet}" if sheet else ""))
 
 
 def cmd_raw(args, params: Params) -> None:
     from tubervae.stages import raw
 
     params = _override(params, "data", source=args.source, n_images=args.n_images)
-    raw.run(params.data)
+    raw.run(params.data, root=args.root)
 
 
 def cmd_preprocess(args, params: Params) -> None:
     from tubervae.stages import preprocess
 
-    meta = preprocess.run(params.preprocess, workers=params.data.workers)
+    meta = preprocess.run(params.preprocess, root=args.root, workers=params.data.workers)
     print(f"data version {meta['data_version']}: " + ", ".join(f"{k} {v['n']}" for k, v in meta["splits"].items()))
 
 
@@ -68,6 +69,7 @@ def cmd_train(args, params: Params) -> None:
         c_max=args.c_max,
         seed=args.seed,
         kl_threshold=params.udr.kl_threshold,
+        root=args.root,
         run_id=args.mlflow_run_id,
     )
     print(f"run {result['run_id']}: n_active {result['n_active']}, test reconstruction {result['test_rec']:.1f}")
@@ -77,7 +79,9 @@ def cmd_search(args, params: Params) -> None:
     from tubervae.stages import search
 
     params = _override(params, "search", enqueue_grid=True if args.enqueue_grid else None)
-    summary = search.run(params, args.family, n_trials=args.n_trials, storage=args.storage, run_id=args.mlflow_run_id)
+    summary = search.run(
+        params, args.family, n_trials=args.n_trials, storage=args.storage, root=args.root, run_id=args.mlflow_run_id
+    )
     best = summary["best_params"]
     print(
         f"{args.family}: {summary['n_complete']} complete trials ({summary['n_feasible']} feasible); "
@@ -90,7 +94,7 @@ def cmd_search(args, params: Params) -> None:
 def cmd_udr(args, params: Params) -> None:
     from tubervae.stages import udr
 
-    summary = udr.run(params, all_runs=args.all_runs, run_id=args.mlflow_run_id)
+    summary = udr.run(params, root=args.root, all_runs=args.all_runs, run_id=args.mlflow_run_id)
     for family, best in summary["families"].items():
         print(f"{family}: best {best['best_param']} UDR {best['best_udr']:.3f} (#top {best['best_n_top']:g})")
 
@@ -98,7 +102,7 @@ def cmd_udr(args, params: Params) -> None:
 def cmd_register(args, params: Params) -> None:
     from tubervae.stages import register
 
-    s = register.run(params, run_id=args.mlflow_run_id)
+    s = register.run(params, root=args.root, run_id=args.mlflow_run_id)
     print(
         f"{s['model']}@{s['alias']} = version {s['version']}: {s['family']} {s['setting']} seed {s['seed']} "
         f"(UDR {s['udr_within']:.3f}, {s['n_active']} informative components)"
@@ -108,7 +112,10 @@ def cmd_register(args, params: Params) -> None:
 def cmd_classify(args, params: Params) -> None:
     from tubervae.stages import classify
 
-    m = classify.run(params, run_id=args.mlflow_run_id)
+    m = classify.run(params, root=args.root, run_id=args.mlflow_run_id)
+    if "skipped" in m:
+        print(f"classify skipped, {params.classify.model_name} not registered: {m['skipped']}")
+        return
     t, r = m["test"], m["rule"]
     print(
         f"rule: z{r['component']} {r['direction']} {r['threshold']:.3f}; test accuracy {t['accuracy']:.3f}, "
@@ -119,14 +126,14 @@ def cmd_classify(args, params: Params) -> None:
 def cmd_evalset(args, params: Params) -> None:
     from tubervae.stages import evalset
 
-    meta = evalset.run(params)
+    meta = evalset.run(params, root=args.root)
     print(f"evaluation set: {meta['n']} photos" + (f" ({meta['reason']})" if meta["n"] == 0 else ""))
 
 
 def cmd_evaluate(args, params: Params) -> None:
     from tubervae.stages import evaluate
 
-    summary = evaluate.run(params, run_id=args.mlflow_run_id)
+    summary = evaluate.run(params, root=args.root, run_id=args.mlflow_run_id)
     if summary.get("skipped"):
         print("no ground-truth factors: evaluate skipped")
         return
@@ -153,18 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
         "β-VAE / β-TCVAE / Cβ-VAE models, rank them with UDR, search with Optuna, register the "
         "champion and classify tubers. Each subcommand is one DVC stage (see dvc.yaml).",
     )
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+    parser.add_argument(
+        "--root",
+        default=".",
+        help="project folder: every stage reads and writes its data/, reports/, mlflow.db and optuna.db "
+        "(default: the working folder)",
+    )
+    parser.add_argument("--params", help="settings file (default: params.yaml in the project folder)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
 
     p = sub.add_parser(
         "synth",
         help="simulate tuber photos into a folder (standalone)",
-        description="Write simulated 640×480 tuber photos, labels.csv and factors.csv into OUT.",
+        description="Write simulated 640×480 tuber photos, labels.csv and factors.csv into OUT. Needs no "
+        "params.yaml; OUT imports as a photo folder (data.source: OUT), unlabelled, with its factors.",
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n-images", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--good-fraction", type=float, help="share of tubers with no defect (default: the thesis's 0.183)")
+    p.add_argument("--contact-sheet", help="also draw a contact sheet into this PNG file (outside OUT)")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     p.set_defaults(fn=cmd_synth)
 
@@ -284,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     args.mlflow_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars of our own suffice
     try:
-        params = load_params(args.params)
+        # synth needs nothing but its options; every stage reads the project's settings.
+        params = None if args.command == "synth" else load_params(args.params or Path(args.root) / "params.yaml")
         args.fn(args, params)
     except ConfigError as exc:
         print(f"tubervae: invalid setting: {exc}", file=sys.stderr)

@@ -30,7 +30,7 @@ SELECTIONS = ("udr", "job")  # register.select: the champion by UDR alone, or fo
 FUSE_MODES = ("auto", "always", "never")  # auto: a trial's seeds train as one fused model on CUDA
 PRUNERS = ("none", "median", "successive_halving", "hyperband")  # Optuna's, judging trials part-way (search.pruner)
 IMAGE_SIZES = (16, 32, 64, 128)
-WRONG_SIZE_POLICIES = ("resize", "reject")
+WRONG_SIZE_POLICIES = ("keep", "reject")  # keep: the square crop is taken from the photo as it is
 DCI_METHODS = ("gbt", "gbt_fast", "gbt_regressor", "lasso")  # gbt: the published classifier (evaluation/metrics.py)
 SAP_METHODS = ("svm", "correlation", "mixed")  # svm: the published LinearSVC(C=0.01) on factor classes
 # Thesis §2.3.1: a component is informative when its KL to the prior exceeds this. The default
@@ -72,7 +72,7 @@ class DataConfig:
     good_fraction: float = _rule(1554 / 8498, open_min=0.0, open_max=1.0)
     workers: int = _rule(0, min=0)  # 0 = all cores
     max_rejected_fraction: float = _rule(0.2, min=0.0, max=1.0)
-    wrong_size: str = _rule("resize", choices=WRONG_SIZE_POLICIES)
+    wrong_size: str = _rule("keep", choices=WRONG_SIZE_POLICIES)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from tubervae.training import (
     Outcome,
     Setting,
     as_input,
+    autocast_bfloat16,
     check_finite_terms,
     check_finite_weights,
     checkpoint_identity,
@@ -44,7 +45,6 @@ from tubervae.training import (
     new_optimiser,
     probe_latents,
     reconstruction_error,
-    resolve_precision,
     save_checkpoint,
     segment_end,
     select_device,
@@ -235,7 +235,7 @@ def _segment(
         for index, loss_fn in _loss_groups(members, cfg, len(data))
     ]
     names: list[list[str]] = [[] for _ in groups]
-    low_precision = resolve_precision(cfg.precision, device) == "bfloat16"
+    low_precision = autocast_bfloat16(cfg.precision, device, members[0].net)
     n, b, d = len(members), cfg.batch_size, cfg.latent_dim
     step = members[0].step
     sums, count = [None] * len(groups), 0

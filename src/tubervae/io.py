@@ -37,6 +37,12 @@ def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
         raise
 
 
+def under(root: str | Path, path: str | Path) -> Path:
+    """`path` read from the project folder `root` (an absolute path stays as it is), never from the
+    working folder: a stage run from elsewhere reads and writes its own project's files."""
+    return Path(root) / path
+
+
 def write_json(path: str | Path, obj) -> None:
     """Write JSON atomically."""
     with atomic_path(path) as tmp:

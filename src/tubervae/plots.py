@@ -649,6 +649,13 @@ def rank_scatter_figure(
     return fig
 
 
+def message_figure(text: str) -> Figure:
+    """A figure that says, in words, why a stage drew nothing (a declared plot must still exist)."""
+    fig = _new_figure(6.0, 1.6)
+    fig.text(0.5, 0.5, str(text), ha="center", va="center", wrap=True, fontsize=10)
+    return fig
+
+
 # --------------------------------------------------------------------------- output
 
 

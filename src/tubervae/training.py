@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,9 +113,25 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "float32"
 
 
-@functools.cache
+CPU_BF16_ENV = "TUBERVAE_CPU_BF16"
+
+
 def native_bfloat16_cpu() -> bool:
-    """Whether this CPU has bfloat16 arithmetic (AVX-512 BF16 or AMX), read from /proc/cpuinfo."""
+    """Whether this CPU has bfloat16 arithmetic (AVX-512 BF16 or AMX), read from /proc/cpuinfo.
+
+    TUBERVAE_CPU_BF16=1 (or 0) overrides the reading, so that either path of `precision: auto` can be
+    run on any CPU: bfloat16 is emulated where it is not native, only slower.
+    """
+    override = os.environ.get(CPU_BF16_ENV, "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    if override:
+        raise ValueError(f"{CPU_BF16_ENV} must be 0 or 1 (or unset to read the CPU), got {override!r}")
+    return _cpuinfo_has_bfloat16()
+
+
+@functools.cache
+def _cpuinfo_has_bfloat16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -122,10 +139,21 @@ def native_bfloat16_cpu() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
+def autocast_bfloat16(precision: str, device: torch.device, model: torch.nn.Module) -> bool:
+    """Whether the forward pass runs under bfloat16 autocast: `precision` resolves to bfloat16 and the
+    weights are float32. A float64 model (a reference computation) runs in float64 whatever
+    `precision` says, since autocast would hand its float64 layers bfloat16 inputs."""
+    if resolve_precision(precision, device) != "bfloat16":
+        return False
+    return next(model.parameters()).dtype == torch.float32
+
+
 def weight_identity(cfg: TrainConfig) -> dict:
     """The settings that decide a model's weights, with `precision` as it runs on this machine."""
     identity = cfg.weight_identity()
     identity["precision"] = resolve_precision(cfg.precision, select_device(cfg.device))
+    if torch.get_default_dtype() != torch.float32:  # models built in float64 run in it (autocast_bfloat16)
+        identity["precision"] = str(torch.get_default_dtype()).removeprefix("torch.")
     return identity
 
 
@@ -256,7 +284,9 @@ def encode(
 def reconstruction_error(
     model: VAE, images: np.ndarray, device: torch.device, rec_kind: str, batch_size: int = 500
 ) -> float:
-    """Mean per-image reconstruction loss (summed over pixels) from the encoder means."""
+    """Mean per-image reconstruction loss (summed over pixels) from the encoder means; NaN for no images."""
+    if len(images) == 0:
+        return float("nan")
     model.eval()
     total = 0.0
     for start in range(0, len(images), batch_size):
@@ -381,7 +411,7 @@ def train_model(
         disable=not progress,
         leave=False,
     )
-    low_precision = resolve_precision(cfg.precision, device) == "bfloat16"
+    low_precision = autocast_bfloat16(cfg.precision, device, model)
     model.train()
     forward = compiled(model) if cfg.compile else model
     while step < end:

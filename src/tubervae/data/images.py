@@ -10,7 +10,8 @@ the README, are:
 | grayscale / 1-bit / 16-bit / float    | reject: colour carries skin tone and greening     |
 | RGBA, LA-free palette (P), CMYK       | convert to RGB (alpha composited on black)        |
 | RGB 8-bit, 640×480                    | accept as is                                      |
-| another size, at least `MIN_SIDE` px  | `wrong_size: resize`: centre-crop to 4:3, resize  |
+| another size, at least `MIN_SIDE` px  | `wrong_size: keep`: accept at its own size (the   |
+|                                       | square crop is later taken from it as it is)      |
 |                                       | `wrong_size: reject`: reject                      |
 | smaller than `MIN_SIDE` px            | reject                                            |
 
@@ -44,30 +45,17 @@ class Inspection:
 
     status: str  # "accepted", "converted" or "rejected"
     reason: str
-    image: Image.Image | None = None  # the RGB 640×480 image to store, None when rejected
+    image: Image.Image | None = None  # the RGB image to store, None when rejected
 
 
 def _reject(reason: str) -> Inspection:
     return Inspection("rejected", reason)
 
 
-def crop_to_aspect(img: Image.Image, width: int, height: int) -> Image.Image:
-    """Centre-crop `img` to the aspect ratio width:height (the tuber is usually central)."""
-    w, h = img.size
-    target = width / height
-    if w / h > target:
-        new_w = round(h * target)
-        left = (w - new_w) // 2
-        return img.crop((left, 0, left + new_w, h))
-    new_h = round(w / target)
-    top = (h - new_h) // 2
-    return img.crop((0, top, w, top + new_h))
-
-
 def inspect_image(path: str | Path, *, wrong_size: str = "resize") -> Inspection:
     """Open a photo and apply the ingestion rules in the module docstring."""
-    if wrong_size not in ("resize", "reject"):
-        raise ValueError(f"wrong_size must be 'resize' or 'reject', got {wrong_size!r}")
+    if wrong_size not in ("keep", "reject"):
+        raise ValueError(f"wrong_size must be 'keep' or 'reject', got {wrong_size!r}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -98,8 +86,9 @@ def inspect_image(path: str | Path, *, wrong_size: str = "resize") -> Inspection
             return _reject(f"too small: {img.size[0]}x{img.size[1]} (need at least {MIN_SIDE} px a side)")
         if wrong_size == "reject":
             return _reject(f"wrong size: {img.size[0]}x{img.size[1]}, expected {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}")
-        notes.append(f"resized from {img.size[0]}x{img.size[1]}")
-        img = crop_to_aspect(img, *PHOTO_SIZE).resize(PHOTO_SIZE, Image.Resampling.LANCZOS)
+        notes.append(f"kept at {img.size[0]}x{img.size[1]}")
+    if notes == [f"kept at {img.size[0]}x{img.size[1]}"]:  # nothing converted: the file is copied as it is
+        return Inspection("accepted", notes[0], img)
     if notes:
         return Inspection("converted", "; ".join(notes), img)
     return Inspection("accepted", "", img)

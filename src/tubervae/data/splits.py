@@ -26,8 +26,9 @@ def split_indices(
 ) -> dict[str, np.ndarray]:
     """Row indices of each split.
 
-    The test set is stratified over the labelled photos; unlabelled photos only train.
-    `labelled` (the few labels the user has, thesis: 100 good + 100 bad) and
+    The test set takes `test_fraction` of every class present, good, bad and unlabelled alike, so
+    that a folder with few labels or none still holds out photos for the reconstruction error and
+    the factor scores. `labelled` (the few labels the user has, thesis: 100 good + 100 bad) and
     `udr_probe` (the images every model encodes for UDR) are drawn from train, so
     nothing the classifier is scored on was seen while choosing its threshold.
     """
@@ -38,7 +39,9 @@ def split_indices(
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     rng = np.random.default_rng(seed)
     test = []
-    for cls in (GOOD, BAD):
+    # Unlabelled photos join the draw only when present: an all-labelled set keeps its earlier split.
+    classes = (GOOD, BAD, UNLABELLED) if (labels == UNLABELLED).any() else (GOOD, BAD)
+    for cls in classes:
         members = rng.permutation(np.flatnonzero(labels == cls))
         test.append(members[: int(round(test_fraction * len(members)))])
     test = np.sort(np.concatenate(test))

@@ -199,16 +199,46 @@ def spot_layout(spot_area):
     return count, radius
 
 
-def sample_factors(n: int, rng: np.random.Generator, good_fraction: float = GOOD_FRACTION) -> pd.DataFrame:
+def _check_fixed(fixed: Mapping[str, float] | None) -> dict[str, float]:
+    """`fixed` as {sampled factor: float}, each value one the factor can take (a defect: 0 or its range)."""
+    if fixed is None:
+        return {}
+    if not isinstance(fixed, Mapping):
+        raise TypeError(f"fixed must be a mapping of factor names to values, got {type(fixed).__name__}")
+    unknown = [k for k in fixed if k not in SAMPLED_FACTORS]
+    if unknown:
+        raise ValueError(f"fixed names unknown factors {unknown}; it may fix any of {list(SAMPLED_FACTORS)}")
+    values = {}
+    for name, value in fixed.items():
+        v = float(value)
+        lo, hi = NUISANCE_RANGES.get(name) or DEFECT_RANGES[name]
+        if not (math.isfinite(v) and (lo <= v <= hi or (name in DEFECT_RANGES and v == 0))):
+            allowed = f"[{lo}, {hi}]" if name in NUISANCE_RANGES else f"0 (absent) or [{lo}, {hi}]"
+            raise ValueError(f"fixed factor {name!r} must be {allowed}, got {value!r}")
+        values[name] = v
+    return values
+
+
+def sample_factors(
+    n: int,
+    rng: np.random.Generator,
+    good_fraction: float = GOOD_FRACTION,
+    *,
+    fixed: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
     """Draw `n` factor rows (columns `FACTOR_NAMES`), see the module docstring.
 
     Every sampled column is drawn independently of the others: uniform nuisances,
     then one Bernoulli(q) presence per defect type, then one uniform amount per
     defect type (kept where present, else 0). The derived spot columns follow.
+    `fixed` ({sampled factor: value}) holds those columns at a constant, e.g.
+    ``{"tone": 0.5, "spot_area": 0, "greening": 0, "rot": 0}`` for a simulator with
+    fewer factors; every draw is still made, so the other columns are unchanged.
     """
     n = check_int("n", n, 1)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    constants = _check_fixed(fixed)
     q = defect_probability(good_fraction)
     cols: dict[str, np.ndarray] = {}
     for name, (lo, hi) in NUISANCE_RANGES.items():
@@ -218,6 +248,8 @@ def sample_factors(n: int, rng: np.random.Generator, good_fraction: float = GOOD
         name = DEFECT_COLUMNS[defect]
         lo, hi = DEFECT_RANGES[name]
         cols[name] = np.where(present, rng.uniform(lo, hi, n), 0.0)
+    for name, value in constants.items():
+        cols[name] = np.full(n, value)
     cols["spot_count"], cols["spot_size"] = spot_layout(cols["spot_area"])
     return pd.DataFrame(cols, columns=list(FACTOR_NAMES))
 
@@ -622,6 +654,7 @@ def model_inputs(
     workers: int | None = None,
     progress: bool = True,
     jpeg_quality: int = 90,
+    fixed: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """`n_images` simulated photos as the models see them, with their factors, written nowhere.
 
@@ -629,13 +662,14 @@ def model_inputs(
     stage's decode, centre crop and resize) without touching the disk, from random
     streams of its own: a held-out evaluation set of any size, never a training photo.
     Returns uint8 (n, size, size, 3) and the factors (`FACTOR_NAMES`, then `label`).
+    `fixed` holds factors at constants (`sample_factors`).
     """
     n_images = check_int("n_images", n_images, 1)
     seed = check_int("seed", seed, 0)
     _check_fraction(good_fraction)
     jpeg_quality = check_int("jpeg_quality", jpeg_quality, 1, 95)
     workers = min(check_int("workers", workers or os.cpu_count() or 1, 1), n_images)
-    factors = sample_factors(n_images, np.random.default_rng([seed, _EVAL_FACTORS_STREAM]), good_fraction)
+    factors = sample_factors(n_images, np.random.default_rng([seed, _EVAL_FACTORS_STREAM]), good_fraction, fixed=fixed)
     records = factors.to_dict("records")
     tasks = [(i, records[i], seed, jpeg_quality, crop_fraction, image_size) for i in range(n_images)]
     _warm_caches()

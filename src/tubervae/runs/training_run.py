@@ -304,7 +304,7 @@ def train_command(
 ) -> dict:
     """`tubervae train`: one tracked run outside any study (the search stage trains its seeds the same way)."""
     setting = Setting(family=family, beta=float(beta), c_max=float(c_max))
-    data = load_training_data(processed_dir)
+    data = load_training_data(Path(root) / processed_dir)
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()
     return run_tracked(

@@ -32,7 +32,7 @@ from tubervae import plots
 from tubervae.config import Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
-from tubervae.io import write_csv, write_json
+from tubervae.io import under, write_csv, write_json
 from tubervae.runs.quality_model import TuberQualityModel, quality_model_artifacts, quality_signature
 from tubervae.runs.serving import photo_example
 from tubervae.runs.tracker import CHAMPION, Tracker
@@ -40,6 +40,38 @@ from tubervae.training import encode, probe_latents
 
 log = logging.getLogger(__name__)
 THESIS_ACCURACY = 0.813
+FEW_LABELS = 20  # per class: below this the rules and their test figures are rough, and the stage says so
+RANKING_COLUMNS = ["component", "threshold", "direction", "balanced_accuracy", "auc", "kl", "informative"]
+
+
+def label_shortfall(bad_labelled: np.ndarray, bad_test: np.ndarray) -> str | None:
+    """Why the labels cannot fit and score a good/bad rule (one line), or None when they can."""
+    n_bad, n_good = int(bad_labelled.sum()), int((~bad_labelled).sum())
+    if n_bad == 0 or n_good == 0:
+        return (
+            f"the labelled split holds {n_good} good and {n_bad} bad photos, and a rule needs both: "
+            f"put labelled photos in the folder's good/ and bad/"
+        )
+    if len(bad_test) == 0:
+        return "the test split holds no labelled photo to score a rule on: add photos to the folder's good/ and bad/"
+    return None
+
+
+def write_skipped(reason: str, out_dir: Path, metrics_path: Path, n_labelled: dict) -> dict:
+    """The stage's declared outputs when the labels cannot carry a classifier: the reason, empty tables."""
+    log.warning("classify skipped, tuber-quality not registered: %s", reason)
+    metrics = {"skipped": reason, "n_labelled": n_labelled}
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(metrics_path, {})
+    write_csv(out_dir / "components.csv", pd.DataFrame(columns=RANKING_COLUMNS))
+    write_csv(out_dir / "champions.csv", pd.DataFrame(columns=["selection", "served", "run_id"]))
+    write_csv(
+        out_dir / "label_efficiency.csv",
+        pd.DataFrame(columns=["method", "n_labels", "mean_balanced_accuracy", "std_balanced_accuracy", "n_draws"]),
+    )
+    for name in ("scatter.png", "label_efficiency.png"):
+        plots.save_figure(plots.message_figure(f"classify skipped: {reason}"), out_dir / name)
+    return metrics
 
 
 def load_champion(tracker: Tracker, name: str):
@@ -116,8 +148,8 @@ def run(
     """Fit, score and register the classifier; `metrics_path` (default reports/metrics/classify.json beside
     `out_dir`) receives the headline figures as numbers only, for `dvc metrics`."""
     cfg = params.classify
-    out_dir = Path(out_dir)
-    metrics_path = Path(metrics_path) if metrics_path else out_dir.parent / "metrics" / "classify.json"
+    processed_dir, out_dir, champion_path = (under(root, p) for p in (processed_dir, out_dir, champion_path))
+    metrics_path = under(root, metrics_path) if metrics_path else out_dir.parent / "metrics" / "classify.json"
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     version, vae_model = load_champion(tracker, params.register.model_name)
@@ -138,19 +170,33 @@ def run(
     test_known = test["labels"] >= 0
     x_lab, y_lab = labelled["images"], labelled["labels"] == 1
     x_test, y_test = test["images"][test_known], test["labels"][test_known] == 1
-    if not test_known.any():
-        raise RuntimeError("the test split has no labelled photos: add good/ and bad/ photos to score the classifier")
+    n_labelled = {"good": int((~y_lab).sum()), "bad": int(y_lab.sum())}
+    shortfall = label_shortfall(y_lab, y_test)
+    if shortfall:
+        return write_skipped(shortfall, out_dir, metrics_path, n_labelled)
+    if min(n_labelled.values()) < FEW_LABELS:
+        log.warning(
+            "only %d good and %d bad labelled photos (%d test photos): the rules and their test figures are rough",
+            n_labelled["good"],
+            n_labelled["bad"],
+            len(y_test),
+        )
     z_lab, _ = encode(vae, x_lab)
     z_test, _ = encode(vae, x_test)
     kl = probe_latents(vae, load_split("udr_probe", processed_dir)["images"])["kl"]
     is_informative = informative_mask(kl, params.udr.kl_threshold)
     informative = [int(j) for j in np.flatnonzero(is_informative)] or list(range(z_lab.shape[1]))
     candidates = "informative" if is_informative.any() else "all (no component is informative)"
+    if not is_informative.any():
+        log.warning(
+            "no component of the champion is informative (KL > %g): the rules choose among all components",
+            params.udr.kl_threshold,
+        )
 
     ranking = clf.rank_threshold_rules(z_lab, y_lab)
     ranking["kl"] = kl[ranking.component.to_numpy()]
     ranking["informative"] = is_informative[ranking.component.to_numpy()]
-    rule = clf.fit_threshold_rule(z_lab, y_lab)
+    rule = clf.fit_threshold_rule(z_lab, y_lab, components=informative)
     train_labels = train["labels"][train["labels"] >= 0]
     majority_bad = bool((train_labels == 1).mean() >= 0.5) if len(train_labels) else True
     threshold_metrics = clf.binary_metrics(
@@ -188,25 +234,20 @@ def run(
             len(y_lab),
         )
         sizes = (len(y_lab),)
-    # The threshold searches every component, as the rule above does; the OR of cuts and the
-    # learned alternatives see the informative components (and the CNN the pixels).
-    common = dict(sizes=sizes, n_draws=cfg.n_draws, random_state=cfg.seed, cnn_steps=cfg.cnn_steps)
-    efficiency = pd.concat(
-        [
-            clf.label_efficiency(z_lab, y_lab, z_test, y_test, methods=("threshold",), **common),
-            clf.label_efficiency(
-                z_lab,
-                y_lab,
-                z_test,
-                y_test,
-                train_images=x_lab,
-                test_images=x_test,
-                methods=("any_rule", "logistic", "gradient_boosting", "pixel_cnn"),
-                components=informative,
-                **common,
-            ),
-        ],
-        ignore_index=True,
+    # Every rule and learner sees the informative components (all of them when none is), the CNN the pixels.
+    efficiency = clf.label_efficiency(
+        z_lab,
+        y_lab,
+        z_test,
+        y_test,
+        train_images=x_lab,
+        test_images=x_test,
+        methods=("threshold", "any_rule", "logistic", "gradient_boosting", "pixel_cnn"),
+        components=informative,
+        sizes=sizes,
+        n_draws=cfg.n_draws,
+        random_state=cfg.seed,
+        cnn_steps=cfg.cnn_steps,
     )
     efficiency_summary = clf.summarise_label_efficiency(efficiency)
 
@@ -240,7 +281,8 @@ def run(
             "test": any_rule_metrics,
         },
         "informative_components": informative,
-        "n_labelled": {"good": int((~y_lab).sum()), "bad": int(y_lab.sum())},
+        "candidates": candidates,
+        "n_labelled": n_labelled,
         "test": threshold_metrics,
         "alternatives": {
             k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "roc_auc", "f1_bad")}
@@ -279,7 +321,9 @@ def run(
         ),
         out_dir / "label_efficiency.png",
     )
-    top2 = [int(c) for c in ranking.component.iloc[:2]] if len(ranking) > 1 else [rule.component] * 2
+    # The one-cut rule's component against the next best candidate the rules could choose.
+    runners_up = [int(c) for c in ranking.component if int(c) in informative and int(c) != rule.component]
+    top2 = [rule.component, (runners_up or [rule.component])[0]]
     plots.save_figure(
         plots.scatter_threshold_figure(
             z_lab[:, top2], y_lab, [f"z{c}" for c in top2], threshold=rule.threshold, threshold_axis=0

@@ -21,13 +21,14 @@ from tubervae.config import Params, worker_count
 from tubervae.data import synth
 from tubervae.data.processed import save_evalset
 from tubervae.data.splits import fingerprint
-from tubervae.io import staged_dir, write_json
+from tubervae.io import staged_dir, under, write_json
 
 log = logging.getLogger(__name__)
 
 
-def run(params: Params, *, out_dir: str | Path = "data/evalset") -> dict:
+def run(params: Params, *, root: str | Path = ".", out_dir: str | Path = "data/evalset") -> dict:
     data, prep, cfg = params.data, params.preprocess, params.evaluate
+    out_dir = under(root, out_dir)
     with staged_dir(out_dir) as partial:
         if data.source != "synthetic":
             meta = {"n": 0, "reason": "the photos come from a folder: no simulated ground truth"}

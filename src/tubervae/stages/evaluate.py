@@ -33,7 +33,7 @@ from tubervae.data.synth import DEFECT_COLUMNS
 from tubervae.evaluation.matching import best_components
 from tubervae.evaluation.metrics import evaluate_all
 from tubervae.evaluation.udr import informative_mask, udr_scores
-from tubervae.io import fresh_dir, write_csv, write_json
+from tubervae.io import fresh_dir, under, write_csv, write_json
 from tubervae.runs.tracker import Tracker
 from tubervae.training import encode
 
@@ -152,9 +152,11 @@ def run(
     """Score the models; the numbers-only `metrics_path` and the plot data in `plots_dir` default
     to reports/metrics/evaluate.json and reports/plots/ beside `out_dir`."""
     cfg = params.evaluate
-    out_dir = Path(out_dir)
-    metrics_path = Path(metrics_path) if metrics_path else out_dir.parent / "metrics" / "evaluate.json"
-    plots_dir = Path(plots_dir) if plots_dir else out_dir.parent / "plots"
+    processed_dir, evalset_dir, udr_dir, champion_path, out_dir = (
+        under(root, p) for p in (processed_dir, evalset_dir, udr_dir, champion_path, out_dir)
+    )
+    metrics_path = under(root, metrics_path) if metrics_path else out_dir.parent / "metrics" / "evaluate.json"
+    plots_dir = under(root, plots_dir) if plots_dir else out_dir.parent / "plots"
     figures_dir = fresh_dir(out_dir / "figures")  # one plots folder in dvc.yaml
     data = scored_data(Path(evalset_dir), Path(processed_dir))
     if data is None:

@@ -18,7 +18,7 @@ from tubervae.config import PreprocessConfig, worker_count
 from tubervae.data.images import load_model_input
 from tubervae.data.processed import SPLITS, save_meta, save_split
 from tubervae.data.splits import encode_labels, fingerprint, split_indices
-from tubervae.io import staged_dir
+from tubervae.io import staged_dir, under
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,14 @@ def read_raw(raw_dir: Path) -> pd.DataFrame:
 
 
 def run(
-    cfg: PreprocessConfig, *, raw_dir: str | Path = "data/raw", out_dir: str | Path = "data/processed", workers: int = 0
+    cfg: PreprocessConfig,
+    *,
+    root: str | Path = ".",
+    raw_dir: str | Path = "data/raw",
+    out_dir: str | Path = "data/processed",
+    workers: int = 0,
 ) -> dict:
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    raw_dir, out_dir = under(root, raw_dir), under(root, out_dir)
     frame = read_raw(raw_dir)
     labels = encode_labels(frame["label"].tolist())
     factor_names = [c for c in frame.columns if c not in ("file", "label", "source")]

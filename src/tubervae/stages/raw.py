@@ -37,7 +37,7 @@ from tqdm import tqdm
 from tubervae.config import DataConfig, worker_count
 from tubervae.data.factors import FACTORS_FILE, factors_for_photos, read_factor_table
 from tubervae.data.images import IMAGE_SUFFIXES, inspect_image, scan_folder
-from tubervae.io import staged_dir, write_csv
+from tubervae.io import staged_dir, under, write_csv
 
 log = logging.getLogger(__name__)
 LABEL_FOLDERS = ("good", "bad")
@@ -157,11 +157,17 @@ class _InProcess:
         return map(fn, tasks)
 
 
-def run(cfg: DataConfig, *, out_dir: str | Path = "data/raw", reports_dir: str | Path = "reports/data") -> Path:
+def run(
+    cfg: DataConfig,
+    *,
+    root: str | Path = ".",
+    out_dir: str | Path = "data/raw",
+    reports_dir: str | Path = "reports/data",
+) -> Path:
     """Produce data/raw/ (images/, labels.csv, factors.csv when simulated) and the data reports."""
     from tubervae.data import synth
 
-    out_dir, reports_dir = Path(out_dir), Path(reports_dir)
+    out_dir, reports_dir = under(root, out_dir), under(root, reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     with staged_dir(out_dir) as partial:
         if cfg.source == "synthetic":

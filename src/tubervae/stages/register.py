@@ -36,11 +36,12 @@ from tubervae.classify.any_rule import fit_any_of_rule
 from tubervae.config import Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
-from tubervae.io import write_json
+from tubervae.io import under, write_json
 from tubervae.runs.tracker import CHAMPION, Tracker
 from tubervae.training import encode
 
 log = logging.getLogger(__name__)
+FEW_LABELS = 20  # per class, as the classify stage counts them: below it the job's choice is warned about
 
 
 def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
@@ -112,7 +113,8 @@ def run(
     run_id: str | None = None,
 ) -> dict:
     cfg = params.register
-    models_path = Path(udr_dir) / "models.csv"
+    udr_dir, processed_dir, out_path = (under(root, p) for p in (udr_dir, processed_dir, out_path))
+    models_path = udr_dir / "models.csv"
     if not models_path.exists():
         raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
     models = pd.read_csv(models_path, dtype={"setting": str})
@@ -121,16 +123,28 @@ def run(
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     meta = load_meta(processed_dir)
     labelled = load_split("labelled", processed_dir)
-    has_labels = bool((labelled["labels"] == 1).any() and (labelled["labels"] == 0).any())
-    if cfg.select == "job" and not has_labels:
-        raise RuntimeError(
-            "register.select is 'job' but the labelled split lacks good or bad photos: add labelled photos "
-            "or set register.select: udr"
+    n_good, n_bad = int((labelled["labels"] == 0).sum()), int((labelled["labels"] == 1).sum())
+    has_labels = n_good > 0 and n_bad > 0
+    select = cfg.select
+    if select == "job" and not has_labels:
+        log.warning(
+            "register.select is 'job' but the labelled split holds %d good and %d bad photos (a rule needs both): "
+            "the champion is chosen by UDR alone",
+            n_good,
+            n_bad,
+        )
+        select = "udr"
+    elif select == "job" and min(n_good, n_bad) < FEW_LABELS:
+        log.warning(
+            "register.select is 'job' with only %d good and %d bad labelled photos: the rules' cross-validated "
+            "scores that choose the champion are rough",
+            n_good,
+            n_bad,
         )
     job = (
         choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
     )
-    champion = job.iloc[0] if cfg.select == "job" else by_udr
+    champion = job.iloc[0] if select == "job" else by_udr
     with tracker.run("register", run_id=run_id, tags={"kind": "register", "source_run_id": champion.run_id}) as rid:
         version = promote(tracker, cfg.model_name, champion, meta)
         summary = {
@@ -146,12 +160,8 @@ def run(
             "data_version": version.tags.get("data_version", meta["data_version"]),
             "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
             f"informative components"
-            + (
-                "; then the best cross-validated multi-defect rule on the labelled photos"
-                if cfg.select == "job"
-                else ""
-            ),
-            "select": cfg.select,
+            + ("; then the best cross-validated multi-defect rule on the labelled photos" if select == "job" else ""),
+            "select": select,
             "champions": {
                 "udr": _describe(_scored(by_udr, job)),
                 **({"job": _describe(job.iloc[0]), "job_candidates": len(job)} if job is not None else {}),

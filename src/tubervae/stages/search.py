@@ -51,7 +51,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tubervae import plots
 from tubervae.config import Params, SearchSpace, UdrConfig, worker_count
 from tubervae.evaluation.udr import udr_scores
-from tubervae.io import write_csv, write_json
+from tubervae.io import under, write_csv, write_json
 from tubervae.runs.pool import SeedJob, TrainingPool
 from tubervae.runs.pruning import make_pruner, prune_steps
 from tubervae.runs.study import (
@@ -613,6 +613,7 @@ def run(
             f"configured: {sorted(params.search.spaces)}"
         )
     root = Path(root)
+    processed_dir, reports_dir = under(root, processed_dir), under(root, reports_dir)
     space = params.search.spaces[family]
     wanted = n_trials or space.n_trials
     if wanted < 1:

@@ -27,7 +27,7 @@ from tubervae import plots
 from tubervae.config import FAMILIES, Params
 from tubervae.data.processed import load_meta
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_scores
-from tubervae.io import fresh_dir, write_csv, write_json
+from tubervae.io import fresh_dir, under, write_csv, write_json
 from tubervae.runs.tracker import Tracker
 from tubervae.training import normalised_beta
 
@@ -191,7 +191,8 @@ def run(
     """Rank the models; `metrics_dir` (numbers only) and `plots_dir` (plot data) default to
     reports/metrics/ and reports/plots/ beside `out_dir`."""
     cfg = params.udr
-    root, out_dir = Path(root), Path(out_dir)
+    root = Path(root)
+    search_dir, out_dir, processed_dir = (under(root, p) for p in (search_dir, out_dir, processed_dir))
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()
     models = [] if all_runs else models_from_search(Path(search_dir))
@@ -291,8 +292,8 @@ def run(
         }
     write_json(out_dir / "summary.json", summary)
     write_csv(out_dir / "models.csv", frame)
-    metrics_dir = Path(metrics_dir) if metrics_dir else out_dir.parent / "metrics"
-    plots_dir = Path(plots_dir) if plots_dir else out_dir.parent / "plots"
+    metrics_dir = under(root, metrics_dir) if metrics_dir else out_dir.parent / "metrics"
+    plots_dir = under(root, plots_dir) if plots_dir else out_dir.parent / "plots"
     headline = udr_metrics(summary)
     write_json(metrics_dir / "udr.json", headline)
     write_csv(plots_dir / "udr_vs_beta.csv", settings_table(frame))
