@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import io
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -345,8 +346,16 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     z_lab, z_test = means(vae, labelled["images"]), means(vae, test["images"])
     y_lab, y_test = labelled["labels"] == 1, test["labels"] == 1
 
-    expected = fit_threshold_rule(z_lab, y_lab)
+    probe = load(processed, "udr_probe")["images"]
+    with torch.no_grad():
+        mu, logvar = vae.encode(torch.from_numpy(probe.astype(np.float32) / 255.0).permute(0, 3, 1, 2))
+    kl = (0.5 * (mu**2 + logvar.exp() - logvar - 1)).mean(0).numpy()
+    informative = [int(j) for j in np.flatnonzero(kl > 0.01)] or list(range(LATENT))
+    assert metrics["informative_components"] == informative
+    # The one-cut rule chooses among the informative components, as the other rules and learners do.
+    expected = fit_threshold_rule(z_lab, y_lab, components=informative)
     rule = metrics["rule"]
+    assert rule["component"] in informative and rule["informative"] == (kl > 0.01).any()
     assert (rule["component"], rule["direction"]) == (expected.component, expected.direction)
     assert rule["threshold"] == pytest.approx(expected.threshold, abs=1e-5)
 
@@ -579,16 +588,73 @@ def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_re
     assert table.threshold_test_balanced_accuracy.between(0, 1).all()
 
 
-def test_selection_for_the_job_without_labels_is_refused(tmp_path, monkeypatch):
+def with_labels(processed: Path, keep) -> None:
+    """Rewrite the labelled and test splits' labels: `keep(split, labels)` returns the new labels, -1 unlabelled."""
+    for split in ("labelled", "test"):
+        with np.load(processed / f"{split}.npz") as data:
+            arrays = {k: data[k] for k in data.files}
+        arrays["labels"] = keep(split, arrays["labels"]).astype(arrays["labels"].dtype)
+        np.savez(processed / f"{split}.npz", **arrays)
+
+
+def first_per_class(n: int):
+    """Keep the first `n` good and the first `n` bad labels of each split; the rest become unlabelled."""
+
+    def keep(split, labels):
+        out = np.full_like(labels, -1)
+        for cls in (0, 1):
+            out[np.flatnonzero(labels == cls)[:n]] = cls
+        return out
+
+    return keep
+
+
+LABEL_CASES = {
+    "no labels": lambda split, labels: np.full_like(labels, -1),
+    "one class": lambda split, labels: np.where(labels >= 0, 1, -1),
+    "5 per class": first_per_class(5),
+}
+
+
+@pytest.fixture(scope="module")
+def unlabelled_project(tmp_path_factory):
+    """Two tiny VAEs, the one of β 2 alone in the UDR table; each test rewrites the labels of its own copy."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        root = tmp_path_factory.mktemp("few-labels")
+        processed, tracker, runs = two_tiny_vaes(root)
+        write_models_csv(root / "reports" / "udr", [models_row(runs[2.0], "beta_vae", 2, 0, 0.7, 3)])
+        yield root, processed, runs
+
+
+@pytest.mark.parametrize("case", LABEL_CASES, ids=str)
+def test_register_and_classify_with_no_labels_one_class_or_few(unlabelled_project, case, caplog, monkeypatch):
+    """Without both classes the job's selection falls back to UDR and classify writes its outputs with the
+    reason, registering nothing; with 5 per class both run, and warn that the figures are rough."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    processed = tmp_path / "data" / "processed"
-    write_processed_discs(processed)
-    with np.load(processed / "labelled.npz") as split:
-        arrays = {k: split[k] for k in split.files}
-    arrays["labels"] = np.ones_like(arrays["labels"])  # no good photo
-    np.savez(processed / "labelled.npz", **arrays)
-    write_models_csv(tmp_path / "udr", [models_row("r1", "beta_vae", 2, 0, 0.7, 3)])
+    root, original, runs = unlabelled_project
+    out = root / "cases" / case.replace(" ", "_")
+    processed = out / "processed"
+    shutil.copytree(original, processed)
+    with_labels(processed, LABEL_CASES[case])
     params = tiny_params()
     params = dataclasses.replace(params, register=dataclasses.replace(params.register, select="job"))
-    with pytest.raises(RuntimeError, match="register.select is 'job'.*labelled split lacks"):
-        register.run(params, root=tmp_path, udr_dir=tmp_path / "udr", processed_dir=processed)
+    with caplog.at_level("WARNING", logger="tubervae"):
+        summary = register.run(params, root=root, processed_dir=processed, out_path=out / "champion.json")
+        metrics = classify.run(
+            params, root=root, processed_dir=processed, out_dir=out / "classify", champion_path=out / "champion.json"
+        )
+    assert summary["run_id"] == runs[2.0]
+    written = {p.name for p in (out / "classify").iterdir()}
+    assert {"metrics.json", "components.csv", "champions.csv", "label_efficiency.csv", "scatter.png"} <= written
+    assert "label_efficiency.png" in written and (out / "metrics" / "classify.json").exists()
+    if case == "5 per class":
+        assert summary["select"] == "job"
+        assert metrics["n_labelled"] == {"good": 5, "bad": 5} and "skipped" not in metrics
+        assert "only 5 good and 5 bad labelled photos" in caplog.text
+    else:
+        assert summary["select"] == "udr" and "chosen by UDR alone" in caplog.text
+        assert "a rule needs both" in metrics["skipped"]
+        assert json.loads((out / "classify" / "metrics.json").read_text())["skipped"] == metrics["skipped"]
+        assert pd.read_csv(out / "classify" / "components.csv").empty
+        assert "classify skipped, tuber-quality not registered" in caplog.text

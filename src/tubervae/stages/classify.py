@@ -108,7 +108,7 @@ def champions_side_by_side(
             kl = tracker.latents(entry["run_id"])["kl"]
             informative = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or None
             rules = {
-                "threshold": clf.fit_threshold_rule(z_lab, y_lab),
+                "threshold": clf.fit_threshold_rule(z_lab, y_lab, components=informative),
                 "any_rule": clf.fit_any_of_rule(
                     z_lab,
                     y_lab,
@@ -168,7 +168,8 @@ def run(
             f"{labelled['images'].shape[1]}px: rerun the search and register stages"
         )
     test_known = test["labels"] >= 0
-    x_lab, y_lab = labelled["images"], labelled["labels"] == 1
+    known = labelled["labels"] >= 0
+    x_lab, y_lab = labelled["images"][known], labelled["labels"][known] == 1
     x_test, y_test = test["images"][test_known], test["labels"][test_known] == 1
     n_labelled = {"good": int((~y_lab).sum()), "bad": int(y_lab.sum())}
     shortfall = label_shortfall(y_lab, y_test)

@@ -123,6 +123,8 @@ def run(
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     meta = load_meta(processed_dir)
     labelled = load_split("labelled", processed_dir)
+    known = labelled["labels"] >= 0
+    labelled = {"images": labelled["images"][known], "labels": labelled["labels"][known]}
     n_good, n_bad = int((labelled["labels"] == 0).sum()), int((labelled["labels"] == 1).sum())
     has_labels = n_good > 0 and n_bad > 0
     select = cfg.select
