@@ -9,6 +9,8 @@ import dataclasses
 import io
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import mlflow
@@ -34,6 +36,7 @@ from conftest import (
 )
 from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
+from tubervae.data.images import inspect_image
 from tubervae.models.nets import VAE
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData
@@ -531,6 +534,14 @@ def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(proje
         # The answer names the row, never the path the request sent.
         assert body["message"].startswith("row 0: not a readable image") and "notes.png" not in body["message"]
 
+        # A wrong column is named, although MLflow drops it before the model sees the request.
+        status, body = http(f"{url}/invocations", {"dataframe_records": [{"img": photos["encoded"]}]})
+        assert status == 400 and "'img'" in body["message"] and "'image_base64'" in body["message"], body
+        # 16 bits per channel, which Pillow shows as plain RGB: refused, as at ingestion.
+        deep = base64.b64encode(png_16_bit_rgb(photos["grid"])).decode()
+        status, body = http(f"{url}/invocations", {"dataframe_records": [{"image_base64": deep}]})
+        assert status == 400 and "more than 8 bits per channel" in body["message"], body
+
         # An array is no table of photos: the signature refuses it before the model sees it.
         status, body = http(f"{url}/invocations", {"inputs": [[[1, 2], [3, 4]]]})
         assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
@@ -542,6 +553,30 @@ def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(proje
         assert again["label"] == good["label"]
         assert again[column] == pytest.approx(good[column], abs=1e-5)
         assert server.poll() is None
+
+
+def png_16_bit_rgb(pixels: np.ndarray) -> bytes:
+    """A PNG with 16 bits per channel (colour type 2, depth 16), written by hand: Pillow writes none."""
+    wide = (pixels.astype(">u2") * 257).astype(">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in wide)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_a_16_bit_colour_photo_is_refused_at_ingestion(photos, tmp_path):
+    pixels = np.tile(photos["grid"], (4, 4, 1))  # 64×64: large enough to be imported
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_16_bit_rgb(pixels))
+    with Image.open(path) as img:
+        assert img.mode == "RGB"  # what makes it easy to miss
+    result = inspect_image(path)
+    assert result.status == "rejected" and "more than 8 bits per channel" in result.reason
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    assert inspect_image(tmp_path / "plain.png").status == "accepted"
 
 
 def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_reports_both(tmp_path, monkeypatch):

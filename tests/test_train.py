@@ -730,6 +730,9 @@ def test_a_damaged_or_forged_checkpoint_is_ignored_and_runs_no_code(data, tmp_pa
         outcome = train(data, cfg, checkpoint_path=path)
     assert not marker.exists(), "loading the checkpoint ran code"
     assert "ignoring" in caplog.text and outcome.step == 10
+    assert "weights_only" not in caplog.text  # no advice to turn the guard off
+    if kind == "malicious pickle":
+        assert "holds more than plain tensors" in caplog.text and "not loaded" in caplog.text
     # trained from scratch to the same weights as a run that never saw the forged file
     assert_same_weights(outcome.model.state_dict(), train(data, cfg).model.state_dict())
     assert torch.load(path, weights_only=True)["step"] == 10  # the rerun replaced the forged file

@@ -16,6 +16,7 @@ import functools
 import logging
 import math
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -219,8 +220,15 @@ def load_checkpoint(path: Path, identity: dict, model: torch.nn.Module, total_st
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # damaged, truncated, or holding objects that are not plain data
-        log.warning("ignoring unreadable checkpoint %s (%s)", path, str(exc).splitlines()[0][:200])
+    except pickle.UnpicklingError:  # torch's own message advises turning the guard off: not repeated here
+        log.warning(
+            "ignoring checkpoint %s: it holds more than plain tensors and numbers (objects whose loading could "
+            "run code), so it was not loaded; training starts from step 0 and replaces it",
+            path,
+        )
+        return None
+    except Exception as exc:  # damaged or truncated
+        log.warning("ignoring unreadable checkpoint %s: damaged or truncated (%s)", path, type(exc).__name__)
         return None
     problem = _checkpoint_problem(state, identity, model, total_steps)
     if problem:

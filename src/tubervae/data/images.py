@@ -8,6 +8,7 @@ the README, are:
 | not an image, unreadable, truncated   | reject                                            |
 | more than `Image.MAX_IMAGE_PIXELS`    | reject: decompression bomb guard                  |
 | grayscale / 1-bit / 16-bit / float    | reject: colour carries skin tone and greening     |
+| colour with more than 8 bits a channel| reject: 8-bit colour photos only                  |
 | RGBA, LA-free palette (P), CMYK       | convert to RGB (alpha composited on black)        |
 | RGB 8-bit, 640×480                    | accept as is                                      |
 | another size, at least `MIN_SIDE` px  | `wrong_size: keep`: accept at its own size (the   |
@@ -52,7 +53,21 @@ def _reject(reason: str) -> Inspection:
     return Inspection("rejected", reason)
 
 
-def inspect_image(path: str | Path, *, wrong_size: str = "resize") -> Inspection:
+def more_than_8_bits(img: Image.Image) -> bool:
+    """Whether an opened image, before `load()`, stores more than 8 bits per channel.
+
+    Pillow shows a 16-bit-per-channel colour PNG as mode RGB (or RGBA) and drops the low byte on
+    decoding; only the raw mode of its tiles ('RGB;16B') tells. Read before `load()`, which empties them.
+    """
+    for tile in getattr(img, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else "")
+        if isinstance(rawmode, str) and (";16" in rawmode or ";32" in rawmode):
+            return True
+    return False
+
+
+def inspect_image(path: str | Path, *, wrong_size: str = "keep") -> Inspection:
     """Open a photo and apply the ingestion rules in the module docstring."""
     if wrong_size not in ("keep", "reject"):
         raise ValueError(f"wrong_size must be 'keep' or 'reject', got {wrong_size!r}")
@@ -60,6 +75,7 @@ def inspect_image(path: str | Path, *, wrong_size: str = "resize") -> Inspection
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
+            deep = more_than_8_bits(img)
             img.load()  # decodes everything: truncated files fail here, not later
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         return _reject(_bomb_reason(path))
@@ -70,6 +86,8 @@ def inspect_image(path: str | Path, *, wrong_size: str = "resize") -> Inspection
         kind = "truncated" if "truncat" in message or "broken" in message else "unreadable"
         return _reject(f"{kind}: {exc}")
     notes = []
+    if deep:
+        return _reject(f"colour mode {img.mode} with more than 8 bits per channel: 8-bit colour photos only")
     if img.mode in REJECTED_MODES:
         return _reject(f"colour mode {img.mode}: single-channel or 16-bit images carry no colour")
     if img.mode in CONVERTIBLE_MODES:

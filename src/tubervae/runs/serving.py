@@ -56,6 +56,8 @@ import io
 import json
 import logging
 import os
+import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +71,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
-from tubervae.data.images import CONVERTIBLE_MODES, REJECTED_MODES, load_model_input
+from tubervae.data.images import CONVERTIBLE_MODES, REJECTED_MODES, load_model_input, more_than_8_bits
 from tubervae.runs.tracker import load_vae_files
 from tubervae.training import encode
 
@@ -195,6 +197,11 @@ def _decode(fp, where: str, limits: InputLimits) -> Image.Image:
         if img.size[0] * img.size[1] > limits.max_pixels:
             raise _too_many_pixels(where, limits, img.size)
         _check_mode(img, where)
+        if more_than_8_bits(img):  # shown as RGB by Pillow, which would drop the low byte: refused, as at ingestion
+            raise bad_input(
+                f"{where}: colour mode {img.mode} with more than 8 bits per channel is refused; "
+                f"send an 8-bit colour (RGB) photo"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
@@ -282,9 +289,7 @@ def images_from_input(
         ):
             model_input = np.asarray(model_input.iloc[:, 0].tolist())
         else:
-            raise bad_input(
-                f"expected a 'path' or 'image_base64' column, got columns {[str(c)[:40] for c in model_input.columns]}"
-            )
+            raise _no_photo_column(model_input)
     array = np.asarray(model_input)
     if array.ndim == 3:
         array = array[None]
@@ -303,6 +308,50 @@ def images_from_input(
     return np.stack([prepare(img) for img in array]) if len(array) else empty
 
 
+class _DroppedColumns(logging.Filter):
+    """Remembers, per thread, the columns MLflow dropped from the last request.
+
+    MLflow checks a request against the signature before `predict` sees it, and drops the columns
+    the signature does not declare, only logging their names. A request with a wrong column (`img`)
+    then arrives with none at all; this filter keeps the names so that the error can say them.
+    """
+
+    _PATTERN = re.compile(r"not defined in the model signature: `(.*)`")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = self._PATTERN.search(record.getMessage())
+        if found:
+            self.seen.columns = found.group(1)
+        return True
+
+    def take(self) -> str | None:
+        columns, self.seen.columns = getattr(self.seen, "columns", None), None
+        return columns
+
+
+DROPPED_COLUMNS = _DroppedColumns()
+
+
+def _install_dropped_columns_filter() -> None:
+    logger = logging.getLogger("mlflow.models.utils")
+    if DROPPED_COLUMNS not in logger.filters:
+        logger.addFilter(DROPPED_COLUMNS)
+
+
+def _no_photo_column(model_input: pd.DataFrame) -> BadRequest:
+    columns = [str(c)[:40] for c in model_input.columns]
+    dropped = DROPPED_COLUMNS.take()
+    if dropped and not columns:
+        what = f"the request's columns {dropped[:200]} are not among them"
+    else:
+        what = f"got columns {columns}"
+    return bad_input(f"expected a 'path' or 'image_base64' column: {what}")
+
+
 def _guarded(compute):
     """`compute()`, with any failure but a BadRequest logged here and answered without its traceback."""
     try:
@@ -314,6 +363,8 @@ def _guarded(compute):
         raise BadRequest(
             "internal error while scoring the request; the server's log has the details", error_code=INTERNAL_ERROR
         ) from exc
+    finally:
+        DROPPED_COLUMNS.take()  # the names belong to this request alone
 
 
 class _PhotoModel(mlflow.pyfunc.PythonModel):
@@ -323,6 +374,7 @@ class _PhotoModel(mlflow.pyfunc.PythonModel):
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
         self.vae = load_vae_files(context.artifacts["weights"], self.config)
         self.limits = InputLimits.from_env()
+        _install_dropped_columns_filter()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """The answer for each photo; any failure but a bad input is a clean 500 (`_guarded`).
