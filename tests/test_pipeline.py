@@ -334,8 +334,8 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
     assert (
         ingest.loc["bad/grey.png", "status"] == "rejected" and "colour mode L" in ingest.loc["bad/grey.png", "reason"]
     )
-    assert ingest.loc["good/large.png", "status"] == "converted"
-    assert (ingest.drop(index=["bad/grey.png", "good/large.png", "bad/large.png"]).status == "accepted").all()
+    assert ingest.loc["good/large.png", "reason"] == "kept at 800x600"
+    assert (ingest.drop(index=["bad/grey.png"]).status == "accepted").all()
     assert ingest.loc["unsorted.png", "label"] == ""
     assert not (raw_dir / "factors.csv").exists()
     with Image.open(reports / "contact_sheet.png") as sheet:
@@ -372,6 +372,52 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
     with Image.open(folder / sources[k]) as img:
         expected = block_mean(img, CROP, SIZE)
     assert np.abs(train["images"][k] - expected).max() <= 1
+
+
+UNLABELLED_RUN = {
+    "data": {"workers": 1},
+    "preprocess": {"image_size": SIZE, "probe_size": 10, "crop_fraction": CROP},
+    "train": {"latent_dim": 3, "steps": 10, "batch_size": 8, "snapshot_every": 0, "checkpoint_every": 10},
+    "search": {"seeds": 2, "min_active": 0, "spaces": {"beta_vae": {"n_trials": 1, "beta": [1.0, 4.0]}}},
+    "register": {"select": "job"},
+    "classify": {"cnn_steps": 5, "n_draws": 1},
+    "evaluate": {"n_bootstrap": 20, "n_train": 10, "n_test": 10, "dci_method": "lasso", "sap_method": "correlation"},
+}
+
+
+def test_dvc_repro_completes_on_a_synth_folder_without_labels_with_and_without_factors(tmp_path):
+    """`tubervae synth` run from a folder without params.yaml writes a folder that imports as it is:
+    no labels (no good/ or bad/), its factors.csv. The whole pipeline then completes: classify and the
+    job's selection say what they skipped, evaluate scores the held-out photos' factors; and again
+    from a copy of the folder without factors.csv, where evaluate says it has nothing to score."""
+    folder = tmp_path / "photos"
+    made = run_cmd([str(BIN / "tubervae"), "synth", "--out", folder, "--n-images", 60, "--workers", 1], tmp_path)
+    assert made.returncode == 0, made.stdout[-3000:]
+    assert sorted(p.name for p in folder.iterdir()) == ["factors.csv", "images", "labels.csv"]
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copyfile(PROJECT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    assert run_cmd([str(BIN / "dvc"), "init", "--no-scm", "-q"], root).returncode == 0
+    write_params(root, tiny_params(**{**UNLABELLED_RUN, "data": {"workers": 1, "source": str(folder)}}))
+    done = run_cmd([str(BIN / "dvc"), "repro"], root, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:]
+    meta = json.loads((root / "data/processed/meta.json").read_text())
+    assert meta["splits"]["test"]["n"] == 12 and meta["splits"]["labelled"]["n"] == 0
+    assert "classify skipped, tuber-quality not registered" in done.stdout
+    assert "chosen by UDR alone" in done.stdout
+    assert "a rule needs both" in json.loads((root / "reports/classify/metrics.json").read_text())["skipped"]
+    evaluated = json.loads((root / "reports/evaluate/metrics.json").read_text())
+    assert "skipped" not in evaluated and evaluated["n_models"] == 2
+
+    bare = tmp_path / "photos-without-factors"
+    shutil.copytree(folder, bare)
+    (bare / "factors.csv").unlink()
+    write_params(root, tiny_params(**{**UNLABELLED_RUN, "data": {"workers": 1, "source": str(bare)}}))
+    again = run_cmd([str(BIN / "dvc"), "repro"], root, timeout=600)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "skipped" in json.loads((root / "reports/evaluate/metrics.json").read_text())
+    assert "skipped" in json.loads((root / "reports/classify/metrics.json").read_text())
 
 
 def test_a_folders_factors_reach_the_splits_and_the_evaluate_stage(tmp_path):

@@ -104,7 +104,7 @@ def check_venv_program(program: str, args: list[str]) -> None:
         check_click(mlflow_cli, args)
 
 
-QUICK = (("dvc", "metrics", "show"), ("dvc", "status"))
+QUICK = {("dvc", "metrics", "show"), ("dvc", "status")}
 
 
 def test_the_readme_has_commands_to_check():
