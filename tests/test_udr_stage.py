@@ -522,7 +522,13 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     out = root / "reports" / "evaluate"
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(summary))
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    assert figures == ["champion_importance.png", "udr_vs_dci_d.png", "udr_vs_mig.png"]
+    assert figures == [
+        "champion_importance.png",
+        "mig_informative_per_factor.png",
+        "mig_per_factor.png",
+        "udr_vs_dci_d.png",
+        "udr_vs_mig.png",
+    ]
     assert summary["n_models"] == 4 and summary["n_points"] == 40 and summary["factors"] == scored
     assert summary["scored_on"] == "evaluation set"
     table = pd.read_csv(out / "models.csv")
@@ -551,10 +557,22 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
                 assert ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0
             else:
                 assert result["rho"] == pytest.approx(spearmanr(x[ok], y[ok]).statistic, abs=1e-12)
-    # Every model's run carries its supervised scores.
+    # Every model's run carries its supervised scores, and per factor its MIG (published and over the
+    # informative components), the component holding it and DCI completeness; MIG is their mean.
+    per_factor = table[[f"mig_{n}" for n in scored]].to_numpy(float)
+    assert per_factor.mean(axis=1) == pytest.approx(table.mig.to_numpy())
+    assert (table.captured == (per_factor >= 0.2).sum(axis=1)).all()
+    informative = table[[f"mig_informative_{n}" for n in scored]].to_numpy(float)
+    assert (table.captured_informative == (informative >= 0.2).sum(axis=1)).all()
+    assert summary["most_captured"]["captured"] == table.captured.max()
     for row in table.itertuples():
         metrics = tracker.client.get_run(row.run_id).data.metrics
         assert metrics["mig"] == pytest.approx(row.mig) and metrics["dci_d"] == pytest.approx(row.dci_d)
+        for name in scored:
+            assert metrics[f"mig/{name}"] == pytest.approx(getattr(row, f"mig_{name}"))
+            assert metrics[f"dci_c/{name}"] == pytest.approx(getattr(row, f"dci_c_{name}"), nan_ok=True)
+            assert 0 <= getattr(row, f"mig_component_{name}") < 3
+        assert metrics["captured"] == row.captured
     # The champion's place among the models, by MIG and DCI.
     chosen = table.set_index("run_id").loc[champion]
     assert summary["champion"]["rank_by_mig"] == int((table.mig > chosen.mig).sum() + 1)
@@ -600,3 +618,24 @@ def test_evaluate_skips_data_without_factors(tmp_path):
         assert (tmp_path / path).is_file(), path
     assert pd.read_csv(out / "models.csv").columns.tolist() == ["run_id", *evaluate_stage.SUPERVISED]
     assert not (tmp_path / "mlflow.db").exists()  # nothing was tracked
+
+
+def test_per_factor_mig_over_the_informative_components_ignores_a_collapsed_copy():
+    """A collapsed component whose means still follow x closes x's published gap; over the informative
+    components alone (the KL cut-off) x is captured. y, held by z1 alone, is captured both ways."""
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, 4000), rng.uniform(0, 1, 4000)
+    mu = np.column_stack([x, y, 0.03 * x + 0.0001 * rng.normal(size=4000)])  # z2: collapsed, still follows x
+    factors = np.column_stack([x, y])
+    per_factor = pd.DataFrame(
+        {"mig": [0.0, 0.0], "mig_component": [0, 1], "dci_completeness": [0.5, 0.5]}, index=["x", "y"]
+    )
+    from tubervae.evaluation.metrics import mig
+
+    published = mig(mu, factors)["mig_per_factor"]
+    per_factor["mig"] = published
+    result = evaluate_stage.per_factor_scores(mu, factors, ["x", "y"], np.array([True, True, False]), per_factor)
+    assert published[0] < 0.2 <= result["factors"]["x"]["mig_informative"]
+    assert result["factors"]["y"]["mig_informative"] == pytest.approx(published[1], abs=0.01) and published[1] >= 0.2
+    assert result["captured"] == 1 and result["captured_informative"] == 2
+    assert result["factors"]["x"]["mig_informative"] == pytest.approx(mig(mu[:, :2], factors)["mig_per_factor"][0])

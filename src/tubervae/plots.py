@@ -22,6 +22,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from scipy import stats
 
@@ -386,6 +387,32 @@ def importance_heatmap(importance_df: pd.DataFrame) -> Figure:
     ax.set_ylabel("latent component")
     ax.set_title("DCI importance")
     fig.colorbar(image, ax=ax, shrink=0.8, label="importance")
+    return fig
+
+
+def factor_heatmap(values, row_labels, factor_names, *, title: str, threshold: float | None = None) -> Figure:
+    """Models (rows) against factors (columns), e.g. per-factor MIG: which model captured which factor.
+
+    Cells at or above `threshold` are outlined, so the captured factors stand out at a glance.
+    """
+    matrix = np.ma.masked_invalid(np.asarray(values, dtype=float))
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise ValueError(f"values must be a non-empty models × factors matrix, got shape {matrix.shape}")
+    rows, cols = (
+        _labels("row_labels", row_labels, matrix.shape[0]),
+        _labels("factor_names", factor_names, matrix.shape[1]),
+    )
+    fig = _new_figure(0.75 * len(cols) + 3.5, 0.32 * len(rows) + 1.8)
+    ax = fig.add_subplot()
+    image = _annotated_heatmap(ax, matrix, vmin=0.0, vmax=max(0.5, float(matrix.max() or 0.0)), aspect="auto")
+    if threshold is not None:
+        for (row, col), value in np.ndenumerate(np.ma.filled(matrix, -np.inf)):
+            if value >= threshold:
+                ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+    ax.set_xticks(range(len(cols)), cols, rotation=40, ha="right")
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, shrink=0.8)
     return fig
 
 

@@ -663,7 +663,7 @@ def evaluate_all(
     n_jobs=2``; 7 s with ``dci_method="gbt_fast", n_jobs=2``; 2 s with
     ``dci_method="gbt_regressor"``. Also returns
     ``dci_num_train``, ``dci_num_test``; a DataFrame ``per_factor`` (index
-    factor names; columns mig, dci_completeness, dci_informativeness,
+    factor names; columns mig, mig_component, dci_completeness, dci_informativeness,
     dci_informativeness_chance, sap, discrete); and ``importance``, the DCI
     matrix as a DataFrame (rows "z0".."z{d-1}", columns factor names) for the
     "which component tracks which factor" heat map.
@@ -688,6 +688,7 @@ def evaluate_all(
     per_factor = pd.DataFrame(
         {
             "mig": mig_scores["mig_per_factor"],
+            "mig_component": np.argmax(mig_scores["mutual_info"], axis=0),  # the component that holds the factor
             "dci_completeness": dci_scores["dci_completeness_per_factor"],
             "dci_informativeness": dci_scores["dci_informativeness_per_factor"],
             "dci_informativeness_chance": dci_scores["dci_informativeness_chance_per_factor"],
