@@ -392,3 +392,17 @@ def test_render_and_sample_reject_bad_factors():
 def test_contact_sheet_rejects_a_folder_without_labels(tmp_path):
     with pytest.raises(ValueError, match="labels.csv"):
         synth.contact_sheet(tmp_path, tmp_path / "sheet.png")
+
+
+def test_the_geometry_simulator_holds_defects_and_tone_and_draws_the_rest_as_the_full_one(tmp_path):
+    """`data.simulator: geometry` (the settings' vocabulary and the simulator's agree): no defect, one skin
+    tone, every tuber good; position, size and brightness drawn exactly as the full simulator draws them."""
+    from tubervae.config import SIMULATORS
+
+    assert SIMULATORS == tuple(synth.SIMULATORS)
+    geometry = synth.generate(tmp_path / "g", 6, seed=3, workers=1, progress=False, fixed=synth.SIMULATORS["geometry"])
+    full = synth.generate(tmp_path / "f", 6, seed=3, workers=1, progress=False)
+    assert (geometry[["spot_area", "greening", "rot"]] == 0).all().all() and (geometry.tone == 0.5).all()
+    assert (geometry.label == "good").all()
+    for name in ("x", "y", "size", "elongation", "brightness"):
+        np.testing.assert_array_equal(geometry[name], full[name])

@@ -30,6 +30,7 @@ SELECTIONS = ("udr", "job")  # register.select: the champion by UDR alone, or fo
 FUSE_MODES = ("auto", "always", "never")  # auto: a trial's seeds train as one fused model on CUDA
 PRUNERS = ("none", "median", "successive_halving", "hyperband")  # Optuna's, judging trials part-way (search.pruner)
 IMAGE_SIZES = (16, 32, 64, 128)
+SIMULATORS = ("full", "geometry")  # data.simulator: geometry has no defects and one skin tone (data/synth.py)
 WRONG_SIZE_POLICIES = ("keep", "reject")  # keep: the square crop is taken from the photo as it is
 DCI_METHODS = ("gbt", "gbt_fast", "gbt_regressor", "lasso")  # gbt: the published classifier (evaluation/metrics.py)
 SAP_METHODS = ("svm", "correlation", "mixed")  # svm: the published LinearSVC(C=0.01) on factor classes
@@ -70,6 +71,7 @@ class DataConfig:
     n_images: int = _rule(2000, min=1)
     seed: int = _rule(0, min=0)
     good_fraction: float = _rule(1554 / 8498, open_min=0.0, open_max=1.0)
+    simulator: str = _rule("full", choices=SIMULATORS)  # geometry: no defects, one skin tone
     workers: int = _rule(0, min=0)  # 0 = all cores
     max_rejected_fraction: float = _rule(0.2, min=0.0, max=1.0)
     wrong_size: str = _rule("keep", choices=WRONG_SIZE_POLICIES)

@@ -199,6 +199,15 @@ def spot_layout(spot_area):
     return count, radius
 
 
+# The simulator's variants (`data.simulator`): the factors each holds at a constant. "geometry" has no
+# defects and one skin tone, so only position, size, elongation, rotation and brightness vary: the
+# regime where the models disentangle within a CPU's budget (docs/results/disentanglement-curve.md).
+SIMULATORS: dict[str, dict[str, float]] = {
+    "full": {},
+    "geometry": {"tone": 0.5, "spot_area": 0.0, "greening": 0.0, "rot": 0.0},
+}
+
+
 def _check_fixed(fixed: Mapping[str, float] | None) -> dict[str, float]:
     """`fixed` as {sampled factor: float}, each value one the factor can take (a defect: 0 or its range)."""
     if fixed is None:
@@ -569,8 +578,9 @@ def generate(
     workers: int | None = None,
     progress: bool = True,
     jpeg_quality: int = 90,
+    fixed: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
-    """Write a simulated data set: images/tuber_*.jpg, labels.csv and factors.csv.
+    """Write a simulated data set: images/tuber_*.jpg, labels.csv and factors.csv (`fixed`: `sample_factors`).
 
     The CSVs are written last (temp file + rename) and any old ones are removed
     first, so an interrupted run never leaves a labels.csv describing missing or
@@ -595,7 +605,7 @@ def generate(
     for name in ("labels.csv", "factors.csv"):
         (out / name).unlink(missing_ok=True)
 
-    factors = sample_factors(n_images, np.random.default_rng([seed, 0]), good_fraction)
+    factors = sample_factors(n_images, np.random.default_rng([seed, 0]), good_fraction, fixed=fixed)
     files = [_image_name(i, n_images) for i in range(n_images)]
     records = factors.to_dict("records")
     tasks = [(i, records[i], seed, str(out / files[i]), jpeg_quality) for i in range(n_images)]

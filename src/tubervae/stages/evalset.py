@@ -40,6 +40,7 @@ def run(params: Params, *, root: str | Path = ".", out_dir: str | Path = "data/e
             crop_fraction=prep.crop_fraction,
             image_size=prep.image_size,
             good_fraction=data.good_fraction,
+            fixed=synth.SIMULATORS[data.simulator],
             workers=worker_count(data.workers),
         )
         labels = (table["label"] == "bad").to_numpy(np.int8)
@@ -49,6 +50,7 @@ def run(params: Params, *, root: str | Path = ".", out_dir: str | Path = "data/e
             "seed": cfg.set_seed,
             "image_size": prep.image_size,
             "crop_fraction": prep.crop_fraction,
+            "simulator": data.simulator,
             "good": int((labels == 0).sum()),
             "bad": int((labels == 1).sum()),
             "scored_factors": list(synth.SCORED_FACTORS),

@@ -172,7 +172,12 @@ def run(
     with staged_dir(out_dir) as partial:
         if cfg.source == "synthetic":
             frame = synth.generate(
-                partial, cfg.n_images, seed=cfg.seed, good_fraction=cfg.good_fraction, workers=worker_count(cfg.workers)
+                partial,
+                cfg.n_images,
+                seed=cfg.seed,
+                good_fraction=cfg.good_fraction,
+                workers=worker_count(cfg.workers),
+                fixed=synth.SIMULATORS[cfg.simulator],
             )
             report = pd.DataFrame(
                 {
