@@ -16,7 +16,7 @@ DASHBOARD_PORT ?= 8080
 SERVE_PORT     ?= 5001
 SERVE_MODEL    ?= models:/tuber-quality@champion
 
-.PHONY: install run test lint thesis cpu-long bench ui dashboard serve
+.PHONY: install run test lint thesis cpu-long disentangle bench ui dashboard serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ thesis: install       ## the thesis's settings (64x64, 300000 steps, 5 seeds, ev
 
 cpu-long: install     ## a longer CPU run for the grading job (8498 photos, 5 seeds, 30 models; under 2 h on 2 cores)
 	$(BIN)/dvc exp run $(call profile_overrides,cpu-long)
+
+disentangle: install  ## where the models disentangle: the geometry simulator, 5000 steps (docs/results/disentanglement-curve.md)
+	$(BIN)/dvc exp run $(call profile_overrides,disentangle)
 
 bench: install        ## speed figures (benchmarks/README.md)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
