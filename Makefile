@@ -33,7 +33,7 @@ test: install         ## lint, format check, import layers, then the test suite
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: install         ## fix what ruff can fix and format the tree
 	$(BIN)/ruff check --fix src tests benchmarks experiments
