@@ -57,9 +57,9 @@ def label_shortfall(bad_labelled: np.ndarray, bad_test: np.ndarray) -> str | Non
     return None
 
 
-def write_skipped(reason: str, out_dir: Path, metrics_path: Path, n_labelled: dict) -> dict:
+def write_skipped(reason: str, out_dir: Path, metrics_path: Path, n_labelled: dict, model_name: str) -> dict:
     """The stage's declared outputs when the labels cannot carry a classifier: the reason, empty tables."""
-    log.warning("classify skipped, tuber-quality not registered: %s", reason)
+    log.warning("classify skipped, %s not registered: %s", model_name, reason)
     metrics = {"skipped": reason, "n_labelled": n_labelled}
     write_json(out_dir / "metrics.json", metrics)
     write_json(metrics_path, {})
@@ -174,7 +174,7 @@ def run(
     n_labelled = {"good": int((~y_lab).sum()), "bad": int(y_lab.sum())}
     shortfall = label_shortfall(y_lab, y_test)
     if shortfall:
-        return write_skipped(shortfall, out_dir, metrics_path, n_labelled)
+        return write_skipped(shortfall, out_dir, metrics_path, n_labelled, cfg.model_name)
     if min(n_labelled.values()) < FEW_LABELS:
         log.warning(
             "only %d good and %d bad labelled photos (%d test photos): the rules and their test figures are rough",
