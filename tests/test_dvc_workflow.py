@@ -224,12 +224,16 @@ def test_metrics_files_hold_numbers_only():
         "scored_on": "evaluation set",
         "factors": ["x", "spot_area"],
         "best_defect_rho": {"spot_area": 0.4},
+        "most_captured": {"captured": 1, "captured_informative": 2},
         "correlations": {"udr_within_lasso": {m: rho for m in evaluate.SUPERVISED}},
         "champion": {
             "run_id": "abc",
             **{m: 0.1 for m in evaluate.SUPERVISED},
             "rank_by_mig": 2,
             "rank_by_dci_d": 1,
+            "captured": 0,
+            "captured_informative": 1,
+            "mig_per_factor": {"x": 0.05, "spot_area": 0.01},
             "defects": {"spot_area": {"component": 3, "rho": 0.4}},
         },
     }
@@ -246,6 +250,8 @@ def test_metrics_files_hold_numbers_only():
     assert written["search"]["best_udr"] == 0.6 and written["search"]["best_c_max"] == 8.0
     assert written["udr"]["beta_vae"]["best_udr"] == 0.6
     assert written["evaluate"]["rho_udr"]["mig"] == 0.5 and written["evaluate"]["champion"]["rank_by_mig"] == 2
+    assert written["evaluate"]["most_captured"] == {"captured": 1, "captured_informative": 2}
+    assert written["evaluate"]["champion"]["captured_informative"] == 1
 
 
 def test_search_history_keeps_the_running_best_of_feasible_trials():
