@@ -16,7 +16,7 @@ DASHBOARD_PORT ?= 8080
 SERVE_PORT     ?= 5001
 SERVE_MODEL    ?= models:/tuber-quality@champion
 
-.PHONY: install run test lint thesis cpu-long disentangle bench ui dashboard serve
+.PHONY: install run test lint thesis gpu-smoke cpu-long disentangle bench ui dashboard serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ lint: install         ## fix what ruff can fix and format the tree
 
 thesis: install       ## the thesis's settings (64x64, 300000 steps, 5 seeds, every grid point): for a GPU
 	$(BIN)/dvc exp run $(call profile_overrides,thesis)
+
+gpu-smoke: install    ## every stage on a GPU at tiny steps (64x64, 300 steps, 2 seeds, 1 trial per family)
+	$(BIN)/dvc exp run $(call profile_overrides,gpu-smoke)
 
 cpu-long: install     ## a longer CPU run for the grading job (8498 photos, 5 seeds, 30 models; under 2 h on 2 cores)
 	$(BIN)/dvc exp run $(call profile_overrides,cpu-long)
