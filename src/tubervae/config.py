@@ -34,6 +34,8 @@ SIMULATORS = ("full", "geometry")  # data.simulator: geometry has no defects and
 WRONG_SIZE_POLICIES = ("keep", "reject")  # keep: the square crop is taken from the photo as it is
 DCI_METHODS = ("gbt", "gbt_fast", "gbt_regressor", "lasso")  # gbt: the published classifier (evaluation/metrics.py)
 SAP_METHODS = ("svm", "correlation", "mixed")  # svm: the published LinearSVC(C=0.01) on factor classes
+# Labels per class below which the classify stage and register.select: job warn that their figures are rough.
+FEW_LABELS = 20
 # Thesis §2.3.1: a component is informative when its KL to the prior exceeds this. The default
 # of `udr.kl_threshold`, the one value that UDR, n_active, classify and the plots all read.
 INFORMATIVE_KL = 0.01

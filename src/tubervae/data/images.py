@@ -99,17 +99,14 @@ def inspect_image(path: str | Path, *, wrong_size: str = "keep") -> Inspection:
             img = img.convert("RGB")
     elif img.mode != "RGB":
         return _reject(f"colour mode {img.mode} is not supported")
+    converted = bool(notes)  # a size of its own is kept, not converted: the file is copied as it is
     if img.size != PHOTO_SIZE:
         if min(img.size) < MIN_SIDE:
             return _reject(f"too small: {img.size[0]}x{img.size[1]} (need at least {MIN_SIDE} px a side)")
         if wrong_size == "reject":
             return _reject(f"wrong size: {img.size[0]}x{img.size[1]}, expected {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}")
         notes.append(f"kept at {img.size[0]}x{img.size[1]}")
-    if notes == [f"kept at {img.size[0]}x{img.size[1]}"]:  # nothing converted: the file is copied as it is
-        return Inspection("accepted", notes[0], img)
-    if notes:
-        return Inspection("converted", "; ".join(notes), img)
-    return Inspection("accepted", "", img)
+    return Inspection("converted" if converted else "accepted", "; ".join(notes), img)
 
 
 def centre_square(img: Image.Image, crop_fraction: float) -> Image.Image:

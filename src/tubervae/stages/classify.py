@@ -29,7 +29,7 @@ import pandas as pd
 
 from tubervae import classify as clf
 from tubervae import plots
-from tubervae.config import Params
+from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_csv, write_json
@@ -40,7 +40,6 @@ from tubervae.training import encode, probe_latents
 
 log = logging.getLogger(__name__)
 THESIS_ACCURACY = 0.813
-FEW_LABELS = 20  # per class: below this the rules and their test figures are rough, and the stage says so
 RANKING_COLUMNS = ["component", "threshold", "direction", "balanced_accuracy", "auc", "kl", "informative"]
 
 

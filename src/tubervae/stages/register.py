@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from tubervae.classify.any_rule import fit_any_of_rule
-from tubervae.config import Params
+from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_json
@@ -41,7 +41,6 @@ from tubervae.runs.tracker import CHAMPION, Tracker
 from tubervae.training import encode
 
 log = logging.getLogger(__name__)
-FEW_LABELS = 20  # per class, as the classify stage counts them: below it the job's choice is warned about
 
 
 def choose_champion(models: pd.DataFrame, udr_tolerance: float) -> pd.Series:
