@@ -12,11 +12,15 @@ profile_overrides = $$(sed -e 's/\#.*//' -e '/^\s*$$/d' -e 's/^/-S /' profiles/$
 TRACKING_URI  = sqlite:///$(CURDIR)/mlflow.db
 STUDIES_URI   = sqlite:///$(CURDIR)/optuna.db
 UI_PORT        ?= 5000
+UI_WORKERS     ?= 1
 DASHBOARD_PORT ?= 8080
 SERVE_PORT     ?= 5001
 SERVE_MODEL    ?= models:/tuber-quality@champion
+# The plots page's Vega, as dvc's page loads it from a CDN (dvc_render's versions), kept in .vega/ for offline use.
+VEGA_DIR       = .vega
+VEGA_PACKAGES  = vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: install run test lint thesis gpu-smoke cpu-long disentangle bench ui dashboard serve
+.PHONY: install run test test-fast lint plots thesis gpu-smoke cpu-long disentangle bench ui dashboard serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +38,9 @@ test: install         ## lint, format check, import layers, then the test suite
 	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: install    ## the fast tier: every module's logic, without the tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 lint: install         ## fix what ruff can fix and format the tree
 	$(BIN)/ruff check --fix src tests benchmarks experiments
@@ -54,11 +61,26 @@ disentangle: install  ## where the models disentangle: the geometry simulator, 5
 bench: install        ## speed figures (benchmarks/README.md)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
+plots: install        ## dvc plots show with Vega from a local copy (npm registry, once) instead of a CDN
+	@mkdir -p $(VEGA_DIR)
+	@cd $(VEGA_DIR) && for package in $(VEGA_PACKAGES); do \
+	  name=$${package%@*}; version=$${package#*@}; \
+	  test -s $$name.min.js || { npm pack --silent $$package >/dev/null && \
+	    tar -xzf $$name-$$version.tgz --strip-components=2 package/build/$$name.min.js && rm $$name-$$version.tgz; } \
+	  || exit 1; done
+	@printf '%s\n' '<!DOCTYPE html>' '<html>' '<head>' '<meta charset="utf-8">' '<title>tubervae plots</title>' \
+	  '<script src="../$(VEGA_DIR)/vega.min.js"></script>' '<script src="../$(VEGA_DIR)/vega-lite.min.js"></script>' \
+	  '<script src="../$(VEGA_DIR)/vega-embed.min.js"></script>' '</head>' '<body>' '{plot_divs}' '</body>' '</html>' \
+	  > $(VEGA_DIR)/template.html
+	$(BIN)/dvc plots show --html-template $(VEGA_DIR)/template.html
+
 ui: install           ## MLflow's UI on the project's tracking store (http://127.0.0.1:$(UI_PORT))
 	@# MLflow 3's UI opens on its GenAI view unless asked for model training: print the link that asks.
 	@$(BIN)/python -c "from tubervae.runs.tracker import Tracker; \
 	  print('training runs: http://127.0.0.1:$(UI_PORT)/#/experiments/' + Tracker('.').experiment_id + '?workflowType=machine_learning')"
-	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --port $(UI_PORT)
+	@# One worker and no GenAI job runner: one user's browser needs neither more processes nor their memory.
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) \
+	  --port $(UI_PORT) --workers $(UI_WORKERS)
 
 dashboard: install    ## optuna-dashboard on the studies in optuna.db
 	test -x $(BIN)/optuna-dashboard || $(BIN)/python -m pip install --quiet -e '.[dashboard]'

@@ -13,7 +13,9 @@ A rate is measured as the difference of two runs of `train_fused` (`--steps` and
 the set-up (initialisation, probe encoding, the test-set error) cancels out.
 
 `--adam foreach` runs the stacked Adam as PyTorch's default (its multi-tensor loop on CUDA) instead
-of one fused kernel (`training.new_optimiser`), for the ratio between them in one run.
+of one fused kernel (`training.new_optimiser`), and `--layout` the batch in another memory layout
+(`train_fused`'s `make_optimiser` and `input_layout`), for the ratio between them in one run. The
+fused-equals-separate check always runs the library's defaults.
 
     python benchmarks/bench_gpu.py [--models 1,5,25,115] [--steps 100] [--precision auto] [--adam fused]
 """
@@ -28,14 +30,14 @@ import numpy as np
 import torch
 
 from _machine import cpu_model  # benchmarks/, the script's folder
-from tubervae import fused, training
 from tubervae.config import TrainConfig
 from tubervae.fused import FusedJob, train_fused
-from tubervae.training import Setting, resolve_precision, select_device, train_model
+from tubervae.training import Setting, new_optimiser, resolve_precision, select_device, train_model
 
 THESIS_MODELS = 115
 THESIS_STEPS = 300_000
 SEEDS = 5
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def device_name(device: torch.device) -> str:
@@ -59,10 +61,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(jobs, cfg, images, device) -> float:
+def variant(args) -> dict:
+    """`train_fused`'s keyword arguments for the Adam and the layout the command line asks for."""
+    options = {}
+    if args.adam == "foreach":  # PyTorch's default Adam, multi-tensor on CUDA
+        options["make_optimiser"] = functools.partial(new_optimiser, fused=False)
+    if args.layout:
+        options["input_layout"] = LAYOUTS[args.layout]
+    return options
+
+
+def timed(jobs, cfg, images, device, args) -> float:
     sync(device)
     start = time.perf_counter()
-    train_fused(jobs, cfg, train_images=images, probe_images=images[:256], test_images=images[:256])
+    train_fused(jobs, cfg, train_images=images, probe_images=images[:256], test_images=images[:256], **variant(args))
     sync(device)
     return time.perf_counter() - start
 
@@ -71,9 +83,9 @@ def rate(n: int, args, images, device) -> float:
     jobs = thesis_like_jobs(n)
     short = cfg_for(args, args.steps)
     long = cfg_for(args, 2 * args.steps)
-    timed(jobs, short, images, device)  # warm-up: kernels chosen, memory pooled
-    t_short = timed(jobs, short, images, device)
-    t_long = timed(jobs, long, images, device)
+    timed(jobs, short, images, device, args)  # warm-up: kernels chosen, memory pooled
+    t_short = timed(jobs, short, images, device, args)
+    t_long = timed(jobs, long, images, device, args)
     return n * args.steps / max(t_long - t_short, 1e-9)
 
 
@@ -109,9 +121,9 @@ def fused_equals_separate(args, images, device) -> float:
         FusedJob(Setting("cbeta_vae", 900.0, 12.0), 2),
     ]
     probe = images[:64]
-    fused = train_fused(jobs, cfg, train_images=images, probe_images=probe, test_images=probe)
+    together = train_fused(jobs, cfg, train_images=images, probe_images=probe, test_images=probe)
     worst = 0.0
-    for job, out in zip(jobs, fused):
+    for job, out in zip(jobs, together):
         twin = train_model(
             job.setting, job.seed, cfg, train_images=images, probe_images=probe, test_images=probe, progress=False
         )
@@ -127,10 +139,10 @@ def profile(n: int, args, images, device) -> None:
     from torch.profiler import profile as torch_profile
 
     jobs, cfg = thesis_like_jobs(n), cfg_for(args, args.steps)
-    timed(jobs, cfg, images, device)
+    timed(jobs, cfg, images, device, args)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
-        seconds = timed(jobs, cfg, images, device)
+        seconds = timed(jobs, cfg, images, device, args)
     print(f"profile of {n} models × {args.steps} steps: {seconds:.2f} s wall", flush=True)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60), flush=True)
@@ -146,26 +158,18 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-check", action="store_true", help="skip the fused-equals-separate check")
-    parser.add_argument(
-        "--layout", choices=["channels_last", "contiguous"], help="the batch's memory layout on CUDA (default: fused's)"
-    )
+    parser.add_argument("--layout", choices=list(LAYOUTS), help="the batch's memory layout (default: fused's)")
     parser.add_argument("--profile", type=int, default=0, help="instead: profile this many fused models")
     parser.add_argument("--adam", choices=["fused", "foreach"], default="fused", help="the optimiser's kernels")
     args = parser.parse_args()
-    if args.adam == "foreach":  # PyTorch's default Adam, multi-tensor on CUDA
-        fused.new_optimiser = training.new_optimiser = functools.partial(training.new_optimiser, fused=False)
     device = select_device(args.device)
-    if args.layout:
-        fused.INPUT_LAYOUT["cuda"] = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[
-            args.layout
-        ]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     images = np.random.default_rng(0).integers(0, 256, (args.images, args.image_size, args.image_size, 3), np.uint8)
     precision = resolve_precision(args.precision, device)
     print(
         f"device: {device_name(device)}; torch {torch.__version__}; {args.image_size}×{args.image_size}, "
-        f"batch {args.batch}, precision {precision}, layout {fused.INPUT_LAYOUT.get(device.type)}, Adam {args.adam}",
+        f"batch {args.batch}, precision {precision}, layout {args.layout or 'fused default'}, Adam {args.adam}",
         flush=True,
     )
     if args.profile:

@@ -32,13 +32,10 @@ from pathlib import Path
 
 import yaml
 
-import tubervae.runs.training_run as training_run
 from _machine import cpu_model  # benchmarks/, the script's folder
 from tubervae.config import parse_params
 from tubervae.stages import preprocess, raw, search
 
-# At module level, so that the training pool's workers (which import this file) skip the pictures too.
-training_run.figures = lambda *args, **kwargs: {}
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_UDR, GOAL_SHARE = 0.05, 1 / 3
 
@@ -56,6 +53,7 @@ def params(args, pruner: str, prune_at: list[float]) -> dict:
         "train": {
             "steps": args.steps,
             "snapshot_every": 0,
+            "figures": False,  # the runs' pictures would weigh on the steps being compared
             "checkpoint_every": args.steps,
             "log_every": max(1, args.steps // 8),
             "workers": args.workers,

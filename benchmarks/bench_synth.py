@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
 
-    synth._warm_caches()  # built once per process in real runs too; kept out of the timing
+    synth.warm_caches()  # built once per process in real runs too; kept out of the timing
     rates = {}
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:

@@ -14,10 +14,7 @@ it is also timed with PyTorch's per-tensor Adam, the ratio being what the fused 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import time
-from unittest import mock
 
 import numpy as np
 import torch
@@ -29,11 +26,9 @@ from tubervae.models.nets import VAE, flops_per_image
 from tubervae.training import Setting, train_model
 
 
-@contextlib.contextmanager
-def per_tensor_adam():
-    """The project's loop with PyTorch's default (per-tensor, not fused) Adam."""
-    with mock.patch.object(training, "new_optimiser", functools.partial(training.new_optimiser, fused=False)):
-        yield
+def per_tensor_adam(params, cfg, device):
+    """PyTorch's default Adam (per tensor, not fused): `train_model`'s `make_optimiser` for the comparison."""
+    return training.new_optimiser(params, cfg, device, fused=False)
 
 
 def plain_loop(images: np.ndarray, steps: int, batch: int, loss_fn) -> float:
@@ -60,7 +55,14 @@ def plain_loop(images: np.ndarray, steps: int, batch: int, loss_fn) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-def project_loop(images: np.ndarray, steps: int, batch: int, family: str, precision: str = "float32") -> float:
+def project_loop(
+    images: np.ndarray,
+    steps: int,
+    batch: int,
+    family: str,
+    precision: str = "float32",
+    make_optimiser=training.new_optimiser,
+) -> float:
     """`tubervae.training.train_model` as every run uses it (logging every 50 steps, no checkpoint)."""
     cfg = TrainConfig(
         steps=5,
@@ -74,10 +76,11 @@ def project_loop(images: np.ndarray, steps: int, batch: int, family: str, precis
     )
     setting = Setting(family=family, beta=4.0, c_max=10.0)
     probe = images[:8]
-    train_model(setting, 0, cfg, train_images=images, probe_images=probe, test_images=probe, progress=False)
+    options = dict(train_images=images, probe_images=probe, test_images=probe, progress=False)
+    train_model(setting, 0, cfg, make_optimiser=make_optimiser, **options)
     cfg = TrainConfig(**{**cfg.__dict__, "steps": steps})
     start = time.perf_counter()
-    train_model(setting, 0, cfg, train_images=images, probe_images=probe, test_images=probe, progress=False)
+    train_model(setting, 0, cfg, make_optimiser=make_optimiser, **options)
     elapsed = time.perf_counter() - start
     return steps * batch / elapsed
 
@@ -110,8 +113,7 @@ def main() -> None:
     )
     baseline = plain_loop(images, args.steps, args.batch, loss_fn)
     ours = project_loop(images, args.steps, args.batch, args.family)
-    with per_tensor_adam():
-        ours_per_tensor = project_loop(images, args.steps, args.batch, args.family)
+    ours_per_tensor = project_loop(images, args.steps, args.batch, args.family, make_optimiser=per_tensor_adam)
     again = project_loop(images, args.steps, args.batch, args.family)  # the noise between two runs
     ours_bf16 = project_loop(images, args.steps, args.batch, args.family, precision="bfloat16")
     peak = matmul_peak()

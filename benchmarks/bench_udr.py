@@ -12,8 +12,8 @@ run in the same process, and their matrices and pair scores are compared.
 
 The Lasso side is what justifies tubervae.evaluation.lasso (``lasso_gram``,
 the batched Gram-matrix solver that ``udr_scores`` calls) existing beside
-scikit-learn: about 18x faster than the per-pair ``Lasso`` loop on this case
-when it was written.
+scikit-learn: should the per-pair ``Lasso`` loop catch up on this case, the
+solver can go (the figures so far: benchmarks/README.md).
 
     .venv/bin/python benchmarks/bench_udr.py [--baseline-pairs 200] [--full]
 """

@@ -69,6 +69,9 @@ def test_dvc_stage_deps_cover_the_stage_import_closure(graph, name):
     needed = import_closure(graph, module) | import_closure(graph, "tubervae.config")
     missing = sorted(str(p) for p in needed if not covered(p, deps))
     assert not missing, f"dvc.yaml stage {name!r} misses deps on files its code imports: {missing}"
+    # And no more: a file the stage never imports would rerun it for nothing when it changes.
+    extra = sorted(d for d in deps if d.startswith("src/") and Path(d) not in needed)
+    assert not extra, f"dvc.yaml stage {name!r} depends on files its code does not import: {extra}"
 
 
 @pytest.mark.parametrize("name", sorted(stages()))
@@ -83,6 +86,9 @@ def test_import_closure_sees_indirect_imports(graph):
     closure = import_closure(graph, "tubervae.stages.udr")
     assert Path("src/tubervae/models/nets.py") in closure
     assert Path("src/tubervae/stages/search.py") not in closure
+    # Reading latents and weights needs nothing of the served models.
+    assert Path("src/tubervae/runs/serving.py") not in closure
+    assert Path("src/tubervae/runs/serving.py") not in import_closure(graph, "tubervae.stages.evaluate")
 
 
 @pytest.mark.skipif(

@@ -224,6 +224,7 @@ def bright_dark_images(seed, n=24, side=16):
     return images, bad
 
 
+@pytest.mark.slow
 def test_pixel_cnn_learns_bright_vs_dark_and_is_deterministic():
     images, bad = bright_dark_images(0)
     test_images, test_bad = bright_dark_images(1)

@@ -106,6 +106,7 @@ def test_gitignore_keeps_dvc_lock_and_the_metrics_in_git():
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+@pytest.mark.slow
 def test_commit_push_clone_pull_round_trip(tmp_path):
     env = env_for(tmp_path)
     (tmp_path / "home").mkdir()
@@ -328,6 +329,7 @@ REFERENCE = PROJECT / "docs" / "results" / "default-profile"  # a make run's rep
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+@pytest.mark.slow
 def test_metrics_and_plots_commands_read_a_runs_reports_across_commits(tmp_path):
     """`dvc metrics show/diff`, `dvc plots show/diff` and `dvc exp show` as the README runs them, on the
     reference run's metrics and plot data committed, then one number changed as another run would."""

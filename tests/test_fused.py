@@ -63,6 +63,7 @@ def largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max(float((sa[k] - sb[k]).abs().max()) for k in sa)
 
 
+@pytest.mark.slow
 def test_fused_models_equal_their_separately_trained_twins(float64, images):
     cfg = config()
     outcomes = fused(JOBS, cfg, images)
@@ -79,6 +80,7 @@ def test_fused_models_equal_their_separately_trained_twins(float64, images):
     assert largest_difference(outcomes[0].model, outcomes[1].model) > 1e-3  # seeds differ
 
 
+@pytest.mark.slow
 def test_fused_run_logs_each_model_as_its_twin_does(float64, images):
     cfg = config()
     fused_logs, twin_logs = {}, {}
@@ -104,6 +106,7 @@ def kill_at(step_to_die: int):
     return on_log
 
 
+@pytest.mark.slow
 def test_killed_fused_run_resumes_from_per_model_checkpoints(float64, images, tmp_path):
     cfg = config()
     jobs = [FusedJob(j.setting, j.seed, tmp_path / f"m{i}.pt") for i, j in enumerate(JOBS[1:])]
@@ -129,6 +132,7 @@ def test_a_float64_model_runs_in_float64_whatever_precision_says(float64, images
     assert largest_difference(alone.model, as_float32[0].model) < TOLERANCE
 
 
+@pytest.mark.slow
 def test_killed_fused_run_resumes_to_the_same_weights_in_bfloat16(images, tmp_path):
     """The bfloat16 path (emulated where the CPU lacks it): a fused run killed part-way resumes
     from its checkpoints to the uninterrupted run's weights, and bfloat16 moved them off float32's."""
@@ -145,6 +149,7 @@ def test_killed_fused_run_resumes_to_the_same_weights_in_bfloat16(images, tmp_pa
         assert all(v.dtype == torch.float32 for v in b.model.state_dict().values())
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_fused_and_separate_training(float64, images, tmp_path):
     cfg = config()
     job = FusedJob(JOBS[3].setting, JOBS[3].seed, tmp_path / "tc.pt")
@@ -169,6 +174,7 @@ def test_checkpoints_move_between_fused_and_separate_training(float64, images, t
     assert largest_difference(outcomes[0].model, twin(other, cfg, images).model) < TOLERANCE
 
 
+@pytest.mark.slow
 def test_fused_training_in_segments_gives_the_weights_of_one_go(images, tmp_path):
     """Stopped at ¼ and ½ and resumed, in float32: bitwise the fused models of one go, checkpointed at each stop."""
     cfg = config(checkpoint_every=7)  # no regular checkpoint on a stop
@@ -186,6 +192,7 @@ def test_fused_training_in_segments_gives_the_weights_of_one_go(images, tmp_path
         fused(JOBS[:1], cfg, images, stop_at=5)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_settings_is_ignored(float64, images, tmp_path, caplog):
     cfg = config()
     path = tmp_path / "m.pt"

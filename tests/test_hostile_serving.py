@@ -32,8 +32,8 @@ from tubervae.data.images import inspect_image, load_model_input
 from tubervae.models.nets import VAE
 from tubervae.runs import quality_model, serving
 from tubervae.runs.quality_model import TuberQualityModel
+from tubervae.runs.registry import PIP_REQUIREMENTS
 from tubervae.runs.serving import BadRequest, InputLimits, images_from_input
-from tubervae.runs.tracker import PIP_REQUIREMENTS
 
 PROJECT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -382,6 +382,7 @@ def peak_rss(pid: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc")
+@pytest.mark.slow
 def test_served_classifier_refuses_hostile_requests_cleanly_and_stays_small(bombs, folders):
     tmp = folders["tmp"]
     model_dir = tmp / "model"

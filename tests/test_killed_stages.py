@@ -25,6 +25,8 @@ from tubervae.runs import training_run
 from tubervae.runs.tracker import Tracker
 from tubervae.stages import evalset
 
+pytestmark = pytest.mark.slow  # every test kills a subprocess
+
 STAGES = ("udr", "register", "classify", "evaluate")  # the order dvc repro runs them in
 PARAMS = {
     "search": {"seeds": 2, "min_active": 0},
@@ -36,14 +38,15 @@ PARAMS = {
 STOPPER = """
 import os, sys, time
 from pathlib import Path
+from tubervae.runs import registry
 from tubervae.runs.tracker import Tracker
 
-def stop_here(self, *args, **kwargs):
+def stop_here(*args, **kwargs):
     Path(sys.argv[2]).write_text(str(os.getpid()))
     time.sleep(3600)
 
 Tracker.log_artifacts = stop_here
-Tracker.log_pyfunc = stop_here
+registry.log_pyfunc = stop_here
 
 if __name__ == "__main__":
     from tubervae.cli import main

@@ -67,6 +67,7 @@ def cases():
 # --------------------------------------------------------------------------- aligned / rotated / noise
 
 
+@pytest.mark.slow
 def test_aligned_representation_scores_near_top(cases):
     # Hand-derived expectations, published definitions (the defaults):
     # - MIG: a discrete factor's levels fall in distinct bins of its copy, so I = H exactly; the other
@@ -94,6 +95,7 @@ def test_aligned_representation_scores_near_top(cases):
     assert top["per_factor"]["discrete"].tolist() == [True, True, True, False]
 
 
+@pytest.mark.slow
 def test_rotation_lowers_mig_dci_d_and_sap_but_keeps_informativeness(cases):
     # Rotating the copies of "shape" and "scale" by 45° gives z0 and z1 the same information on both.
     # - MIG: their gaps drop to ~0, the other two stay: ~0.96 -> ~0.48.
@@ -124,6 +126,7 @@ def test_rotation_lowers_mig_dci_d_and_sap_but_keeps_informativeness(cases):
         )
 
 
+@pytest.mark.slow
 def test_pure_noise_scores_near_zero_and_chance(cases):
     # No component carries anything: gaps are plug-in / sampling noise, predictions are at chance
     # (majority-class accuracy for DCI-I, one factor in four for FactorVAE).
@@ -253,6 +256,7 @@ def test_factor_vae_of_discrete_factors_copied_into_codes_is_one():
 # --------------------------------------------------------------------------- options and variants
 
 
+@pytest.mark.slow
 def test_sap_correlation_scores_are_squared_correlations(cases):
     factors, aligned, _ = cases
     result = sap(aligned, factors, random_state=0, method="correlation")
@@ -268,6 +272,7 @@ def test_sap_correlation_scores_are_squared_correlations(cases):
 
 
 @pytest.mark.parametrize("method", ["gbt_fast", "gbt_regressor", "lasso"])
+@pytest.mark.slow
 def test_other_dci_methods_separate_aligned_from_rotated(cases, method):
     factors, aligned, _ = cases
     rotated = _rotate_45(aligned, 0, 1)
@@ -281,6 +286,7 @@ def test_other_dci_methods_separate_aligned_from_rotated(cases, method):
     assert top["dci_informativeness_kind"] == ("accuracy" if method == "gbt_fast" else "r2")
 
 
+@pytest.mark.slow
 def test_dci_in_parallel_matches_serial(cases):
     factors, aligned, _ = cases
     serial = dci(aligned, factors, random_state=3, method="gbt_fast", n_train=200, n_test=100)
@@ -308,6 +314,7 @@ def test_discrete_factor_mask():
     np.testing.assert_array_equal(discrete_factor_mask(factors), [True, False, True, True])
 
 
+@pytest.mark.slow
 def test_constant_factor_is_skipped_not_crashing(cases):
     factors, aligned, _ = cases
     with_constant = np.hstack([factors, np.zeros((N, 1))])
@@ -322,6 +329,7 @@ def test_constant_factor_is_skipped_not_crashing(cases):
     assert result["factorvae_chance"] == pytest.approx(1 / 4)
 
 
+@pytest.mark.slow
 def test_same_random_state_gives_same_results(cases):
     factors, aligned, _ = cases
     small = aligned[:300], factors[:300]
@@ -337,6 +345,7 @@ def test_same_random_state_gives_same_results(cases):
     assert other == again
 
 
+@pytest.mark.slow
 def test_factor_vae_with_only_collapsed_components_scores_zero(cases):
     factors, _, _ = cases
     collapsed = np.full((N, 3), 0.3) + 1e-4 * np.random.default_rng(0).standard_normal((N, 3))

@@ -118,6 +118,7 @@ def dvc_project(tmp_path_factory):
 # ------------------------------------------------------------------ dvc repro
 
 
+@pytest.mark.slow
 def test_repro_builds_raw_and_processed_data(dvc_project):
     root = dvc_project["root"]
     out = dvc_project["output"]
@@ -193,6 +194,7 @@ def test_repro_builds_raw_and_processed_data(dvc_project):
     assert lock["preprocess"]["params"]["params.yaml"]["preprocess"]["image_size"] == SIZE
 
 
+@pytest.mark.slow
 def test_second_repro_does_nothing(dvc_project):
     root = dvc_project["root"]
     before = snapshot(root / "data")
@@ -208,6 +210,7 @@ def test_second_repro_does_nothing(dvc_project):
     assert status.returncode == 0 and "up to date" in status.stdout
 
 
+@pytest.mark.slow
 def test_preprocessing_is_deterministic(dvc_project, tmp_path):
     """Another simulation and preprocessing, in one process instead of two, gives the same data."""
     root = dvc_project["root"]
@@ -222,6 +225,7 @@ def test_preprocessing_is_deterministic(dvc_project, tmp_path):
     assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_changed_param_reruns_preprocess_only(dvc_project):
     root = dvc_project["root"]
     raw_stamps = {p: p.stat().st_mtime_ns for p in (root / "data/raw").rglob("*")}
@@ -244,6 +248,7 @@ def test_changed_param_reruns_preprocess_only(dvc_project):
     assert meta["data_version"] == dvc_project["data_version"]
 
 
+@pytest.mark.slow
 def test_invalid_param_fails_the_stage_without_output(dvc_project):
     root = dvc_project["root"]
     raw_before = snapshot(root / "data/raw")
@@ -266,6 +271,7 @@ def test_invalid_param_fails_the_stage_without_output(dvc_project):
     assert meta["data_version"] == dvc_project["data_version"]
 
 
+@pytest.mark.slow
 def test_stage_errors_leave_existing_output_untouched(dvc_project, tmp_path, monkeypatch, capsys):
     root = dvc_project["root"]
     before = snapshot(root / "data")
@@ -385,6 +391,7 @@ UNLABELLED_RUN = {
 }
 
 
+@pytest.mark.slow
 def test_dvc_repro_completes_on_a_synth_folder_without_labels_with_and_without_factors(tmp_path):
     """`tubervae synth` run from a folder without params.yaml writes a folder that imports as it is:
     no labels (no good/ or bad/), its factors.csv. The whole pipeline then completes: classify and the
@@ -525,6 +532,7 @@ def test_mlproject_entry_points_run_the_dvc_stage_commands():
     assert isinstance(train.seed, int)
 
 
+@pytest.mark.slow
 def test_hand_run_search_and_dvc_repro_agree(dvc_project):
     """A study resumed by hand to 2 trials, then `dvc repro`: the report says 2, as optuna.db does."""
     root = dvc_project["root"]

@@ -251,6 +251,15 @@ def test_scatter_threshold_colours_and_line():
     assert ax.get_xlabel() == "z0" and ax.get_ylabel() == "z3"
 
 
+def test_scatter_of_a_two_cut_rule_draws_both_cuts_and_its_title():
+    fig = plots.scatter_threshold_figure(
+        np.zeros((2, 2)), [0, 1], ["z9", "z5"], threshold=0.5, other_threshold=-1.0, title="bad if z9 < 0.5 or z5 > -1"
+    )
+    vertical, horizontal = fig.axes[0].get_lines()
+    assert np.allclose(vertical.get_xdata(), 0.5) and np.allclose(horizontal.get_ydata(), -1.0)
+    assert fig.axes[0].get_title() == "bad if z9 < 0.5 or z5 > -1"
+
+
 def test_scatter_threshold_on_y_axis_is_horizontal():
     fig = plots.scatter_threshold_figure(np.zeros((2, 2)), [0, 1], ["a", "b"], threshold=-1.0, threshold_axis=1)
     (line,) = fig.axes[0].get_lines()

@@ -1,7 +1,8 @@
-"""Every command in the README's shell blocks runs as written: a cheap smoke form of each.
+"""Every command in the documentation's shell blocks runs as written: a cheap smoke form of each.
 
-The README's ```bash blocks are split into simple commands (continuation lines joined,
-comments dropped, `&&`, `;` and `|` split). Each is checked without running it:
+The ```bash blocks of README.md and of every page under docs/ are split into simple commands
+(continuation lines joined, comments dropped, `&&`, `;` and `|` split). Each is checked without
+running it:
 
 - `make T …`: `make -n T …` succeeds (the target exists, its recipe expands);
 - `tubervae …`, `dvc …`, `mlflow …`: the program is in the environment and its own parser
@@ -11,13 +12,15 @@ comments dropped, `&&`, `;` and `|` split). Each is checked without running it:
   activation sets;
 - anything else (`git`, `curl`, `ls`, …) is a program found on PATH or a shell builtin.
 
-Inline `tubervae …` commands in the text go through the same parser. The quick read-only
-commands (`dvc metrics show`, `dvc status`) run as written, in a new shell whose PATH lacks
-the environment until the block activates it.
+Inline `tubervae …` commands in the text of those pages go through the same parser. The quick
+read-only commands of the README (`dvc metrics show`, `dvc status`) run as written, in a new
+shell whose PATH lacks the environment until the block activates it. Every relative link of
+README.md, docs/ and benchmarks/README.md leads to a file or folder of the project.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -31,6 +34,10 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
 README = PROJECT / "README.md"
+# The pages whose commands are checked: the README and every page of docs/ (results/ included).
+PAGES = [README, *sorted((PROJECT / "docs").rglob("*.md"))]
+# The pages whose links are checked.
+LINKED_PAGES = [*PAGES, PROJECT / "benchmarks" / "README.md"]
 BIN = Path(sys.executable).parent
 VENV_PROGRAMS = ("tubervae", "dvc", "mlflow")
 BUILTINS = {"cd", "export", "source", ".", "echo", "test"}
@@ -60,10 +67,14 @@ def simple_commands(block: str) -> list[list[str]]:
     return commands
 
 
-def readme_commands() -> list[tuple[int, list[str], bool]]:
-    """(block number, words, environment activated earlier in the block) for every command."""
+def page_name(page: Path) -> str:
+    return page.relative_to(PROJECT).as_posix()
+
+
+def page_commands(page: Path) -> list[tuple[int, list[str], bool]]:
+    """(block number, words, environment activated earlier in the block) for every command of a page."""
     found = []
-    for number, block in enumerate(bash_blocks(README.read_text())):
+    for number, block in enumerate(bash_blocks(page.read_text())):
         activated = False
         for words in simple_commands(block):
             found.append((number, words, activated))
@@ -72,10 +83,45 @@ def readme_commands() -> list[tuple[int, list[str], bool]]:
     return found
 
 
-def inline_tubervae_commands() -> list[list[str]]:
-    """`tubervae …` spans of the text, the family placeholder `F` filled in (`tubervae …` is not a command)."""
-    spans = sorted(set(re.findall(r"`(tubervae [^`…]+)`", README.read_text())))
-    return [["beta_vae" if w == "F" else w for w in shlex.split(span)] for span in spans]
+def readme_commands() -> list[tuple[int, list[str], bool]]:
+    return page_commands(README)
+
+
+def all_commands() -> list:
+    """Every page's commands as test parameters, each named by its page, block and words."""
+    return [
+        pytest.param(page_name(page), block, words, activated, id=f"{page_name(page)}:{block}:{' '.join(words)[:60]}")
+        for page in PAGES
+        for block, words, activated in page_commands(page)
+    ]
+
+
+def inline_tubervae_commands() -> list:
+    """`tubervae …` spans of every page, the family placeholder `F` filled in.
+
+    `tubervae …` itself and spans with an `<angle>` placeholder are not commands."""
+    params = []
+    for page in PAGES:
+        spans = sorted(set(re.findall(r"`(tubervae [^`…<]+)`", page.read_text())))
+        for span in spans:
+            words = ["beta_vae" if w == "F" else w for w in shlex.split(span)]
+            params.append(pytest.param(page_name(page), words, id=f"{page_name(page)}:{span}"))
+    return params
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^()\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def relative_links() -> list:
+    """Every relative `[text](path)` link of the linked pages; web, mail and in-page links left out."""
+    params = []
+    for page in LINKED_PAGES:
+        text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)  # links in code blocks are text
+        for target in sorted(set(LINK.findall(text))):
+            if target.startswith(("http://", "https://", "mailto:", "#")):
+                continue
+            params.append(pytest.param(page_name(page), target, id=f"{page_name(page)}:{target}"))
+    return params
 
 
 def check_click(group: click.Group, args: list[str]) -> None:
@@ -109,7 +155,10 @@ QUICK = {("dvc", "metrics", "show"), ("dvc", "status")}
 
 def test_the_readme_has_commands_to_check():
     programs = {words[0] for _, words, _ in readme_commands()}
-    assert {"make", "dvc", "tubervae", "mlflow"} <= programs, programs
+    assert {"make", "dvc", "tubervae"} <= programs, programs
+    everywhere = {words[0] for page in PAGES for _, words, _ in page_commands(page)}
+    assert {"make", "dvc", "tubervae", "mlflow"} <= everywhere, everywhere
+    assert len(PAGES) > 3 and all(page.is_file() for page in LINKED_PAGES)
 
 
 def test_quick_readme_commands_run_as_written_in_a_new_shell():
@@ -135,12 +184,8 @@ def test_quick_readme_commands_run_as_written_in_a_new_shell():
     assert bare.returncode != 0
 
 
-@pytest.mark.parametrize(
-    "block, words, activated",
-    readme_commands(),
-    ids=lambda value: " ".join(value)[:60] if isinstance(value, list) else str(value),
-)
-def test_readme_command_runs_as_written(block, words, activated):
+@pytest.mark.parametrize("page, block, words, activated", all_commands())
+def test_documented_command_runs_as_written(page, block, words, activated):
     program, args = words[0], words[1:]
     if program == "make":
         make = subprocess.run(["make", "-n", *args], cwd=PROJECT, capture_output=True, text=True, timeout=60)
@@ -151,8 +196,8 @@ def test_readme_command_runs_as_written(block, words, activated):
         return
     name = Path(program).name
     if name in VENV_PROGRAMS:
-        assert program == name, f"`{program}`: activate the environment and call `{name}` (block {block})"
-        assert activated, f"`{program}` runs only with the environment activated (block {block})"
+        assert program == name, f"`{program}`: activate the environment and call `{name}` ({page}, block {block})"
+        assert activated, f"`{program}` runs only with the environment activated ({page}, block {block})"
         try:
             check_venv_program(name, args)
         except SystemExit as exc:
@@ -161,11 +206,24 @@ def test_readme_command_runs_as_written(block, words, activated):
     assert program in BUILTINS or shutil.which(program), f"{program} is neither a shell builtin nor on PATH"
 
 
-@pytest.mark.parametrize("words", inline_tubervae_commands(), ids=" ".join)
-def test_inline_tubervae_commands_parse(words):
+@pytest.mark.parametrize("page, words", inline_tubervae_commands())
+def test_inline_tubervae_commands_parse(page, words):
     from tubervae import cli
 
+    parser = cli.build_parser()
     try:
-        cli.build_parser().parse_args(words[1:])
+        parser.parse_args(words[1:])
     except SystemExit as exc:
-        assert exc.code == 0 and "--help" in words, f"{' '.join(words)} does not parse (exit {exc.code})"
+        if exc.code != 0 and len(words) == 2:
+            # `tubervae train` names a subcommand in the text (its options are given elsewhere): it must exist.
+            subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+            assert words[1] in subcommands, f"{page}: `{' '.join(words)}` names no subcommand"
+            return
+        assert exc.code == 0 and "--help" in words, f"{page}: {' '.join(words)} does not parse (exit {exc.code})"
+
+
+@pytest.mark.parametrize("page, target", relative_links())
+def test_relative_links_lead_somewhere(page, target):
+    resolved = ((PROJECT / page).parent / target.split("#", 1)[0]).resolve()
+    assert resolved.is_relative_to(PROJECT), f"{page}: the link ({target}) leads out of the project"
+    assert resolved.exists(), f"{page}: the link ({target}) leads to nothing ({resolved.relative_to(PROJECT)})"

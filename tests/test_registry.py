@@ -38,6 +38,7 @@ from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
 from tubervae.data.images import inspect_image
 from tubervae.models.nets import VAE
+from tubervae.runs import vae_artifacts
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData
 from tubervae.stages import classify, register
@@ -279,9 +280,12 @@ def test_register_tags_the_champion_version(project):
 
 
 def logged_vae(client: MlflowClient, run_id: str):
-    """The MLflow model `vae` that the training run `run_id` logged (exactly one)."""
+    """The MLflow model that the training run `run_id` logged (exactly one), named for what it is."""
     experiment = client.get_run(run_id).info.experiment_id
-    (model,) = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}' AND name = 'vae'")
+    (model,) = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
+    params = client.get_run(run_id).data.params
+    beta = f"{float(params['beta']):.4g}".replace(".", "_")
+    assert model.name == f"vae-{params['family']}-beta{beta}-seed{params['seed']}"
     return model
 
 
@@ -338,6 +342,9 @@ def test_a_better_model_moves_the_alias_and_earlier_versions_stay(project):
     assert versions == [1, 2]
     earlier = client.get_model_version(VAE_NAME, "1")
     assert earlier.tags["source_run_id"] == project["runs"][2.0] and earlier.aliases == []
+    # The experiment's Models tab marks the served model, and only it.
+    assert logged_vae(client, project["runs"][6.0]).tags.get("champion") == VAE_NAME
+    assert "champion" not in logged_vae(client, project["runs"][2.0]).tags
     # Registering the same champion again adds no version and leaves the alias where it is.
     assert project["again"]["version"] == 2 and project["second_file"]["version"] == 2
 
@@ -500,6 +507,7 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
 # ------------------------------------------------------------ the UI and the served model
 
 
+@pytest.mark.slow
 def test_make_ui_serves_the_projects_store_and_prints_the_link_to_its_training_runs(project, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the Makefile's store, the project's mlflow.db
     root = with_makefile(project["root"])
@@ -517,6 +525,7 @@ def test_make_ui_serves_the_projects_store_and_prints_the_link_to_its_training_r
         assert status == 200 and "<html" in page.lower()
 
 
+@pytest.mark.slow
 def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(project, photos, tmp_path):
     """Served by `make serve`, as the README starts it: the champion of the project's own store."""
     env = {"TUBERVAE_INPUT_FOLDER": str(photos["path"].parent)}  # the `path` input is off without it
@@ -579,6 +588,7 @@ def test_a_16_bit_colour_photo_is_refused_at_ingestion(photos, tmp_path):
     assert inspect_image(tmp_path / "plain.png").status == "accepted"
 
 
+@pytest.mark.slow
 def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_reports_both(tmp_path, monkeypatch):
     """register.select: job: among the settings tied on UDR, the one whose multi-defect rule cross-validates best
     on the labelled photos becomes the champion; champion.json names both champions, and classify scores both on
@@ -598,7 +608,7 @@ def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_re
     expected = {}
     for run_id in runs.values():
         z = means(independent_vae(tmp_path, run_id, tmp_path), labelled["images"])
-        kl = tracker.latents(run_id)["kl"]
+        kl = vae_artifacts.latents(tracker, run_id)["kl"]
         informative = [int(j) for j in np.flatnonzero(kl > params.udr.kl_threshold)] or None
         rule = fit_any_of_rule(z, labelled["labels"] == 1, components=informative, max_rules=3, n_folds=5)
         expected[run_id] = max(rule.cv_balanced_accuracy)
@@ -663,6 +673,7 @@ def unlabelled_project(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", LABEL_CASES, ids=str)
+@pytest.mark.slow
 def test_register_and_classify_with_no_labels_one_class_or_few(unlabelled_project, case, caplog, monkeypatch):
     """Without both classes the job's selection falls back to UDR and classify writes its outputs with the
     reason, registering nothing; with 5 per class both run, and warn that the figures are rough."""

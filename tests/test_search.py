@@ -35,6 +35,7 @@ from conftest import free_port, http, make_target, started, with_makefile, write
 from tubervae.config import ConfigError, parse_params
 from tubervae.evaluation.udr import udr_scores
 from tubervae.runs import study as optuna_study
+from tubervae.runs import vae_artifacts
 from tubervae.runs.pool import SeedJob, TrainingPool, TrainingWorkerDied
 from tubervae.runs.pruning import make_pruner, prune_steps
 from tubervae.runs.study import fail_dead_local_trials, fingerprint, make_storage, storage_url, study_name
@@ -219,6 +220,7 @@ def test_storage_open_retries_when_workers_race_to_create_the_schema(tmp_path, m
     assert len(calls) == 3
 
 
+@pytest.mark.slow
 def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
     """A RUNNING trial whose worker process is gone fails with a reason and comes back WAITING.
 
@@ -318,7 +320,7 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
         assert [by_seed[s].info.run_id for s in (0, 1)] == trial.user_attrs["seed_run_ids"]
         assert all(r.info.status == "FINISHED" and r.data.tags["kind"] == "vae" for r in children)
         # The trial's UDR is the UDR of exactly these children's probe latents.
-        latents = [Tracker(project).latents(r) for r in trial.user_attrs["seed_run_ids"]]
+        latents = [vae_artifacts.latents(Tracker(project), r) for r in trial.user_attrs["seed_run_ids"]]
         recomputed = udr_scores([z["mu"] for z in latents], [z["kl"] for z in latents], similarity="spearman")
         assert np.nan_to_num(recomputed.scores) == pytest.approx(trial.user_attrs["udr_per_seed"])
 
@@ -331,6 +333,7 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
         assert is_png(project / "reports" / "search" / name)
 
 
+@pytest.mark.slow
 def test_grid_points_come_first_failures_are_recorded_and_infeasible_trials_never_win(
     project, no_pictures, monkeypatch
 ):
@@ -447,6 +450,7 @@ def kill_search_at_seed_1(project: Path, timeout: float) -> tuple[int, int]:
     return int(marker.read_text()), proc.pid
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpoint(project, no_pictures):
     (project / "params.yaml").write_text(yaml.safe_dump(RAW_PARAMS))
     kill_search_at_seed_1(project, timeout=120)
@@ -566,6 +570,7 @@ def postgres_url():
         shutil.rmtree(cluster, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_postgres_study_without_losing_or_repeating_trials(project, postgres_url):
     """Both workers start at once on a fresh study: exactly n_trials complete, distinct numbers and settings.
 
@@ -602,6 +607,7 @@ def test_two_workers_share_one_postgres_study_without_losing_or_repeating_trials
 # --- several models at once: a pool of training processes -------------------------------------------
 
 
+@pytest.mark.slow
 def test_parallel_workers_train_each_seed_once_and_as_in_process(project):
     """Two worker processes, two trials at once: every seed trains once, to the weights an in-process
     1-thread training of the same seed gives, nested under its own trial."""
@@ -633,11 +639,12 @@ def test_parallel_workers_train_each_seed_once_and_as_in_process(project):
         data_version=data.data_version,
         progress=False,
     )
-    there, _ = Tracker(project).load_vae(trial["seed_run_ids"][1])
+    there, _ = vae_artifacts.load_vae(Tracker(project), trial["seed_run_ids"][1])
     for name, value in here.model.state_dict().items():
         assert torch.equal(value.cpu(), there.state_dict()[name]), name
 
 
+@pytest.mark.slow
 def test_killed_search_takes_its_training_workers_along_and_resumes(project):
     """kill -9 of a search with a training pool: the workers die with it (no orphan trains on), and
     the rerun retries the trial, reuses the finished seed and resumes the cut one from its checkpoint."""
@@ -662,6 +669,7 @@ def test_killed_search_takes_its_training_workers_along_and_resumes(project):
     assert len(finished) == 2 and len({r.data.tags["run_key"] for r in finished}) == 2
 
 
+@pytest.mark.slow
 def test_a_training_worker_killed_while_its_search_lives_is_replaced_and_its_seed_resumes(project):
     """kill -9 of one pool worker (as the kernel's out-of-memory killer would) while two trials share the pool:
     the search starts fresh workers, the lost seeds go again from their checkpoints, every trial completes,
@@ -733,6 +741,7 @@ class _ScriptedPool(TrainingPool):
         return self.started[-1]
 
 
+@pytest.mark.slow
 def test_a_pool_sends_again_only_the_jobs_a_dead_worker_lost_and_keeps_the_others_results(project, monkeypatch):
     tracker = Tracker(project)
     marked = []
@@ -771,6 +780,7 @@ def test_a_pool_sends_again_only_the_jobs_a_dead_worker_lost_and_keeps_the_other
         pool.train(jobs[:2])
 
 
+@pytest.mark.slow
 def test_a_pool_whose_workers_keep_dying_gives_up_with_an_error_that_says_so(project):
     """Workers that cannot start (their data is gone) break the pool each time: after `max_restarts` fresh
     starts the pool stops with an error naming the seeds and what to do, instead of looping."""
@@ -814,6 +824,7 @@ def float64():
     torch.set_default_dtype(previous)
 
 
+@pytest.mark.slow
 def test_fused_seeds_keep_one_mlflow_run_each_and_are_reused_unfused(project, no_pictures, float64):
     """`train.fuse: always`: a trial's seeds train as one fused model, yet each seed has its own FINISHED run
     with its metric history, probe latents and the weights of its separately trained twin, and a study run
@@ -841,10 +852,12 @@ def test_fused_seeds_keep_one_mlflow_run_each_and_are_reused_unfused(project, no
             data_version=data.data_version,
             progress=False,
         )
-        fused, _ = Tracker(project).load_vae(run_id)
+        fused, _ = vae_artifacts.load_vae(Tracker(project), run_id)
         for name, value in alone.model.state_dict().items():
             torch.testing.assert_close(fused.state_dict()[name], value, atol=1e-9, rtol=0)
-        np.testing.assert_allclose(Tracker(project).latents(run_id)["kl"], alone.latents["kl"], rtol=1e-6)
+        np.testing.assert_allclose(
+            vae_artifacts.latents(Tracker(project), run_id)["kl"], alone.latents["kl"], rtol=1e-6
+        )
     assert not list((project / "checkpoints").glob("*.pt"))  # removed once each model is in MLflow
 
     again = run_search(project, merged(raw, train={"fuse": "never"}), n_trials=1)
@@ -873,6 +886,7 @@ def runs_of(root: Path, parent_id: str) -> list:
     return c.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
+@pytest.mark.slow
 def test_pruned_trials_are_killed_in_mlflow_leave_no_checkpoint_and_count_towards_n_trials(
     project, no_pictures, monkeypatch
 ):
@@ -929,6 +943,7 @@ def test_pruned_trials_are_killed_in_mlflow_leave_no_checkpoint_and_count_toward
     assert len(load_study(project, raw).get_trials()) == 3
 
 
+@pytest.mark.slow
 def test_a_setting_infeasible_part_way_is_judged_0_and_stopped_once_a_feasible_one_did_better(project, no_pictures):
     """β = 1000 collapses every component. As the first trial it has nothing to lose against and
     completes (infeasible); β = 1 then completes feasible (the infeasible trial sets no bar); β = 900,
@@ -957,6 +972,7 @@ def test_a_setting_infeasible_part_way_is_judged_0_and_stopped_once_a_feasible_o
 
 
 @pytest.mark.parametrize("where", ["here", "fused", "pool"])
+@pytest.mark.slow
 def test_a_trial_that_is_not_pruned_scores_as_without_pruning(project, no_pictures, empty_mlflow_db, where):
     """Segments in-process, fused or in the training pool: the same seeds, the same objective, bit for bit."""
     train = {"here": {}, "fused": {"fuse": "always"}, "pool": {"workers": 2}}[where]
@@ -979,10 +995,11 @@ def test_a_trial_that_is_not_pruned_scores_as_without_pruning(project, no_pictur
     assert [step for step, _ in b["intermediate_udr"]] == [5, 10] and a["intermediate_udr"] == []
     assert {r.info.status for r in all_runs(other)} == {"FINISHED"}
     for run_a, run_b in zip(a["seed_run_ids"], b["seed_run_ids"]):
-        za, zb = Tracker(project).latents(run_a), Tracker(other).latents(run_b)
+        za, zb = vae_artifacts.latents(Tracker(project), run_a), vae_artifacts.latents(Tracker(other), run_b)
         np.testing.assert_array_equal(za["mu"], zb["mu"])
 
 
+@pytest.mark.slow
 def test_a_search_killed_between_segments_resumes_each_seed_from_its_checkpoint(project, no_pictures):
     """Killed while seed 1 trains its second segment (seed 0 has finished it): the retry resumes seed 0 at
     step 10 and seed 1 at step 5, trains no step twice past its checkpoint, and leaves no run RUNNING."""

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from conftest import labelled_disc_splits, write_processed
 from tubervae import plots
 from tubervae.config import INFORMATIVE_KL, parse_params
+from tubervae.runs import vae_artifacts
 from tubervae.runs.study import storage_url
 from tubervae.runs.tracker import Tracker
 from tubervae.stages import classify, register, search, udr
@@ -80,10 +81,11 @@ def project(tmp_path, empty_mlflow_db, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_kl_threshold_reaches_udr_n_active_classify_and_plots(project, monkeypatch):
     first = run_search(project, parse_params(raw_params(INFORMATIVE_KL, seeds=2)))
     tracker = Tracker(project)
-    kls = {rid: tracker.latents(rid)["kl"] for rid in first["trials"][0]["seed_run_ids"]}
+    kls = {rid: vae_artifacts.latents(tracker, rid)["kl"] for rid in first["trials"][0]["seed_run_ids"]}
     threshold = between_two_kls(list(kls.values()))
 
     seen_thresholds = []
@@ -98,7 +100,7 @@ def test_kl_threshold_reaches_udr_n_active_classify_and_plots(project, monkeypat
     summary = run_search(project, params)
     (trial,) = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
     run_ids = trial["seed_run_ids"]
-    kls = {rid: tracker.latents(rid)["kl"] for rid in run_ids}
+    kls = {rid: vae_artifacts.latents(tracker, rid)["kl"] for rid in run_ids}
     counts = {rid: int((kl > threshold).sum()) for rid, kl in kls.items()}
     assert counts != {rid: int((kl > INFORMATIVE_KL).sum()) for rid, kl in kls.items()}
 

@@ -29,8 +29,16 @@ from conftest import write_processed
 from tubervae.config import INFORMATIVE_KL, TrainConfig, load_params
 from tubervae.models.nets import VAE
 from tubervae.runs import training_run as stage
+from tubervae.runs import vae_artifacts
 from tubervae.runs.tracker import Tracker
-from tubervae.training import NonFiniteLossError, Setting, checkpoint_identity, normalised_beta, train_model
+from tubervae.training import (
+    NonFiniteLossError,
+    Setting,
+    boundary,
+    checkpoint_identity,
+    normalised_beta,
+    train_model,
+)
 
 SIZE = 16
 LATENT = 4
@@ -235,6 +243,17 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_an
     assert torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 15
 
 
+def test_step_boundaries_by_hand():
+    """log every 4, checkpoint every 6, snapshot every 5, 12 steps in segments ending at 7 and 12."""
+    cfg = TrainConfig(steps=12, log_every=4, checkpoint_every=6, snapshot_every=5)
+    seen = {step: boundary(step, 7 if step <= 7 else 12, cfg) for step in range(1, 13)}
+    assert [s for s, b in seen.items() if b.log] == [4, 7, 8, 12]  # 7: the first segment's end
+    assert [s for s, b in seen.items() if b.checkpoint] == [6, 7, 12]
+    assert [s for s, b in seen.items() if b.window] == [4, 6, 7, 8, 12]
+    assert [s for s, b in seen.items() if b.snapshot] == [5, 10]
+    assert not any(boundary(s, 12, TrainConfig(steps=12, snapshot_every=0)).snapshot for s in range(1, 13))
+
+
 def test_training_in_segments_gives_the_weights_and_logs_of_one_go(data, tmp_path):
     """Stopped at ¼ and ½ and resumed (what a pruning search does): bitwise the weights of one go.
 
@@ -264,6 +283,7 @@ def test_training_in_segments_gives_the_weights_and_logs_of_one_go(data, tmp_pat
         train(data, cfg, setting, checkpoint_path=path, stop_at=21)
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_the_eager_one_and_resumes_to_its_own_weights(data, tmp_path):
     """train.compile: the same noise and batches as eager (weights equal up to float reordering), the
     same weights again on a second compiled run, and a compiled run killed part-way resumes to them."""
@@ -380,6 +400,7 @@ def test_finite_loss_with_non_finite_gradient_never_reaches_the_checkpoint(data,
 # --------------------------------------------------------------------------- the MLflow run
 
 
+@pytest.mark.slow
 def test_a_run_with_system_metrics_logs_them_and_the_experiment_opens_on_its_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
     tracker = Tracker(tmp_path)
@@ -437,11 +458,11 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     paths = artifact_paths(client, rid)
     wanted = set(FIGURES) | {"latents.npz", "model/model.pt", "model/config.json"}
     assert wanted <= paths, wanted - paths
-    # the figures as images at their step: every 3 steps (snapshot_every) and at the end (step 5)
+    # the figures as images at their step: the untrained model (0), every 3 steps (snapshot_every), the end (5)
     stepped = {
         (p.split("+")[0].removeprefix("images/"), int(p.split("+")[2])) for p in paths if p.startswith("images/")
     }
-    assert stepped == {(f.removesuffix(".png"), step) for f in FIGURES for step in (3, 5)}
+    assert stepped == {(f.removesuffix(".png"), step) for f in FIGURES for step in (0, 3, 5)}
 
     local = download(client, rid, "", tmp_path / "download")
     for name in set(FIGURES) | {p for p in paths if p.startswith("images/") and p.endswith(".png")}:
@@ -608,6 +629,7 @@ train:
 """
 
 
+@pytest.mark.slow
 def test_sigkilled_cli_run_resumes_to_the_weights_of_an_uninterrupted_run(
     tmp_path, caplog, empty_mlflow_db, no_figures
 ):
@@ -749,6 +771,22 @@ def test_checkpoint_goes_once_the_model_is_in_mlflow_unless_kept(tmp_path, empty
     run_stage(tmp_path, tiny_cfg(steps=5, keep_checkpoints=True), beta=2.0)
     (kept,) = (tmp_path / "checkpoints").glob("*.pt")
     assert torch.load(kept, weights_only=True)["step"] == 5
+
+
+def test_a_run_without_figures_draws_none_and_trains_the_same_weights(tmp_path, empty_mlflow_db):
+    new_project(tmp_path, empty_mlflow_db)
+    drawn = run_stage(tmp_path, tiny_cfg(steps=5, snapshot_every=2))
+    plain = run_stage(tmp_path, tiny_cfg(steps=5, snapshot_every=2, figures=False))
+    client = client_for(tmp_path)
+    paths = artifact_paths(client, plain["run_id"])
+    assert "model/model.pt" in paths and not [p for p in paths if p.endswith(".png")]
+    assert any(p.startswith("images/") for p in artifact_paths(client, drawn["run_id"]))
+    # `figures` only watches: the same training key (a search reuses either run) and the same weights.
+    tags = [client.get_run(r["run_id"]).data.tags["run_key"] for r in (drawn, plain)]
+    assert tags[0] == tags[1]
+    weights = [vae_artifacts.load_vae(Tracker(tmp_path), r["run_id"])[0].state_dict() for r in (drawn, plain)]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("beta", [float("nan"), -1.0, 0.0])

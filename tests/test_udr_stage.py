@@ -412,6 +412,7 @@ def test_clear_errors_without_models(tmp_path, empty_mlflow_db):
     assert not (root / "reports" / "udr").exists()
 
 
+@pytest.mark.slow
 def test_mlflow_run_udr_entry_point_reuses_the_run(udr_root):
     """`mlflow run . -e udr --env-manager local` from the project root logs into the run it opens."""
     root = udr_root["root"]
@@ -484,6 +485,7 @@ def test_bootstrap_spearman_edge_cases():
     assert evaluate_stage.bootstrap_spearman(x[:2], x[:2], 50, rng)["rho"] is None
 
 
+@pytest.mark.slow
 def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkeypatch):
     root = fresh_root(tmp_path / "project", empty_mlflow_db)
     write_processed_discs(root, n_train=120, n_test=60)

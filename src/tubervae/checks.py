@@ -11,6 +11,8 @@ import math
 from numbers import Integral, Real
 from typing import Any
 
+import numpy as np
+
 
 def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer (not a bool) within ``[minimum, maximum]``."""
@@ -42,6 +44,46 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
+
+
+def check_array(name: str, value: Any, *, ndim: int = 2, min_rows: int = 1, min_columns: int = 1) -> np.ndarray:
+    """A finite real array of `ndim` dimensions (1 or 2), as float64; booleans count as 0 and 1.
+
+    `min_rows` and `min_columns` (2-D only) say how much data the caller needs to compute anything.
+    """
+    array = np.asarray(value)
+    kind = array.dtype
+    if not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating) or kind == np.bool_):
+        raise TypeError(f"{name} must be a numeric array, got dtype {kind}")
+    layout = "(n,)" if ndim == 1 else "(n, columns)"
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array {layout}, got shape {array.shape}")
+    if array.shape[0] < min_rows or (ndim == 2 and array.shape[1] < min_columns):
+        need = f"{min_rows} row(s)" + (f" and {min_columns} column(s)" if ndim == 2 else "")
+        raise ValueError(f"{name} must have at least {need}, got shape {array.shape}")
+    array = array.astype(np.float64)
+    finite = np.isfinite(array)
+    if not finite.all():
+        where = tuple(int(i) for i in np.argwhere(~finite)[0])
+        place = f"row {where[0]}" + (f", column {where[1]}" if ndim == 2 else "")
+        raise ValueError(f"{name} must be finite; found {array[where]} at {place}")
+    return array
+
+
+def check_random_state(random_state: Any) -> np.random.Generator:
+    """A numpy Generator from a non-negative int seed, or the caller's own Generator (its stream goes on)."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    return np.random.default_rng(check_seed(random_state))
+
+
+def check_seed(random_state: Any) -> int:
+    """An int seed for what takes one (scikit-learn, torch): the int itself, or one drawn from a Generator."""
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**31 - 1))
+    if isinstance(random_state, bool) or not isinstance(random_state, Integral) or random_state < 0:
+        raise ValueError(f"random_state must be a non-negative int or a numpy Generator, got {random_state!r}")
+    return int(random_state)
 
 
 def _bounds_text(minimum, maximum, *, strict: bool) -> str:

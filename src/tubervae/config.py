@@ -49,6 +49,7 @@ OBSERVATION_ONLY_KEYS = (
     "workers",
     "keep_checkpoints",
     "fuse",  # a fused model equals its separately trained twin (tests/test_fused.py)
+    "figures",
 )
 
 
@@ -109,6 +110,7 @@ class TrainConfig:
     keep_checkpoints: bool = _rule(False)  # false: a run's checkpoint goes once its model is safely in MLflow
     log_every: int = _rule(50, min=1)
     snapshot_every: int = _rule(1000, min=0)  # traversal/reconstruction pictures during training; 0 = end only
+    figures: bool = _rule(True)  # false: no pictures at all (a benchmark timing the training alone)
     device: str = _rule("auto", choices=DEVICES)
     precision: str = _rule("auto", choices=PRECISIONS)  # bfloat16: autocast forward pass; auto: where it is native
     threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores

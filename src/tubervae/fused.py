@@ -37,6 +37,7 @@ from tubervae.training import (
     Setting,
     as_input,
     autocast_bfloat16,
+    boundary,
     check_finite_terms,
     check_finite_weights,
     checkpoint_identity,
@@ -48,6 +49,7 @@ from tubervae.training import (
     save_checkpoint,
     segment_end,
     select_device,
+    snapshot_first,
 )
 
 log = logging.getLogger(__name__)
@@ -80,15 +82,25 @@ class _Member:
 
 
 # The batch's memory layout per device type: under `vmap` a convolution becomes a grouped convolution,
-# whose fastest layout differs by device (benchmarks/bench_gpu_layout.py measures it).
-INPUT_LAYOUT = {"cpu": torch.channels_last, "cuda": torch.channels_last}
+# whose fastest layout differs by device (benchmarks/bench_gpu_layout.py and bench_gpu.py --layout measure it).
+_INPUT_LAYOUT = {"cpu": torch.channels_last, "cuda": torch.channels_last}
+
+# `(params, cfg, device) -> optimiser`, as `training.new_optimiser`.
+OptimiserFactory = Callable[[object, TrainConfig, torch.device], torch.optim.Optimizer]
 
 
-def _fresh_member(job: FusedJob, cfg: TrainConfig, image_size: int, device: torch.device, identity: dict) -> _Member:
+def _fresh_member(
+    job: FusedJob,
+    cfg: TrainConfig,
+    image_size: int,
+    device: torch.device,
+    identity: dict,
+    make_optimiser: OptimiserFactory,
+) -> _Member:
     """The twin's state at step 0, drawn exactly as `train_model` draws it."""
     torch.manual_seed(job.seed)
     net = VAE(image_size=image_size, latent_dim=cfg.latent_dim).to(device, memory_format=torch.channels_last)
-    adam = new_optimiser(net.parameters(), cfg, device)
+    adam = make_optimiser(net.parameters(), cfg, device)
     cpu_rng = torch.get_rng_state()
     noise = torch.Generator(device=device)
     if device.type == "cpu":
@@ -107,7 +119,7 @@ def _fresh_member(job: FusedJob, cfg: TrainConfig, image_size: int, device: torc
     )
 
 
-def _restore(member: _Member, cfg: TrainConfig, device: torch.device) -> None:
+def _restore(member: _Member, cfg: TrainConfig, device: torch.device, make_optimiser: OptimiserFactory) -> None:
     """Continue from the member's checkpoint when it is sound and its own (as `train_model` would)."""
     path = member.job.checkpoint_path
     if not path:
@@ -116,7 +128,7 @@ def _restore(member: _Member, cfg: TrainConfig, device: torch.device) -> None:
     if state is None:
         return
     net = copy.deepcopy(member.net)
-    adam = new_optimiser(net.parameters(), cfg, device)
+    adam = make_optimiser(net.parameters(), cfg, device)
     try:
         net.load_state_dict(state["model"])
         adam.load_state_dict(state["optimiser"])
@@ -161,12 +173,12 @@ def _vmapped(net: VAE):
 class _Stack:
     """The members' weights and Adam moments as stacked leaf tensors, and their way back."""
 
-    def __init__(self, members: Sequence[_Member], cfg: TrainConfig):
+    def __init__(self, members: Sequence[_Member], cfg: TrainConfig, make_optimiser: OptimiserFactory):
         nets = [m.net for m in members]
         self.names = [name for name, _ in nets[0].named_parameters()]
         params, _ = stack_module_state(nets)
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        self.adam = new_optimiser([self.params[k] for k in self.names], cfg, self.params[self.names[0]].device)
+        self.adam = make_optimiser([self.params[k] for k in self.names], cfg, self.params[self.names[0]].device)
         states = [m.adam_state["state"] for m in members]
         if states[0]:  # resumed: stack each parameter's moments and step count
             stacked = {}
@@ -224,9 +236,11 @@ def _segment(
     on_snapshot: Callable[[int, VAE, int], None] | None,
     progress: bool,
     end: int,
+    make_optimiser: OptimiserFactory,
+    layout: torch.memory_format,
 ) -> None:
     """Train members that stand at the same step together up to step `end` (checkpointed there)."""
-    stack = _Stack(members, cfg)
+    stack = _Stack(members, cfg, make_optimiser)
     enc = {k.removeprefix("encoder."): v for k, v in stack.params.items() if k.startswith("encoder.")}
     dec = {k.removeprefix("decoder."): v for k, v in stack.params.items() if k.startswith("decoder.")}
     encode, decode = _vmapped(members[0].net)
@@ -238,6 +252,10 @@ def _segment(
     low_precision = autocast_bfloat16(cfg.precision, device, members[0].net)
     n, b, d = len(members), cfg.batch_size, cfg.latent_dim
     step = members[0].step
+    if on_snapshot and snapshot_first(step, cfg):
+        stack.write_back(members)
+        for g, m in enumerate(members):
+            on_snapshot(g, m.net, 0)
     sums, count = [None] * len(groups), 0
     bar = tqdm(total=cfg.steps, initial=step, desc=f"{n} fused models", unit="step", disable=not progress, leave=False)
     while step < end:
@@ -246,7 +264,7 @@ def _segment(
             idx = idx.pin_memory().to(device, non_blocking=True)
         else:
             idx = idx.to(device)
-        x = as_input(data[idx]).contiguous(memory_format=INPUT_LAYOUT.get(device.type, torch.channels_last))
+        x = as_input(data[idx]).contiguous(memory_format=layout)
         x = x.view(n, b, *data.shape[1:])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
             mu, logvar = encode(enc, x)
@@ -269,7 +287,8 @@ def _segment(
         stack.adam.step()
         step += 1
         count += 1
-        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end:
+        closes = boundary(step, end, cfg)
+        if closes.window:
             for k, (index, _, _) in enumerate(groups):
                 means = (sums[k] / count).cpu().numpy()
                 labels = names[k] + [f"kl/z{j}" for j in range(d)]
@@ -278,14 +297,14 @@ def _segment(
                     m.step = step
                     check_finite_terms(labels, row, m.job.setting, m.job.seed, step - count + 1, step)
                     m.last = dict(zip(labels, (float(v) for v in row)))
-                    if on_log and (step % cfg.log_every == 0 or step == end):
+                    if on_log and closes.log:
                         on_log(g, m.last, step)
             sums, count = [None] * len(groups), 0
-            if step % cfg.checkpoint_every == 0 or step == end:
+            if closes.checkpoint:
                 stack.write_back(members)
                 for m in members:
                     _checkpoint(m, device)
-        if on_snapshot and cfg.snapshot_every and step % cfg.snapshot_every == 0 and step < cfg.steps:
+        if on_snapshot and closes.snapshot:
             stack.write_back(members)
             for g, m in enumerate(members):
                 on_snapshot(g, m.net, step)
@@ -308,6 +327,8 @@ def train_fused(
     on_snapshot: Callable[[int, VAE, int], None] | None = None,
     progress: bool = False,
     stop_at: int | None = None,
+    make_optimiser: OptimiserFactory = new_optimiser,
+    input_layout: torch.memory_format | None = None,
 ) -> list[Outcome]:
     """Train every job as one fused model; the outcomes are in the jobs' order.
 
@@ -315,6 +336,13 @@ def train_fused(
     `train_model`'s callbacks receive, per job. `stop_at` is `train_model`'s: train up to that step,
     checkpoint every model there, and hand back the models as they stand (a model whose checkpoint is
     already past it is not trained).
+
+    `make_optimiser` and `input_layout` change how fast a step runs, not what it computes (to
+    rounding), so that a benchmark can time the alternatives (benchmarks/bench_gpu.py):
+    `make_optimiser(params, cfg, device)` builds the optimiser, `training.new_optimiser` by default
+    (``functools.partial(new_optimiser, fused=False)``: PyTorch's per-tensor Adam; any other must
+    keep Adam's state, which is stacked per model); `input_layout` is the batch's memory format,
+    None for the one measured fastest on the device (channels_last).
     """
     if not jobs:
         raise ValueError("train_fused needs at least one job")
@@ -334,10 +362,11 @@ def train_fused(
     members = []
     for job in jobs:
         identity = checkpoint_identity(job.setting, job.seed, cfg, data_version, image_size)
-        member = _fresh_member(job, cfg, image_size, device, identity)
-        _restore(member, cfg, device)
+        member = _fresh_member(job, cfg, image_size, device, identity, make_optimiser)
+        _restore(member, cfg, device, make_optimiser)
         members.append(member)
     data = images_to_tensor(train_images, device)
+    layout = input_layout or _INPUT_LAYOUT.get(device.type, torch.channels_last)
     for start in sorted({m.step for m in members}):
         group = [m for m in members if m.step == start]
         if start < end:
@@ -351,6 +380,8 @@ def train_fused(
                 None if on_snapshot is None else (lambda g, model, step, w=where: on_snapshot(w[g], model, step)),
                 progress,
                 end,
+                make_optimiser,
+                layout,
             )
     outcomes = []
     for m in members:

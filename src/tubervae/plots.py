@@ -29,6 +29,7 @@ from scipy import stats
 from tubervae.config import INFORMATIVE_KL
 
 __all__ = [
+    "close",
     "distribution_figure",
     "history_figure",
     "image_grid_figure",
@@ -178,8 +179,8 @@ def image_grid_figure(rows, titles=None, row_labels=None) -> Figure:
 
     Why not `torchvision.utils.make_grid`: it tiles pixels only, and these grids are read by their
     labels (each traversal row's component and KL, each misclassified photo's scores).
-    The grid is one mosaic on one axes, labelled by its ticks: with a subplot per image, a
-    run's traversal and reconstructions took 6x as long to draw (benchmarks/bench_figures.py).
+    The grid is one mosaic on one axes, labelled by its ticks: a subplot per image made a run's
+    traversal and reconstructions several times slower to draw (benchmarks/bench_figures.py).
 
     ``rows`` is a sequence of ``(m_r, h, w, 3)`` arrays (uint8 or float in [0, 1]) or one
     ``(r, m, h, w, 3)`` array. ``titles`` is either ``m`` column titles (flat sequence,
@@ -466,10 +467,20 @@ def table_figure(df: pd.DataFrame, title: str = "") -> Figure:
 # --------------------------------------------------------------------------- scatter and lines
 
 
-def scatter_threshold_figure(values_2d, labels_bad, component_names, threshold=None, threshold_axis: int = 0) -> Figure:
+def scatter_threshold_figure(
+    values_2d,
+    labels_bad,
+    component_names,
+    threshold=None,
+    threshold_axis: int = 0,
+    *,
+    other_threshold=None,
+    title: str = "labelled images on the relevant components",
+) -> Figure:
     """Labelled images on two latent components (thesis fig. 4.23): red bad, blue good.
 
-    ``threshold`` draws the decision boundary on component ``threshold_axis`` (0 = x, 1 = y).
+    ``threshold`` draws the decision boundary on component ``threshold_axis`` (0 = x, 1 = y), and
+    ``other_threshold`` a second one on the other axis (a rule of two cuts, one per component).
     """
     values = np.asarray(values_2d, dtype=float)
     if values.ndim != 2 or values.shape[1] != 2:
@@ -485,15 +496,17 @@ def scatter_threshold_figure(values_2d, labels_bad, component_names, threshold=N
     ax = fig.add_subplot()
     ax.scatter(*values[~bad].T, s=14, c=_GOOD_COLOUR, alpha=0.7, label=f"good ({int((~bad).sum())})")
     ax.scatter(*values[bad].T, s=14, c=_BAD_COLOUR, alpha=0.7, label=f"bad ({int(bad.sum())})")
-    if threshold is not None:
-        threshold = float(threshold)
-        if not np.isfinite(threshold):
-            raise ValueError(f"threshold must be finite, got {threshold}")
-        line = ax.axvline if threshold_axis == 0 else ax.axhline
-        line(threshold, color="black", ls="--", lw=1.2, label=f"threshold {names[threshold_axis]} = {threshold:.2f}")
+    for value, axis, style in ((threshold, threshold_axis, "--"), (other_threshold, 1 - threshold_axis, ":")):
+        if value is None:
+            continue
+        value = float(value)
+        if not np.isfinite(value):
+            raise ValueError(f"threshold must be finite, got {value}")
+        line = ax.axvline if axis == 0 else ax.axhline
+        line(value, color="black", ls=style, lw=1.2, label=f"threshold {names[axis]} = {value:.2f}")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
-    ax.set_title("labelled images on the relevant components")
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return fig
 
@@ -708,11 +721,11 @@ def save_figure(fig: Figure, path, *, dpi: int = 120) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     finally:
-        _close(fig)
+        close(fig)
     return path
 
 
-def _close(fig: Figure) -> None:
+def close(fig: Figure) -> None:
     """Release a figure; also drops it from pyplot if a caller created it there."""
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:

@@ -90,6 +90,7 @@ class Outcome:
 
 
 def select_device(name: str = "auto") -> torch.device:
+    """The device `train.device` names; "auto" takes CUDA, then Apple's MPS, then the CPU."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -104,7 +105,7 @@ def select_device(name: str = "auto") -> torch.device:
 def resolve_precision(name: str, device: torch.device) -> str:
     """`train.precision` as it runs: 'auto' is bfloat16 where the hardware computes it natively
     (CUDA GPUs that support it; CPUs with AVX-512 BF16 or AMX), float32 elsewhere. On a CPU without
-    native bfloat16, autocast emulates it and runs about 2.4× slower than float32."""
+    native bfloat16, autocast emulates it, slower than float32 (benchmarks/bench_train.py)."""
     if name != "auto":
         return name
     if device.type == "cuda":
@@ -160,9 +161,10 @@ def weight_identity(cfg: TrainConfig) -> dict:
 
 def compiled(model: VAE):
     """`torch.compile` of the network (inductor), sharing its parameters: on a CPU it fuses the many
-    small elementwise steps around the convolutions (benchmarks/bench_cpu_compile.py: 1.4-1.5× a
-    32×32 step on one thread, after 5-25 s of compiling). The sampling noise stays PyTorch's own
-    (`fallback_random`), so a seed draws what it draws uncompiled and a resumed run what it would have."""
+    small elementwise steps around the convolutions, which can repay the one-off compiling on some
+    hosts and not on others (benchmarks/bench_cpu_compile.py), hence `train.compile` stays opt-in.
+    The sampling noise stays PyTorch's own (`fallback_random`), so a seed draws what it draws
+    uncompiled and a resumed run what it would have."""
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
@@ -170,9 +172,9 @@ def compiled(model: VAE):
 
 
 def new_optimiser(params, cfg: TrainConfig, device: torch.device, *, fused: bool | None = None) -> torch.optim.Adam:
-    """The thesis's Adam. On a CPU or CUDA device it runs as one fused kernel: on a CPU the
-    per-tensor loop is about an eighth of a 32×32 step, and the fused one trains 1.07×
-    the steps per second (benchmarks/bench_train.py). The update is the same to rounding.
+    """The thesis's Adam. On a CPU or CUDA device it runs as one fused kernel: a small network's
+    per-tensor loop over its parameters is a noticeable share of its step, and the fused kernel
+    trains more steps per second (benchmarks/bench_train.py). The update is the same to rounding.
     `fused=False` keeps PyTorch's default loop, the benchmarks' baseline."""
     if fused is None:
         fused = device.type in ("cpu", "cuda")
@@ -328,6 +330,39 @@ def segment_end(cfg: TrainConfig, stop_at: int | None, *, resumable: bool) -> in
     return stop_at
 
 
+@dataclass(frozen=True)
+class Boundary:
+    """What a training step closes: a logging window, a checkpoint, a figure snapshot."""
+
+    log: bool
+    checkpoint: bool
+    snapshot: bool
+
+    @property
+    def window(self) -> bool:
+        """The running means are read (and checked) whenever a log or a checkpoint falls."""
+        return self.log or self.checkpoint
+
+
+def boundary(step: int, end: int, cfg: TrainConfig) -> Boundary:
+    """What step `step` (just taken) closes, in a segment that stops at `end`.
+
+    A segment's end logs its partial window and checkpoints, so that training in segments logs and
+    saves what one go would; the last step draws no snapshot, because the finished run draws its own.
+    """
+    return Boundary(
+        log=step % cfg.log_every == 0 or step == end,
+        checkpoint=step % cfg.checkpoint_every == 0 or step == end,
+        snapshot=bool(cfg.snapshot_every) and step % cfg.snapshot_every == 0 and step < cfg.steps,
+    )
+
+
+def snapshot_first(step: int, cfg: TrainConfig) -> bool:
+    """Whether a run starting at `step` first draws its untrained model (step 0), so that the UI's image
+    slider shows what training changed; a resumed run drew it when it started."""
+    return step == 0 and bool(cfg.snapshot_every)
+
+
 def train_model(
     setting: Setting,
     seed: int,
@@ -342,6 +377,7 @@ def train_model(
     on_snapshot: Callable[[VAE, int], None] | None = None,
     progress: bool = True,
     stop_at: int | None = None,
+    make_optimiser: Callable[..., torch.optim.Optimizer] = new_optimiser,
 ) -> Outcome:
     """Train one VAE; resume from `checkpoint_path` when it holds a matching checkpoint.
 
@@ -362,7 +398,7 @@ def train_model(
         """The run's state at step 0: everything the seed decides."""
         torch.manual_seed(seed)
         net = VAE(image_size=image_size, latent_dim=cfg.latent_dim).to(device, memory_format=torch.channels_last)
-        return net, new_optimiser(net.parameters(), cfg, device), torch.Generator().manual_seed(seed)
+        return net, make_optimiser(net.parameters(), cfg, device), torch.Generator().manual_seed(seed)
 
     model, optimiser, batches = fresh()
     data = images_to_tensor(train_images, device)
@@ -420,6 +456,8 @@ def train_model(
         leave=False,
     )
     low_precision = autocast_bfloat16(cfg.precision, device, model)
+    if on_snapshot and snapshot_first(step, cfg):  # draws without drawing randomness: the weights stay the same
+        on_snapshot(model, 0)
     model.train()
     forward = compiled(model) if cfg.compile else model
     while step < end:
@@ -447,8 +485,8 @@ def train_model(
             names = scalars + [f"kl/z{j}" for j in range(cfg.latent_dim)]
         sums = row if sums is None else sums + row
 
-        boundary = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end
-        if boundary:
+        closes = boundary(step, end, cfg)
+        if closes.window:
             means = (sums / count).cpu().numpy()
             try:
                 check_finite_terms(names, means, setting, seed, step - count + 1, step)
@@ -456,14 +494,14 @@ def train_model(
                 bar.close()
                 raise
             last = dict(zip(names, (float(v) for v in means)))
-            if step % cfg.log_every == 0 or step == end:  # a segment's end logs its partial window
+            if closes.log:
                 if on_log:
                     on_log(last, step)
                 bar.set_postfix({k: f"{last[k]:.3g}" for k in scalars}, refresh=False)
             sums, count = None, 0
-            if step % cfg.checkpoint_every == 0 or step == end:
+            if closes.checkpoint:
                 checkpoint()
-        if on_snapshot and cfg.snapshot_every and step % cfg.snapshot_every == 0 and step < cfg.steps:
+        if on_snapshot and closes.snapshot:
             on_snapshot(model, step)
             model.train()
         bar.update(1)

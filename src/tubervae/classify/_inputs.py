@@ -14,24 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from tubervae.checks import check_int
-
-
-def as_latents(latents: Any, name: str = "latents") -> np.ndarray:
-    """A finite numeric ``(n, d)`` array with ``n, d >= 1``, as float64."""
-    array = np.asarray(latents)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (n, d) array, got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one row and one column, got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
-    array = array.astype(np.float64)
-    if not np.all(np.isfinite(array)):
-        bad_rows = np.flatnonzero(~np.all(np.isfinite(array), axis=1))
-        raise ValueError(f"{name} must be finite; {bad_rows.size} row(s) hold NaN or inf, first at row {bad_rows[0]}")
-    return array
-
 
 def as_labels(bad: Any, name: str = "bad", n: int | None = None) -> np.ndarray:
     """A 1-D boolean array (True = bad) from booleans or 0/1 numbers, of length ``n`` if given."""
@@ -78,11 +60,6 @@ def as_components(components: Iterable[int] | None, d: int) -> list[int]:
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"components must not repeat, got {chosen!r}")
     return [int(c) for c in chosen]
-
-
-def as_random_state(random_state: Any) -> int:
-    """A non-negative integer seed."""
-    return check_int("random_state", random_state, minimum=0)
 
 
 def as_images(images: Any, name: str = "images") -> np.ndarray:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from tubervae.checks import check_int, check_real
-from tubervae.classify._inputs import as_components, as_labels, as_latents, as_random_state, require_both_classes
+from tubervae.checks import check_array, check_int, check_real, check_seed
+from tubervae.classify._inputs import as_components, as_labels, require_both_classes
 from tubervae.classify.rules import DIRECTIONS, ThresholdRule, fit_threshold_rule
 
 __all__ = ["DEFAULT_MAX_RULES", "DEFAULT_N_FOLDS", "AnyOfRule", "fit_any_of_rule", "greedy_any_of_rule"]
@@ -91,7 +91,7 @@ class AnyOfRule:
 
     def fired(self, latents: Any) -> np.ndarray:
         """Boolean ``(n, k)``: which member rule calls which image bad, so a verdict can be explained."""
-        array = as_latents(latents)
+        array = check_array("latents", latents)
         return np.column_stack([r.predict(array) for r in self.rules])
 
     def predict(self, latents: Any) -> np.ndarray:
@@ -103,7 +103,7 @@ class AnyOfRule:
 
         Positive exactly where :meth:`predict` says bad.
         """
-        array = as_latents(latents)
+        array = check_array("latents", latents)
         return np.max(np.column_stack([r.score(array) / s for r, s in zip(self.rules, self.scales)]), axis=1)
 
     def describe(self) -> str:
@@ -226,7 +226,7 @@ def _assemble(array: np.ndarray, bad: np.ndarray, rules: list[ThresholdRule], cv
 
 
 def _validated(latents: Any, bad: Any, components: Iterable[int] | None, max_rules: Any):
-    array = as_latents(latents)
+    array = check_array("latents", latents)
     labels = as_labels(bad, n=array.shape[0])
     require_both_classes(labels)
     candidates = as_components(components, array.shape[1])
@@ -272,7 +272,7 @@ def fit_any_of_rule(
 
     array, labels, candidates, max_rules = _validated(latents, bad, components, max_rules)
     n_folds = check_int("n_folds", n_folds, minimum=2)
-    seed = as_random_state(random_state)
+    seed = check_seed(random_state)
     folds = min(n_folds, int(labels.sum()), int((~labels).sum()))
     if folds < 2:
         return _assemble(array, labels, _greedy_rules(array, labels, candidates, 1), ())

@@ -16,13 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tubervae.checks import check_int
+from tubervae.checks import check_array, check_int, check_seed
 from tubervae.classify._inputs import (
     as_components,
     as_images,
     as_labels,
-    as_latents,
-    as_random_state,
     require_both_classes,
 )
 from tubervae.classify.any_rule import fit_any_of_rule
@@ -75,16 +73,16 @@ def label_efficiency(
 
     Columns: method, n_labels, draw, balanced_accuracy, n_good, n_bad.
     """
-    pool = as_latents(train_latents, "train_latents")
+    pool = check_array("train_latents", train_latents)
     pool_bad = as_labels(train_bad, "train_bad", n=pool.shape[0])
     require_both_classes(pool_bad, "train_bad")
-    test = as_latents(test_latents, "test_latents")
+    test = check_array("test_latents", test_latents)
     truth = as_labels(test_bad, "test_bad", n=test.shape[0])
     if test.shape[1] != pool.shape[1]:
         raise ValueError(
             f"test_latents has {test.shape[1]} components but train_latents has {pool.shape[1]}; they must match"
         )
-    seed = as_random_state(random_state)
+    seed = check_seed(random_state)
     chosen = as_components(components, pool.shape[1])
     n_draws = check_int("n_draws", n_draws, minimum=1)
     size_list = list(sizes)

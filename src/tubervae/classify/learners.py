@@ -16,13 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from tubervae.checks import check_int, check_real
+from tubervae.checks import check_array, check_int, check_real, check_seed
 from tubervae.classify._inputs import (
     as_components,
     as_images,
     as_labels,
-    as_latents,
-    as_random_state,
     check_width,
     require_both_classes,
 )
@@ -65,7 +63,7 @@ class LatentClassifier:
         self.n_features = n_features
 
     def predict_score(self, latents: Any) -> np.ndarray:
-        array = as_latents(latents)
+        array = check_array("latents", latents)
         check_width(array, self.n_features)
         bad_column = list(self.estimator.classes_).index(True)
         return self.estimator.predict_proba(array[:, self.components])[:, bad_column]
@@ -75,10 +73,10 @@ class LatentClassifier:
 
 
 def _prepare_fit(latents: Any, bad: Any, components: Iterable[int] | None, random_state: Any):
-    array = as_latents(latents)
+    array = check_array("latents", latents)
     labels = as_labels(bad, n=array.shape[0])
     require_both_classes(labels)
-    return array, labels, as_components(components, array.shape[1]), as_random_state(random_state)
+    return array, labels, as_components(components, array.shape[1]), check_seed(random_state)
 
 
 def fit_logistic(
@@ -179,7 +177,7 @@ def fit_pixel_cnn(
     array = as_images(images)
     labels = as_labels(bad, n=array.shape[0])
     require_both_classes(labels)
-    seed = as_random_state(random_state)
+    seed = check_seed(random_state)
     steps = check_int("steps", steps, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     lr = check_real("lr", lr, minimum=0, strict=True)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tubervae.checks import check_choice, check_int
-from tubervae.classify._inputs import as_components, as_labels, as_latents, require_both_classes
+from tubervae.checks import check_array, check_choice, check_int
+from tubervae.classify._inputs import as_components, as_labels, require_both_classes
 
 __all__ = ["DIRECTIONS", "ThresholdRule", "fit_threshold_rule", "rank_threshold_rules"]
 
@@ -46,7 +46,7 @@ class ThresholdRule:
 
     def score(self, latents: Any) -> np.ndarray:
         """Signed distance past the threshold, positive = bad: a score for ROC curves."""
-        array = as_latents(latents)
+        array = check_array("latents", latents)
         if self.component >= array.shape[1]:
             raise ValueError(
                 f"the rule uses component {self.component} but latents have only {array.shape[1]} components"
@@ -139,7 +139,7 @@ def rank_threshold_rules(latents: Any, bad: Any, *, components: Iterable[int] | 
 
     Columns: component, direction, threshold, balanced_accuracy, roc_auc.
     """
-    array = as_latents(latents)
+    array = check_array("latents", latents)
     labels = as_labels(bad, n=array.shape[0])
     require_both_classes(labels)
     chosen = as_components(components, array.shape[1])

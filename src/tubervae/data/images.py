@@ -1,7 +1,7 @@
 """Reading, checking and shrinking tuber photos.
 
 Every photo goes through `inspect_image` once, at ingestion. The rules, also listed in
-the README, are:
+docs/your-photos.md, are:
 
 | what is found                         | rule                                              |
 |---------------------------------------|---------------------------------------------------|

@@ -380,7 +380,13 @@ def _table_angles() -> np.ndarray:
     return np.linspace(-np.pi, np.pi, _TABLE, endpoint=False)
 
 
-def _warm_caches() -> None:
+def warm_caches() -> None:
+    """Build the simulator's lookup tables (lit belts, light field, noise bank, skin texture) now.
+
+    The first photo of a process would otherwise pay for them; `generate` calls this before it
+    forks its workers, so that they inherit the tables, and a benchmark calls it to keep the
+    one-off cost out of its timing.
+    """
     _lit_belts(), _light_field(), _noise_bank(), _skin_texture(), _table_angles()
 
 
@@ -610,7 +616,7 @@ def generate(
     records = factors.to_dict("records")
     tasks = [(i, records[i], seed, str(out / files[i]), jpeg_quality) for i in range(n_images)]
 
-    _warm_caches()  # forked workers inherit the textures instead of rebuilding them
+    warm_caches()  # forked workers inherit the textures instead of rebuilding them
     with tqdm(total=n_images, desc="simulating tubers", unit="img", disable=not progress) as bar:
         if workers == 1:
             for task in tasks:
@@ -682,7 +688,7 @@ def model_inputs(
     factors = sample_factors(n_images, np.random.default_rng([seed, _EVAL_FACTORS_STREAM]), good_fraction, fixed=fixed)
     records = factors.to_dict("records")
     tasks = [(i, records[i], seed, jpeg_quality, crop_fraction, image_size) for i in range(n_images)]
-    _warm_caches()
+    warm_caches()
     with tqdm(total=n_images, desc="simulating an evaluation set", unit="img", disable=not progress) as bar:
         if workers == 1:
             arrays = []

@@ -14,10 +14,10 @@ converged scikit-learn fit to rounding (tests/test_lasso.py checks 1e-9) rather 
 a stopping tolerance.
 
 benchmarks/bench_udr.py measures it, through ``udr_scores``, against a per-pair
-scikit-learn ``Lasso`` loop on the 115-model A2A comparison: about 18x faster when it
-was written (16x in a re-run on 2 CPU cores), with weights within 1e-11 of a tightly
-converged scikit-learn fit. Should scikit-learn close that gap, this module can give
-way to it; the tests against scikit-learn say what must still hold.
+scikit-learn ``Lasso`` loop on the 115-model A2A comparison, for speed and for agreement
+with a tightly converged scikit-learn fit (its figures: benchmarks/README.md). Should
+scikit-learn close that gap, this module can give way to it; the tests against
+scikit-learn say what must still hold.
 
 Pure numpy: arrays in, arrays out, no I/O.
 """

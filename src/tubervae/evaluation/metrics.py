@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from numbers import Integral
 
 import numpy as np
 import pandas as pd
@@ -47,7 +46,7 @@ from sklearn.metrics import mutual_info_score, r2_score
 from sklearn.svm import LinearSVC
 from sklearn.utils.parallel import Parallel, delayed
 
-from tubervae.checks import check_choice, check_int, check_real
+from tubervae.checks import check_array, check_choice, check_int, check_random_state, check_real, check_seed
 from tubervae.config import DCI_METHODS, SAP_METHODS
 
 __all__ = [
@@ -72,8 +71,8 @@ __all__ = [
 DISCRETE_MAX_VALUES = 10
 N_BINS = 20  # disentanglement_lib's histogram discretiser: discretizer.num_bins = 20
 # Default train / test rows for DCI and SAP (disentanglement_lib: 10 000 / 5 000 fresh samples).
-# Chosen for cost on 2 CPU cores: the published DCI learner takes ~6.5 s per 20-class factor at
-# 1 000 training rows and ~30 s at 5 000 (see dci()); raise them where time allows.
+# Fewer, for cost: the published DCI learner fits a tree per class per boosting stage, and its time
+# grows with the training rows (see dci()); raise them where time allows.
 N_TRAIN = 1000
 N_TEST = 1000
 
@@ -89,8 +88,8 @@ _GBT_REGRESSOR_SETTINGS = dict(n_estimators=30, max_depth=3, learning_rate=0.2, 
 
 def _as_data(representations, factors) -> tuple[np.ndarray, np.ndarray]:
     """Validate the two arrays once, so every metric fails the same clear way."""
-    reps = _as_2d_finite(representations, "representations")
-    facs = _as_2d_finite(factors, "factors")
+    reps = check_array("representations", representations)
+    facs = check_array("factors", factors)
     if reps.shape[0] != facs.shape[0]:
         raise ValueError(
             "representations and factors must have the same number of rows (images); "
@@ -99,34 +98,6 @@ def _as_data(representations, factors) -> tuple[np.ndarray, np.ndarray]:
     if reps.shape[0] < 4:
         raise ValueError(f"need at least 4 images to split into train and test; got n={reps.shape[0]}")
     return reps, facs
-
-
-def _as_2d_finite(values, name: str) -> np.ndarray:
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"{name} must be a numeric array; got {type(values).__name__}") from error
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n, columns); got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one row and one column; got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
-        bad = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(f"{name} must be finite; found {array[tuple(bad)]} at row {bad[0]}, column {bad[1]}")
-    return array
-
-
-def _rng(random_state) -> np.random.Generator:
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if isinstance(random_state, bool) or not isinstance(random_state, Integral) or random_state < 0:
-        raise ValueError(f"random_state must be a non-negative int or a numpy Generator; got {random_state!r}")
-    return np.random.default_rng(int(random_state))
-
-
-def _seed(rng: np.random.Generator) -> int:
-    """An int seed for scikit-learn estimators, drawn from the caller's stream."""
-    return int(rng.integers(0, 2**31 - 1))
 
 
 def _discrete_mask(facs: np.ndarray, discrete) -> np.ndarray:
@@ -197,7 +168,7 @@ def train_test_indices(
     if n_train + n_test > n_samples:
         n_test = min(max(1, round(n_samples * n_test / (n_train + n_test))), n_samples - 1)
         n_train = n_samples - n_test
-    order = _rng(random_state).permutation(n_samples)
+    order = check_random_state(random_state).permutation(n_samples)
     return np.sort(order[n_test : n_test + n_train]), np.sort(order[:n_test])
 
 
@@ -274,7 +245,7 @@ def dci_from_importance(importance) -> dict:
     all-zero column (a constant factor) gets completeness NaN. So a diagonal
     (one factor per component) matrix scores D = C = 1 and a uniform one 0.
     """
-    matrix = np.abs(_as_2d_finite(importance, "importance"))
+    matrix = np.abs(check_array("importance", importance))
     d, k = matrix.shape
     weights_rows = matrix.sum(axis=1)
     weights_cols = matrix.sum(axis=0)
@@ -355,24 +326,24 @@ def dci(
       factors cut into ``n_bins`` = 20 histogram bins), impurity importances;
       informativeness = test accuracy (``dci_informativeness_chance`` is the
       majority-class accuracy, its chance level). Slow: one tree per class
-      per stage. Measured on 2 cores, 10 components, 9 simulator-like factors
-      (8 of them 12–20 classes): 60 s per call at ``n_train`` = 1 000, 104 s
-      at 2 000, 255 s at 5 000 (one core; ``n_jobs=2`` fits factors in
-      parallel and halves it). With continuous factors D and C grow with
-      ``n_train`` (the trees fit bin noise with every component less often):
-      compare models only at one ``n_train``.
+      per stage, on every training row (``n_jobs`` fits factors in
+      parallel). With continuous factors D and C grow with ``n_train`` (the
+      trees fit bin noise with every component less often): compare models
+      only at one ``n_train``.
     - ``"gbt_fast"``: the same classifier, labels and scores with 20 stages
-      on half the rows each (``subsample=0.5``), about 8x cheaper. Test
-      accuracy within 0.02 of ``"gbt"``; D and C within about ±0.08 of it in
-      the measurements above, not equal: it is not the published number.
+      on half the rows each (``subsample=0.5``), a fraction of the cost.
+      Measured on 10 components and 9 simulator-like factors (8 of them
+      12–20 classes): test accuracy within 0.02 of ``"gbt"``; D and C within
+      about ±0.08 of it, not equal: it is not the published number.
     - ``"gbt_regressor"`` (this module's earlier default):
       ``GradientBoostingRegressor`` (30 trees, depth 3, rate 0.2, subsample
       0.5) on the raw factor values; informativeness = test R² (not clipped,
       can be below 0; chance 0), not comparable with the classifiers'
-      accuracy. Some 50x cheaper than ``"gbt"``, and on continuous factors
-      it does not depend on how precise a code is at the scale of a 20th of
-      the factor's range (an aligned code with noise of 0.1 factor std
-      scores D ≈ 0.99 here against 0.56 for ``"gbt"``).
+      accuracy. Far cheaper than ``"gbt"`` (30 trees on half the rows, not
+      100 stages of one tree per class), and on continuous factors it does
+      not depend on how precise a code is at the scale of a 20th of the
+      factor's range (an aligned code with noise of 0.1 factor std scores
+      D ≈ 0.99 here against 0.56 for ``"gbt"``).
     - ``"lasso"`` (Eastwood & Williams' linear choice): Lasso
       (``lasso_alpha``) on standardised data, |coefficients|, test R²;
       fastest, but only sees linear codes.
@@ -385,11 +356,11 @@ def dci(
     n_bins = check_int("n_bins", n_bins, 2)
     lasso_alpha = check_real("lasso_alpha", lasso_alpha, 0.0, strict=True)
     mask = _discrete_mask(facs, discrete)
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     train, test = train_test_indices(reps.shape[0], n_train=n_train, n_test=n_test, random_state=rng)
     classify = method in ("gbt", "gbt_fast")
     d, k = reps.shape[1], facs.shape[1]
-    seeds = [_seed(rng) for _ in range(k)]
+    seeds = [check_seed(rng) for _ in range(k)]
     targets = [_factor_labels(facs[:, j], bool(mask[j]), n_bins) if classify else facs[:, j] for j in range(k)]
     fitted = [j for j in range(k) if np.unique(targets[j][train]).size > 1]
     results = Parallel(n_jobs=n_jobs)(
@@ -485,8 +456,7 @@ def sap(
       bins of a 20-bin factor: expect small values. Measured on 9
       simulator-like factors (7 continuous): a code aligned with the factors
       (noise 0.1 std) scores 0.05, pure noise 0.002; ``"mixed"`` gives 0.89
-      and 0.001, ``"correlation"`` 0.99 and 0.002. About 1 s per call at
-      ``n_train`` = ``n_test`` = 1 000 with 10 components.
+      and 0.001, ``"correlation"`` 0.99 and 0.002.
     - ``"correlation"`` (published ``continuous_factors=True``): S[i, j] is
       the squared Pearson correlation (R² of a linear fit) of component i and
       factor j on the training rows (up to ``n_train``; no test rows).
@@ -501,7 +471,7 @@ def sap(
     method = check_choice("method", method, SAP_METHODS)
     n_bins = check_int("n_bins", n_bins, 2)
     mask = _discrete_mask(facs, discrete)
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     n = reps.shape[0]
     if method == "correlation":
         train, test = np.sort(rng.permutation(n)[: check_int("n_train", n_train, 2)]), np.empty(0, dtype=np.int64)
@@ -511,7 +481,7 @@ def sap(
     constant = _constant_mask(facs)
     scores = np.full((d, k), np.nan)
     for j in np.flatnonzero(~constant):
-        seed = _seed(rng)
+        seed = check_seed(rng)
         if method == "correlation" or (method == "mixed" and not mask[j]):
             scores[:, j] = _squared_correlations(reps[train], facs[train, j])
             continue
@@ -581,7 +551,7 @@ def factor_vae_score(
     n_bins = check_int("n_bins", n_bins, 2)
     prune_threshold = check_real("prune_threshold", prune_threshold, 0.0)
     mask = _discrete_mask(facs, discrete)
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     std = reps.std(axis=0, ddof=1)
     active = np.flatnonzero(std >= prune_threshold)
     held = np.flatnonzero(~_constant_mask(facs))
@@ -656,12 +626,9 @@ def evaluate_all(
       ``factorvae_train`` and ``factorvae_chance`` beside it.
 
     DCI and SAP fit on at most ``n_train`` rows and score on ``n_test``
-    others; ``n_jobs`` fits DCI's per-factor models in parallel. Cost per
-    call, measured on the 2-core machine for n = 10 000 images, 10
-    components, 9 simulator-like factors: 60 s with the defaults (DCI is
-    58 s of it), 33 s with ``n_jobs=2``, 57 s with ``n_train=2000,
-    n_jobs=2``; 7 s with ``dci_method="gbt_fast", n_jobs=2``; 2 s with
-    ``dci_method="gbt_regressor"``. Also returns
+    others; ``n_jobs`` fits DCI's per-factor models in parallel. DCI is
+    nearly all of a call's cost, so ``dci_method`` and ``n_train`` set it
+    (benchmarks/bench_evaluate.py times the evaluate stage's scoring). Also returns
     ``dci_num_train``, ``dci_num_test``; a DataFrame ``per_factor`` (index
     factor names; columns mig, mig_component, dci_completeness, dci_informativeness,
     dci_informativeness_chance, sap, discrete); and ``importance``, the DCI
@@ -677,7 +644,7 @@ def evaluate_all(
     if len(set(names)) != len(names):
         raise ValueError(f"factor_names must be unique; got {names}")
     mask = _discrete_mask(facs, discrete)
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     seeds = rng.integers(0, 2**31 - 1, size=3)
     sizes = dict(n_train=n_train, n_test=n_test, discrete=mask)
     mig_scores = mig(reps, facs, discrete=mask)

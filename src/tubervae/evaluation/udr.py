@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from tubervae.checks import check_choice, check_int, check_real
+from tubervae.checks import check_array, check_choice, check_int, check_real
 from tubervae.config import AGGREGATES, INFORMATIVE_KL, SIMILARITIES
 
 # The Lasso similarity is solved by a batched Gram-matrix solver rather than scikit-learn's
@@ -54,17 +54,6 @@ _GRAM_CHUNK_ROWS = 512
 # --------------------------------------------------------------------------
 # validation (plain argument checks come from tubervae.checks; these know
 # about representations and KL vectors)
-
-
-def _as_representation(name: str, rep: Any) -> np.ndarray:
-    arr = np.asarray(rep, dtype=float)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (n, d) array, got shape {arr.shape}")
-    if arr.shape[0] < 2 or arr.shape[1] < 1:
-        raise ValueError(f"{name} needs at least 2 rows (images) and 1 column (component), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return arr
 
 
 def _as_kl(name: str, kl: Any, d: int) -> np.ndarray:
@@ -150,8 +139,8 @@ def similarity_matrix(
     ``b`` of ``rep_b`` with an L1 penalty ``lasso_alpha`` (both standardised).
     Uses every component; :func:`udr_pair` first zeroes the uninformative ones.
     """
-    a = _as_representation("rep_a", rep_a)
-    b = _as_representation("rep_b", rep_b)
+    a = check_array("rep_a", rep_a, min_rows=2)
+    b = check_array("rep_b", rep_b, min_rows=2)
     _check_same_n([a.shape, b.shape], "representations")
     method = check_choice("method", method, SIMILARITIES)
     alpha = check_real("lasso_alpha", lasso_alpha, 0.0, strict=True)
@@ -318,7 +307,7 @@ def _validate_models(
             [f"representations[{i}]" for i in range(len(reps_in))],
             [f"kl_divergences[{i}]" for i in range(len(reps_in))],
         )
-    reps = [_as_representation(name, r) for name, r in zip(names[0], reps_in)]
+    reps = [check_array(name, r, min_rows=2) for name, r in zip(names[0], reps_in)]
     _check_same_n([r.shape for r in reps], "models' representations")
     kls = [_as_kl(name, k, r.shape[1]) for name, k, r in zip(names[1], kls_in, reps)]
     return reps, kls

@@ -24,8 +24,8 @@ decoder [96, 48, 3]; 128×128 → encoder [48, 48, 48, 96, 96], decoder
 [96, 48, 48, 48, 3].
 
 The modules accept NCHW tensors in either memory format; converting the model
-and the batch with ``memory_format=torch.channels_last`` is much faster on
-CPUs with oneDNN and gives the same numbers.
+and the batch with ``memory_format=torch.channels_last`` is faster on CPUs
+with oneDNN (benchmarks/bench_train.py) and gives the same numbers.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ __all__ = [
     "VAEOutput",
     "flops_per_image",
     "layer_filters",
+    "load_vae_files",
     "reparameterize",
 ]
 
@@ -187,6 +188,16 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar)
         return VAEOutput(self.decode(z), mu, logvar, z)
+
+
+def load_vae_files(weights, config: dict) -> VAE:
+    """Rebuild a VAE from its weights file (a plain state dict) and its config; on the CPU, in eval mode.
+
+    Only tensors are read (`weights_only=True`): a weights file cannot run code.
+    """
+    model = VAE(image_size=int(config["image_size"]), latent_dim=int(config["latent_dim"]))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 def _forward_macs(image_size: int, latent_dim: int, channels: int) -> list[int]:

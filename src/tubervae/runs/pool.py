@@ -1,8 +1,8 @@
 """Several models trained at once: one worker process per core, one torch thread each.
 
-Small convolutions do not scale across threads, independent models do: on two cores two
-1-thread processes train about 1.37× the images of one 2-thread process, and a whole search
-trains 1.49× the models per hour (`benchmarks/bench_parallel.py`, benchmarks/README.md).
+Small convolutions do not scale across threads, independent models do: 1-thread processes,
+one per core, train more images than one process with every core's thread, and a whole search
+trains more models per hour (measured in `benchmarks/bench_parallel.py`).
 A `TrainingPool` runs `run_tracked` for one seed per task in worker processes, each with
 its own MLflow client and its own copy of the training data, so the guarantees of a single
 run hold for each: a killed worker's seed resumes from its checkpoint, and its MLflow run is

@@ -72,7 +72,7 @@ from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
 from tubervae.data.images import CONVERTIBLE_MODES, REJECTED_MODES, load_model_input, more_than_8_bits
-from tubervae.runs.tracker import load_vae_files
+from tubervae.models.nets import load_vae_files
 from tubervae.training import encode
 
 log = logging.getLogger(__name__)

@@ -1,19 +1,12 @@
-"""Every MLflow call of the project lives here: runs, the artifact layout, the registry.
+"""The run lifecycle of the project's MLflow experiment: runs, params, metrics, tags, artifacts.
 
 Tracking defaults to `sqlite:///<project>/mlflow.db` with artifacts in `<project>/mlruns`,
 so a plain `mlflow ui` started in the project root shows every run. MLFLOW_TRACKING_URI
 (for example a tracking server shared by several machines) takes precedence.
 The explicit `MlflowClient` API is used throughout: no hidden active-run state, so
 nested runs, several workers and `mlflow run` (which hands over MLFLOW_RUN_ID) all
-behave the same.
-
-Artifact layout of a VAE run (written and read only here):
-- `model/model.pt`: the weights (a state dict, read with `weights_only=True`);
-- `model/config.json`: what rebuilds the network and where it came from (`VAE_CONFIG_KEYS`);
-- `latents.npz`: `mu`, `logvar` and `kl` of the UDR probe images;
-- the logged MLflow model `vae` (a pyfunc `VaeModel` with its signature and an input example,
-  linked to the run with its params and final metrics): what the register stage registers.
-  The raw weights above stay beside it: the stages and tests read them without loading a model.
+behave the same. A VAE run's files live in `runs.vae_artifacts`; logged models and the
+registry in `runs.registry`.
 """
 
 from __future__ import annotations
@@ -26,8 +19,6 @@ import math
 import os
 import re
 import socket
-import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -36,21 +27,16 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from PIL import Image
 
-from tubervae.models.nets import VAE
+from tubervae.plots import close
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "tubervae"
-CHAMPION = "champion"  # the registry alias of the promoted version of each registered model
-WEIGHTS, VAE_CONFIG, LATENTS = "model/model.pt", "model/config.json", "latents.npz"
-VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed", "data_version")
-VAE_MODEL = "vae"  # the name of the logged MLflow model on each training run
 PARENT_TAG = "mlflow.parentRunId"
 OWNER_PID_TAG = "owner_pid"  # the process whose death ends a run: a pool worker's search, else its own pid
 FIGURE_DPI = 120  # as `plots.save_figure` writes the report PNGs
@@ -63,18 +49,6 @@ EXPERIMENT_TAGS = {
 }
 # The names MLflow makes up for a run started without one (`mlflow run`): 'bold-fox-123'.
 GENERATED_RUN_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
-PIP_REQUIREMENTS = [
-    "torch==2.14.1",
-    "mlflow==3.17.2",
-    "numpy==2.4.6",
-    "pandas==3.1.1",
-    "pillow==13.0.0",
-    "scikit-learn==1.9.1",
-    "scipy==1.17.1",
-    "pyyaml==6.0.4",
-    "tqdm==4.70.1",
-    "matplotlib==3.11.2",
-]
 
 
 def tracking_uri(root: str | Path = ".") -> str:
@@ -109,7 +83,7 @@ def is_local_store(uri: str) -> bool:
 
 
 class Tracker:
-    """A handle on the project's experiment: runs, metrics, artifacts, the registry."""
+    """A handle on the project's experiment: runs, metrics, tags, artifacts, figures."""
 
     def __init__(
         self,
@@ -334,7 +308,7 @@ class Tracker:
         try:
             self.client.log_figure(run_id, fig, name, save_kwargs={"dpi": FIGURE_DPI})
         finally:
-            _close_figure(fig)
+            close(fig)
 
     def log_image_at_step(self, run_id: str, fig, key: str, step: int, artifact_file: str | None = None) -> None:
         """A matplotlib figure as the image `key` at `step`, so the UI's image slider walks through the
@@ -346,7 +320,7 @@ class Tracker:
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
         finally:
-            _close_figure(fig)
+            close(fig)
         buffer.seek(0)
         with Image.open(buffer) as image:
             rgb = image.convert("RGB")
@@ -381,196 +355,9 @@ class Tracker:
     def download(self, run_id: str, artifact: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
 
-    # the artifact layout of a VAE run ------------------------------------------------
-    def log_vae(
-        self,
-        run_id: str,
-        model: VAE,
-        config: dict,
-        latents: dict,
-        *,
-        processed_dir: str | Path | None = None,
-        example_images: np.ndarray | None = None,
-        step: int | None = None,
-    ) -> str | None:
-        """Weights, their config, the probe latents and the logged MLflow model (module docstring).
-
-        The model needs the preprocessing's crop fraction, which lives in `processed_dir`/meta.json
-        (default: the project's data/processed, used only if it holds the model's data version); the
-        processed data is logged as the run's dataset input at the same time. Without it the model is
-        left out with a warning, and the register stage logs it on the run when it registers it.
-        `example_images` (uint8 n×s×s×3; default a grey square) give the input example; `step` links
-        the run's metrics of that step to the model (default the last step this tracker logged).
-        Returns the logged model's id, or None.
-        """
-        missing = set(VAE_CONFIG_KEYS) - set(config)
-        if missing:
-            raise ValueError(f"the VAE config lacks {sorted(missing)}")
-        with tempfile.TemporaryDirectory() as tmp:
-            np.savez(Path(tmp) / LATENTS, **latents)
-            self.log_artifact(run_id, Path(tmp) / LATENTS)
-            folder = Path(tmp) / Path(WEIGHTS).parent
-            folder.mkdir()
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(tmp) / WEIGHTS)
-            (Path(tmp) / VAE_CONFIG).write_text(json.dumps(config, indent=2))
-            self.log_artifacts(run_id, folder, str(Path(WEIGHTS).parent))
-            processed = self._processed_dir_of(config["data_version"], processed_dir)
-            if processed is None:
-                log.warning(
-                    "run %s: no data/processed of data version %s, so no crop fraction: the VAE is logged as "
-                    "weights only until the register stage logs its MLflow model",
-                    run_id,
-                    config["data_version"],
-                )
-                return None
-            self.log_dataset(run_id, processed)
-            crop = json.loads((processed / "meta.json").read_text())["crop_fraction"]
-            return self.log_vae_model(
-                run_id, Path(tmp) / WEIGHTS, {**config, "crop_fraction": crop}, example_images=example_images, step=step
-            )
-
-    def _processed_dir_of(self, data_version: str, processed_dir: str | Path | None) -> Path | None:
-        """`processed_dir` (or the project's data/processed) if its meta.json is of `data_version`."""
-        folder = Path(processed_dir) if processed_dir is not None else self.root / "data" / "processed"
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return folder if meta.get("data_version") == data_version else None
-
-    def log_vae_model(
-        self,
-        run_id: str,
-        weights: str | Path,
-        config: dict,
-        *,
-        example_images: np.ndarray | None = None,
-        step: int | None = None,
-    ) -> str:
-        """Log the VAE of `run_id` as its MLflow model `vae` (a pyfunc `VaeModel`); returns the model id.
-
-        `config` holds `VAE_CONFIG_KEYS` and `crop_fraction`, which the served model's preprocessing needs.
-        """
-        from tubervae.runs.serving import VaeModel, photo_example, vae_signature
-
-        with tempfile.TemporaryDirectory() as tmp:
-            config_path = Path(tmp) / "vae_config.json"
-            config_path.write_text(json.dumps(config, indent=2))
-            return self.log_pyfunc(
-                run_id,
-                VaeModel(),
-                {"weights": str(weights), "config": str(config_path)},
-                name=VAE_MODEL,
-                signature=vae_signature(int(config["latent_dim"])),
-                input_example=photo_example(example_images, int(config["image_size"])),
-                step=self._last_step.get(run_id, 0) if step is None else step,
-            )
-
-    def logged_model_id(self, run_id: str, name: str = VAE_MODEL) -> str | None:
-        """The id of the MLflow model `name` logged on `run_id` (the latest, if several), or None."""
-        run = self.get_run(run_id)
-        found = self.client.search_logged_models(
-            [run.info.experiment_id],
-            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
-            order_by=[{"field_name": "creation_timestamp", "ascending": False}],
-            max_results=1,
-        )
-        return found[0].model_id if found else None
-
-    def ensure_vae_model(self, run_id: str, crop_fraction: float) -> str:
-        """The id of the run's logged VAE model; one is logged from the run's weights if the run has none
-        (a run trained before models were logged, or without its data/processed at hand)."""
-        model_id = self.logged_model_id(run_id)
-        if model_id is not None:
-            return model_id
-        with tempfile.TemporaryDirectory() as tmp:
-            weights, config = self.vae_files(run_id, tmp)
-            log.info("run %s has no logged model %r: logging it from its weights", run_id, VAE_MODEL)
-            return self.log_vae_model(run_id, weights, {**config, "crop_fraction": crop_fraction})
-
-    def load_vae(self, run_id: str) -> tuple[VAE, dict]:
-        """The VAE of a training run (on the CPU, in eval mode) and its config."""
-        with tempfile.TemporaryDirectory() as tmp:
-            config = json.loads(self.download(run_id, VAE_CONFIG, tmp).read_text())
-            return load_vae_files(self.download(run_id, WEIGHTS, tmp), config), config
-
-    def vae_files(self, run_id: str, dst: str | Path) -> tuple[Path, dict]:
-        """Download a run's weights into `dst`; returns their path and the config."""
-        config = json.loads(self.download(run_id, VAE_CONFIG, dst).read_text())
-        return self.download(run_id, WEIGHTS, dst), config
-
-    def latents(self, run_id: str) -> dict[str, np.ndarray]:
-        """`mu`, `logvar` and `kl` of the probe images that the run's model encoded."""
-        with tempfile.TemporaryDirectory() as tmp:
-            with np.load(self.download(run_id, LATENTS, tmp), allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-
-    # registry --------------------------------------------------------------------
-    def log_pyfunc(
-        self,
-        run_id: str,
-        python_model,
-        artifacts: dict,
-        *,
-        name: str = "model",
-        signature=None,
-        input_example=None,
-        step: int = 0,
-    ) -> str:
-        """Log a pyfunc model named `name` on `run_id`; returns its model id.
-
-        MLflow links the model to the run: it takes the run's params, and the run's metrics of
-        `step` become the model's metrics. The package travels with the model (`code_paths`), so
-        `mlflow models serve` needs no install of tubervae.
-        """
-        import mlflow.pyfunc
-
-        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            info = mlflow.pyfunc.log_model(
-                name=name,
-                python_model=python_model,
-                artifacts=artifacts,
-                code_paths=[str(Path(__file__).resolve().parents[1])],
-                pip_requirements=PIP_REQUIREMENTS,
-                signature=signature,
-                input_example=input_example,
-                step=step,
-            )
-        return info.model_id
-
-    def register_model(self, name: str, model_id: str, *, tags: dict | None = None):
-        """A new version of registered model `name` from the logged model `model_id`, tagged `tags`.
-
-        `mlflow.register_model` records the model as the version's source and its training run as the
-        version's run, and lists the version on the logged model's page (its `mlflow.modelVersions` tag).
-        """
-        version = mlflow.register_model(f"models:/{model_id}", name, tags={k: str(v) for k, v in (tags or {}).items()})
-        return self.client.get_model_version(name, version.version)
-
-    def versions_of(self, name: str, model_id: str) -> list:
-        """The versions of registered model `name` made from the logged model `model_id`, oldest first."""
-        try:
-            versions = self.client.search_model_versions(f"name = '{name}'")
-        except MlflowException:
-            return []
-        source = f"models:/{model_id}"
-        return sorted((v for v in versions if v.source == source), key=lambda v: int(v.version))
-
-    def set_alias(self, name: str, alias: str, version: str | int) -> None:
-        self.client.set_registered_model_alias(name, alias, str(version))
-
-    def version_by_alias(self, name: str, alias: str = CHAMPION):
-        """The model version behind `name@alias`, or None when the model or alias does not exist."""
-        try:
-            return self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            return None
-
-    def load_registered(self, name: str, alias: str = CHAMPION):
-        """The pyfunc model behind `name@alias`, loaded from this tracker's registry."""
-        import mlflow.pyfunc
-
-        return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    def last_step(self, run_id: str) -> int:
+        """The step of the latest metrics logged on `run_id` through this tracker (0 if none)."""
+        return self._last_step.get(run_id, 0)
 
     # queries ---------------------------------------------------------------------
     def finished_vae_runs(self) -> list:
@@ -653,18 +440,3 @@ def _file_lock(path: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _close_figure(fig) -> None:
-    """Release a matplotlib figure, from pyplot too if a caller created it there."""
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:
-        pyplot.close(fig)
-    fig.clear()
-
-
-def load_vae_files(weights: str | Path, config: dict) -> VAE:
-    """Rebuild a VAE from its weights file and config (the layout above); CPU, eval mode."""
-    model = VAE(image_size=int(config["image_size"]), latent_dim=int(config["latent_dim"]))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return model.eval()

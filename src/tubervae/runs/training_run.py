@@ -2,8 +2,8 @@
 
 Logs to MLflow what the thesis watches (§2.3.1–2.3.2): loss terms and the KL of every
 component over training, latent traversals, per-component distributions and
-reconstructions (images at every `snapshot_every` steps and at the end, which the UI's image
-slider walks through; the final ones also as PNG artifacts), the probe latents that
+reconstructions (images of the untrained model at step 0, every `snapshot_every` steps and at the
+end, which the UI's image slider walks through; the final ones also as PNG artifacts), the probe latents that
 UDR compares, and the weights (layout: `tubervae.runs.tracker`).
 
 A run may train in segments (`stop_at`), so that a search can judge a setting part-way and
@@ -29,6 +29,7 @@ from tubervae.config import TrainConfig
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.fused import FusedJob, train_fused
+from tubervae.runs import registry
 from tubervae.runs.tracker import Tracker
 from tubervae.training import (
     NonFiniteLossError,
@@ -136,7 +137,8 @@ def run_tracked(
             tracker.log_metrics(rid, metrics, step)
 
         def on_snapshot(model, step: int) -> None:
-            _log_snapshot(tracker, rid, model, step, data, kl_threshold)
+            if cfg.figures:
+                _log_snapshot(tracker, rid, model, step, data, kl_threshold)
 
         try:
             outcome: Outcome = train_model(
@@ -205,7 +207,11 @@ def run_tracked_fused(
                 test_images=data.test,
                 data_version=data.data_version,
                 on_log=lambda i, metrics, step: tracker.log_metrics(rids[i], metrics, step),
-                on_snapshot=lambda i, model, step: _log_snapshot(tracker, rids[i], model, step, data, kl_threshold),
+                on_snapshot=(
+                    (lambda i, model, step: _log_snapshot(tracker, rids[i], model, step, data, kl_threshold))
+                    if cfg.figures
+                    else None
+                ),
                 stop_at=None if final else stop_at,
             )
         except NonFiniteLossError as exc:
@@ -275,7 +281,8 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
     metrics = {"n_active": int(informative_mask(kl, kl_threshold).sum()), **outcome.metrics}
     tracker.log_metrics(rid, metrics, outcome.step)
     tracker.log_metrics(rid, {f"probe_kl/z{j}": v for j, v in enumerate(kl)}, outcome.step)
-    for fname, fig in figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold).items():
+    drawn = figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold) if cfg.figures else {}
+    for fname, fig in drawn.items():
         tracker.log_image_at_step(rid, fig, Path(fname).stem, outcome.step, artifact_file=fname)
     config = {
         "image_size": int(data.train.shape[1]),
@@ -286,7 +293,7 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
         "seed": seed,
         "data_version": data.data_version,
     }
-    tracker.log_vae(rid, outcome.model, config, outcome.latents, processed_dir=data.processed_dir)
+    registry.log_vae(tracker, rid, outcome.model, config, outcome.latents, processed_dir=data.processed_dir)
     return {**metrics, "kl": kl.tolist()}
 
 

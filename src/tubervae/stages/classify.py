@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,11 @@ from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_csv, write_json
+from tubervae.runs import registry, vae_artifacts
 from tubervae.runs.quality_model import TuberQualityModel, quality_model_artifacts, quality_signature
+from tubervae.runs.registry import CHAMPION
 from tubervae.runs.serving import photo_example
-from tubervae.runs.tracker import CHAMPION, Tracker
+from tubervae.runs.tracker import Tracker
 from tubervae.training import encode, probe_latents
 
 log = logging.getLogger(__name__)
@@ -74,13 +77,13 @@ def write_skipped(reason: str, out_dir: Path, metrics_path: Path, n_labelled: di
 
 
 def load_champion(tracker: Tracker, name: str):
-    version = tracker.version_by_alias(name, CHAMPION)
+    version = registry.version_by_alias(tracker, name, CHAMPION)
     if version is None:
         raise RuntimeError(
             f"no model {name}@{CHAMPION} in the registry: run the search and the register stage "
             f"first (dvc repro register)"
         )
-    return version, tracker.load_registered(name, CHAMPION).unwrap_python_model()
+    return version, registry.load_registered(tracker, name, CHAMPION).unwrap_python_model()
 
 
 def champions_side_by_side(
@@ -102,9 +105,9 @@ def champions_side_by_side(
         if entry["run_id"] == served:
             scores = served_scores
         else:
-            vae, _ = tracker.load_vae(entry["run_id"])
+            vae, _ = vae_artifacts.load_vae(tracker, entry["run_id"])
             (z_lab, _), (z_test, _) = encode(vae, x_lab), encode(vae, x_test)
-            kl = tracker.latents(entry["run_id"])["kl"]
+            kl = vae_artifacts.latents(tracker, entry["run_id"])["kl"]
             informative = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or None
             rules = {
                 "threshold": clf.fit_threshold_rule(z_lab, y_lab, components=informative),
@@ -134,6 +137,43 @@ def champions_side_by_side(
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class Photos:
+    """The labelled photos the rules are fitted on and the labelled test photos they are scored on."""
+
+    x_lab: np.ndarray
+    y_lab: np.ndarray  # True = bad
+    x_test: np.ndarray
+    y_test: np.ndarray
+    majority_bad: bool  # the majority class of the training split's labels: the baseline's answer
+
+    @property
+    def n_labelled(self) -> dict:
+        return {"good": int((~self.y_lab).sum()), "bad": int(self.y_lab.sum())}
+
+
+@dataclass
+class Fitted:
+    """The champion's components on the photos, every rule and learner fitted, and their test figures."""
+
+    z_lab: np.ndarray
+    z_test: np.ndarray
+    kl: np.ndarray
+    is_informative: np.ndarray
+    informative: list[int]  # the rules' candidates: the informative components, all when none is
+    ranking: pd.DataFrame
+    rule: clf.ThresholdRule
+    any_rule: clf.AnyOfRule
+    threshold_metrics: dict
+    any_rule_metrics: dict
+    alternatives: dict
+    efficiency: pd.DataFrame
+
+    @property
+    def candidates(self) -> str:
+        return "informative" if self.is_informative.any() else "all (no component is informative)"
+
+
 def run(
     params: Params,
     *,
@@ -154,6 +194,49 @@ def run(
     version, vae_model = load_champion(tracker, params.register.model_name)
     vae, vae_config = vae_model.vae, vae_model.config
     meta = load_meta(processed_dir)
+    photos = load_photos(processed_dir, vae_config, meta)
+    shortfall = label_shortfall(photos.y_lab, photos.y_test)
+    if shortfall:
+        return write_skipped(shortfall, out_dir, metrics_path, photos.n_labelled, cfg.model_name)
+    if min(photos.n_labelled.values()) < FEW_LABELS:
+        log.warning(
+            "only %d good and %d bad labelled photos (%d test photos): the rules and their test figures are rough",
+            photos.n_labelled["good"],
+            photos.n_labelled["bad"],
+            len(photos.y_test),
+        )
+    fitted = fit(vae, photos, load_split("udr_probe", processed_dir)["images"], params)
+
+    metrics = describe(fitted, photos, version, vae_config, params)
+    side_by_side = champions_side_by_side(
+        tracker,
+        champion_path,
+        metrics["champion"]["run_id"],
+        {"threshold": fitted.threshold_metrics, "any_rule": fitted.any_rule_metrics},
+        params,
+        (photos.x_lab, photos.y_lab, photos.x_test, photos.y_test),
+        photos.majority_bad,
+    )
+    if side_by_side is not None:
+        metrics["champions"] = side_by_side.to_dict("records")
+    write_reports(fitted, photos, side_by_side, out_dir, gallery_size=cfg.gallery_size)
+    numbers = headline_metrics(
+        fitted.threshold_metrics, fitted.any_rule_metrics, fitted.alternatives, n_rules=len(fitted.any_rule.rules)
+    )
+    write_json(metrics_path, numbers)
+    with tracker.run("classify", run_id=run_id, tags={"kind": "classify"}) as rid:
+        tracker.log_metrics(rid, numbers)
+        metrics["registered"] = register_quality_model(
+            tracker, rid, fitted, photos, vae, vae_config, version, meta["data_version"], cfg.model_name
+        )
+        write_json(out_dir / "metrics.json", metrics)
+        tracker.log_artifacts(rid, out_dir, "classify")
+    return metrics
+
+
+def load_photos(processed_dir: Path, vae_config: dict, meta: dict) -> Photos:
+    """The labelled photos of the labelled and test splits (unlabelled ones are left out), checked against the
+    champion's image size."""
     if vae_config["data_version"] != meta["data_version"]:
         log.warning(
             "the champion was trained on data version %s, the processed data is %s",
@@ -166,27 +249,26 @@ def run(
             f"the champion expects {vae_config['image_size']}px images but data/processed holds "
             f"{labelled['images'].shape[1]}px: rerun the search and register stages"
         )
-    test_known = test["labels"] >= 0
-    known = labelled["labels"] >= 0
-    x_lab, y_lab = labelled["images"][known], labelled["labels"][known] == 1
-    x_test, y_test = test["images"][test_known], test["labels"][test_known] == 1
-    n_labelled = {"good": int((~y_lab).sum()), "bad": int(y_lab.sum())}
-    shortfall = label_shortfall(y_lab, y_test)
-    if shortfall:
-        return write_skipped(shortfall, out_dir, metrics_path, n_labelled, cfg.model_name)
-    if min(n_labelled.values()) < FEW_LABELS:
-        log.warning(
-            "only %d good and %d bad labelled photos (%d test photos): the rules and their test figures are rough",
-            n_labelled["good"],
-            n_labelled["bad"],
-            len(y_test),
-        )
-    z_lab, _ = encode(vae, x_lab)
-    z_test, _ = encode(vae, x_test)
-    kl = probe_latents(vae, load_split("udr_probe", processed_dir)["images"])["kl"]
+    known, test_known = labelled["labels"] >= 0, test["labels"] >= 0
+    train_labels = train["labels"][train["labels"] >= 0]
+    return Photos(
+        x_lab=labelled["images"][known],
+        y_lab=labelled["labels"][known] == 1,
+        x_test=test["images"][test_known],
+        y_test=test["labels"][test_known] == 1,
+        majority_bad=bool((train_labels == 1).mean() >= 0.5) if len(train_labels) else True,
+    )
+
+
+def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted:
+    """Every rule and learner fitted on the labelled photos alone, scored on the test photos."""
+    cfg = params.classify
+    z_lab, _ = encode(vae, photos.x_lab)
+    z_test, _ = encode(vae, photos.x_test)
+    y_lab, y_test, majority = photos.y_lab, photos.y_test, photos.majority_bad
+    kl = probe_latents(vae, probe_images)["kl"]
     is_informative = informative_mask(kl, params.udr.kl_threshold)
     informative = [int(j) for j in np.flatnonzero(is_informative)] or list(range(z_lab.shape[1]))
-    candidates = "informative" if is_informative.any() else "all (no component is informative)"
     if not is_informative.any():
         log.warning(
             "no component of the champion is informative (KL > %g): the rules choose among all components",
@@ -197,11 +279,7 @@ def run(
     ranking["kl"] = kl[ranking.component.to_numpy()]
     ranking["informative"] = is_informative[ranking.component.to_numpy()]
     rule = clf.fit_threshold_rule(z_lab, y_lab, components=informative)
-    train_labels = train["labels"][train["labels"] >= 0]
-    majority_bad = bool((train_labels == 1).mean() >= 0.5) if len(train_labels) else True
-    threshold_metrics = clf.binary_metrics(
-        y_test, rule.predict(z_test), rule.score(z_test), majority_label=majority_bad
-    )
+    threshold_metrics = clf.binary_metrics(y_test, rule.predict(z_test), rule.score(z_test), majority_label=majority)
     any_rule = clf.fit_any_of_rule(
         z_lab,
         y_lab,
@@ -211,19 +289,19 @@ def run(
         random_state=cfg.seed,
     )
     any_rule_metrics = clf.binary_metrics(
-        y_test, any_rule.predict(z_test), any_rule.score(z_test), majority_label=majority_bad
+        y_test, any_rule.predict(z_test), any_rule.score(z_test), majority_label=majority
     )
     others = {
         "logistic": clf.fit_logistic(z_lab, y_lab, components=informative, random_state=cfg.seed),
         "gradient_boosting": clf.fit_gradient_boosting(z_lab, y_lab, components=informative, random_state=cfg.seed),
     }
     alternatives = {"any_rule": any_rule_metrics} | {
-        name: clf.binary_metrics(y_test, m.predict(z_test), m.predict_score(z_test), majority_label=majority_bad)
+        name: clf.binary_metrics(y_test, m.predict(z_test), m.predict_score(z_test), majority_label=majority)
         for name, m in others.items()
     }
-    cnn = clf.fit_pixel_cnn(x_lab, y_lab, random_state=cfg.seed, steps=cfg.cnn_steps)
+    cnn = clf.fit_pixel_cnn(photos.x_lab, y_lab, random_state=cfg.seed, steps=cfg.cnn_steps)
     alternatives["pixel_cnn"] = clf.binary_metrics(
-        y_test, cnn.predict(x_test), cnn.predict_score(x_test), majority_label=majority_bad
+        y_test, cnn.predict(photos.x_test), cnn.predict_score(photos.x_test), majority_label=majority
     )
     sizes = tuple(s for s in cfg.label_sizes if s <= len(y_lab))
     if not sizes:
@@ -240,8 +318,8 @@ def run(
         y_lab,
         z_test,
         y_test,
-        train_images=x_lab,
-        test_images=x_test,
+        train_images=photos.x_lab,
+        test_images=photos.x_test,
         methods=("threshold", "any_rule", "logistic", "gradient_boosting", "pixel_cnn"),
         components=informative,
         sizes=sizes,
@@ -249,9 +327,26 @@ def run(
         random_state=cfg.seed,
         cnn_steps=cfg.cnn_steps,
     )
-    efficiency_summary = clf.summarise_label_efficiency(efficiency)
+    return Fitted(
+        z_lab=z_lab,
+        z_test=z_test,
+        kl=kl,
+        is_informative=is_informative,
+        informative=informative,
+        ranking=ranking,
+        rule=rule,
+        any_rule=any_rule,
+        threshold_metrics=threshold_metrics,
+        any_rule_metrics=any_rule_metrics,
+        alternatives=alternatives,
+        efficiency=clf.summarise_label_efficiency(efficiency),
+    )
 
-    metrics = {
+
+def describe(fitted: Fitted, photos: Photos, version, vae_config: dict, params: Params) -> dict:
+    """reports/classify/metrics.json: the champion, both rules with their components' KL, every method's figures."""
+    cfg, kl, is_informative = params.classify, fitted.kl, fitted.is_informative
+    return {
         "champion": {
             "model": params.register.model_name,
             "version": int(version.version),
@@ -262,113 +357,128 @@ def run(
             "seed": vae_config["seed"],
         },
         "rule": {
-            **rule.as_dict(),
-            "kl": float(kl[rule.component]),
-            "informative": bool(is_informative[rule.component]),
+            **fitted.rule.as_dict(),
+            "kl": float(kl[fitted.rule.component]),
+            "informative": bool(is_informative[fitted.rule.component]),
         },
         "any_rule": {
-            "rule": any_rule.describe(),
+            "rule": fitted.any_rule.describe(),
             "rules": [
                 {**entry, "kl": float(kl[entry["component"]]), "informative": bool(is_informative[entry["component"]])}
-                for entry in any_rule.as_dict()["rules"]
+                for entry in fitted.any_rule.as_dict()["rules"]
             ],
-            "candidates": candidates,
-            "candidate_components": informative,
+            "candidates": fitted.candidates,
+            "candidate_components": fitted.informative,
             "max_rules": cfg.max_rules,
             "n_folds": cfg.cv_folds,
-            "cv_balanced_accuracy": {str(k + 1): v for k, v in enumerate(any_rule.cv_balanced_accuracy)},
-            "train_balanced_accuracy": any_rule.train_balanced_accuracy,
-            "test": any_rule_metrics,
+            "cv_balanced_accuracy": {str(k + 1): v for k, v in enumerate(fitted.any_rule.cv_balanced_accuracy)},
+            "train_balanced_accuracy": fitted.any_rule.train_balanced_accuracy,
+            "test": fitted.any_rule_metrics,
         },
-        "informative_components": informative,
-        "candidates": candidates,
-        "n_labelled": n_labelled,
-        "test": threshold_metrics,
+        "informative_components": fitted.informative,
+        "candidates": fitted.candidates,
+        "n_labelled": photos.n_labelled,
+        "test": fitted.threshold_metrics,
         "alternatives": {
             k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "roc_auc", "f1_bad")}
-            for k, v in alternatives.items()
+            for k, v in fitted.alternatives.items()
         },
         "thesis": {
             "accuracy": THESIS_ACCURACY,
             "note": "one threshold on one β-TCVAE component; majority baseline at the thesis's class ratio: 0.817",
         },
     }
+
+
+def write_reports(
+    fitted: Fitted, photos: Photos, side_by_side: pd.DataFrame | None, out_dir: Path, *, gallery_size: int
+) -> None:
+    """The tables and figures of reports/classify (metrics.json comes once the model is registered)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    served = metrics["champion"]["run_id"]
-    side_by_side = champions_side_by_side(
-        tracker,
-        champion_path,
-        served,
-        {"threshold": threshold_metrics, "any_rule": any_rule_metrics},
-        params,
-        (x_lab, y_lab, x_test, y_test),
-        majority_bad,
-    )
     if side_by_side is not None:
         write_csv(out_dir / "champions.csv", side_by_side)
-        metrics["champions"] = side_by_side.to_dict("records")
-    write_json(out_dir / "metrics.json", metrics)
-    numbers = headline_metrics(threshold_metrics, any_rule_metrics, alternatives, n_rules=len(any_rule.rules))
-    write_json(metrics_path, numbers)
-    write_csv(out_dir / "components.csv", ranking)
-    write_csv(out_dir / "label_efficiency.csv", efficiency_summary)
+    write_csv(out_dir / "components.csv", fitted.ranking)
+    write_csv(out_dir / "label_efficiency.csv", fitted.efficiency)
     # One draw has no spread (its std is NaN): plot it without an error bar.
     plots.save_figure(
         plots.label_efficiency_figure(
-            efficiency_summary.rename(
-                columns={"mean_balanced_accuracy": "mean", "std_balanced_accuracy": "std"}
-            ).fillna({"std": 0.0})
+            fitted.efficiency.rename(columns={"mean_balanced_accuracy": "mean", "std_balanced_accuracy": "std"}).fillna(
+                {"std": 0.0}
+            )
         ),
         out_dir / "label_efficiency.png",
     )
-    # The one-cut rule's component against the next best candidate the rules could choose.
-    runners_up = [int(c) for c in ranking.component if int(c) in informative and int(c) != rule.component]
-    top2 = [rule.component, (runners_up or [rule.component])[0]]
-    plots.save_figure(
-        plots.scatter_threshold_figure(
-            z_lab[:, top2], y_lab, [f"z{c}" for c in top2], threshold=rule.threshold, threshold_axis=0
-        ),
-        out_dir / "scatter.png",
-    )
-    wrong = np.flatnonzero(rule.predict(z_test) != y_test)[: cfg.gallery_size]
+    plots.save_figure(served_rule_scatter(fitted, photos.y_lab), out_dir / "scatter.png")
+    rule = fitted.any_rule  # the served rule
+    y_test = photos.y_test
+    wrong = np.flatnonzero(rule.predict(fitted.z_test) != y_test)[:gallery_size]
     if len(wrong):
         per_row = 8
-        rows = [x_test[wrong[i : i + per_row]] for i in range(0, len(wrong), per_row)]
+        rows = [photos.x_test[wrong[i : i + per_row]] for i in range(0, len(wrong), per_row)]
         titles = [
             [f"{'bad' if y_test[k] else 'good'} as {'good' if y_test[k] else 'bad'}" for k in wrong[i : i + per_row]]
             for i in range(0, len(wrong), per_row)
         ]
         plots.save_figure(plots.image_grid_figure(rows, titles=titles), out_dir / "misclassified.png")
 
+
+def served_rule_scatter(fitted: Fitted, y_lab: np.ndarray):
+    """The labelled photos on the served rule's first two cuts, both drawn; a rule of one cut is shown against
+    the best other candidate component."""
+    cuts = fitted.any_rule.rules[:2]
+    components = [cut.component for cut in cuts]
+    if len(components) == 1:
+        others = [int(c) for c in fitted.ranking.component if int(c) in fitted.informative and int(c) != components[0]]
+        components.append((others or components)[0])
+    return plots.scatter_threshold_figure(
+        fitted.z_lab[:, components],
+        y_lab,
+        [f"z{c}" for c in components],
+        threshold=cuts[0].threshold,
+        other_threshold=cuts[1].threshold if len(cuts) > 1 else None,
+        title=f"served rule: {fitted.any_rule.describe()}",
+    )
+
+
+def register_quality_model(
+    tracker: Tracker,
+    run_id: str,
+    fitted: Fitted,
+    photos: Photos,
+    vae,
+    vae_config: dict,
+    vae_version,
+    data_version: str,
+    model_name: str,
+) -> dict:
+    """Log the served rule on the classify run as a pyfunc model and make it `model_name@champion`."""
+    any_rule = fitted.any_rule
+    # The served rule is the OR of cuts; the tags name its rules (one value per rule, comma-separated).
+    tags = {
+        "rule": any_rule.describe(),
+        "component": ",".join(str(r.component) for r in any_rule.rules),
+        "threshold": ",".join(str(r.threshold) for r in any_rule.rules),
+        "direction": ",".join(r.direction for r in any_rule.rules),
+        "n_rules": len(any_rule.rules),
+        "test_balanced_accuracy": fitted.any_rule_metrics["balanced_accuracy"],
+        "threshold_rule_test_balanced_accuracy": fitted.threshold_metrics["balanced_accuracy"],
+        "vae_version": vae_version.version,
+        "data_version": data_version,
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        # The served rule is the OR of cuts; the tags name its rules (one value per rule, comma-separated).
-        artifacts = quality_model_artifacts(Path(tmp), vae, vae_config, any_rule)
-        tags = {
-            "rule": any_rule.describe(),
-            "component": ",".join(str(r.component) for r in any_rule.rules),
-            "threshold": ",".join(str(r.threshold) for r in any_rule.rules),
-            "direction": ",".join(r.direction for r in any_rule.rules),
-            "n_rules": len(any_rule.rules),
-            "test_balanced_accuracy": any_rule_metrics["balanced_accuracy"],
-            "threshold_rule_test_balanced_accuracy": threshold_metrics["balanced_accuracy"],
-            "vae_version": version.version,
-            "data_version": meta["data_version"],
-        }
-        with tracker.run("classify", run_id=run_id, tags={"kind": "classify"}) as rid:
-            tracker.log_metrics(rid, numbers)
-            tracker.log_artifacts(rid, out_dir, "classify")
-            model_id = tracker.log_pyfunc(
-                rid,
-                TuberQualityModel(),
-                artifacts,
-                signature=quality_signature(any_rule),
-                input_example=photo_example(x_test, int(vae_config["image_size"])),
-            )
-            model_version = tracker.register_model(cfg.model_name, model_id, tags=tags)
-        tracker.set_alias(cfg.model_name, CHAMPION, model_version.version)
-    metrics["registered"] = {"model": cfg.model_name, "version": int(model_version.version), "alias": CHAMPION}
-    write_json(out_dir / "metrics.json", metrics)
-    return metrics
+        model_id = registry.log_pyfunc(
+            tracker,
+            run_id,
+            TuberQualityModel(),
+            quality_model_artifacts(Path(tmp), vae, vae_config, any_rule),
+            name=model_name,
+            signature=quality_signature(any_rule),
+            input_example=photo_example(photos.x_test, int(vae_config["image_size"])),
+        )
+    version = registry.register_model(tracker, model_name, model_id, tags=tags)
+    registry.set_alias(tracker, model_name, CHAMPION, version.version)
+    registry.mark_champion(tracker, model_name, model_id)
+    return {"model": model_name, "version": int(version.version), "alias": CHAMPION}
 
 
 def headline_metrics(threshold: dict, any_rule: dict, alternatives: dict, *, n_rules: int) -> dict:

@@ -37,6 +37,7 @@ from tubervae.evaluation.matching import best_components
 from tubervae.evaluation.metrics import evaluate_all, mig
 from tubervae.evaluation.udr import informative_mask, udr_scores
 from tubervae.io import fresh_dir, under, write_csv, write_json
+from tubervae.runs import vae_artifacts
 from tubervae.runs.tracker import Tracker
 from tubervae.training import encode
 
@@ -125,8 +126,8 @@ def score_model(mu, factors, names, defects, informative, cfg) -> dict:
     """One model's supervised scores and, per defect, the informative component that follows it best.
 
     A pure function of its arrays, so the stage scores several models at once in separate processes:
-    on 2 cores, two 1-job processes score models 1.39x as fast as one process whose DCI fits run
-    2 jobs (benchmarks/bench_evaluate.py).
+    1-job processes, one per core, score models faster than one process whose DCI fits run a job per
+    core (measured in benchmarks/bench_evaluate.py).
     """
     result = evaluate_all(
         mu,
@@ -207,11 +208,11 @@ def run(
     take = np.sort(rng.choice(len(all_images), size=min(cfg.n_points, len(all_images)), replace=False))
     images, factors = all_images[take], all_factors[take]
     defects = [name for name in DEFECT_COLUMNS.values() if name in names]
-    latents = [tracker.latents(rid) for rid in models.run_id]
+    latents = [vae_artifacts.latents(tracker, rid) for rid in models.run_id]
     informative = [informative_mask(latent["kl"], params.udr.kl_threshold) for latent in latents]
     codes = []  # each model's means on the scored photos, encoded here with all threads
     for model_run in models.run_id:
-        vae, _ = tracker.load_vae(model_run)
+        vae, _ = vae_artifacts.load_vae(tracker, model_run)
         codes.append(encode(vae, images)[0])
     scored = Parallel(n_jobs=min(worker_count(cfg.workers), len(codes)) or 1)(
         delayed(score_model)(mu, factors, names, defects, mask, cfg) for mu, mask in zip(codes, informative)

@@ -28,6 +28,8 @@ def _load(path, crop_fraction, image_size):
 
 
 def load_photos(paths: list[Path], cfg: PreprocessConfig, workers: int) -> np.ndarray:
+    """The photos as model inputs, uint8 N×S×S×3 in the paths' order: each decoded, centre-cropped and
+    resized (`data.images.load_model_input`), in `workers` processes when there are more than one."""
     fn = partial(_load, crop_fraction=cfg.crop_fraction, image_size=cfg.image_size)
     progress = dict(total=len(paths), desc="preprocess", unit="img")
     if workers > 1:
@@ -39,6 +41,7 @@ def load_photos(paths: list[Path], cfg: PreprocessConfig, workers: int) -> np.nd
 
 
 def read_raw(raw_dir: Path) -> pd.DataFrame:
+    """The raw stage's labels.csv, with its factors.csv (when there is one) merged in by file."""
     labels_path = raw_dir / "labels.csv"
     if not labels_path.exists():
         raise FileNotFoundError(f"{labels_path} is missing: run the raw stage first (dvc repro raw)")
@@ -66,6 +69,7 @@ def run(
     out_dir: str | Path = "data/processed",
     workers: int = 0,
 ) -> dict:
+    """Crop, resize and split the raw photos into `out_dir` (written whole or not at all); returns its meta.json."""
     raw_dir, out_dir = under(root, raw_dir), under(root, out_dir)
     frame = read_raw(raw_dir)
     labels = encode_labels(frame["label"].tolist())

@@ -37,7 +37,9 @@ from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_json
-from tubervae.runs.tracker import CHAMPION, Tracker
+from tubervae.runs import registry, vae_artifacts
+from tubervae.runs.registry import CHAMPION
+from tubervae.runs.tracker import Tracker
 from tubervae.training import encode
 
 log = logging.getLogger(__name__)
@@ -81,9 +83,9 @@ def _best_seeds(feasible: pd.DataFrame, settings: pd.DataFrame, udr_tolerance: f
 
 def rule_cv_score(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> float:
     """Cross-validated balanced accuracy of the multi-defect rule on the run's latents of the labelled photos."""
-    vae, _ = tracker.load_vae(run_id)
+    vae, _ = vae_artifacts.load_vae(tracker, run_id)
     z, _ = encode(vae, labelled["images"])
-    kl = tracker.latents(run_id)["kl"]
+    kl = vae_artifacts.latents(tracker, run_id)["kl"]
     informative = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or None
     rule = fit_any_of_rule(
         z,
@@ -197,15 +199,18 @@ def promote(tracker: Tracker, name: str, champion: pd.Series, meta: dict):
     Nothing changes when the alias already is that run. A version of that very model made by an
     earlier attempt that died before moving the alias is reused, so a rerun adds no duplicate.
     """
-    current = tracker.version_by_alias(name, CHAMPION)
+    current = registry.version_by_alias(tracker, name, CHAMPION)
     if current is not None and current.tags.get("source_run_id") == champion.run_id:
         log.info("%s@%s already is run %s (version %s)", name, CHAMPION, champion.run_id, current.version)
+        if current.source.startswith("models:/"):
+            registry.mark_champion(tracker, name, current.source.removeprefix("models:/"))
         return current
-    model_id = tracker.ensure_vae_model(champion.run_id, crop_fraction=meta["crop_fraction"])
-    version = (tracker.versions_of(name, model_id) or [None])[-1]
+    model_id = registry.ensure_vae_model(tracker, champion.run_id, crop_fraction=meta["crop_fraction"])
+    version = (registry.versions_of(tracker, name, model_id) or [None])[-1]
     if version is None:
-        version = tracker.register_model(name, model_id, tags=version_tags(tracker, champion, meta))
-    tracker.set_alias(name, CHAMPION, version.version)
+        version = registry.register_model(tracker, name, model_id, tags=version_tags(tracker, champion, meta))
+    registry.set_alias(tracker, name, CHAMPION, version.version)
+    registry.mark_champion(tracker, name, model_id)
     log.info("registered %s version %s (run %s) as %s", name, version.version, champion.run_id, CHAMPION)
     return version
 

@@ -28,6 +28,7 @@ from tubervae.config import FAMILIES, Params
 from tubervae.data.processed import load_meta
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_scores
 from tubervae.io import fresh_dir, under, write_csv, write_json
+from tubervae.runs import vae_artifacts
 from tubervae.runs.tracker import Tracker
 from tubervae.training import normalised_beta
 
@@ -208,7 +209,7 @@ def run(
         frame = frame[~stale].reset_index(drop=True)
     if len(frame) < 2:
         raise RuntimeError("UDR needs at least two models trained on the current data")
-    latents = [tracker.latents(rid) for rid in frame.run_id]
+    latents = [vae_artifacts.latents(tracker, rid) for rid in frame.run_id]
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
     common = dict(
         similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha

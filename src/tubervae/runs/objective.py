@@ -1,0 +1,217 @@
+"""The search's objective: one trial trains one setting on every seed and scores it with within-setting UDR.
+
+Each trial is an MLflow run (`trial <n> <family> <setting>`) under the study's, with its seeds' runs
+nested under it. Seeds whose finished run already exists are reused, the others trained by a
+`SeedTrainer` (here, in a pool, or fused), each in one MLflow run throughout.
+
+With a pruner the seeds train segment by segment (`prune_steps`); after each intermediate segment
+the seeds' probe latents are scored exactly as at the end, the value is reported to Optuna as
+`judged_value` (0 while infeasible) and logged on the trial's run at that step, and the trial is
+pruned when the pruner says so, judging against feasible trials only. A pruned trial's run and its
+seeds' runs end KILLED, tagged `optuna_state=PRUNED` and `pruned_at_step`, and the seeds'
+checkpoints go unless `train.keep_checkpoints`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+
+from tubervae.config import Params, SearchSpace
+from tubervae.runs import trials, vae_artifacts
+from tubervae.runs.pruning import prune_steps
+from tubervae.runs.seed_trainers import SeedTrainer
+from tubervae.runs.tracker import Tracker
+from tubervae.runs.training_run import TrainingData, checkpoint_file, find_finished_run, run_key
+from tubervae.training import Setting
+
+log = logging.getLogger(__name__)
+
+
+def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Setting:
+    beta = trial.suggest_float("beta", space.beta[0], space.beta[1], log=space.beta_log)
+    c_max = trial.suggest_float("c_max", space.c_max[0], space.c_max[1]) if family == "cbeta_vae" else 0.0
+    return Setting(family=family, beta=beta, c_max=c_max)
+
+
+class Objective:
+    """Train one setting on every seed, score it with within-setting UDR (module docstring)."""
+
+    def __init__(
+        self,
+        family: str,
+        params: Params,
+        tracker: Tracker,
+        data: TrainingData,
+        trainer: SeedTrainer,
+        *,
+        study_run_id: str | None,
+        checkpoint_dir: Path,
+    ):
+        self.family, self.params, self.tracker, self.data, self.trainer = family, params, tracker, data, trainer
+        self.space = params.search.spaces[family]
+        self.study_run_id, self.checkpoint_dir = study_run_id, checkpoint_dir
+        self.stops = prune_steps(params)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trials.record_worker(trial)
+        try:
+            return self._evaluate(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trials.record_failure(trial, exc)
+            raise
+
+    def _evaluate(self, trial: optuna.Trial) -> float:
+        setting = suggest_setting(trial, self.family, self.space)
+        cfg, search, udr = self.params.train, self.params.search, self.params.udr
+        beta_norm = setting.normalised_beta(cfg.latent_dim, int(self.data.train.shape[1]))
+        tags = {
+            "kind": "trial",
+            "family": self.family,
+            "setting": setting.label,
+            "optuna_study": trial.study.study_name,
+            "optuna_trial": trial.number,
+        }
+        name = f"trial {trial.number} {self.family} {setting.label}"
+        with self.tracker.run(name, parent_id=self.study_run_id, tags=tags, killed_by=(optuna.TrialPruned,)) as parent:
+            trials.record_runs(trial, trial_run=parent)
+            self.tracker.log_params(
+                parent,
+                {
+                    "family": self.family,
+                    "beta": setting.beta,
+                    "beta_norm": beta_norm,
+                    "c_max": setting.c_max,
+                    "seeds": search.seeds,
+                    "similarity": udr.similarity,
+                    "aggregate": udr.aggregate,
+                    "optuna_trial": trial.number,
+                    "pruner": search.pruner,
+                },
+            )
+            seed_runs = self._train_seeds(trial, setting, parent)
+            trials.record_runs(trial, seed_runs=seed_runs)
+            score = trials.score_seeds([vae_artifacts.latents(self.tracker, run_id) for run_id in seed_runs], udr)
+            reason = trials.record_score(trial, score, min_active=search.min_active, beta_norm=beta_norm)
+            self.tracker.log_metrics(
+                parent,
+                {
+                    "udr": score.value,
+                    "n_active": score.n_active,
+                    "feasible": float(not reason),
+                    **{f"udr_seed/{i}": s for i, s in enumerate(score.udr)},
+                },
+                cfg.steps,  # after any intermediate udr, so the run's latest udr is the objective
+            )
+            self.tracker.set_tags(
+                parent, {"feasible": not reason, "infeasible_reason": reason, "seed_run_ids": ",".join(seed_runs)}
+            )
+        return score.value
+
+    def _train_seeds(self, trial: optuna.Trial, setting: Setting, parent: str) -> list[str]:
+        """Run ids of the setting's seeds: finished runs are reused, the rest trained, segment by segment
+        with a pruner, each seed in one MLflow run throughout."""
+        cfg = self.params.train
+        runs: dict[int, str] = {}
+        todo = []
+        for seed in range(self.params.search.seeds):
+            reused = find_finished_run(self.tracker, run_key(setting, seed, cfg, self.data))
+            if reused:
+                log.info("seed %d of %s %s: reusing finished run %s", seed, self.family, setting.label, reused)
+                runs[seed] = reused
+            else:
+                todo.append(seed)
+        if not todo:
+            return [runs[seed] for seed in sorted(runs)]
+        open_runs: dict[int, str] = {}  # seed → its run, left RUNNING by the last intermediate segment
+        try:
+            # A reused seed is judged by its final latents: it stands past every judging step.
+            finished = {}
+            if self.stops:
+                finished = {seed: vae_artifacts.latents(self.tracker, run_id) for seed, run_id in runs.items()}
+            for stop in self.stops:
+                results = self._train_segment(setting, todo, parent, stop, open_runs)
+                latents = {**finished, **{seed: result["latents"] for seed, result in results.items()}}
+                self._judge(trial, parent, stop, [latents[seed] for seed in sorted(latents)])
+            results = self._train_segment(setting, todo, parent, None, open_runs)
+        except trials.Pruned as pruned:
+            self._end_pruned(trial, setting, parent, todo, {**runs, **open_runs}, open_runs, pruned)
+            raise
+        except BaseException:
+            self._end_open_runs(open_runs, {"stopped": "its trial failed or was interrupted"})
+            raise
+        runs.update({seed: result["run_id"] for seed, result in results.items()})
+        return [runs[seed] for seed in sorted(runs)]
+
+    def _train_segment(
+        self, setting: Setting, seeds: list[int], parent: str, stop: int | None, open_runs: dict[int, str]
+    ) -> dict[int, dict]:
+        """Train `seeds` up to step `stop` (None: to the end), continuing the runs in `open_runs`; their results.
+
+        Every seed that ends this segment well is put in `open_runs` (taken out at the end) before an
+        error of another is raised, so no run that the segment left RUNNING is forgotten.
+        """
+        segment = self.trainer.train(setting, seeds, parent, stop, dict(open_runs))
+        for seed, result in segment.results.items():
+            if stop is None:
+                open_runs.pop(seed, None)
+            else:
+                open_runs[seed] = result["run_id"]
+        if segment.error is not None:
+            raise segment.error
+        return segment.results
+
+    def _judge(self, trial: optuna.Trial, parent: str, step: int, latents: list[dict]) -> None:
+        """Score the seeds part-way, report to Optuna, and raise `Pruned` when the trial should stop."""
+        search = self.params.search
+        score = trials.score_seeds(latents, self.params.udr)
+        feasible = score.n_active >= search.min_active
+        trial.report(trials.judged_value(score, search.min_active), step)
+        self.tracker.log_metrics(
+            parent, {"udr": score.value, "n_active": score.n_active, "feasible": float(feasible)}, step
+        )
+        if not trial.should_prune():
+            return
+        if feasible:
+            raise trials.Pruned(step, f"{search.pruner} pruner: median UDR {score.value:.4g} at step {step}")
+        raise trials.Pruned(
+            step,
+            f"{search.pruner} pruner: infeasible at step {step} (median informative components {score.n_active:g} "
+            f"below search.min_active {search.min_active}), judged 0",
+        )
+
+    def _end_pruned(
+        self,
+        trial: optuna.Trial,
+        setting: Setting,
+        parent: str,
+        trained: list[int],
+        seed_runs: dict[int, str],
+        open_runs: dict[int, str],
+        pruned: trials.Pruned,
+    ) -> None:
+        """Record the pruning on the trial and its runs, end the trained seeds' runs KILLED, remove their
+        checkpoints (a setting that cannot win is not resumed)."""
+        tags = {"optuna_state": "PRUNED", "pruned_at_step": pruned.step}
+        trials.record_pruned(trial, pruned, [seed_runs[seed] for seed in sorted(seed_runs)])
+        self.tracker.set_tags(
+            parent, {**tags, "pruned_reason": pruned.reason, "seed_run_ids": ",".join(seed_runs.values())}
+        )
+        self._end_open_runs(open_runs, tags)
+        if not self.params.train.keep_checkpoints:
+            for seed in trained:
+                checkpoint_file(self.checkpoint_dir, setting, seed, self.params.train, self.data).unlink(
+                    missing_ok=True
+                )
+        log.info("trial %d pruned: %s", trial.number, pruned)
+
+    def _end_open_runs(self, open_runs: dict[int, str], tags: dict) -> None:
+        """End KILLED, with `tags`, the seed runs an intermediate segment left RUNNING (not those that failed since)."""
+        for run_id in open_runs.values():
+            if self.tracker.status(run_id) == "RUNNING":
+                self.tracker.end_run(run_id, "KILLED", tags)
+        open_runs.clear()

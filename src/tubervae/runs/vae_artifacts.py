@@ -1,0 +1,63 @@
+"""The files of a VAE training run in MLflow, written and read only here.
+
+- `model/model.pt`: the weights (a state dict, read with `weights_only=True`);
+- `model/config.json`: what rebuilds the network and where it came from (`VAE_CONFIG_KEYS`);
+- `latents.npz`: `mu`, `logvar` and `kl` of the UDR probe images.
+
+The logged MLflow model `vae` that serves the same weights is `runs.registry`'s: the stages that
+only read latents or weights (udr, evaluate) need nothing of the served models.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tubervae.models.nets import VAE, load_vae_files
+from tubervae.runs.tracker import Tracker
+
+WEIGHTS, VAE_CONFIG, LATENTS = "model/model.pt", "model/config.json", "latents.npz"
+VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed", "data_version")
+
+
+def write_vae_files(tracker: Tracker, run_id: str, model: VAE, config: dict, latents: dict, folder: Path) -> Path:
+    """Log the weights, their config and the probe latents on `run_id`, written through `folder`.
+
+    Returns the weights file in `folder`, which a logged model can take as its artifact.
+    """
+    missing = set(VAE_CONFIG_KEYS) - set(config)
+    if missing:
+        raise ValueError(f"the VAE config lacks {sorted(missing)}")
+    folder = Path(folder)
+    np.savez(folder / LATENTS, **latents)
+    tracker.log_artifact(run_id, folder / LATENTS)
+    weights_folder = folder / Path(WEIGHTS).parent
+    weights_folder.mkdir(exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS)
+    (folder / VAE_CONFIG).write_text(json.dumps(config, indent=2))
+    tracker.log_artifacts(run_id, weights_folder, str(Path(WEIGHTS).parent))
+    return folder / WEIGHTS
+
+
+def load_vae(tracker: Tracker, run_id: str) -> tuple[VAE, dict]:
+    """The VAE of a training run (on the CPU, in eval mode) and its config."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, config = vae_files(tracker, run_id, tmp)
+        return load_vae_files(weights, config), config
+
+
+def vae_files(tracker: Tracker, run_id: str, dst: str | Path) -> tuple[Path, dict]:
+    """Download a run's weights into `dst`; returns their path and the config."""
+    config = json.loads(tracker.download(run_id, VAE_CONFIG, dst).read_text())
+    return tracker.download(run_id, WEIGHTS, dst), config
+
+
+def latents(tracker: Tracker, run_id: str) -> dict[str, np.ndarray]:
+    """`mu`, `logvar` and `kl` of the probe images that the run's model encoded."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with np.load(tracker.download(run_id, LATENTS, tmp), allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}

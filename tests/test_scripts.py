@@ -1,0 +1,224 @@
+"""The benchmarks and experiments keep working while the library changes under them.
+
+No test runs them for real (each takes minutes to hours), so cheap checks stand in:
+
+- every script's `--help` exits 0 and prints its usage: it imports, and it does its work in
+  `main()`, not at import;
+- every name a script takes from `tubervae` is public: no leading underscore, and in the
+  module's `__all__` where it has one, else defined there rather than imported (read from the
+  scripts' and the modules' source);
+- no script replaces a library attribute, beyond the known ones listed below.
+
+A rename of a public name then fails here rather than in a benchmark run months later, and an
+internal a script needs is something its module offers openly first (a parameter, a documented
+function).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tubervae.config import TrainConfig
+from tubervae.fused import FusedJob, train_fused
+from tubervae.training import Setting, new_optimiser
+
+PROJECT = Path(__file__).resolve().parents[1]
+SRC = PROJECT / "src"
+SCRIPTS = sorted(PROJECT.glob("benchmarks/bench_*.py")) + sorted(PROJECT.glob("experiments/*.py"))
+SCRIPT_IDS = [str(p.relative_to(PROJECT)) for p in SCRIPTS]
+
+# Library attributes a script still replaces, each until its module takes a parameter for it.
+KNOWN_PATCHES: set[tuple[str, str, str]] = set()  # (script, module, name) a script may replace
+
+
+def module_file(dotted: str) -> Path | None:
+    """The source of a tubervae module or package, or None when there is no such module."""
+    base = SRC.joinpath(*dotted.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.cache
+def surface(dotted: str) -> tuple[frozenset[str] | None, dict[str, str]]:
+    """A module's `__all__` (None without one) and its top-level names, each with what binds it."""
+    tree = ast.parse(module_file(dotted).read_text(encoding="utf-8"))
+    listed, names = None, {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names[node.name] = "defined"
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(target, ast.Name):
+                    names[target.id] = "defined"
+                    if target.id == "__all__":
+                        listed = frozenset(ast.literal_eval(node.value))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                names[alias.asname or alias.name.split(".")[0]] = "imported"
+    return listed, names
+
+
+def problem(dotted: str, name: str) -> str | None:
+    """Why `dotted.name` is not a public name of the module, or None when it is."""
+    if name.startswith("_"):
+        return "private (leading underscore)"
+    listed, names = surface(dotted)
+    if listed is not None:
+        return None if name in listed else "not in the module's __all__"
+    kind = names.get(name)
+    if kind is None:
+        return "not defined in the module"
+    if kind == "imported":
+        return "imported there, not the module's own (take it from where it is defined)"
+    return None
+
+
+def uses(source: str) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+    """(module, name, line) of every name a script takes from a tubervae module, and of those it replaces."""
+    tree = ast.parse(source)
+    modules: dict[str, str] = {}  # the script's name for a module -> the module
+    taken, patched = [], []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "tubervae":
+                    modules[alias.asname or "tubervae"] = alias.name if alias.asname else "tubervae"
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "tubervae":
+            for alias in node.names:
+                if module_file(f"{node.module}.{alias.name}"):
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                else:
+                    taken.append((node.module, alias.name, node.lineno))
+
+    def module_of(expr) -> str | None:
+        if isinstance(expr, ast.Name):
+            return modules.get(expr.id)
+        if isinstance(expr, ast.Attribute):
+            parent = module_of(expr.value)
+            if parent and module_file(f"{parent}.{expr.attr}"):
+                return f"{parent}.{expr.attr}"
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and (owner := module_of(node.value)) and not module_of(node):
+            taken.append((owner, node.attr, node.lineno))
+            if isinstance(node.ctx, ast.Store | ast.Del):
+                patched.append((owner, node.attr, node.lineno))
+        elif isinstance(node, ast.Call) and len(node.args) >= 2:
+            # setattr(module, "name", ...), mock.patch.object(module, "name", ...), getattr(module, "name")
+            owner, name = module_of(node.args[0]), node.args[1]
+            if owner and isinstance(name, ast.Constant) and isinstance(name.value, str):
+                taken.append((owner, name.value, node.lineno))
+                if not (isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")):
+                    patched.append((owner, name.value, node.lineno))
+    return taken, patched
+
+
+@pytest.mark.slow  # a Python with torch per script: tens of seconds for all of them
+@pytest.mark.parametrize("script", SCRIPTS, ids=SCRIPT_IDS)
+def test_script_help_exits_cleanly(script):
+    done = subprocess.run(
+        [sys.executable, str(script), "--help"], cwd=PROJECT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage" in done.stdout.lower()
+
+
+def test_scripts_take_only_public_names_from_tubervae():
+    wrong = []
+    for script, label in zip(SCRIPTS, SCRIPT_IDS):
+        taken, _ = uses(script.read_text(encoding="utf-8"))
+        for dotted, name, line in taken:
+            if (why := problem(dotted, name)) is not None:
+                wrong.append(f"{label}:{line}: {dotted}.{name}: {why}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_scripts_replace_no_library_attribute_beyond_the_known_ones():
+    found = set()
+    for script, label in zip(SCRIPTS, SCRIPT_IDS):
+        _, patched = uses(script.read_text(encoding="utf-8"))
+        found |= {(label, dotted, name) for dotted, name, _ in patched}
+    assert found - KNOWN_PATCHES == set(), "give the module a parameter instead of replacing its attribute"
+    assert KNOWN_PATCHES - found == set(), "a known patch is gone: drop it from KNOWN_PATCHES"
+
+
+def test_scripts_do_their_work_in_main():
+    """At import a script only imports, defines and names constants; the rest waits for `main()`."""
+    wrong = []
+    for script, label in zip(SCRIPTS, SCRIPT_IDS):
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+        for i, node in enumerate(tree.body):
+            if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+                continue  # the docstring
+            if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.ClassDef | ast.Assign):
+                continue
+            if isinstance(node, ast.AnnAssign) or (isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)):
+                continue
+            wrong.append(f"{label}:{node.lineno}: {ast.unparse(node).splitlines()[0]}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_checks_see_what_they_look_for():
+    """The reader above finds a private name, a name outside __all__ and a replaced attribute."""
+    source = (
+        "import tubervae.runs.training_run as tr\n"
+        "from tubervae import fused\n"
+        "from tubervae.data import synth\n"
+        "from tubervae.fused import train_fused, _Member\n"
+        "tr.figures = None\n"
+        "synth._warm_caches()\n"
+        "fused.train_fused\n"
+    )
+    assert problem("tubervae.fused", "_Member") is not None
+    assert problem("tubervae.fused", "Outcome") == "not in the module's __all__"
+    assert problem("tubervae.data.synth", "generate") is None
+    assert problem("tubervae.data.synth", "no_such_name") == "not defined in the module"
+    taken, patched = uses(source)
+    assert ("tubervae.fused", "_Member", 4) in taken
+    assert ("tubervae.data.synth", "_warm_caches", 6) in taken
+    assert ("tubervae.fused", "train_fused", 7) in taken
+    assert patched == [("tubervae.runs.training_run", "figures", 5)]
+
+
+def test_the_benchmarks_knobs_of_train_fused_change_speed_not_weights():
+    """bench_gpu.py's `--adam foreach` and `--layout contiguous` train the default's weights, to rounding."""
+    images = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    cfg = TrainConfig(
+        steps=6, batch_size=8, latent_dim=3, log_every=3, checkpoint_every=6, snapshot_every=0, device="cpu"
+    )
+    jobs = [FusedJob(Setting("beta_vae", 4.0), 0), FusedJob(Setting("beta_tcvae", 6.0), 1)]
+    built = []
+
+    def per_tensor_adam(params, cfg, device):
+        built.append(new_optimiser(params, cfg, device, fused=False))
+        return built[-1]
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        runs = [
+            train_fused(jobs, cfg, train_images=images, probe_images=images[:8], test_images=images[:8], **knobs)
+            for knobs in (
+                {},
+                {"make_optimiser": per_tensor_adam},
+                {"input_layout": torch.contiguous_format},
+            )
+        ]
+    finally:
+        torch.set_default_dtype(previous)
+    assert built and not any(adam.defaults["fused"] for adam in built)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+                assert torch.allclose(x, y, rtol=0, atol=1e-9)
