@@ -503,7 +503,7 @@ def scatter_threshold_figure(
         if not np.isfinite(value):
             raise ValueError(f"threshold must be finite, got {value}")
         line = ax.axvline if axis == 0 else ax.axhline
-        line(value, color="black", ls=style, lw=1.2, label=f"threshold {names[axis]} = {value:.2f}")
+        line(value, color="black", ls=style, lw=1.2, label=f"threshold {names[axis]} = {value:.3g}")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
     ax.set_title(title, fontsize=9)
