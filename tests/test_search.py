@@ -250,6 +250,23 @@ def test_dead_local_worker_trial_is_failed_once_and_requeued_clean(tmp_path):
     assert not [key for key in retry.system_attrs if key.startswith("completed_rung_")]  # judged afresh
 
 
+@pytest.mark.slow
+def test_make_dashboard_shows_the_study_its_objective_and_its_settings(project, no_pictures):
+    """`make dashboard`, as the README starts it, shows the study, its objective's name and its attributes."""
+    run_search(project, RAW_PARAMS)
+    study = load_study(project, RAW_PARAMS)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    root = with_makefile(project)
+    with started(
+        make_target("dashboard", DASHBOARD_PORT=port), root, {}, project / "dashboard.log", f"{url}/api/studies"
+    ):
+        listed = {s["study_name"]: s["study_id"] for s in http(f"{url}/api/studies")[1]["study_summaries"]}
+        status, shown = http(f"{url}/api/studies/{listed[study.study_name]}?after=0")
+        assert status == 200 and shown["objective_names"] == ["udr"]
+        assert {a["key"] for a in shown["user_attrs"]} >= {"fingerprint", "data_version", "objective"}
+
+
 def test_completed_study_resumes_without_training_and_moves_on(project, no_pictures):
     """n_trials is a total; a resumed study asks new points; trial runs hold their seeds' runs."""
     first = run_search(project, RAW_PARAMS)
@@ -271,17 +288,6 @@ def test_completed_study_resumes_without_training_and_moves_on(project, no_pictu
     assert attrs["fingerprint"] == study.study_name.rsplit("-", 1)[1] == fingerprint(params, data_version)
     assert attrs["data_version"] == data_version and attrs["seeds"] == params.search.seeds
     assert attrs["train"]["steps"] == params.train.steps and attrs["udr"]["similarity"] == params.udr.similarity
-    # `make dashboard`, as the README starts it, shows the study, its objective's name and its attributes.
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    root = with_makefile(project)
-    with started(
-        make_target("dashboard", DASHBOARD_PORT=port), root, {}, project / "dashboard.log", f"{url}/api/studies"
-    ):
-        listed = {s["study_name"]: s["study_id"] for s in http(f"{url}/api/studies")[1]["study_summaries"]}
-        status, shown = http(f"{url}/api/studies/{listed[study.study_name]}?after=0")
-        assert status == 200 and shown["objective_names"] == ["udr"]
-        assert {a["key"] for a in shown["user_attrs"]} >= {"fingerprint", "data_version", "objective"}
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert len(all_runs(project)) == 6
