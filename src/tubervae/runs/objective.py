@@ -169,7 +169,7 @@ class Objective:
         """Score the seeds part-way, report to Optuna, and raise `Pruned` when the trial should stop."""
         search = self.params.search
         score = trials.score_seeds(latents, self.params.udr)
-        feasible = score.n_active >= search.min_active
+        feasible = score.feasible(search.min_active)
         trial.report(trials.judged_value(score, search.min_active), step)
         self.tracker.log_metrics(
             parent, {"udr": score.value, "n_active": score.n_active, "feasible": float(feasible)}, step

@@ -137,8 +137,7 @@ def run_tracked(
             tracker.log_metrics(rid, metrics, step)
 
         def on_snapshot(model, step: int) -> None:
-            if cfg.figures:
-                _log_snapshot(tracker, rid, model, step, data, kl_threshold)
+            _log_snapshot(tracker, rid, model, step, data, kl_threshold)
 
         try:
             outcome: Outcome = train_model(
@@ -151,7 +150,7 @@ def run_tracked(
                 data_version=data.data_version,
                 checkpoint_path=checkpoint_path,
                 on_log=on_log,
-                on_snapshot=on_snapshot,
+                on_snapshot=on_snapshot if cfg.figures else None,
                 progress=progress,
                 stop_at=None if final else stop_at,
             )

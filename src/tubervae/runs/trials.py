@@ -46,6 +46,10 @@ class SeedScores:
         """The median number of informative components, which `search.min_active` bounds."""
         return float(np.median(self.n_informative))
 
+    def feasible(self, min_active: int) -> bool:
+        """Whether the setting may win: its median number of informative components reaches `min_active`."""
+        return self.n_active >= min_active
+
 
 def score_seeds(latents: list[dict], udr: UdrConfig) -> SeedScores:
     """Within-setting UDR of the seeds' probe latents (dicts with `mu` and `kl`): one rule, part-way and at the end."""
@@ -64,7 +68,7 @@ def score_seeds(latents: list[dict], udr: UdrConfig) -> SeedScores:
 
 def infeasible_reason(score: SeedScores, min_active: int) -> str:
     """Why the setting may not win ("" when it may)."""
-    if score.n_active >= min_active:
+    if score.feasible(min_active):
         return ""
     return f"median informative components {score.n_active:g} below search.min_active {min_active}"
 
@@ -79,7 +83,7 @@ def judged_value(score: SeedScores, min_active: int) -> float:
     later the larger β is, so at ⅛ of 600 steps that rule pruned the full grid's best setting
     (β = 4, `benchmarks/bench_pruning.py`).
     """
-    return score.value if score.n_active >= min_active else 0.0
+    return score.value if score.feasible(min_active) else 0.0
 
 
 class Pruned(optuna.TrialPruned):
