@@ -93,9 +93,13 @@ def test_cbeta_vae_anneals_capacity_over_all_of_training_by_default():
 
 
 def _profile_overrides(path: Path) -> dict[str, str]:
-    """`key=value` lines of a profile file, as `make thesis` / `make cpu-long` pass them to `dvc exp run -S`."""
+    """`key=value` lines of a profile file, as `make thesis` / `make cpu-long` pass them to `dvc exp run -S`;
+    a key set twice fails (DVC would apply the last without a word)."""
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return dict(line.split("=", 1) for line in lines if line)
+    pairs = [line.split("=", 1) for line in lines if line]
+    keys = [key for key, _ in pairs]
+    assert len(set(keys)) == len(keys), f"{path.name} sets {sorted({k for k in keys if keys.count(k) > 1})} twice"
+    return dict(pairs)
 
 
 @pytest.mark.parametrize("profile", sorted((ROOT / "profiles").glob("*.txt")), ids=lambda p: p.stem)
@@ -118,3 +122,40 @@ def test_make_targets_read_their_profiles():
     makefile = (ROOT / "Makefile").read_text()
     for profile in (ROOT / "profiles").glob("*.txt"):
         assert f"$(call profile_overrides,{profile.stem})" in makefile
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("train:\n  steps: 40\n  steps: 4000\n", "duplicate key 'steps' (lines 2 and 3)"),
+        ("train: {steps: 3}\ndata: {}\ntrain: {lr: 0.1}\n", "duplicate key 'train' (lines 1 and 3)"),
+        ("search:\n  spaces:\n    beta_vae: {beta: [1, 2], beta: [2, 3]}\n", "duplicate key 'beta'"),
+        ("", "the file is empty"),
+        ("# only a comment\n", "the file is empty"),
+        ("- train\n- data\n", "expected a mapping of sections (data:, train:, ...), got a list"),
+        ("just words\n", "expected a mapping of sections (data:, train:, ...), got a str"),
+        ("train: [\n", "not valid YAML"),
+    ],
+)
+def test_a_settings_file_is_read_strictly(tmp_path, text, fragment):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and fragment in message
+    assert "\n" not in message
+
+
+def test_the_cli_refuses_a_duplicate_key_in_one_line_before_any_work(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data:\n  n_images: 40\n  n_images: 4000\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tubervae.cli", "--root", str(tmp_path), "raw"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"tubervae: invalid setting: {bad}: duplicate key 'n_images' (lines 2 and 3): keep one, since only the "
+        "last would count"
+    )
+    assert not (tmp_path / "data").exists()

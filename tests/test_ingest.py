@@ -97,11 +97,13 @@ def test_every_file_gets_a_documented_decision(folder, tmp_path):
     assert snapshot(folder) == before  # the user's files are untouched
 
 
-def test_too_many_rejections_fail_with_the_report_written(folder, tmp_path):
+def test_too_many_rejections_fail_with_the_report_written_beside(folder, tmp_path):
     cfg = DataConfig(source=str(folder), workers=1, max_rejected_fraction=0.2)
-    with pytest.raises(IngestError, match="rejected, above data.max_rejected_fraction"):
+    with pytest.raises(IngestError, match="rejected, above data.max_rejected_fraction") as info:
         import_folder(cfg, tmp_path / "raw", tmp_path / "ingest.csv")
-    assert len(pd.read_csv(tmp_path / "ingest.csv")) == 12
+    assert str(tmp_path / "ingest.failed.csv") in str(info.value)
+    assert len(pd.read_csv(tmp_path / "ingest.failed.csv")) == 12
+    assert not (tmp_path / "ingest.csv").exists()  # the report of the last import that succeeded is kept
 
 
 def test_nothing_usable_and_missing_folder(tmp_path):
@@ -275,13 +277,14 @@ def test_files_without_an_image_suffix_do_not_count_towards_the_rejected_share(t
         )
 
 
-def test_a_folder_without_photos_fails_with_the_report_written(tmp_path):
+def test_a_folder_without_photos_fails_with_the_report_written_beside(tmp_path):
     root = tmp_path / "docs"
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "README.txt").write_text("nothing here")
     with pytest.raises(IngestError, match="no image files"):
         import_folder(DataConfig(source=str(root), workers=1), tmp_path / "raw", tmp_path / "i.csv")
-    written = pd.read_csv(tmp_path / "i.csv", keep_default_na=False)
+    assert not (tmp_path / "i.csv").exists()
+    written = pd.read_csv(tmp_path / "i.failed.csv", keep_default_na=False)
     assert written.to_dict("records") == [
         {"source": "sub/README.txt", "status": "skipped", "reason": "not an image suffix", "label": "", "file": ""}
     ]
@@ -315,3 +318,86 @@ def test_unreadable_files_and_folders_get_a_line(tmp_path, monkeypatch):
     assert report.loc["locked", "reason"] == "unreadable folder: Permission denied"
     assert report.loc["private.jpg", "status"] == "rejected" and "unreadable" in report.loc["private.jpg", "reason"]
     assert report.loc["ok.jpg", "status"] == "accepted"
+
+
+# ------------------------------------------------------------------ odd names, empty folders, the stage's outputs
+
+
+def contents(root):
+    """Every file under `root` and its bytes (folders' times change when a stage tries and fails)."""
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+LATIN1_NAME = os.fsdecode(b"Kartoffel_gro\xdf.jpg")  # a Latin-1 byte: not UTF-8, read with a lone surrogate
+
+
+def test_a_name_that_is_not_utf8_is_reported_escaped_and_imported(tmp_path):
+    root = tmp_path / "photos"
+    (root / "good").mkdir(parents=True)
+    photo().save(root / "good" / LATIN1_NAME, format="JPEG")
+    (root / os.fsdecode(b"Notiz_\xe9.jpg")).write_text("not a jpeg")  # rejected like any other file
+    photo().save(root / "plain.jpg")
+    cfg = DataConfig(source=str(root), workers=1, max_rejected_fraction=0.5)
+    report = import_folder(cfg, tmp_path / "raw", tmp_path / "ingest.csv")
+    written = pd.read_csv(tmp_path / "ingest.csv", keep_default_na=False, encoding="utf-8").set_index("source")
+    assert sorted(written.index) == ["Notiz_\\xe9.jpg", "good/Kartoffel_gro\\xdf.jpg", "plain.jpg"]
+    assert written.loc["good/Kartoffel_gro\\xdf.jpg", "status"] == "accepted"
+    assert written.loc["good/Kartoffel_gro\\xdf.jpg", "label"] == "good"
+    assert written.loc["Notiz_\\xe9.jpg", "status"] == "rejected"
+    assert list(report.source) == list(written.index)
+    labels = pd.read_csv(tmp_path / "raw" / "labels.csv", keep_default_na=False).set_index("source")
+    stored = tmp_path / "raw" / labels.loc["good/Kartoffel_gro\\xdf.jpg", "file"]
+    assert stored.read_bytes() == (root / "good" / LATIN1_NAME).read_bytes()
+
+
+def test_factors_can_name_a_photo_whose_name_is_not_utf8_as_the_report_shows_it(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    photo().save(root / LATIN1_NAME, format="JPEG")
+    photo().save(root / "b.jpg")
+    (root / "factors.csv").write_text("file,size\nKartoffel_gro\\xdf.jpg,1.5\nb.jpg,2.0\n")
+    import_folder(DataConfig(source=str(root), workers=1), tmp_path / "raw", tmp_path / "ingest.csv")
+    factors = pd.read_csv(tmp_path / "raw" / "factors.csv")
+    assert sorted(factors["size"]) == [1.5, 2.0]
+
+
+def test_an_empty_folder_is_one_line_and_leaves_the_previous_import(tmp_path):
+    from tubervae.stages import raw
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    photo().save(root / "a.jpg")
+    photo().save(root / "b.jpg")
+    project = tmp_path / "project"
+    raw.run(DataConfig(source=str(root), workers=1), root=project)
+    before = contents(project)
+    for name in ("a.jpg", "b.jpg"):
+        (root / name).unlink()
+    with pytest.raises(IngestError) as info:
+        raw.run(DataConfig(source=str(root), workers=1), root=project)
+    assert (
+        str(info.value) == f"data.source: the folder {root} is empty: put the photos in it (good/ and bad/ for labels)"
+    )
+    assert contents(project) == before  # neither data/raw nor reports/data/ingest.csv changed
+
+
+def test_a_failed_import_keeps_the_previous_import_and_report(tmp_path):
+    from tubervae.stages import raw
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    photo().save(root / "a.jpg")
+    project = tmp_path / "project"
+    raw.run(DataConfig(source=str(root), workers=1), root=project)
+    before = contents(project)
+    (root / LATIN1_NAME).write_text("a broken photo with an odd name")
+    with pytest.raises(IngestError, match="50.0% of the image files were rejected") as info:
+        raw.run(DataConfig(source=str(root), workers=1, max_rejected_fraction=0.2), root=project)
+    failed = project / "reports" / "data" / "ingest.failed.csv"
+    assert str(failed) in str(info.value)
+    assert "Kartoffel_gro\\xdf.jpg" in failed.read_text(encoding="utf-8")
+    failed.unlink()
+    assert contents(project) == before
+    raw.run(DataConfig(source=str(root), workers=1, max_rejected_fraction=0.5), root=project)
+    assert "Kartoffel_gro\\xdf.jpg" in (project / "reports" / "data" / "ingest.csv").read_text(encoding="utf-8")
+    assert not failed.exists()

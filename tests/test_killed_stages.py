@@ -82,8 +82,10 @@ def runs_of(root, kind: str) -> list:
     return client.search_runs(ids, f"tags.kind = '{kind}'")
 
 
-def kill_inside_its_run(root, stage: str) -> int:
+def kill_inside_its_run(root, stage: str, sig: int = signal.SIGKILL) -> int:
+    """Start `tubervae <stage>`, wait until it is inside its open run, send `sig`; its pid, once it is gone."""
     marker = root / f"{stage}.stopped"
+    marker.unlink(missing_ok=True)  # left by an earlier test's stop of the same stage
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     log = open(root / f"{stage}.log", "w")
     proc = subprocess.Popen(
@@ -99,7 +101,9 @@ def kill_inside_its_run(root, stage: str) -> int:
             assert proc.poll() is None, f"{stage} ended early:\n{(root / f'{stage}.log').read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"{stage} never opened its run"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        assert proc.returncode == -sig, f"{stage} ended with {proc.returncode}, not by the signal {sig}"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -119,6 +123,16 @@ def test_killed_stage_leaves_no_run_running_after_the_rerun(project, stage, monk
     statuses = {r.info.run_id: r.info.status for r in runs_of(project, stage)}
     assert statuses[killed.info.run_id] == "KILLED"
     assert "RUNNING" not in statuses.values() and "FINISHED" in statuses.values()
+
+
+@pytest.mark.parametrize("stage", ["udr", "register"])
+def test_a_sigterm_marks_the_open_run_killed_on_the_way_out(project, stage, monkeypatch):
+    """`timeout` or a scheduler stops a stage with SIGTERM: its run ends KILLED at once, not RUNNING until a rerun."""
+    monkeypatch.chdir(project)
+    pid = kill_inside_its_run(project, stage, signal.SIGTERM)
+    (stopped,) = [r for r in runs_of(project, stage) if r.data.tags.get("pid") == str(pid)]
+    assert stopped.info.status == "KILLED"
+    assert stopped.info.end_time is not None
 
 
 def test_a_pool_workers_run_is_killed_with_its_owner_even_while_the_worker_lingers(tmp_path, empty_mlflow_db):

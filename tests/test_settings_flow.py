@@ -142,3 +142,145 @@ def test_kl_threshold_reaches_udr_n_active_classify_and_plots(project, monkeypat
     assert metrics["informative_components"] == [int(j) for j in np.flatnonzero(kls[champion] > threshold)] or (
         counts[champion] == 0 and len(metrics["informative_components"]) == 4
     )
+
+
+# ------------------------------------------------------------------ relative paths in settings
+
+
+def _photos(folder, names, value=120):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (640, 480), (value, value, value)).save(folder / name)
+
+
+def test_a_relative_data_source_is_read_from_the_project_not_the_working_folder(tmp_path, monkeypatch):
+    """`cd elsewhere && tubervae --root PROJECT raw` with `data.source: photos` imports PROJECT/photos, while the
+    working folder holds a decoy `photos` folder of its own."""
+    from tubervae import cli
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    _photos(project / "photos", ["mine_a.jpg", "mine_b.jpg"])
+    _photos(elsewhere / "photos", ["decoy.jpg"], value=30)
+    (project / "params.yaml").write_text("data:\n  source: photos\n  workers: 1\n")
+    monkeypatch.chdir(elsewhere)
+    assert cli.main(["--root", str(project), "raw"]) == 0
+    assert cli.main(["--root", str(project), "source"]) == 0
+    ingest = pd.read_csv(project / "reports" / "data" / "ingest.csv", keep_default_na=False)
+    assert sorted(ingest.source) == ["mine_a.jpg", "mine_b.jpg"]
+    fingerprint = json.loads((project / "reports" / "data" / "source.json").read_text())
+    assert fingerprint["source"] == "photos" and fingerprint["files_read"] == 2
+    assert not (elsewhere / "data").exists() and not (elsewhere / "reports").exists()
+
+
+def test_the_source_fingerprint_follows_the_photos_and_factors_only(tmp_path):
+    from tubervae.config import DataConfig
+    from tubervae.stages import source
+
+    photos = tmp_path / "photos"
+    _photos(photos / "good", ["a.jpg"])
+    _photos(photos, ["b.jpg"])
+    (photos / "factors.csv").write_text("file,size\ngood/a.jpg,1\nb.jpg,2\n")
+    (photos / "README.txt").write_text("notes")
+    cfg = DataConfig(source="photos")
+    first = source.run(cfg, root=tmp_path)
+    assert first == json.loads((tmp_path / "reports" / "data" / "source.json").read_text())
+    assert (first["entries"], first["files_read"]) == (4, 3)  # two photos and factors.csv are read
+    # Read again, from another working folder, with the files touched and the notes edited: the same.
+    for path in photos.rglob("*"):
+        path.touch()
+    (photos / "README.txt").write_text("other notes")
+    assert source.fingerprint(DataConfig(source=str(photos))).items() >= {"sha256": first["sha256"]}.items()
+    changes = [
+        lambda: _photos(photos / "bad", ["c.jpg"]),  # a photo added
+        lambda: _photos(photos, ["b.jpg"], value=121),  # a photo changed
+        lambda: (photos / "factors.csv").write_text("file,size\ngood/a.jpg,1\nb.jpg,3\n"),  # a factor changed
+        lambda: (photos / "good" / "a.jpg").rename(photos / "a.jpg"),  # a photo moved out of good/
+        lambda: (photos / "bad" / "c.jpg").unlink(),  # a photo removed
+    ]
+    seen = {first["sha256"]}
+    for change in changes:
+        change()
+        seen.add(source.fingerprint(cfg, tmp_path)["sha256"])
+    assert len(seen) == 1 + len(changes)
+    assert source.fingerprint(DataConfig(source="synthetic"), tmp_path) == {"source": "synthetic"}
+
+
+# ------------------------------------------------------------------ the tracking store, as MLFLOW_TRACKING_URI names it
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.fixture
+def bare_project(tmp_path, monkeypatch):
+    """A project folder with settings and nothing else; no MLflow settings from the environment."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "params.yaml").write_text("udr: {heatmap_pairs: 0}\n")
+    models = "run_id,family,beta,c_max,setting,seed,n_active,udr_within,feasible\n"
+    (tmp_path / "reports" / "udr").mkdir(parents=True)
+    (tmp_path / "reports" / "udr" / "models.csv").write_text(models + f"{'a' * 32},beta_vae,1.0,0.0,1.0,0,3,0.5,True\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("stage", ["udr", "register", "classify"])
+def test_a_store_that_is_not_a_database_is_one_line(bare_project, monkeypatch, capsys, stage):
+    from tubervae import cli
+
+    not_a_db = bare_project / "notes.db"
+    not_a_db.write_text("a text file, not a database\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{not_a_db}")
+    assert cli.main(["--root", str(bare_project), stage]) == 1
+    line = one_line_error(capsys)
+    assert f"sqlite:///{not_a_db} (MLFLOW_TRACKING_URI) is not an MLflow database" in line
+    assert "point MLFLOW_TRACKING_URI at an MLflow store" in line
+    assert not_a_db.read_text() == "a text file, not a database\n"
+
+
+@pytest.mark.parametrize("stage", ["register", "classify"])
+def test_a_stage_pointed_at_a_missing_store_makes_none(bare_project, tmp_path_factory, monkeypatch, capsys, stage):
+    from tubervae import cli
+
+    other = tmp_path_factory.mktemp("another-store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other / 'mlflow.db'}")
+    assert cli.main(["--root", str(bare_project), stage]) == 1
+    assert one_line_error(capsys).endswith(
+        f"no MLflow store at {other / 'mlflow.db'}: run the stages before this one (dvc repro) in this project, "
+        "or point MLFLOW_TRACKING_URI at the store that holds their runs"
+    )
+    assert list(other.iterdir()) == [] and not (bare_project / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    "call, advice",
+    [
+        (lambda client: client.get_run("0" * 32), "point MLFLOW_TRACKING_URI at the store that made it"),
+        (
+            lambda client: client.get_model_version_by_alias("tuber-quality", "champion"),
+            "register the champion first (tubervae register, or dvc repro register)",
+        ),
+    ],
+    ids=["missing run", "missing alias"],
+)
+def test_mlflow_errors_are_one_line_at_the_cli_and_a_traceback_with_debug(
+    bare_project, empty_mlflow_db, monkeypatch, capsys, call, advice
+):
+    """Whatever MLflow raises inside a stage (here: a real client on a real, empty store) ends as one line."""
+    from mlflow.exceptions import MlflowException
+
+    from tubervae import cli
+    from tubervae.runs.tracker import tracking_uri
+
+    shutil.copyfile(empty_mlflow_db, bare_project / "mlflow.db")
+    monkeypatch.setattr(cli, "cmd_classify", lambda args, params: call(MlflowClient(tracking_uri(args.root))))
+    assert cli.main(["--root", str(bare_project), "classify"]) == 1
+    line = one_line_error(capsys)
+    assert line.startswith("tubervae classify: error: ") and advice in line
+    assert f"sqlite:///{bare_project.resolve() / 'mlflow.db'}" in line
+    with pytest.raises(MlflowException):
+        cli.main(["--root", str(bare_project), "--debug", "classify"])

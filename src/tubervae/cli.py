@@ -51,6 +51,19 @@ def cmd_raw(args, params: Params) -> None:
     raw.run(params.data, root=args.root)
 
 
+def cmd_source(args, params: Params) -> None:
+    from tubervae.stages import source
+
+    found = source.run(params.data, root=args.root)
+    if found["source"] == "synthetic":
+        print("data.source: synthetic (simulated photos)")
+    else:
+        print(
+            f"data.source {found['source']}: {found['entries']} entries, {found['files_read']} files read "
+            f"({found['bytes'] / 1e6:.1f} MB), sha256 {found['sha256'][:12]}"
+        )
+
+
 def cmd_preprocess(args, params: Params) -> None:
     from tubervae.stages import preprocess
 
@@ -168,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--params", help="settings file (default: params.yaml in the project folder)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
 
     p = sub.add_parser(
@@ -185,13 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_synth)
 
     p = sub.add_parser(
+        "source",
+        help="stage source: fingerprint the photos of data.source, for DVC",
+        description="Scan the data.source folder as the import would and write a fingerprint of its "
+        "photos and factors.csv (names, decisions, content hashes) to reports/data/source.json. The "
+        "raw stage depends on it: dvc repro re-imports exactly when the photos changed.",
+    )
+    p.set_defaults(fn=cmd_source)
+
+    p = sub.add_parser(
         "raw",
         help="stage raw: simulate photos or import a folder into data/raw",
         description="Fill data/raw/ from data.source: 'synthetic' runs the simulator; a folder "
         "path imports real photos (good/ and bad/ subfolders give labels). Every file "
         "is checked; reports/data/ingest.csv says what was kept and why.",
     )
-    p.add_argument("--source", help="override data.source")
+    p.add_argument("--source", help="override data.source (a relative folder is read from the project folder)")
     p.add_argument("--n-images", type=int, help="override data.n_images")
     p.set_defaults(fn=cmd_raw)
 
@@ -304,14 +327,38 @@ def main(argv: list[str] | None = None) -> int:
         params = None if args.command == "synth" else load_params(args.params or Path(args.root) / "params.yaml")
         args.fn(args, params)
     except ConfigError as exc:
+        if args.debug:
+            raise
         print(f"tubervae: invalid setting: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        if args.verbose:
+    except KeyboardInterrupt as exc:
+        if args.debug:
             raise
-        print(f"tubervae {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tubervae {args.command}: stopped ({type(exc).__name__})", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = _one_line(exc, args.root)
+        if args.debug or message is None:
+            raise
+        print(f"tubervae {args.command}: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(exc: Exception, root: str) -> str | None:
+    """The error as one line that says what to do; None for an error nobody foresaw (a bug: traceback).
+
+    A stage's own errors (FileNotFoundError, RuntimeError, ValueError) are already written that way.
+    MLflow's and its database's are not: they are recognised by their module, so that `--help` and the
+    stages that never touch MLflow import none of it.
+    """
+    if any(c.__module__.split(".")[0] in ("mlflow", "sqlalchemy") for c in type(exc).__mro__):
+        from tubervae.runs.tracker import explain_mlflow_error
+
+        return explain_mlflow_error(exc, root)
+    if isinstance(exc, FileNotFoundError | RuntimeError | ValueError):
+        return str(exc) or type(exc).__name__
+    return None
 
 
 if __name__ == "__main__":

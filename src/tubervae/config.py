@@ -349,16 +349,53 @@ def parse_params(raw: dict | None) -> Params:
     return Params(**sections)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, list | dict):
+            continue  # an unhashable key: construct_mapping refuses it in its own words
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key {key!r} (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): "
+                "keep one, since only the last would count"
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
+def read_settings_file(path: str | Path) -> dict:
+    """A settings file (params.yaml, or a file in its shape) as a mapping, strictly: a duplicate key, an
+    empty file or a file that is not a mapping is a ConfigError naming the file (and the key)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found; run from the project root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_params(raw)
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; write the settings to change, or `{{}}` for every default")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, train:, ...), got a {type(raw).__name__}")
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read (`read_settings_file`) and validate params.yaml."""
+    path = Path(path)
+    return parse_params(read_settings_file(path))
 
 
 def worker_count(requested: int) -> int:

@@ -97,7 +97,9 @@ def factors_for_photos(table: pd.DataFrame, photos: pd.DataFrame, folder_entries
     none of them is a typo or another folder's row, and is refused rather than ignored; a row for a
     photo that was rejected on import is simply unused.
     """
-    known = set(folder_entries) | set(photos["source"]) | set(photos["read_from"])
+    # Compared as `read_factor_table` normalised the table's names (a name reported escaped, `gro\\xdf.jpg`,
+    # has a backslash, which the table's names lose like a Windows separator).
+    known = {_photo_name(n) for n in (*folder_entries, *photos["source"], *photos["read_from"])}
     unknown = table["file"][~table["file"].isin(known)]
     if len(unknown):
         raise FactorTableError(
@@ -107,7 +109,7 @@ def factors_for_photos(table: pd.DataFrame, photos: pd.DataFrame, folder_entries
     by_name = table.set_index("file")
     matched = [
         source if source in by_name.index else read_from if read_from in by_name.index else None
-        for source, read_from in zip(photos["source"], photos["read_from"])
+        for source, read_from in zip(photos["source"].map(_photo_name), photos["read_from"].map(_photo_name))
     ]
     missing = [source for source, name in zip(photos["source"], matched) if name is None]
     if missing:

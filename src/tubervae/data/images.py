@@ -24,6 +24,7 @@ the folder is ever opened.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import warnings
@@ -259,6 +260,43 @@ def scan_folder(folder: str | Path) -> list[FolderEntry]:
                 entries.append(_classify(Path(dirpath, name), root))
         entries.extend(_classify(Path(dirpath, name), root) for name in filenames)
     return sorted(entries, key=lambda e: e.source)
+
+
+def shown_name(path: str | Path) -> str:
+    """A file name as reports print it: valid UTF-8 as it is, any other byte escaped (`gro\\xdf.jpg` for
+    a Latin-1 'ß'). Python reads such a name with lone surrogates, which no UTF-8 file can hold."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def source_folder(source: str, root: str | Path = ".") -> Path:
+    """The folder a `data.source` setting names, resolved: a relative path is read from the project folder
+    `root`, never from the working folder, and `~` is the user's home."""
+    return (Path(root) / Path(source).expanduser()).resolve()
+
+
+def folder_fingerprint(folder: str | Path, extra_files: tuple[str, ...] = ("factors.csv",)) -> dict:
+    """What an import of `folder` would read, condensed: every entry's name and decision (`scan_folder`),
+    the content of every file it would inspect, and of `extra_files` at the top (the photos' factors).
+
+    Adding, removing, renaming or changing a photo or factors.csv changes `sha256`; touching a file
+    without changing it, or reading the folder from another place, does not.
+    """
+    root = Path(os.path.realpath(folder))
+    digest = hashlib.sha256()
+    n_read = n_bytes = 0
+    entries = scan_folder(root)
+    for entry in entries:
+        digest.update(f"{shown_name(entry.source.relative_to(root))}\0{entry.status}\0{entry.reason}\0".encode())
+        read = entry.read_from
+        if read is None and entry.source.parent == root and entry.source.name in extra_files:
+            read = entry.source if entry.source.is_file() and not entry.source.is_symlink() else None
+        if read is not None:
+            with open(read, "rb") as fh:
+                content = hashlib.file_digest(fh, "sha256")
+            digest.update(content.digest())
+            n_read += 1
+            n_bytes += read.stat().st_size
+    return {"entries": len(entries), "files_read": n_read, "bytes": n_bytes, "sha256": digest.hexdigest()}
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -18,7 +18,9 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -53,6 +55,97 @@ GENERATED_RUN_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
 
 def tracking_uri(root: str | Path = ".") -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be used: not a database, or missing where runs are expected."""
+
+
+def local_db(uri: str) -> Path | None:
+    """The file of a `sqlite:///` store; None for any other kind of store."""
+    return Path(uri.removeprefix("sqlite:///")) if is_local_store(uri) else None
+
+
+def _where(uri: str) -> str:
+    """Which setting chose the store, for the advice in an error."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return f"the tracking store {uri} (MLFLOW_TRACKING_URI)"
+    return f"the tracking store {uri}"
+
+
+def explain_mlflow_error(exc: BaseException, root: str | Path = ".") -> str:
+    """An MLflow or database error as one line that says what to do (the CLI prints it without a traceback)."""
+    uri = tracking_uri(root)
+    if isinstance(exc, StoreError):
+        return str(exc)
+    text = getattr(exc, "message", None) or str(exc)
+    first = next((line.strip() for line in str(text).splitlines() if line.strip()), type(exc).__name__)
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "DatabaseError" in names or "OperationalError" in names or "not a database" in first:
+        return _not_a_store(uri, root, first)
+    code = getattr(exc, "error_code", "")
+    if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in first.lower():
+        if "alias" in first.lower() or "registered model" in first.lower():
+            return (
+                f"{first} in {_where(uri)}: register the champion first (tubervae register, or dvc repro register) "
+                "against this store, or point MLFLOW_TRACKING_URI at the store that holds it"
+            )
+        return (
+            f"{first} in {_where(uri)}: point MLFLOW_TRACKING_URI at the store that made it (or unset it for "
+            f"{Path(root).resolve() / 'mlflow.db'}), or rerun the stages that made it against this store (dvc repro)"
+        )
+    return f"MLflow: {first} ({_where(uri)}); rerun with --debug for the traceback"
+
+
+def _not_a_store(uri: str, root: str | Path, detail: str) -> str:
+    return (
+        f"{_where(uri)} is not an MLflow database ({detail}): point MLFLOW_TRACKING_URI at an MLflow store "
+        f"(sqlite:///path/to/mlflow.db or a tracking server's URL), or unset it for {Path(root).resolve() / 'mlflow.db'}"
+    )
+
+
+def open_client(uri: str, root: str | Path = ".", *, create: bool = True) -> MlflowClient:
+    """A client of the store at `uri`, opened (created or migrated when `create`); a StoreError in one line
+    when the store is not an MLflow database, or is missing and `create` is false (a stage that reads runs
+    must not leave a new, empty mlflow.db behind in a store it was pointed at by mistake)."""
+    db = local_db(uri)
+    if not create and db is not None and not db.exists():
+        raise StoreError(
+            f"no MLflow store at {db}: run the stages before this one (dvc repro) in this project, or point "
+            "MLFLOW_TRACKING_URI at the store that holds their runs"
+        )
+    try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # opens the store: creates or migrates it
+    except Exception as exc:
+        if not any(c.__module__.split(".")[0] in ("mlflow", "sqlalchemy") for c in type(exc).__mro__):
+            raise
+        raise StoreError(explain_mlflow_error(exc, root)) from exc
+    return client
+
+
+# Runs opened by `Tracker.run` in this process and not yet ended: a SIGTERM marks them KILLED.
+_OPEN_RUNS: dict[str, MlflowClient] = {}
+
+
+def _on_sigterm(signum, frame) -> None:
+    """A SIGTERM (`timeout`, a scheduler, `kill`): mark this process's open runs KILLED, then die of the signal
+    as if no handler were installed (exit status 143). Other threads are not waited for."""
+    for run_id, client in list(_OPEN_RUNS.items()):
+        try:
+            client.set_terminated(run_id, status="KILLED")
+        except Exception:  # the store is gone or locked: the next start marks the run KILLED instead
+            pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _mark_runs_killed_on_sigterm() -> None:
+    """Install `_on_sigterm`, once, where it can be (the main thread), unless someone else handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _point_mlflow_at(uri: str) -> None:
@@ -92,9 +185,12 @@ class Tracker:
         *,
         experiment_id: str | None = None,
         owner_pid: int | None = None,
+        create: bool = True,
     ):
         """`owner_pid`: the process whose death ends this one's runs too (a training pool's search);
-        its runs carry it, so that a rerun marks them KILLED at once, not only once this process is gone."""
+        its runs carry it, so that a rerun marks them KILLED at once, not only once this process is gone.
+        `create`: false for a stage that reads runs made before it, which refuses a missing local store
+        instead of creating an empty one (`open_client`)."""
         self.root = Path(root).resolve()
         self.owner_pid = owner_pid
         self.uri = tracking_uri(self.root)
@@ -102,10 +198,10 @@ class Tracker:
         # Creating a fresh sqlite database (schema migrations, the experiment) from several
         # processes at once races: serialise the first contact.
         with _file_lock(self.root / ".mlflow.lock") if is_local_store(self.uri) else nullcontext():
-            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-            self.client.search_experiments(max_results=1)  # opens the store: creates or migrates it
+            self.client = open_client(self.uri, self.root, create=create)
             self.experiment_id = experiment_id or self._experiment(experiment)
         self._last_step: dict[str, int] = {}  # per run: the step of the latest metrics logged through here
+        _mark_runs_killed_on_sigterm()
 
     def _experiment(self, name: str) -> str:
         """The experiment `name`, created on first use and tagged as model training (`EXPERIMENT_TAGS`)."""
@@ -138,12 +234,13 @@ class Tracker:
             )
 
     @classmethod
-    def open(cls, root: str | Path = ".", run_id: str | None = None) -> Tracker:
-        """The project's tracker; with `run_id` (an `mlflow run` hands one over), that run's experiment."""
+    def open(cls, root: str | Path = ".", run_id: str | None = None, *, create: bool = True) -> Tracker:
+        """The project's tracker; with `run_id` (an `mlflow run` hands one over), that run's experiment.
+        `create`: as for `Tracker`."""
         if run_id is None:
-            return cls(root)
-        experiment_id = MlflowClient(tracking_uri=tracking_uri(root)).get_run(run_id).info.experiment_id
-        return cls(root, experiment_id=experiment_id)
+            return cls(root, create=create)
+        experiment_id = open_client(tracking_uri(root), root, create=create).get_run(run_id).info.experiment_id
+        return cls(root, experiment_id=experiment_id, create=create)
 
     def get_run(self, run_id: str, origin: str = ""):
         """The run (params, tags, metrics); a RuntimeError saying where it came from when the store lacks it."""
@@ -193,6 +290,7 @@ class Tracker:
             renamed = name if GENERATED_RUN_NAME.match(held.info.run_name or "") and _from_mlflow_run(held) else None
             self.client.update_run(run_id, status="RUNNING", name=renamed)
             self.set_tags(run_id, {**self._process_tags(), **(tags or {})})
+        _OPEN_RUNS[run_id] = self.client
         monitor = None
         if system_metrics:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -203,6 +301,7 @@ class Tracker:
             try:
                 yield run_id
             finally:
+                _OPEN_RUNS.pop(run_id, None)
                 if monitor is not None:
                     monitor.finish()  # its last samples land before the run ends
         except (KeyboardInterrupt, *killed_by):

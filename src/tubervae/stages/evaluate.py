@@ -34,7 +34,7 @@ from tubervae.config import Params, worker_count
 from tubervae.data.processed import load_evalset, load_split
 from tubervae.data.synth import DEFECT_COLUMNS
 from tubervae.evaluation.matching import best_components
-from tubervae.evaluation.metrics import evaluate_all, mig
+from tubervae.evaluation.metrics import evaluate_all, mig, train_test_indices
 from tubervae.evaluation.udr import informative_mask, udr_scores
 from tubervae.io import fresh_dir, under, write_csv, write_json
 from tubervae.runs import vae_artifacts
@@ -278,11 +278,20 @@ def run(
             figures_dir / f"udr_vs_{metric}.png",
         )
 
+    # DCI and SAP fit on at most n_train photos and score at most n_test others: report what they used.
+    used_train, used_test = train_test_indices(len(images), n_train=cfg.n_train, n_test=cfg.n_test, random_state=0)
     summary = {
         "n_models": int(len(table)),
         "n_points": int(len(images)),
         "scored_on": source,
-        "definitions": {"dci": cfg.dci_method, "sap": cfg.sap_method, "n_train": cfg.n_train, "n_test": cfg.n_test},
+        "definitions": {
+            "dci": cfg.dci_method,
+            "sap": cfg.sap_method,
+            "n_train": int(len(used_train)),  # photos the fits used (evaluate.n_train is the most they may)
+            "n_test": int(len(used_test)),
+            "max_n_train": cfg.n_train,
+            "max_n_test": cfg.n_test,
+        },
         "factors": names,
         "best_defect_rho": {d: float(table[f"rho_{d}"].max()) for d in defects},
         "captured_threshold": CAPTURED_MIG,

@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from tubervae.config import DataConfig, worker_count
 from tubervae.data.factors import FACTORS_FILE, factors_for_photos, read_factor_table
-from tubervae.data.images import IMAGE_SUFFIXES, inspect_image, scan_folder
-from tubervae.io import staged_dir, under, write_csv
+from tubervae.data.images import IMAGE_SUFFIXES, inspect_image, scan_folder, shown_name, source_folder
+from tubervae.io import atomic_path, staged_dir, under, write_csv
 
 log = logging.getLogger(__name__)
 LABEL_FOLDERS = ("good", "bad")
@@ -56,9 +56,9 @@ def _ingest_one(task):
     index, source, read_from, root, out_dir, wrong_size = task
     result = inspect_image(read_from, wrong_size=wrong_size)  # read_from is inside root: checked by scan_folder
     row = {
-        "source": str(source.relative_to(root)),
+        "source": shown_name(source.relative_to(root)),
         "status": result.status,
-        "reason": result.reason,
+        "reason": shown_name(result.reason),
         "label": _label_of(source, root),
         "file": "",
     }
@@ -74,15 +74,28 @@ def _ingest_one(task):
     return row
 
 
-def import_folder(cfg: DataConfig, out_dir: Path, report_path: Path) -> pd.DataFrame:
-    """Inspect and copy a folder of photos into `out_dir`; returns the ingestion report (one row per entry)."""
-    root = Path(cfg.source).expanduser().resolve()
-    if not root.is_dir():
-        raise IngestError(f"data.source: {cfg.source!r} is neither 'synthetic' nor an existing folder")
-    entries = scan_folder(root)
+def import_folder(
+    cfg: DataConfig, out_dir: Path, report_path: Path, *, root: str | Path = ".", failed_path: Path | None = None
+) -> pd.DataFrame:
+    """Inspect and copy the folder `data.source` (relative: to the project folder `root`) into `out_dir`;
+    returns the ingestion report (one row per entry).
+
+    The report is written to `report_path` only when the import succeeds. When it fails for the photos'
+    sake (no image file, none usable, too many rejected), it goes to `failed_path` (default
+    `failed_report(report_path)`) instead, and the error names that file: the previous report keeps
+    describing the previous import, which stays in place.
+    """
+    folder = source_folder(cfg.source, root)  # relative: to the project folder, never the working folder
+    if not folder.is_dir():
+        raise IngestError(f"data.source: {cfg.source!r} ({folder}) is neither 'synthetic' nor an existing folder")
+    entries = scan_folder(folder)
+    if not entries:
+        raise IngestError(
+            f"data.source: the folder {folder} is empty: put the photos in it (good/ and bad/ for labels)"
+        )
     candidates = [e for e in entries if e.read_from is not None]
     (out_dir / "images").mkdir(parents=True)
-    tasks = [(i, e.source, e.read_from, root, out_dir, cfg.wrong_size) for i, e in enumerate(candidates)]
+    tasks = [(i, e.source, e.read_from, folder, out_dir, cfg.wrong_size) for i, e in enumerate(candidates)]
     workers = worker_count(cfg.workers)
     with Pool(workers) if workers > 1 and tasks else _InProcess() as pool:
         inspected = list(tqdm(pool.imap(_ingest_one, tasks, chunksize=16), total=len(tasks), desc="ingest", unit="img"))
@@ -92,43 +105,48 @@ def import_folder(cfg: DataConfig, out_dir: Path, report_path: Path) -> pd.DataF
             next(rows)
             if e.read_from is not None
             else {
-                "source": str(e.source.relative_to(root)),
+                "source": shown_name(e.source.relative_to(folder)),
                 "status": e.status,
-                "reason": e.reason,
-                "label": _label_of(e.source, root),
+                "reason": shown_name(e.reason),
+                "label": _label_of(e.source, folder),
                 "file": "",
             }
             for e in entries
         ],
         columns=["source", "status", "reason", "label", "file"],
     )
-    factors_path = root / FACTORS_FILE
+    factors_path = folder / FACTORS_FILE
     has_factors = factors_path.is_file()
     if has_factors:
         report.loc[report.source == FACTORS_FILE, "reason"] = "the photos' known factors (data/raw/factors.csv)"
-    write_csv(report_path, report)
-    photo_like = report[[e.has_image_suffix for e in entries]]
+    failed = failed_path or failed_report(report_path)
+    failed.unlink(missing_ok=True)
+    photo_like = report[pd.Series([e.has_image_suffix for e in entries], index=report.index)]
     others_rejected = int((report.status == "rejected").sum()) - int((photo_like.status == "rejected").sum())
     if others_rejected:
-        log.warning("%d entries without an image suffix were rejected; reasons are in %s", others_rejected, report_path)
-    if photo_like.empty:
-        raise IngestError(
-            f"data.source: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; "
-            f"what was found is in {report_path}"
-        )
-    rejected = (photo_like.status == "rejected").mean()
+        log.warning("%d entries without an image suffix were rejected; reasons are in the report", others_rejected)
     usable = int(report.status.isin(["accepted", "converted"]).sum())
-    if usable == 0:
-        raise IngestError(f"none of the {len(photo_like)} image files is usable; reasons are in {report_path}")
-    if rejected > cfg.max_rejected_fraction:
-        raise IngestError(
+    problem = None
+    if photo_like.empty:
+        problem = f"data.source: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}; what was found"
+    elif usable == 0:
+        problem = f"none of the {len(photo_like)} image files is usable; the reasons"
+    elif (rejected := (photo_like.status == "rejected").mean()) > cfg.max_rejected_fraction:
+        problem = (
             f"{rejected:.1%} of the image files were rejected, above data.max_rejected_fraction "
-            f"{cfg.max_rejected_fraction:.1%}; reasons are in {report_path}"
+            f"{cfg.max_rejected_fraction:.1%}; the reasons"
         )
+    if problem:
+        write_csv(failed, report)
+        raise IngestError(f"{problem} are in {failed} (the previous import and its report are unchanged)")
     kept = report[report.status.isin(["accepted", "converted"])]
+    write_csv(report_path, report)
     write_csv(out_dir / "labels.csv", kept[["file", "label", "source"]])
     if has_factors:
-        read_from = {str(e.source.relative_to(root)): e.read_from.relative_to(root).as_posix() for e in candidates}
+        read_from = {
+            shown_name(e.source.relative_to(folder)): shown_name(e.read_from.relative_to(folder).as_posix())
+            for e in candidates
+        }
         photos = kept.assign(read_from=kept.source.map(read_from))
         factors = factors_for_photos(read_factor_table(factors_path), photos, report.source)
         write_csv(out_dir / FACTORS_FILE, factors)
@@ -141,6 +159,11 @@ def import_folder(cfg: DataConfig, out_dir: Path, report_path: Path) -> pd.DataF
         int((report.status == "skipped").sum()),
     )
     return report
+
+
+def failed_report(report_path: Path) -> Path:
+    """Where the report of an import that failed goes, beside the report of the last one that succeeded."""
+    return report_path.with_name(f"{report_path.stem}.failed{report_path.suffix}")
 
 
 class _InProcess:
@@ -169,7 +192,13 @@ def run(
 
     out_dir, reports_dir = under(root, out_dir), under(root, reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    with staged_dir(out_dir) as partial:
+    # The report and the contact sheet are made beside the photos and take their place together, once
+    # the whole import succeeded: a failure leaves the previous import and its report as they were.
+    with (
+        atomic_path(reports_dir / "ingest.csv") as report_tmp,
+        atomic_path(reports_dir / "contact_sheet.png") as sheet_tmp,
+        staged_dir(out_dir) as partial,
+    ):
         if cfg.source == "synthetic":
             frame = synth.generate(
                 partial,
@@ -188,8 +217,8 @@ def run(
                     "file": frame["file"],
                 }
             )
-            write_csv(reports_dir / "ingest.csv", report)
+            report.to_csv(report_tmp, index=False)
         else:
-            import_folder(cfg, partial, reports_dir / "ingest.csv")
-        synth.contact_sheet(partial, reports_dir / "contact_sheet.png", seed=cfg.seed)
+            import_folder(cfg, partial, report_tmp, root=root, failed_path=failed_report(reports_dir / "ingest.csv"))
+        synth.contact_sheet(partial, sheet_tmp, seed=cfg.seed)
     return out_dir

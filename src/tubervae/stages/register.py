@@ -120,7 +120,7 @@ def run(
         raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
     models = pd.read_csv(models_path, dtype={"setting": str})
     by_udr = choose_champion(models, cfg.udr_tolerance)
-    tracker = Tracker.open(root, run_id)
+    tracker = Tracker.open(root, run_id, create=False)  # runs come from earlier stages: never a new store
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     meta = load_meta(processed_dir)
     labelled = load_split("labelled", processed_dir)
