@@ -378,7 +378,7 @@ def read_settings_file(path: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"{path}: file not found; run from the project root or pass --params")
     try:
-        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # a SafeLoader
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -100,7 +100,8 @@ def explain_mlflow_error(exc: BaseException, root: str | Path = ".") -> str:
 def _not_a_store(uri: str, root: str | Path, detail: str) -> str:
     return (
         f"{_where(uri)} is not an MLflow database ({detail}): point MLFLOW_TRACKING_URI at an MLflow store "
-        f"(sqlite:///path/to/mlflow.db or a tracking server's URL), or unset it for {Path(root).resolve() / 'mlflow.db'}"
+        f"(sqlite:///path/to/mlflow.db or a tracking server's URL), "
+        f"or unset it for {Path(root).resolve() / 'mlflow.db'}"
     )
 
 
