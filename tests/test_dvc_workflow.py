@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -82,7 +83,7 @@ def test_default_remote_is_a_folder_outside_the_clone():
 
 def test_gitignore_keeps_dvc_lock_and_the_metrics_in_git():
     dvc = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
-    declared = ["dvc.lock"]
+    declared = ["dvc.lock", "reports/data/source.json"]  # the fingerprint of the photos the data came from
     for stage in dvc["stages"].values():
         body = stage.get("do", stage)
         for entry in body.get("metrics", []):
@@ -372,3 +373,76 @@ def test_metrics_and_plots_commands_read_a_runs_reports_across_commits(tmp_path)
     header = table.splitlines()[0].split(",")
     assert "reports/metrics/udr.json:n_models" in header or "n_models" in header, header
     assert "…" not in table
+
+
+# ------------------------------------------------------------------ the photo folder is an input
+
+
+def tiny_photos(folder: Path, names: list[str], value: int = 120) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (96, 72), (value, value // 2, 40)).save(folder / name)
+
+
+@pytest.mark.slow
+def test_dvc_reimports_exactly_when_the_photo_folder_changes(tmp_path):
+    """data.source is a folder of photos: adding, changing or removing a photo or factors.csv makes raw stale
+    (`dvc status` names it once the source stage ran) and `dvc repro` re-imports; `dvc add` of the folder,
+    touching its files or nothing at all does not."""
+    env = env_for(tmp_path)
+    (tmp_path / "home").mkdir()
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copyfile(PROJECT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["data"].update(source="photos", workers=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    photos = root / "photos"
+    tiny_photos(photos / "good", ["a.png", "b.png"])
+    tiny_photos(photos / "bad", ["c.png"], value=60)
+    sh([BIN / "dvc", "init", "--no-scm", "-q"], root, env)
+    dvc = BIN / "dvc"
+
+    def imported() -> list[str]:
+        return sorted(pd.read_csv(root / "reports/data/ingest.csv", keep_default_na=False).source)
+
+    first = sh([dvc, "repro", "raw"], root, env, timeout=240)
+    assert "Running stage 'source'" in first and "Running stage 'raw'" in first
+    assert imported() == ["bad/c.png", "good/a.png", "good/b.png"]
+
+    def unchanged(why: str) -> None:
+        out = sh([dvc, "repro", "raw"], root, env, timeout=240)
+        assert "Stage 'raw' didn't change, skipping" in out, f"{why}:\n{out}"
+        assert "up to date" in sh([dvc, "status", "raw"], root, env), why
+
+    unchanged("nothing changed")
+    for path in photos.rglob("*"):
+        os.utime(path)
+    unchanged("files touched, not changed")
+    sh([dvc, "add", "photos"], root, env)  # the folder versioned by DVC itself: the same photos
+    unchanged("dvc add of the folder")
+
+    changes = [
+        ("a photo added", lambda: tiny_photos(photos / "good", ["d.png"]), 4),
+        ("a photo changed", lambda: tiny_photos(photos / "good", ["d.png"], value=200), 4),
+        ("a photo removed", lambda: (photos / "good" / "d.png").unlink(), 3),
+        ("factors.csv added", lambda: (photos / "factors.csv").write_text(FACTORS.format(size=1)), 4),
+        ("factors.csv changed", lambda: (photos / "factors.csv").write_text(FACTORS.format(size=2)), 4),
+    ]
+    for what, change, n_entries in changes:  # ingest.csv's lines: the photos, and factors.csv once there
+        change()
+        sh([dvc, "repro", "source"], root, env)
+        status = sh([dvc, "status", "raw"], root, env)
+        assert "raw:" in status and "reports/data/source.json" in status, f"{what}:\n{status}"
+        out = sh([dvc, "repro", "raw"], root, env, timeout=240)
+        # The photos of an earlier import come back from DVC's run cache instead of being imported again.
+        assert "Running stage 'raw'" in out or "Stage 'raw' is cached" in out, f"{what}:\n{out}"
+        assert len(imported()) == n_entries, what
+    assert sorted(pd.read_csv(root / "data/raw/factors.csv")["size"]) == [1.0, 1.0, 2.0]
+    unchanged("after the changes")
+
+
+FACTORS = "file,size\ngood/a.png,{size}\ngood/b.png,1\nbad/c.png,1\n"
