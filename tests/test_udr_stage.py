@@ -532,6 +532,10 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
         "udr_vs_mig.png",
     ]
     assert summary["n_models"] == 4 and summary["n_points"] == 40 and summary["factors"] == scored
+    # The supervised fits used the 40 photos scored, not the (larger) evaluate.n_train and n_test.
+    used = summary["definitions"]
+    assert used["n_train"] + used["n_test"] == 40 and min(used["n_train"], used["n_test"]) >= 1
+    assert (used["max_n_train"], used["max_n_test"]) == (params.evaluate.n_train, params.evaluate.n_test)
     assert summary["scored_on"] == "evaluation set"
     table = pd.read_csv(out / "models.csv")
     assert sorted(table.run_id) == sorted(run_ids)
