@@ -222,6 +222,22 @@ def test_inline_tubervae_commands_parse(page, words):
         assert exc.code == 0 and "--help" in words, f"{page}: {' '.join(words)} does not parse (exit {exc.code})"
 
 
+SERVED_PATH = re.compile(r'"path":\s*"([^"]+)"')
+
+
+def test_the_serving_examples_name_a_photo_of_the_default_data():
+    """The `path` of every serving example is a photo that the default raw stage writes (data/raw/images/)."""
+    from tubervae.config import load_params
+    from tubervae.data import synth
+
+    n_images = load_params(PROJECT / "params.yaml").data.n_images
+    written = {Path(synth._image_name(i, n_images)).name for i in range(n_images)}
+    examples = [(page_name(page), name) for page in PAGES for name in SERVED_PATH.findall(page.read_text())]
+    assert examples, "no serving example names a photo"
+    for page, name in examples:
+        assert name in written, f"{page}: {name!r} is not a photo of the default data ({sorted(written)[:2]} …)"
+
+
 @pytest.mark.parametrize("page, target", relative_links())
 def test_relative_links_lead_somewhere(page, target):
     resolved = ((PROJECT / page).parent / target.split("#", 1)[0]).resolve()
