@@ -78,6 +78,14 @@ def _from_mlflow_run(run) -> bool:
     return "mlflow.project.entryPoint" in run.data.tags
 
 
+def handed_over_run_error(experiment_name: str) -> str:
+    """One line: why a run that `mlflow run` opened in experiment `experiment_name` is refused, and the fix."""
+    return (
+        f"`mlflow run` opened its run in the experiment {experiment_name!r}, not the project's {EXPERIMENT!r}: "
+        f"run it again with --experiment-name {EXPERIMENT} (or MLFLOW_EXPERIMENT_NAME={EXPERIMENT})"
+    )
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:///")
 
@@ -139,11 +147,17 @@ class Tracker:
 
     @classmethod
     def open(cls, root: str | Path = ".", run_id: str | None = None) -> Tracker:
-        """The project's tracker; with `run_id` (an `mlflow run` hands one over), that run's experiment."""
-        if run_id is None:
-            return cls(root)
-        experiment_id = MlflowClient(tracking_uri=tracking_uri(root)).get_run(run_id).info.experiment_id
-        return cls(root, experiment_id=experiment_id)
+        """The project's tracker; a `run_id` (an `mlflow run` hands one over) must be a run of its experiment.
+
+        `mlflow run` opens its run in the Default experiment unless told otherwise, where `make ui`'s
+        link never looks: such a run is refused, with the flag that fixes it (`handed_over_run_error`).
+        """
+        tracker = cls(root)
+        if run_id is not None:
+            held = tracker.get_run(run_id, "handed over by `mlflow run`")
+            if held.info.experiment_id != tracker.experiment_id:
+                raise RuntimeError(handed_over_run_error(tracker.client.get_experiment(held.info.experiment_id).name))
+        return tracker
 
     def get_run(self, run_id: str, origin: str = ""):
         """The run (params, tags, metrics); a RuntimeError saying where it came from when the store lacks it."""
@@ -361,11 +375,7 @@ class Tracker:
 
     # queries ---------------------------------------------------------------------
     def finished_vae_runs(self) -> list:
-        """Finished VAE runs of the project's experiment and of the tracker's own one.
-
-        `mlflow run . -e udr` opens its run in the Default experiment unless told otherwise;
-        the models still live in the project's experiment, so both are searched.
-        """
+        """Finished VAE runs of the project's experiment and of the tracker's own one."""
         experiments = [self.experiment_id]
         project = self.client.get_experiment_by_name(EXPERIMENT)
         if project is not None and project.experiment_id not in experiments:
