@@ -35,6 +35,7 @@ from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_csv, write_json
 from tubervae.runs import registry, vae_artifacts
+from tubervae.runs.progress import steps_line
 from tubervae.runs.quality_model import TuberQualityModel, quality_model_artifacts, quality_signature
 from tubervae.runs.registry import CHAMPION
 from tubervae.runs.serving import photo_example
@@ -299,7 +300,13 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
         name: clf.binary_metrics(y_test, m.predict(z_test), m.predict_score(z_test), majority_label=majority)
         for name, m in others.items()
     }
-    cnn = clf.fit_pixel_cnn(photos.x_lab, y_lab, random_state=cfg.seed, steps=cfg.cnn_steps)
+    cnn = clf.fit_pixel_cnn(
+        photos.x_lab,
+        y_lab,
+        random_state=cfg.seed,
+        steps=cfg.cnn_steps,
+        on_step=steps_line("classify: the pixel CNN", cfg.cnn_steps),
+    )
     alternatives["pixel_cnn"] = clf.binary_metrics(
         y_test, cnn.predict(photos.x_test), cnn.predict_score(photos.x_test), majority_label=majority
     )

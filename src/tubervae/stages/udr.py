@@ -29,6 +29,7 @@ from tubervae.data.processed import load_meta
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_scores
 from tubervae.io import fresh_dir, under, write_csv, write_json
 from tubervae.runs import vae_artifacts
+from tubervae.runs.progress import count, say
 from tubervae.runs.tracker import Tracker
 from tubervae.training import normalised_beta
 
@@ -209,8 +210,11 @@ def run(
         frame = frame[~stale].reset_index(drop=True)
     if len(frame) < 2:
         raise RuntimeError("UDR needs at least two models trained on the current data")
-    latents = [vae_artifacts.latents(tracker, rid) for rid in frame.run_id]
+    n = len(frame)
+    read = count(frame.run_id, n, "udr: probe latents read, model", every=max(1, n // 10))
+    latents = [vae_artifacts.latents(tracker, rid) for rid in read]
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
+    say(f"udr: scoring {n} models, within their settings and all against all")
     common = dict(
         similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha
     )
