@@ -212,7 +212,7 @@ def run_tracked_fused(
                 test_images=data.test,
                 data_version=data.data_version,
                 on_log=lambda i, metrics, step: _log_fused(
-                    tracker, rids[i], metrics, step, parent_id, seeds[i], cfg, on_step
+                    tracker, rids[i], metrics, step, StepEvent(parent_id, seeds[i], step, cfg.steps, 0.0), on_step
                 ),
                 on_snapshot=(
                     (lambda i, model, step: _log_snapshot(tracker, rids[i], model, step, data, kl_threshold))

@@ -60,6 +60,7 @@ from tubervae.runs.study import (
     storage_url,
     study_name,
 )
+from tubervae.runs.study_notes import note_policy
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import load_training_data
 from tubervae.runs.trials import history_table, run_trials, search_metrics, summarise
@@ -115,6 +116,7 @@ def run(
             load_if_exists=True,
         )
         describe_study(study, family, params, data.data_version)
+        note_policy(study, params)  # the dashboard's "how to read" and champion policy
         if params.search.enqueue_grid:
             enqueue_grid(study, space)
         workers = training_workers(params)
