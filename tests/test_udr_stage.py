@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -346,7 +347,13 @@ def test_udr_settings_reach_the_scores(udr_root):
     """Spearman similarity with disentanglement_lib's aggregation gives that method's numbers."""
     root, models = udr_root["root"], udr_root["models"]
     cfg = UdrConfig(similarity="spearman", aggregate="reference", kl_threshold=0.05, heatmap_pairs=0)
+    began = time.time()
     udr_stage.run(Params(udr=cfg), **stage_paths(root))
+    ended = time.time()
+    # The stage's run spans its work (reading the latents, scoring, figures), though opened when it logs.
+    (run,) = udr_root["tracker"].client.search_runs([udr_root["tracker"].experiment_id], "tags.kind = 'udr'")
+    assert began * 1000 - 1 <= run.info.start_time <= began * 1000 + 1000
+    assert run.info.end_time - run.info.start_time >= 0.5 * (ended - began) * 1000
     within, a2a, _ = expected_scores(models, cfg)
     lasso_within, _, _ = expected_scores(models, UdrConfig())
     assert not np.allclose(within, lasso_within)  # the setting matters for these latents

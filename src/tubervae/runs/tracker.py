@@ -171,11 +171,15 @@ class Tracker:
             ) from None
 
     # runs ------------------------------------------------------------------------
-    def create_run(self, name: str, *, parent_id: str | None = None, tags: dict | None = None) -> str:
+    def create_run(
+        self, name: str, *, parent_id: str | None = None, tags: dict | None = None, started_at: float | None = None
+    ) -> str:
+        """A new run; `started_at` (seconds since the epoch) dates its start back to when its work began."""
         tags = {**(tags or {}), **self._process_tags()}
         if parent_id:
             tags[PARENT_TAG] = parent_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        start = None if started_at is None else int(started_at * 1000)
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags, start_time=start)
         return run.info.run_id
 
     @contextmanager
@@ -189,6 +193,7 @@ class Tracker:
         keep_open: bool = False,
         killed_by: tuple[type[BaseException], ...] = (),
         system_metrics: bool = False,
+        started_at: float | None = None,
     ) -> Iterator[str]:
         """Open a run (or reopen `run_id`); its status follows how the block ends.
 
@@ -198,10 +203,11 @@ class Tracker:
         FAILED, with the error as a tag. With `system_metrics`, MLflow's monitor logs CPU, memory, disk,
         network (and GPU) use as `system/*` metrics every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
         seconds (10 by default) while the block runs. A run that `mlflow run` opened under a made-up
-        name is renamed `name`.
+        name is renamed `name`. A stage that logs its run at the end passes `started_at` (`time.time()` when
+        its work began), so that the run's duration is the stage's.
         """
         if run_id is None:
-            run_id = self.create_run(name, parent_id=parent_id, tags=tags)
+            run_id = self.create_run(name, parent_id=parent_id, tags=tags, started_at=started_at)
         else:
             held = self.get_run(run_id)
             renamed = name if GENERATED_RUN_NAME.match(held.info.run_name or "") and _from_mlflow_run(held) else None

@@ -244,7 +244,7 @@ def run_tracked_fused(
 def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=None, final=True):
     """The MLflow run of one seed, with its tags and parameters; left RUNNING after a segment that is not `final`."""
     tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
-    name = f"{setting.family} {setting.label} seed {seed}"
+    name = f"s{seed} {setting.family} {setting.label}"  # the seed first: the runs list cuts long names short
     with tracker.run(
         name, run_id=run_id, parent_id=parent_id, tags=tags, keep_open=not final, system_metrics=True
     ) as rid:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +188,7 @@ def run(
 ) -> dict:
     """Fit, score and register the classifier; `metrics_path` (default reports/metrics/classify.json beside
     `out_dir`) receives the headline figures as numbers only, for `dvc metrics`."""
+    started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.classify
     processed_dir, out_dir, champion_path = (under(root, p) for p in (processed_dir, out_dir, champion_path))
     metrics_path = under(root, metrics_path) if metrics_path else out_dir.parent / "metrics" / "classify.json"
@@ -225,7 +227,7 @@ def run(
         fitted.threshold_metrics, fitted.any_rule_metrics, fitted.alternatives, n_rules=len(fitted.any_rule.rules)
     )
     write_json(metrics_path, numbers)
-    with tracker.run("classify", run_id=run_id, tags={"kind": "classify"}) as rid:
+    with tracker.run("classify", run_id=run_id, started_at=started_at, tags={"kind": "classify"}) as rid:
         tracker.log_metrics(rid, numbers)
         metrics["registered"] = register_quality_model(
             tracker, rid, fitted, photos, vae, vae_config, version, meta["data_version"], cfg.model_name

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,7 @@ def run(
 ) -> dict:
     """Score the models; the numbers-only `metrics_path` and the plot data in `plots_dir` default
     to reports/metrics/evaluate.json and reports/plots/ beside `out_dir`."""
+    started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.evaluate
     processed_dir, evalset_dir, udr_dir, champion_path, out_dir = (
         under(root, p) for p in (processed_dir, evalset_dir, udr_dir, champion_path, out_dir)
@@ -335,7 +337,7 @@ def run(
         plots_dir / "udr_vs_supervised.csv",
         table.rename(columns={f"udr_within_{params.udr.similarity}": "udr_within"})[PLOT_COLUMNS],
     )
-    with tracker.run("evaluate", run_id=run_id, tags={"kind": "evaluate"}) as rid:
+    with tracker.run("evaluate", run_id=run_id, started_at=started_at, tags={"kind": "evaluate"}) as rid:
         tracker.log_metrics(rid, headline)  # the numbers DVC compares, grouped by '/' in MLflow
         tracker.log_artifacts(rid, out_dir, "evaluate")
     return summary

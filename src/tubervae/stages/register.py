@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,7 @@ def run(
     out_path: str | Path = "reports/register/champion.json",
     run_id: str | None = None,
 ) -> dict:
+    started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.register
     udr_dir, processed_dir, out_path = (under(root, p) for p in (udr_dir, processed_dir, out_path))
     models_path = udr_dir / "models.csv"
@@ -151,7 +153,9 @@ def run(
         choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
     )
     champion = job.iloc[0] if select == "job" else by_udr
-    with tracker.run("register", run_id=run_id, tags={"kind": "register", "source_run_id": champion.run_id}) as rid:
+    with tracker.run(
+        "register", run_id=run_id, started_at=started_at, tags={"kind": "register", "source_run_id": champion.run_id}
+    ) as rid:
         version = promote(tracker, cfg.model_name, champion, meta)
         summary = {
             "model": cfg.model_name,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,7 @@ def run(
 ) -> dict:
     """Rank the models; `metrics_dir` (numbers only) and `plots_dir` (plot data) default to
     reports/metrics/ and reports/plots/ beside `out_dir`."""
+    started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.udr
     root = Path(root)
     search_dir, out_dir, processed_dir = (under(root, p) for p in (search_dir, out_dir, processed_dir))
@@ -303,7 +305,7 @@ def run(
     write_json(metrics_dir / "udr.json", headline)
     write_csv(plots_dir / "udr_vs_beta.csv", settings_table(frame))
     write_csv(plots_dir / "herd.csv", herd.drop(columns=["run_id"]))
-    with tracker.run("udr", run_id=run_id, tags={"kind": "udr"}) as rid:
+    with tracker.run("udr", run_id=run_id, started_at=started_at, tags={"kind": "udr"}) as rid:
         tracker.log_params(
             rid,
             {
