@@ -194,8 +194,17 @@ class TrainingPool:
 
 
 def _relay(steps, on_step: StepCallback) -> None:
-    """The search's side of the workers' step queue: hand each event to `on_step` until the pool closes."""
-    while (event := steps.get()) is not None:
+    """The search's side of the workers' step queue: hand each event to `on_step` until the pool closes.
+
+    A worker killed while it wrote an event can leave the queue unreadable: the lines stop, the search goes on."""
+    while True:
+        try:
+            event = steps.get()
+        except Exception:
+            log.debug("the training pool's progress queue broke", exc_info=True)
+            return
+        if event is None:
+            return
         try:
             on_step(event)
         except Exception:  # a progress line is never worth a search
