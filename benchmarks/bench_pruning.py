@@ -30,10 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from _machine import cpu_model  # benchmarks/, the script's folder
-from tubervae.config import parse_params
+from tubervae.config import parse_params, read_settings_file
 from tubervae.stages import preprocess, raw, search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +40,7 @@ GOAL_UDR, GOAL_SHARE = 0.05, 1 / 3
 
 def thesis_space(family: str) -> dict:
     """The family's search space as params.yaml gives it, with as many trials as its grid (the thesis's) has points."""
-    space = yaml.safe_load((ROOT / "params.yaml").read_text())["search"]["spaces"][family]
+    space = read_settings_file(ROOT / "params.yaml")["search"]["spaces"][family]
     return {**space, "n_trials": len(space["grid"])}
 
 
