@@ -13,7 +13,13 @@ followed: nothing outside is opened, copied or walked), fifos and folders that c
 listed are "rejected". A link
 inside the folder to a photo inside the folder is followed: the photo is read from its
 real path and labelled by the link's place (so a photo linked from `good/` is imported
-once more, as a good one). The user's folder is only read, never changed.
+once more, as a good one). The user's folder is only read, never changed. A relative
+`data.source` is a folder of the project (`root`), never of the working folder. A name that
+is not valid UTF-8 is reported with its odd bytes escaped (`tubervae.data.images.shown_name`).
+
+The stage is all or nothing: data/raw/, ingest.csv and the contact sheet replace the previous
+ones together, once the whole import succeeded. An empty folder is a one-line error; an import
+refused for its photos writes its report to ingest.failed.csv instead, and the error names it.
 
 `data.max_rejected_fraction` is the rejected share of the entries that look like photos
 (an image suffix), rejected links named like photos included. Files without an image
