@@ -192,7 +192,7 @@ def run(
     cfg = params.classify
     processed_dir, out_dir, champion_path = (under(root, p) for p in (processed_dir, out_dir, champion_path))
     metrics_path = under(root, metrics_path) if metrics_path else out_dir.parent / "metrics" / "classify.json"
-    tracker = Tracker.open(root, run_id, create=False)  # runs come from earlier stages: never a new store
+    tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
     version, vae_model = load_champion(tracker, params.register.model_name)
     vae, vae_config = vae_model.vae, vae_model.config
