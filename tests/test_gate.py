@@ -141,4 +141,10 @@ def test_a_score_without_chance_level_is_judged_against_the_champion_only():
 
 def test_model_card_lists_each_section():
     card = model_card("tuber-quality v3", {"Decision": {"promoted": False, "reason": "at chance"}})
-    assert card.splitlines() == ["# tuber-quality v3", "", "## Decision", "- **promoted**: False", "- **reason**: at chance"]
+    assert card.splitlines() == [
+        "# tuber-quality v3",
+        "",
+        "## Decision",
+        "- **promoted**: False",
+        "- **reason**: at chance",
+    ]

@@ -265,16 +265,23 @@ def test_register_tags_the_champion_version(project):
     first = project["first"]
     assert first["version"] == 1 and first["run_id"] == project["runs"][2.0]
     assert project["first_file"] == first
-    tags = client.get_model_version(VAE_NAME, "1").tags
-    assert tags == {
+    version = client.get_model_version(VAE_NAME, "1")
+    assert {k: version.tags[k] for k in ("family", "setting", "seed", "udr", "n_active", "data_version")} == {
         "family": "beta_vae",
         "setting": "2",
         "seed": "0",
         "udr": "0.4",
         "n_active": "4",
         "data_version": DATA_VERSION,
-        "source_run_id": project["runs"][2.0],
     }
+    assert version.tags["source_run_id"] == project["runs"][2.0]
+    # The model card: what it was compared with and the decision, in the tags and the description.
+    assert version.tags["compared_with"] == "no champion" and version.tags["decision"] == "champion"
+    assert version.tags["selection_score"] == "within-family UDR 0.400"
+    for line in (f"- **data version**: {DATA_VERSION}", "- **labels used**: none (UDR is unsupervised)"):
+        assert line in version.description
+    assert "## Compared with" in version.description and "## Decision" in version.description
+    assert first["gate"]["promote"] and first["gate"]["line"].startswith(f"{VAE_NAME} version 1 is @champion")
     assert first["data_version"] == DATA_VERSION and first["udr_within"] == pytest.approx(0.40)
     assert "more informative components" in first["policy"]
 
@@ -381,14 +388,21 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     assert metrics["champion"]["version"] == 2 and metrics["champion"]["run_id"] == project["runs"][6.0]
 
     out = project["root"] / "reports" / "classify"
+    # The dim discs are plain to the tiny VAE: the rule beats chance on the labelled photos, and there is no champion.
+    gate = metrics["gate"]
+    assert gate["promoted"] and not gate["forced"] and gate["champion"] is None, gate["line"]
+    assert gate["challenger"]["low"] > 0.5 and gate["challenger"]["n_labels"] == 20
+    assert gate["line"].startswith(f"{QUALITY_NAME} version 1 is @champion: promoted")
     assert json.loads((out / "metrics.json").read_text())["registered"] == {
         "model": QUALITY_NAME,
         "version": 1,
         "alias": "champion",
     }
+    assert metrics["served"] == {"model": QUALITY_NAME, "version": 1, "alias": "champion"}
     # DVC's metrics file: numbers only, by method; the classify run logs the same figures grouped by '/'.
     numbers = json.loads((project["root"] / "reports" / "metrics" / "classify.json").read_text())
-    assert set(numbers) == {"threshold", "any_rule", "majority", "logistic", "gradient_boosting", "pixel_cnn"}
+    assert set(numbers) == {"threshold", "any_rule", "majority", "logistic", "gradient_boosting", "pixel_cnn", "gate"}
+    assert numbers["gate"]["balanced_accuracy"] == pytest.approx(gate["challenger"]["value"])
     assert all(isinstance(v, float) for group in numbers.values() for v in group.values())
     assert numbers["threshold"]["balanced_accuracy"] == pytest.approx(metrics["test"]["balanced_accuracy"])
     assert numbers["any_rule"]["n_rules"] == len(metrics["any_rule"]["rules"])

@@ -107,6 +107,7 @@ def cmd_register(args, params: Params) -> None:
         f"{s['model']}@{s['alias']} = version {s['version']}: {s['family']} {s['setting']} seed {s['seed']} "
         f"(UDR {s['udr_within']:.3f}, {s['n_active']} informative components)"
     )
+    print(s["gate"]["line"])
 
 
 def cmd_classify(args, params: Params) -> None:
@@ -121,6 +122,7 @@ def cmd_classify(args, params: Params) -> None:
         f"rule: z{r['component']} {r['direction']} {r['threshold']:.3f}; test accuracy {t['accuracy']:.3f}, "
         f"balanced accuracy {t['balanced_accuracy']:.3f} (majority baseline accuracy {t['majority_accuracy']:.3f})"
     )
+    print(m["gate"]["line"])
 
 
 def cmd_evalset(args, params: Params) -> None:

@@ -203,9 +203,7 @@ def estimate_rule(
     folds = repeated_folds(labels, n_folds=n_folds, n_repeats=n_repeats, random_state=random_state)
     predictions = out_of_fold_predictions(fit, latents, labels, folds)
     per_repeat = _balanced_accuracies(labels, predictions, np.ones((1, labels.size)))[0]
-    low, high = bootstrap_interval(
-        labels, predictions, n_bootstrap=n_bootstrap, level=level, random_state=random_state
-    )
+    low, high = bootstrap_interval(labels, predictions, n_bootstrap=n_bootstrap, level=level, random_state=random_state)
     return Estimate(
         value=float(per_repeat.mean()),
         low=low,
@@ -251,9 +249,7 @@ def decide_promotion(
         elif not low > chance:
             failures.append(f"its interval's lower end {low:.3f} is not above chance ({chance:g})")
     if champion_estimate is not None and challenger_estimate.value < champion_estimate.value:
-        failures.append(
-            f"its {challenger_estimate.value:.3f} is below the champion's {champion_estimate.value:.3f}"
-        )
+        failures.append(f"its {challenger_estimate.value:.3f} is below the champion's {champion_estimate.value:.3f}")
     passed = not failures
     if passed:
         tests = (["it beats chance"] if chance is not None else []) + (
