@@ -293,7 +293,11 @@ def judge(
             value = float(row.udr_within.iloc[0]) if len(row) and row.udr_within.notna().iloc[0] else None
             value = value if value is not None else float(current.tags.get("udr", "nan"))
             champion = gate.Estimate(value=value, name="within-family UDR") if np.isfinite(value) else None
-    if select == "job":
+    bad = labelled["labels"] == 1
+    if select == "job" and min(int(bad.sum()), int((~bad).sum())) < 2:
+        # Too few labels to cross-validate: the score has no interval, and the gate cannot see it beat chance.
+        challenger = gate.Estimate(value=float(chosen.rule_cv), n_labels=int(bad.size))
+    elif select == "job":
         challenger = rule_estimate(tracker, chosen.run_id, labelled, params)
     else:
         challenger = gate.Estimate(value=float(chosen.udr_within), name="within-family UDR")
