@@ -17,10 +17,11 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from tubervae.models.nets import VAE
-from tubervae.runs.serving import VaeModel, photo_example, vae_signature
+from tubervae.runs.serving import InputLimits, VaeModel, photo_example, vae_signature
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.vae_artifacts import vae_files, write_vae_files
 
@@ -255,12 +256,15 @@ def evaluate_classifier(
     The model answers several columns, and MLflow's classifier evaluator takes a model's whole answer as its
     verdicts, so the loaded model is evaluated through a function that returns its column `predictions`, linked
     by `model_id`. A pyfunc has no `predict_proba`, so MLflow draws no ROC or precision-recall curve: its figures
-    are those of the verdicts. The last of `labels` is the positive class. Returns MLflow's metrics.
+    are those of the verdicts. The photos go in batches of the served model's request limit. The last of `labels`
+    is the positive class. Returns MLflow's metrics.
     """
     model = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    batch = InputLimits.from_env().max_images  # as many photos at a time as one request may hold
 
     def verdicts(photos):
-        return model.predict(photos)[predictions]
+        parts = [model.predict(photos.iloc[i : i + batch])[predictions] for i in range(0, len(photos), batch)]
+        return pd.concat(parts, ignore_index=True)
 
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         result = mlflow.models.evaluate(
