@@ -909,3 +909,20 @@ def test_the_vae_gate_on_udr_refuses_a_worse_model_force_promotes_it_and_a_new_d
     anew = register.run(params, **(kwargs | {"processed_dir": moved}))
     assert anew["alias"] == "champion" and anew["version"] == 1
     assert "trained on data version tiny-v1, the data is tiny-v2" in anew["gate"]["line"]
+
+
+def test_the_gate_reads_only_the_labels_no_guidance_head_trained_on(tmp_path):
+    """A labelled split with `guide` marks: the rule is fitted and the gate estimates on the other labels."""
+    processed = write_processed_discs(tmp_path / "processed")
+    with np.load(processed / "labelled.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["guide"] = np.isin(np.arange(20), [0, 1, 2, 10, 11, 12])  # 3 good and 3 bad trained a head
+    np.savez(processed / "labelled.npz", **arrays)
+    meta = json.loads((processed / "meta.json").read_text())
+    photos = classify.load_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
+    assert photos.holdout.tolist() == (~arrays["guide"]).tolist()
+    assert photos.labels_used == "7 good + 7 bad (the labelled photos no guidance head trained on, of 20)"
+    arrays.pop("guide")
+    np.savez(processed / "labelled.npz", **arrays)
+    photos = classify.load_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
+    assert photos.holdout.all() and photos.labels_used == "10 good + 10 bad (all labelled photos)"

@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Choose the champion from reports/udr/models.csv (feasible settings, best "
         "within-family UDR; among near-ties more informative components, or with register.select: job "
         "the best multi-defect rule in cross-validation on the labelled photos) and register it "
-        "as a new version of register.model_name with alias 'champion'.",
+        "as a new version of register.model_name: alias 'champion' when its score is not below the current "
+        "champion's on the same data version, else 'challenger' (register.force_promotion overrides).",
     )
     p.set_defaults(fn=cmd_register)
 
@@ -265,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage classify: threshold rules on the champion's components, test metrics",
         description="Fit the good/bad rules on the labelled set with the champion's latents (one threshold, "
         "and 'bad if any of up to classify.max_rules cuts fires'), score the test set against learners on "
-        "the latents and a pixel CNN, write reports/classify/ and register the served rule as "
-        "classify.model_name@champion.",
+        "the latents and a pixel CNN, write reports/classify/ and register the served rule as a new version "
+        "of classify.model_name: alias 'champion' when its cross-validated balanced accuracy on the labelled "
+        "photos beats chance (interval above 0.5) and the current champion's, else 'challenger' "
+        "(classify.force_promotion overrides).",
     )
     p.set_defaults(fn=cmd_classify)
 
