@@ -926,3 +926,27 @@ def test_the_gate_reads_only_the_labels_no_guidance_head_trained_on(tmp_path):
     np.savez(processed / "labelled.npz", **arrays)
     photos = classify.load_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
     assert photos.holdout.all() and photos.labels_used == "10 good + 10 bad (all labelled photos)"
+
+
+@pytest.mark.slow
+def test_the_vae_gate_for_the_job_refuses_a_model_at_chance_and_classify_then_serves_nothing(gated, monkeypatch):
+    """register.select: job on labels at chance, with no champion yet: the VAE is registered @challenger only,
+    and the classify stage says why it builds no rule."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root, runs = gated["root"], gated["runs"]
+    params = tiny_params()
+    params = dataclasses.replace(
+        params, register=dataclasses.replace(params.register, model_name="vae-job", select="job")
+    )
+    udr_dir, out = root / "reports" / "udr-job", root / "reports" / "register-job"
+    write_models_csv(udr_dir, [models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)])
+    summary = register.run(
+        params, root=root, udr_dir=udr_dir, processed_dir=gated["chance"], out_path=out / "champion.json"
+    )
+    gate = summary["gate"]
+    assert summary["alias"] == "challenger" and not gate["promote"] and gate["challenger"]["low"] <= 0.5
+    assert gate["line"].startswith("vae-job version 1 is @challenger and nothing is served")
+    assert gate["labels"] == "10 good + 10 bad (labelled split)"
+    metrics = classify.run(params, root=root, processed_dir=gated["chance"], out_dir=out / "classify")
+    assert "the register stage's gate refused version 1" in metrics["skipped"]
+    assert "not above chance" in metrics["skipped"]

@@ -89,6 +89,21 @@ def write_skipped(reason: str, out_dir: Path, metrics_path: Path, n_labelled: di
     return metrics
 
 
+def vae_refused(tracker: Tracker, name: str) -> str | None:
+    """Why there is no VAE to build a rule on when the register stage's gate refused every model so far
+    (`name@challenger` without `name@champion`), or None."""
+    if registry.version_by_alias(tracker, name, CHAMPION) is not None:
+        return None
+    challenger = registry.version_by_alias(tracker, name, CHALLENGER)
+    if challenger is None:
+        return None
+    why = challenger.tags.get("decision_reason", "see reports/register/champion.json")
+    return (
+        f"there is no {name}@{CHAMPION}: the register stage's gate refused version {challenger.version} "
+        f"(@{CHALLENGER}: {why}), so no rule is built and nothing is served (register.force_promotion overrides)"
+    )
+
+
 def load_champion(tracker: Tracker, name: str):
     version = registry.version_by_alias(tracker, name, CHAMPION)
     if version is None:
@@ -216,6 +231,9 @@ def run(
     metrics_path = under(root, metrics_path) if metrics_path else out_dir.parent / "metrics" / "classify.json"
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
+    refused = vae_refused(tracker, params.register.model_name)
+    if refused:
+        return write_skipped(refused, out_dir, metrics_path, {}, cfg.model_name)
     version, vae_model = load_champion(tracker, params.register.model_name)
     vae, vae_config = vae_model.vae, vae_model.config
     meta = load_meta(processed_dir)
