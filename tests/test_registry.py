@@ -825,7 +825,7 @@ def test_forced_promotion_is_logged_on_the_version_the_run_and_as_a_warning(gate
     assert run.data.tags["forced_promotion"] == "true" and run.data.tags["kind"] == "classify"
     assert any(line.startswith("classify.force_promotion is set") for line in gated["logs"][1])
     # Unforced runs carry no such tag.
-    assert "forced_promotion" not in client.get_model_version(QUALITY_NAME, "3").tags
+    assert client.get_model_version(QUALITY_NAME, "3").tags["forced_promotion"] == "false"
 
 
 @pytest.mark.slow
@@ -888,6 +888,7 @@ def test_the_vae_gate_on_udr_refuses_a_worse_model_force_promotes_it_and_a_new_d
     assert refused["alias"] == "challenger" and refused["version"] == 2 and not refused["gate"]["promote"]
     assert refused["gate"]["line"].startswith("vae-gated version 2 is @challenger, version 1 stays @champion")
     assert "0.400" in refused["gate"]["line"] and "below the champion's 0.700" in refused["gate"]["line"]
+    assert "not in this UDR table: its UDR as registered" in refused["gate"]["line"]
     client = client_for(root)
     assert client.get_model_version_by_alias("vae-gated", "champion").version == 1
     assert client.get_model_version("vae-gated", "2").aliases == ["challenger"]

@@ -755,9 +755,8 @@ def model_card(
         "test_majority_accuracy": test["majority_accuracy"],
         "decision": decision,
         "decision_reason": verdict.reason,
+        "forced_promotion": str(verdict.forced).lower(),
     }
-    if verdict.forced:
-        tags["forced_promotion"] = "true"
     return description, tags
 
 

@@ -291,7 +291,9 @@ def judge(
         else:
             row = models[models.run_id == current.tags.get("source_run_id")]
             value = float(row.udr_within.iloc[0]) if len(row) and row.udr_within.notna().iloc[0] else None
-            value = value if value is not None else float(current.tags.get("udr", "nan"))
+            if value is None:
+                value = float(current.tags.get("udr", "nan"))
+                verdict["note"] = f"champion version {current.version} is not in this UDR table: its UDR as registered"
             champion = gate.Estimate(value=value, name="within-family UDR") if np.isfinite(value) else None
     bad = labelled["labels"] == 1
     if select == "job" and min(int(bad.sum()), int((~bad).sum())) < 2:
@@ -365,8 +367,7 @@ def model_card(tracker: Tracker, name: str, champion: pd.Series, meta: dict, ver
     tags = {"compared_with": compared, "decision": decision, "decision_reason": verdict["reason"]}
     if challenger is not None:
         tags["selection_score"] = f"{challenger.name} {challenger.describe()}"
-    if verdict["forced"]:
-        tags["forced_promotion"] = "true"
+    tags["forced_promotion"] = str(bool(verdict["forced"])).lower()  # always set: a reused version may carry one
     return description, tags
 
 
