@@ -107,6 +107,7 @@ def cmd_register(args, params: Params) -> None:
         f"{s['model']}@{s['alias']} = version {s['version']}: {s['family']} {s['setting']} seed {s['seed']} "
         f"(UDR {s['udr_within']:.3f}, {s['n_active']} informative components)"
     )
+    print(s["gate"]["line"])
 
 
 def cmd_classify(args, params: Params) -> None:
@@ -121,6 +122,7 @@ def cmd_classify(args, params: Params) -> None:
         f"rule: z{r['component']} {r['direction']} {r['threshold']:.3f}; test accuracy {t['accuracy']:.3f}, "
         f"balanced accuracy {t['balanced_accuracy']:.3f} (majority baseline accuracy {t['majority_accuracy']:.3f})"
     )
+    print(m["gate"]["line"])
 
 
 def cmd_evalset(args, params: Params) -> None:
@@ -254,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Choose the champion from reports/udr/models.csv (feasible settings, best "
         "within-family UDR; among near-ties more informative components, or with register.select: job "
         "the best multi-defect rule in cross-validation on the labelled photos) and register it "
-        "as a new version of register.model_name with alias 'champion'.",
+        "as a new version of register.model_name: alias 'champion' when its score is not below the current "
+        "champion's on the same data version, else 'challenger' (register.force_promotion overrides).",
     )
     p.set_defaults(fn=cmd_register)
 
@@ -263,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage classify: threshold rules on the champion's components, test metrics",
         description="Fit the good/bad rules on the labelled set with the champion's latents (one threshold, "
         "and 'bad if any of up to classify.max_rules cuts fires'), score the test set against learners on "
-        "the latents and a pixel CNN, write reports/classify/ and register the served rule as "
-        "classify.model_name@champion.",
+        "the latents and a pixel CNN, write reports/classify/ and register the served rule as a new version "
+        "of classify.model_name: alias 'champion' when its cross-validated balanced accuracy on the labelled "
+        "photos beats chance (interval above 0.5) and the current champion's, else 'challenger' "
+        "(classify.force_promotion overrides).",
     )
     p.set_defaults(fn=cmd_classify)
 

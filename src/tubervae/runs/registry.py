@@ -17,15 +17,17 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from tubervae.models.nets import VAE
-from tubervae.runs.serving import VaeModel, photo_example, vae_signature
+from tubervae.runs.serving import InputLimits, VaeModel, photo_example, vae_signature
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.vae_artifacts import vae_files, write_vae_files
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"  # the registry alias of the promoted version of each registered model
+CHALLENGER = "challenger"  # the alias of the latest version that the promotion gate refused
 VAE_MODEL = "vae"  # what every training run's logged model is called: `vae-<family>-beta<β>-seed<s>`, or just this
 CHAMPION_TAG = "champion"  # on the logged model behind `<registered model>@champion`: its registered name
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -215,6 +217,13 @@ def set_alias(tracker: Tracker, name: str, alias: str, version: str | int) -> No
     tracker.client.set_registered_model_alias(name, alias, str(version))
 
 
+def describe_version(tracker: Tracker, name: str, version: str | int, description: str, tags: dict) -> None:
+    """A version's model card: `description` (Markdown) on its page, `tags` (values as strings) beside it."""
+    tracker.client.update_model_version(name, str(version), description=description)
+    for key, value in tags.items():
+        tracker.client.set_model_version_tag(name, str(version), key, str(value))
+
+
 def mark_champion(tracker: Tracker, name: str, model_id: str) -> None:
     """Tag the logged model behind `name@champion` (`champion: name`), and only it, so that the experiment's
     Models tab shows which of its many models is served."""
@@ -236,3 +245,34 @@ def version_by_alias(tracker: Tracker, name: str, alias: str = CHAMPION):
 def load_registered(tracker: Tracker, name: str, alias: str = CHAMPION):
     """The pyfunc model behind `name@alias`, loaded from the tracker's registry."""
     return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+
+def evaluate_classifier(
+    tracker: Tracker, run_id: str, model_id: str, data, *, targets: str, predictions: str, labels: list[str]
+) -> dict:
+    """MLflow's own classifier evaluation of the logged model `model_id` on `data` (photos and `targets`), logged
+    on `run_id` and linked to the model, so that its figures and confusion matrix show on the model's page.
+
+    The model answers several columns, and MLflow's classifier evaluator takes a model's whole answer as its
+    verdicts, so the loaded model is evaluated through a function that returns its column `predictions`, linked
+    by `model_id`. A pyfunc has no `predict_proba`, so MLflow draws no ROC or precision-recall curve: its figures
+    are those of the verdicts. The photos go in batches of the served model's request limit. The last of `labels`
+    is the positive class. Returns MLflow's metrics.
+    """
+    model = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    batch = InputLimits.from_env().max_images  # as many photos at a time as one request may hold
+
+    def verdicts(photos):
+        parts = [model.predict(photos.iloc[i : i + batch])[predictions] for i in range(0, len(photos), batch)]
+        return pd.concat(parts, ignore_index=True)
+
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        result = mlflow.models.evaluate(
+            verdicts,
+            data,
+            targets=targets,
+            model_type="classifier",
+            evaluator_config={"pos_label": labels[-1], "label_list": list(labels), "log_model_explainability": False},
+            model_id=model_id,
+        )
+    return {k: float(v) for k, v in result.metrics.items()}
