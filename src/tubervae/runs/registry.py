@@ -265,11 +265,19 @@ def version_by_alias(tracker: Tracker, name: str, alias: str = CHAMPION):
         return None
 
 
+# MLflow writes this file (the version's name and number, as YAML) into a model folder of a local store
+# whenever a version is read by name; nothing reads it. It is left out of the digests and of every copy.
+REGISTERED_MODEL_META = "registered_model_meta"
+
+
 def _download(tracker: Tracker, artifact_uri: str, dst: str | Path) -> Path:
-    """The files at `artifact_uri` as the store holds them, copied into the local folder `dst`."""
-    return Path(
+    """The files at `artifact_uri` as the store holds them, copied into the local folder `dst`
+    (less MLflow's `REGISTERED_MODEL_META`)."""
+    folder = Path(
         mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=tracker.uri)
     )
+    (folder / REGISTERED_MODEL_META).unlink(missing_ok=True)
+    return folder
 
 
 def verified_copy(tracker: Tracker, version, dst: str | Path) -> Path:
