@@ -37,6 +37,7 @@ from conftest import (
     with_makefile,
     write_processed,
 )
+from tubervae import cli
 from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
 from tubervae.data.images import inspect_image
@@ -571,8 +572,9 @@ CHANGES = {
 
 @pytest.mark.parametrize("change", CHANGES, ids=str)
 def test_a_changed_or_added_file_is_refused_before_any_of_the_models_code_runs(
-    project, change, tmp_path, no_model_loads
+    project, change, tmp_path, no_model_loads, capsys, monkeypatch
 ):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the CLI reads the project's own store
     client = client_for(project["root"])
     tracker = Tracker(project["root"])
     folder = store_folder(client, QUALITY_NAME)
@@ -586,10 +588,14 @@ def test_a_changed_or_added_file_is_refused_before_any_of_the_models_code_runs(
             registry.load_registered(tracker, QUALITY_NAME)
         assert "\n" not in str(info.value) and "refused, nothing loaded" in str(info.value)
         assert no_model_loads == [] and not marker.exists()
-        # The serving entry point (`tubervae serve`, `make serve`) refuses it before starting a server.
-        with pytest.raises(ModelFilesError, match=rf"{name} {verb}"):
-            model_server.serve(f"models:/{QUALITY_NAME}@champion", root=project["root"], port=1)
-        assert not marker.exists()
+        # The serving entry point (`tubervae serve`, which `make serve` runs) refuses it in one line, no server.
+        capsys.readouterr()
+        assert cli.main(["--root", str(project["root"]), "serve", "--port", "1"]) == 1
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"tubervae serve: error: {QUALITY_NAME} version 1: {name} {verb}") and err.count("\n") == 1
+        )
+        assert no_model_loads == [] and not marker.exists()
         if change == "the model code":
             # What the check prevents: MLflow alone runs the appended line.
             mlflow.pyfunc.load_model(str(folder))
