@@ -660,6 +660,25 @@ def test_a_version_registered_without_digests_is_refused_with_how_to_register_it
     assert marker.exists()
 
 
+def test_register_replaces_a_champion_registered_without_digests_by_a_model_logged_from_code(project):
+    """A run whose model was logged before digests were recorded (pickled, then) gets a new model, logged from
+    code from the run's weights, and a new version with digests, even though the alias already is that run."""
+    client = client_for(project["root"])
+    tracker = Tracker(project["root"])
+    run_id = project["runs"][6.0]
+    old = logged_vae(client, run_id)
+    before = client.get_model_version_by_alias(VAE_NAME, "champion")
+    client.delete_logged_model_tag(old.model_id, DIGESTS_TAG)
+    client.delete_model_version_tag(VAE_NAME, before.version, DIGESTS_TAG)
+    champion = pd.Series(models_row(run_id, "beta_vae", 6, 0, 0.70, 3))
+    version = register.promote(tracker, VAE_NAME, champion, {"crop_fraction": CROP, "data_version": DATA_VERSION})
+    assert int(version.version) == int(before.version) + 1 and registry.has_digests(version)
+    assert version.source != before.source and version.tags["source_run_id"] == run_id
+    assert client.get_model_version_by_alias(VAE_NAME, "champion").version == version.version
+    model = registry.load_registered(tracker, VAE_NAME)
+    assert model.metadata.model_id == version.source.removeprefix("models:/")
+
+
 def test_serve_takes_registered_models_only():
     with pytest.raises(ValueError, match=r"--model '/tmp/model': expected a registered model, models:/<name>@<alias>"):
         model_server.registered_version(None, "/tmp/model")
