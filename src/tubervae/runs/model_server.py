@@ -54,7 +54,8 @@ def registered_version(tracker: Tracker, model_uri: str):
 def serve(
     model_uri: str, *, root: str | Path = ".", host: str = "127.0.0.1", port: int = 5001, workers: int = 1
 ) -> int:
-    """Serve `model_uri` from a checked local copy until the server stops; returns its exit code.
+    """Serve `model_uri` from a checked local copy until the server stops; returns its exit code (0 when
+    stopped by SIGTERM or SIGINT).
 
     Raises ModelFilesError (a RuntimeError) before starting anything when the files do not match.
     """
@@ -74,10 +75,16 @@ def serve(
         command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager", "local"]
         command += ["-h", host, "-p", str(port), "-w", str(workers)]
         server = subprocess.Popen(command)
-        stop = lambda signum, frame: server.send_signal(signum)  # the server stops; then the copy goes
+        stopped = []
+
+        def stop(signum, frame):  # passed on: the server stops, then the copy goes
+            stopped.append(signum)
+            server.send_signal(signum)
+
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            return server.wait()
+            code = server.wait()
+            return 0 if stopped else code  # asked to stop: not a failure
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -302,10 +302,10 @@ def verified_copy(tracker: Tracker, version, dst: str | Path) -> Path:
 
 
 def load_registered(tracker: Tracker, name: str, alias: str = CHAMPION):
-    """The pyfunc model behind `name@alias`, loaded as `load_version` loads it; ModelFilesError when there is none."""
+    """The pyfunc model behind `name@alias`, loaded as `load_version` loads it."""
     version = version_by_alias(tracker, name, alias)
     if version is None:
-        raise ModelFilesError(f"no model {name}@{alias} in the registry")
+        raise RuntimeError(f"no model {name}@{alias} in the registry at {tracker.uri}: run the register stage first")
     return load_version(tracker, version)
 
 
