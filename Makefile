@@ -18,6 +18,8 @@ SERVE_PORT     ?= 5001
 SERVE_MODEL    ?= models:/tuber-quality@champion
 # The plots page's Vega, as dvc's page loads it from a CDN (dvc_render's versions), kept in .vega/ for offline use.
 VEGA_DIR       = .vega
+# make plots' page, apart from dvc_plots/ (what a plain `dvc plots show` writes, Vega from a CDN).
+OFFLINE_PLOTS  = dvc_plots_offline
 VEGA_PACKAGES  = vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 
 .PHONY: install run test test-fast lint plots thesis gpu-smoke cpu-long disentangle bench ui dashboard serve
@@ -61,7 +63,7 @@ disentangle: install  ## where the models disentangle: the geometry simulator, 5
 bench: install        ## speed figures (benchmarks/README.md)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
-plots: install        ## dvc plots show with Vega from a local copy (npm registry, once) instead of a CDN
+plots: install        ## dvc plots show into $(OFFLINE_PLOTS)/index.html, Vega from a local copy (npm registry, once)
 	@mkdir -p $(VEGA_DIR)
 	@cd $(VEGA_DIR) && for package in $(VEGA_PACKAGES); do \
 	  name=$${package%@*}; version=$${package#*@}; \
@@ -72,7 +74,7 @@ plots: install        ## dvc plots show with Vega from a local copy (npm registr
 	  '<script src="../$(VEGA_DIR)/vega.min.js"></script>' '<script src="../$(VEGA_DIR)/vega-lite.min.js"></script>' \
 	  '<script src="../$(VEGA_DIR)/vega-embed.min.js"></script>' '</head>' '<body>' '{plot_divs}' '</body>' '</html>' \
 	  > $(VEGA_DIR)/template.html
-	$(BIN)/dvc plots show --html-template $(VEGA_DIR)/template.html
+	$(BIN)/dvc plots show --html-template $(VEGA_DIR)/template.html --out $(OFFLINE_PLOTS)
 
 ui: install           ## MLflow's UI on the project's tracking store (http://127.0.0.1:$(UI_PORT))
 	@# MLflow 3's UI opens on its GenAI view unless asked for model training: print the link that asks.

@@ -5,7 +5,7 @@ import pytest
 from sklearn.linear_model import Lasso
 from sklearn.preprocessing import StandardScaler
 
-from tubervae.evaluation.lasso import lasso_gram
+from tubervae.evaluation.lasso import KKT_TOL, kkt_violation, lasso_gram
 
 # lasso_gram solves each target exactly on its support; a tightly converged
 # scikit-learn fit agrees to ~1e-13 on these problems, so 1e-9 leaves room for
@@ -182,14 +182,46 @@ def test_all_predictors_dead_gives_zeros():
     assert got.shape == (2, 3, 4) and np.all(got == 0.0)
 
 
-def test_warns_when_stopped_early():
-    rng = np.random.default_rng(20)
-    x = rng.normal(size=(50, 4))
-    x[:, 1] = x[:, 0] + 0.05 * rng.normal(size=50)  # strongly correlated pair
-    y = x[:, :2].sum(axis=1, keepdims=True)
-    with pytest.warns(RuntimeWarning, match="did not converge in max_iter=1 "):
+def stalling_problem(seed: int = 20):
+    """Two strongly correlated pairs: one sweep of coordinate descent leaves the optimum far off."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(50, 6))
+    x[:, 1] = x[:, 0] + 0.05 * rng.normal(size=50)
+    x[:, 3] = x[:, 2] + 0.05 * rng.normal(size=50)
+    y = x[:, :4].sum(axis=1, keepdims=True) + 0.3 * rng.normal(size=(50, 1))
+    return x, y
+
+
+def test_warns_when_stopped_early_far_from_the_optimum():
+    x, y = stalling_problem()
+    with pytest.warns(RuntimeWarning, match=r"did not converge in max_iter=1 sweeps: .* off by up to [\d.]+ x alpha"):
         got = lasso_gram(*gram_and_cross(x, y), 0.01, max_iter=1)
-    assert got.shape == (4, 1) and np.all(np.isfinite(got))
+    assert got.shape == (6, 1) and np.all(np.isfinite(got))
+    assert kkt_violation(*gram_and_cross(x, y), got, 0.01)[0] > KKT_TOL * 0.01
+
+
+def test_no_warning_when_stopped_within_the_tolerance(recwarn):
+    x, y = stalling_problem()
+    got = lasso_gram(*gram_and_cross(x, y), 0.01, max_iter=1, kkt_tol=1e6)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert np.all(np.isfinite(got))
+
+
+def test_a_nearly_duplicated_predictor_converges_without_a_warning(recwarn):
+    """Coordinate descent splits the weight over a near-duplicate pair where the optimum puts it on one;
+    the exact solve drops the weight whose sign flips and lands on the optimum at once."""
+    rng = np.random.default_rng(0)
+    n = 1000
+    x = rng.normal(size=(n, 6))
+    x[:, 1] = x[:, 0] + 1e-3 * rng.normal(size=n)
+    x[:, 3] = x[:, 2] * 0.999 + 0.03 * rng.normal(size=n)
+    x = StandardScaler().fit_transform(x)
+    y = np.hstack([0.7 * x[:, :1] + 0.5 * x[:, 2:3] + 0.2 * rng.normal(size=(n, 1)), x[:, 1:2] + x[:, 3:4]])
+    y = StandardScaler().fit_transform(y)
+    got = lasso_gram(*gram_and_cross(x, y), 0.1)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert np.max(np.abs(got - tight_sklearn_lasso(x, y, 0.1))) < 1e-6
+    assert np.max(kkt_violation(*gram_and_cross(x, y), got, 0.1)) < 1e-9
 
 
 # ---------------------------------------------------------------- arguments
@@ -209,6 +241,7 @@ def test_warns_when_stopped_early():
         (dict(max_iter=0), r"max_iter must be an int >= 1, got 0"),
         (dict(max_iter=2.5), r"max_iter must be an int >= 1, got 2\.5"),
         (dict(max_iter=True), r"max_iter must be an int >= 1, got True"),
+        (dict(kkt_tol=-1.0), r"kkt_tol must be .*got -1\.0"),
     ],
 )
 def test_bad_settings_are_named(kwargs, match):

@@ -222,6 +222,46 @@ def test_inline_tubervae_commands_parse(page, words):
         assert exc.code == 0 and "--help" in words, f"{page}: {' '.join(words)} does not parse (exit {exc.code})"
 
 
+SERVED_PATH = re.compile(r'"path":\s*"([^"]+)"')
+
+
+def test_the_serving_examples_name_a_photo_of_the_default_data():
+    """The `path` of every serving example is a photo that the default raw stage writes (data/raw/images/)."""
+    from tubervae.config import load_params
+    from tubervae.data import synth
+
+    n_images = load_params(PROJECT / "params.yaml").data.n_images
+    written = {Path(synth._image_name(i, n_images)).name for i in range(n_images)}
+    examples = [(page_name(page), name) for page in PAGES for name in SERVED_PATH.findall(page.read_text())]
+    assert examples, "no serving example names a photo"
+    for page, name in examples:
+        assert name in written, f"{page}: {name!r} is not a photo of the default data ({sorted(written)[:2]} …)"
+
+
+def test_the_readme_shows_metrics_per_declared_file():
+    """`dvc metrics show` alone prints every file in one table, over 1000 columns: the README names files."""
+    import yaml
+
+    dvc = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    declared = set()
+    for stage in dvc["stages"].values():
+        for entry in stage.get("do", stage).get("metrics", []):
+            path = next(iter(entry)) if isinstance(entry, dict) else entry
+            declared |= {path.replace("${key}", family) for family in ("beta_vae", "beta_tcvae", "cbeta_vae")}
+    shown = [words[3:] for _, words, _ in readme_commands() if words[:3] == ["dvc", "metrics", "show"]]
+    assert shown and all(len(targets) == 1 for targets in shown), shown
+    assert all(targets[0] in declared for targets in shown), (shown, declared)
+
+
+def test_make_plots_and_dvc_plots_show_write_different_pages():
+    recipe = subprocess.run(["make", "-n", "plots"], cwd=PROJECT, capture_output=True, text=True, timeout=60).stdout
+    (show,) = [line for line in recipe.splitlines() if "dvc plots show" in line]
+    out = shlex.split(show)[shlex.split(show).index("--out") + 1]
+    assert Path(out).resolve() != (PROJECT / "dvc_plots").resolve()
+    text = README.read_text()
+    assert f"{out}/index.html" in text and "dvc_plots/index.html" in text
+
+
 @pytest.mark.parametrize("page, target", relative_links())
 def test_relative_links_lead_somewhere(page, target):
     resolved = ((PROJECT / page).parent / target.split("#", 1)[0]).resolve()

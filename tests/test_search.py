@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -265,6 +266,38 @@ def test_make_dashboard_shows_the_study_its_objective_and_its_settings(project, 
         status, shown = http(f"{url}/api/studies/{listed[study.study_name]}?after=0")
         assert status == 200 and shown["objective_names"] == ["udr"]
         assert {a["key"] for a in shown["user_attrs"]} >= {"fingerprint", "data_version", "objective"}
+
+
+def test_search_prints_its_progress_to_stderr(project, no_pictures, capsys):
+    """One line per event: the study, each trial's start (k of n), each seed's steps (every tenth, the
+    loss), each trial's UDR; on stderr, so that stdout keeps the command's one summary line."""
+    raw = merged(RAW_PARAMS, search={"spaces": {FAMILY: {"n_trials": 2}}})
+    search.run(
+        parse_params(raw),
+        FAMILY,
+        root=project,
+        processed_dir=project / "data" / "processed",
+        reports_dir=project / "reports" / "search",
+    )
+    out, err = capsys.readouterr()
+    assert "search beta_vae:" not in out
+    lines = [line for line in err.splitlines() if line.startswith("search beta_vae: ")]
+    assert lines[0].startswith("search beta_vae: study ") and "holds 0 of 2 finished trials" in lines[0]
+    for k in (1, 2):
+        assert any(
+            f"trial {k} of 2 (Optuna #{k - 1}, β " in line and "2 seeds of 20 steps" in line for line in lines
+        ), lines
+        for seed in (0, 1):
+            steps = [line for line in lines if line.startswith(f"search beta_vae: trial {k} of 2, seed {seed}: step ")]
+            # logged every 5 of 20 steps: each log passes a tenth, so each is a line, the last one step 20 of 20
+            assert [line.split("step ")[1].split(",")[0] for line in steps] == [
+                "5 of 20",
+                "10 of 20",
+                "15 of 20",
+                "20 of 20",
+            ]
+            assert all(", loss " in line for line in steps)
+        assert any(line.startswith(f"search beta_vae: trial {k} of 2 scored: median UDR ") for line in lines)
 
 
 def test_completed_study_resumes_without_training_and_moves_on(project, no_pictures):
@@ -648,6 +681,27 @@ def test_parallel_workers_train_each_seed_once_and_as_in_process(project):
     there, _ = vae_artifacts.load_vae(Tracker(project), trial["seed_run_ids"][1])
     for name, value in here.model.state_dict().items():
         assert torch.equal(value.cpu(), there.state_dict()[name]), name
+
+
+@pytest.mark.slow
+def test_a_pools_seeds_print_their_progress_through_the_search_and_mlflow_stays_quiet(project, capfd, monkeypatch):
+    """The pool's workers send their steps back to the search's process, which prints them; their MLflow
+    (system metrics started and stopped) says nothing at INFO unless the search's MLflow logger does."""
+    mlflow_logger = logging.getLogger("mlflow")
+    monkeypatch.setattr(mlflow_logger, "level", logging.WARNING)  # as the `tubervae` command sets it without -v
+    raw = merged(RAW_PARAMS, train={"workers": 2})
+    search.run(
+        parse_params(raw),
+        FAMILY,
+        root=project,
+        processed_dir=project / "data" / "processed",
+        reports_dir=project / "reports" / "search",
+    )
+    _, err = capfd.readouterr()
+    for seed in (0, 1):
+        assert f"search beta_vae: trial 1 of 1, seed {seed}: step 20 of 20, loss " in err
+    assert "trial 1 of 1 scored: median UDR" in err
+    assert "system metrics" not in err.lower(), err[-3000:]
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -346,7 +347,13 @@ def test_udr_settings_reach_the_scores(udr_root):
     """Spearman similarity with disentanglement_lib's aggregation gives that method's numbers."""
     root, models = udr_root["root"], udr_root["models"]
     cfg = UdrConfig(similarity="spearman", aggregate="reference", kl_threshold=0.05, heatmap_pairs=0)
+    began = time.time()
     udr_stage.run(Params(udr=cfg), **stage_paths(root))
+    ended = time.time()
+    # The stage's run spans its work (reading the latents, scoring, figures), though opened when it logs.
+    (run,) = udr_root["tracker"].client.search_runs([udr_root["tracker"].experiment_id], "tags.kind = 'udr'")
+    assert began * 1000 - 1 <= run.info.start_time <= began * 1000 + 1000
+    assert run.info.end_time - run.info.start_time >= 0.5 * (ended - began) * 1000
     within, a2a, _ = expected_scores(models, cfg)
     lasso_within, _, _ = expected_scores(models, UdrConfig())
     assert not np.allclose(within, lasso_within)  # the setting matters for these latents
@@ -362,15 +369,28 @@ def test_without_search_reports_every_finished_vae_run_is_ranked(udr_root):
     shutil.rmtree(root / "reports" / "search")
     failed = tracker.create_run("crashed", tags={"kind": "vae"})  # only FINISHED runs count
     tracker.client.set_terminated(failed, status="FAILED")
-    # A run opened elsewhere (as `mlflow run` does, in the Default experiment) still finds the models.
-    handed_over = tracker.client.create_run("0").info.run_id
+    # A run handed over in the project's experiment (`mlflow run --experiment-name tubervae`) is used.
+    handed_over = tracker.create_run("bold-fox-123")
     summary = udr_stage.run(Params(), run_id=handed_over, **stage_paths(root))
     assert summary["n_models"] == len(models)
     ranked = pd.read_csv(root / "reports" / "udr" / "models.csv")
     assert sorted(ranked.run_id) == sorted(m["run_id"] for m in models)
     run = tracker.client.get_run(handed_over)
-    assert run.info.status == "FINISHED" and run.info.experiment_id == "0"
+    assert run.info.status == "FINISHED" and run.info.experiment_id == tracker.experiment_id
     assert run.data.params["n_models"] == str(len(models))
+
+
+def test_a_run_handed_over_in_another_experiment_is_refused_in_one_line(udr_root):
+    """`mlflow run` without --experiment-name opens its run in Default, which `make ui`'s link never shows."""
+    root, tracker = udr_root["root"], udr_root["tracker"]
+    elsewhere = tracker.client.create_run("0").info.run_id
+    with pytest.raises(RuntimeError) as refused:
+        udr_stage.run(Params(), run_id=elsewhere, **stage_paths(root))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "'Default'" in message and "--experiment-name tubervae" in message
+    assert not (root / "reports" / "udr").exists()  # nothing was ranked
+    assert not tracker.client.get_run(elsewhere).data.params
 
 
 def test_clear_errors_without_models(tmp_path, empty_mlflow_db):
@@ -414,7 +434,8 @@ def test_clear_errors_without_models(tmp_path, empty_mlflow_db):
 
 @pytest.mark.slow
 def test_mlflow_run_udr_entry_point_reuses_the_run(udr_root):
-    """`mlflow run . -e udr --env-manager local` from the project root logs into the run it opens."""
+    """`mlflow run . -e udr --env-manager local --experiment-name tubervae` logs into the run it opens;
+    without the flag (the Default experiment) the stage refuses in one line."""
     root = udr_root["root"]
     for name in ("MLproject", "conda.yaml"):
         shutil.copyfile(PROJECT / name, root / name)
@@ -423,15 +444,25 @@ def test_mlflow_run_udr_entry_point_reuses_the_run(udr_root):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg")
-    done = run_command(
+    # In the Default experiment (no --experiment-name): refused with one line, nothing logged there.
+    refused = run_command(
         [str(BIN / "mlflow"), "run", ".", "-e", "udr", "--env-manager", "local"], root, env=env, timeout=240
+    )
+    assert refused.returncode != 0
+    assert "tubervae udr: error: `mlflow run` opened its run in the experiment 'Default'" in refused.stdout
+    done = run_command(
+        [str(BIN / "mlflow"), "run", ".", "-e", "udr", "--env-manager", "local", "--experiment-name", "tubervae"],
+        root,
+        env=env,
+        timeout=240,
     )
     assert done.returncode == 0, done.stdout[-4000:]
     client = udr_root["tracker"].client
     runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], "tags.`mlflow.project.entryPoint` = 'udr'"
+        [e.experiment_id for e in client.search_experiments()],
+        "tags.`mlflow.project.entryPoint` = 'udr' and attributes.status = 'FINISHED'",
     )
-    assert len(runs) == 1
+    assert len(runs) == 1 and runs[0].info.experiment_id == udr_root["tracker"].experiment_id
     run = client.get_run(runs[0].info.run_id)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "udr"  # not the name MLflow made up when `mlflow run` opened it

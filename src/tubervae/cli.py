@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.verbose:  # MLflow's own INFO lines (system metrics started and stopped, …) only when asked for
+        logging.getLogger("mlflow").setLevel(logging.INFO)
     # `mlflow run` hands its run over in MLFLOW_RUN_ID: the entry point logs into that run.
     args.mlflow_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars of our own suffice

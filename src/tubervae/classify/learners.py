@@ -11,7 +11,7 @@ for callers that only need the threshold rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -161,6 +161,7 @@ def fit_pixel_cnn(
     steps: int = 300,
     batch_size: int = 32,
     lr: float = 1e-3,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> PixelCNNClassifier:
     """A supervised baseline that sees pixels instead of latents.
 
@@ -168,7 +169,8 @@ def fit_pixel_cnn(
     convolutions, global average pooling and a linear head), trained with Adam
     on class-balanced BCE (each class carries half the loss) on the CPU.
     Initial weights and minibatches come from ``random_state`` only; the
-    global torch RNG is left as found.
+    global torch RNG is left as found. ``on_step(step, loss)`` hears every step
+    (a stage's progress line).
     """
     import torch
 
@@ -200,7 +202,7 @@ def fit_pixel_cnn(
     order = torch.randperm(labels.size, generator=generator)
     position = 0
     network.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         if position + size > labels.size:
             order = torch.randperm(labels.size, generator=generator)
             position = 0
@@ -212,5 +214,7 @@ def fit_pixel_cnn(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step(step, float(loss))
     network.eval()
     return PixelCNNClassifier(network, array.shape[1])

@@ -18,9 +18,11 @@ import logging
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from tubervae.config import Params, SearchSpace
 from tubervae.runs import trials, vae_artifacts
+from tubervae.runs.progress import SearchProgress
 from tubervae.runs.pruning import prune_steps
 from tubervae.runs.seed_trainers import SeedTrainer
 from tubervae.runs.tracker import Tracker
@@ -36,6 +38,18 @@ def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Set
     return Setting(family=family, beta=beta, c_max=c_max)
 
 
+def trial_position(trial: optuna.Trial) -> int:
+    """Which of the study's trials this one is, counting the finished ones and those running before it:
+    "trial k of n" in the progress lines, whatever numbers failed or resumed trials took."""
+    k = 1
+    for other in trial.study.get_trials(deepcopy=False):
+        if other.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            other.state == TrialState.RUNNING and other.number < trial.number
+        ):
+            k += 1
+    return k
+
+
 class Objective:
     """Train one setting on every seed, score it with within-setting UDR (module docstring)."""
 
@@ -49,11 +63,14 @@ class Objective:
         *,
         study_run_id: str | None,
         checkpoint_dir: Path,
+        progress: SearchProgress | None = None,
     ):
+        """`progress`: the trials' lines on stderr (start, part-way and final UDR, pruning)."""
         self.family, self.params, self.tracker, self.data, self.trainer = family, params, tracker, data, trainer
         self.space = params.search.spaces[family]
         self.study_run_id, self.checkpoint_dir = study_run_id, checkpoint_dir
         self.stops = prune_steps(params)
+        self.progress = progress
 
     def __call__(self, trial: optuna.Trial) -> float:
         trials.record_worker(trial)
@@ -79,6 +96,9 @@ class Objective:
         name = f"trial {trial.number} {self.family} {setting.label}"
         with self.tracker.run(name, parent_id=self.study_run_id, tags=tags, killed_by=(optuna.TrialPruned,)) as parent:
             trials.record_runs(trial, trial_run=parent)
+            if self.progress:
+                shown = f"β {setting.beta:.3g}" + (f", C_max {setting.c_max:.3g}" if self.family == "cbeta_vae" else "")
+                self.progress.trial_started(parent, trial_position(trial), trial.number, shown, search.seeds, cfg.steps)
             self.tracker.log_params(
                 parent,
                 {
@@ -97,6 +117,8 @@ class Objective:
             trials.record_runs(trial, seed_runs=seed_runs)
             score = trials.score_seeds([vae_artifacts.latents(self.tracker, run_id) for run_id in seed_runs], udr)
             reason = trials.record_score(trial, score, min_active=search.min_active, beta_norm=beta_norm)
+            if self.progress:
+                self.progress.scored(parent, score.value, score.n_active, not reason)
             self.tracker.log_metrics(
                 parent,
                 {
@@ -171,6 +193,8 @@ class Objective:
         score = trials.score_seeds(latents, self.params.udr)
         feasible = score.feasible(search.min_active)
         trial.report(trials.judged_value(score, search.min_active), step)
+        if self.progress:
+            self.progress.judged(parent, step, score.value, feasible)
         self.tracker.log_metrics(
             parent, {"udr": score.value, "n_active": score.n_active, "feasible": float(feasible)}, step
         )
@@ -208,6 +232,8 @@ class Objective:
                     missing_ok=True
                 )
         log.info("trial %d pruned: %s", trial.number, pruned)
+        if self.progress:
+            self.progress.pruned(parent, pruned.reason)
 
     def _end_open_runs(self, open_runs: dict[int, str], tags: dict) -> None:
         """End KILLED, with `tags`, the seed runs an intermediate segment left RUNNING (not those that failed since)."""

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from tubervae.config import TrainConfig
+from tubervae.runs.progress import StepCallback
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData, load_training_data, run_tracked
 from tubervae.training import Setting
@@ -82,19 +83,28 @@ class TrainingPool:
         checkpoint_dir: str | Path,
         *,
         max_restarts: int = 3,
+        on_step: StepCallback | None = None,
     ):
+        """`on_step` hears the workers' seeds' logged steps, in this process (a queue carries them back)."""
         if workers < 2:
             raise ValueError(f"a training pool needs at least 2 workers, got {workers}; train in-process instead")
         if max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
         self.workers, self.max_restarts = workers, max_restarts
         self._tracker = tracker
+        self._steps = multiprocessing.get_context("spawn").Queue() if on_step is not None else None
         self._initargs = (
             str(tracker.root),
             tracker.experiment_id,
             str(Path(processed_dir).resolve()),
             str(checkpoint_dir),
+            self._steps,
+            logging.getLogger("mlflow").getEffectiveLevel(),  # the workers' MLflow is as quiet as this process's
         )
+        self._reader = None
+        if on_step is not None:
+            self._reader = threading.Thread(target=_relay, args=(self._steps, on_step), daemon=True)
+            self._reader.start()
         self._lock = threading.Lock()
         self._generation = 0
         self._executor = self._new_executor()
@@ -171,6 +181,10 @@ class TrainingPool:
         with self._lock:
             executor = self._executor
         executor.shutdown(wait=True, cancel_futures=cancel)
+        if self._reader is not None:
+            self._steps.put(None)  # after every worker's last step: the relay prints them all, then ends
+            self._reader.join(timeout=10)
+            self._reader = None
 
     def __enter__(self) -> TrainingPool:
         return self
@@ -179,18 +193,40 @@ class TrainingPool:
         self.close(cancel=exc_type is not None)
 
 
+def _relay(steps, on_step: StepCallback) -> None:
+    """The search's side of the workers' step queue: hand each event to `on_step` until the pool closes.
+
+    A worker killed while it wrote an event can leave the queue unreadable: the lines stop, the search goes on."""
+    while True:
+        try:
+            event = steps.get()
+        except Exception:
+            log.debug("the training pool's progress queue broke", exc_info=True)
+            return
+        if event is None:
+            return
+        try:
+            on_step(event)
+        except Exception:  # a progress line is never worth a search
+            log.debug("progress line failed", exc_info=True)
+
+
 # --- inside a worker process ---------------------------------------------------------
 
 _worker: dict = {}
 
 
-def _start_worker(root: str, experiment_id: str, processed_dir: str, checkpoint_dir: str) -> None:
+def _start_worker(
+    root: str, experiment_id: str, processed_dir: str, checkpoint_dir: str, steps=None, mlflow_level=logging.WARNING
+) -> None:
+    logging.getLogger("mlflow").setLevel(mlflow_level)  # no system-metrics INFO lines per seed unless asked (-v)
     parent = os.getppid()
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(1)
     _worker["tracker"] = Tracker(root, experiment_id=experiment_id, owner_pid=parent)
     _worker["data"] = load_training_data(processed_dir)
     _worker["checkpoint_dir"] = Path(checkpoint_dir)
+    _worker["steps"] = steps
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -214,4 +250,5 @@ def _train(job: SeedJob) -> dict:
         checkpoint_dir=_worker["checkpoint_dir"],
         progress=False,
         stop_at=job.stop_at,
+        on_step=None if _worker.get("steps") is None else _worker["steps"].put,
     )

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from tubervae.config import Params, TrainConfig, worker_count
 from tubervae.runs.pool import SeedJob, TrainingPool
+from tubervae.runs.progress import StepCallback
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData, run_tracked, run_tracked_fused
 from tubervae.training import Setting, select_device
@@ -54,6 +55,7 @@ class SerialTrainer:
     kl_threshold: float
     checkpoint_dir: Path
     progress: bool = True
+    on_step: StepCallback | None = None  # progress lines instead of the bar
 
     def train(self, setting, seeds, parent_id, stop, run_ids) -> Segment:
         results: dict[int, dict] = {}
@@ -69,8 +71,9 @@ class SerialTrainer:
                     run_id=run_ids.get(seed),
                     kl_threshold=self.kl_threshold,
                     checkpoint_dir=self.checkpoint_dir,
-                    progress=self.progress,
+                    progress=self.progress and self.on_step is None,
                     stop_at=stop,
+                    on_step=self.on_step,
                 )
             except BaseException as exc:  # an interrupt too: the caller ends the open runs, then re-raises
                 return Segment(results, exc)
@@ -100,6 +103,7 @@ class FusedTrainer:
     data: TrainingData
     kl_threshold: float
     checkpoint_dir: Path
+    on_step: StepCallback | None = None
 
     def train(self, setting, seeds, parent_id, stop, run_ids) -> Segment:
         try:
@@ -114,6 +118,7 @@ class FusedTrainer:
                 checkpoint_dir=self.checkpoint_dir,
                 stop_at=stop,
                 run_ids=[run_ids.get(seed) for seed in seeds],
+                on_step=self.on_step,
             )
         except BaseException as exc:  # every seed's run is marked FAILED by run_tracked_fused
             return Segment({}, exc)
@@ -141,11 +146,14 @@ def seed_trainer(
     *,
     pool: TrainingPool | None = None,
     progress: bool = True,
+    on_step: StepCallback | None = None,
 ) -> SeedTrainer:
-    """Fused where `train.fuse` says so, else the pool when there is one, else one seed after another."""
+    """Fused where `train.fuse` says so, else the pool when there is one, else one seed after another.
+
+    `on_step` hears each seed's logged steps (the pool's are given to it when it is made)."""
     cfg, kl_threshold = params.train, params.udr.kl_threshold
     if fuse_seeds(cfg):
-        return FusedTrainer(tracker, cfg, data, kl_threshold, checkpoint_dir)
+        return FusedTrainer(tracker, cfg, data, kl_threshold, checkpoint_dir, on_step)
     if pool is not None:
         return PoolTrainer(pool, cfg, kl_threshold)
-    return SerialTrainer(tracker, cfg, data, kl_threshold, checkpoint_dir, progress)
+    return SerialTrainer(tracker, cfg, data, kl_threshold, checkpoint_dir, progress, on_step)

@@ -30,6 +30,7 @@ from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.fused import FusedJob, train_fused
 from tubervae.runs import registry
+from tubervae.runs.progress import StepCallback, StepEvent
 from tubervae.runs.tracker import Tracker
 from tubervae.training import (
     NonFiniteLossError,
@@ -119,6 +120,7 @@ def run_tracked(
     checkpoint_dir: str | Path = "checkpoints",
     progress: bool = True,
     stop_at: int | None = None,
+    on_step: StepCallback | None = None,
 ) -> dict:
     """Train (or resume) one seed as an MLflow run; returns its run id and final metrics.
 
@@ -126,7 +128,8 @@ def run_tracked(
     informative for the run's `n_active` metric and its pictures. With `stop_at` below
     `cfg.steps` only that segment trains: the run (`run_id` when it continues one) stays
     RUNNING, and the result holds the step reached and the probe latents there
-    (`latents`: mu, kl), which the search scores.
+    (`latents`: mu, kl), which the search scores. `on_step` hears of every logged step (the search's
+    progress lines).
     """
     key = run_key(setting, seed, cfg, data)
     checkpoint_path = checkpoint_file(checkpoint_dir, setting, seed, cfg, data)
@@ -135,6 +138,8 @@ def run_tracked(
 
         def on_log(metrics: dict, step: int) -> None:
             tracker.log_metrics(rid, metrics, step)
+            if on_step is not None:
+                on_step(StepEvent(parent_id, seed, step, cfg.steps, float(metrics.get("loss", float("nan")))))
 
         def on_snapshot(model, step: int) -> None:
             _log_snapshot(tracker, rid, model, step, data, kl_threshold)
@@ -179,6 +184,7 @@ def run_tracked_fused(
     checkpoint_dir: str | Path = "checkpoints",
     stop_at: int | None = None,
     run_ids: list[str | None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[dict]:
     """`run_tracked` for several seeds of one setting trained as one fused model (`tubervae.fused`).
 
@@ -205,7 +211,9 @@ def run_tracked_fused(
                 probe_images=data.probe,
                 test_images=data.test,
                 data_version=data.data_version,
-                on_log=lambda i, metrics, step: tracker.log_metrics(rids[i], metrics, step),
+                on_log=lambda i, metrics, step: _log_fused(
+                    tracker, rids[i], metrics, step, StepEvent(parent_id, seeds[i], step, cfg.steps, 0.0), on_step
+                ),
                 on_snapshot=(
                     (lambda i, model, step: _log_snapshot(tracker, rids[i], model, step, data, kl_threshold))
                     if cfg.figures
@@ -236,7 +244,7 @@ def run_tracked_fused(
 def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=None, final=True):
     """The MLflow run of one seed, with its tags and parameters; left RUNNING after a segment that is not `final`."""
     tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
-    name = f"{setting.family} {setting.label} seed {seed}"
+    name = f"s{seed} {setting.family} {setting.label}"  # the seed first: the runs list cuts long names short
     with tracker.run(
         name, run_id=run_id, parent_id=parent_id, tags=tags, keep_open=not final, system_metrics=True
     ) as rid:
@@ -258,6 +266,13 @@ def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=
         if data.processed_dir is not None:  # from the start, so a run in training, pruned or failed shows its data
             tracker.log_dataset(rid, data.processed_dir)
         yield rid
+
+
+def _log_fused(tracker, rid, metrics, step, event: StepEvent, on_step: StepCallback | None) -> None:
+    """One fused seed's logged metrics, and its progress line (`event` with the loss filled in)."""
+    tracker.log_metrics(rid, metrics, step)
+    if on_step is not None:
+        on_step(dataclasses.replace(event, loss=float(metrics.get("loss", float("nan")))))
 
 
 def _log_snapshot(tracker, rid, model, step, data, kl_threshold) -> None:

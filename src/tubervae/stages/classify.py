@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_csv, write_json
 from tubervae.runs import quality_model_code, registry, vae_artifacts
+from tubervae.runs.progress import steps_line
 from tubervae.runs.quality_model import quality_model_artifacts, quality_signature
 from tubervae.runs.registry import CHAMPION
 from tubervae.runs.serving import photo_example
@@ -186,6 +188,7 @@ def run(
 ) -> dict:
     """Fit, score and register the classifier; `metrics_path` (default reports/metrics/classify.json beside
     `out_dir`) receives the headline figures as numbers only, for `dvc metrics`."""
+    started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.classify
     processed_dir, out_dir, champion_path = (under(root, p) for p in (processed_dir, out_dir, champion_path))
     metrics_path = under(root, metrics_path) if metrics_path else out_dir.parent / "metrics" / "classify.json"
@@ -224,7 +227,7 @@ def run(
         fitted.threshold_metrics, fitted.any_rule_metrics, fitted.alternatives, n_rules=len(fitted.any_rule.rules)
     )
     write_json(metrics_path, numbers)
-    with tracker.run("classify", run_id=run_id, tags={"kind": "classify"}) as rid:
+    with tracker.run("classify", run_id=run_id, started_at=started_at, tags={"kind": "classify"}) as rid:
         tracker.log_metrics(rid, numbers)
         metrics["registered"] = register_quality_model(
             tracker, rid, fitted, photos, vae, vae_config, version, meta["data_version"], cfg.model_name
@@ -299,7 +302,13 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
         name: clf.binary_metrics(y_test, m.predict(z_test), m.predict_score(z_test), majority_label=majority)
         for name, m in others.items()
     }
-    cnn = clf.fit_pixel_cnn(photos.x_lab, y_lab, random_state=cfg.seed, steps=cfg.cnn_steps)
+    cnn = clf.fit_pixel_cnn(
+        photos.x_lab,
+        y_lab,
+        random_state=cfg.seed,
+        steps=cfg.cnn_steps,
+        on_step=steps_line("classify: the pixel CNN", cfg.cnn_steps),
+    )
     alternatives["pixel_cnn"] = clf.binary_metrics(
         y_test, cnn.predict(photos.x_test), cnn.predict_score(photos.x_test), majority_label=majority
     )

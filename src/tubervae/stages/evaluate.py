@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from tubervae.evaluation.metrics import evaluate_all, mig
 from tubervae.evaluation.udr import informative_mask, udr_scores
 from tubervae.io import fresh_dir, under, write_csv, write_json
 from tubervae.runs import vae_artifacts
+from tubervae.runs.progress import count
 from tubervae.runs.tracker import Tracker
 from tubervae.training import encode
 
@@ -181,6 +183,7 @@ def run(
 ) -> dict:
     """Score the models; the numbers-only `metrics_path` and the plot data in `plots_dir` default
     to reports/metrics/evaluate.json and reports/plots/ beside `out_dir`."""
+    started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.evaluate
     processed_dir, evalset_dir, udr_dir, champion_path, out_dir = (
         under(root, p) for p in (processed_dir, evalset_dir, udr_dir, champion_path, out_dir)
@@ -211,12 +214,14 @@ def run(
     latents = [vae_artifacts.latents(tracker, rid) for rid in models.run_id]
     informative = [informative_mask(latent["kl"], params.udr.kl_threshold) for latent in latents]
     codes = []  # each model's means on the scored photos, encoded here with all threads
-    for model_run in models.run_id:
+    n, every = len(models), max(1, len(models) // 10)
+    for model_run in count(models.run_id, n, f"evaluate: {len(images)} photos encoded by model", every=every):
         vae, _ = vae_artifacts.load_vae(tracker, model_run)
         codes.append(encode(vae, images)[0])
-    scored = Parallel(n_jobs=min(worker_count(cfg.workers), len(codes)) or 1)(
+    scoring = Parallel(n_jobs=min(worker_count(cfg.workers), len(codes)) or 1, return_as="generator")(
         delayed(score_model)(mu, factors, names, defects, mask, cfg) for mu, mask in zip(codes, informative)
     )
+    scored = list(count(scoring, n, "evaluate: supervised metrics scored, model", every=every))
     rows, importances = [], {}
     for model_run, result in zip(models.run_id, scored):  # not `run_id`: the stage's own run, handed over
         defect_rho = {f"defect_rho/{d}": r for d, r in result["rho"].items()}
@@ -332,7 +337,7 @@ def run(
         plots_dir / "udr_vs_supervised.csv",
         table.rename(columns={f"udr_within_{params.udr.similarity}": "udr_within"})[PLOT_COLUMNS],
     )
-    with tracker.run("evaluate", run_id=run_id, tags={"kind": "evaluate"}) as rid:
+    with tracker.run("evaluate", run_id=run_id, started_at=started_at, tags={"kind": "evaluate"}) as rid:
         tracker.log_metrics(rid, headline)  # the numbers DVC compares, grouped by '/' in MLflow
         tracker.log_artifacts(rid, out_dir, "evaluate")
     return summary

@@ -26,7 +26,9 @@ logs the champion's figures as metrics and champion.json as an artifact.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,8 @@ from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_json
 from tubervae.runs import registry, vae_artifacts
 from tubervae.runs.registry import CHAMPION
+from tubervae.runs.study import storage_url
+from tubervae.runs.study_notes import champion_policy, note_champion
 from tubervae.runs.tracker import Tracker
 from tubervae.training import encode
 
@@ -113,6 +117,7 @@ def run(
     out_path: str | Path = "reports/register/champion.json",
     run_id: str | None = None,
 ) -> dict:
+    started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.register
     udr_dir, processed_dir, out_path = (under(root, p) for p in (udr_dir, processed_dir, out_path))
     models_path = udr_dir / "models.csv"
@@ -148,7 +153,9 @@ def run(
         choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
     )
     champion = job.iloc[0] if select == "job" else by_udr
-    with tracker.run("register", run_id=run_id, tags={"kind": "register", "source_run_id": champion.run_id}) as rid:
+    with tracker.run(
+        "register", run_id=run_id, started_at=started_at, tags={"kind": "register", "source_run_id": champion.run_id}
+    ) as rid:
         version = promote(tracker, cfg.model_name, champion, meta)
         summary = {
             "model": cfg.model_name,
@@ -171,10 +178,21 @@ def run(
             },
         }
         write_json(out_path, summary)
+        note_champion_on_studies(root, summary, params)
         headline = {"version": summary["version"], "udr_within": summary["udr_within"], "n_active": summary["n_active"]}
         tracker.log_metrics(rid, headline)
         tracker.log_artifacts(rid, Path(out_path).parent, "register")
     return summary
+
+
+def note_champion_on_studies(root: str | Path, summary: dict, params: Params) -> None:
+    """The champion's trial and seed, and the policy, as user attributes of the studies in optuna.db
+    (optuna-dashboard shows them); a study store that cannot be read costs a warning, not the stage."""
+    try:
+        policy = champion_policy(dataclasses.replace(params.register, select=summary["select"]))
+        note_champion(storage_url(root), summary, policy)
+    except Exception as exc:  # the registry is what counts; the dashboard's note is a courtesy
+        log.warning("the studies could not be noted with the champion (%s: %s)", type(exc).__name__, exc)
 
 
 def _scored(row: pd.Series, scored: pd.DataFrame | None) -> pd.Series:

@@ -41,12 +41,14 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from tubervae import plots
 from tubervae.config import Params
 from tubervae.io import under, write_csv, write_json
 from tubervae.runs.objective import Objective
 from tubervae.runs.pool import TrainingPool
+from tubervae.runs.progress import SearchProgress
 from tubervae.runs.pruning import make_pruner
 from tubervae.runs.seed_trainers import seed_trainer, training_workers
 from tubervae.runs.study import (
@@ -58,6 +60,7 @@ from tubervae.runs.study import (
     storage_url,
     study_name,
 )
+from tubervae.runs.study_notes import note_policy
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import load_training_data
 from tubervae.runs.trials import history_table, run_trials, search_metrics, summarise
@@ -113,21 +116,41 @@ def run(
             load_if_exists=True,
         )
         describe_study(study, family, params, data.data_version)
+        note_policy(study, params)  # the dashboard's "how to read" and champion policy
         if params.search.enqueue_grid:
             enqueue_grid(study, space)
         workers = training_workers(params)
+        lines = SearchProgress(family, wanted) if progress else None
+        on_step = lines.step if lines else None
         with contextlib.ExitStack() as stack:
             pool = None
             if workers > 1:
                 pool = stack.enter_context(
                     TrainingPool(
-                        workers, tracker, processed_dir, root / "checkpoints", max_restarts=params.search.max_retry
+                        workers,
+                        tracker,
+                        processed_dir,
+                        root / "checkpoints",
+                        max_restarts=params.search.max_retry,
+                        on_step=on_step,
                     )
                 )
-            trainer = seed_trainer(params, tracker, data, root / "checkpoints", pool=pool, progress=progress)
-            objective = Objective(
-                family, params, tracker, data, trainer, study_run_id=run_id, checkpoint_dir=root / "checkpoints"
+            trainer = seed_trainer(
+                params, tracker, data, root / "checkpoints", pool=pool, progress=progress, on_step=on_step
             )
+            objective = Objective(
+                family,
+                params,
+                tracker,
+                data,
+                trainer,
+                study_run_id=run_id,
+                checkpoint_dir=root / "checkpoints",
+                progress=lines,
+            )
+            if lines:
+                done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                lines.study(study.study_name, len(done))
             run_trials(
                 study,
                 study_storage,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from tubervae.data.processed import load_meta
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_scores
 from tubervae.io import fresh_dir, under, write_csv, write_json
 from tubervae.runs import vae_artifacts
+from tubervae.runs.progress import count, say
 from tubervae.runs.tracker import Tracker
 from tubervae.training import normalised_beta
 
@@ -191,6 +193,7 @@ def run(
 ) -> dict:
     """Rank the models; `metrics_dir` (numbers only) and `plots_dir` (plot data) default to
     reports/metrics/ and reports/plots/ beside `out_dir`."""
+    started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.udr
     root = Path(root)
     search_dir, out_dir, processed_dir = (under(root, p) for p in (search_dir, out_dir, processed_dir))
@@ -209,8 +212,11 @@ def run(
         frame = frame[~stale].reset_index(drop=True)
     if len(frame) < 2:
         raise RuntimeError("UDR needs at least two models trained on the current data")
-    latents = [vae_artifacts.latents(tracker, rid) for rid in frame.run_id]
+    n = len(frame)
+    read = count(frame.run_id, n, "udr: probe latents read, model", every=max(1, n // 10))
+    latents = [vae_artifacts.latents(tracker, rid) for rid in read]
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
+    say(f"udr: scoring {n} models, within their settings and all against all")
     common = dict(
         similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha
     )
@@ -299,7 +305,7 @@ def run(
     write_json(metrics_dir / "udr.json", headline)
     write_csv(plots_dir / "udr_vs_beta.csv", settings_table(frame))
     write_csv(plots_dir / "herd.csv", herd.drop(columns=["run_id"]))
-    with tracker.run("udr", run_id=run_id, tags={"kind": "udr"}) as rid:
+    with tracker.run("udr", run_id=run_id, started_at=started_at, tags={"kind": "udr"}) as rid:
         tracker.log_params(
             rid,
             {
