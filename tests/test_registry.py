@@ -6,12 +6,15 @@ few steps) built once per module: training dominates the cost.
 
 import base64
 import dataclasses
+import hashlib
 import io
 import json
 import logging
 import shutil
 import struct
+import urllib.parse
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -35,11 +38,13 @@ from conftest import (
     with_makefile,
     write_processed,
 )
+from tubervae import cli
 from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
 from tubervae.data.images import inspect_image
 from tubervae.models.nets import VAE
-from tubervae.runs import vae_artifacts
+from tubervae.runs import model_server, registry, vae_artifacts
+from tubervae.runs.model_files import DIGESTS_TAG, ModelFilesError
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData
 from tubervae.stages import classify, register
@@ -267,6 +272,7 @@ def test_register_tags_the_champion_version(project):
     assert first["version"] == 1 and first["run_id"] == project["runs"][2.0]
     assert project["first_file"] == first
     version = client.get_model_version(VAE_NAME, "1")
+    digests = json.loads(version.tags[DIGESTS_TAG])
     assert {k: version.tags[k] for k in ("family", "setting", "seed", "udr", "n_active", "data_version")} == {
         "family": "beta_vae",
         "setting": "2",
@@ -285,6 +291,24 @@ def test_register_tags_the_champion_version(project):
     assert first["gate"]["promote"] and first["gate"]["line"].startswith(f"{VAE_NAME} version 1 is @champion")
     assert first["data_version"] == DATA_VERSION and first["udr_within"] == pytest.approx(0.40)
     assert "more informative components" in first["policy"]
+    # The SHA-256 of every file of the logged model, which is readable code and plain data: no pickle, no
+    # copy of the package (it is served from the installed one).
+    folder = store_folder(client, VAE_NAME, "1")
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    files.pop(registry.REGISTERED_MODEL_META, None)  # MLflow's own note, written when a version is read by name
+    assert set(digests) == set(files)
+    assert {"MLmodel", "vae_model_code.py", "artifacts/model.pt", "artifacts/vae_config.json"} <= set(digests)
+    assert {"requirements.txt", "conda.yaml", "python_env.yaml"} <= set(digests)
+    assert not any(name.endswith(".pkl") or name.startswith("code/") for name in digests)
+    assert all(digests[name] == hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items())
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in (folder / "MLmodel").read_text()
+
+
+def store_folder(client: MlflowClient, name: str, version: str | None = None) -> Path:
+    """Where the tracking store keeps the files of `name`'s version (default: the champion's)."""
+    version = version or client.get_model_version_by_alias(name, "champion").version
+    uri = client.get_model_version_download_uri(name, version)
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
 
 
 def logged_vae(client: MlflowClient, run_id: str):
@@ -462,7 +486,7 @@ def photos(tmp_path_factory):
 def test_vae_pyfunc_by_alias_encodes_a_path_and_an_array_of_another_size(project, photos, tmp_path, monkeypatch):
     use_registry(project["root"])
     monkeypatch.setenv("TUBERVAE_INPUT_FOLDER", str(photos["path"].parent))  # the `path` input is off without it
-    model = mlflow.pyfunc.load_model(f"models:/{VAE_NAME}@champion")
+    model = registry.load_registered(Tracker(project["root"]), VAE_NAME)  # its files checked first
     expected = means(independent_vae(project["root"], project["runs"][6.0], tmp_path), photos["grid"][None])[0]
     from_path = model.predict(pd.DataFrame({"path": [str(photos["path"])]}))
     from_bytes = model.predict(pd.DataFrame({"image_base64": [photos["encoded"]]}))
@@ -479,7 +503,7 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
 ):
     use_registry(project["root"])
     monkeypatch.setenv("TUBERVAE_INPUT_FOLDER", str(photos["path"].parent))  # the `path` input is off without it
-    model = mlflow.pyfunc.load_model(f"models:/{QUALITY_NAME}@champion")
+    model = registry.load_registered(Tracker(project["root"]), QUALITY_NAME)  # its files checked first
     rules = project["metrics"]["any_rule"]["rules"]
     c, threshold = rules[0]["component"], rules[0]["threshold"]
     mu = means(independent_vae(project["root"], project["runs"][6.0], tmp_path), photos["grid"][None])[0]
@@ -517,6 +541,162 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
     with pytest.raises(MlflowException) as info:  # the loaded model: MLflow holds an array to the signature
         model.predict(np.zeros((1, 16, 16, 3), np.uint8))
     assert info.value.get_http_status_code() == 400
+
+
+# ------------------------------------------------------------ the files are checked before anything loads
+
+MARKER_CODE = "\nimport pathlib\npathlib.Path({marker!r}).write_text('the code from the artifact store ran')\n"
+
+
+@contextmanager
+def changed_file(path: Path, content: bytes):
+    """`path` (in the tracking store) holding `content` for the duration; put back, or removed if it was new."""
+    original = path.read_bytes() if path.exists() else None
+    path.write_bytes(content)
+    try:
+        yield path
+    finally:
+        if original is None:
+            path.unlink()
+        else:
+            path.write_bytes(original)
+
+
+def other_weights(path: Path) -> bytes:
+    """A valid weights file of the same network, every weight halved: it would load without complaint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    buffer = io.BytesIO()
+    torch.save({k: v / 2 if v.is_floating_point() else v for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """The list of every `mlflow.pyfunc.load_model` call made through the registry (each still runs)."""
+    calls, real = [], mlflow.pyfunc.load_model
+    monkeypatch.setattr(registry.mlflow.pyfunc, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+CHANGES = {
+    "the model code": lambda folder, marker: (folder / "quality_model_code.py", MARKER_CODE.format(marker=marker)),
+    "a weight file": lambda folder, marker: (folder / "artifacts" / "model.pt", None),
+    "an added file": lambda folder, marker: (folder / "artifacts" / "extra.py", MARKER_CODE.format(marker=marker)),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=str)
+def test_a_changed_or_added_file_is_refused_before_any_of_the_models_code_runs(
+    project, change, tmp_path, no_model_loads, capsys, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the CLI reads the project's own store
+    client = client_for(project["root"])
+    tracker = Tracker(project["root"])
+    folder = store_folder(client, QUALITY_NAME)
+    marker = tmp_path / "marker"
+    path, code = CHANGES[change](folder, str(marker))
+    content = other_weights(path) if code is None else (path.read_bytes() if path.exists() else b"") + code.encode()
+    name = path.relative_to(folder).as_posix()
+    verb = "was added" if change == "an added file" else "was changed"
+    with changed_file(path, content):
+        with pytest.raises(ModelFilesError, match=rf"^{QUALITY_NAME} version 1: {name} {verb}") as info:
+            registry.load_registered(tracker, QUALITY_NAME)
+        assert "\n" not in str(info.value) and "refused, nothing loaded" in str(info.value)
+        assert no_model_loads == [] and not marker.exists()
+        # The serving entry point (`tubervae serve`, which `make serve` runs) refuses it in one line, no server.
+        capsys.readouterr()
+        assert cli.main(["--root", str(project["root"]), "serve", "--port", "1"]) == 1
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"tubervae serve: error: {QUALITY_NAME} version 1: {name} {verb}") and err.count("\n") == 1
+        )
+        assert no_model_loads == [] and not marker.exists()
+        if change == "the model code":
+            # What the check prevents: MLflow alone runs the appended line.
+            mlflow.pyfunc.load_model(str(folder))
+            assert marker.exists()
+    # Put back as it was logged, the model loads again.
+    assert registry.load_registered(tracker, QUALITY_NAME).metadata.model_id is not None
+
+
+def test_classify_refuses_a_champion_vae_whose_code_was_changed(project, tmp_path, no_model_loads):
+    client = client_for(project["root"])
+    marker = tmp_path / "marker"
+    path = store_folder(client, VAE_NAME) / "vae_model_code.py"
+    with changed_file(path, path.read_bytes() + MARKER_CODE.format(marker=str(marker)).encode()):
+        with pytest.raises(ModelFilesError, match=rf"^{VAE_NAME} version 2: vae_model_code.py was changed"):
+            classify.load_champion(Tracker(project["root"]), VAE_NAME)
+    assert no_model_loads == [] and not marker.exists()
+
+
+def test_registering_a_model_changed_since_it_was_logged_is_refused(project):
+    client = client_for(project["root"])
+    tracker = Tracker(project["root"])
+    model = logged_vae(client, project["runs"][2.0])
+    folder = store_folder(client, VAE_NAME, "1")
+    with changed_file(folder / "MLmodel", (folder / "MLmodel").read_bytes() + b"\n"):
+        with pytest.raises(ModelFilesError, match=rf"^logged model {model.name} \({model.model_id}\): MLmodel was"):
+            registry.register_model(tracker, "another-name", model.model_id)
+    assert client.search_model_versions("name = 'another-name'") == []
+
+
+class Payload(mlflow.pyfunc.PythonModel):
+    """A model whose pickle writes a marker file when it is unpickled, as a tampered python_model.pkl would."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "the pickle ran"))
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_a_version_registered_without_digests_is_refused_with_how_to_register_it_again(
+    project, tmp_path, no_model_loads
+):
+    """A version registered before digests were recorded (a pickled model): refused unread, in one line."""
+    tracker = Tracker(project["root"])
+    marker = tmp_path / "marker"
+    with mlflow.start_run(experiment_id=tracker.experiment_id):
+        info = mlflow.pyfunc.log_model(name="legacy", python_model=Payload(str(marker)), pip_requirements=["mlflow"])
+    assert not marker.exists()
+    version = mlflow.register_model(info.model_uri, "legacy-quality")
+    tracker.client.set_registered_model_alias("legacy-quality", "champion", version.version)
+    with pytest.raises(ModelFilesError, match=r"^legacy-quality version 1 carries no file digests") as info:
+        registry.load_registered(tracker, "legacy-quality")
+    assert "register it again" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ModelFilesError, match="carries no file digests"):
+        model_server.serve("models:/legacy-quality/1", root=project["root"], port=1)
+    assert no_model_loads == [] and not marker.exists()
+    with pytest.raises(AttributeError):  # what the refusal prevents: MLflow alone unpickles it (then fails)
+        mlflow.pyfunc.load_model("models:/legacy-quality@champion")
+    assert marker.exists()
+
+
+def test_register_replaces_a_champion_registered_without_digests_by_a_model_logged_from_code(project):
+    """A run whose model was logged before digests were recorded (pickled, then) gets a new model, logged from
+    code from the run's weights, and a new version with digests, even though the alias already is that run."""
+    client = client_for(project["root"])
+    tracker = Tracker(project["root"])
+    run_id = project["runs"][6.0]
+    old = logged_vae(client, run_id)
+    before = client.get_model_version_by_alias(VAE_NAME, "champion")
+    client.delete_logged_model_tag(old.model_id, DIGESTS_TAG)
+    client.delete_model_version_tag(VAE_NAME, before.version, DIGESTS_TAG)
+    champion = pd.Series(models_row(run_id, "beta_vae", 6, 0, 0.70, 3))
+    version = register.promote(tracker, VAE_NAME, champion, {"crop_fraction": CROP, "data_version": DATA_VERSION})
+    assert int(version.version) == int(before.version) + 1 and registry.has_digests(version)
+    assert version.source != before.source and version.tags["source_run_id"] == run_id
+    assert client.get_model_version_by_alias(VAE_NAME, "champion").version == version.version
+    model = registry.load_registered(tracker, VAE_NAME)
+    assert model.metadata.model_id == version.source.removeprefix("models:/")
+
+
+def test_serve_takes_registered_models_only():
+    with pytest.raises(ValueError, match=r"--model '/tmp/model': expected a registered model, models:/<name>@<alias>"):
+        model_server.registered_version(None, "/tmp/model")
 
 
 # ------------------------------------------------------------ the UI and the served model

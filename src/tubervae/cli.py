@@ -147,6 +147,14 @@ def cmd_evaluate(args, params: Params) -> None:
     )
 
 
+def cmd_serve(args, params: Params | None) -> None:
+    from tubervae.runs.model_server import serve
+
+    code = serve(args.model, root=args.root, host=args.host, port=args.port, workers=args.workers)
+    if code:
+        raise RuntimeError(f"the model server stopped with exit code {code}")
+
+
 def _whole(text: str) -> int:
     """An integer, also when written '3.0' (MLflow passes float parameters that way)."""
     value = float(text)
@@ -290,6 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
         "and how well UDR correlates with them (reports/evaluate/).",
     )
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a registered model (default tuber-quality@champion) after checking its files",
+        description="Copy the model version's files out of the tracking store, check each against the SHA-256 "
+        "recorded when it was registered (a changed, added or missing file is refused before any of its code "
+        "runs), and serve that copy with `mlflow models serve` in this environment. Needs no params.yaml.",
+    )
+    p.add_argument(
+        "--model", default="models:/tuber-quality@champion", help="models:/<name>@<alias> or models:/<name>/<version>"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(fn=cmd_serve)
     return parser
 
 
@@ -307,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     args.mlflow_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars of our own suffice
     try:
-        # synth needs nothing but its options; every stage reads the project's settings.
-        params = None if args.command == "synth" else load_params(args.params or Path(args.root) / "params.yaml")
+        # synth and serve need nothing but their options; every stage reads the project's settings.
+        params = (
+            None if args.command in ("synth", "serve") else load_params(args.params or Path(args.root) / "params.yaml")
+        )
         args.fn(args, params)
     except ConfigError as exc:
         print(f"tubervae: invalid setting: {exc}", file=sys.stderr)

@@ -48,9 +48,9 @@ from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_csv, write_json
-from tubervae.runs import registry, vae_artifacts
+from tubervae.runs import quality_model_code, registry, vae_artifacts
 from tubervae.runs.progress import steps_line
-from tubervae.runs.quality_model import TuberQualityModel, quality_model_artifacts, quality_signature
+from tubervae.runs.quality_model import quality_model_artifacts, quality_signature
 from tubervae.runs.registry import CHALLENGER, CHAMPION
 from tubervae.runs.serving import photo_example
 from tubervae.runs.tracker import Tracker
@@ -113,7 +113,7 @@ def load_champion(tracker: Tracker, name: str):
             f"no model {name}@{CHAMPION} in the registry: run the search and the register stage "
             f"first (dvc repro register)"
         )
-    return version, registry.load_registered(tracker, name, CHAMPION).unwrap_python_model()
+    return version, registry.load_version(tracker, version).unwrap_python_model()
 
 
 def champions_side_by_side(
@@ -681,7 +681,7 @@ def register_quality_model(
         model_id = registry.log_pyfunc(
             tracker,
             run_id,
-            TuberQualityModel(),
+            quality_model_code.CODE,
             quality_model_artifacts(Path(tmp), vae, vae_config, any_rule),
             name=model_name,
             signature=quality_signature(any_rule),

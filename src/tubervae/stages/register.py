@@ -396,7 +396,8 @@ def promote(tracker: Tracker, name: str, champion: pd.Series, meta: dict, verdic
     earlier attempt that died before moving the alias is reused, so a rerun adds no duplicate.
     """
     current = registry.version_by_alias(tracker, name, CHAMPION)
-    if current is not None and current.tags.get("source_run_id") == champion.run_id:
+    # A version without file digests (registered before they were recorded) is replaced, never kept.
+    if current is not None and current.tags.get("source_run_id") == champion.run_id and registry.has_digests(current):
         log.info("%s@%s already is run %s (version %s)", name, CHAMPION, champion.run_id, current.version)
         if current.source.startswith("models:/"):
             registry.mark_champion(tracker, name, current.source.removeprefix("models:/"))
