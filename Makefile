@@ -88,6 +88,6 @@ dashboard: install    ## optuna-dashboard on the studies in optuna.db
 	test -x $(BIN)/optuna-dashboard || $(BIN)/python -m pip install --quiet -e '.[dashboard]'
 	$(BIN)/optuna-dashboard $(STUDIES_URI) --port $(DASHBOARD_PORT)
 
-serve: install        ## serve the registered classifier (tuber-quality@champion) on port $(SERVE_PORT)
-	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local \
+serve: install        ## serve the registered classifier (tuber-quality@champion) on port $(SERVE_PORT), its files checked first
+	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/tubervae --root $(CURDIR) serve --model $(SERVE_MODEL) \
 	    --host 127.0.0.1 --port $(SERVE_PORT)

@@ -30,7 +30,7 @@ from conftest import http, served
 from tubervae.classify import AnyOfRule, ThresholdRule
 from tubervae.data.images import inspect_image, load_model_input
 from tubervae.models.nets import VAE
-from tubervae.runs import quality_model, serving
+from tubervae.runs import quality_model, quality_model_code, serving
 from tubervae.runs.quality_model import TuberQualityModel
 from tubervae.runs.registry import PIP_REQUIREMENTS
 from tubervae.runs.serving import BadRequest, InputLimits, images_from_input
@@ -249,6 +249,19 @@ HOSTILE_PATHS = [
 ]
 
 
+def test_a_request_with_both_a_path_and_image_base64_is_refused_naming_both(folders):
+    """Never answered from one column while the other is ignored: the sender learns which photos were meant."""
+    limits = InputLimits.from_env({"TUBERVAE_INPUT_FOLDER": str(folders["allowed"])})
+    photo = encoded(colour_photo(1))
+    for frame in (
+        pd.DataFrame({"path": ["tuber.png"], "image_base64": [photo]}),
+        pd.DataFrame({"image_base64": [photo, None], "path": [None, "tuber.png"]}),  # one column per row
+    ):
+        message = refusal(frame, limits, str(folders["tmp"]))
+        assert message == ("the request has both a 'path' and an 'image_base64' column: send the photos in one of them")
+    assert grade(pd.DataFrame({"path": ["tuber.png"]}), limits).shape == (1, SIZE, SIZE, 3)  # either alone is fine
+
+
 def test_the_path_input_is_off_unless_an_input_folder_is_set(folders):
     for path in [*HOSTILE_PATHS, str(folders["allowed"] / "tuber.png")]:
         message = refusal(pd.DataFrame({"path": [path]}), None, str(folders["tmp"]))
@@ -390,13 +403,13 @@ def test_served_classifier_refuses_hostile_requests_cleanly_and_stays_small(bomb
     artifacts_dir.mkdir()
     mlflow.pyfunc.save_model(
         path=str(model_dir),
-        python_model=TuberQualityModel(),
+        python_model=str(quality_model_code.CODE),  # from code, served from the installed package, as classify logs it
         artifacts=tiny_quality_artifacts(artifacts_dir),
-        code_paths=[str(Path(serving.__file__).resolve().parents[1])],  # the package, as the classify stage logs it
         pip_requirements=PIP_REQUIREMENTS,
         signature=quality_model.quality_signature(TINY_RULE),  # as the classify stage logs it: MLflow checks it first
         input_example=serving.photo_example(None, SIZE),
     )
+    assert not list(model_dir.rglob("*.pkl")) and not (model_dir / "code").exists()  # no pickle, no package copy
     env = {"TUBERVAE_INPUT_FOLDER": str(folders["allowed"]), "TUBERVAE_MAX_BASE64_BYTES": "1000000"}
     with served(model_dir, env, tmp / "serve.log") as (url, server):
         photo = encoded(colour_photo(1))
@@ -434,6 +447,7 @@ def test_served_classifier_refuses_hostile_requests_cleanly_and_stays_small(bomb
             ({"path": "sub/escape.png"}, refused),
             ({"path": None}, refused),
             ({"image_base64": None}, "row 0: image_base64 must be a string"),
+            ({"path": "tuber.png", "image_base64": photo}, "the request has both a 'path' and an 'image_base64'"),
         ]
         requests = [({"dataframe_records": [record]}, start) for record, start in hostile]
         requests += [

@@ -6,11 +6,15 @@ few steps) built once per module: training dominates the cost.
 
 import base64
 import dataclasses
+import hashlib
 import io
 import json
+import logging
 import shutil
 import struct
+import urllib.parse
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -34,11 +38,13 @@ from conftest import (
     with_makefile,
     write_processed,
 )
+from tubervae import cli
 from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
 from tubervae.data.images import inspect_image
 from tubervae.models.nets import VAE
-from tubervae.runs import vae_artifacts
+from tubervae.runs import model_server, registry, vae_artifacts
+from tubervae.runs.model_files import DIGESTS_TAG, ModelFilesError
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData
 from tubervae.stages import classify, register
@@ -265,18 +271,44 @@ def test_register_tags_the_champion_version(project):
     first = project["first"]
     assert first["version"] == 1 and first["run_id"] == project["runs"][2.0]
     assert project["first_file"] == first
-    tags = client.get_model_version(VAE_NAME, "1").tags
-    assert tags == {
+    version = client.get_model_version(VAE_NAME, "1")
+    digests = json.loads(version.tags[DIGESTS_TAG])
+    assert {k: version.tags[k] for k in ("family", "setting", "seed", "udr", "n_active", "data_version")} == {
         "family": "beta_vae",
         "setting": "2",
         "seed": "0",
         "udr": "0.4",
         "n_active": "4",
         "data_version": DATA_VERSION,
-        "source_run_id": project["runs"][2.0],
     }
+    assert version.tags["source_run_id"] == project["runs"][2.0]
+    # The model card: what it was compared with and the decision, in the tags and the description.
+    assert version.tags["compared_with"] == "no champion" and version.tags["decision"] == "champion"
+    assert version.tags["selection_score"] == "within-family UDR 0.400"
+    for line in (f"- **data version**: {DATA_VERSION}", "- **labels used**: none (UDR is unsupervised)"):
+        assert line in version.description
+    assert "## Compared with" in version.description and "## Decision" in version.description
+    assert first["gate"]["promote"] and first["gate"]["line"].startswith(f"{VAE_NAME} version 1 is @champion")
     assert first["data_version"] == DATA_VERSION and first["udr_within"] == pytest.approx(0.40)
     assert "more informative components" in first["policy"]
+    # The SHA-256 of every file of the logged model, which is readable code and plain data: no pickle, no
+    # copy of the package (it is served from the installed one).
+    folder = store_folder(client, VAE_NAME, "1")
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    files.pop(registry.REGISTERED_MODEL_META, None)  # MLflow's own note, written when a version is read by name
+    assert set(digests) == set(files)
+    assert {"MLmodel", "vae_model_code.py", "artifacts/model.pt", "artifacts/vae_config.json"} <= set(digests)
+    assert {"requirements.txt", "conda.yaml", "python_env.yaml"} <= set(digests)
+    assert not any(name.endswith(".pkl") or name.startswith("code/") for name in digests)
+    assert all(digests[name] == hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items())
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in (folder / "MLmodel").read_text()
+
+
+def store_folder(client: MlflowClient, name: str, version: str | None = None) -> Path:
+    """Where the tracking store keeps the files of `name`'s version (default: the champion's)."""
+    version = version or client.get_model_version_by_alias(name, "champion").version
+    uri = client.get_model_version_download_uri(name, version)
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
 
 
 def logged_vae(client: MlflowClient, run_id: str):
@@ -381,14 +413,21 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     assert metrics["champion"]["version"] == 2 and metrics["champion"]["run_id"] == project["runs"][6.0]
 
     out = project["root"] / "reports" / "classify"
+    # The dim discs are plain to the tiny VAE: the rule beats chance on the labelled photos, and there is no champion.
+    gate = metrics["gate"]
+    assert gate["promoted"] and not gate["forced"] and gate["champion"] is None, gate["line"]
+    assert gate["challenger"]["low"] > 0.5 and gate["challenger"]["n_labels"] == 20
+    assert gate["line"].startswith(f"{QUALITY_NAME} version 1 is @champion: promoted")
     assert json.loads((out / "metrics.json").read_text())["registered"] == {
         "model": QUALITY_NAME,
         "version": 1,
         "alias": "champion",
     }
+    assert metrics["served"] == {"model": QUALITY_NAME, "version": 1, "alias": "champion"}
     # DVC's metrics file: numbers only, by method; the classify run logs the same figures grouped by '/'.
     numbers = json.loads((project["root"] / "reports" / "metrics" / "classify.json").read_text())
-    assert set(numbers) == {"threshold", "any_rule", "majority", "logistic", "gradient_boosting", "pixel_cnn"}
+    assert set(numbers) == {"threshold", "any_rule", "majority", "logistic", "gradient_boosting", "pixel_cnn", "gate"}
+    assert numbers["gate"]["balanced_accuracy"] == pytest.approx(gate["challenger"]["value"])
     assert all(isinstance(v, float) for group in numbers.values() for v in group.values())
     assert numbers["threshold"]["balanced_accuracy"] == pytest.approx(metrics["test"]["balanced_accuracy"])
     assert numbers["any_rule"]["n_rules"] == len(metrics["any_rule"]["rules"])
@@ -447,7 +486,7 @@ def photos(tmp_path_factory):
 def test_vae_pyfunc_by_alias_encodes_a_path_and_an_array_of_another_size(project, photos, tmp_path, monkeypatch):
     use_registry(project["root"])
     monkeypatch.setenv("TUBERVAE_INPUT_FOLDER", str(photos["path"].parent))  # the `path` input is off without it
-    model = mlflow.pyfunc.load_model(f"models:/{VAE_NAME}@champion")
+    model = registry.load_registered(Tracker(project["root"]), VAE_NAME)  # its files checked first
     expected = means(independent_vae(project["root"], project["runs"][6.0], tmp_path), photos["grid"][None])[0]
     from_path = model.predict(pd.DataFrame({"path": [str(photos["path"])]}))
     from_bytes = model.predict(pd.DataFrame({"image_base64": [photos["encoded"]]}))
@@ -464,7 +503,7 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
 ):
     use_registry(project["root"])
     monkeypatch.setenv("TUBERVAE_INPUT_FOLDER", str(photos["path"].parent))  # the `path` input is off without it
-    model = mlflow.pyfunc.load_model(f"models:/{QUALITY_NAME}@champion")
+    model = registry.load_registered(Tracker(project["root"]), QUALITY_NAME)  # its files checked first
     rules = project["metrics"]["any_rule"]["rules"]
     c, threshold = rules[0]["component"], rules[0]["threshold"]
     mu = means(independent_vae(project["root"], project["runs"][6.0], tmp_path), photos["grid"][None])[0]
@@ -502,6 +541,162 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
     with pytest.raises(MlflowException) as info:  # the loaded model: MLflow holds an array to the signature
         model.predict(np.zeros((1, 16, 16, 3), np.uint8))
     assert info.value.get_http_status_code() == 400
+
+
+# ------------------------------------------------------------ the files are checked before anything loads
+
+MARKER_CODE = "\nimport pathlib\npathlib.Path({marker!r}).write_text('the code from the artifact store ran')\n"
+
+
+@contextmanager
+def changed_file(path: Path, content: bytes):
+    """`path` (in the tracking store) holding `content` for the duration; put back, or removed if it was new."""
+    original = path.read_bytes() if path.exists() else None
+    path.write_bytes(content)
+    try:
+        yield path
+    finally:
+        if original is None:
+            path.unlink()
+        else:
+            path.write_bytes(original)
+
+
+def other_weights(path: Path) -> bytes:
+    """A valid weights file of the same network, every weight halved: it would load without complaint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    buffer = io.BytesIO()
+    torch.save({k: v / 2 if v.is_floating_point() else v for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """The list of every `mlflow.pyfunc.load_model` call made through the registry (each still runs)."""
+    calls, real = [], mlflow.pyfunc.load_model
+    monkeypatch.setattr(registry.mlflow.pyfunc, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+CHANGES = {
+    "the model code": lambda folder, marker: (folder / "quality_model_code.py", MARKER_CODE.format(marker=marker)),
+    "a weight file": lambda folder, marker: (folder / "artifacts" / "model.pt", None),
+    "an added file": lambda folder, marker: (folder / "artifacts" / "extra.py", MARKER_CODE.format(marker=marker)),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=str)
+def test_a_changed_or_added_file_is_refused_before_any_of_the_models_code_runs(
+    project, change, tmp_path, no_model_loads, capsys, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the CLI reads the project's own store
+    client = client_for(project["root"])
+    tracker = Tracker(project["root"])
+    folder = store_folder(client, QUALITY_NAME)
+    marker = tmp_path / "marker"
+    path, code = CHANGES[change](folder, str(marker))
+    content = other_weights(path) if code is None else (path.read_bytes() if path.exists() else b"") + code.encode()
+    name = path.relative_to(folder).as_posix()
+    verb = "was added" if change == "an added file" else "was changed"
+    with changed_file(path, content):
+        with pytest.raises(ModelFilesError, match=rf"^{QUALITY_NAME} version 1: {name} {verb}") as info:
+            registry.load_registered(tracker, QUALITY_NAME)
+        assert "\n" not in str(info.value) and "refused, nothing loaded" in str(info.value)
+        assert no_model_loads == [] and not marker.exists()
+        # The serving entry point (`tubervae serve`, which `make serve` runs) refuses it in one line, no server.
+        capsys.readouterr()
+        assert cli.main(["--root", str(project["root"]), "serve", "--port", "1"]) == 1
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"tubervae serve: error: {QUALITY_NAME} version 1: {name} {verb}") and err.count("\n") == 1
+        )
+        assert no_model_loads == [] and not marker.exists()
+        if change == "the model code":
+            # What the check prevents: MLflow alone runs the appended line.
+            mlflow.pyfunc.load_model(str(folder))
+            assert marker.exists()
+    # Put back as it was logged, the model loads again.
+    assert registry.load_registered(tracker, QUALITY_NAME).metadata.model_id is not None
+
+
+def test_classify_refuses_a_champion_vae_whose_code_was_changed(project, tmp_path, no_model_loads):
+    client = client_for(project["root"])
+    marker = tmp_path / "marker"
+    path = store_folder(client, VAE_NAME) / "vae_model_code.py"
+    with changed_file(path, path.read_bytes() + MARKER_CODE.format(marker=str(marker)).encode()):
+        with pytest.raises(ModelFilesError, match=rf"^{VAE_NAME} version 2: vae_model_code.py was changed"):
+            classify.load_champion(Tracker(project["root"]), VAE_NAME)
+    assert no_model_loads == [] and not marker.exists()
+
+
+def test_registering_a_model_changed_since_it_was_logged_is_refused(project):
+    client = client_for(project["root"])
+    tracker = Tracker(project["root"])
+    model = logged_vae(client, project["runs"][2.0])
+    folder = store_folder(client, VAE_NAME, "1")
+    with changed_file(folder / "MLmodel", (folder / "MLmodel").read_bytes() + b"\n"):
+        with pytest.raises(ModelFilesError, match=rf"^logged model {model.name} \({model.model_id}\): MLmodel was"):
+            registry.register_model(tracker, "another-name", model.model_id)
+    assert client.search_model_versions("name = 'another-name'") == []
+
+
+class Payload(mlflow.pyfunc.PythonModel):
+    """A model whose pickle writes a marker file when it is unpickled, as a tampered python_model.pkl would."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "the pickle ran"))
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_a_version_registered_without_digests_is_refused_with_how_to_register_it_again(
+    project, tmp_path, no_model_loads
+):
+    """A version registered before digests were recorded (a pickled model): refused unread, in one line."""
+    tracker = Tracker(project["root"])
+    marker = tmp_path / "marker"
+    with mlflow.start_run(experiment_id=tracker.experiment_id):
+        info = mlflow.pyfunc.log_model(name="legacy", python_model=Payload(str(marker)), pip_requirements=["mlflow"])
+    assert not marker.exists()
+    version = mlflow.register_model(info.model_uri, "legacy-quality")
+    tracker.client.set_registered_model_alias("legacy-quality", "champion", version.version)
+    with pytest.raises(ModelFilesError, match=r"^legacy-quality version 1 carries no file digests") as info:
+        registry.load_registered(tracker, "legacy-quality")
+    assert "register it again" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ModelFilesError, match="carries no file digests"):
+        model_server.serve("models:/legacy-quality/1", root=project["root"], port=1)
+    assert no_model_loads == [] and not marker.exists()
+    with pytest.raises(AttributeError):  # what the refusal prevents: MLflow alone unpickles it (then fails)
+        mlflow.pyfunc.load_model("models:/legacy-quality@champion")
+    assert marker.exists()
+
+
+def test_register_replaces_a_champion_registered_without_digests_by_a_model_logged_from_code(project):
+    """A run whose model was logged before digests were recorded (pickled, then) gets a new model, logged from
+    code from the run's weights, and a new version with digests, even though the alias already is that run."""
+    client = client_for(project["root"])
+    tracker = Tracker(project["root"])
+    run_id = project["runs"][6.0]
+    old = logged_vae(client, run_id)
+    before = client.get_model_version_by_alias(VAE_NAME, "champion")
+    client.delete_logged_model_tag(old.model_id, DIGESTS_TAG)
+    client.delete_model_version_tag(VAE_NAME, before.version, DIGESTS_TAG)
+    champion = pd.Series(models_row(run_id, "beta_vae", 6, 0, 0.70, 3))
+    version = register.promote(tracker, VAE_NAME, champion, {"crop_fraction": CROP, "data_version": DATA_VERSION})
+    assert int(version.version) == int(before.version) + 1 and registry.has_digests(version)
+    assert version.source != before.source and version.tags["source_run_id"] == run_id
+    assert client.get_model_version_by_alias(VAE_NAME, "champion").version == version.version
+    model = registry.load_registered(tracker, VAE_NAME)
+    assert model.metadata.model_id == version.source.removeprefix("models:/")
+
+
+def test_serve_takes_registered_models_only():
+    with pytest.raises(ValueError, match=r"--model '/tmp/model': expected a registered model, models:/<name>@<alias>"):
+        model_server.registered_version(None, "/tmp/model")
 
 
 # ------------------------------------------------------------ the UI and the served model
@@ -704,3 +899,235 @@ def test_register_and_classify_with_no_labels_one_class_or_few(unlabelled_projec
         assert json.loads((out / "classify" / "metrics.json").read_text())["skipped"] == metrics["skipped"]
         assert pd.read_csv(out / "classify" / "components.csv").empty
         assert "classify skipped, tuber-quality not registered" in caplog.text
+
+
+# ------------------------------------------------------------ the promotion gate (champion / challenger)
+
+
+def blank_vae(monkeypatch):
+    """Make the classify stage build its rule on a VAE whose weights are all zero: every photo encodes alike,
+    so no rule on it can beat chance (a champion that learned nothing)."""
+    real = classify.load_champion
+
+    def load(tracker, name):
+        version, model = real(tracker, name)
+        with torch.no_grad():
+            for weights in model.vae.parameters():
+                weights.zero_()
+        return version, model
+
+    monkeypatch.setattr(classify, "load_champion", load)
+
+
+def labels_at_chance(split, labels):
+    """Labelled photos' labels made independent of the photos (alternating over 10 good then 10 bad discs)."""
+    return np.where(labels >= 0, np.arange(labels.size) % 2, -1) if split == "labelled" else labels
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """One tiny project; tubervae-vae@champion is β 6. Then tuber-quality is classified four times:
+    1. labels at chance: refused, no champion, nothing served;
+    2. labels at chance on a blank VAE, classify.force_promotion: promoted by force;
+    3. the true labels on the trained VAE: beats the blank champion, promoted;
+    4. labels at chance again: refused, the champion of step 3 stays."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        root = tmp_path_factory.mktemp("gated")
+        processed, _, runs = two_tiny_vaes(root)
+        chance = root / "data" / "chance"
+        shutil.copytree(processed, chance)
+        with_labels(chance, labels_at_chance)
+        params = tiny_params()
+        forced = dataclasses.replace(params, classify=dataclasses.replace(params.classify, force_promotion=True))
+        write_models_csv(root / "reports" / "udr", [models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)])
+        register.run(params, root=root, processed_dir=processed)
+        steps, logs = [], []
+        for step, (settings, data) in enumerate(
+            [(params, chance), (forced, chance), (params, processed), (params, chance)], start=1
+        ):
+            with pytest.MonkeyPatch.context() as patch:
+                if step == 2:
+                    blank_vae(patch)
+                handler = _Capture()
+                logger = logging.getLogger("tubervae")
+                logger.addHandler(handler)
+                try:
+                    steps.append(
+                        classify.run(settings, root=root, processed_dir=data, out_dir=root / "reports" / f"c{step}")
+                    )
+                finally:
+                    logger.removeHandler(handler)
+                logs.append(handler.lines)
+        yield {"root": root, "steps": steps, "logs": logs, "processed": processed, "chance": chance, "runs": runs}
+
+
+class _Capture(logging.Handler):
+    """The warning lines a stage logged (caplog is function-scoped; the fixture is module-scoped)."""
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_a_rule_at_chance_and_with_no_champion_serves_nothing(gated):
+    first = gated["steps"][0]
+    gate = first["gate"]
+    assert not gate["promoted"] and gate["champion"] is None and gate["challenger"]["low"] <= 0.5
+    assert first["registered"] == {"model": QUALITY_NAME, "version": 1, "alias": "challenger"}
+    assert first["served"] is None
+    on_disk = json.loads((gated["root"] / "reports" / "c1" / "metrics.json").read_text())
+    assert on_disk["served"] is None and on_disk["gate"]["line"] == gate["line"]
+    assert gate["line"].startswith(f"{QUALITY_NAME} version 1 is @challenger and nothing is served")
+    assert "not above chance (0.5)" in gate["line"] and "no champion to compare with" in gate["line"]
+    assert gate["line"] in gated["logs"][0]
+    # The learned classifiers stay beside the rule as reference figures.
+    assert set(first["alternatives"]) == {"any_rule", "logistic", "gradient_boosting", "pixel_cnn"}
+    version = client_for(gated["root"]).get_model_version(QUALITY_NAME, "1")
+    # Its alias `challenger` has since moved to the latest refused version (step 4); the card keeps the decision.
+    assert "champion" not in version.aliases and version.tags["decision"] == "challenger"
+
+
+@pytest.mark.slow
+def test_forced_promotion_is_logged_on_the_version_the_run_and_as_a_warning(gated):
+    second = gated["steps"][1]
+    assert second["gate"]["promoted"] and second["gate"]["forced"]
+    assert second["registered"]["alias"] == "champion" and second["served"]["version"] == 2
+    assert second["gate"]["reason"].startswith("forced promotion") and "would have refused" in second["gate"]["reason"]
+    client = client_for(gated["root"])
+    version = client.get_model_version(QUALITY_NAME, "2")
+    assert version.tags["forced_promotion"] == "true" and "- **forced**: True" in version.description
+    run = client.get_run(version.run_id)
+    assert run.data.tags["forced_promotion"] == "true" and run.data.tags["kind"] == "classify"
+    assert any(line.startswith("classify.force_promotion is set") for line in gated["logs"][1])
+    # Unforced runs carry no such tag.
+    assert client.get_model_version(QUALITY_NAME, "3").tags["forced_promotion"] == "false"
+
+
+@pytest.mark.slow
+def test_a_challenger_that_beats_the_champion_is_promoted_with_its_model_card(gated):
+    third = gated["steps"][2]
+    gate = third["gate"]
+    champion = gate["champion"]["estimate"]
+    # The forced champion's VAE knows nothing: on the same labels and folds its rule is at chance.
+    assert gate["champion"]["version"] == 2 and champion["value"] == pytest.approx(0.5)
+    assert gate["promoted"] and not gate["forced"] and gate["challenger"]["value"] > champion["value"]
+    assert gate["challenger"]["n_labels"] == champion["n_labels"] == 20
+    assert gate["line"].startswith(f"{QUALITY_NAME} version 3 is @champion: promoted")
+    client = client_for(gated["root"])
+    version = client.get_model_version_by_alias(QUALITY_NAME, "champion")
+    assert int(version.version) == 3 and client.get_model_version(QUALITY_NAME, "2").aliases == []
+    card = version.description
+    for heading in ("## Data", "## Validation", "## Test", "## Compared with", "## Decision"):
+        assert heading in card
+    assert f"- **data version**: {DATA_VERSION}" in card and "10 good + 10 bad (all labelled photos)" in card
+    assert "majority baseline" in card and f"{QUALITY_NAME} version 2: 0.500" in card
+    assert version.tags["compared_with"].startswith(f"{QUALITY_NAME} version 2")
+    assert float(version.tags["gate_balanced_accuracy"]) == pytest.approx(gate["challenger"]["value"], abs=1e-4)
+    # MLflow's classifier evaluation on the test split is linked to the logged model (reported only).
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert {"accuracy_score", "f1_score", "precision_score", "recall_score"} <= {m.key for m in model.metrics}
+
+
+@pytest.mark.slow
+def test_the_gate_keeps_the_champion_when_the_challenger_is_at_chance_and_names_both_figures(gated):
+    fourth = gated["steps"][3]
+    gate = fourth["gate"]
+    assert not gate["promoted"] and gate["champion"]["version"] == 3
+    assert fourth["registered"]["alias"] == "challenger" and fourth["served"]["version"] == 3
+    line = gate["line"]
+    assert line.startswith(f"{QUALITY_NAME} version 4 is @challenger, version 3 stays @champion: not promoted")
+    challenger, champion = gate["challenger"], gate["champion"]["estimate"]
+    assert f"{challenger['value']:.3f} [{challenger['low']:.3f}, {challenger['high']:.3f}]" in line
+    assert f"champion {champion['value']:.3f}" in line
+    client = client_for(gated["root"])
+    assert client.get_model_version_by_alias(QUALITY_NAME, "champion").version == 3
+    assert client.get_model_version_by_alias(QUALITY_NAME, "challenger").version == 4
+
+
+@pytest.mark.slow
+def test_the_vae_gate_on_udr_refuses_a_worse_model_force_promotes_it_and_a_new_data_version_is_not_compared(
+    gated, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root, runs = gated["root"], gated["runs"]
+    params = tiny_params()
+    params = dataclasses.replace(params, register=dataclasses.replace(params.register, model_name="vae-gated"))
+    forced = dataclasses.replace(params, register=dataclasses.replace(params.register, force_promotion=True))
+    udr_dir, out = root / "reports" / "udr-gated", root / "reports" / "register-gated" / "champion.json"
+    kwargs = dict(root=root, udr_dir=udr_dir, processed_dir=gated["processed"], out_path=out)
+    write_models_csv(udr_dir, [models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)])
+    assert register.run(params, **kwargs)["alias"] == "champion"
+    # A table without the champion's run: its UDR is the one its version recorded, on the same data version.
+    write_models_csv(udr_dir, [models_row(runs[2.0], "beta_vae", 2, 0, 0.40, 4)])
+    refused = register.run(params, **kwargs)
+    assert refused["alias"] == "challenger" and refused["version"] == 2 and not refused["gate"]["promote"]
+    assert refused["gate"]["line"].startswith("vae-gated version 2 is @challenger, version 1 stays @champion")
+    assert "0.400" in refused["gate"]["line"] and "below the champion's 0.700" in refused["gate"]["line"]
+    assert "not in this UDR table: its UDR as registered" in refused["gate"]["line"]
+    client = client_for(root)
+    assert client.get_model_version_by_alias("vae-gated", "champion").version == 1
+    assert client.get_model_version("vae-gated", "2").aliases == ["challenger"]
+    pushed = register.run(forced, **kwargs)
+    assert pushed["alias"] == "champion" and pushed["version"] == 2 and pushed["gate"]["forced"]
+    version = client.get_model_version("vae-gated", "2")
+    assert version.tags["forced_promotion"] == "true" and "champion" in version.aliases
+    (run,) = client.search_runs(
+        [client.get_run(runs[2.0]).info.experiment_id], "tags.forced_promotion = 'true' and tags.kind = 'register'"
+    )
+    assert run.data.tags["source_run_id"] == runs[2.0]
+    # New photos: the champion's UDR was measured on other data, so it is not compared, and the worse-looking
+    # model is promoted on its own bar.
+    moved = root / "data" / "moved"
+    shutil.copytree(gated["processed"], moved)
+    meta = json.loads((moved / "meta.json").read_text())
+    (moved / "meta.json").write_text(json.dumps(meta | {"data_version": "tiny-v2"}))
+    write_models_csv(udr_dir, [models_row(runs[6.0], "beta_vae", 6, 0, 0.30, 3)])
+    anew = register.run(params, **(kwargs | {"processed_dir": moved}))
+    assert anew["alias"] == "champion" and anew["version"] == 1
+    assert "trained on data version tiny-v1, the data is tiny-v2" in anew["gate"]["line"]
+
+
+def test_the_gate_reads_only_the_labels_no_guidance_head_trained_on(tmp_path):
+    """A labelled split with `guide` marks: the rule is fitted and the gate estimates on the other labels."""
+    processed = write_processed_discs(tmp_path / "processed")
+    with np.load(processed / "labelled.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["guide"] = np.isin(np.arange(20), [0, 1, 2, 10, 11, 12])  # 3 good and 3 bad trained a head
+    np.savez(processed / "labelled.npz", **arrays)
+    meta = json.loads((processed / "meta.json").read_text())
+    photos = classify.load_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
+    assert photos.holdout.tolist() == (~arrays["guide"]).tolist()
+    assert photos.labels_used == "7 good + 7 bad (the labelled photos no guidance head trained on, of 20)"
+    arrays.pop("guide")
+    np.savez(processed / "labelled.npz", **arrays)
+    photos = classify.load_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
+    assert photos.holdout.all() and photos.labels_used == "10 good + 10 bad (all labelled photos)"
+
+
+@pytest.mark.slow
+def test_the_vae_gate_for_the_job_refuses_a_model_at_chance_and_classify_then_serves_nothing(gated, monkeypatch):
+    """register.select: job on labels at chance, with no champion yet: the VAE is registered @challenger only,
+    and the classify stage says why it builds no rule."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root, runs = gated["root"], gated["runs"]
+    params = tiny_params()
+    params = dataclasses.replace(
+        params, register=dataclasses.replace(params.register, model_name="vae-job", select="job")
+    )
+    udr_dir, out = root / "reports" / "udr-job", root / "reports" / "register-job"
+    write_models_csv(udr_dir, [models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)])
+    summary = register.run(
+        params, root=root, udr_dir=udr_dir, processed_dir=gated["chance"], out_path=out / "champion.json"
+    )
+    gate = summary["gate"]
+    assert summary["alias"] == "challenger" and not gate["promote"] and gate["challenger"]["low"] <= 0.5
+    assert gate["line"].startswith("vae-job version 1 is @challenger and nothing is served")
+    assert gate["labels"] == "10 good + 10 bad (labelled split)"
+    metrics = classify.run(params, root=root, processed_dir=gated["chance"], out_dir=out / "classify")
+    assert "the register stage's gate refused version 1" in metrics["skipped"]
+    assert "not above chance" in metrics["skipped"]

@@ -120,6 +120,7 @@ def cmd_register(args, params: Params) -> None:
         f"{s['model']}@{s['alias']} = version {s['version']}: {s['family']} {s['setting']} seed {s['seed']} "
         f"(UDR {s['udr_within']:.3f}, {s['n_active']} informative components)"
     )
+    print(s["gate"]["line"])
 
 
 def cmd_classify(args, params: Params) -> None:
@@ -134,6 +135,7 @@ def cmd_classify(args, params: Params) -> None:
         f"rule: z{r['component']} {r['direction']} {r['threshold']:.3f}; test accuracy {t['accuracy']:.3f}, "
         f"balanced accuracy {t['balanced_accuracy']:.3f} (majority baseline accuracy {t['majority_accuracy']:.3f})"
     )
+    print(m["gate"]["line"])
 
 
 def cmd_evalset(args, params: Params) -> None:
@@ -156,6 +158,14 @@ def cmd_evaluate(args, params: Params) -> None:
         f"Spearman correlation of {key} with supervised metrics over {summary['n_models']} models: "
         + ", ".join(f"{m} {'n/a' if r is None else f'{r:.2f}'}" for m, r in rhos.items())
     )
+
+
+def cmd_serve(args, params: Params | None) -> None:
+    from tubervae.runs.model_server import serve
+
+    code = serve(args.model, root=args.root, host=args.host, port=args.port, workers=args.workers)
+    if code:
+        raise RuntimeError(f"the model server stopped with exit code {code}")
 
 
 def _whole(text: str) -> int:
@@ -277,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Choose the champion from reports/udr/models.csv (feasible settings, best "
         "within-family UDR; among near-ties more informative components, or with register.select: job "
         "the best multi-defect rule in cross-validation on the labelled photos) and register it "
-        "as a new version of register.model_name with alias 'champion'.",
+        "as a new version of register.model_name: alias 'champion' when its score is not below the current "
+        "champion's on the same data version, else 'challenger' (register.force_promotion overrides).",
     )
     p.set_defaults(fn=cmd_register)
 
@@ -286,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage classify: threshold rules on the champion's components, test metrics",
         description="Fit the good/bad rules on the labelled set with the champion's latents (one threshold, "
         "and 'bad if any of up to classify.max_rules cuts fires'), score the test set against learners on "
-        "the latents and a pixel CNN, write reports/classify/ and register the served rule as "
-        "classify.model_name@champion.",
+        "the latents and a pixel CNN, write reports/classify/ and register the served rule as a new version "
+        "of classify.model_name: alias 'champion' when its cross-validated balanced accuracy on the labelled "
+        "photos beats chance (interval above 0.5) and the current champion's, else 'challenger' "
+        "(classify.force_promotion overrides).",
     )
     p.set_defaults(fn=cmd_classify)
 
@@ -308,6 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
         "and how well UDR correlates with them (reports/evaluate/).",
     )
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a registered model (default tuber-quality@champion) after checking its files",
+        description="Copy the model version's files out of the tracking store, check each against the SHA-256 "
+        "recorded when it was registered (a changed, added or missing file is refused before any of its code "
+        "runs), and serve that copy with `mlflow models serve` in this environment. Needs no params.yaml.",
+    )
+    p.add_argument(
+        "--model", default="models:/tuber-quality@champion", help="models:/<name>@<alias> or models:/<name>/<version>"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(fn=cmd_serve)
     return parser
 
 
@@ -325,8 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     args.mlflow_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars of our own suffice
     try:
-        # synth needs nothing but its options; every stage reads the project's settings.
-        params = None if args.command == "synth" else load_params(args.params or Path(args.root) / "params.yaml")
+        # synth and serve need nothing but their options; every stage reads the project's settings.
+        params = (
+            None if args.command in ("synth", "serve") else load_params(args.params or Path(args.root) / "params.yaml")
+        )
         args.fn(args, params)
     except ConfigError as exc:
         if args.debug:

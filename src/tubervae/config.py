@@ -173,6 +173,7 @@ class RegisterConfig:
     model_name: str = _rule("tubervae-vae")
     udr_tolerance: float = _rule(0.05, min=0.0, max=1.0)
     select: str = _rule("udr", choices=SELECTIONS)  # job: among the UDR ties, the best rule on the labels (CV)
+    force_promotion: bool = _rule(False)  # true: the chosen VAE becomes champion even where the gate refuses it
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,9 @@ class ClassifyConfig:
     seed: int = _rule(0, min=0)
     max_rules: int = _rule(3, min=1, max=10)  # the served rule: bad if any of up to this many cuts fires
     cv_folds: int = _rule(5, min=2)  # cross-validation on the labelled set picks how many cuts
+    gate_repeats: int = _rule(5, min=1)  # the gate: repeats of cv_folds-fold CV of the rule on the holdout labels
+    gate_bootstrap: int = _rule(1000, min=10)  # the gate: bootstrap resamples of its interval
+    force_promotion: bool = _rule(False)  # true: the new rule becomes champion even where the gate refuses it
 
 
 @dataclass(frozen=True)

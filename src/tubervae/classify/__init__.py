@@ -19,6 +19,8 @@ Everything is pure: no files, no tracking. One module per concern:
 * :mod:`~tubervae.classify.scores`: the metrics every classifier is reported with;
 * :mod:`~tubervae.classify.learners`: the learned yardsticks (logistic, boosting, pixel CNN);
 * :mod:`~tubervae.classify.efficiency`: test balanced accuracy against the number of labels;
+* :mod:`~tubervae.classify.gate`: the promotion gate (a rule's cross-validated balanced accuracy with
+  its interval, against chance and the current champion);
 * :mod:`~tubervae.classify._inputs`: the argument checks they share.
 """
 

@@ -9,7 +9,8 @@ which row, the limit): never a stack trace, a server path or a path from the req
 
 Accepted inputs of `predict`:
 - a pandas DataFrame with an `image_base64` column (encoded image bytes, e.g. a JPEG
-  sent over HTTP) or, only where an input folder is configured, a `path` column: what
+  sent over HTTP) or, only where an input folder is configured, a `path` column (never
+  both: such a request is refused, naming both): what
   the models' MLflow signature declares (`PHOTO_INPUT`), so what a loaded or served
   model takes;
 - a numpy array of RGB images, n×H×W×3 (or one H×W×3 image), uint8 or floats in [0, 1],
@@ -251,6 +252,10 @@ def images_from_input(
     prepare = lambda img: load_model_input(img, crop_fraction=crop_fraction, image_size=image_size)
     empty = np.zeros((0, image_size, image_size, 3), np.uint8)
     if isinstance(model_input, pd.DataFrame):
+        if "path" in model_input.columns and "image_base64" in model_input.columns:
+            raise bad_input(
+                "the request has both a 'path' and an 'image_base64' column: send the photos in one of them"
+            )
         if "path" in model_input.columns or "image_base64" in model_input.columns:
             if len(model_input) > limits.max_images:
                 raise _too_many_images(len(model_input), limits)

@@ -15,6 +15,18 @@ the served rule is an OR of up to three cuts, each on its own informative compon
 of cuts fixed by cross-validation on the labelled set (`classify.any_rule`). It sits in the
 same table, and is registered as the pyfunc model `tuber-quality`; with one cut it is the
 thesis's rule.
+
+Nothing is promoted unchecked. Every run registers a new version of `tuber-quality`; it becomes
+`@champion` only through the gate (`tubervae.classify.gate`): the served rule's fitting procedure,
+cross-validated (`classify.gate_repeats` × `classify.cv_folds` folds) on the labelled photos that no
+guidance head trained on, must have a bootstrap interval whose lower end is above 0.5, and an estimate
+not below the current champion's, whose own VAE encodes the same photos and whose rule is fitted the
+same way on the same folds. Otherwise the version gets alias `challenger` and the champion keeps
+serving; with no champion, nothing is served. `classify.force_promotion` overrides the gate, and is
+logged (version and run tag `forced_promotion`, a warning). The test split never decides: its figures,
+and MLflow's own classifier evaluation of the version, are reported only. Every version carries a model
+card (its description and tags): data version and labels, the gate's figures, the test figures beside
+the majority baseline, what it was compared with and the decision.
 """
 
 from __future__ import annotations
@@ -31,14 +43,15 @@ import pandas as pd
 
 from tubervae import classify as clf
 from tubervae import plots
+from tubervae.classify import gate
 from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_csv, write_json
-from tubervae.runs import registry, vae_artifacts
+from tubervae.runs import quality_model_code, registry, vae_artifacts
 from tubervae.runs.progress import steps_line
-from tubervae.runs.quality_model import TuberQualityModel, quality_model_artifacts, quality_signature
-from tubervae.runs.registry import CHAMPION
+from tubervae.runs.quality_model import quality_model_artifacts, quality_signature
+from tubervae.runs.registry import CHALLENGER, CHAMPION
 from tubervae.runs.serving import photo_example
 from tubervae.runs.tracker import Tracker
 from tubervae.training import encode, probe_latents
@@ -78,6 +91,21 @@ def write_skipped(reason: str, out_dir: Path, metrics_path: Path, n_labelled: di
     return metrics
 
 
+def vae_refused(tracker: Tracker, name: str) -> str | None:
+    """Why there is no VAE to build a rule on when the register stage's gate refused every model so far
+    (`name@challenger` without `name@champion`), or None."""
+    if registry.version_by_alias(tracker, name, CHAMPION) is not None:
+        return None
+    challenger = registry.version_by_alias(tracker, name, CHALLENGER)
+    if challenger is None:
+        return None
+    why = challenger.tags.get("decision_reason", "see reports/register/champion.json")
+    return (
+        f"there is no {name}@{CHAMPION}: the register stage's gate refused version {challenger.version} "
+        f"(@{CHALLENGER}: {why}), so no rule is built and nothing is served (register.force_promotion overrides)"
+    )
+
+
 def load_champion(tracker: Tracker, name: str):
     version = registry.version_by_alias(tracker, name, CHAMPION)
     if version is None:
@@ -85,7 +113,7 @@ def load_champion(tracker: Tracker, name: str):
             f"no model {name}@{CHAMPION} in the registry: run the search and the register stage "
             f"first (dvc repro register)"
         )
-    return version, registry.load_registered(tracker, name, CHAMPION).unwrap_python_model()
+    return version, registry.load_version(tracker, version).unwrap_python_model()
 
 
 def champions_side_by_side(
@@ -148,10 +176,22 @@ class Photos:
     x_test: np.ndarray
     y_test: np.ndarray
     majority_bad: bool  # the majority class of the training split's labels: the baseline's answer
+    guide: np.ndarray | None = None  # True = a guidance head trained on this labelled photo (None: none did)
 
     @property
     def n_labelled(self) -> dict:
         return {"good": int((~self.y_lab).sum()), "bad": int(self.y_lab.sum())}
+
+    @property
+    def holdout(self) -> np.ndarray:
+        """The labelled rows a rule is fitted and judged on: those no guidance head saw (all when none did)."""
+        return gate.holdout_rows(self.guide, len(self.y_lab))
+
+    @property
+    def labels_used(self) -> str:
+        h = self.holdout
+        which = "all labelled photos" if h.all() else f"the labelled photos no guidance head trained on, of {h.size}"
+        return f"{int((~self.y_lab[h]).sum())} good + {int(self.y_lab[h].sum())} bad ({which})"
 
 
 @dataclass
@@ -194,6 +234,9 @@ def run(
     metrics_path = under(root, metrics_path) if metrics_path else out_dir.parent / "metrics" / "classify.json"
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
+    refused = vae_refused(tracker, params.register.model_name)
+    if refused:
+        return write_skipped(refused, out_dir, metrics_path, {}, cfg.model_name)
     version, vae_model = load_champion(tracker, params.register.model_name)
     vae, vae_config = vae_model.vae, vae_model.config
     meta = load_meta(processed_dir)
@@ -208,7 +251,9 @@ def run(
             photos.n_labelled["bad"],
             len(photos.y_test),
         )
-    fitted = fit(vae, photos, load_split("udr_probe", processed_dir)["images"], params)
+    probe = load_split("udr_probe", processed_dir)["images"]
+    fitted = fit(vae, photos, probe, params)
+    verdict = judge(tracker, fitted, photos, probe, params)
 
     metrics = describe(fitted, photos, version, vae_config, params)
     side_by_side = champions_side_by_side(
@@ -226,12 +271,24 @@ def run(
     numbers = headline_metrics(
         fitted.threshold_metrics, fitted.any_rule_metrics, fitted.alternatives, n_rules=len(fitted.any_rule.rules)
     )
+    numbers["gate"] = _finite(verdict.figures())
     write_json(metrics_path, numbers)
-    with tracker.run("classify", run_id=run_id, started_at=started_at, tags={"kind": "classify"}) as rid:
+    tags = {"kind": "classify"} | ({"forced_promotion": "true"} if verdict.forced else {})
+    with tracker.run("classify", run_id=run_id, started_at=started_at, tags=tags) as rid:
         tracker.log_metrics(rid, numbers)
-        metrics["registered"] = register_quality_model(
-            tracker, rid, fitted, photos, vae, vae_config, version, meta["data_version"], cfg.model_name
+        registered = register_quality_model(
+            tracker, rid, fitted, photos, vae, vae_config, version, meta["data_version"], cfg.model_name, verdict
         )
+        metrics["registered"] = registered
+        metrics["gate"] = verdict.as_dict() | {"line": verdict.line(cfg.model_name, registered["version"])}
+        metrics["served"] = verdict.served(cfg.model_name, registered["version"])
+        line = metrics["gate"]["line"]
+        if verdict.forced:
+            log.warning("classify.force_promotion is set: %s", line)
+        elif verdict.promote:
+            log.info("%s", line)
+        else:
+            log.warning("%s", line)
         write_json(out_dir / "metrics.json", metrics)
         tracker.log_artifacts(rid, out_dir, "classify")
     return metrics
@@ -260,6 +317,7 @@ def load_photos(processed_dir: Path, vae_config: dict, meta: dict) -> Photos:
         x_test=test["images"][test_known],
         y_test=test["labels"][test_known] == 1,
         majority_bad=bool((train_labels == 1).mean() >= 0.5) if len(train_labels) else True,
+        guide=labelled["guide"][known].astype(bool) if "guide" in labelled else None,
     )
 
 
@@ -281,16 +339,11 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
     ranking = clf.rank_threshold_rules(z_lab, y_lab)
     ranking["kl"] = kl[ranking.component.to_numpy()]
     ranking["informative"] = is_informative[ranking.component.to_numpy()]
-    rule = clf.fit_threshold_rule(z_lab, y_lab, components=informative)
+    # The rules are fitted on the labels no guidance head saw: those memorised by a head would place the cut badly.
+    h = photos.holdout
+    rule = clf.fit_threshold_rule(z_lab[h], y_lab[h], components=informative)
     threshold_metrics = clf.binary_metrics(y_test, rule.predict(z_test), rule.score(z_test), majority_label=majority)
-    any_rule = clf.fit_any_of_rule(
-        z_lab,
-        y_lab,
-        components=informative,
-        max_rules=cfg.max_rules,
-        n_folds=cfg.cv_folds,
-        random_state=cfg.seed,
-    )
+    any_rule = served_rule_procedure(params, informative)(z_lab[h], y_lab[h])
     any_rule_metrics = clf.binary_metrics(
         y_test, any_rule.predict(z_test), any_rule.score(z_test), majority_label=majority
     )
@@ -350,6 +403,153 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
         alternatives=alternatives,
         efficiency=clf.summarise_label_efficiency(efficiency),
     )
+
+
+def served_rule_procedure(params: Params, candidates: list[int]):
+    """How the served rule is fitted on (components, bad labels): what the gate cross-validates, for the new
+    version and the champion alike."""
+    cfg = params.classify
+
+    def fit_rule(z: np.ndarray, bad: np.ndarray) -> clf.AnyOfRule:
+        return clf.fit_any_of_rule(
+            z, bad, components=candidates, max_rules=cfg.max_rules, n_folds=cfg.cv_folds, random_state=cfg.seed
+        )
+
+    return fit_rule
+
+
+def gate_estimate(z: np.ndarray, bad: np.ndarray, candidates: list[int], params: Params) -> gate.Estimate:
+    """The served rule's procedure cross-validated on (z, bad); the folds depend only on the labels and the seed."""
+    cfg = params.classify
+    return gate.estimate_rule(
+        served_rule_procedure(params, candidates),
+        z,
+        bad,
+        n_folds=cfg.cv_folds,
+        n_repeats=cfg.gate_repeats,
+        n_bootstrap=cfg.gate_bootstrap,
+        random_state=cfg.seed,
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision on the new version, with both figures (either may be missing, `note` says why)."""
+
+    challenger: gate.Estimate | None
+    champion: gate.Estimate | None
+    champion_version: str | None  # the version behind @champion before this run, if any
+    promote: bool
+    forced: bool
+    reason: str
+    labels_used: str
+    note: str | None = None  # why the champion's figure is missing although there is a champion
+
+    def figures(self) -> dict:
+        """The gate's numbers for `dvc metrics` and the run."""
+        out = {"promoted": float(self.promote)}
+        if self.challenger is not None:
+            figure = self.challenger
+            out |= {"balanced_accuracy": figure.value, "low": figure.low, "high": figure.high}
+        if self.champion is not None:
+            out["champion_balanced_accuracy"] = self.champion.value
+        return out
+
+    def as_dict(self) -> dict:
+        return {
+            "challenger": None if self.challenger is None else self.challenger.as_dict(),
+            "champion": None
+            if self.champion_version is None
+            else {
+                "version": int(self.champion_version),
+                "estimate": None if self.champion is None else self.champion.as_dict(),
+                "note": self.note,
+            },
+            "labels": self.labels_used,
+            "promoted": self.promote,
+            "forced": self.forced,
+            "reason": self.reason,
+        }
+
+    def served(self, model_name: str, version: int) -> dict | None:
+        """What `model_name@champion` is after this run; None when nothing is served."""
+        if self.promote:
+            return {"model": model_name, "version": int(version), "alias": CHAMPION}
+        if self.champion_version is not None:
+            return {"model": model_name, "version": int(self.champion_version), "alias": CHAMPION}
+        return None
+
+    def line(self, model_name: str, version: int) -> str:
+        """The one line the stage says: where the new version went, why, and both figures."""
+        if self.promote:
+            where = f"{model_name} version {version} is @{CHAMPION}"
+        elif self.champion_version is not None:
+            kept = f"version {self.champion_version} stays @{CHAMPION}"
+            where = f"{model_name} version {version} is @{CHALLENGER}, {kept}"
+        else:
+            where = f"{model_name} version {version} is @{CHALLENGER} and nothing is served (there is no champion)"
+        note = f" ({self.note})" if self.note else ""
+        return f"{where}: {self.reason}{note}"
+
+
+def judge(tracker: Tracker, fitted: Fitted, photos: Photos, probe: np.ndarray, params: Params) -> Verdict:
+    """The gate on the new rule: its estimate on the holdout labels against chance and the current champion's."""
+    cfg = params.classify
+    h = photos.holdout
+    z, bad = fitted.z_lab[h], photos.y_lab[h]
+    current = registry.version_by_alias(tracker, cfg.model_name, CHAMPION)
+    if min(int(bad.sum()), int((~bad).sum())) < 2:
+        reason = (
+            f"not promoted: the gate needs 2 labelled photos of each class that no guidance head trained on, "
+            f"got {photos.labels_used}"
+        )
+        promote = cfg.force_promotion
+        return Verdict(
+            None,
+            None,
+            None if current is None else str(current.version),
+            promote,
+            promote,
+            f"forced promotion (force_promotion is set; {reason})" if promote else reason,
+            photos.labels_used,
+        )
+    challenger = gate_estimate(z, bad, fitted.informative, params)
+    champion, note = (None, None) if current is None else champion_estimate(tracker, current, photos, probe, params)
+    promote, reason = gate.decide_promotion(challenger, champion, force=cfg.force_promotion)
+    return Verdict(
+        challenger,
+        champion,
+        None if current is None else str(current.version),
+        promote,
+        cfg.force_promotion,
+        reason,
+        photos.labels_used,
+        note,
+    )
+
+
+def champion_estimate(tracker: Tracker, current, photos: Photos, probe: np.ndarray, params: Params):
+    """The current champion's rule procedure re-estimated on the same holdout labels and folds: its own VAE
+    encodes the photos, its own informative components are the candidates. (None, why) when it cannot be."""
+    name = params.classify.model_name
+    try:
+        model = registry.load_registered(tracker, name, CHAMPION).unwrap_python_model()
+    except Exception as exc:  # any failure to load (store, files, digests) leaves it without a figure, said so
+        log.warning("%s@%s (version %s) could not be loaded: %s", name, CHAMPION, current.version, exc)
+        return None, f"champion version {current.version} could not be loaded, so it was not compared: {exc}"
+    size = int(model.config["image_size"])
+    if size != photos.x_lab.shape[1]:
+        return None, (
+            f"champion version {current.version} reads {size}px photos, the data is {photos.x_lab.shape[1]}px: "
+            f"not compared"
+        )
+    h = photos.holdout
+    z, _ = encode(model.vae, photos.x_lab[h])
+    kl = probe_latents(model.vae, probe)["kl"]
+    candidates = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or list(
+        range(z.shape[1])
+    )
+    return gate_estimate(z, photos.y_lab[h], candidates, params), None
 
 
 def describe(fitted: Fitted, photos: Photos, version, vae_config: dict, params: Params) -> dict:
@@ -459,8 +659,11 @@ def register_quality_model(
     vae_version,
     data_version: str,
     model_name: str,
+    verdict: Verdict,
 ) -> dict:
-    """Log the served rule on the classify run as a pyfunc model and make it `model_name@champion`."""
+    """Log the served rule on the classify run as a pyfunc model, register it as a new version of `model_name`
+    with its model card, evaluate it on the test split with MLflow's classifier evaluation (reported only), and
+    give it alias `champion` when the gate promoted it, else `challenger`."""
     any_rule = fitted.any_rule
     # The served rule is the OR of cuts; the tags name its rules (one value per rule, comma-separated).
     tags = {
@@ -478,16 +681,92 @@ def register_quality_model(
         model_id = registry.log_pyfunc(
             tracker,
             run_id,
-            TuberQualityModel(),
+            quality_model_code.CODE,
             quality_model_artifacts(Path(tmp), vae, vae_config, any_rule),
             name=model_name,
             signature=quality_signature(any_rule),
             input_example=photo_example(photos.x_test, int(vae_config["image_size"])),
         )
     version = registry.register_model(tracker, model_name, model_id, tags=tags)
-    registry.set_alias(tracker, model_name, CHAMPION, version.version)
-    registry.mark_champion(tracker, model_name, model_id)
-    return {"model": model_name, "version": int(version.version), "alias": CHAMPION}
+    evaluation = registry.evaluate_classifier(
+        tracker,
+        run_id,
+        model_id,
+        test_table(photos, int(vae_config["image_size"])),
+        targets="truth",
+        predictions="label",
+        labels=["good", "bad"],
+    )
+    alias = CHAMPION if verdict.promote else CHALLENGER
+    description, card = model_card(fitted, photos, vae_version, data_version, verdict, evaluation, model_name)
+    registry.describe_version(tracker, model_name, version.version, description, card)
+    registry.set_alias(tracker, model_name, alias, version.version)
+    if verdict.promote:
+        registry.mark_champion(tracker, model_name, model_id)
+    return {"model": model_name, "version": int(version.version), "alias": alias}
+
+
+def test_table(photos: Photos, image_size: int) -> pd.DataFrame:
+    """The labelled test photos as requests send them (PNG, base64) with their truth, for MLflow's evaluation."""
+    rows = [photo_example(photos.x_test[i : i + 1], image_size) for i in range(len(photos.y_test))]
+    table = pd.concat(rows, ignore_index=True)
+    table["truth"] = np.where(photos.y_test, "bad", "good")
+    return table
+
+
+def model_card(
+    fitted: Fitted, photos: Photos, vae_version, data_version: str, verdict: Verdict, evaluation: dict, model_name: str
+) -> tuple[str, dict]:
+    """A version's model card: the description (Markdown) and the tags that say the same at a glance."""
+    test, rule = fitted.any_rule_metrics, fitted.any_rule
+    challenger, champion = verdict.challenger, verdict.champion
+    validation = (
+        f"{challenger.describe()} ({int(challenger.level * 100)} % bootstrap interval; {len(challenger.per_repeat)} "
+        f"repeats of {challenger.n_folds}-fold stratified cross-validation of the rule's fitting)"
+        if challenger is not None
+        else "not estimated (too few labels)"
+    )
+    compared = (
+        "no champion"
+        if verdict.champion_version is None
+        else f"{model_name} version {verdict.champion_version}: "
+        + (f"{champion.describe()} on the same labels and folds" if champion is not None else verdict.note)
+    )
+    decision = CHAMPION if verdict.promote else CHALLENGER
+    description = gate.model_card(
+        f"{model_name}: {rule.describe()}",
+        {
+            "Data": {
+                "data version": data_version,
+                "labels used": photos.labels_used + ", labelled split",
+                "VAE": f"tubervae-vae version {vae_version.version}",
+            },
+            "Validation (labelled split, the gate's figure)": {"balanced accuracy": validation},
+            "Test (held-out split, reported only: it decides nothing)": {
+                "photos": f"{test['n']} ({test['n_bad']} bad)",
+                "balanced accuracy": f"{test['balanced_accuracy']:.3f}",
+                "accuracy": f"{test['accuracy']:.3f}, majority baseline {test['majority_accuracy']:.3f}",
+                "ROC AUC": "n/a" if test["roc_auc"] is None else f"{test['roc_auc']:.3f}",
+                "MLflow evaluation": ", ".join(f"{k} {v:.3f}" for k, v in sorted(evaluation.items())),
+            },
+            "Reference figures (test balanced accuracy, same labels)": {
+                name: f"{scores['balanced_accuracy']:.3f}" for name, scores in fitted.alternatives.items()
+            },
+            "Compared with": {"champion": compared},
+            "Decision": {"alias": decision, "forced": verdict.forced, "reason": verdict.reason},
+        },
+    )
+    tags = {
+        "labels": photos.labels_used,
+        "gate_balanced_accuracy": "" if challenger is None else f"{challenger.value:.4f}",
+        "gate_interval": "" if challenger is None else f"[{challenger.low:.4f}, {challenger.high:.4f}]",
+        "compared_with": compared,
+        "test_majority_accuracy": test["majority_accuracy"],
+        "decision": decision,
+        "decision_reason": verdict.reason,
+        "forced_promotion": str(verdict.forced).lower(),
+    }
+    return description, tags
 
 
 def headline_metrics(threshold: dict, any_rule: dict, alternatives: dict, *, n_rules: int) -> dict:

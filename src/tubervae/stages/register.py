@@ -22,6 +22,24 @@ example), so the version links to the run that trained it, with its params and m
 run without a logged model (trained before models were logged) gets it now, on that run.
 If the alias already points at that run, nothing changes. The stage's own `register` run
 logs the champion's figures as metrics and champion.json as an artifact.
+
+Nothing is promoted unchecked: the chosen model becomes `@champion` only when its selection score is
+not below the current champion's on the same data version (`tubervae.classify.gate`); otherwise it is
+registered with alias `challenger`, the champion stays, and the stage says why in one line naming both
+figures. The score is the one `register.select` chose by:
+- `udr`: the within-family UDR. The champion's figure is its UDR in the same table (reports/udr/models.csv)
+  when its run is there, else the UDR its version recorded. UDR has no chance level, so feasibility
+  (policy step 1) is its only bar.
+- `job`: the multi-defect rule's balanced accuracy, cross-validated on the labelled photos no guidance
+  head trained on (`classify.gate_repeats` repeats, a bootstrap interval): its interval's lower end must
+  be above 0.5 and its estimate not below the champion's, whose VAE encodes the same photos with the same
+  folds.
+When the data version changed since the champion was trained, its figure was measured on other photos:
+the champion is not compared (the card and the line say so) and the new model is promoted on its own
+bar (feasible; with `job`, above chance). `register.force_promotion` promotes in any case and is logged
+(version and run tag `forced_promotion`, a warning). Every registered version carries a model card
+(description and tags): the data version, the labels used, the selection figures, what it was compared
+with and the decision.
 """
 
 from __future__ import annotations
@@ -34,13 +52,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tubervae.classify import gate
 from tubervae.classify.any_rule import fit_any_of_rule
 from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_json
 from tubervae.runs import registry, vae_artifacts
-from tubervae.runs.registry import CHAMPION
+from tubervae.runs.registry import CHALLENGER, CHAMPION
 from tubervae.runs.study import storage_url
 from tubervae.runs.study_notes import champion_policy, note_champion
 from tubervae.runs.tracker import Tracker
@@ -85,12 +104,18 @@ def _best_seeds(feasible: pd.DataFrame, settings: pd.DataFrame, udr_tolerance: f
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-def rule_cv_score(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> float:
-    """Cross-validated balanced accuracy of the multi-defect rule on the run's latents of the labelled photos."""
+def _rule_inputs(tracker: Tracker, run_id: str, labelled: dict, params: Params):
+    """The run's latents of the labelled photos and its informative components (None: all)."""
     vae, _ = vae_artifacts.load_vae(tracker, run_id)
     z, _ = encode(vae, labelled["images"])
     kl = vae_artifacts.latents(tracker, run_id)["kl"]
     informative = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or None
+    return z, informative
+
+
+def rule_cv_score(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> float:
+    """Cross-validated balanced accuracy of the multi-defect rule on the run's latents of the labelled photos."""
+    z, informative = _rule_inputs(tracker, run_id, labelled, params)
     rule = fit_any_of_rule(
         z,
         labelled["labels"] == 1,
@@ -100,6 +125,33 @@ def rule_cv_score(tracker: Tracker, run_id: str, labelled: dict, params: Params)
         random_state=params.classify.seed,
     )
     return float(max(rule.cv_balanced_accuracy)) if rule.cv_balanced_accuracy else float(rule.train_balanced_accuracy)
+
+
+def rule_estimate(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> gate.Estimate:
+    """The gate's figure for `register.select: job`: the multi-defect rule's procedure cross-validated
+    (`classify.gate_repeats` repeats, a bootstrap interval) on the run's latents of the gate's labels."""
+    z, informative = _rule_inputs(tracker, run_id, labelled, params)
+    cfg = params.classify
+
+    def fit_rule(latents, bad):
+        return fit_any_of_rule(
+            latents,
+            bad,
+            components=informative,
+            max_rules=cfg.max_rules,
+            n_folds=cfg.cv_folds,
+            random_state=cfg.seed,
+        )
+
+    return gate.estimate_rule(
+        fit_rule,
+        z,
+        labelled["labels"] == 1,
+        n_folds=cfg.cv_folds,
+        n_repeats=cfg.gate_repeats,
+        n_bootstrap=cfg.gate_bootstrap,
+        random_state=cfg.seed,
+    )
 
 
 def choose_for_the_job(tracker: Tracker, candidates: pd.DataFrame, labelled: dict, params: Params) -> pd.DataFrame:
@@ -130,7 +182,11 @@ def run(
     meta = load_meta(processed_dir)
     labelled = load_split("labelled", processed_dir)
     known = labelled["labels"] >= 0
+    guide = labelled["guide"][known].astype(bool) if "guide" in labelled else None
     labelled = {"images": labelled["images"][known], "labels": labelled["labels"][known]}
+    # The rules that score models for the job are fitted and judged on the labels no guidance head trained on.
+    holdout = gate.holdout_rows(guide, len(labelled["labels"]))
+    labelled = {k: v[holdout] for k, v in labelled.items()}
     n_good, n_bad = int((labelled["labels"] == 0).sum()), int((labelled["labels"] == 1).sum())
     has_labels = n_good > 0 and n_bad > 0
     select = cfg.select
@@ -153,13 +209,19 @@ def run(
         choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
     )
     champion = job.iloc[0] if select == "job" else by_udr
-    with tracker.run(
-        "register", run_id=run_id, started_at=started_at, tags={"kind": "register", "source_run_id": champion.run_id}
-    ) as rid:
-        version = promote(tracker, cfg.model_name, champion, meta)
+    verdict = judge(tracker, champion, models, select, labelled, meta, params)
+    tags = {"kind": "register", "source_run_id": champion.run_id}
+    if verdict["forced"]:
+        tags["forced_promotion"] = "true"
+        log.warning("register.force_promotion is set: %s", verdict["reason"])
+    with tracker.run("register", run_id=run_id, started_at=started_at, tags=tags) as rid:
+        version = promote(tracker, cfg.model_name, champion, meta, verdict)
+        alias = CHAMPION if verdict["promote"] else CHALLENGER
+        verdict["line"] = gate_line(cfg.model_name, version.version, verdict)
+        (log.info if verdict["promote"] and not verdict["forced"] else log.warning)("%s", verdict["line"])
         summary = {
             "model": cfg.model_name,
-            "alias": CHAMPION,
+            "alias": alias,
             "version": int(version.version),
             "run_id": champion.run_id,
             "family": champion.family,
@@ -172,13 +234,15 @@ def run(
             f"informative components"
             + ("; then the best cross-validated multi-defect rule on the labelled photos" if select == "job" else ""),
             "select": select,
+            "gate": _public(verdict),
             "champions": {
                 "udr": _describe(_scored(by_udr, job)),
                 **({"job": _describe(job.iloc[0]), "job_candidates": len(job)} if job is not None else {}),
             },
         }
         write_json(out_path, summary)
-        note_champion_on_studies(root, summary, params)
+        if alias == CHAMPION:  # the studies name the champion only when it changed
+            note_champion_on_studies(root, summary, params)
         headline = {"version": summary["version"], "udr_within": summary["udr_within"], "n_active": summary["n_active"]}
         tracker.log_metrics(rid, headline)
         tracker.log_artifacts(rid, Path(out_path).parent, "register")
@@ -211,14 +275,129 @@ def _describe(row: pd.Series) -> dict:
     return out
 
 
-def promote(tracker: Tracker, name: str, champion: pd.Series, meta: dict):
-    """`name@champion` on the champion's logged model; the version it points at.
+def judge(
+    tracker: Tracker, chosen: pd.Series, models: pd.DataFrame, select: str, labelled: dict, meta: dict, params: Params
+) -> dict:
+    """The gate on the chosen model (module docstring): its selection score against the current champion's."""
+    cfg = params.register
+    current = registry.version_by_alias(tracker, cfg.model_name, CHAMPION)
+    verdict = {"champion_version": None if current is None else str(current.version), "note": None, "select": select}
+    verdict["labels"] = (
+        f"{int((labelled['labels'] == 0).sum())} good + {int((labelled['labels'] == 1).sum())} bad (labelled split)"
+        if select == "job"
+        else "none (UDR is unsupervised)"
+    )
+    if current is not None and current.tags.get("source_run_id") == chosen.run_id:
+        reason = f"already the champion (version {current.version})"
+        return verdict | {"challenger": None, "champion": None, "promote": True, "forced": False, "reason": reason}
+    champion = None
+    if current is not None:
+        trained_on = current.tags.get("data_version")
+        if trained_on != meta["data_version"]:
+            verdict["note"] = (
+                f"champion version {current.version} was trained on data version {trained_on}, the data is "
+                f"{meta['data_version']}: its figure is of other photos, so it is not compared"
+            )
+        elif select == "job":
+            try:
+                champion = rule_estimate(tracker, current.tags["source_run_id"], labelled, params)
+            except Exception as exc:  # a deleted run or unreadable weights leave it without a figure, said so
+                verdict["note"] = (
+                    f"champion version {current.version} could not be scored, so it is not compared: {exc}"
+                )
+        else:
+            row = models[models.run_id == current.tags.get("source_run_id")]
+            value = float(row.udr_within.iloc[0]) if len(row) and row.udr_within.notna().iloc[0] else None
+            if value is None:
+                value = float(current.tags.get("udr", "nan"))
+                verdict["note"] = f"champion version {current.version} is not in this UDR table: its UDR as registered"
+            champion = gate.Estimate(value=value, name="within-family UDR") if np.isfinite(value) else None
+    bad = labelled["labels"] == 1
+    if select == "job" and min(int(bad.sum()), int((~bad).sum())) < 2:
+        # Too few labels to cross-validate: the score has no interval, and the gate cannot see it beat chance.
+        challenger = gate.Estimate(value=float(chosen.rule_cv), n_labels=int(bad.size))
+    elif select == "job":
+        challenger = rule_estimate(tracker, chosen.run_id, labelled, params)
+    else:
+        challenger = gate.Estimate(value=float(chosen.udr_within), name="within-family UDR")
+    promote, reason = gate.decide_promotion(
+        challenger, champion, force=cfg.force_promotion, chance=gate.CHANCE if select == "job" else None
+    )
+    return verdict | {
+        "challenger": challenger,
+        "champion": champion,
+        "promote": promote,
+        "forced": cfg.force_promotion,
+        "reason": reason,
+    }
+
+
+def gate_line(name: str, version, verdict: dict) -> str:
+    """The one line the stage says about the gate: where the version went, why, both figures."""
+    if verdict["promote"]:
+        where = f"{name} version {version} is @{CHAMPION}"
+    elif verdict["champion_version"] is not None:
+        where = f"{name} version {version} is @{CHALLENGER}, version {verdict['champion_version']} stays @{CHAMPION}"
+    else:
+        where = f"{name} version {version} is @{CHALLENGER} and nothing is served (there is no champion)"
+    return f"{where}: {verdict['reason']}" + (f" ({verdict['note']})" if verdict["note"] else "")
+
+
+def _public(verdict: dict) -> dict:
+    """The verdict as champion.json holds it (estimates as dicts)."""
+    return {k: v.as_dict() if isinstance(v, gate.Estimate) else v for k, v in verdict.items()}
+
+
+def model_card(tracker: Tracker, name: str, champion: pd.Series, meta: dict, verdict: dict) -> tuple[str, dict]:
+    """A VAE version's model card: its description (Markdown) and the tags that say the same at a glance."""
+    challenger, holder = verdict["challenger"], verdict["champion"]
+    compared = (
+        "no champion"
+        if verdict["champion_version"] is None
+        else f"{name} version {verdict['champion_version']}: "
+        + (f"{holder.name} {holder.describe()}" if holder is not None else verdict["note"])
+    )
+    test_rec = tracker.get_run(champion.run_id, origin="reports/udr/models.csv").data.metrics.get("test_rec")
+    decision = CHAMPION if verdict["promote"] else CHALLENGER
+    description = gate.model_card(
+        f"{name}: {champion.family} {champion.setting} seed {int(champion.seed)}",
+        {
+            "Data": {"data version": meta["data_version"], "labels used": verdict["labels"]},
+            "Selection (register.select: " + verdict["select"] + ")": {
+                "within-family UDR": f"{float(champion.udr_within):.3f}",
+                "informative components": int(champion.n_active),
+                **(
+                    {challenger.name: challenger.describe() + " (95 % bootstrap interval, cross-validated)"}
+                    if challenger is not None and challenger.low is not None
+                    else {}
+                ),
+            },
+            "Test (held-out split, reported only)": {
+                "reconstruction loss": "n/a" if test_rec is None else f"{test_rec:.4g}",
+                "grading": "the tuber-quality version built on this VAE gives the test figures beside the "
+                "majority baseline",
+            },
+            "Compared with": {"champion": compared},
+            "Decision": {"alias": decision, "forced": verdict["forced"], "reason": verdict["reason"]},
+        },
+    )
+    tags = {"compared_with": compared, "decision": decision, "decision_reason": verdict["reason"]}
+    if challenger is not None:
+        tags["selection_score"] = f"{challenger.name} {challenger.describe()}"
+    tags["forced_promotion"] = str(bool(verdict["forced"])).lower()  # always set: a reused version may carry one
+    return description, tags
+
+
+def promote(tracker: Tracker, name: str, champion: pd.Series, meta: dict, verdict: dict | None = None):
+    """`name@champion` on the champion's logged model, or `name@challenger` when the gate's `verdict` refused it;
+    the version it points at, with its model card when there is a verdict.
 
     Nothing changes when the alias already is that run. A version of that very model made by an
     earlier attempt that died before moving the alias is reused, so a rerun adds no duplicate.
     """
     current = registry.version_by_alias(tracker, name, CHAMPION)
-    if current is not None and current.tags.get("source_run_id") == champion.run_id:
+    # A version without file digests (registered before they were recorded) is replaced, never kept.
+    if current is not None and current.tags.get("source_run_id") == champion.run_id and registry.has_digests(current):
         log.info("%s@%s already is run %s (version %s)", name, CHAMPION, champion.run_id, current.version)
         if current.source.startswith("models:/"):
             registry.mark_champion(tracker, name, current.source.removeprefix("models:/"))
@@ -227,10 +406,14 @@ def promote(tracker: Tracker, name: str, champion: pd.Series, meta: dict):
     version = (registry.versions_of(tracker, name, model_id) or [None])[-1]
     if version is None:
         version = registry.register_model(tracker, name, model_id, tags=version_tags(tracker, champion, meta))
-    registry.set_alias(tracker, name, CHAMPION, version.version)
-    registry.mark_champion(tracker, name, model_id)
-    log.info("registered %s version %s (run %s) as %s", name, version.version, champion.run_id, CHAMPION)
-    return version
+    alias = CHAMPION if verdict is None or verdict["promote"] else CHALLENGER
+    if verdict is not None:
+        registry.describe_version(tracker, name, version.version, *model_card(tracker, name, champion, meta, verdict))
+    registry.set_alias(tracker, name, alias, version.version)
+    if alias == CHAMPION:
+        registry.mark_champion(tracker, name, model_id)
+    log.info("registered %s version %s (run %s) as %s", name, version.version, champion.run_id, alias)
+    return tracker.client.get_model_version(name, version.version)
 
 
 def version_tags(tracker: Tracker, champion: pd.Series, meta: dict) -> dict:
