@@ -15,6 +15,11 @@ the served rule is an OR of up to three cuts, each on its own informative compon
 of cuts fixed by cross-validation on the labelled set (`classify.any_rule`). It sits in the
 same table, and is registered as the pyfunc model `tuber-quality`; with one cut it is the
 thesis's rule.
+
+A guided champion (a `guided_<family>` model) is read through its guided component: the rule is
+one cut on it. Its guidance saw the labelled split's guide rows, which therefore separate
+perfectly on it; every rule and learner here is fitted and scored on the holdout labels alone
+(`classify.validation_rows`), and the rest of the labelled split is left out.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import pandas as pd
 from tubervae import classify as clf
 from tubervae import plots
 from tubervae.config import FEW_LABELS, Params
-from tubervae.data.processed import load_meta, load_split
+from tubervae.data.processed import guide_mask, load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_csv, write_json
 from tubervae.runs import registry, vae_artifacts
@@ -146,6 +151,7 @@ class Photos:
     x_test: np.ndarray
     y_test: np.ndarray
     majority_bad: bool  # the majority class of the training split's labels: the baseline's answer
+    guided_component: int | None = None  # a guided champion's component (its x_lab/y_lab: the holdout labels)
 
     @property
     def n_labelled(self) -> dict:
@@ -249,14 +255,18 @@ def load_photos(processed_dir: Path, vae_config: dict, meta: dict) -> Photos:
             f"the champion expects {vae_config['image_size']}px images but data/processed holds "
             f"{labelled['images'].shape[1]}px: rerun the search and register stages"
         )
-    known, test_known = labelled["labels"] >= 0, test["labels"] >= 0
+    guided = vae_config.get("guided_component")
+    # A guided champion's rules see only the labels its guidance did not (`classify.validation_rows`).
+    usable = (labelled["labels"] >= 0) & clf.validation_rows(guide_mask(labelled), guided is not None)
+    test_known = test["labels"] >= 0
     train_labels = train["labels"][train["labels"] >= 0]
     return Photos(
-        x_lab=labelled["images"][known],
-        y_lab=labelled["labels"][known] == 1,
+        x_lab=labelled["images"][usable],
+        y_lab=labelled["labels"][usable] == 1,
         x_test=test["images"][test_known],
         y_test=test["labels"][test_known] == 1,
         majority_bad=bool((train_labels == 1).mean() >= 0.5) if len(train_labels) else True,
+        guided_component=None if guided is None else int(guided),
     )
 
 
@@ -278,7 +288,9 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
     ranking = clf.rank_threshold_rules(z_lab, y_lab)
     ranking["kl"] = kl[ranking.component.to_numpy()]
     ranking["informative"] = is_informative[ranking.component.to_numpy()]
-    rule = clf.fit_threshold_rule(z_lab, y_lab, components=informative)
+    # The thesis's rule: one cut on one component; a guided champion's is on its guided component.
+    guided = photos.guided_component
+    rule = clf.fit_threshold_rule(z_lab, y_lab, components=informative if guided is None else [guided])
     threshold_metrics = clf.binary_metrics(y_test, rule.predict(z_test), rule.score(z_test), majority_label=majority)
     any_rule = clf.fit_any_of_rule(
         z_lab,
@@ -355,6 +367,9 @@ def describe(fitted: Fitted, photos: Photos, version, vae_config: dict, params: 
             "beta": vae_config["beta"],
             "c_max": vae_config["c_max"],
             "seed": vae_config["seed"],
+            "guide_weight": vae_config.get("guide_weight", 0.0),
+            "guided_component": photos.guided_component,
+            "labels": "all labelled" if photos.guided_component is None else "holdout (guide = False) only",
         },
         "rule": {
             **fitted.rule.as_dict(),

@@ -43,7 +43,7 @@ import numpy as np
 import optuna
 
 from tubervae import plots
-from tubervae.config import Params
+from tubervae.config import Params, is_guided
 from tubervae.io import under, write_csv, write_json
 from tubervae.runs.objective import Objective
 from tubervae.runs.pool import TrainingPool
@@ -92,6 +92,12 @@ def run(
     if wanted < 1:
         raise ValueError(f"--n-trials must be at least 1, got {wanted}")
     data = load_training_data(processed_dir)
+    if is_guided(family) and not len(data.guide_labels):
+        raise ValueError(
+            f"family {family!r} is guided, but the labelled split holds no guide photo (preprocess.guide_fraction "
+            f"{params.preprocess.guide_fraction}, {processed_dir / 'labelled.npz'}): label photos (good/, bad/) and "
+            f"raise preprocess.guide_fraction above 0, or remove search.spaces.{family}"
+        )
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -124,7 +130,9 @@ def run(
                         workers, tracker, processed_dir, root / "checkpoints", max_restarts=params.search.max_retry
                     )
                 )
-            trainer = seed_trainer(params, tracker, data, root / "checkpoints", pool=pool, progress=progress)
+            trainer = seed_trainer(
+                params, tracker, data, root / "checkpoints", pool=pool, progress=progress, family=family
+            )
             objective = Objective(
                 family, params, tracker, data, trainer, study_run_id=run_id, checkpoint_dir=root / "checkpoints"
             )
