@@ -109,13 +109,15 @@ def log_model(
     data_version: str,
     mu: np.ndarray,
     kl: np.ndarray,
+    guide_weight: float = 0.0,
 ) -> str:
     """A finished VAE run as the training stage leaves it, as far as the udr stage reads it."""
-    setting = Setting(family=family, beta=beta, c_max=c_max)
+    setting = Setting(family=family, beta=beta, c_max=c_max, guide_weight=guide_weight)
     tags = {"kind": "vae", "family": family, "setting": setting.label, "seed": seed}
+    guide = {"guide_weight": guide_weight, "guided_component": 0} if setting.guided else {}
     with tracker.run(f"{family} {setting.label} seed {seed}", tags=tags) as rid:
         tracker.log_params(
-            rid, {"family": family, "beta": beta, "c_max": c_max, "seed": seed, "data_version": data_version}
+            rid, {"family": family, "beta": beta, "c_max": c_max, "seed": seed, "data_version": data_version, **guide}
         )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "latents.npz"
@@ -371,6 +373,43 @@ def test_without_search_reports_every_finished_vae_run_is_ranked(udr_root):
     run = tracker.client.get_run(handed_over)
     assert run.info.status == "FINISHED" and run.info.experiment_id == "0"
     assert run.data.params["n_models"] == str(len(models))
+
+
+def test_guided_runs_are_ranked_over_their_unsupervised_components_within_their_own_weight(udr_root):
+    """The udr stage reads `guided_component` from a run's params and leaves it out of UDR; a guided
+    family's settings differ by λ too, so two λ at one β are two settings."""
+    root, tracker = udr_root["root"], udr_root["tracker"]
+    rng = np.random.default_rng(11)
+    truth = rng.normal(size=(N_PROBE, 3))
+    guided = {}
+    for weight in (100.0, 300.0):
+        for seed in (0, 1):
+            mu, kl = clean_copy(truth, [0, 1, 2], 2, rng)
+            mu[:, 0] = rng.normal(size=N_PROBE)  # what the labels made of z0: unlike across seeds
+            rid = log_model(
+                tracker,
+                family="guided_beta_vae",
+                beta=2.0,
+                seed=seed,
+                data_version=udr_root["version"],
+                mu=mu.astype(np.float32),
+                kl=kl,
+                guide_weight=weight,
+            )
+            guided[rid] = (weight, mu.astype(np.float32), kl)
+    shutil.rmtree(root / "reports" / "search")  # every finished run is ranked
+    udr_stage.run(Params(), **stage_paths(root))
+    ranked = pd.read_csv(root / "reports" / "udr" / "models.csv").set_index("run_id")
+    for weight in (100.0, 300.0):
+        runs = [rid for rid, (w, _, _) in guided.items() if w == weight]
+        kls = [guided[rid][2].copy() for rid in runs]
+        for k in kls:
+            k[0] = 0.0
+        expected = udr_scores([guided[rid][1] for rid in runs], kls)
+        assert ranked.loc[runs, "udr_within"].to_numpy() == pytest.approx(expected.scores, abs=1e-9)
+        assert ranked.loc[runs, "n_active"].tolist() == expected.n_informative.tolist()
+    table = pd.read_csv(root / "reports" / "udr" / "guided_beta_vae.csv")
+    assert sorted(table["param"]) == ["2_100", "2_300"]
 
 
 def test_clear_errors_without_models(tmp_path, empty_mlflow_db):
