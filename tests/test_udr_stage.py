@@ -680,3 +680,27 @@ def test_per_factor_mig_over_the_informative_components_ignores_a_collapsed_copy
     assert result["factors"]["y"]["mig_informative"] == pytest.approx(published[1], abs=0.01) and published[1] >= 0.2
     assert result["captured"] == 1 and result["captured_informative"] == 2
     assert result["factors"]["x"]["mig_informative"] == pytest.approx(mig(mu[:, :2], factors)["mig_per_factor"][0])
+
+
+def test_the_evaluate_stages_udr_leaves_a_guided_component_out_as_the_udr_stage_does():
+    rng = np.random.default_rng(5)
+    truth = rng.normal(size=(N_PROBE, 3))
+    latents = [dict(zip(("mu", "kl"), clean_copy(truth, [0, 1, 2], 2, rng))) for _ in range(4)]
+    for z in latents[:2]:  # the guided models' z0: informative, and unlike anything in the other models
+        z["mu"][:, 0], z["kl"][0] = rng.normal(size=N_PROBE), 1.0
+    models = pd.DataFrame(
+        {
+            "family": ["guided_beta_vae"] * 2 + ["beta_vae"] * 2,
+            "beta": 2.0,
+            "c_max": 0.0,
+            "guide_weight": [9.0, 9.0, 0, 0],
+        }
+    )
+    unguided = evaluate_stage.udr_variants(models, latents, Params())
+    models["guided_component"] = [0, 0, -1, -1]
+    variants = evaluate_stage.udr_variants(models, latents, Params())
+    kls = [z["kl"].copy() for z in latents]
+    kls[0][0] = kls[1][0] = 0.0
+    expected = udr_scores([z["mu"] for z in latents], kls, similarity="spearman")
+    assert variants["udr_a2a_spearman"].to_numpy() == pytest.approx(expected.scores)
+    assert not np.allclose(unguided["udr_a2a_spearman"], variants["udr_a2a_spearman"])
