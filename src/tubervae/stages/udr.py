@@ -184,7 +184,19 @@ def settings_table(frame: pd.DataFrame) -> pd.DataFrame:
         .reset_index()
     )
     return table[
-        ["family", "setting", "beta", "beta_norm", "c_max", "udr_within", "udr_a2a", "n_active", "feasible", "n_seeds"]
+        [
+            "family",
+            "setting",
+            "beta",
+            "beta_norm",
+            "c_max",
+            "guide_weight",
+            "udr_within",
+            "udr_a2a",
+            "n_active",
+            "feasible",
+            "n_seeds",
+        ]
     ]
 
 
