@@ -58,11 +58,13 @@ def write_processed(
     *,
     data_version: str | None = None,
     crop_fraction: float = 0.8,
+    guide: np.ndarray | None = None,
 ) -> dict:
     """data/processed as the preprocess stage writes it, from (images, labels[, factors[, rows]]) per split.
 
     Labels are 1 bad, 0 good, −1 unlabelled; rows default to consecutive numbers over the
-    splits. Returns meta.json's content; the data version defaults to the hash of the arrays.
+    splits. `guide` is the labelled split's guide mask (none: no photo guides a head). Returns
+    meta.json's content; the data version defaults to the hash of the arrays.
     """
     if set(splits) != set(SPLITS):
         raise ValueError(f"write_processed needs the splits {SPLITS}, got {sorted(splits)}")
@@ -82,6 +84,9 @@ def write_processed(
         }
         if factors is not None:
             arrays.update(factors=np.asarray(factors, np.float32), factor_names=np.asarray(list(factor_names)))
+        if name == "labelled" and guide is not None:
+            arrays["guide"] = np.asarray(guide, dtype=bool)
+            everything.append(arrays["guide"])
         save_split(folder, name, arrays)
         everything += [images, labels]
         counts[name] = {

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import warnings
 
@@ -17,6 +18,7 @@ from tubervae.classify import (
     label_efficiency,
     rank_threshold_rules,
     summarise_label_efficiency,
+    validation_rows,
 )
 from tubervae.models.pixel_cnn import pixel_cnn
 
@@ -364,3 +366,57 @@ def test_bad_inputs_raise_clear_errors():
     images, _ = bright_dark_images(0, n=40)
     with pytest.raises(ValueError, match="given together"):
         label_efficiency(latents, bad, latents, bad, train_images=images)
+
+
+# --- the rows a model's rule may be validated on ---------------------------------
+
+
+def test_validation_rows_are_the_holdout_labels_for_a_guided_model_and_all_labels_otherwise():
+    guide = np.array([True, False, True, False, False])
+    assert validation_rows(guide, True).tolist() == [False, True, False, True, True]
+    assert validation_rows(guide, False).tolist() == [True] * 5
+    assert validation_rows(np.zeros(0, dtype=bool), True).shape == (0,)
+    with pytest.raises(ValueError, match="labelled_guide_mask must be a 1-D boolean array"):
+        validation_rows(np.array([1, 0]), True)
+    with pytest.raises(TypeError, match="guided must be a bool, got 'yes'"):
+        validation_rows(guide, "yes")
+
+
+def _guided_processed(folder):
+    """A tiny processed folder whose labelled split's first 6 rows guide a head, and a guided champion's config."""
+    from conftest import write_processed
+
+    rng = np.random.default_rng(0)
+    splits = {}
+    for name, n in {"train": 12, "test": 12, "labelled": 12, "udr_probe": 4}.items():
+        labels = np.arange(n) % 2 if name in ("labelled", "test") else np.full(n, -1)
+        splits[name] = (rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), labels)
+    guide = np.arange(12) < 6
+    meta = write_processed(folder, splits, guide=guide)
+    return splits, guide, meta, {"image_size": 16, "data_version": meta["data_version"]}
+
+
+def test_the_classify_stage_gives_a_guided_champions_rules_only_its_holdout_labels(tmp_path):
+    from tubervae.stages import classify as stage
+
+    splits, guide, meta, config = _guided_processed(tmp_path)
+    plain = stage.load_photos(tmp_path, config, meta)
+    guided = stage.load_photos(tmp_path, {**config, "guided_component": 0}, meta)
+    assert plain.guided_component is None and len(plain.y_lab) == 12
+    assert guided.guided_component == 0 and len(guided.y_lab) == 6
+    np.testing.assert_array_equal(guided.x_lab, splits["labelled"][0][~guide])
+    np.testing.assert_array_equal(guided.y_lab, splits["labelled"][1][~guide] == 1)
+
+
+@pytest.mark.slow
+def test_the_classify_stage_reads_a_guided_champion_through_its_guided_component(tmp_path):
+    from tubervae.config import ClassifyConfig, Params
+    from tubervae.models.nets import VAE
+    from tubervae.stages import classify as stage
+
+    splits, _, meta, config = _guided_processed(tmp_path)
+    guided = stage.load_photos(tmp_path, {**config, "guided_component": 0}, meta)
+    torch.manual_seed(0)
+    params = dataclasses.replace(Params(), classify=ClassifyConfig(label_sizes=[6], n_draws=1, cnn_steps=2))
+    fitted = stage.fit(VAE(image_size=16, latent_dim=3), guided, splits["udr_probe"][0], params)
+    assert fitted.rule.component == 0 and len(fitted.z_lab) == 6

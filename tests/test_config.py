@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tubervae.config import ConfigError, Params, load_params, parse_params
+from tubervae.config import FAMILIES, ConfigError, Params, base_family, is_guided, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_project_params_file_is_valid():
     params = load_params(ROOT / "params.yaml")
-    assert set(params.search.spaces) == {"beta_vae", "beta_tcvae", "cbeta_vae"}
+    assert set(params.search.spaces) == {"beta_vae", "beta_tcvae", "cbeta_vae", "guided_beta_vae"}
     assert params.search.spaces["cbeta_vae"].c_max == [6.0, 12.0]
 
 
@@ -46,6 +46,21 @@ def test_defaults_apply_to_missing_sections():
         ),
         ({"search": {"spaces": {"beta_vae": {"grid": [{"beta": 1, "c_max": 2}]}}}}, "grid[0]: expected keys ['beta']"),
         ({"search": {"seeds": 2}, "udr": {"n_partners": 3}}, "udr.n_partners: 3 partners need at least 4 seeds"),
+        ({"preprocess": {"guide_fraction": 1.0}}, "preprocess.guide_fraction: 1.0 must be less than 1.0"),
+        ({"preprocess": {"guide_fraction": -0.1}}, "preprocess.guide_fraction: -0.1 is below the minimum 0.0"),
+        (
+            {"search": {"spaces": {"guided_beta_vae": {"beta": [1, 4]}}}},
+            "search.spaces.guided_beta_vae.guide_weight: guided_beta_vae searches the head's weight",
+        ),
+        (
+            {"search": {"spaces": {"guided_beta_vae": {"guide_weight": [0, 100]}}}},
+            "guided_beta_vae.guide_weight: the low end must be > 0, got 0.0",
+        ),
+        ({"search": {"spaces": {"beta_vae": {"guide_weight": [1, 2]}}}}, "only guided families search it"),
+        (
+            {"search": {"spaces": {"guided_beta_vae": {"guide_weight": [1, 2], "grid": [{"beta": 1}]}}}},
+            "grid[0]: expected keys ['beta', 'guide_weight']",
+        ),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_the_rule(raw, fragment):
@@ -159,3 +174,17 @@ def test_the_cli_refuses_a_duplicate_key_in_one_line_before_any_work(tmp_path):
         "last would count"
     )
     assert not (tmp_path / "data").exists()
+
+
+def test_guided_families_are_named_after_their_base_family():
+    assert [f for f in FAMILIES if is_guided(f)] == ["guided_beta_vae", "guided_beta_tcvae"]
+    assert all(base_family(f) in FAMILIES and not is_guided(base_family(f)) for f in FAMILIES)
+    space = parse_params(
+        {
+            "search": {
+                "spaces": {"guided_beta_vae": {"guide_weight": [10, 1000], "grid": [{"beta": 2, "guide_weight": 50}]}}
+            }
+        }
+    ).search.spaces["guided_beta_vae"]
+    assert space.guide_weight == [10.0, 1000.0] and space.grid == [{"beta": 2.0, "guide_weight": 50.0}]
+    assert parse_params({}).preprocess.guide_fraction == 0.5

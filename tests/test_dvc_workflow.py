@@ -275,6 +275,7 @@ def written_columns() -> dict[str, set[str]]:
             "family": ["beta_vae"] * 2,
             "beta": [2.0, 2.0],
             "c_max": [0.0, 0.0],
+            "guide_weight": [0.0, 0.0],
             "setting": ["2", "2"],
             "beta_norm": [0.01, 0.01],
             "udr_within": [0.5, 0.6],
@@ -285,7 +286,8 @@ def written_columns() -> dict[str, set[str]]:
         }
     )
     history = set(search.history_table(search_summary()).columns)
-    columns = {f"reports/plots/search_{family}.csv": history for family in ("beta_vae", "beta_tcvae", "cbeta_vae")}
+    families = yaml.safe_load((PROJECT / "params.yaml").read_text())["search"]["spaces"]
+    columns = {f"reports/plots/search_{family}.csv": history for family in families}
     columns["reports/plots/udr_vs_beta.csv"] = set(udr.settings_table(frame).columns)
     columns["reports/plots/herd.csv"] = set(udr.HERD_COLUMNS) - {"run_id"}
     columns["reports/plots/udr_vs_supervised.csv"] = set(evaluate.PLOT_COLUMNS)

@@ -210,8 +210,22 @@ def test_checkpoint_of_other_settings_is_ignored(float64, images, tmp_path, capl
         ([], "at least one job"),
         ([JOBS[0], JOBS[0]], "same \\(setting, seed\\) twice"),
         ([FusedJob(JOBS[0].setting, 0, "a.pt"), FusedJob(JOBS[0].setting, 1, "a.pt")], "one checkpoint path"),
+        (
+            [JOBS[0], FusedJob(Setting("guided_beta_vae", 4.0, guide_weight=10.0), 1)],
+            "train_fused does not train guided families \\(guided_beta_vae\\)",
+        ),
     ],
 )
 def test_bad_job_lists_are_refused(images, jobs, message):
     with pytest.raises(ValueError, match=message):
         fused(jobs, config(steps=2), images)
+
+
+def test_a_guided_familys_seeds_never_fuse_and_always_is_refused_for_it():
+    from tubervae.config import ConfigError
+    from tubervae.runs.seed_trainers import fuse_seeds
+
+    assert fuse_seeds(config(fuse="always"), "beta_vae")
+    assert not fuse_seeds(config(fuse="auto"), "guided_beta_vae")
+    with pytest.raises(ConfigError, match="train.fuse: 'always' cannot train guided_beta_vae"):
+        fuse_seeds(config(fuse="always"), "guided_beta_vae")

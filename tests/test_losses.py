@@ -14,6 +14,8 @@ from tubervae.models.losses import (
     BetaTCVAE,
     BetaVAE,
     CapacityBetaVAE,
+    GuidedBetaTCVAE,
+    GuidedBetaVAE,
     VAELoss,
     capacity,
     kl_per_component,
@@ -22,7 +24,7 @@ from tubervae.models.losses import (
     make_loss,
     reconstruction_loss,
 )
-from tubervae.models.nets import VAE, VAEOutput
+from tubervae.models.nets import VAE, GuideHead, VAEOutput
 
 LOG4 = math.log(4.0)
 
@@ -265,7 +267,17 @@ def test_registry_matches_classes_and_config_order():
     assert routed["loss"].item() == direct["loss"].item()
     assert BetaTCVAE.hyperparameter_names() == (("beta", "dataset_size"), ("estimator", "rec_kind"))
     assert FAMILIES is CONFIG_FAMILIES
-    assert tuple(LOSSES) == FAMILIES == ("beta_vae", "beta_tcvae", "cbeta_vae")
+    assert (
+        tuple(LOSSES)
+        == FAMILIES
+        == (
+            "beta_vae",
+            "beta_tcvae",
+            "cbeta_vae",
+            "guided_beta_vae",
+            "guided_beta_tcvae",
+        )
+    )
     assert all(cls.family == family and issubclass(cls, VAELoss) for family, cls in LOSSES.items())
 
 
@@ -399,3 +411,76 @@ def test_gradients_reach_every_parameter_and_are_finite(family, hyper):
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
     assert any(p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+# --- guided families ----------------------------------------------------------------
+
+
+def test_guided_loss_is_the_base_loss_plus_weighted_cross_entropy_of_the_head_by_hand():
+    x, out = _one_half_nat_output()
+    logits, bad = torch.tensor([0.0, 2.0, -1.0]), torch.tensor([1.0, 1.0, 0.0])
+    bce = (math.log(2) + math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0))) / 3
+    base = BetaVAE(beta=3.0)(x, out, 0)
+    guided = make_loss("guided_beta_vae", beta=3.0, guide_weight=10.0)(x, out, 0, guide_logits=logits, guide_labels=bad)
+    assert guided["guide_bce"].item() == pytest.approx(bce, rel=1e-6)
+    assert guided["loss"].item() == pytest.approx(base["loss"].item() + 10 * bce, rel=1e-6)
+    assert guided["rec"].item() == base["rec"].item() and guided["kl"].item() == base["kl"].item()
+    tc = GuidedBetaTCVAE(beta=2.0, guide_weight=5.0, dataset_size=100)
+    tc_terms = tc(x, out, 0, guide_logits=logits, guide_labels=bad)
+    plain = BetaTCVAE(beta=2.0, dataset_size=100)(x, out, 0)
+    assert tc_terms["loss"].item() == pytest.approx(plain["loss"].item() + 5 * bce, rel=1e-6)
+    assert isinstance(make_loss("guided_beta_tcvae", **tc.hyperparameters), GuidedBetaTCVAE)
+    assert tc.hyperparameters == {
+        "beta": 2.0,
+        "guide_weight": 5.0,
+        "dataset_size": 100,
+        "estimator": "stratified",
+        "rec_kind": "bernoulli",
+    }
+
+
+def test_guided_loss_at_weight_zero_gives_the_base_familys_gradients_exactly():
+    torch.manual_seed(0)
+    model, head = VAE(image_size=16, latent_dim=3), GuideHead(0)
+    x, x_guide = torch.rand(4, 3, 16, 16), torch.rand(5, 3, 16, 16)
+
+    def grads(loss):
+        model.zero_grad()
+        torch.manual_seed(1)
+        guide = {}
+        if loss.guided:  # the head on the guide batch's component 0, a graph of its own each call
+            guide = {"guide_logits": head(model.encode(x_guide)[0]), "guide_labels": torch.tensor([1.0, 0, 1, 0, 1])}
+        loss(x, model(x), 0, **guide)["loss"].backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for family_loss, guided_loss in (
+        (BetaVAE(4.0), GuidedBetaVAE(4.0, guide_weight=0.0)),
+        (BetaTCVAE(4.0, 10), GuidedBetaTCVAE(4.0, 0.0, 10)),
+    ):
+        assert all(torch.equal(a, b) for a, b in zip(grads(family_loss), grads(guided_loss)))
+    weighted = grads(GuidedBetaVAE(4.0, guide_weight=1.0))
+    assert not all(torch.equal(a, b) for a, b in zip(grads(BetaVAE(4.0)), weighted))
+
+
+def test_guided_loss_needs_the_guide_batch_and_a_weight_of_zero_or_more():
+    x, out = _one_half_nat_output()
+    loss = GuidedBetaVAE(1.0, guide_weight=1.0)
+    with pytest.raises(ValueError, match="guided_beta_vae needs guide_logits and guide_labels"):
+        loss(x, out, 0)
+    with pytest.raises(ValueError, match="two non-empty vectors of one length"):
+        loss(x, out, 0, guide_logits=torch.zeros(3), guide_labels=torch.zeros(2))
+    with pytest.raises(ValueError, match="guide_weight must be a finite number >= 0.0, got -1.0"):
+        GuidedBetaVAE(1.0, guide_weight=-1.0)
+    with pytest.raises(ValueError, match=r"family 'guided_beta_vae' needs hyperparameter\(s\) \('guide_weight',\)"):
+        make_loss("guided_beta_vae", beta=1.0)
+    assert not BetaVAE.guided and GuidedBetaVAE.guided
+
+
+def test_guide_head_reads_one_component_and_starts_without_randomness():
+    state = torch.get_rng_state()
+    head = GuideHead(1)
+    assert torch.equal(torch.get_rng_state(), state)
+    mu = torch.tensor([[5.0, 2.0], [5.0, -1.0]])
+    assert torch.equal(head(mu), torch.tensor([2.0, -1.0]))
+    with pytest.raises(ValueError, match=r"mu must have shape \(batch, d\) with d > 1"):
+        head(torch.zeros(2, 1))

@@ -253,15 +253,17 @@ def test_changed_param_reruns_preprocess_only(dvc_project):
 def test_invalid_param_fails_the_stage_without_output(dvc_project):
     root = dvc_project["root"]
     raw_before = snapshot(root / "data/raw")
+    processed_before = snapshot(root / "data/processed") if (root / "data/processed").exists() else None
     lock_before = (root / "dvc.lock").read_text()
     try:
         write_params(root, tiny_params(preprocess={"image_size": 20}))
         failed = repro(root)
         assert failed.returncode != 0
         assert "preprocess.image_size: 20 is not one of [16, 32, 64, 128]" in failed.stdout
-        assert "failed to reproduce 'preprocess'" in failed.stdout
-        # DVC cleared the old output before the run; the stage wrote nothing, not even a partial folder.
-        assert sorted(p.name for p in (root / "data").iterdir()) == ["raw"]
+        # Every stage validates the whole file, so the first one to run (source, which always runs) stops the
+        # pipeline; preprocess wrote nothing, not even a partial folder.
+        assert "failed to reproduce 'source'" in failed.stdout
+        assert not (root / "data" / "processed").exists() or snapshot(root / "data/processed") == processed_before
         assert snapshot(root / "data/raw") == raw_before
         assert (root / "dvc.lock").read_text() == lock_before
     finally:

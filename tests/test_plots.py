@@ -61,6 +61,14 @@ def test_traversal_figure_grid_and_labels():
     np.testing.assert_allclose(ax.get_xticks(), [1.5, 6.5, 11.5, 16.5, 21.5])
 
 
+def test_traversal_figure_names_a_guided_component():
+    fig = plots.traversal_figure(_images(3, 5, 4, 4), kl=[0.5, 0.004, 1.25], guided=0)
+    (ax,) = _image_axes(fig)
+    assert _tick_labels(ax.yaxis) == ["z0  KL=0.50  guided: good/bad", "z1  KL=0.00", "z2  KL=1.25"]
+    with pytest.raises(ValueError, match=r"guided must be a component index in 0..2, got 3"):
+        plots.traversal_figure(_images(3, 5, 4, 4), guided=3)
+
+
 def test_traversal_figure_accepts_uint8_and_scales_it():
     images = np.full((1, 2, 2, 2, 3), 255, dtype=np.uint8)
     fig = plots.traversal_figure(images)

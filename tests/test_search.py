@@ -113,7 +113,7 @@ def merged(base: dict, **sections) -> dict:
     return out
 
 
-def write_processed_discs(folder: Path, size: int = 16, seed: int = 0) -> None:
+def write_processed_discs(folder: Path, size: int = 16, seed: int = 0, guide: np.ndarray | None = None) -> None:
     """data/processed as the preprocess stage writes it: bright discs at random places, sizes, brightness."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -127,7 +127,9 @@ def write_processed_discs(folder: Path, size: int = 16, seed: int = 0) -> None:
         gray = (disc * f[:, 3, None, None] * 255).astype(np.uint8)
         labels = -np.ones(n, np.int64) if name == "udr_probe" else (f[:, 2] > 3).astype(np.int64)
         splits[name] = (np.repeat(gray[..., None], 3, axis=-1), labels, f)
-    write_processed(folder, splits, ["x", "y", "radius", "brightness"], data_version=f"discs-{size}-{seed}")
+    write_processed(
+        folder, splits, ["x", "y", "radius", "brightness"], data_version=f"discs-{size}-{seed}", guide=guide
+    )
 
 
 @pytest.fixture
@@ -1085,6 +1087,38 @@ def test_a_search_killed_between_segments_resumes_each_seed_from_its_checkpoint(
     assert sorted(m.step for m in c.get_metric_history(seed1, "loss")) == [10, 15, 20]
     finished = [r for r in runs if r.data.tags.get("kind") == "vae" and r.info.status == "FINISHED"]
     assert sorted(r.info.run_id for r in finished) == sorted([seed0, seed1])
+
+
+def test_a_guided_study_searches_the_heads_weight_and_scores_its_seeds_without_the_guided_component(
+    project, no_pictures
+):
+    family = "guided_beta_vae"
+    raw = merged(
+        RAW_PARAMS,
+        search={"spaces": {family: {"n_trials": 1, "beta": [1.0, 8.0], "guide_weight": [10.0, 100.0]}}},
+    )
+    paths = dict(
+        root=project,
+        processed_dir=project / "data" / "processed",
+        reports_dir=project / "reports" / "search",
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="family 'guided_beta_vae' is guided, but the labelled split holds no guide"):
+        search.run(parse_params(raw), family, **paths)
+    write_processed_discs(project / "data" / "processed", guide=np.arange(16) < 8)
+    summary = search.run(parse_params(raw), family, **paths)
+    (trial,) = summary["trials"]
+    assert trial["state"] == "COMPLETE" and 10.0 <= trial["params"]["guide_weight"] <= 100.0
+    tracker = Tracker(project)
+    runs = [client(project).get_run(rid) for rid in trial["seed_run_ids"]]
+    assert {(r.data.params["guided_component"], r.data.params["n_guide"]) for r in runs} == {("0", "8")}
+    assert {float(r.data.params["guide_weight"]) for r in runs} == {trial["params"]["guide_weight"]}
+    latents = [vae_artifacts.latents(tracker, rid) for rid in trial["seed_run_ids"]]
+    mus, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
+    without = udr_scores(mus, kls, similarity="spearman", excluded=[(0,), (0,)])
+    assert trial["udr_per_seed"] == pytest.approx(np.nan_to_num(without.scores))
+    assert trial["n_active"] == float(np.median(without.n_informative))
+    assert without.n_informative.tolist() != udr_scores(mus, kls, similarity="spearman").n_informative.tolist()
 
 
 def test_prune_at_must_be_increasing_fractions():

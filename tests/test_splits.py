@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tubervae.data.splits import BAD, GOOD, UNLABELLED, encode_labels, fingerprint, split_indices
+from tubervae.data.splits import BAD, GOOD, UNLABELLED, encode_labels, fingerprint, guide_mask, split_indices
 
 
 def make_labels(n_good=60, n_bad=240, n_unlabelled=50, seed=0):
@@ -67,3 +67,28 @@ def test_fingerprint_changes_with_content_dtype_and_shape():
     assert fingerprint(a) != fingerprint(b)
     assert fingerprint(a) != fingerprint(a.reshape(3, 2))
     assert fingerprint(a) != fingerprint(a.astype(np.int16))
+
+
+def test_guide_mask_takes_a_seeded_share_of_each_class_and_never_an_unlabelled_row():
+    labels = np.array([GOOD] * 10 + [BAD] * 6 + [UNLABELLED] * 4)
+    guide = guide_mask(labels, fraction=0.5, seed=3)
+    assert guide.dtype == bool and guide.shape == labels.shape
+    assert (guide[labels == GOOD].sum(), guide[labels == BAD].sum(), guide[labels == UNLABELLED].sum()) == (5, 3, 0)
+    assert np.array_equal(guide, guide_mask(labels, fraction=0.5, seed=3))
+    assert not np.array_equal(guide, guide_mask(labels, fraction=0.5, seed=4))
+    assert not guide_mask(labels, fraction=0.0, seed=3).any()
+    assert guide_mask(labels, fraction=0.9, seed=3)[labels >= 0].sum() == 9 + 5
+
+
+def test_guide_mask_leaves_the_other_splits_as_they_were():
+    labels = np.array([GOOD, BAD] * 50)
+    before = split_indices(labels, test_fraction=0.2, labelled_per_class=10, probe_size=20, seed=0)
+    guide_mask(labels[before["labelled"]], fraction=0.5, seed=0)
+    after = split_indices(labels, test_fraction=0.2, labelled_per_class=10, probe_size=20, seed=0)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("fraction", [1.0, -0.1, True, "half"])
+def test_guide_mask_refuses_a_share_outside_0_to_1(fraction):
+    with pytest.raises(ValueError, match=r"fraction \(preprocess.guide_fraction\) must be in \[0, 1\)"):
+        guide_mask(np.array([GOOD, BAD]), fraction=fraction, seed=0)

@@ -827,3 +827,116 @@ def test_the_fused_adam_updates_as_pytorchs_per_tensor_adam_does():
     moved = max((p - q).abs().max().item() for p, q in zip(nets[0].parameters(), start))
     gap = max((p - q).abs().max().item() for p, q in zip(nets[0].parameters(), nets[1].parameters()))
     assert moved > 1e-3 and gap < 1e-12
+
+
+# --------------------------------------------------------------------------- guided families
+
+
+def guided_discs(folder: Path, *, flip: str = "") -> stage.TrainingData:
+    """Tiny disc photos with labels everywhere: labelled rows 0..7 guide, 8..15 are the holdout labels.
+
+    `flip` turns good into bad and back in one place: "holdout" (the labelled rows that do not guide),
+    "test" (the test split's labels) or "guide" (one guide row).
+    """
+    rng = np.random.default_rng(0)
+    splits = {}
+    for name, n in SPLIT_SIZES.items():
+        images, factors = disc_images(n, rng)
+        labels = np.arange(n) % 2 if name in ("labelled", "test") else np.full(n, -1)
+        splits[name] = [images, labels, factors]
+    guide = np.arange(SPLIT_SIZES["labelled"]) < 8
+    labelled, test = splits["labelled"][1], splits["test"][1]
+    if flip == "holdout":
+        labelled[~guide] = 1 - labelled[~guide]
+    elif flip == "test":
+        splits["test"][1] = 1 - test
+    elif flip == "guide":
+        labelled[3] = 1 - labelled[3]
+    write_processed(folder, {k: tuple(v) for k, v in splits.items()}, FACTOR_NAMES, guide=guide)
+    return stage.load_training_data(folder)
+
+
+def guided_train(data: stage.TrainingData, cfg: TrainConfig, setting: Setting, **kwargs):
+    return train(data, cfg, setting, guide_images=data.guide_images, guide_labels=data.guide_labels, **kwargs)
+
+
+def test_a_guided_family_with_weight_zero_trains_exactly_like_its_family(tmp_path):
+    data = guided_discs(tmp_path / "p")
+    cfg = tiny_cfg(steps=6)
+    for family, beta in (("beta_vae", 4.0), ("beta_tcvae", 2.0)):
+        plain = train(data, cfg, Setting(family, beta), seed=1)
+        zero = guided_train(data, cfg, Setting(f"guided_{family}", beta, guide_weight=0.0), seed=1)
+        assert_same_weights(plain.model.state_dict(), zero.model.state_dict())
+        assert zero.metrics["guide_head_weight"] == 1.0  # its head learnt nothing either
+        weighted = guided_train(data, cfg, Setting(f"guided_{family}", beta, guide_weight=50.0), seed=1)
+        assert not torch.equal(
+            plain.model.state_dict()["encoder.mean.weight"], weighted.model.state_dict()["encoder.mean.weight"]
+        )
+
+
+def test_the_guided_head_sees_only_the_labelled_splits_guide_rows(tmp_path):
+    """Flipping the holdout labels or the test labels changes nothing; flipping one guide label does."""
+    cfg = tiny_cfg(steps=6)
+    setting = Setting("guided_beta_vae", 4.0, guide_weight=50.0)
+    base = guided_discs(tmp_path / "base")
+    assert len(base.guide_images) == 8 and base.guide_labels.tolist() == [0, 1] * 4
+    reference = guided_train(base, cfg, setting).model.state_dict()
+    for flip in ("holdout", "test"):
+        flipped = guided_discs(tmp_path / flip, flip=flip)
+        assert_same_weights(reference, guided_train(flipped, cfg, setting).model.state_dict())
+    poisoned = guided_train(guided_discs(tmp_path / "guide", flip="guide"), cfg, setting).model.state_dict()
+    assert not torch.equal(reference["encoder.mean.weight"], poisoned["encoder.mean.weight"])
+
+
+def test_a_guided_run_in_segments_resumes_its_head_and_guide_draws_to_the_weights_of_one_go(tmp_path):
+    data = guided_discs(tmp_path / "p")
+    cfg = tiny_cfg(steps=10, checkpoint_every=3)
+    setting = Setting("guided_beta_vae", 4.0, guide_weight=20.0)
+    one = guided_train(data, cfg, setting)
+    path = tmp_path / "guided.pt"
+    for stop in (5, None):
+        outcome = guided_train(data, cfg, setting, checkpoint_path=path, stop_at=stop)
+    assert_same_weights(one.model.state_dict(), outcome.model.state_dict())
+    assert outcome.metrics["guide_head_weight"] == one.metrics["guide_head_weight"] != 1.0
+
+
+def test_a_guided_family_without_guide_photos_is_refused_and_a_weight_needs_a_guided_family(data):
+    with pytest.raises(ValueError, match="guided_beta_vae needs guide_images and guide_labels"):
+        train(data, tiny_cfg(steps=2), Setting("guided_beta_vae", 4.0, guide_weight=1.0))
+    assert len(data.guide_images) == 0  # data/processed without a guide array: no photo guides
+    with pytest.raises(ValueError, match="guide_weight 2.0 needs a guided family"):
+        Setting("beta_vae", 4.0, guide_weight=2.0)
+    assert Setting("guided_beta_vae", 2.61, guide_weight=300.0).label == "2.61_300"
+
+
+def test_a_guided_run_logs_its_weight_and_component_and_keeps_unguided_run_keys(tmp_path, empty_mlflow_db, no_figures):
+    guided_discs(tmp_path / "data" / "processed")
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    result = run_stage(tmp_path, tiny_cfg(steps=3), family="guided_beta_vae", guide_weight=30.0)
+    run = client_for(tmp_path).get_run(result["run_id"])
+    assert {k: run.data.params[k] for k in ("family", "guide_weight", "guided_component", "n_guide")} == {
+        "family": "guided_beta_vae",
+        "guide_weight": "30.0",
+        "guided_component": "0",
+        "n_guide": "8",
+    }
+    assert "guide_head_weight" in run.data.metrics and "final_guide_bce" in run.data.metrics
+    _, config = vae_artifacts.load_vae(Tracker.open(tmp_path), result["run_id"])
+    assert config["guided_component"] == 0 and config["guide_weight"] == 30.0
+    # an unguided setting's identity holds no guide_weight, so its runs keep the keys they had
+    assert "guide_weight" not in checkpoint_identity(BETA_4, 0, tiny_cfg(), "v", SIZE)["setting"]
+
+
+def test_the_traversal_names_the_guided_component(data, monkeypatch):
+    seen = {}
+
+    def traversal(images, **kwargs):
+        seen.update(kwargs)
+        return "figure"
+
+    monkeypatch.setattr(stage.plots, "traversal_figure", traversal)
+    monkeypatch.setattr(stage.plots, "distribution_figure", lambda *a, **k: None)
+    monkeypatch.setattr(stage.plots, "reconstruction_figure", lambda *a, **k: None)
+    model = VAE(image_size=SIZE, latent_dim=LATENT)
+    assert stage.figures(model, data.probe, kl_threshold=INFORMATIVE_KL, guided=0)["traversal.png"] == "figure"
+    assert seen["guided"] == 0

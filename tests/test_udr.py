@@ -419,3 +419,30 @@ def test_model_scores_match_an_independent_reference(similarity, aggregate):
     if similarity == "lasso":  # the side matters: scoring model i by its own row would rank differently
         by_row = np.array([np.median(np.delete(pairs[i], i)) for i in range(5)])
         assert not np.allclose(by_row, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("similarity", ["lasso", "spearman"])
+def test_excluded_components_score_as_if_uninformative(similarity):
+    """A guided model's component 0 is left out of UDR: its scores are those of KL 0 there, whatever z0 holds."""
+    reps, kls = _four_models(np.random.default_rng(12))
+    excluded = [(0,), (0,), (), (0,)]
+    res = udr_scores(reps, kls, similarity=similarity, excluded=excluded)
+    silenced = [k.copy() for k in kls]
+    for k, components in zip(silenced, excluded):
+        k[list(components)] = 0.0
+    same = udr_scores(reps, silenced, similarity=similarity)
+    assert np.array_equal(res.scores, same.scores) and res.n_informative.tolist() == [2, 3, 3, 3]
+    scrambled = [r.copy() for r in reps]
+    for r, components in zip(scrambled, excluded):
+        if components:
+            r[:, 0] = np.random.default_rng(0).normal(size=len(r))  # what the labels did to z0 does not count
+    assert np.array_equal(udr_scores(scrambled, kls, similarity=similarity, excluded=excluded).scores, res.scores)
+    assert not np.array_equal(udr_scores(reps, kls, similarity=similarity).scores, res.scores)
+
+
+def test_excluded_components_are_checked():
+    reps, kls = _four_models(np.random.default_rng(13))
+    with pytest.raises(ValueError, match="excluded must list components for each of the 4 models, got 2"):
+        udr_scores(reps, kls, excluded=[(0,), (0,)])
+    with pytest.raises(ValueError, match=r"excluded\[1\] holds 4, not a component of model 1 \(0..3\)"):
+        udr_scores(reps, kls, excluded=[(), (4,), (), ()])

@@ -110,13 +110,15 @@ def log_model(
     data_version: str,
     mu: np.ndarray,
     kl: np.ndarray,
+    guide_weight: float = 0.0,
 ) -> str:
     """A finished VAE run as the training stage leaves it, as far as the udr stage reads it."""
-    setting = Setting(family=family, beta=beta, c_max=c_max)
+    setting = Setting(family=family, beta=beta, c_max=c_max, guide_weight=guide_weight)
     tags = {"kind": "vae", "family": family, "setting": setting.label, "seed": seed}
+    guide = {"guide_weight": guide_weight, "guided_component": 0} if setting.guided else {}
     with tracker.run(f"{family} {setting.label} seed {seed}", tags=tags) as rid:
         tracker.log_params(
-            rid, {"family": family, "beta": beta, "c_max": c_max, "seed": seed, "data_version": data_version}
+            rid, {"family": family, "beta": beta, "c_max": c_max, "seed": seed, "data_version": data_version, **guide}
         )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "latents.npz"
@@ -391,6 +393,43 @@ def test_a_run_handed_over_in_another_experiment_is_refused_in_one_line(udr_root
     assert "'Default'" in message and "--experiment-name tubervae" in message
     assert not (root / "reports" / "udr").exists()  # nothing was ranked
     assert not tracker.client.get_run(elsewhere).data.params
+
+
+def test_guided_runs_are_ranked_over_their_unsupervised_components_within_their_own_weight(udr_root):
+    """The udr stage reads `guided_component` from a run's params and leaves it out of UDR; a guided
+    family's settings differ by λ too, so two λ at one β are two settings."""
+    root, tracker = udr_root["root"], udr_root["tracker"]
+    rng = np.random.default_rng(11)
+    truth = rng.normal(size=(N_PROBE, 3))
+    guided = {}
+    for weight in (100.0, 300.0):
+        for seed in (0, 1):
+            mu, kl = clean_copy(truth, [0, 1, 2], 2, rng)
+            mu[:, 0] = rng.normal(size=N_PROBE)  # what the labels made of z0: unlike across seeds
+            rid = log_model(
+                tracker,
+                family="guided_beta_vae",
+                beta=2.0,
+                seed=seed,
+                data_version=udr_root["version"],
+                mu=mu.astype(np.float32),
+                kl=kl,
+                guide_weight=weight,
+            )
+            guided[rid] = (weight, mu.astype(np.float32), kl)
+    shutil.rmtree(root / "reports" / "search")  # every finished run is ranked
+    udr_stage.run(Params(), **stage_paths(root))
+    ranked = pd.read_csv(root / "reports" / "udr" / "models.csv").set_index("run_id")
+    for weight in (100.0, 300.0):
+        runs = [rid for rid, (w, _, _) in guided.items() if w == weight]
+        kls = [guided[rid][2].copy() for rid in runs]
+        for k in kls:
+            k[0] = 0.0
+        expected = udr_scores([guided[rid][1] for rid in runs], kls)
+        assert ranked.loc[runs, "udr_within"].to_numpy() == pytest.approx(expected.scores, abs=1e-9)
+        assert ranked.loc[runs, "n_active"].tolist() == expected.n_informative.tolist()
+    table = pd.read_csv(root / "reports" / "udr" / "guided_beta_vae.csv")
+    assert sorted(table["param"]) == ["2_100", "2_300"]
 
 
 def test_clear_errors_without_models(tmp_path, empty_mlflow_db):
@@ -676,3 +715,27 @@ def test_per_factor_mig_over_the_informative_components_ignores_a_collapsed_copy
     assert result["factors"]["y"]["mig_informative"] == pytest.approx(published[1], abs=0.01) and published[1] >= 0.2
     assert result["captured"] == 1 and result["captured_informative"] == 2
     assert result["factors"]["x"]["mig_informative"] == pytest.approx(mig(mu[:, :2], factors)["mig_per_factor"][0])
+
+
+def test_the_evaluate_stages_udr_leaves_a_guided_component_out_as_the_udr_stage_does():
+    rng = np.random.default_rng(5)
+    truth = rng.normal(size=(N_PROBE, 3))
+    latents = [dict(zip(("mu", "kl"), clean_copy(truth, [0, 1, 2], 2, rng))) for _ in range(4)]
+    for z in latents[:2]:  # the guided models' z0: informative, and unlike anything in the other models
+        z["mu"][:, 0], z["kl"][0] = rng.normal(size=N_PROBE), 1.0
+    models = pd.DataFrame(
+        {
+            "family": ["guided_beta_vae"] * 2 + ["beta_vae"] * 2,
+            "beta": 2.0,
+            "c_max": 0.0,
+            "guide_weight": [9.0, 9.0, 0, 0],
+        }
+    )
+    unguided = evaluate_stage.udr_variants(models, latents, Params())
+    models["guided_component"] = [0, 0, -1, -1]
+    variants = evaluate_stage.udr_variants(models, latents, Params())
+    kls = [z["kl"].copy() for z in latents]
+    kls[0][0] = kls[1][0] = 0.0
+    expected = udr_scores([z["mu"] for z in latents], kls, similarity="spearman")
+    assert variants["udr_a2a_spearman"].to_numpy() == pytest.approx(expected.scores)
+    assert not np.allclose(unguided["udr_a2a_spearman"], variants["udr_a2a_spearman"])

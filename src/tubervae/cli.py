@@ -80,6 +80,7 @@ def cmd_train(args, params: Params) -> None:
         family=args.family,
         beta=args.beta,
         c_max=args.c_max,
+        guide_weight=args.guide_weight,
         seed=args.seed,
         kl_threshold=params.udr.kl_threshold,
         root=args.root,
@@ -245,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", required=True, choices=FAMILIES)
     p.add_argument("--beta", type=float, required=True)
     p.add_argument("--c-max", type=float, default=0.0, help="capacity C_max in nats (cbeta_vae only)")
+    p.add_argument(
+        "--guide-weight", type=float, default=0.0, help="λ of the logistic head on component 0 (guided_* families only)"
+    )
     p.add_argument("--seed", type=_whole, default=0)
     p.add_argument("--steps", type=int, help="override train.steps")
     p.set_defaults(fn=cmd_train)

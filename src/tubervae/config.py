@@ -19,7 +19,11 @@ from typing import Any
 import yaml
 
 # The vocabulary of the settings: every module that needs one of these lists imports it from here.
-FAMILIES = ("beta_vae", "beta_tcvae", "cbeta_vae")  # the thesis's order: β-VAE, β-TCVAE, Cβ-VAE
+# The thesis's order: β-VAE, β-TCVAE, Cβ-VAE; then the label-guided variants (`guided_<family>`): the family's
+# loss plus a logistic head that ties latent component GUIDED_COMPONENT to good/bad (models/losses.py).
+FAMILIES = ("beta_vae", "beta_tcvae", "cbeta_vae", "guided_beta_vae", "guided_beta_tcvae")
+GUIDED_PREFIX = "guided_"
+GUIDED_COMPONENT = 0  # the latent component a guided family's head reads (its traversal: what makes a tuber bad)
 REC_KINDS = ("bernoulli", "gaussian")
 TC_ESTIMATORS = ("stratified", "weighted")
 SIMILARITIES = ("lasso", "spearman")
@@ -51,6 +55,16 @@ OBSERVATION_ONLY_KEYS = (
     "fuse",  # a fused model equals its separately trained twin (tests/test_fused.py)
     "figures",
 )
+
+
+def is_guided(family: str) -> bool:
+    """Whether `family` is a label-guided variant (`guided_<family>`)."""
+    return family.startswith(GUIDED_PREFIX)
+
+
+def base_family(family: str) -> str:
+    """The unsupervised family a guided variant adds its head to (the family itself when unguided)."""
+    return family.removeprefix(GUIDED_PREFIX)
 
 
 class ConfigError(ValueError):
@@ -90,6 +104,9 @@ class PreprocessConfig:
     labelled_per_class: int = _rule(100, min=1)
     probe_size: int = _rule(1000, min=2)
     seed: int = _rule(0, min=0)
+    # Share of each class of the labelled split that a guided family's head may train on (the rest, the
+    # holdout labels, alone place a guided component's threshold and estimate it).
+    guide_fraction: float = _rule(0.5, min=0.0, open_max=1.0)
 
 
 @dataclass(frozen=True)
@@ -131,7 +148,8 @@ class SearchSpace:
     beta: list = _rule(default_factory=lambda: [1.0, 18.0])
     beta_log: bool = _rule(True)
     c_max: list = _rule(default_factory=list)
-    grid: list = _rule(default_factory=list)  # list of {beta: .., c_max: ..} points
+    guide_weight: list = _rule(default_factory=list)  # guided families: [low, high] of λ, searched on a log scale
+    grid: list = _rule(default_factory=list)  # list of {beta: .., c_max: ..} points (guided: .., guide_weight: ..)
 
 
 @dataclass(frozen=True)
@@ -291,7 +309,17 @@ def _fractions(where: str, value: Any) -> list:
 def validate_space(family: str, space: SearchSpace, where: str) -> SearchSpace:
     """Check that a family's search space has exactly the hyperparameters the family uses."""
     beta = _range(f"{where}.beta", space.beta, positive=True)
-    if family == "cbeta_vae":
+    if is_guided(family):
+        if not space.guide_weight:
+            raise ConfigError(
+                f"{where}.guide_weight: {family} searches the head's weight λ: give [low, high], e.g. [30, 1000]"
+            )
+        guide_weight = _range(f"{where}.guide_weight", space.guide_weight, positive=True)  # log scale: low > 0
+    elif space.guide_weight:
+        raise ConfigError(f"{where}.guide_weight: only guided families search it; remove it from {family}")
+    else:
+        guide_weight = []
+    if base_family(family) == "cbeta_vae":
         c_max = _range(f"{where}.c_max", space.c_max, positive=False)
         if c_max[0] < 0:
             raise ConfigError(f"{where}.c_max: capacity must be >= 0, got {c_max!r}")
@@ -303,7 +331,8 @@ def validate_space(family: str, space: SearchSpace, where: str) -> SearchSpace:
     for i, point in enumerate(space.grid):
         if not isinstance(point, dict) or "beta" not in point:
             raise ConfigError(f"{where}.grid[{i}]: expected a mapping with 'beta', got {point!r}")
-        wanted = {"beta", "c_max"} if family == "cbeta_vae" else {"beta"}
+        wanted = {"beta", "c_max"} if base_family(family) == "cbeta_vae" else {"beta"}
+        wanted |= {"guide_weight"} if is_guided(family) else set()
         if set(point) != wanted:
             raise ConfigError(f"{where}.grid[{i}]: expected keys {sorted(wanted)}, got {sorted(point)}")
         grid.append(
@@ -312,7 +341,7 @@ def validate_space(family: str, space: SearchSpace, where: str) -> SearchSpace:
                 for k, v in point.items()
             }
         )
-    return dataclasses.replace(space, beta=beta, c_max=c_max, grid=grid)
+    return dataclasses.replace(space, beta=beta, c_max=c_max, guide_weight=guide_weight, grid=grid)
 
 
 def parse_params(raw: dict | None) -> Params:

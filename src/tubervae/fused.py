@@ -346,6 +346,12 @@ def train_fused(
     """
     if not jobs:
         raise ValueError("train_fused needs at least one job")
+    guided = sorted({job.setting.family for job in jobs if job.setting.guided})
+    if guided:
+        raise ValueError(
+            f"train_fused does not train guided families ({', '.join(guided)}): their head needs a guide batch per "
+            "step; set train.fuse to auto or never, and they train one model each"
+        )
     end = segment_end(cfg, stop_at, resumable=all(job.checkpoint_path for job in jobs))
     keys = [(job.setting, job.seed) for job in jobs]
     if len(set(keys)) != len(keys):

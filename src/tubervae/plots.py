@@ -242,12 +242,13 @@ def image_grid_figure(rows, titles=None, row_labels=None) -> Figure:
     return fig
 
 
-def traversal_figure(images, kl=None, values=None) -> Figure:
+def traversal_figure(images, kl=None, values=None, guided: int | None = None) -> Figure:
     """Latent traversal (thesis §2.3.1): row i shows component i varied, others fixed.
 
     ``images`` is ``(d, m, h, w, 3)``; ``kl`` (length d) labels each row so uninformative
     rows are easy to skip; ``values`` (length m) are the offsets shown as column titles,
-    by default evenly spaced from -2 to 2.
+    by default evenly spaced from -2 to 2. ``guided`` names the row of a guided family's
+    component ("guided: good/bad"): what the model thinks makes a tuber bad.
     """
     grid = _images("images", images, 5)
     d, m = grid.shape[:2]
@@ -259,6 +260,10 @@ def traversal_figure(images, kl=None, values=None) -> Figure:
     else:
         kl = _vector("kl", kl, d)
         row_labels = [f"z{i}  KL={k:.2f}" for i, k in enumerate(kl)]
+    if guided is not None:
+        if isinstance(guided, bool) or not isinstance(guided, (int, np.integer)) or not 0 <= guided < d:
+            raise ValueError(f"guided must be a component index in 0..{d - 1}, got {guided!r}")
+        row_labels[guided] = f"{row_labels[guided]}  guided: good/bad"
     titles = [f"{v:+.2g}" for v in offsets]
     return image_grid_figure(list(grid), titles=titles, row_labels=row_labels)
 

@@ -26,10 +26,10 @@ import torch
 from tqdm import tqdm
 
 from tubervae.checks import check_choice, check_real
-from tubervae.config import FAMILIES, TrainConfig
+from tubervae.config import FAMILIES, GUIDED_COMPONENT, TrainConfig, base_family, is_guided
 from tubervae.io import atomic_path
 from tubervae.models.losses import VAELoss, kl_per_component, make_loss, reconstruction_loss
-from tubervae.models.nets import VAE, VAEOutput
+from tubervae.models.nets import VAE, GuideHead, VAEOutput
 
 log = logging.getLogger(__name__)
 _CHECKPOINT_KEYS = {"identity", "step", "model", "optimiser", "batch_rng", "torch_rng", "cuda_rng"}
@@ -46,18 +46,31 @@ class Setting:
     family: str
     beta: float
     c_max: float = 0.0
+    guide_weight: float = 0.0  # λ of a guided family's head (0 for the others)
 
     def __post_init__(self) -> None:
         check_choice("family", self.family, FAMILIES)
         check_real("beta", self.beta, 0.0, strict=True)
         check_real("c_max", self.c_max, 0.0)
+        check_real("guide_weight", self.guide_weight, 0.0)
+        if self.guide_weight and not self.guided:
+            raise ValueError(
+                f"guide_weight {self.guide_weight!r} needs a guided family (guided_<family>), got {self.family!r}"
+            )
+
+    @property
+    def guided(self) -> bool:
+        """Whether a logistic head ties component `GUIDED_COMPONENT` to the labels."""
+        return is_guided(self.family)
 
     @property
     def label(self) -> str:
-        """The thesis's column 'param': β for β-VAE/β-TCVAE, β_C for Cβ-VAE."""
-        if self.family == "cbeta_vae":
-            return f"{self.beta:.4g}_{self.c_max:.3g}"
-        return f"{self.beta:.3g}"
+        """The thesis's column 'param': β for β-VAE/β-TCVAE, β_C for Cβ-VAE; a guided family adds _λ."""
+        if base_family(self.family) == "cbeta_vae":
+            label = f"{self.beta:.4g}_{self.c_max:.3g}"
+        else:
+            label = f"{self.beta:.3g}"
+        return f"{label}_{self.guide_weight:.3g}" if self.guided else label
 
     def normalised_beta(self, latent_dim: int, image_size: int, channels: int = 3) -> float:
         """β·d/N (Higgins et al. 2017): comparable across image sizes, since the summed reconstruction
@@ -67,10 +80,12 @@ class Setting:
     def loss(self, cfg: TrainConfig, dataset_size: int) -> VAELoss:
         """The family's objective with this setting's hyperparameters bound (and validated) once."""
         hp = {"beta": self.beta, "rec_kind": cfg.rec_kind}
-        if self.family == "cbeta_vae":
+        if base_family(self.family) == "cbeta_vae":
             hp.update(c_max=self.c_max, anneal_steps=max(1, round(cfg.anneal_fraction * cfg.steps)))
-        elif self.family == "beta_tcvae":
+        elif base_family(self.family) == "beta_tcvae":
             hp.update(dataset_size=dataset_size, estimator=cfg.tc_estimator)
+        if self.guided:
+            hp.update(guide_weight=self.guide_weight)
         return make_loss(self.family, **hp)
 
 
@@ -197,8 +212,11 @@ def as_input(batch: torch.Tensor) -> torch.Tensor:
 
 def checkpoint_identity(setting: Setting, seed: int, cfg: TrainConfig, data_version: str, image_size: int) -> dict:
     """What must match for a checkpoint to be resumed (everything that changes the weights)."""
+    fields = asdict(setting)
+    if not setting.guided:  # unguided runs keep the identity (and run keys) they had before guided families
+        del fields["guide_weight"]
     return {
-        "setting": asdict(setting),
+        "setting": fields,
         "seed": seed,
         "train": weight_identity(cfg),
         "data_version": data_version,
@@ -363,6 +381,59 @@ def snapshot_first(step: int, cfg: TrainConfig) -> bool:
     return step == 0 and bool(cfg.snapshot_every)
 
 
+@dataclass
+class GuideBatches:
+    """A guided run's head and the guide-labelled photos it draws a batch of at every step, on its own generator."""
+
+    head: GuideHead
+    images: torch.Tensor  # uint8 N×3×S×S on the device
+    bad: torch.Tensor  # float 0/1, 1 = bad
+    rng: torch.Generator
+
+    @classmethod
+    def of(
+        cls, setting: Setting, seed: int, images: np.ndarray | None, labels: np.ndarray | None, device: torch.device
+    ) -> GuideBatches | None:
+        """The guide draws of a guided `setting` (None for an unguided one, whatever photos are passed)."""
+        if not setting.guided:
+            return None
+        if images is None or labels is None or len(images) == 0:
+            raise ValueError(
+                f"{setting.family} needs guide_images and guide_labels: the labelled split's guide photos "
+                "(preprocess.guide_fraction > 0), got none"
+            )
+        labels = np.asarray(labels)
+        if labels.shape != (len(images),) or not np.isin(labels, (0, 1)).all():
+            raise ValueError(
+                f"guide_labels must be one 0 (good) or 1 (bad) per guide image ({len(images)}), got {labels!r}"
+            )
+        if labels.min() == labels.max():
+            log.warning(
+                "%s: every guide photo is %s, so the head has nothing to tell apart and component %d follows no defect",
+                setting.family,
+                "bad" if labels[0] else "good",
+                GUIDED_COMPONENT,
+            )
+        return cls(
+            head=GuideHead(GUIDED_COMPONENT).to(device),
+            images=images_to_tensor(images, device),
+            bad=torch.as_tensor(labels, dtype=torch.float32, device=device),
+            rng=torch.Generator().manual_seed(seed),
+        )
+
+    def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` guide photos (with replacement) as model input, and their labels."""
+        idx = torch.randint(len(self.images), (n,), generator=self.rng).to(self.images.device)
+        return as_input(self.images[idx]), self.bad[idx]
+
+    def state(self) -> dict:
+        return {"head": self.head.state_dict(), "rng": self.rng.get_state()}
+
+    def restore(self, state: dict) -> None:
+        self.head.load_state_dict(state["head"])
+        self.rng.set_state(state["rng"])
+
+
 def train_model(
     setting: Setting,
     seed: int,
@@ -371,6 +442,8 @@ def train_model(
     train_images: np.ndarray,
     probe_images: np.ndarray,
     test_images: np.ndarray,
+    guide_images: np.ndarray | None = None,
+    guide_labels: np.ndarray | None = None,
     data_version: str = "",
     checkpoint_path: str | Path | None = None,
     on_log: Callable[[dict, int], None] | None = None,
@@ -380,6 +453,10 @@ def train_model(
     make_optimiser: Callable[..., torch.optim.Optimizer] = new_optimiser,
 ) -> Outcome:
     """Train one VAE; resume from `checkpoint_path` when it holds a matching checkpoint.
+
+    A guided family also needs `guide_images` and `guide_labels` (1 = bad): the photos its head may
+    see, the labelled split's guide rows and nothing else. Each step then draws a guide batch beside
+    the usual one, from a generator of its own, so that the unguided draws stay the family's.
 
     `stop_at` trains only up to that step (a segment, so a search can judge the run early): the
     checkpoint is written there, the next call resumes exactly there, and training in segments gives
@@ -394,13 +471,15 @@ def train_model(
     if train_images.shape[1] != train_images.shape[2]:
         raise ValueError(f"training images must be square, got {train_images.shape[1:3]}")
 
-    def fresh() -> tuple[VAE, torch.optim.Optimizer, torch.Generator]:
-        """The run's state at step 0: everything the seed decides."""
+    def fresh() -> tuple[VAE, torch.optim.Optimizer, torch.Generator, GuideBatches | None]:
+        """The run's state at step 0: everything the seed decides (a guided family's head and guide draws too)."""
         torch.manual_seed(seed)
         net = VAE(image_size=image_size, latent_dim=cfg.latent_dim).to(device, memory_format=torch.channels_last)
-        return net, make_optimiser(net.parameters(), cfg, device), torch.Generator().manual_seed(seed)
+        guides = GuideBatches.of(setting, seed, guide_images, guide_labels, device)
+        trained = list(net.parameters()) + (list(guides.head.parameters()) if guides else [])
+        return net, make_optimiser(trained, cfg, device), torch.Generator().manual_seed(seed), guides
 
-    model, optimiser, batches = fresh()
+    model, optimiser, batches, guide = fresh()
     data = images_to_tensor(train_images, device)
     loss_fn = setting.loss(cfg, dataset_size=len(train_images))
 
@@ -416,13 +495,15 @@ def train_model(
             torch.set_rng_state(state["torch_rng"])
             if device.type == "cuda" and state.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(state["cuda_rng"])
+            if guide is not None:
+                guide.restore(state["guide"])
             step = state["step"]
             log.info("resuming %s seed %d from step %d", setting.label, seed, step)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             # Sound on the outside, unusable inside (e.g. a forged optimiser state): start over, once;
             # the first checkpoint of the new run replaces it.
             log.warning("ignoring checkpoint %s: it cannot be restored (%s)", path, str(exc).splitlines()[0][:200])
-            model, optimiser, batches = fresh()
+            model, optimiser, batches, guide = fresh()
 
     def checkpoint() -> None:
         if path is None:
@@ -442,6 +523,7 @@ def train_model(
                 "batch_rng": batches.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                "guide": guide.state() if guide is not None else None,
             },
         )
 
@@ -467,7 +549,13 @@ def train_model(
             out = forward(x)
         if low_precision:  # the losses (sums over thousands of pixels) stay in float32
             out = VAEOutput(*(t.float() for t in out))
-        terms = loss_fn(x, out, step)
+        guided = {}
+        if guide is not None:  # a guide-labelled batch: the head reads its component's posterior mean
+            x_guide, bad = guide.draw(cfg.batch_size)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
+                mu_guide, _ = model.encode(x_guide)
+            guided = {"guide_logits": guide.head(mu_guide.float()), "guide_labels": bad}
+        terms = loss_fn(x, out, step, **guided)
         optimiser.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimiser.step()
@@ -512,4 +600,8 @@ def train_model(
         "test_rec": reconstruction_error(model, test_images, device, cfg.rec_kind),
         **{f"final_{k}": v for k, v in last.items()},
     }
+    if guide is not None:  # logit(bad) = weight · z0 + bias: its sign says which way along z0 a tuber turns bad
+        metrics.update(
+            guide_head_weight=float(guide.head.weight.detach()), guide_head_bias=float(guide.head.bias.detach())
+        )
     return Outcome(model=model, step=step, latents=latents, metrics=metrics)

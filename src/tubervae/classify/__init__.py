@@ -13,7 +13,8 @@ Labels are boolean arrays ``bad`` (True = bad, the positive class throughout);
 latents are ``(n, d)`` encoder means; images are uint8 ``(n, h, w, 3)``.
 Everything is pure: no files, no tracking. One module per concern:
 
-* :mod:`~tubervae.classify.rules`: the thesis's one-component threshold rule;
+* :mod:`~tubervae.classify.rules`: the thesis's one-component threshold rule, and the labelled rows
+  a model's rule may be fitted and validated on (a guided model: the labels its guidance never saw);
 * :mod:`~tubervae.classify.any_rule`: bad if any of a few components passes its threshold
   (one defect per component), the number of rules chosen by cross-validation;
 * :mod:`~tubervae.classify.scores`: the metrics every classifier is reported with;
@@ -40,7 +41,13 @@ from tubervae.classify.learners import (
     fit_logistic,
     fit_pixel_cnn,
 )
-from tubervae.classify.rules import DIRECTIONS, ThresholdRule, fit_threshold_rule, rank_threshold_rules
+from tubervae.classify.rules import (
+    DIRECTIONS,
+    ThresholdRule,
+    fit_threshold_rule,
+    rank_threshold_rules,
+    validation_rows,
+)
 from tubervae.classify.scores import binary_metrics
 
 __all__ = [
@@ -63,4 +70,5 @@ __all__ = [
     "label_efficiency",
     "rank_threshold_rules",
     "summarise_label_efficiency",
+    "validation_rows",
 ]

@@ -20,7 +20,7 @@ import pandas as pd
 from tubervae.checks import check_array, check_choice, check_int
 from tubervae.classify._inputs import as_components, as_labels, require_both_classes
 
-__all__ = ["DIRECTIONS", "ThresholdRule", "fit_threshold_rule", "rank_threshold_rules"]
+__all__ = ["DIRECTIONS", "ThresholdRule", "fit_threshold_rule", "rank_threshold_rules", "validation_rows"]
 
 DIRECTIONS = ("bad_if_above", "bad_if_below")
 
@@ -174,3 +174,21 @@ def fit_threshold_rule(latents: Any, bad: Any, components: Iterable[int] | None 
         direction=str(top["direction"]),
         train_balanced_accuracy=float(top["balanced_accuracy"]),
     )
+
+
+def validation_rows(labelled_guide_mask: Any, guided: bool) -> np.ndarray:
+    """Which labelled rows a model's rule may be fitted and validated on (boolean, one per labelled row).
+
+    A guided model's component was trained to separate its guide rows (``labelled_guide_mask`` True),
+    so they separate perfectly on it and say nothing of new photos: its rule and every estimate of it
+    use the holdout rows alone. An unguided model saw no label, so every labelled row serves.
+    """
+    mask = np.asarray(labelled_guide_mask)
+    if mask.ndim != 1 or mask.dtype != bool:
+        raise ValueError(
+            f"labelled_guide_mask must be a 1-D boolean array (True = the guidance saw the row), got {mask.dtype} "
+            f"with shape {mask.shape}"
+        )
+    if not isinstance(guided, (bool, np.bool_)):
+        raise TypeError(f"guided must be a bool, got {guided!r}")
+    return ~mask if guided else np.ones(mask.shape, dtype=bool)

@@ -2,7 +2,9 @@
 
 Each split is one uncompressed .npz with `images` (uint8, n×s×s×3), `labels` (1 bad,
 0 good, −1 unlabelled), `rows` (row in data/raw/labels.csv), `files`, and `factors` +
-`factor_names` when the photos carry ground-truth factors. meta.json holds the data
+`factor_names` when the photos carry ground-truth factors. The labelled split also holds
+`guide` (bool): the photos a guided family's head may train on; the others are the holdout
+labels (`guide_mask` reads data without the key as all holdout). meta.json holds the data
 version (a hash of the arrays) that every training run records.
 """
 
@@ -40,6 +42,18 @@ def load_split(name: str, processed_dir: str | Path = "data/processed") -> dict[
         raise FileNotFoundError(f"{path} is missing: run the preprocess stage first (dvc repro preprocess)")
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def guide_mask(labelled: dict[str, np.ndarray]) -> np.ndarray:
+    """The labelled split's `guide` array (True = a guided head may train on the photo); all False without one."""
+    n = len(labelled["labels"])
+    guide = labelled.get("guide")
+    if guide is None:
+        return np.zeros(n, dtype=bool)
+    guide = np.asarray(guide)
+    if guide.dtype != bool or guide.shape != (n,):
+        raise ValueError(f"the labelled split's guide must be {n} booleans, got {guide.dtype} {guide.shape}")
+    return guide & (np.asarray(labelled["labels"]) >= 0)
 
 
 def load_meta(processed_dir: str | Path = "data/processed") -> dict:

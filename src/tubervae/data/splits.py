@@ -60,6 +60,27 @@ def split_indices(
     return {"train": train, "test": test, "labelled": labelled, "udr_probe": probe}
 
 
+def guide_mask(labels: np.ndarray, *, fraction: float, seed: int) -> np.ndarray:
+    """Which photos of the labelled split a guided family's head may train on (True), per class.
+
+    `fraction` of each class (rounded), drawn with `seed` on a stream of its own, so the other splits
+    stay as they were. The rest, the holdout labels, are never seen by the guidance: they alone place
+    a guided component's threshold and estimate it, since labels that guided a component separate
+    perfectly on it and would overstate any rule read from it. Unlabelled rows are never guides.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.isin(labels, (GOOD, BAD, UNLABELLED)).all():
+        raise ValueError("labels must be a 1-D array of 0 (good), 1 (bad) or -1 (unlabelled)")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"fraction (preprocess.guide_fraction) must be in [0, 1), got {fraction!r}")
+    rng = np.random.default_rng([seed, 0x6D1DE])  # a stream apart from split_indices' draws
+    mask = np.zeros(len(labels), dtype=bool)
+    for cls in (GOOD, BAD):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        mask[members[: int(round(fraction * len(members)))]] = True
+    return mask
+
+
 def fingerprint(*arrays: np.ndarray) -> str:
     """A short content hash: the data version that every run records."""
     digest = hashlib.sha256()

@@ -489,8 +489,13 @@ def udr_scores(
     aggregate: str = "paper",
     kl_threshold: float = INFORMATIVE_KL,
     lasso_alpha: float = 0.1,
+    excluded: Sequence[Sequence[int]] | None = None,
 ) -> UDRResult:
     """UDR of every model against partners from its own group.
+
+    ``excluded`` gives per model the components left out, as if uninformative: a guided
+    family's guided component, which the labels and not the data's structure decide, so that
+    UDR ranks such models over their unsupervised components alone.
 
     ``groups`` gives each model a label (e.g. ``(family, setting)``), and a
     model's partners are the other models with the same label: the thesis's
@@ -515,6 +520,16 @@ def udr_scores(
     reps, kls = _validate_models(representations, kl_divergences)
     m = len(reps)
     masks = [k > threshold for k in kls]
+    if excluded is not None:
+        if len(excluded) != m:
+            raise ValueError(f"excluded must list components for each of the {m} models, got {len(excluded)} entries")
+        for i, components in enumerate(excluded):
+            for c in components:
+                if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < masks[i].size:
+                    raise ValueError(
+                        f"excluded[{i}] holds {c!r}, not a component of model {i} (0..{masks[i].size - 1})"
+                    )
+                masks[i][c] = False
     n_informative = np.array([int(mask.sum()) for mask in masks])
     partner_lists = _choose_partners(groups, m, n_partners, rng)
 

@@ -18,6 +18,14 @@ tensors with at least
 * ``kl_per_component``: length-d, batch mean (to find informative components);
 
 plus the family's own terms (``capacity``; ``mi``, ``tc``, ``dwkl``).
+
+A guided family (``guided_beta_vae``, ``guided_beta_tcvae``; after Guided-VAE, Ding et al.
+2020, and CCVAE, Joy et al. 2021) is its base family's loss on every training photo plus
+``guide_weight`` · the binary cross-entropy of a one-component logistic head
+(:class:`~tubervae.models.nets.GuideHead`) on latent component ``GUIDED_COMPONENT``'s
+posterior mean, on a batch of guide-labelled photos: ``loss(x, out, step,
+guide_logits=..., guide_labels=...)`` adds the term ``guide_bce``. With ``guide_weight``
+0 its gradients are the base family's exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from tubervae.checks import check_choice, check_int, check_real
-from tubervae.config import FAMILIES, REC_KINDS, TC_ESTIMATORS
+from tubervae.config import FAMILIES, GUIDED_COMPONENT, REC_KINDS, TC_ESTIMATORS
 from tubervae.models.nets import VAEOutput
 
 __all__ = [
@@ -42,6 +50,10 @@ __all__ = [
     "BetaTCVAE",
     "BetaVAE",
     "CapacityBetaVAE",
+    "GUIDED_COMPONENT",
+    "GuidedBetaTCVAE",
+    "GuidedBetaVAE",
+    "GuidedLoss",
     "VAELoss",
     "capacity",
     "kl_per_component",
@@ -181,6 +193,7 @@ class VAELoss(abc.ABC):
     """
 
     family: ClassVar[str]
+    guided: ClassVar[bool] = False  # a guided family's loss also takes the head's logits on a guide batch
 
     def __init__(self, rec_kind: str = "bernoulli"):
         self._rec_kind = check_choice("rec_kind", rec_kind, REC_KINDS)
@@ -354,9 +367,77 @@ class BetaTCVAE(VAELoss):
         return self._weights
 
 
+class GuidedLoss:
+    """Mixin of a guided family: the base family's terms plus ``guide_weight`` · BCE of the head's logits
+    on a guide-labelled batch (``guide_labels``: 1 = bad). Listed before the base class, whose
+    constructor it leaves alone; the subclass binds ``guide_weight`` with :meth:`_bind_guide_weight`."""
+
+    guided: ClassVar[bool] = True
+    _guide_weight: float
+
+    def _bind_guide_weight(self, guide_weight: float) -> None:
+        self._guide_weight = check_real("guide_weight", guide_weight, 0.0)
+
+    @property
+    def guide_weight(self) -> float:
+        """λ, the weight of the head's cross-entropy."""
+        return self._guide_weight
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        out: VAEOutput,
+        step: int,
+        *,
+        guide_logits: torch.Tensor | None = None,
+        guide_labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        if guide_logits is None or guide_labels is None:
+            raise ValueError(
+                f"{self.family} needs guide_logits and guide_labels (a guide-labelled batch) at every step"
+            )
+        if guide_logits.dim() != 1 or guide_logits.shape != guide_labels.shape or guide_logits.shape[0] == 0:
+            raise ValueError(
+                "guide_logits and guide_labels must be two non-empty vectors of one length, got "
+                f"{tuple(guide_logits.shape)} and {tuple(guide_labels.shape)}"
+            )
+        terms = super().__call__(x, out, step)
+        bce = F.binary_cross_entropy_with_logits(guide_logits, guide_labels.to(guide_logits.dtype))
+        terms["guide_bce"] = bce
+        terms["loss"] = terms["loss"] + self._guide_weight * bce
+        return terms
+
+
+class GuidedBetaVAE(GuidedLoss, BetaVAE):
+    """β-VAE with component 0 tied to good/bad by a logistic head: rec + β·KL + λ·BCE."""
+
+    family = "guided_beta_vae"
+
+    def __init__(self, beta: float, guide_weight: float, rec_kind: str = "bernoulli"):
+        super().__init__(beta, rec_kind)
+        self._bind_guide_weight(guide_weight)
+
+
+class GuidedBetaTCVAE(GuidedLoss, BetaTCVAE):
+    """β-TCVAE with component 0 tied to good/bad by a logistic head: its loss + λ·BCE."""
+
+    family = "guided_beta_tcvae"
+
+    def __init__(
+        self,
+        beta: float,
+        guide_weight: float,
+        dataset_size: int,
+        estimator: str = "stratified",
+        rec_kind: str = "bernoulli",
+    ):
+        super().__init__(beta, dataset_size, estimator, rec_kind)
+        self._bind_guide_weight(guide_weight)
+
+
 # --- registry --------------------------------------------------------------------
 
-_BY_FAMILY = {cls.family: cls for cls in (BetaVAE, BetaTCVAE, CapacityBetaVAE)}
+_BY_FAMILY = {cls.family: cls for cls in (BetaVAE, BetaTCVAE, CapacityBetaVAE, GuidedBetaVAE, GuidedBetaTCVAE)}
 LOSSES: dict[str, type[VAELoss]] = {family: _BY_FAMILY[family] for family in FAMILIES}
 
 

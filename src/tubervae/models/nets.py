@@ -190,6 +190,25 @@ class VAE(nn.Module):
         return VAEOutput(self.decode(z), mu, logvar, z)
 
 
+class GuideHead(nn.Module):
+    """A guided family's one-component logistic head: logit(bad) = w · μ_c + b on one latent component's
+    posterior mean. Starts at w = 1, b = 0 without drawing randomness, so adding it to a training run
+    leaves that run's random draws, and with a zero loss weight its weights, unchanged."""
+
+    def __init__(self, component: int = 0):
+        super().__init__()
+        if isinstance(component, bool) or not isinstance(component, int) or component < 0:
+            raise ValueError(f"component must be a latent index >= 0, got {component!r}")
+        self.component = component
+        self.weight = nn.Parameter(torch.ones(()))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, mu: torch.Tensor) -> torch.Tensor:
+        if mu.dim() != 2 or mu.shape[1] <= self.component:
+            raise ValueError(f"mu must have shape (batch, d) with d > {self.component}, got {tuple(mu.shape)}")
+        return self.weight * mu[:, self.component] + self.bias
+
+
 def load_vae_files(weights, config: dict) -> VAE:
     """Rebuild a VAE from its weights file (a plain state dict) and its config; on the CPU, in eval mode.
 

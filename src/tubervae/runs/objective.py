@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from tubervae.config import Params, SearchSpace
+from tubervae.config import GUIDED_COMPONENT, Params, SearchSpace, base_family, is_guided
 from tubervae.runs import trials, vae_artifacts
 from tubervae.runs.progress import SearchProgress
 from tubervae.runs.pruning import prune_steps
@@ -34,8 +34,11 @@ log = logging.getLogger(__name__)
 
 def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Setting:
     beta = trial.suggest_float("beta", space.beta[0], space.beta[1], log=space.beta_log)
-    c_max = trial.suggest_float("c_max", space.c_max[0], space.c_max[1]) if family == "cbeta_vae" else 0.0
-    return Setting(family=family, beta=beta, c_max=c_max)
+    c_max = trial.suggest_float("c_max", space.c_max[0], space.c_max[1]) if base_family(family) == "cbeta_vae" else 0.0
+    guide_weight = 0.0
+    if is_guided(family):  # the head's weight λ spans decades: searched on a log scale
+        guide_weight = trial.suggest_float("guide_weight", space.guide_weight[0], space.guide_weight[1], log=True)
+    return Setting(family=family, beta=beta, c_max=c_max, guide_weight=guide_weight)
 
 
 def trial_position(trial: optuna.Trial) -> int:
@@ -71,6 +74,8 @@ class Objective:
         self.study_run_id, self.checkpoint_dir = study_run_id, checkpoint_dir
         self.stops = prune_steps(params)
         self.progress = progress
+        # UDR ranks a guided family's seeds over its unsupervised components: the guided one is left out.
+        self.excluded = (GUIDED_COMPONENT,) if is_guided(family) else ()
 
     def __call__(self, trial: optuna.Trial) -> float:
         trials.record_worker(trial)
@@ -106,6 +111,11 @@ class Objective:
                     "beta": setting.beta,
                     "beta_norm": beta_norm,
                     "c_max": setting.c_max,
+                    **(
+                        {"guide_weight": setting.guide_weight, "guided_component": GUIDED_COMPONENT}
+                        if setting.guided
+                        else {}
+                    ),
                     "seeds": search.seeds,
                     "similarity": udr.similarity,
                     "aggregate": udr.aggregate,
@@ -115,7 +125,9 @@ class Objective:
             )
             seed_runs = self._train_seeds(trial, setting, parent)
             trials.record_runs(trial, seed_runs=seed_runs)
-            score = trials.score_seeds([vae_artifacts.latents(self.tracker, run_id) for run_id in seed_runs], udr)
+            score = trials.score_seeds(
+                [vae_artifacts.latents(self.tracker, run_id) for run_id in seed_runs], udr, excluded=self.excluded
+            )
             reason = trials.record_score(trial, score, min_active=search.min_active, beta_norm=beta_norm)
             if self.progress:
                 self.progress.scored(parent, score.value, score.n_active, not reason)
@@ -190,7 +202,7 @@ class Objective:
     def _judge(self, trial: optuna.Trial, parent: str, step: int, latents: list[dict]) -> None:
         """Score the seeds part-way, report to Optuna, and raise `Pruned` when the trial should stop."""
         search = self.params.search
-        score = trials.score_seeds(latents, self.params.udr)
+        score = trials.score_seeds(latents, self.params.udr, excluded=self.excluded)
         feasible = score.feasible(search.min_active)
         trial.report(trials.judged_value(score, search.min_active), step)
         if self.progress:

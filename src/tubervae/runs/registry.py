@@ -147,7 +147,8 @@ def vae_model_name(config: dict) -> str:
         return f"{float(value):.4g}".replace(".", "_")
 
     capacity = f"-cmax{number(config['c_max'])}" if config["family"] == "cbeta_vae" else ""
-    return f"{VAE_MODEL}-{config['family']}-beta{number(config['beta'])}{capacity}-seed{int(config['seed'])}"
+    guide = f"-guide{number(config['guide_weight'])}" if "guide_weight" in config else ""
+    return f"{VAE_MODEL}-{config['family']}-beta{number(config['beta'])}{capacity}{guide}-seed{int(config['seed'])}"
 
 
 def log_vae_model(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tubervae.config import Params, TrainConfig, worker_count
+from tubervae.config import ConfigError, Params, TrainConfig, is_guided, worker_count
 from tubervae.runs.pool import SeedJob, TrainingPool
 from tubervae.runs.progress import StepCallback
 from tubervae.runs.tracker import Tracker
@@ -125,8 +125,18 @@ class FusedTrainer:
         return Segment(dict(zip(seeds, fused)))
 
 
-def fuse_seeds(cfg: TrainConfig) -> bool:
-    """Whether a trial's seeds train as one fused model: `train.fuse`, where auto means on CUDA."""
+def fuse_seeds(cfg: TrainConfig, family: str | None = None) -> bool:
+    """Whether a trial's seeds train as one fused model: `train.fuse`, where auto means on CUDA.
+
+    A guided family never fuses (`tubervae.fused` has no guide batch): under auto it trains one model
+    each; `train.fuse: always` refuses it with a ConfigError."""
+    if family is not None and is_guided(family):
+        if cfg.fuse == "always":
+            raise ConfigError(
+                f"train.fuse: 'always' cannot train {family}: a guided family's seeds train one model each; "
+                "use auto or never"
+            )
+        return False
     return cfg.fuse == "always" or (cfg.fuse == "auto" and select_device(cfg.device).type == "cuda")
 
 
@@ -147,12 +157,14 @@ def seed_trainer(
     pool: TrainingPool | None = None,
     progress: bool = True,
     on_step: StepCallback | None = None,
+    family: str | None = None,
 ) -> SeedTrainer:
-    """Fused where `train.fuse` says so, else the pool when there is one, else one seed after another.
+    """Fused where `train.fuse` says so (never for a guided `family`), else the pool when there is one, else
+    one seed after another.
 
     `on_step` hears each seed's logged steps (the pool's are given to it when it is made)."""
     cfg, kl_threshold = params.train, params.udr.kl_threshold
-    if fuse_seeds(cfg):
+    if fuse_seeds(cfg, family):
         return FusedTrainer(tracker, cfg, data, kl_threshold, checkpoint_dir, on_step)
     if pool is not None:
         return PoolTrainer(pool, cfg, kl_threshold)

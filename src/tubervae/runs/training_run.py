@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from tubervae import plots
-from tubervae.config import TrainConfig
-from tubervae.data.processed import load_meta, load_split
+from tubervae.config import GUIDED_COMPONENT, TrainConfig
+from tubervae.data.processed import guide_mask, load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.fused import FusedJob, train_fused
 from tubervae.runs import registry
@@ -55,16 +55,23 @@ class TrainingData:
     test: np.ndarray
     data_version: str
     processed_dir: Path | None = None  # where the arrays came from: each run's dataset input
+    # The labelled split's guide rows (preprocess.guide_fraction): the only labels a guided family's head sees.
+    guide_images: np.ndarray | None = None
+    guide_labels: np.ndarray | None = None  # 1 = bad
 
 
 def load_training_data(processed_dir: str | Path = "data/processed") -> TrainingData:
     meta = load_meta(processed_dir)
+    labelled = load_split("labelled", processed_dir)
+    guide = guide_mask(labelled)
     return TrainingData(
         train=load_split("train", processed_dir)["images"],
         probe=load_split("udr_probe", processed_dir)["images"],
         test=load_split("test", processed_dir)["images"],
         data_version=meta["data_version"],
         processed_dir=Path(processed_dir),
+        guide_images=labelled["images"][guide],
+        guide_labels=(labelled["labels"][guide] == 1).astype(np.int8),
     )
 
 
@@ -87,8 +94,13 @@ def checkpoint_file(
 
 
 @torch.no_grad()
-def figures(model, images: np.ndarray, *, kl_threshold: float, kl: np.ndarray | None = None) -> dict:
-    """Traversal of the first probe image, its per-component distributions, reconstructions."""
+def figures(
+    model, images: np.ndarray, *, kl_threshold: float, kl: np.ndarray | None = None, guided: int | None = None
+) -> dict:
+    """Traversal of the first probe image, its per-component distributions, reconstructions.
+
+    `guided`: the component a guided family's head reads, named in the traversal (its row shows what the
+    model thinks makes a tuber bad)."""
     device = next(model.parameters()).device
     model.eval()
     x = as_input(images_to_tensor(images[:8], device))
@@ -99,7 +111,7 @@ def figures(model, images: np.ndarray, *, kl_threshold: float, kl: np.ndarray | 
     traversal = decoded.permute(0, 2, 3, 1).reshape(d, m, *decoded.shape[2:], 3).cpu().numpy()
     recon = torch.sigmoid(model.decode(mu)).permute(0, 2, 3, 1).cpu().numpy()
     return {
-        "traversal.png": plots.traversal_figure(traversal, kl=kl, values=TRAVERSAL_OFFSETS),
+        "traversal.png": plots.traversal_figure(traversal, kl=kl, values=TRAVERSAL_OFFSETS, guided=guided),
         "distributions.png": plots.distribution_figure(
             mu[0].cpu().numpy(), logvar[0].cpu().numpy(), kl=kl, kl_threshold=kl_threshold
         ),
@@ -142,7 +154,7 @@ def run_tracked(
                 on_step(StepEvent(parent_id, seed, step, cfg.steps, float(metrics.get("loss", float("nan")))))
 
         def on_snapshot(model, step: int) -> None:
-            _log_snapshot(tracker, rid, model, step, data, kl_threshold)
+            _log_snapshot(tracker, rid, model, step, data, kl_threshold, guided_component(setting))
 
         try:
             outcome: Outcome = train_model(
@@ -152,6 +164,8 @@ def run_tracked(
                 train_images=data.train,
                 probe_images=data.probe,
                 test_images=data.test,
+                guide_images=data.guide_images if setting.guided else None,
+                guide_labels=data.guide_labels if setting.guided else None,
                 data_version=data.data_version,
                 checkpoint_path=checkpoint_path,
                 on_log=on_log,
@@ -255,6 +269,7 @@ def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=
                 "beta": setting.beta,
                 "beta_norm": setting.normalised_beta(cfg.latent_dim, int(data.train.shape[1])),
                 "c_max": setting.c_max,
+                **guide_params(setting, data),
                 "seed": seed,
                 "image_size": data.train.shape[1],
                 "n_train": len(data.train),
@@ -275,9 +290,22 @@ def _log_fused(tracker, rid, metrics, step, event: StepEvent, on_step: StepCallb
         on_step(dataclasses.replace(event, loss=float(metrics.get("loss", float("nan")))))
 
 
-def _log_snapshot(tracker, rid, model, step, data, kl_threshold) -> None:
+def guided_component(setting: Setting) -> int | None:
+    """The component a guided setting's head reads; None for an unguided one."""
+    return GUIDED_COMPONENT if setting.guided else None
+
+
+def guide_params(setting: Setting, data: TrainingData) -> dict:
+    """A guided run's parameters: λ, the guided component (what udr leaves out of UDR) and the guide labels' count."""
+    if not setting.guided:
+        return {}
+    n_guide = 0 if data.guide_labels is None else len(data.guide_labels)
+    return {"guide_weight": setting.guide_weight, "guided_component": GUIDED_COMPONENT, "n_guide": n_guide}
+
+
+def _log_snapshot(tracker, rid, model, step, data, kl_threshold, guided=None) -> None:
     """The figures part-way, as images at their step (the UI's image slider; the final ones end it)."""
-    for fname, fig in figures(model, data.probe, kl_threshold=kl_threshold).items():
+    for fname, fig in figures(model, data.probe, kl_threshold=kl_threshold, guided=guided).items():
         tracker.log_image_at_step(rid, fig, Path(fname).stem, step)
 
 
@@ -295,7 +323,8 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
     metrics = {"n_active": int(informative_mask(kl, kl_threshold).sum()), **outcome.metrics}
     tracker.log_metrics(rid, metrics, outcome.step)
     tracker.log_metrics(rid, {f"probe_kl/z{j}": v for j, v in enumerate(kl)}, outcome.step)
-    drawn = figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold) if cfg.figures else {}
+    guided = guided_component(setting)
+    drawn = figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold, guided=guided) if cfg.figures else {}
     for fname, fig in drawn.items():
         tracker.log_image_at_step(rid, fig, Path(fname).stem, outcome.step, artifact_file=fname)
     config = {
@@ -306,6 +335,7 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
         "c_max": setting.c_max,
         "seed": seed,
         "data_version": data.data_version,
+        **({"guide_weight": setting.guide_weight, "guided_component": guided} if setting.guided else {}),
     }
     registry.log_vae(tracker, rid, outcome.model, config, outcome.latents, processed_dir=data.processed_dir)
     return {**metrics, "kl": kl.tolist()}
@@ -319,12 +349,13 @@ def train_command(
     c_max: float,
     seed: int,
     kl_threshold: float,
+    guide_weight: float = 0.0,
     root: str | Path = ".",
     processed_dir: str | Path = "data/processed",
     run_id: str | None = None,
 ) -> dict:
     """`tubervae train`: one tracked run outside any study (the search stage trains its seeds the same way)."""
-    setting = Setting(family=family, beta=float(beta), c_max=float(c_max))
+    setting = Setting(family=family, beta=float(beta), c_max=float(c_max), guide_weight=float(guide_weight))
     data = load_training_data(Path(root) / processed_dir)
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()

@@ -51,11 +51,14 @@ class SeedScores:
         return self.n_active >= min_active
 
 
-def score_seeds(latents: list[dict], udr: UdrConfig) -> SeedScores:
-    """Within-setting UDR of the seeds' probe latents (dicts with `mu` and `kl`): one rule, part-way and at the end."""
+def score_seeds(latents: list[dict], udr: UdrConfig, *, excluded: tuple[int, ...] = ()) -> SeedScores:
+    """Within-setting UDR of the seeds' probe latents (dicts with `mu` and `kl`): one rule, part-way and at the end.
+
+    `excluded`: components left out of every seed's UDR and informative count (a guided family's guided one)."""
     result = udr_scores(
         [z["mu"] for z in latents],
         [z["kl"] for z in latents],
+        excluded=[excluded] * len(latents),
         n_partners=udr.n_partners or None,
         partner_seed=udr.partner_seed,
         similarity=udr.similarity,

@@ -27,6 +27,12 @@ logged (version and run tag `forced_promotion`, a warning). The test split never
 and MLflow's own classifier evaluation of the version, are reported only. Every version carries a model
 card (its description and tags): data version and labels, the gate's figures, the test figures beside
 the majority baseline, what it was compared with and the decision.
+
+A guided champion (a `guided_<family>` model) is read through its guided component: the rule is
+one cut on it. Its guidance saw the labelled split's guide rows, which therefore separate
+perfectly on it; its rule and the learners on its components are fitted on the holdout labels alone (the rows no
+guidance head trained on), and the gate judges them there; the pixel CNN, which reads pixels, learns
+from every label as the reference of what the labels buy.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from tubervae import classify as clf
 from tubervae import plots
 from tubervae.classify import gate
 from tubervae.config import FEW_LABELS, Params
-from tubervae.data.processed import load_meta, load_split
+from tubervae.data.processed import guide_mask, load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_csv, write_json
 from tubervae.runs import quality_model_code, registry, vae_artifacts
@@ -177,6 +183,7 @@ class Photos:
     y_test: np.ndarray
     majority_bad: bool  # the majority class of the training split's labels: the baseline's answer
     guide: np.ndarray | None = None  # True = a guidance head trained on this labelled photo (None: none did)
+    guided_component: int | None = None  # a guided champion's component (its x_lab/y_lab: the holdout labels)
 
     @property
     def n_labelled(self) -> dict:
@@ -309,15 +316,17 @@ def load_photos(processed_dir: Path, vae_config: dict, meta: dict) -> Photos:
             f"the champion expects {vae_config['image_size']}px images but data/processed holds "
             f"{labelled['images'].shape[1]}px: rerun the search and register stages"
         )
-    known, test_known = labelled["labels"] >= 0, test["labels"] >= 0
+    guided = vae_config.get("guided_component")
+    usable, test_known = labelled["labels"] >= 0, test["labels"] >= 0
     train_labels = train["labels"][train["labels"] >= 0]
     return Photos(
-        x_lab=labelled["images"][known],
-        y_lab=labelled["labels"][known] == 1,
+        x_lab=labelled["images"][usable],
+        y_lab=labelled["labels"][usable] == 1,
         x_test=test["images"][test_known],
         y_test=test["labels"][test_known] == 1,
         majority_bad=bool((train_labels == 1).mean() >= 0.5) if len(train_labels) else True,
-        guide=labelled["guide"][known].astype(bool) if "guide" in labelled else None,
+        guide=guide_mask(labelled)[usable],
+        guided_component=None if guided is None else int(guided),
     )
 
 
@@ -339,17 +348,20 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
     ranking = clf.rank_threshold_rules(z_lab, y_lab)
     ranking["kl"] = kl[ranking.component.to_numpy()]
     ranking["informative"] = is_informative[ranking.component.to_numpy()]
-    # The rules are fitted on the labels no guidance head saw: those memorised by a head would place the cut badly.
-    h = photos.holdout
-    rule = clf.fit_threshold_rule(z_lab[h], y_lab[h], components=informative)
+    # The rules are fitted on the labels no guidance head saw: those memorised by a head would place the cut
+    # badly. The thesis's rule is one cut on one component; a guided champion's is on its guided component.
+    h, guided = photos.holdout, photos.guided_component
+    rule = clf.fit_threshold_rule(z_lab[h], y_lab[h], components=informative if guided is None else [guided])
     threshold_metrics = clf.binary_metrics(y_test, rule.predict(z_test), rule.score(z_test), majority_label=majority)
     any_rule = served_rule_procedure(params, informative)(z_lab[h], y_lab[h])
     any_rule_metrics = clf.binary_metrics(
         y_test, any_rule.predict(z_test), any_rule.score(z_test), majority_label=majority
     )
+    # Learners on a guided champion's components see the holdout labels only (z0 separates the guide rows).
+    zl, yl = (z_lab[h], y_lab[h]) if guided is not None else (z_lab, y_lab)
     others = {
-        "logistic": clf.fit_logistic(z_lab, y_lab, components=informative, random_state=cfg.seed),
-        "gradient_boosting": clf.fit_gradient_boosting(z_lab, y_lab, components=informative, random_state=cfg.seed),
+        "logistic": clf.fit_logistic(zl, yl, components=informative, random_state=cfg.seed),
+        "gradient_boosting": clf.fit_gradient_boosting(zl, yl, components=informative, random_state=cfg.seed),
     }
     alternatives = {"any_rule": any_rule_metrics} | {
         name: clf.binary_metrics(y_test, m.predict(z_test), m.predict_score(z_test), majority_label=majority)
@@ -365,22 +377,22 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
     alternatives["pixel_cnn"] = clf.binary_metrics(
         y_test, cnn.predict(photos.x_test), cnn.predict_score(photos.x_test), majority_label=majority
     )
-    sizes = tuple(s for s in cfg.label_sizes if s <= len(y_lab))
+    sizes = tuple(s for s in cfg.label_sizes if s <= len(yl))
     if not sizes:
         log.warning(
             "every classify.label_sizes %s exceeds the %d labelled photos: measuring at %d only",
             list(cfg.label_sizes),
-            len(y_lab),
-            len(y_lab),
+            len(yl),
+            len(yl),
         )
-        sizes = (len(y_lab),)
+        sizes = (len(yl),)
     # Every rule and learner sees the informative components (all of them when none is), the CNN the pixels.
     efficiency = clf.label_efficiency(
-        z_lab,
-        y_lab,
+        zl,
+        yl,
         z_test,
         y_test,
-        train_images=photos.x_lab,
+        train_images=photos.x_lab if guided is None else photos.x_lab[h],
         test_images=photos.x_test,
         methods=("threshold", "any_rule", "logistic", "gradient_boosting", "pixel_cnn"),
         components=informative,
@@ -564,6 +576,9 @@ def describe(fitted: Fitted, photos: Photos, version, vae_config: dict, params: 
             "beta": vae_config["beta"],
             "c_max": vae_config["c_max"],
             "seed": vae_config["seed"],
+            "guide_weight": vae_config.get("guide_weight", 0.0),
+            "guided_component": photos.guided_component,
+            "labels": "all labelled" if photos.guided_component is None else "holdout (guide = False) only",
         },
         "rule": {
             **fitted.rule.as_dict(),

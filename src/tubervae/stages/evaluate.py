@@ -90,10 +90,13 @@ def bootstrap_spearman(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random
 
 
 def udr_variants(models: pd.DataFrame, latents: list[dict], params: Params) -> pd.DataFrame:
-    """Within-family and A2A UDR with both similarity methods (the configured aggregation)."""
+    """Within-family and A2A UDR with both similarity methods (the configured aggregation); a guided model's
+    guided component left out, as the udr stage does."""
     cfg = params.udr
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
-    groups = list(zip(models.family, models.beta, models.c_max))
+    guide_weight = models["guide_weight"] if "guide_weight" in models else pd.Series(0.0, index=models.index)
+    guided = models["guided_component"] if "guided_component" in models else pd.Series(-1, index=models.index)
+    groups = list(zip(models.family, models.beta, models.c_max, guide_weight))
     out = {}
     for similarity in ("lasso", "spearman"):
         common = dict(
@@ -102,6 +105,7 @@ def udr_variants(models: pd.DataFrame, latents: list[dict], params: Params) -> p
             kl_threshold=cfg.kl_threshold,
             lasso_alpha=cfg.lasso_alpha,
             partner_seed=cfg.partner_seed,
+            excluded=[(int(c),) if c >= 0 else () for c in guided],
         )
         out[f"udr_within_{similarity}"] = udr_scores(
             reps, kls, groups=groups, n_partners=cfg.n_partners or None, **common

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from tubervae.config import PreprocessConfig, worker_count
 from tubervae.data.images import load_model_input
 from tubervae.data.processed import SPLITS, save_meta, save_split
-from tubervae.data.splits import encode_labels, fingerprint, split_indices
+from tubervae.data.splits import encode_labels, fingerprint, guide_mask, split_indices
 from tubervae.io import staged_dir, under
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def run(
         probe_size=cfg.probe_size,
         seed=cfg.seed,
     )
+    guide = guide_mask(labels[splits["labelled"]], fraction=cfg.guide_fraction, seed=cfg.seed)
     counts = {}
     with staged_dir(out_dir) as partial_dir:
         for name in SPLITS:
@@ -92,6 +93,8 @@ def run(
                 "rows": rows,
                 "files": np.asarray(frame["file"].to_numpy()[rows], dtype=str),
             }
+            if name == "labelled":
+                arrays["guide"] = guide
             if factor_names:
                 arrays["factors"] = frame[factor_names].to_numpy(dtype=np.float32)[rows]
                 arrays["factor_names"] = np.asarray(factor_names, dtype=str)
@@ -103,11 +106,15 @@ def run(
                 "unlabelled": int((labels[rows] == -1).sum()),
             }
         meta = {
-            "data_version": fingerprint(images, labels, np.concatenate([splits[s] for s in SPLITS])),
+            "data_version": fingerprint(images, labels, np.concatenate([splits[s] for s in SPLITS]), guide),
             "image_size": cfg.image_size,
             "crop_fraction": cfg.crop_fraction,
             "factor_names": factor_names,
             "splits": counts,
+            "guide": {
+                "good": int((guide & (labels[splits["labelled"]] == 0)).sum()),
+                "bad": int((guide & (labels[splits["labelled"]] == 1)).sum()),
+            },
         }
         save_meta(partial_dir, meta)
     for cls in ("good", "bad"):

@@ -44,7 +44,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tubervae import plots
-from tubervae.config import Params
+from tubervae.config import Params, is_guided
 from tubervae.io import under, write_csv, write_json
 from tubervae.runs.objective import Objective
 from tubervae.runs.pool import TrainingPool
@@ -95,6 +95,12 @@ def run(
     if wanted < 1:
         raise ValueError(f"--n-trials must be at least 1, got {wanted}")
     data = load_training_data(processed_dir)
+    if is_guided(family) and not len(data.guide_labels):
+        raise ValueError(
+            f"family {family!r} is guided, but the labelled split holds no guide photo (preprocess.guide_fraction "
+            f"{params.preprocess.guide_fraction}, {processed_dir / 'labelled.npz'}): label photos (good/, bad/) and "
+            f"raise preprocess.guide_fraction above 0, or remove search.spaces.{family}"
+        )
     tracker = Tracker.open(root, run_id)
     tracker.mark_stale_runs_killed()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -136,7 +142,14 @@ def run(
                     )
                 )
             trainer = seed_trainer(
-                params, tracker, data, root / "checkpoints", pool=pool, progress=progress, on_step=on_step
+                params,
+                tracker,
+                data,
+                root / "checkpoints",
+                pool=pool,
+                progress=progress,
+                on_step=on_step,
+                family=family,
             )
             objective = Objective(
                 family,

@@ -50,6 +50,15 @@ HERD_COLUMNS = [
 ]
 
 
+# What tells one setting from another: a guided family's λ too.
+SETTING_COLUMNS = ["family", "beta", "c_max", "guide_weight"]
+
+
+def excluded_components(frame: pd.DataFrame) -> list[tuple[int, ...]]:
+    """Per model, the components UDR leaves out: a guided run's `guided_component` (its params), none otherwise."""
+    return [(int(c),) if c >= 0 else () for c in frame["guided_component"]]
+
+
 def models_from_search(search_dir: Path) -> list[dict]:
     models = []
     for family in FAMILIES:
@@ -76,6 +85,8 @@ def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
                 "family": p["family"],
                 "beta": float(p["beta"]),
                 "c_max": float(p["c_max"]),
+                "guide_weight": float(p.get("guide_weight", 0.0)),
+                "guided_component": int(p.get("guided_component", -1)),  # -1: an unguided model
                 "seed": int(p["seed"]),
                 "setting": run.data.tags.get("setting", p["beta"]),
                 "data_version": p.get("data_version", ""),
@@ -107,8 +118,8 @@ def thesis_table(frame: pd.DataFrame, score_column: str) -> pd.DataFrame:
     β_norm = β·d/N sits beside the thesis's param so tables of different image sizes compare.
     """
     rows = []
-    n_seeds = int(frame.groupby(["family", "beta", "c_max"]).size().max())
-    for (family, _, _), group in frame.groupby(["family", "beta", "c_max"], sort=False):
+    n_seeds = int(frame.groupby(SETTING_COLUMNS).size().max())
+    for (family, *_), group in frame.groupby(SETTING_COLUMNS, sort=False):
         setting = group["setting"].iloc[0]
         group = group.sort_values("seed")
         row = {
@@ -134,7 +145,7 @@ def choose_heatmap_pairs(frame: pd.DataFrame, n_pairs: int) -> list[tuple[int, i
     for family, group in frame.groupby("family"):
         top = group.sort_values("udr_within", ascending=False).index[0]
         best[family] = top
-        same = (group.beta == group.loc[top, "beta"]) & (group.c_max == group.loc[top, "c_max"])
+        same = (group[SETTING_COLUMNS] == group.loc[top, SETTING_COLUMNS]).all(axis=1)
         partners = group[same & (group.index != top)]
         if len(partners):
             pairs.append(
@@ -162,7 +173,7 @@ def udr_metrics(summary: dict) -> dict:
 def settings_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per setting (DVC plot data, UDR against β): medians over its seeds."""
     table = (
-        frame.groupby(["family", "beta", "c_max"], sort=True)
+        frame.groupby(SETTING_COLUMNS, sort=True)
         .agg(
             setting=("setting", "first"),
             beta_norm=("beta_norm", "first"),
@@ -175,7 +186,19 @@ def settings_table(frame: pd.DataFrame) -> pd.DataFrame:
         .reset_index()
     )
     return table[
-        ["family", "setting", "beta", "beta_norm", "c_max", "udr_within", "udr_a2a", "n_active", "feasible", "n_seeds"]
+        [
+            "family",
+            "setting",
+            "beta",
+            "beta_norm",
+            "c_max",
+            "guide_weight",
+            "udr_within",
+            "udr_a2a",
+            "n_active",
+            "feasible",
+            "n_seeds",
+        ]
     ]
 
 
@@ -218,12 +241,16 @@ def run(
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
     say(f"udr: scoring {n} models, within their settings and all against all")
     common = dict(
-        similarity=cfg.similarity, aggregate=cfg.aggregate, kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha
+        similarity=cfg.similarity,
+        aggregate=cfg.aggregate,
+        kl_threshold=cfg.kl_threshold,
+        lasso_alpha=cfg.lasso_alpha,
+        excluded=excluded_components(frame),
     )
     within = udr_scores(
         reps,
         kls,
-        groups=list(zip(frame.family, frame.beta, frame.c_max)),
+        groups=list(zip(*(frame[c] for c in SETTING_COLUMNS))),
         n_partners=cfg.n_partners or None,
         partner_seed=cfg.partner_seed,
         **common,
