@@ -822,6 +822,79 @@ def test_a_study_whose_trials_all_fail_stops_with_a_clear_error(project, no_pict
     assert all("non-finite" in t["fail_reason"] for t in report["trials"])
 
 
+def test_a_study_resumed_with_another_objective_is_refused_before_any_training(project):
+    """The objective is not in the fingerprint: a changed search.objective meets its old study and is refused."""
+    elbo = merged(RAW_PARAMS, search={"objective": "elbo"})
+    data_version = load_training_data(project / "data" / "processed").data_version
+    name = study_name(FAMILY, parse_params(RAW_PARAMS), data_version)
+    assert study_name(FAMILY, parse_params(elbo), data_version) == name
+    study = optuna.create_study(study_name=name, storage=storage_url(project), direction="maximize")
+    optuna_study.describe_study(study, FAMILY, parse_params(RAW_PARAMS), data_version)
+    assert study.user_attrs["search_objective"] == "udr" and study.metric_names == ["udr"]
+    with pytest.raises(ValueError, match=rf"study '{name}' optimised search\.objective 'udr'.*'elbo'.*delete-study"):
+        run_search(project, elbo)
+    assert all_runs(project) == [] and load_study(project, RAW_PARAMS).trials == []
+    # A study begun before the setting existed is a UDR study: refused too.
+    legacy = optuna.create_study(study_name="old", storage=storage_url(project), direction="maximize")
+    legacy.set_metric_names(["udr"])
+    with pytest.raises(ValueError, match="optimised search.objective 'udr'"):
+        optuna_study.check_objective(legacy, "elbo")
+    optuna_study.check_objective(legacy, "udr")  # resumed with its own objective: goes on
+
+
+def test_search_objective_elbo_needs_no_pruner():
+    with pytest.raises(ConfigError, match=r"search\.pruner 'median' judges trials part-way by their UDR"):
+        parse_params(merged(RAW_PARAMS, search={"objective": "elbo", "pruner": "median"}))
+
+
+@pytest.mark.slow
+def test_search_objective_elbo_end_to_end_picks_by_held_out_elbo(project, no_pictures):
+    """Trials valued by their seeds' median held-out ELBO, the study records it, register follows it."""
+    from tubervae.stages import register, udr
+    from tubervae.training import heldout_elbo
+
+    raw = merged(RAW_PARAMS, search={"objective": "elbo", "spaces": {FAMILY: {"n_trials": 2}}})
+    params = parse_params(raw)
+    summary = run_search(project, raw)
+    study = load_study(project, raw)
+    assert study.metric_names == ["elbo"] and study.user_attrs["search_objective"] == "elbo"
+    assert summary["search_objective"] == "elbo" and "ELBO" in summary["objective"]
+    tracker = Tracker(project)
+    test = load_training_data(project / "data" / "processed").test
+    elbo_of = {}
+    for trial in study.trials:
+        per_seed = [
+            heldout_elbo(vae_artifacts.load_vae(tracker, r)[0], test, "bernoulli")
+            for r in trial.user_attrs["seed_run_ids"]
+        ]
+        assert trial.user_attrs["elbo_per_seed"] == pytest.approx(per_seed)
+        assert trial.value == pytest.approx(float(np.median(per_seed)))
+        assert trial.value != pytest.approx(float(np.median(trial.user_attrs["udr_per_seed"])))
+        elbo_of.update(zip(trial.user_attrs["seed_run_ids"], per_seed))
+    metrics = json.loads((project / "reports" / "metrics" / f"search_{FAMILY}.json").read_text())
+    assert metrics["best_elbo"] == pytest.approx(max(t.value for t in study.trials)) and "best_udr" not in metrics
+
+    udr.run(
+        params,
+        root=project,
+        search_dir=project / "reports" / "search",
+        out_dir=project / "reports" / "udr",
+        processed_dir=project / "data" / "processed",
+    )
+    champion = register.run(
+        params,
+        root=project,
+        udr_dir=project / "reports" / "udr",
+        processed_dir=project / "data" / "processed",
+        out_path=project / "reports" / "register" / "champion.json",
+    )
+    best = max(study.trials, key=lambda t: t.value)  # the setting of best median ELBO, then its best seed
+    expected = max(best.user_attrs["seed_run_ids"], key=elbo_of.get)
+    assert champion["search_objective"] == "elbo" and champion["run_id"] == expected
+    assert champion["champions"]["elbo"]["elbo"] == pytest.approx(elbo_of[expected])
+    assert "held-out ELBO" in champion["policy"]
+
+
 @pytest.fixture
 def float64():
     previous = torch.get_default_dtype()

@@ -1,4 +1,6 @@
-"""The search's objective: one trial trains one setting on every seed and scores it with within-setting UDR.
+"""The search's objective: one trial trains one setting on every seed and scores it with within-setting UDR
+(or, with `search.objective: elbo`, with the seeds' held-out ELBO on the test photos; UDR and the
+informative components are recorded and decide feasibility either way).
 
 Each trial is an MLflow run (`trial <n> <family> <setting>`) under the study's, with its seeds' runs
 nested under it. Seeds whose finished run already exists are reused, the others trained by a
@@ -25,7 +27,7 @@ from tubervae.runs.pruning import prune_steps
 from tubervae.runs.seed_trainers import SeedTrainer
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData, checkpoint_file, find_finished_run, run_key
-from tubervae.training import Setting
+from tubervae.training import Setting, heldout_elbo
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,11 @@ class Objective:
             trials.record_runs(trial, seed_runs=seed_runs)
             score = trials.score_seeds([vae_artifacts.latents(self.tracker, run_id) for run_id in seed_runs], udr)
             reason = trials.record_score(trial, score, min_active=search.min_active, beta_norm=beta_norm)
+            value, elbo = score.value, {}
+            if search.objective == "elbo":
+                elbos = [self._elbo(run_id) for run_id in seed_runs]
+                value = trials.record_elbo(trial, elbos)
+                elbo = {"elbo": value, **{f"elbo_seed/{i}": e for i, e in enumerate(elbos)}}
             self.tracker.log_metrics(
                 parent,
                 {
@@ -104,13 +111,21 @@ class Objective:
                     "n_active": score.n_active,
                     "feasible": float(not reason),
                     **{f"udr_seed/{i}": s for i, s in enumerate(score.udr)},
+                    **elbo,
                 },
                 cfg.steps,  # after any intermediate udr, so the run's latest udr is the objective
             )
             self.tracker.set_tags(
                 parent, {"feasible": not reason, "infeasible_reason": reason, "seed_run_ids": ",".join(seed_runs)}
             )
-        return score.value
+        return value
+
+    def _elbo(self, run_id: str) -> float:
+        """The seed's held-out ELBO on the test photos (`search.objective: elbo`), also logged on its run."""
+        vae, _ = vae_artifacts.load_vae(self.tracker, run_id)
+        value = heldout_elbo(vae, self.data.test, self.params.train.rec_kind)
+        self.tracker.log_metrics(run_id, {"elbo_heldout": value}, self.params.train.steps)
+        return value
 
     def _train_seeds(self, trial: optuna.Trial, setting: Setting, parent: str) -> list[str]:
         """Run ids of the setting's seeds: finished runs are reused, the rest trained, segment by segment

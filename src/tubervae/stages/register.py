@@ -40,7 +40,7 @@ from tubervae.io import under, write_json
 from tubervae.runs import registry, vae_artifacts
 from tubervae.runs.registry import CHAMPION
 from tubervae.runs.tracker import Tracker
-from tubervae.training import encode
+from tubervae.training import encode, heldout_elbo
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,35 @@ def _best_seeds(feasible: pd.DataFrame, settings: pd.DataFrame, udr_tolerance: f
         ]
         rows.append(members.sort_values(["udr_within", "n_active"], ascending=False).iloc[0])
     return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def elbo_candidates(models: pd.DataFrame) -> pd.DataFrame:
+    """`search.objective: elbo`: the best seed of every feasible setting, settings by their median held-out
+    ELBO (column `elbo`), best first."""
+    feasible = models[models.feasible.astype(bool) & models.elbo.notna()]
+    if feasible.empty:
+        raise RuntimeError(
+            "no feasible model to register: every trial has fewer informative components than "
+            "search.min_active; train longer, lower β, or lower search.min_active"
+        )
+    keys = ["family", "beta", "c_max"]
+    settings = feasible.groupby(keys).agg(elbo=("elbo", "median")).reset_index().sort_values("elbo", ascending=False)
+    rows = []
+    for _, chosen in settings.iterrows():
+        members = feasible[
+            (feasible.family == chosen.family) & (feasible.beta == chosen.beta) & (feasible.c_max == chosen.c_max)
+        ]
+        rows.append(members.sort_values(["elbo", "n_active"], ascending=False).iloc[0])
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def with_elbo(tracker: Tracker, models: pd.DataFrame, test_images: np.ndarray, rec_kind: str) -> pd.DataFrame:
+    """`models` with each feasible model's held-out ELBO on the test photos (the search's objective)."""
+    values = [
+        heldout_elbo(vae_artifacts.load_vae(tracker, r.run_id)[0], test_images, rec_kind) if r.feasible else np.nan
+        for r in models.itertuples()
+    ]
+    return models.assign(elbo=values)
 
 
 def rule_cv_score(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> float:
@@ -147,7 +176,11 @@ def run(
     job = (
         choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
     )
-    champion = job.iloc[0] if select == "job" else by_udr
+    by_elbo = None
+    if params.search.objective == "elbo":
+        test = load_split("test", processed_dir)["images"]
+        by_elbo = elbo_candidates(with_elbo(tracker, models, test, params.train.rec_kind)).iloc[0]
+    champion = job.iloc[0] if select == "job" else by_udr if by_elbo is None else by_elbo
     with tracker.run("register", run_id=run_id, tags={"kind": "register", "source_run_id": champion.run_id}) as rid:
         version = promote(tracker, cfg.model_name, champion, meta)
         summary = {
@@ -161,12 +194,18 @@ def run(
             "udr_within": float(champion.udr_within),
             "n_active": int(champion.n_active),
             "data_version": version.tags.get("data_version", meta["data_version"]),
-            "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
-            f"informative components"
+            "policy": (
+                "feasible settings, best median held-out ELBO (search.objective: elbo); its best seed"
+                if by_elbo is not None and select != "job"
+                else f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
+                f"informative components"
+            )
             + ("; then the best cross-validated multi-defect rule on the labelled photos" if select == "job" else ""),
             "select": select,
+            "search_objective": params.search.objective,
             "champions": {
                 "udr": _describe(_scored(by_udr, job)),
+                **({"elbo": {**_describe(by_elbo), "elbo": float(by_elbo.elbo)}} if by_elbo is not None else {}),
                 **({"job": _describe(job.iloc[0]), "job_candidates": len(job)} if job is not None else {}),
             },
         }
