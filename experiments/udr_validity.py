@@ -427,10 +427,15 @@ def family_regrets(scores: dict, quality: np.ndarray, groups: list, n_boot: int)
 def analyse(args) -> None:
     """Write the report from the models that have finished."""
     folder = Path(args.out) / f"{args.simulator}-{args.image_size}"
+    if not (folder / "run.json").exists():
+        raise SystemExit(f"{folder / 'run.json'} is missing: start the training first")
     rows, reps, kls = load_models(folder)
-    if not rows:
-        raise SystemExit(f"no finished model in {folder / 'models.csv'}: train first")
     info = json.loads((folder / "run.json").read_text())
+    if not rows:
+        lines = report_head(info, rows, folder, args) + ["No setting has finished yet.", ""] + report_tail()
+        Path(args.report).write_text("\n".join(lines) + "\n")
+        print(f"no model has finished; report in {args.report}")
+        return
     scores = rule_scores(rows, reps, kls)
     names = info["factors"]
     family = np.array([r["family"] for r in rows])
@@ -458,7 +463,7 @@ def report_head(info: dict, rows: list[dict], folder: Path, args) -> list[str]:
         if any(p["family"] == f for p in info["plan"])
     )
     train_s = sorted({(r["family"], r["setting"], r["train_s"]) for r in rows})
-    mean_s = np.mean([t[2] for t in train_s])
+    timing = f" (about {np.mean([t[2] for t in train_s]) / 60:.0f} min per setting of 3 models)" if train_s else ""
     return [
         "# UDR on trial: does it order the settings of one family, and what should pick the model?",
         "",
@@ -506,8 +511,8 @@ def report_head(info: dict, rows: list[dict], folder: Path, args) -> list[str]:
         "  tied model with equal chance. Spearman intervals: the same resamples (percentile).",
         "- **Job score** (`register.select: job`): not measured: every photo of this simulator is good, so",
         "  there are no good/bad labels to score a rule on.",
-        f"- **Host**: {info['host']}; training shared the 2 cores with other work, so its times "
-        f"(about {mean_s / 60:.0f} min per setting of 3 models) are those of a busy machine.",
+        f"- **Host**: {info['host']}; training shared the 2 cores with other work at a low priority, so its "
+        f"times{timing} are those of a busy machine.",
         "",
     ]
 
