@@ -16,6 +16,10 @@ seed is scored by the cross-validated balanced accuracy of the multi-defect rule
 policy's order). No test photo is touched. Both champions are written to champion.json
 either way, so the classify stage reports them side by side.
 
+`search.objective: elbo` chooses as that search did: the feasible setting of best median held-out
+ELBO on the test photos, and its seed of best ELBO (`register.select: job` still chooses among the
+UDR ties). champion.json names the UDR champion beside it.
+
 The champion becomes a new version of `tubervae-vae` with alias `champion`: the MLflow
 model `vae` that its training run logged (a pyfunc `VaeModel` with its signature and input
 example), so the version links to the run that trained it, with its params and metrics. A
