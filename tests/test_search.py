@@ -847,32 +847,50 @@ def test_search_objective_elbo_needs_no_pruner():
         parse_params(merged(RAW_PARAMS, search={"objective": "elbo", "pruner": "median"}))
 
 
-@pytest.mark.slow
-def test_search_objective_elbo_end_to_end_picks_by_held_out_elbo(project, no_pictures):
-    """Trials valued by their seeds' median held-out ELBO, the study records it, register follows it."""
-    from tubervae.stages import register, udr
-    from tubervae.training import heldout_elbo
+def seed_value(objective: str, tracker: Tracker, run_id: str, root: Path, params) -> float:
+    """A seed's value under `search.objective`, recomputed from its logged model."""
+    from tubervae.classify.any_rule import job_score
+    from tubervae.data.processed import load_split
+    from tubervae.training import encode, heldout_elbo
 
-    raw = merged(RAW_PARAMS, search={"objective": "elbo", "spaces": {FAMILY: {"n_trials": 2}}})
+    vae = vae_artifacts.load_vae(tracker, run_id)[0]
+    if objective == "elbo":
+        return heldout_elbo(vae, load_training_data(root / "data" / "processed").test, "bernoulli")
+    labelled = load_split("labelled", root / "data" / "processed")
+    z, _ = encode(vae, labelled["images"])
+    kl = vae_artifacts.latents(tracker, run_id)["kl"]
+    cls = params.classify
+    return job_score(
+        z, labelled["labels"] == 1, kl, max_rules=cls.max_rules, n_folds=cls.cv_folds, random_state=cls.seed
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["elbo", "job"])
+def test_search_objective_end_to_end_values_trials_and_picks_the_champion_by_it(project, no_pictures, objective):
+    """Trials valued by their seeds' median held-out ELBO (job score), the study records it, register follows it."""
+    from tubervae.stages import register, udr
+
+    raw = merged(RAW_PARAMS, search={"objective": objective, "spaces": {FAMILY: {"n_trials": 2}}})
     params = parse_params(raw)
     summary = run_search(project, raw)
     study = load_study(project, raw)
-    assert study.metric_names == ["elbo"] and study.user_attrs["search_objective"] == "elbo"
-    assert summary["search_objective"] == "elbo" and "ELBO" in summary["objective"]
+    assert study.metric_names == [objective] and study.user_attrs["search_objective"] == objective
+    assert (
+        summary["search_objective"] == objective
+        and {"elbo": "ELBO", "job": "multi-defect"}[objective] in (summary["objective"])
+    )
     tracker = Tracker(project)
-    test = load_training_data(project / "data" / "processed").test
-    elbo_of = {}
+    value_of = {}
     for trial in study.trials:
-        per_seed = [
-            heldout_elbo(vae_artifacts.load_vae(tracker, r)[0], test, "bernoulli")
-            for r in trial.user_attrs["seed_run_ids"]
-        ]
-        assert trial.user_attrs["elbo_per_seed"] == pytest.approx(per_seed)
+        per_seed = [seed_value(objective, tracker, r, project, params) for r in trial.user_attrs["seed_run_ids"]]
+        assert trial.user_attrs[f"{objective}_per_seed"] == pytest.approx(per_seed)
         assert trial.value == pytest.approx(float(np.median(per_seed)))
         assert trial.value != pytest.approx(float(np.median(trial.user_attrs["udr_per_seed"])))
-        elbo_of.update(zip(trial.user_attrs["seed_run_ids"], per_seed))
+        value_of.update(zip(trial.user_attrs["seed_run_ids"], per_seed))
     metrics = json.loads((project / "reports" / "metrics" / f"search_{FAMILY}.json").read_text())
-    assert metrics["best_elbo"] == pytest.approx(max(t.value for t in study.trials)) and "best_udr" not in metrics
+    assert metrics[f"best_{objective}"] == pytest.approx(max(t.value for t in study.trials))
+    assert "best_udr" not in metrics
 
     udr.run(
         params,
@@ -888,11 +906,29 @@ def test_search_objective_elbo_end_to_end_picks_by_held_out_elbo(project, no_pic
         processed_dir=project / "data" / "processed",
         out_path=project / "reports" / "register" / "champion.json",
     )
-    best = max(study.trials, key=lambda t: t.value)  # the setting of best median ELBO, then its best seed
-    expected = max(best.user_attrs["seed_run_ids"], key=elbo_of.get)
-    assert champion["search_objective"] == "elbo" and champion["run_id"] == expected
-    assert champion["champions"]["elbo"]["elbo"] == pytest.approx(elbo_of[expected])
-    assert "held-out ELBO" in champion["policy"]
+    best = max(study.trials, key=lambda t: t.value)  # the setting of best median value, then its best seed
+    expected = max(best.user_attrs["seed_run_ids"], key=value_of.get)
+    if objective == "job":  # ties in a 16-photo score: any seed of the best value will do
+        assert value_of[champion["run_id"]] == pytest.approx(value_of[expected])
+    else:
+        assert champion["run_id"] == expected
+    assert champion["search_objective"] == objective
+    assert champion["champions"]["objective"][objective] == pytest.approx(value_of[champion["run_id"]])
+    assert f"best median {objective}" in champion["policy"]
+
+
+def test_search_objective_job_is_refused_without_both_classes_of_labels(project):
+    from tubervae.data.processed import load_split, save_split
+    from tubervae.runs.objective import job_photos
+
+    processed = project / "data" / "processed"
+    labelled = load_split("labelled", processed)
+    save_split(processed, "labelled", {**labelled, "labels": np.zeros_like(labelled["labels"])})  # all good
+    with pytest.raises(ValueError, match=r"search.objective is 'job', but the labelled split holds 16 good and 0 bad"):
+        job_photos(processed)
+    with pytest.raises(ValueError, match="holds 16 good and 0 bad"):
+        run_search(project, merged(RAW_PARAMS, search={"objective": "job"}))
+    assert all_runs(project) == []
 
 
 @pytest.fixture

@@ -27,8 +27,9 @@ AGGREGATES = ("paper", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 SELECTIONS = ("udr", "job")  # register.select: the champion by UDR alone, or for the grading job
-# search.objective: a trial's value, the median over its seeds of within-setting UDR or of the held-out ELBO
-SEARCH_OBJECTIVES = ("udr", "elbo")
+# search.objective: a trial's value, the median over its seeds of within-setting UDR, of the held-out ELBO
+# (photos alone), or of the job score (the multi-defect rule on the labelled photos, cross-validated)
+SEARCH_OBJECTIVES = ("udr", "elbo", "job")
 FUSE_MODES = ("auto", "always", "never")  # auto: a trial's seeds train as one fused model on CUDA
 PRUNERS = ("none", "median", "successive_halving", "hyperband")  # Optuna's, judging trials part-way (search.pruner)
 IMAGE_SIZES = (16, 32, 64, 128)

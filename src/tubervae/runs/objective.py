@@ -1,5 +1,6 @@
 """The search's objective: one trial trains one setting on every seed and scores it with within-setting UDR
-(or, with `search.objective: elbo`, with the seeds' held-out ELBO on the test photos; UDR and the
+(or, with `search.objective: elbo`, with the seeds' held-out ELBO on the test photos; with `job`, with
+the cross-validated balanced accuracy of the multi-defect rule on the labelled photos; UDR and the
 informative components are recorded and decide feasibility either way).
 
 Each trial is an MLflow run (`trial <n> <family> <setting>`) under the study's, with its seeds' runs
@@ -21,13 +22,15 @@ from pathlib import Path
 
 import optuna
 
+from tubervae.classify.any_rule import job_score
 from tubervae.config import Params, SearchSpace
+from tubervae.data.processed import load_split
 from tubervae.runs import trials, vae_artifacts
 from tubervae.runs.pruning import prune_steps
 from tubervae.runs.seed_trainers import SeedTrainer
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData, checkpoint_file, find_finished_run, run_key
-from tubervae.training import Setting, heldout_elbo
+from tubervae.training import Setting, encode, heldout_elbo
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,20 @@ def suggest_setting(trial: optuna.Trial, family: str, space: SearchSpace) -> Set
     beta = trial.suggest_float("beta", space.beta[0], space.beta[1], log=space.beta_log)
     c_max = trial.suggest_float("c_max", space.c_max[0], space.c_max[1]) if family == "cbeta_vae" else 0.0
     return Setting(family=family, beta=beta, c_max=c_max)
+
+
+def job_photos(processed_dir: Path | None) -> dict:
+    """The labelled photos `search.objective: job` scores on; refused at once without both classes."""
+    labelled = load_split("labelled", processed_dir)
+    known = labelled["labels"] >= 0
+    images, labels = labelled["images"][known], labelled["labels"][known]
+    n_good, n_bad = int((labels == 0).sum()), int((labels == 1).sum())
+    if min(n_good, n_bad) < 2:
+        raise ValueError(
+            f"search.objective is 'job', but the labelled split holds {n_good} good and {n_bad} bad photos: the "
+            f"multi-defect rule needs at least 2 of each; label more photos or use search.objective: udr or elbo"
+        )
+    return {"images": images, "labels": labels}
 
 
 class Objective:
@@ -56,6 +73,7 @@ class Objective:
         self.space = params.search.spaces[family]
         self.study_run_id, self.checkpoint_dir = study_run_id, checkpoint_dir
         self.stops = prune_steps(params)
+        self.labelled = job_photos(data.processed_dir) if params.search.objective == "job" else None
 
     def __call__(self, trial: optuna.Trial) -> float:
         trials.record_worker(trial)
@@ -99,11 +117,11 @@ class Objective:
             trials.record_runs(trial, seed_runs=seed_runs)
             score = trials.score_seeds([vae_artifacts.latents(self.tracker, run_id) for run_id in seed_runs], udr)
             reason = trials.record_score(trial, score, min_active=search.min_active, beta_norm=beta_norm)
-            value, elbo = score.value, {}
-            if search.objective == "elbo":
-                elbos = [self._elbo(run_id) for run_id in seed_runs]
-                value = trials.record_elbo(trial, elbos)
-                elbo = {"elbo": value, **{f"elbo_seed/{i}": e for i, e in enumerate(elbos)}}
+            value, extra = score.value, {}
+            if search.objective != "udr":
+                per_seed = [self._score_seed(run_id) for run_id in seed_runs]
+                value = trials.record_objective(trial, search.objective, per_seed)
+                extra = {search.objective: value, **{f"{search.objective}_seed/{i}": v for i, v in enumerate(per_seed)}}
             self.tracker.log_metrics(
                 parent,
                 {
@@ -111,7 +129,7 @@ class Objective:
                     "n_active": score.n_active,
                     "feasible": float(not reason),
                     **{f"udr_seed/{i}": s for i, s in enumerate(score.udr)},
-                    **elbo,
+                    **extra,
                 },
                 cfg.steps,  # after any intermediate udr, so the run's latest udr is the objective
             )
@@ -120,11 +138,26 @@ class Objective:
             )
         return value
 
-    def _elbo(self, run_id: str) -> float:
-        """The seed's held-out ELBO on the test photos (`search.objective: elbo`), also logged on its run."""
+    def _score_seed(self, run_id: str) -> float:
+        """The seed's value under `search.objective`, also logged on its run: `elbo`, its held-out ELBO on the
+        test photos; `job`, the cross-validated balanced accuracy of the multi-defect rule on the labelled ones."""
+        params = self.params
         vae, _ = vae_artifacts.load_vae(self.tracker, run_id)
-        value = heldout_elbo(vae, self.data.test, self.params.train.rec_kind)
-        self.tracker.log_metrics(run_id, {"elbo_heldout": value}, self.params.train.steps)
+        if params.search.objective == "elbo":
+            name, value = "elbo_heldout", heldout_elbo(vae, self.data.test, params.train.rec_kind)
+        else:
+            z, _ = encode(vae, self.labelled["images"])
+            value = job_score(
+                z,
+                self.labelled["labels"] == 1,
+                vae_artifacts.latents(self.tracker, run_id)["kl"],
+                kl_threshold=params.udr.kl_threshold,
+                max_rules=params.classify.max_rules,
+                n_folds=params.classify.cv_folds,
+                random_state=params.classify.seed,
+            )
+            name = "job_cv"
+        self.tracker.log_metrics(run_id, {name: value}, params.train.steps)
         return value
 
     def _train_seeds(self, trial: optuna.Trial, setting: Setting, parent: str) -> list[str]:

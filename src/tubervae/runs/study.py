@@ -98,6 +98,11 @@ def objective_text(params: Params) -> str:
     """What a trial's value is, in words (`search.objective`)."""
     if params.search.objective == "elbo":
         return f"median held-out ELBO (nats per test photo) over {params.search.seeds} seeds"
+    if params.search.objective == "job":
+        return (
+            f"median job score over {params.search.seeds} seeds (cross-validated balanced accuracy of the "
+            f"multi-defect rule on the labelled photos)"
+        )
     return (
         f"median within-setting UDR over {params.search.seeds} seeds "
         f"({params.udr.similarity} similarity, {params.udr.aggregate} aggregation)"

@@ -2,7 +2,7 @@
 runs trials until the study holds `n_trials` finished ones.
 
 A trial's value is the median over its seeds of the UDR within the setting (`search.objective: udr`)
-or of their held-out ELBO (`elbo`); a trial whose median
+or of their held-out ELBO (`elbo`) or job score (`job`); a trial whose median
 number of informative components is below `search.min_active` is infeasible and cannot win (UDR
 rewards collapsed models). What a trial records lives in its Optuna user attributes (the reports and
 the resumption read them back): `host` and `pid` of its worker, its MLflow run, its seeds' runs,
@@ -127,10 +127,11 @@ def record_score(trial: optuna.Trial, score: SeedScores, *, min_active: int, bet
     return reason
 
 
-def record_elbo(trial: optuna.Trial, elbos: list[float]) -> float:
-    """The seeds' held-out ELBO (`search.objective: elbo`); returns the trial's value, their median."""
-    trial.set_user_attr("elbo_per_seed", [float(e) for e in elbos])
-    return float(np.median(elbos))
+def record_objective(trial: optuna.Trial, objective: str, per_seed: list[float]) -> float:
+    """The seeds' values under a `search.objective` other than udr (`<objective>_per_seed`); returns the
+    trial's value, their median."""
+    trial.set_user_attr(f"{objective}_per_seed", [float(v) for v in per_seed])
+    return float(np.median(per_seed))
 
 
 def record_pruned(trial: optuna.Trial, pruned: Pruned, seed_runs: list[str]) -> None:
@@ -161,7 +162,8 @@ def summarise(study: optuna.Study, family: str, params: Params) -> dict:
                 "n_active": t.user_attrs.get("n_active"),
                 "infeasible_reason": t.user_attrs.get("infeasible_reason", ""),
                 "udr_per_seed": t.user_attrs.get("udr_per_seed"),
-                "elbo_per_seed": t.user_attrs.get("elbo_per_seed"),
+                "objective_per_seed": t.user_attrs.get(f"{params.search.objective}_per_seed")
+                or t.user_attrs.get("udr_per_seed"),
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                 "seed_run_ids": t.user_attrs.get("seed_run_ids", []),
                 "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason", ""),

@@ -16,9 +16,10 @@ seed is scored by the cross-validated balanced accuracy of the multi-defect rule
 policy's order). No test photo is touched. Both champions are written to champion.json
 either way, so the classify stage reports them side by side.
 
-`search.objective: elbo` chooses as that search did: the feasible setting of best median held-out
-ELBO on the test photos, and its seed of best ELBO (`register.select: job` still chooses among the
-UDR ties). champion.json names the UDR champion beside it.
+`search.objective: elbo` or `job` chooses as that search did: the feasible setting of best median
+held-out ELBO on the test photos (or job score on the labelled photos), and its seed of best value
+(`register.select: job` still chooses among the UDR ties). champion.json names the UDR champion
+beside it.
 
 The champion becomes a new version of `tubervae-vae` with alias `champion`: the MLflow
 model `vae` that its training run logged (a pyfunc `VaeModel` with its signature and input
@@ -36,10 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tubervae.classify.any_rule import fit_any_of_rule
+from tubervae.classify.any_rule import job_score
 from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
-from tubervae.evaluation.udr import informative_mask
 from tubervae.io import under, write_json
 from tubervae.runs import registry, vae_artifacts
 from tubervae.runs.registry import CHAMPION
@@ -85,50 +85,53 @@ def _best_seeds(feasible: pd.DataFrame, settings: pd.DataFrame, udr_tolerance: f
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-def elbo_candidates(models: pd.DataFrame) -> pd.DataFrame:
-    """`search.objective: elbo`: the best seed of every feasible setting, settings by their median held-out
-    ELBO (column `elbo`), best first."""
-    feasible = models[models.feasible.astype(bool) & models.elbo.notna()]
+def objective_candidates(models: pd.DataFrame, column: str) -> pd.DataFrame:
+    """`search.objective` elbo or job: the best seed of every feasible setting, settings by their median
+    `column` (the objective's per-model value), best first."""
+    feasible = models[models.feasible.astype(bool) & models[column].notna()]
     if feasible.empty:
         raise RuntimeError(
             "no feasible model to register: every trial has fewer informative components than "
             "search.min_active; train longer, lower β, or lower search.min_active"
         )
     keys = ["family", "beta", "c_max"]
-    settings = feasible.groupby(keys).agg(elbo=("elbo", "median")).reset_index().sort_values("elbo", ascending=False)
+    settings = feasible.groupby(keys).agg(value=(column, "median")).reset_index().sort_values("value", ascending=False)
     rows = []
     for _, chosen in settings.iterrows():
         members = feasible[
             (feasible.family == chosen.family) & (feasible.beta == chosen.beta) & (feasible.c_max == chosen.c_max)
         ]
-        rows.append(members.sort_values(["elbo", "n_active"], ascending=False).iloc[0])
+        rows.append(members.sort_values([column, "n_active"], ascending=False).iloc[0])
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-def with_elbo(tracker: Tracker, models: pd.DataFrame, test_images: np.ndarray, rec_kind: str) -> pd.DataFrame:
-    """`models` with each feasible model's held-out ELBO on the test photos (the search's objective)."""
-    values = [
-        heldout_elbo(vae_artifacts.load_vae(tracker, r.run_id)[0], test_images, rec_kind) if r.feasible else np.nan
-        for r in models.itertuples()
-    ]
-    return models.assign(elbo=values)
+def with_objective(
+    tracker: Tracker, models: pd.DataFrame, params: Params, test_images: np.ndarray, labelled: dict
+) -> pd.DataFrame:
+    """`models` with each feasible model's value under `search.objective` (elbo or job) in that column."""
+    objective = params.search.objective
+
+    def value(run_id: str) -> float:
+        if objective == "job":
+            return rule_cv_score(tracker, run_id, labelled, params)
+        return heldout_elbo(vae_artifacts.load_vae(tracker, run_id)[0], test_images, params.train.rec_kind)
+
+    return models.assign(**{objective: [value(r.run_id) if r.feasible else np.nan for r in models.itertuples()]})
 
 
 def rule_cv_score(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> float:
     """Cross-validated balanced accuracy of the multi-defect rule on the run's latents of the labelled photos."""
     vae, _ = vae_artifacts.load_vae(tracker, run_id)
     z, _ = encode(vae, labelled["images"])
-    kl = vae_artifacts.latents(tracker, run_id)["kl"]
-    informative = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or None
-    rule = fit_any_of_rule(
+    return job_score(
         z,
         labelled["labels"] == 1,
-        components=informative,
+        vae_artifacts.latents(tracker, run_id)["kl"],
+        kl_threshold=params.udr.kl_threshold,
         max_rules=params.classify.max_rules,
         n_folds=params.classify.cv_folds,
         random_state=params.classify.seed,
     )
-    return float(max(rule.cv_balanced_accuracy)) if rule.cv_balanced_accuracy else float(rule.train_balanced_accuracy)
 
 
 def choose_for_the_job(tracker: Tracker, candidates: pd.DataFrame, labelled: dict, params: Params) -> pd.DataFrame:
@@ -180,11 +183,16 @@ def run(
     job = (
         choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
     )
-    by_elbo = None
-    if params.search.objective == "elbo":
-        test = load_split("test", processed_dir)["images"]
-        by_elbo = elbo_candidates(with_elbo(tracker, models, test, params.train.rec_kind)).iloc[0]
-    champion = job.iloc[0] if select == "job" else by_udr if by_elbo is None else by_elbo
+    objective, by_objective = params.search.objective, None
+    if objective == "job" and not has_labels:
+        raise ValueError(
+            f"search.objective is 'job', but the labelled split holds {n_good} good and {n_bad} bad photos (the "
+            f"rule needs both): use search.objective: udr or elbo"
+        )
+    if objective != "udr":
+        test = load_split("test", processed_dir)["images"] if objective == "elbo" else None
+        by_objective = objective_candidates(with_objective(tracker, models, params, test, labelled), objective).iloc[0]
+    champion = job.iloc[0] if select == "job" else by_udr if by_objective is None else by_objective
     with tracker.run("register", run_id=run_id, tags={"kind": "register", "source_run_id": champion.run_id}) as rid:
         version = promote(tracker, cfg.model_name, champion, meta)
         summary = {
@@ -199,8 +207,8 @@ def run(
             "n_active": int(champion.n_active),
             "data_version": version.tags.get("data_version", meta["data_version"]),
             "policy": (
-                "feasible settings, best median held-out ELBO (search.objective: elbo); its best seed"
-                if by_elbo is not None and select != "job"
+                f"feasible settings, best median {objective} (search.objective); its best seed by {objective}"
+                if by_objective is not None and select != "job"
                 else f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
                 f"informative components"
             )
@@ -209,7 +217,11 @@ def run(
             "search_objective": params.search.objective,
             "champions": {
                 "udr": _describe(_scored(by_udr, job)),
-                **({"elbo": {**_describe(by_elbo), "elbo": float(by_elbo.elbo)}} if by_elbo is not None else {}),
+                **(
+                    {"objective": {**_describe(by_objective), objective: float(by_objective[objective])}}
+                    if by_objective is not None
+                    else {}
+                ),
                 **({"job": _describe(job.iloc[0]), "job_candidates": len(job)} if job is not None else {}),
             },
         }
