@@ -570,7 +570,8 @@ def family_section(fam: str, idx: np.ndarray, rows: list[dict], scores: dict, n_
     dci_q = np.array([rows[i]["dci_d"] for i in idx])
     n_settings = len(set(groups))
     name = FAMILY_NAMES[fam]
-    lines = [f"## {name}: {n_settings} settings, {idx.size} models", ""]
+    plural = "s" if n_settings != 1 else ""
+    lines = [f"## {name}: {n_settings} setting{plural}, {idx.size} models", ""]
     med_udr = setting_medians(sub["udr_lasso_paper"], groups)
     med_mig = setting_medians(mig_q, groups)
     med_dci = setting_medians(dci_q, groups)
