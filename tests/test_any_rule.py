@@ -400,3 +400,16 @@ def test_the_model_serves_the_or_rule_and_loads_an_old_single_rule_file(tmp_path
     (tmp_path / "single").mkdir()
     model, _, _ = tiny_model(tmp_path / "single", single)
     assert model.rule == AnyOfRule.from_threshold_rule(single)
+
+
+def test_job_score_is_the_best_cross_validated_figure_over_the_informative_components():
+    from tubervae.classify.any_rule import job_score
+
+    rng = np.random.default_rng(0)
+    bad = np.arange(40) % 2 == 1
+    z = np.column_stack([bad * 3.0 + rng.normal(0, 0.1, 40), rng.normal(0, 1, 40)])  # z0 tells bad apart
+    assert job_score(z, bad, [1.0, 1.0]) == pytest.approx(1.0)
+    # only z1 (noise) is informative: the rule may not use z0, so it scores near chance
+    assert job_score(z, bad, [0.0, 1.0]) < 0.8
+    # no informative component at all: every component is a candidate again
+    assert job_score(z, bad, [0.0, 0.0]) == pytest.approx(1.0)

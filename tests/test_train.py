@@ -36,6 +36,7 @@ from tubervae.training import (
     Setting,
     boundary,
     checkpoint_identity,
+    heldout_elbo,
     normalised_beta,
     train_model,
 )
@@ -252,6 +253,24 @@ def test_step_boundaries_by_hand():
     assert [s for s, b in seen.items() if b.window] == [4, 6, 7, 8, 12]
     assert [s for s, b in seen.items() if b.snapshot] == [5, 10]
     assert not any(boundary(s, 12, TrainConfig(steps=12, snapshot_every=0)).snapshot for s in range(1, 13))
+
+
+def test_heldout_elbo_is_minus_reconstruction_and_kl_of_one_seeded_posterior_sample():
+    """By hand: the decoded sample's Bernoulli loss plus the closed-form KL, per image, negated."""
+    torch.manual_seed(0)
+    model = VAE(image_size=SIZE, latent_dim=LATENT)
+    images, _ = disc_images(5, np.random.default_rng(0))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=torch.Generator().manual_seed(3))
+        rec = torch.nn.functional.binary_cross_entropy_with_logits(model.decode(z), x, reduction="sum") / 5
+        kl = 0.5 * (mu**2 + logvar.exp() - logvar - 1).sum() / 5
+    value = heldout_elbo(model, images, "bernoulli", seed=3)
+    assert value == pytest.approx(-float(rec + kl), rel=1e-5)
+    assert heldout_elbo(model, images, "bernoulli", seed=3) == value  # the same sample again
+    assert heldout_elbo(model, images, "bernoulli", seed=4) != value
+    assert np.isnan(heldout_elbo(model, images[:0], "bernoulli"))
 
 
 def test_training_in_segments_gives_the_weights_and_logs_of_one_go(data, tmp_path):

@@ -99,7 +99,7 @@ def cmd_search(args, params: Params) -> None:
     best = summary["best_params"]
     print(
         f"{args.family}: {summary['n_complete']} complete trials ({summary['n_feasible']} feasible); "
-        f"best {best} UDR {summary['best_value']}"
+        f"best {best} {summary['search_objective'].upper()} {summary['best_value']}"
         if best
         else f"{args.family}: {summary['n_complete']} complete trials, none feasible"
     )

@@ -31,6 +31,9 @@ AGGREGATES = ("paper", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 SELECTIONS = ("udr", "job")  # register.select: the champion by UDR alone, or for the grading job
+# search.objective: a trial's value, the median over its seeds of within-setting UDR, of the held-out ELBO
+# (photos alone), or of the job score (the multi-defect rule on the labelled photos, cross-validated)
+SEARCH_OBJECTIVES = ("udr", "elbo", "job")
 FUSE_MODES = ("auto", "always", "never")  # auto: a trial's seeds train as one fused model on CUDA
 PRUNERS = ("none", "median", "successive_halving", "hyperband")  # Optuna's, judging trials part-way (search.pruner)
 IMAGE_SIZES = (16, 32, 64, 128)
@@ -164,6 +167,7 @@ class SearchConfig:
     heartbeat_interval: int = _rule(60, min=1)
     grace_period: int = _rule(180, min=2)
     max_retry: int = _rule(3, min=0)
+    objective: str = _rule("udr", choices=SEARCH_OBJECTIVES)  # a trial's value (median over seeds); register follows
     pruner: str = _rule("none", choices=PRUNERS)  # stops settings that cannot win part-way; none: train every trial
     prune_at: list = _rule(default_factory=lambda: [0.25, 0.5])  # fractions of train.steps where trials are judged
     prune_startup_trials: int = _rule(1, min=0)  # median: complete trials before it prunes
@@ -367,6 +371,11 @@ def parse_params(raw: dict | None) -> Params:
         raise ConfigError(
             f"search.prune_at is empty, so search.pruner {search.pruner!r} has no point to judge trials at: "
             "give fractions of train.steps (e.g. [0.25, 0.5]) or set search.pruner: none"
+        )
+    if search.objective != "udr" and search.pruner != "none":
+        raise ConfigError(
+            f"search.pruner {search.pruner!r} judges trials part-way by their UDR, but search.objective is "
+            f"{search.objective!r}: set search.pruner: none, or search.objective: udr"
         )
     if sections["udr"].n_partners and sections["udr"].n_partners > sections["search"].seeds - 1:
         raise ConfigError(

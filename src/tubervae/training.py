@@ -324,6 +324,29 @@ def reconstruction_error(
     return total / len(images)
 
 
+@torch.no_grad()
+def heldout_elbo(model: VAE, images: np.ndarray, rec_kind: str, *, seed: int = 0, batch_size: int = 500) -> float:
+    """Mean per-image ELBO (nats, higher is better) of uint8 images the model did not train on.
+
+    One posterior sample per image, drawn from a generator seeded with `seed` (so a model's value
+    is reproducible): −(reconstruction loss of the decoded sample, summed over pixels, + the KL of
+    the posterior to the prior, summed over components). NaN for no images.
+    """
+    if len(images) == 0:
+        return float("nan")
+    model.eval()
+    device = next(model.parameters()).device
+    noise = torch.Generator(device="cpu").manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        x = as_input(images_to_tensor(images[start : start + batch_size], device))
+        mu, logvar = (t.float() for t in model.encode(x))
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=noise).to(device)
+        rec = float(reconstruction_loss(x, model.decode(z).float(), kind=rec_kind)) * len(x)
+        total -= rec + float(kl_per_component(mu, logvar).sum())
+    return total / len(images)
+
+
 def probe_latents(model: VAE, probe: np.ndarray, device: torch.device | None = None) -> dict:
     """Means, log-variances and the mean KL per component of the probe images (what UDR compares)."""
     mu, logvar = encode(model, probe, device)

@@ -27,8 +27,16 @@ import numpy as np
 from tubervae.checks import check_array, check_int, check_real, check_seed
 from tubervae.classify._inputs import as_components, as_labels, require_both_classes
 from tubervae.classify.rules import DIRECTIONS, ThresholdRule, fit_threshold_rule
+from tubervae.config import INFORMATIVE_KL
 
-__all__ = ["DEFAULT_MAX_RULES", "DEFAULT_N_FOLDS", "AnyOfRule", "fit_any_of_rule", "greedy_any_of_rule"]
+__all__ = [
+    "DEFAULT_MAX_RULES",
+    "DEFAULT_N_FOLDS",
+    "AnyOfRule",
+    "fit_any_of_rule",
+    "greedy_any_of_rule",
+    "job_score",
+]
 
 DEFAULT_MAX_RULES = 3  # spots, greening, rot
 DEFAULT_N_FOLDS = 5
@@ -291,3 +299,27 @@ def fit_any_of_rule(
     k_best = int(np.flatnonzero(cv >= cv.max() - _CV_TIE)[0]) + 1
     rules = _greedy_rules(array, labels, candidates, k_best)
     return _assemble(array, labels, rules, tuple(float(v) for v in cv))
+
+
+def job_score(
+    latents: Any,
+    bad: Any,
+    kl: Any,
+    *,
+    kl_threshold: float = INFORMATIVE_KL,
+    max_rules: int = DEFAULT_MAX_RULES,
+    n_folds: int = DEFAULT_N_FOLDS,
+    random_state: int = 0,
+) -> float:
+    """How well a representation serves the grading job, from the labelled photos alone.
+
+    The multi-defect rule (:func:`fit_any_of_rule`) over the informative components (mean KL
+    ``kl`` above ``kl_threshold``; all components when none is) and its best cross-validated
+    balanced accuracy over the rule counts; its training figure when a class is too small to
+    cross-validate. What `register.select: job` and `search.objective: job` rank by.
+    """
+    informative = [int(j) for j in np.flatnonzero(np.asarray(kl, dtype=float) > kl_threshold)] or None
+    rule = fit_any_of_rule(
+        latents, bad, components=informative, max_rules=max_rules, n_folds=n_folds, random_state=random_state
+    )
+    return float(max(rule.cv_balanced_accuracy)) if rule.cv_balanced_accuracy else float(rule.train_balanced_accuracy)

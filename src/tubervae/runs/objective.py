@@ -1,4 +1,7 @@
-"""The search's objective: one trial trains one setting on every seed and scores it with within-setting UDR.
+"""The search's objective: one trial trains one setting on every seed and scores it with within-setting UDR
+(or, with `search.objective: elbo`, with the seeds' held-out ELBO on the test photos; with `job`, with
+the cross-validated balanced accuracy of the multi-defect rule on the labelled photos; UDR and the
+informative components are recorded and decide feasibility either way).
 
 Each trial is an MLflow run (`trial <n> <family> <setting>`) under the study's, with its seeds' runs
 nested under it. Seeds whose finished run already exists are reused, the others trained by a
@@ -20,14 +23,16 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from tubervae.classify.any_rule import job_score
 from tubervae.config import GUIDED_COMPONENT, Params, SearchSpace, base_family, is_guided
+from tubervae.data.processed import load_split
 from tubervae.runs import trials, vae_artifacts
 from tubervae.runs.progress import SearchProgress
 from tubervae.runs.pruning import prune_steps
 from tubervae.runs.seed_trainers import SeedTrainer
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData, checkpoint_file, find_finished_run, run_key
-from tubervae.training import Setting
+from tubervae.training import Setting, encode, heldout_elbo
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,20 @@ def trial_position(trial: optuna.Trial) -> int:
     return k
 
 
+def job_photos(processed_dir: Path | None) -> dict:
+    """The labelled photos `search.objective: job` scores on; refused at once without both classes."""
+    labelled = load_split("labelled", processed_dir)
+    known = labelled["labels"] >= 0
+    images, labels = labelled["images"][known], labelled["labels"][known]
+    n_good, n_bad = int((labels == 0).sum()), int((labels == 1).sum())
+    if min(n_good, n_bad) < 2:
+        raise ValueError(
+            f"search.objective is 'job', but the labelled split holds {n_good} good and {n_bad} bad photos: the "
+            f"multi-defect rule needs at least 2 of each; label more photos or use search.objective: udr or elbo"
+        )
+    return {"images": images, "labels": labels}
+
+
 class Objective:
     """Train one setting on every seed, score it with within-setting UDR (module docstring)."""
 
@@ -76,6 +95,7 @@ class Objective:
         self.progress = progress
         # UDR ranks a guided family's seeds over its unsupervised components: the guided one is left out.
         self.excluded = (GUIDED_COMPONENT,) if is_guided(family) else ()
+        self.labelled = job_photos(data.processed_dir) if params.search.objective == "job" else None
 
     def __call__(self, trial: optuna.Trial) -> float:
         trials.record_worker(trial)
@@ -131,6 +151,11 @@ class Objective:
             reason = trials.record_score(trial, score, min_active=search.min_active, beta_norm=beta_norm)
             if self.progress:
                 self.progress.scored(parent, score.value, score.n_active, not reason)
+            value, extra = score.value, {}
+            if search.objective != "udr":
+                per_seed = [self._score_seed(run_id) for run_id in seed_runs]
+                value = trials.record_objective(trial, search.objective, per_seed)
+                extra = {search.objective: value, **{f"{search.objective}_seed/{i}": v for i, v in enumerate(per_seed)}}
             self.tracker.log_metrics(
                 parent,
                 {
@@ -138,13 +163,36 @@ class Objective:
                     "n_active": score.n_active,
                     "feasible": float(not reason),
                     **{f"udr_seed/{i}": s for i, s in enumerate(score.udr)},
+                    **extra,
                 },
                 cfg.steps,  # after any intermediate udr, so the run's latest udr is the objective
             )
             self.tracker.set_tags(
                 parent, {"feasible": not reason, "infeasible_reason": reason, "seed_run_ids": ",".join(seed_runs)}
             )
-        return score.value
+        return value
+
+    def _score_seed(self, run_id: str) -> float:
+        """The seed's value under `search.objective`, also logged on its run: `elbo`, its held-out ELBO on the
+        test photos; `job`, the cross-validated balanced accuracy of the multi-defect rule on the labelled ones."""
+        params = self.params
+        vae, _ = vae_artifacts.load_vae(self.tracker, run_id)
+        if params.search.objective == "elbo":
+            name, value = "elbo_heldout", heldout_elbo(vae, self.data.test, params.train.rec_kind)
+        else:
+            z, _ = encode(vae, self.labelled["images"])
+            value = job_score(
+                z,
+                self.labelled["labels"] == 1,
+                vae_artifacts.latents(self.tracker, run_id)["kl"],
+                kl_threshold=params.udr.kl_threshold,
+                max_rules=params.classify.max_rules,
+                n_folds=params.classify.cv_folds,
+                random_state=params.classify.seed,
+            )
+            name = "job_cv"
+        self.tracker.log_metrics(run_id, {name: value}, params.train.steps)
+        return value
 
     def _train_seeds(self, trial: optuna.Trial, setting: Setting, parent: str) -> list[str]:
         """Run ids of the setting's seeds: finished runs are reused, the rest trained, segment by segment

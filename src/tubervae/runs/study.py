@@ -78,20 +78,60 @@ def describe_study(study: optuna.Study, family: str, params: Params, data_versio
     written (or loses the race to write them on a shared database) leaves them."""
     wanted = {
         "family": family,
-        "objective": f"median within-setting UDR over {params.search.seeds} seeds "
-        f"({params.udr.similarity} similarity, {params.udr.aggregate} aggregation)",
+        "search_objective": params.search.objective,
+        "objective": objective_text(params),
         "fingerprint": fingerprint(params, data_version),
         **study_identity(params, data_version),
     }
     try:
         if study.metric_names is None:
-            study.set_metric_names(["udr"])
+            study.set_metric_names([params.search.objective])
         present = study.user_attrs
         for key, value in wanted.items():
             if key not in present:
                 study.set_user_attr(key, value)
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         log.debug("study attributes already being written by another worker (%s)", type(exc).__name__)
+
+
+def objective_text(params: Params) -> str:
+    """What a trial's value is, in words (`search.objective`)."""
+    if params.search.objective == "elbo":
+        return f"median held-out ELBO (nats per test photo) over {params.search.seeds} seeds"
+    if params.search.objective == "job":
+        return (
+            f"median job score over {params.search.seeds} seeds (cross-validated balanced accuracy of the "
+            f"multi-defect rule on the labelled photos)"
+        )
+    return (
+        f"median within-setting UDR over {params.search.seeds} seeds "
+        f"({params.udr.similarity} similarity, {params.udr.aggregate} aggregation)"
+    )
+
+
+def study_objective(study: optuna.Study) -> str | None:
+    """The `search.objective` a study optimised: recorded on it, or "udr" for a study begun before the
+    setting existed (its metric is named "udr"); None for a study that records none and has no trial."""
+    recorded = study.user_attrs.get("search_objective")
+    if recorded is None and (study.metric_names is not None or study.get_trials(deepcopy=False)):
+        recorded = (study.metric_names or ["udr"])[0]
+    return recorded
+
+
+def check_objective(study: optuna.Study, objective: str, storage_url: str = "") -> None:
+    """Refuse to go on with a study that optimised another objective: its trials' values would mix two
+    scales, and the best trial would be meaningless. The objective is not part of the study's fingerprint,
+    so that a changed `search.objective` meets its old study here instead of silently starting a new one."""
+    recorded = study_objective(study)
+    if recorded is None or recorded == objective:
+        return
+    where = f" --storage {storage_url}" if storage_url else ""
+    raise ValueError(
+        f"the study {study.study_name!r} optimised search.objective {recorded!r}; it cannot be resumed with "
+        f"search.objective {objective!r}, whose values are not comparable with its trials'. Set search.objective: "
+        f"{recorded} to resume it, or delete it (optuna delete-study --study-name {study.study_name}{where}) to "
+        f"search again by {objective!r}; the seeds' finished runs are reused either way"
+    )
 
 
 class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):

@@ -1,7 +1,8 @@
 """A family study's trials: how a setting's seeds are scored, what each trial records, and the loop that
 runs trials until the study holds `n_trials` finished ones.
 
-A trial's value is the median over its seeds of the UDR within the setting; a trial whose median
+A trial's value is the median over its seeds of the UDR within the setting (`search.objective: udr`)
+or of their held-out ELBO (`elbo`) or job score (`job`); a trial whose median
 number of informative components is below `search.min_active` is infeasible and cannot win (UDR
 rewards collapsed models). What a trial records lives in its Optuna user attributes (the reports and
 the resumption read them back): `host` and `pid` of its worker, its MLflow run, its seeds' runs,
@@ -23,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tubervae.config import Params, UdrConfig
 from tubervae.evaluation.udr import udr_scores
-from tubervae.runs.study import fail_dead_local_trials
+from tubervae.runs.study import fail_dead_local_trials, objective_text
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,13 @@ def record_score(trial: optuna.Trial, score: SeedScores, *, min_active: int, bet
     return reason
 
 
+def record_objective(trial: optuna.Trial, objective: str, per_seed: list[float]) -> float:
+    """The seeds' values under a `search.objective` other than udr (`<objective>_per_seed`); returns the
+    trial's value, their median."""
+    trial.set_user_attr(f"{objective}_per_seed", [float(v) for v in per_seed])
+    return float(np.median(per_seed))
+
+
 def record_pruned(trial: optuna.Trial, pruned: Pruned, seed_runs: list[str]) -> None:
     trial.set_user_attr("pruned_at_step", pruned.step)
     trial.set_user_attr("pruned_reason", pruned.reason)
@@ -157,6 +165,8 @@ def summarise(study: optuna.Study, family: str, params: Params) -> dict:
                 "n_active": t.user_attrs.get("n_active"),
                 "infeasible_reason": t.user_attrs.get("infeasible_reason", ""),
                 "udr_per_seed": t.user_attrs.get("udr_per_seed"),
+                "objective_per_seed": t.user_attrs.get(f"{params.search.objective}_per_seed")
+                or t.user_attrs.get("udr_per_seed"),
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                 "seed_run_ids": t.user_attrs.get("seed_run_ids", []),
                 "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason", ""),
@@ -170,7 +180,8 @@ def summarise(study: optuna.Study, family: str, params: Params) -> dict:
     return {
         "family": family,
         "study": study.study_name,
-        "objective": f"median within-setting UDR ({params.udr.similarity}, {params.udr.aggregate})",
+        "objective": objective_text(params),
+        "search_objective": params.search.objective,
         "pruner": params.search.pruner,
         "n_complete": len(complete),
         "n_pruned": sum(t["state"] == "PRUNED" for t in trials),
@@ -192,7 +203,8 @@ def search_metrics(summary: dict) -> dict:
         "n_feasible": summary["n_feasible"],
     }
     if summary["best_value"] is not None:
-        metrics.update(best_udr=summary["best_value"], best_trial=summary["best_trial"])
+        best = f"best_{summary.get('search_objective', 'udr')}"
+        metrics.update({best: summary["best_value"], "best_trial": summary["best_trial"]})
         metrics.update({f"best_{k}": v for k, v in (summary["best_params"] or {}).items()})
         metrics["best_n_active"] = summary["best_n_active"]
     return metrics

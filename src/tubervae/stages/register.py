@@ -16,6 +16,11 @@ seed is scored by the cross-validated balanced accuracy of the multi-defect rule
 policy's order). No test photo is touched. Both champions are written to champion.json
 either way, so the classify stage reports them side by side.
 
+`search.objective: elbo` or `job` chooses as that search did: the feasible setting of best median
+held-out ELBO on the test photos (or job score on the labelled photos), and its seed of best value
+(`register.select: job` still chooses among the UDR ties). champion.json names the UDR champion
+beside it.
+
 The champion becomes a new version of `tubervae-vae` with alias `champion`: the MLflow
 model `vae` that its training run logged (a pyfunc `VaeModel` with its signature and input
 example), so the version links to the run that trained it, with its params and metrics. A
@@ -53,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from tubervae.classify import gate
-from tubervae.classify.any_rule import fit_any_of_rule
+from tubervae.classify.any_rule import fit_any_of_rule, job_score
 from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
@@ -63,7 +68,7 @@ from tubervae.runs.registry import CHALLENGER, CHAMPION
 from tubervae.runs.study import storage_url
 from tubervae.runs.study_notes import champion_policy, note_champion
 from tubervae.runs.tracker import Tracker
-from tubervae.training import encode
+from tubervae.training import encode, heldout_elbo
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +118,53 @@ def _rule_inputs(tracker: Tracker, run_id: str, labelled: dict, params: Params):
     return z, informative
 
 
+def objective_candidates(models: pd.DataFrame, column: str) -> pd.DataFrame:
+    """`search.objective` elbo or job: the best seed of every feasible setting, settings by their median
+    `column` (the objective's per-model value), best first."""
+    feasible = models[models.feasible.astype(bool) & models[column].notna()]
+    if feasible.empty:
+        raise RuntimeError(
+            "no feasible model to register: every trial has fewer informative components than "
+            "search.min_active; train longer, lower β, or lower search.min_active"
+        )
+    keys = ["family", "beta", "c_max"]
+    settings = feasible.groupby(keys).agg(value=(column, "median")).reset_index().sort_values("value", ascending=False)
+    rows = []
+    for _, chosen in settings.iterrows():
+        members = feasible[
+            (feasible.family == chosen.family) & (feasible.beta == chosen.beta) & (feasible.c_max == chosen.c_max)
+        ]
+        rows.append(members.sort_values([column, "n_active"], ascending=False).iloc[0])
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def with_objective(
+    tracker: Tracker, models: pd.DataFrame, params: Params, test_images: np.ndarray, labelled: dict
+) -> pd.DataFrame:
+    """`models` with each feasible model's value under `search.objective` (elbo or job) in that column."""
+    objective = params.search.objective
+
+    def value(run_id: str) -> float:
+        if objective == "job":
+            return rule_cv_score(tracker, run_id, labelled, params)
+        return heldout_elbo(vae_artifacts.load_vae(tracker, run_id)[0], test_images, params.train.rec_kind)
+
+    return models.assign(**{objective: [value(r.run_id) if r.feasible else np.nan for r in models.itertuples()]})
+
+
 def rule_cv_score(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> float:
     """Cross-validated balanced accuracy of the multi-defect rule on the run's latents of the labelled photos."""
-    z, informative = _rule_inputs(tracker, run_id, labelled, params)
-    rule = fit_any_of_rule(
+    vae, _ = vae_artifacts.load_vae(tracker, run_id)
+    z, _ = encode(vae, labelled["images"])
+    return job_score(
         z,
         labelled["labels"] == 1,
-        components=informative,
+        vae_artifacts.latents(tracker, run_id)["kl"],
+        kl_threshold=params.udr.kl_threshold,
         max_rules=params.classify.max_rules,
         n_folds=params.classify.cv_folds,
         random_state=params.classify.seed,
     )
-    return float(max(rule.cv_balanced_accuracy)) if rule.cv_balanced_accuracy else float(rule.train_balanced_accuracy)
 
 
 def rule_estimate(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> gate.Estimate:
@@ -208,7 +248,16 @@ def run(
     job = (
         choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
     )
-    champion = job.iloc[0] if select == "job" else by_udr
+    objective, by_objective = params.search.objective, None
+    if objective == "job" and not has_labels:
+        raise ValueError(
+            f"search.objective is 'job', but the labelled split holds {n_good} good and {n_bad} bad photos (the "
+            f"rule needs both): use search.objective: udr or elbo"
+        )
+    if objective != "udr":
+        test = load_split("test", processed_dir)["images"] if objective == "elbo" else None
+        by_objective = objective_candidates(with_objective(tracker, models, params, test, labelled), objective).iloc[0]
+    champion = job.iloc[0] if select == "job" else by_udr if by_objective is None else by_objective
     verdict = judge(tracker, champion, models, select, labelled, meta, params)
     tags = {"kind": "register", "source_run_id": champion.run_id}
     if verdict["forced"]:
@@ -230,13 +279,23 @@ def run(
             "udr_within": float(champion.udr_within),
             "n_active": int(champion.n_active),
             "data_version": version.tags.get("data_version", meta["data_version"]),
-            "policy": f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
-            f"informative components"
+            "policy": (
+                f"feasible settings, best median {objective} (search.objective); its best seed by {objective}"
+                if by_objective is not None and select != "job"
+                else f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
+                f"informative components"
+            )
             + ("; then the best cross-validated multi-defect rule on the labelled photos" if select == "job" else ""),
             "select": select,
             "gate": _public(verdict),
+            "search_objective": params.search.objective,
             "champions": {
                 "udr": _describe(_scored(by_udr, job)),
+                **(
+                    {"objective": {**_describe(by_objective), objective: float(by_objective[objective])}}
+                    if by_objective is not None
+                    else {}
+                ),
                 **({"job": _describe(job.iloc[0]), "job_candidates": len(job)} if job is not None else {}),
             },
         }

@@ -53,6 +53,7 @@ from tubervae.runs.pruning import make_pruner
 from tubervae.runs.seed_trainers import seed_trainer, training_workers
 from tubervae.runs.study import (
     TrialSeededSampler,
+    check_objective,
     describe_study,
     enqueue_grid,
     legacy_study_name,
@@ -121,6 +122,7 @@ def run(
             direction="maximize",
             load_if_exists=True,
         )
+        check_objective(study, params.search.objective, storage or storage_url(root))
         describe_study(study, family, params, data.data_version)
         note_policy(study, params)  # the dashboard's "how to read" and champion policy
         if params.search.enqueue_grid:
