@@ -187,7 +187,10 @@ def test_repro_builds_raw_and_processed_data(dvc_project):
     for name in ("train", "test"):
         images[splits[name]["rows"]] = splits[name]["images"]
     order = np.concatenate([splits[name]["rows"] for name in SPLITS])
-    assert meta["data_version"] == fingerprint(images, codes.astype(np.int8), order)
+    # The guide mask (which labelled photos a guidance head may train on) is part of the data version.
+    guide = splits["labelled"]["guide"]
+    assert guide.dtype == bool and 0 < guide.sum() < len(guide)
+    assert meta["data_version"] == fingerprint(images, codes.astype(np.int8), order, guide)
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert lock["raw"]["params"]["params.yaml"]["data"]["n_images"] == N_IMAGES
