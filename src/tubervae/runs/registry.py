@@ -330,9 +330,15 @@ def load_registered(tracker: Tracker, name: str, alias: str = CHAMPION):
 def load_version(tracker: Tracker, version):
     """The pyfunc model of model version `version`, loaded from a local copy of its files checked against
     their digests first (`verified_copy`; ModelFilesError when they differ); the copy goes with the model."""
+    return _load_checked(lambda folder: verified_copy(tracker, version, folder))
+
+
+def _load_checked(checked_copy):
+    """The pyfunc model in the folder `checked_copy(private temporary folder)` returns once it has checked the
+    files there; the folder is removed when the model is (or at once, if the check or the load fails)."""
     folder = Path(tempfile.mkdtemp(prefix="tubervae-model-"))
     try:
-        model = mlflow.pyfunc.load_model(str(verified_copy(tracker, version, folder)))
+        model = mlflow.pyfunc.load_model(str(checked_copy(folder)))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -352,13 +358,7 @@ def evaluate_classifier(
     are those of the verdicts. The photos go in batches of the served model's request limit. The last of `labels`
     is the positive class. Returns MLflow's metrics.
     """
-    folder = Path(tempfile.mkdtemp(prefix="tubervae-model-"))
-    try:
-        model = mlflow.pyfunc.load_model(str(verified_logged_copy(tracker, model_id, folder)))
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    weakref.finalize(model, shutil.rmtree, folder, ignore_errors=True)
+    model = _load_checked(lambda folder: verified_logged_copy(tracker, model_id, folder))
     batch = InputLimits.from_env().max_images  # as many photos at a time as one request may hold
 
     def verdicts(photos):
