@@ -84,12 +84,7 @@ def udr_candidates(models: pd.DataFrame, udr_tolerance: float) -> pd.DataFrame:
     missing = needed - set(models.columns)
     if missing:
         raise ValueError(f"the models table lacks columns {sorted(missing)}")
-    feasible = models[models.feasible.astype(bool) & models.udr_within.notna()]
-    if feasible.empty:
-        raise RuntimeError(
-            "no feasible model to register: every trial has fewer informative components than "
-            "search.min_active; train longer, lower β, or lower search.min_active"
-        )
+    feasible = _feasible(models, "udr_within")
     settings = (
         feasible.groupby(["family", "beta", "c_max"])
         .agg(udr=("udr_within", "median"), n_top=("n_active", "median"))
@@ -100,12 +95,29 @@ def udr_candidates(models: pd.DataFrame, udr_tolerance: float) -> pd.DataFrame:
 
 def _best_seeds(feasible: pd.DataFrame, settings: pd.DataFrame, udr_tolerance: float) -> pd.DataFrame:
     close = settings[settings.udr >= settings.udr.max() - udr_tolerance]
+    return _best_seed_of_each(feasible, close.sort_values(["n_top", "udr"], ascending=False), "udr_within")
+
+
+def _feasible(models: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The feasible models with a value in `column`; a clear error when there is none."""
+    feasible = models[models.feasible.astype(bool) & models[column].notna()]
+    if feasible.empty:
+        raise RuntimeError(
+            "no feasible model to register: every trial has fewer informative components than "
+            "search.min_active; train longer, lower β, or lower search.min_active"
+        )
+    return feasible
+
+
+def _best_seed_of_each(feasible: pd.DataFrame, settings: pd.DataFrame, column: str) -> pd.DataFrame:
+    """For each setting row of `settings`, in its order, the setting's model of best `column` (ties: more
+    informative components)."""
     rows = []
-    for _, chosen in close.sort_values(["n_top", "udr"], ascending=False).iterrows():
+    for _, chosen in settings.iterrows():
         members = feasible[
             (feasible.family == chosen.family) & (feasible.beta == chosen.beta) & (feasible.c_max == chosen.c_max)
         ]
-        rows.append(members.sort_values(["udr_within", "n_active"], ascending=False).iloc[0])
+        rows.append(members.sort_values([column, "n_active"], ascending=False).iloc[0])
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
@@ -121,21 +133,10 @@ def _rule_inputs(tracker: Tracker, run_id: str, labelled: dict, params: Params):
 def objective_candidates(models: pd.DataFrame, column: str) -> pd.DataFrame:
     """`search.objective` elbo or job: the best seed of every feasible setting, settings by their median
     `column` (the objective's per-model value), best first."""
-    feasible = models[models.feasible.astype(bool) & models[column].notna()]
-    if feasible.empty:
-        raise RuntimeError(
-            "no feasible model to register: every trial has fewer informative components than "
-            "search.min_active; train longer, lower β, or lower search.min_active"
-        )
+    feasible = _feasible(models, column)
     keys = ["family", "beta", "c_max"]
     settings = feasible.groupby(keys).agg(value=(column, "median")).reset_index().sort_values("value", ascending=False)
-    rows = []
-    for _, chosen in settings.iterrows():
-        members = feasible[
-            (feasible.family == chosen.family) & (feasible.beta == chosen.beta) & (feasible.c_max == chosen.c_max)
-        ]
-        rows.append(members.sort_values([column, "n_active"], ascending=False).iloc[0])
-    return pd.DataFrame(rows).reset_index(drop=True)
+    return _best_seed_of_each(feasible, settings, column)
 
 
 def with_objective(
