@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import os
 import platform
@@ -197,6 +198,13 @@ def write_rows(path: Path, rows: list[dict], header: list[str]) -> None:
     tmp.replace(path)
 
 
+def append_rows(path: Path, new_rows: list[dict], header: list[str]) -> None:
+    """Add rows to the table under a lock, so that one process per family can share the folder."""
+    with (path.parent / "models.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_rows(path, read_rows(path) + new_rows, header)
+
+
 def photos(args, folder: Path) -> dict:
     """Training photos, the UDR probe drawn from them, the held-out evaluation set and its factors (cached)."""
     cache = folder / "photos" / f"n{args.n_train}-e{args.n_eval}-seed{args.data_seed}.npz"
@@ -249,7 +257,8 @@ def train(args) -> None:
     for sub in ("probe", "latents", "checkpoints"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     spaces = yaml.safe_load(Path(args.params).read_text())["search"]["spaces"]
-    settings = plan(spaces, args.settings)
+    full_plan = plan(spaces, args.settings)
+    settings = full_plan
     if args.families:
         wanted = args.families.split(",")
         settings = [s for s in settings if s.family in wanted]
@@ -275,7 +284,7 @@ def train(args) -> None:
         "host": host(),
         "precision": precision,
         "threads": args.threads,
-        "plan": [{"family": s.family, "beta": s.beta, "c_max": s.c_max, "setting": s.label} for s in settings],
+        "plan": [{"family": s.family, "beta": s.beta, "c_max": s.c_max, "setting": s.label} for s in full_plan],
         "seeds": seeds,
         "steps": args.steps,
         "n_train": args.n_train,
@@ -306,7 +315,7 @@ def train(args) -> None:
             data_version=version,
         )
         train_s = time.perf_counter() - began
-        rows = read_rows(table)
+        rows = []
         for job, outcome in zip(jobs, outcomes):
             row, probe, latents = score_model(outcome.model, data, cfg.rec_kind)
             key = model_key(setting, job.seed)
@@ -329,7 +338,7 @@ def train(args) -> None:
                 f"FactorVAE {row['factorvae']}, ELBO {row['elbo_heldout']}",
                 flush=True,
             )
-        write_rows(table, rows, header)
+        append_rows(table, rows, header)
         print(f"{time.strftime('%H:%M:%S')} {setting.family} {setting.label}: {train_s:.0f} s training", flush=True)
     print("plan finished", flush=True)
 
