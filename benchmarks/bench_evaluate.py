@@ -1,6 +1,6 @@
 """The evaluate stage's scoring: models one after another, or several at once in processes.
 
-Each model's MIG, DCI, SAP and FactorVAE score (`evaluation.metrics.evaluate_all`, the default
+Each model's MIG, DCI, SAP and FactorVAE score (`evaluation.supervised.evaluate_all`, the default
 profile's `gbt_fast` DCI) on 10 000 photos of simulator-like factors, for `--models` random
 representations: one process whose DCI fits its factors with 2 jobs (the stage before
 `evaluate.workers`), against `score_model` in 2 processes of 1 job each (the stage now). Prints
@@ -19,7 +19,7 @@ from joblib import Parallel, delayed
 
 from _machine import cpu_model  # benchmarks/, the script's folder
 from tubervae.config import EvaluateConfig
-from tubervae.evaluation.metrics import evaluate_all
+from tubervae.evaluation.supervised import evaluate_all
 from tubervae.stages.evaluate import score_model
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from tubervae.config import PreprocessConfig
-from tubervae.data import synth
+from tubervae.data import synth_dataset
 from tubervae.data.images import centre_square
 from tubervae.stages.preprocess import load_photos
 
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = PreprocessConfig(image_size=args.image_size)
     with tempfile.TemporaryDirectory() as tmp:
-        frame = synth.generate(tmp, args.n, seed=0, progress=False)
+        frame = synth_dataset.generate(tmp, args.n, seed=0, progress=False)
         paths = [Path(tmp) / f for f in frame["file"]]
         start = time.perf_counter()
         reference = plain(paths, cfg)

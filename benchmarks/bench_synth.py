@@ -18,7 +18,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from tubervae.data import synth
+from tubervae.data import synth_dataset, synth_factors, synth_render
 
 THESIS_SIZE = 8498
 TARGET_S = 120.0
@@ -30,12 +30,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
 
-    synth.warm_caches()  # built once per process in real runs too; kept out of the timing
+    synth_render.warm_caches()  # built once per process in real runs too; kept out of the timing
     rates = {}
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            synth.generate(tmp, args.n, seed=0, workers=workers, progress=False)
+            synth_dataset.generate(tmp, args.n, seed=0, workers=workers, progress=False)
             elapsed = time.perf_counter() - start
         rates[workers] = args.n / elapsed
         projected = THESIS_SIZE / rates[workers]
@@ -49,9 +49,9 @@ def main() -> None:
         print(f"speed-up workers={workers} vs workers={base}: {rates[workers] / rates[base]:.2f}x")
 
     rng = np.random.default_rng(0)
-    rows = synth.sample_factors(min(args.n, 100), rng).to_dict("records")
+    rows = synth_factors.sample_factors(min(args.n, 100), rng).to_dict("records")
     start = time.perf_counter()
-    images = [synth.render_tuber(row, rng) for row in rows]
+    images = [synth_render.render_tuber(row, rng) for row in rows]
     draw = (time.perf_counter() - start) / len(rows)
     start = time.perf_counter()
     for image in images:

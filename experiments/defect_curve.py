@@ -20,7 +20,7 @@ import torch
 from scipy.stats import spearmanr
 
 from tubervae.config import TrainConfig
-from tubervae.data import synth
+from tubervae.data import synth_dataset
 from tubervae.fused import FusedJob, train_fused
 from tubervae.training import Setting, encode
 
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    images, factors = synth.model_inputs(
+    images, factors = synth_dataset.model_inputs(
         args.n_train + args.n_test,
         seed=7,
         crop_fraction=args.crop_fraction,

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from tubervae.config import INFORMATIVE_KL, TrainConfig
-from tubervae.data import synth
-from tubervae.evaluation.metrics import mig
+from tubervae.data import synth_dataset, synth_factors
+from tubervae.evaluation.mig import mig
 from tubervae.fused import FusedJob, train_fused
 from tubervae.training import Setting, encode, resolve_precision, select_device
 
@@ -90,13 +90,13 @@ def main() -> None:
     at = sorted({int(s) for s in args.at.split(",") if 0 < int(s) < args.steps})
     snapshot_every = math.gcd(*at) if at else 0
     data_name = "reduced" if args.reduced else "default"
-    fixed = synth.SIMULATORS["geometry" if args.reduced else "full"]
+    fixed = synth_factors.SIMULATORS["geometry" if args.reduced else "full"]
 
     start = time.perf_counter()
     simulate = dict(crop_fraction=args.crop_fraction, image_size=args.image_size, workers=1, progress=False)
-    train, _ = synth.model_inputs(args.n_train, seed=args.data_seed, fixed=fixed, **simulate)
-    test, factors = synth.model_inputs(args.n_test, seed=args.data_seed + 1, fixed=fixed, **simulate)
-    names = [f for f in synth.SCORED_FACTORS if np.ptp(factors[f].to_numpy()) > 0]
+    train, _ = synth_dataset.model_inputs(args.n_train, seed=args.data_seed, fixed=fixed, **simulate)
+    test, factors = synth_dataset.model_inputs(args.n_test, seed=args.data_seed + 1, fixed=fixed, **simulate)
+    names = [f for f in synth_factors.SCORED_FACTORS if np.ptp(factors[f].to_numpy()) > 0]
     truth = factors[names].to_numpy(dtype=np.float64)
     print(f"{len(train) + len(test)} photos simulated in {time.perf_counter() - start:.0f} s", flush=True)
 

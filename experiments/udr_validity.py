@@ -45,8 +45,10 @@ import torch
 import yaml
 
 from tubervae.config import INFORMATIVE_KL, TrainConfig
-from tubervae.data import synth
-from tubervae.evaluation import metrics
+from tubervae.data import synth_dataset, synth_factors
+from tubervae.evaluation.dci import dci
+from tubervae.evaluation.factor_vae import factor_vae_score
+from tubervae.evaluation.mig import mig
 from tubervae.evaluation.selection import (
     bootstrap_regret,
     bootstrap_spearman,
@@ -131,20 +133,20 @@ def score_model(model, data: dict, rec_kind: str) -> tuple[dict, dict, dict]:
     row["kl_probe_total"] = f"{kl_p.sum():.4f}"
     row["kl_eval_total"] = f"{kl_e.sum():.4f}"
     row.update({k: f"{v:.3f}" for k, v in heldout_elbo(model, data["eval"][:ELBO_PHOTOS], rec_kind).items()})
-    published = metrics.mig(mu, truth)
+    published = mig(mu, truth)
     row["mig"] = f"{published['mig']:.4f}"
     row.update({f"mig_{f}": f"{v:.4f}" for f, v in zip(names, published["mig_per_factor"])})
-    found = metrics.dci(mu, truth, random_state=0, method="gbt_fast")
+    found = dci(mu, truth, random_state=0, method="gbt_fast")
     row.update(
         dci_d=f"{found['dci_disentanglement']:.4f}",
         dci_c=f"{found['dci_completeness']:.4f}",
         dci_i=f"{found['dci_informativeness']:.4f}",
     )
-    row["factorvae"] = f"{metrics.factor_vae_score(mu, truth, random_state=0)['factorvae_eval_accuracy']:.4f}"
+    row["factorvae"] = f"{factor_vae_score(mu, truth, random_state=0)['factorvae_eval_accuracy']:.4f}"
     for n, draws in data["labels"].items():
         for k, idx in enumerate(draws):
-            row[f"mig_l{n}_d{k}"] = f"{metrics.mig(mu[idx], truth[idx])['mig']:.4f}"
-            few = metrics.dci(mu[idx], truth[idx], random_state=k, method="gbt_fast")
+            row[f"mig_l{n}_d{k}"] = f"{mig(mu[idx], truth[idx])['mig']:.4f}"
+            few = dci(mu[idx], truth[idx], random_state=k, method="gbt_fast")
             row[f"dci_l{n}_d{k}"] = f"{few['dci_disentanglement']:.4f}"
     probe = {"mu": mu_p.astype(np.float32), "logvar": logvar_p.astype(np.float32), "kl": kl_p.astype(np.float64)}
     latents = {"mu": mu.astype(np.float16), "logvar": logvar.astype(np.float16)}
@@ -208,7 +210,7 @@ def append_rows(path: Path, new_rows: list[dict], header: list[str]) -> None:
 def photos(args, folder: Path) -> dict:
     """Training photos, the UDR probe drawn from them, the held-out evaluation set and its factors (cached)."""
     cache = folder / "photos" / f"n{args.n_train}-e{args.n_eval}-seed{args.data_seed}.npz"
-    fixed = synth.SIMULATORS[args.simulator]
+    fixed = synth_factors.SIMULATORS[args.simulator]
     if cache.exists():
         stored = np.load(cache, allow_pickle=False)
         train, test, truth = stored["train"], stored["eval"], stored["truth"]
@@ -216,9 +218,9 @@ def photos(args, folder: Path) -> dict:
     else:
         began = time.perf_counter()
         simulate = dict(crop_fraction=0.6, image_size=args.image_size, workers=1, progress=False, fixed=fixed)
-        train, _ = synth.model_inputs(args.n_train, seed=args.data_seed, **simulate)
-        test, factors = synth.model_inputs(args.n_eval, seed=args.data_seed + 1, **simulate)
-        names = [f for f in synth.SCORED_FACTORS if np.ptp(factors[f].to_numpy()) > 0]
+        train, _ = synth_dataset.model_inputs(args.n_train, seed=args.data_seed, **simulate)
+        test, factors = synth_dataset.model_inputs(args.n_eval, seed=args.data_seed + 1, **simulate)
+        names = [f for f in synth_factors.SCORED_FACTORS if np.ptp(factors[f].to_numpy()) > 0]
         truth = factors[names].to_numpy(dtype=np.float64)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache.with_suffix(".tmp.npz"), train=train, eval=test, truth=truth, names=np.array(names))
@@ -675,7 +677,7 @@ def main() -> None:
     parser.add_argument("--families", default="", help="comma-separated families to train (default: all, in order)")
     parser.add_argument("--settings", type=int, default=6, help="β values per β-VAE / β-TCVAE grid")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--simulator", default="geometry", choices=sorted(synth.SIMULATORS))
+    parser.add_argument("--simulator", default="geometry", choices=sorted(synth_factors.SIMULATORS))
     parser.add_argument("--image-size", type=int, default=32, choices=(16, 32, 64))
     parser.add_argument("--steps", type=int, default=5000, help="the disentangle profile's train.steps")
     parser.add_argument("--batch", type=int, default=32)

@@ -296,3 +296,61 @@ def empty_mlflow_db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     return path
+
+
+def tuber_factors(**overrides) -> dict[str, float]:
+    """A simulated tuber's factor row: a mid-range good tuber; keyword arguments change single factors."""
+    base = dict(
+        x=0.0,
+        y=0.0,
+        size=0.45,
+        elongation=1.3,
+        rotation=30.0,
+        tone=0.3,
+        brightness=1.0,
+        spot_area=0.0,
+        greening=0.0,
+        rot=0.0,
+    )
+    base.update(overrides)
+    return base
+
+
+# --- codes and factors for the supervised disentanglement metrics (test_mig, test_dci, test_sap, ...)
+
+METRIC_ROWS = 800
+METRIC_FACTOR_NAMES = ["shape", "scale", "flag", "tone"]
+METRIC_LEVELS = [5, 4, 2]  # the discrete factors' levels; "tone" is continuous
+
+
+def rotate_45(codes, i, j):
+    """Components i and j replaced by their 45° rotation: each then carries half of both factors."""
+    rotated = codes.copy()
+    rotated[:, i] = (codes[:, i] - codes[:, j]) / np.sqrt(2)
+    rotated[:, j] = (codes[:, i] + codes[:, j]) / np.sqrt(2)
+    return rotated
+
+
+def factorial(copies):
+    """Two balanced binary factors, every combination ``copies`` times: independent exactly."""
+    return np.array([[a, b] for a in (0, 1) for b in (0, 1)] * copies, dtype=float)
+
+
+@pytest.fixture(scope="session")
+def metric_codes():
+    """Factors and three codes of them: (factors, aligned, rotated, noise), `METRIC_ROWS` rows each.
+
+    Factors: three discrete (5, 4 and 2 equally likely levels) and one continuous, independent.
+    Aligned: component j = standardised factor j + 1 % noise, then one pure-noise component.
+    Rotated: the aligned code with "shape" and "scale" mixed by a 45° rotation. Noise: nothing.
+    """
+    rng = np.random.default_rng(0)
+    n = METRIC_ROWS
+    discrete = np.column_stack([rng.integers(0, levels, n) for levels in METRIC_LEVELS]).astype(float)
+    factors = np.hstack([discrete, rng.uniform(0.0, 1.0, size=(n, 1))])
+    standardised = (factors - factors.mean(axis=0)) / factors.std(axis=0)
+    copied = standardised + 0.01 * rng.standard_normal(factors.shape)
+    aligned = np.hstack([copied, rng.standard_normal((factors.shape[0], 1))])
+    rotated = rotate_45(aligned, 0, 1)  # "shape" and "scale" mixed
+    noise = rng.standard_normal(aligned.shape)
+    return factors, aligned, rotated, noise

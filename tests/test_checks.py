@@ -7,7 +7,7 @@ import pytest
 
 from tubervae.checks import check_array, check_random_state, check_seed
 from tubervae.classify import fit_threshold_rule
-from tubervae.evaluation.metrics import mig
+from tubervae.evaluation.mig import mig
 from tubervae.evaluation.udr import similarity_matrix
 
 

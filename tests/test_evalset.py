@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tubervae.config import parse_params
-from tubervae.data import synth
+from tubervae.data import synth_dataset, synth_factors, synth_render
 from tubervae.data.images import load_model_input
 from tubervae.data.processed import load_evalset
 from tubervae.stages import evalset
@@ -29,28 +29,28 @@ def test_evalset_holds_preprocessed_photos_with_their_factors(tmp_path):
     meta = evalset.run(params(), out_dir=tmp_path / "evalset")
     data = load_evalset(tmp_path / "evalset")
     assert meta["n"] == 12 and data["images"].shape == (12, 16, 16, 3) and data["images"].dtype == np.uint8
-    assert list(data["factor_names"]) == list(synth.FACTOR_NAMES)
-    assert list(data["scored_names"]) == list(synth.SCORED_FACTORS)
+    assert list(data["factor_names"]) == list(synth_factors.FACTOR_NAMES)
+    assert list(data["scored_names"]) == list(synth_factors.SCORED_FACTORS)
     assert meta["good"] + meta["bad"] == 12 and int(data["labels"].sum()) == meta["bad"]
 
     # photo 4 is the simulator's photo from the evaluation streams, through JPEG, decode, crop and resize
-    factors = dict(zip(synth.FACTOR_NAMES, data["factors"][4].astype(float)))
-    photo = synth.render_tuber(factors, np.random.default_rng([3, 3, 4]))
+    factors = dict(zip(synth_factors.FACTOR_NAMES, data["factors"][4].astype(float)))
+    photo = synth_render.render_tuber(factors, np.random.default_rng([3, 3, 4]))
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, format="JPEG", quality=90)
     buffer.seek(0)
     expected = load_model_input(buffer, crop_fraction=0.6, image_size=16)
     np.testing.assert_array_equal(data["images"][4], expected)
-    bad = any(factors[name] > 0 for name in synth.DEFECT_COLUMNS.values())
+    bad = any(factors[name] > 0 for name in synth_factors.DEFECT_COLUMNS.values())
     assert data["labels"][4] == int(bad)
 
 
 def test_evalset_never_repeats_the_training_photos(tmp_path):
     """Same seed for both: the evaluation set draws its factors from streams of its own."""
-    table = synth.generate(tmp_path / "raw", 20, seed=3, workers=1, progress=False)
+    table = synth_dataset.generate(tmp_path / "raw", 20, seed=3, workers=1, progress=False)
     evalset.run(params(set_size=20), out_dir=tmp_path / "evalset")
     held_out = load_evalset(tmp_path / "evalset")["factors"]
-    train = table[list(synth.FACTOR_NAMES)].to_numpy(np.float32)
+    train = table[list(synth_factors.FACTOR_NAMES)].to_numpy(np.float32)
     assert not (held_out[:, None, :] == train[None, :, :]).all(axis=2).any()
 
 

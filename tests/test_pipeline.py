@@ -27,7 +27,7 @@ from tubervae import cli
 from tubervae.config import DataConfig, Params, PreprocessConfig
 from tubervae.data.factors import FactorTableError
 from tubervae.data.splits import fingerprint
-from tubervae.data.synth import FACTOR_NAMES
+from tubervae.data.synth_factors import FACTOR_NAMES
 from tubervae.stages import evalset, evaluate, preprocess, raw
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -228,10 +228,10 @@ SERVED_PATH = re.compile(r'"path":\s*"([^"]+)"')
 def test_the_serving_examples_name_a_photo_of_the_default_data():
     """The `path` of every serving example is a photo that the default raw stage writes (data/raw/images/)."""
     from tubervae.config import load_params
-    from tubervae.data import synth
+    from tubervae.data import synth_dataset
 
     n_images = load_params(PROJECT / "params.yaml").data.n_images
-    written = {Path(synth._image_name(i, n_images)).name for i in range(n_images)}
+    written = {Path(synth_dataset._image_name(i, n_images)).name for i in range(n_images)}
     examples = [(page_name(page), name) for page in PAGES for name in SERVED_PATH.findall(page.read_text())]
     assert examples, "no serving example names a photo"
     for page, name in examples:

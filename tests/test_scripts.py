@@ -174,19 +174,19 @@ def test_the_checks_see_what_they_look_for():
     source = (
         "import tubervae.runs.training_run as tr\n"
         "from tubervae import fused\n"
-        "from tubervae.data import synth\n"
+        "from tubervae.data import synth_dataset\n"
         "from tubervae.fused import train_fused, _Member\n"
         "tr.figures = None\n"
-        "synth._warm_caches()\n"
+        "synth_dataset._warm_caches()\n"
         "fused.train_fused\n"
     )
     assert problem("tubervae.fused", "_Member") is not None
     assert problem("tubervae.fused", "Outcome") == "not in the module's __all__"
-    assert problem("tubervae.data.synth", "generate") is None
-    assert problem("tubervae.data.synth", "no_such_name") == "not defined in the module"
+    assert problem("tubervae.data.synth_dataset", "generate") is None
+    assert problem("tubervae.data.synth_dataset", "no_such_name") == "not defined in the module"
     taken, patched = uses(source)
     assert ("tubervae.fused", "_Member", 4) in taken
-    assert ("tubervae.data.synth", "_warm_caches", 6) in taken
+    assert ("tubervae.data.synth_dataset", "_warm_caches", 6) in taken
     assert ("tubervae.fused", "train_fused", 7) in taken
     assert patched == [("tubervae.runs.training_run", "figures", 5)]
 

@@ -706,7 +706,7 @@ def test_per_factor_mig_over_the_informative_components_ignores_a_collapsed_copy
     per_factor = pd.DataFrame(
         {"mig": [0.0, 0.0], "mig_component": [0, 1], "dci_completeness": [0.5, 0.5]}, index=["x", "y"]
     )
-    from tubervae.evaluation.metrics import mig
+    from tubervae.evaluation.mig import mig
 
     published = mig(mu, factors)["mig_per_factor"]
     per_factor["mig"] = published

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from tubervae.config import FAMILIES, ConfigError, Params, load_params, parse_params
+from tubervae.config import FAMILIES, GOOD_FRACTION, ConfigError, Params, load_params, parse_params
 
 log = logging.getLogger("tubervae")
 
@@ -30,17 +30,17 @@ def _override(params: Params, section: str, **values) -> Params:
 
 
 def cmd_synth(args, params: Params | None) -> None:
-    from tubervae.data import synth
+    from tubervae.data import synth_dataset
 
     out = Path(args.out)
     sheet = Path(args.contact_sheet) if args.contact_sheet else None
     if sheet is not None and sheet.resolve().is_relative_to(out.resolve()):
         raise ValueError(f"--contact-sheet {sheet} lies inside --out {out}: it would be imported as a photo")
-    good_fraction = synth.GOOD_FRACTION if args.good_fraction is None else args.good_fraction
+    good_fraction = GOOD_FRACTION if args.good_fraction is None else args.good_fraction
     workers = args.workers or None
-    frame = synth.generate(out, args.n_images, seed=args.seed, good_fraction=good_fraction, workers=workers)
+    frame = synth_dataset.generate(out, args.n_images, seed=args.seed, good_fraction=good_fraction, workers=workers)
     if sheet is not None:
-        synth.contact_sheet(out, sheet, seed=args.seed)
+        synth_dataset.contact_sheet(out, sheet, seed=args.seed)
     print(f"wrote {len(frame)} photos to {out}" + (f", a contact sheet to {sheet}" if sheet else ""))
 
 

@@ -37,10 +37,11 @@ SEARCH_OBJECTIVES = ("udr", "elbo", "job")
 FUSE_MODES = ("auto", "always", "never")  # auto: a trial's seeds train as one fused model on CUDA
 PRUNERS = ("none", "median", "successive_halving", "hyperband")  # Optuna's, judging trials part-way (search.pruner)
 IMAGE_SIZES = (16, 32, 64, 128)
-SIMULATORS = ("full", "geometry")  # data.simulator: geometry has no defects and one skin tone (data/synth.py)
+SIMULATORS = ("full", "geometry")  # data.simulator: geometry has no defects and one skin tone (data/synth_factors.py)
 WRONG_SIZE_POLICIES = ("keep", "reject")  # keep: the square crop is taken from the photo as it is
-DCI_METHODS = ("gbt", "gbt_fast", "gbt_regressor", "lasso")  # gbt: the published classifier (evaluation/metrics.py)
+DCI_METHODS = ("gbt", "gbt_fast", "gbt_regressor", "lasso")  # gbt: the published classifier (evaluation/dci.py)
 SAP_METHODS = ("svm", "correlation", "mixed")  # svm: the published LinearSVC(C=0.01) on factor classes
+GOOD_FRACTION = 1554 / 8498  # data.good_fraction's default: the thesis's training set, 1554 good, 6944 bad
 # Labels per class below which the classify stage and register.select: job warn that their figures are rough.
 FEW_LABELS = 20
 # Thesis §2.3.1: a component is informative when its KL to the prior exceeds this. The default
@@ -90,7 +91,7 @@ class DataConfig:
     source: str = _rule("synthetic")  # "synthetic" or a folder of real photos
     n_images: int = _rule(2000, min=1)
     seed: int = _rule(0, min=0)
-    good_fraction: float = _rule(1554 / 8498, open_min=0.0, open_max=1.0)
+    good_fraction: float = _rule(GOOD_FRACTION, open_min=0.0, open_max=1.0)
     simulator: str = _rule("full", choices=SIMULATORS)  # geometry: no defects, one skin tone
     workers: int = _rule(0, min=0)  # 0 = all cores
     max_rejected_fraction: float = _rule(0.2, min=0.0, max=1.0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tubervae.config import Params, worker_count
-from tubervae.data import synth
+from tubervae.data import synth_dataset, synth_factors
 from tubervae.data.processed import save_evalset
 from tubervae.data.splits import fingerprint
 from tubervae.io import staged_dir, under, write_json
@@ -34,17 +34,17 @@ def run(params: Params, *, root: str | Path = ".", out_dir: str | Path = "data/e
             meta = {"n": 0, "reason": "the photos come from a folder: no simulated ground truth"}
             write_json(partial / "meta.json", meta)
             return meta
-        images, table = synth.model_inputs(
+        images, table = synth_dataset.model_inputs(
             cfg.set_size,
             seed=cfg.set_seed,
             crop_fraction=prep.crop_fraction,
             image_size=prep.image_size,
             good_fraction=data.good_fraction,
-            fixed=synth.SIMULATORS[data.simulator],
+            fixed=synth_factors.SIMULATORS[data.simulator],
             workers=worker_count(data.workers),
         )
         labels = (table["label"] == "bad").to_numpy(np.int8)
-        factors = table[list(synth.FACTOR_NAMES)].to_numpy(np.float32)
+        factors = table[list(synth_factors.FACTOR_NAMES)].to_numpy(np.float32)
         meta = {
             "n": int(len(images)),
             "seed": cfg.set_seed,
@@ -53,9 +53,9 @@ def run(params: Params, *, root: str | Path = ".", out_dir: str | Path = "data/e
             "simulator": data.simulator,
             "good": int((labels == 0).sum()),
             "bad": int((labels == 1).sum()),
-            "scored_factors": list(synth.SCORED_FACTORS),
+            "scored_factors": list(synth_factors.SCORED_FACTORS),
             "version": fingerprint(images, factors),
         }
-        save_evalset(partial, images, factors, synth.FACTOR_NAMES, synth.SCORED_FACTORS, labels, meta)
+        save_evalset(partial, images, factors, synth_factors.FACTOR_NAMES, synth_factors.SCORED_FACTORS, labels, meta)
     log.info("evaluation set: %d simulated photos (%d bad)", meta["n"], meta["bad"])
     return meta

@@ -2,7 +2,7 @@
 
 Every ranked model encodes the dedicated evaluation set (stage evalset: simulated
 photos never used for training or selection), and MIG, DCI, SAP and the FactorVAE score
-of its scored factors (`tubervae.evaluation.metrics`) go onto its MLflow run. With a real
+of its scored factors (`tubervae.evaluation.supervised`) go onto its MLflow run. With a real
 folder whose photos carry a factors.csv, the test split's factors are scored instead.
 Across models, the Spearman correlation of UDR (within-family and A2A, Lasso and
 Spearman similarity) with each supervised metric, with a bootstrap interval, is set
@@ -33,9 +33,11 @@ from scipy.stats import spearmanr
 from tubervae import plots
 from tubervae.config import Params, worker_count
 from tubervae.data.processed import load_evalset, load_split
-from tubervae.data.synth import DEFECT_COLUMNS
+from tubervae.data.synth_factors import DEFECT_COLUMNS
 from tubervae.evaluation.matching import best_components
-from tubervae.evaluation.metrics import evaluate_all, mig, train_test_indices
+from tubervae.evaluation.metric_utils import train_test_indices
+from tubervae.evaluation.mig import mig
+from tubervae.evaluation.supervised import evaluate_all
 from tubervae.evaluation.udr import informative_mask, udr_scores
 from tubervae.io import fresh_dir, under, write_csv, write_json
 from tubervae.runs import vae_artifacts

@@ -194,7 +194,7 @@ def run(
     reports_dir: str | Path = "reports/data",
 ) -> Path:
     """Produce data/raw/ (images/, labels.csv, factors.csv when simulated) and the data reports."""
-    from tubervae.data import synth
+    from tubervae.data import synth_dataset, synth_factors
 
     out_dir, reports_dir = under(root, out_dir), under(root, reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
@@ -206,13 +206,13 @@ def run(
         staged_dir(out_dir) as partial,
     ):
         if cfg.source == "synthetic":
-            frame = synth.generate(
+            frame = synth_dataset.generate(
                 partial,
                 cfg.n_images,
                 seed=cfg.seed,
                 good_fraction=cfg.good_fraction,
                 workers=worker_count(cfg.workers),
-                fixed=synth.SIMULATORS[cfg.simulator],
+                fixed=synth_factors.SIMULATORS[cfg.simulator],
             )
             report = pd.DataFrame(
                 {
@@ -226,5 +226,5 @@ def run(
             report.to_csv(report_tmp, index=False)
         else:
             import_folder(cfg, partial, report_tmp, root=root, failed_path=failed_report(reports_dir / "ingest.csv"))
-        synth.contact_sheet(partial, sheet_tmp, seed=cfg.seed)
+        synth_dataset.contact_sheet(partial, sheet_tmp, seed=cfg.seed)
     return out_dir
