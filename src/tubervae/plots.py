@@ -1,5 +1,9 @@
 """Every figure the project draws, as pure functions of arrays.
 
+Kept whole: its figure builders share one small toolkit (the pyplot-free canvas, the
+argument checks, the good/bad colours) and `save_figure` and `close`, which every figure goes
+through; one module per figure would repeat that toolkit in each.
+
 Each builder takes arrays (or a DataFrame) and returns a ``matplotlib.figure.Figure``
 rendered by the Agg canvas. Figures are created without pyplot, so building many of
 them in a long search leaks nothing into global state and needs no display; only
@@ -31,11 +35,13 @@ from tubervae.config import INFORMATIVE_KL
 __all__ = [
     "close",
     "distribution_figure",
+    "factor_heatmap",
     "history_figure",
     "image_grid_figure",
     "image_mosaic",
     "importance_heatmap",
     "label_efficiency_figure",
+    "message_figure",
     "metric_vs_param_figure",
     "rank_scatter_figure",
     "reconstruction_figure",

@@ -1,5 +1,9 @@
 """Unsupervised Disentanglement Ranking (UDR; Duan et al., ICLR 2020).
 
+Kept whole: similarity, pair scores and their aggregation run as one batched computation
+(`_prepare`, `_batched_similarities`) that every public function shares; split, the
+private batch structures would cross module borders.
+
 Two models trained with different seeds that both disentangle should find the
 same factors, each in one component, up to permutation and sign. UDR scores a
 pair of models by how one-to-one the similarity matrix ``R`` between their

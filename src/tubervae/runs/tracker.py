@@ -1,5 +1,8 @@
 """The run lifecycle of the project's MLflow experiment: runs, params, metrics, tags, artifacts.
 
+Kept whole: one class, `Tracker`, is the only door to MLflow for every stage; its run states,
+stale-run clean-up and file lock guard the same runs, and read best in one place.
+
 Tracking defaults to `sqlite:///<project>/mlflow.db` with artifacts in `<project>/mlruns`,
 so a plain `mlflow ui` started in the project root shows every run. MLFLOW_TRACKING_URI
 (for example a tracking server shared by several machines) takes precedence.
