@@ -18,12 +18,17 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from tubervae.data.processed import SPLITS, save_meta, save_split
 from tubervae.data.splits import fingerprint
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow.tracking import MlflowClient
 
 DECOY_RUN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -354,3 +359,197 @@ def metric_codes():
     rotated = rotate_45(aligned, 0, 1)  # "shape" and "scale" mixed
     noise = rng.standard_normal(aligned.shape)
     return factors, aligned, rotated, noise
+
+
+# --- tiny searches (test_search, test_study, test_trials, test_pool, test_objective, test_pruning, ...):
+# 16×16 discs, 20 training steps, 2 seeds. Each trained run normally also draws three matplotlib
+# pictures (traversals etc.), which cost more than the training here; those belong to the train stage
+# and are tested with it, so these tests replace them with nothing (`no_pictures`; in worker
+# subprocesses too, through `WORKER`, a small launcher that then calls the `tubervae` command's `main`).
+
+FAMILY = "beta_vae"
+STEPS, CHECKPOINT_EVERY, LOG_EVERY = 20, 5, 5
+RAW_PARAMS = {
+    "data": {"n_images": 300},
+    "preprocess": {"image_size": 16, "probe_size": 48},
+    "train": {
+        "latent_dim": 4,
+        "steps": STEPS,
+        "batch_size": 16,
+        "lr": 0.02,
+        "checkpoint_every": CHECKPOINT_EVERY,
+        "log_every": LOG_EVERY,
+        "snapshot_every": 0,
+        "device": "cpu",
+        "threads": 1,
+        "workers": 1,
+        "precision": "float32",  # lr 0.02 opens every component in 20 steps in float32; `auto` differs by CPU
+    },
+    "search": {"seeds": 2, "min_active": 0, "spaces": {FAMILY: {"n_trials": 1, "beta": [1.0, 8.0], "beta_log": True}}},
+    "udr": {"similarity": "spearman"},
+}
+
+# Started as `python worker.py <tubervae arguments>`: the `tubervae` command without the
+# per-run pictures. With BLOCK_AT_SEED_1 set to a path it writes that file and stops for
+# good when seed 1 logs step 10 (after the step-5 checkpoint, before the step-10 one),
+# so the test can kill it in the middle of a trial; only the first seed 1 to get there stops.
+WORKER = """
+import os, sys, time
+from pathlib import Path
+import tubervae.runs.training_run as stage
+
+stage.figures = lambda *args, **kwargs: {}
+marker = os.environ.get("BLOCK_AT_SEED_1")
+if marker:
+    train_model = stage.train_model
+
+    def blocking_train_model(setting, seed, cfg, **kwargs):
+        on_log = kwargs["on_log"]
+
+        def hooked(metrics, step):
+            on_log(metrics, step)
+            if seed == 1 and step >= 10 and not Path(marker).exists():  # once: a seed that goes again trains on
+                Path(marker).write_text(str(os.getpid()))
+                time.sleep(3600)
+
+        kwargs["on_log"] = hooked
+        return train_model(setting, seed, cfg, **kwargs)
+
+    stage.train_model = blocking_train_model
+
+if __name__ == "__main__":  # training pool workers re-import this file (spawn): only the parent runs the CLI
+    from tubervae.cli import main
+
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def merged(base: dict, **sections) -> dict:
+    out = json.loads(json.dumps(base))
+    for section, values in sections.items():
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(out[section].get(key), dict):
+                out[section][key].update(value)
+            else:
+                out[section][key] = value
+    return out
+
+
+def write_processed_discs(folder: Path, size: int = 16, seed: int = 0, guide: np.ndarray | None = None) -> None:
+    """data/processed as the preprocess stage writes it: bright discs at random places, sizes, brightness."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    counts = {"train": 128, "test": 16, "labelled": 16, "udr_probe": 48}
+    splits = {}
+    for name, n in counts.items():
+        f = np.column_stack(
+            [rng.uniform(4, size - 4, n), rng.uniform(4, size - 4, n), rng.uniform(2, 4, n), rng.uniform(0.4, 1.0, n)]
+        ).astype(np.float32)
+        disc = (xx - f[:, 0, None, None]) ** 2 + (yy - f[:, 1, None, None]) ** 2 <= f[:, 2, None, None] ** 2
+        gray = (disc * f[:, 3, None, None] * 255).astype(np.uint8)
+        labels = -np.ones(n, np.int64) if name == "udr_probe" else (f[:, 2] > 3).astype(np.int64)
+        splits[name] = (np.repeat(gray[..., None], 3, axis=-1), labels, f)
+    write_processed(
+        folder, splits, ["x", "y", "radius", "brightness"], data_version=f"discs-{size}-{seed}", guide=guide
+    )
+
+
+@pytest.fixture
+def project(tmp_path, empty_mlflow_db, monkeypatch) -> Path:
+    """A project root with tiny processed data and a fresh MLflow database; cwd is the root."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    write_processed_discs(tmp_path / "data" / "processed")
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+@pytest.fixture
+def no_pictures(monkeypatch):
+    monkeypatch.setattr("tubervae.runs.training_run.figures", lambda *args, **kwargs: {})
+
+
+def run_search(root: Path, raw: dict, **kwargs) -> dict:
+    from tubervae.config import parse_params
+    from tubervae.stages import search
+
+    return search.run(
+        parse_params(raw),
+        FAMILY,
+        root=root,
+        processed_dir=root / "data" / "processed",
+        reports_dir=root / "reports" / "search",
+        progress=False,
+        **kwargs,
+    )
+
+
+def load_study(root: Path, raw: dict, storage: str | None = None) -> optuna.Study:
+    import optuna
+
+    from tubervae.config import parse_params
+    from tubervae.runs.study import storage_url, study_name
+    from tubervae.runs.training_run import load_training_data
+
+    data = load_training_data(root / "data" / "processed")
+    name = study_name(FAMILY, parse_params(raw), data.data_version)
+    return optuna.load_study(study_name=name, storage=storage or storage_url(root))
+
+
+def client(root: Path) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def all_runs(root: Path) -> list:
+    c = client(root)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    return c.search_runs(ids, max_results=1000)
+
+
+def start_worker(root: Path, args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """`tubervae <args>` in `root`; its output goes to a log file (a full pipe would stall it)."""
+    (root / "worker.py").write_text(WORKER)
+    log = open(root / f"worker-{len(list(root.glob('worker-*.log')))}.log", "w")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(root / "worker.py"), *args],
+            cwd=root,
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        log.close()
+    proc.log_path = Path(log.name)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """Kill the worker if it still runs; its output."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    return proc.log_path.read_text()
+
+
+def kill_search_at_seed_1(project: Path, timeout: float) -> tuple[int, int]:
+    """Start `tubervae search` (the WORKER script) and kill -9 it once seed 1 has logged step 10.
+
+    Returns the pid of the process that trained seed 1 and that of the search.
+    """
+    marker = project / "blocked"
+    proc = start_worker(project, ["search", "--family", FAMILY], env={"BLOCK_AT_SEED_1": str(marker)})
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists() or not marker.read_text():
+            assert proc.poll() is None, f"search ended early:\n{stop(proc)}"
+            assert time.monotonic() < deadline, f"seed 1 never got to step 10:\n{stop(proc)}"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    return int(marker.read_text()), proc.pid

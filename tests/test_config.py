@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import RAW_PARAMS, merged
 from tubervae.config import FAMILIES, ConfigError, Params, base_family, is_guided, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,3 +189,8 @@ def test_guided_families_are_named_after_their_base_family():
     ).search.spaces["guided_beta_vae"]
     assert space.guide_weight == [10.0, 1000.0] and space.grid == [{"beta": 2.0, "guide_weight": 50.0}]
     assert parse_params({}).preprocess.guide_fraction == 0.5
+
+
+def test_search_objective_elbo_needs_no_pruner():
+    with pytest.raises(ConfigError, match=r"search\.pruner 'median' judges trials part-way by their UDR"):
+        parse_params(merged(RAW_PARAMS, search={"objective": "elbo", "pruner": "median"}))
