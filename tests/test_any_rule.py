@@ -124,7 +124,7 @@ def test_one_rule_is_the_thesis_rule():
     assert rule.rules == (thesis,) and len(rule.cv_balanced_accuracy) == 1
     assert rule.train_balanced_accuracy == thesis.train_balanced_accuracy
     single = AnyOfRule.from_threshold_rule(thesis)
-    assert np.array_equal(single.score(latents), thesis.score(latents))
+    assert np.array_equal(single.decision_function(latents), thesis.decision_function(latents))
     assert np.array_equal(single.predict(latents), thesis.predict(latents))
 
 
@@ -266,7 +266,7 @@ def test_fired_predict_and_score_by_hand():
     assert fired.tolist() == [[False, False], [True, True], [False, False], [True, False], [False, True]]
     assert rule.predict(latents).tolist() == [False, True, False, True, True]
     # max((z2 - 0.5) / 2, (-1 - z0) / 0.5)
-    assert rule.score(latents).tolist() == pytest.approx([-0.25, 2.0, 0.0, 1.25, 1.0])
+    assert rule.decision_function(latents).tolist() == pytest.approx([-0.25, 2.0, 0.0, 1.25, 1.0])
     assert rule.components == (2, 0)
     assert rule.describe() == "bad if z2 > 0.5 or z0 < -1"
 
@@ -395,7 +395,7 @@ def test_the_model_serves_the_or_rule_and_loads_an_old_single_rule_file(tmp_path
     answer = model.predict(context, images)
     assert list(answer.columns)[:3] == ["label", "z1", "threshold"]
     assert answer["label"].tolist() == np.where(single.predict(mu), "bad", "good").tolist()
-    assert answer["score"].to_numpy() == pytest.approx(single.score(mu))
+    assert answer["score"].to_numpy() == pytest.approx(single.decision_function(mu))
     # A single ThresholdRule handed to the writer is stored as the one-rule AnyOfRule.
     (tmp_path / "single").mkdir()
     model, _, _ = tiny_model(tmp_path / "single", single)

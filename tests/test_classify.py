@@ -75,7 +75,7 @@ def test_flipped_sign_gives_the_other_direction():
     assert -latents[bad, 2].min() < rule.threshold < -latents[~bad, 2].max()
     assert np.array_equal(rule.predict(-latents), bad)
     # score is positive exactly for predicted bad and orders bad above good.
-    score = rule.score(-latents)
+    score = rule.decision_function(-latents)
     assert np.all(score[bad] > 0) and np.all(score[~bad] < 0)
 
 
@@ -208,7 +208,7 @@ def test_learned_classifiers_beat_chance_on_separable_data(fit):
     pred = model.predict(test)
     assert pred.dtype == bool and pred.shape == (40,)
     assert binary_metrics(test_bad, pred)["balanced_accuracy"] > 0.9
-    score = model.predict_score(test)
+    score = model.decision_function(test)
     assert np.all((score >= 0) & (score <= 1))
     assert roc_auc_score(test_bad, score) > 0.9
     with pytest.raises(ValueError, match="fitted on 3"):
@@ -235,7 +235,7 @@ def test_pixel_cnn_learns_bright_vs_dark_and_is_deterministic():
     assert torch.equal(torch.get_rng_state(), state_before)  # global RNG untouched
     assert binary_metrics(test_bad, first.predict(test_images))["balanced_accuracy"] > 0.9
     again = fit_pixel_cnn(images, bad, random_state=5, steps=40, batch_size=16, lr=1e-2)
-    assert np.array_equal(first.predict_score(test_images), again.predict_score(test_images))
+    assert np.array_equal(first.decision_function(test_images), again.decision_function(test_images))
     for a, b in zip(first.network.parameters(), again.network.parameters()):
         assert torch.equal(a, b)
     other = fit_pixel_cnn(images, bad, random_state=6, steps=1)
