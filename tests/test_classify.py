@@ -400,8 +400,8 @@ def test_the_classify_stage_gives_a_guided_champions_rules_only_its_holdout_labe
     from tubervae.stages import classify as stage
 
     splits, guide, meta, config = _guided_processed(tmp_path)
-    plain = stage.load_photos(tmp_path, config, meta)
-    guided = stage.load_photos(tmp_path, {**config, "guided_component": 0}, meta)
+    plain = stage.labelled_photos(tmp_path, config, meta)
+    guided = stage.labelled_photos(tmp_path, {**config, "guided_component": 0}, meta)
     assert plain.guided_component is None and guided.guided_component == 0
     # The rules of every champion are fitted on the holdout labels (the rows no guidance head saw).
     for photos in (plain, guided):
@@ -418,8 +418,8 @@ def test_the_classify_stage_reads_a_guided_champion_through_its_guided_component
     from tubervae.stages import classify as stage
 
     splits, _, meta, config = _guided_processed(tmp_path)
-    guided = stage.load_photos(tmp_path, {**config, "guided_component": 0}, meta)
+    guided = stage.labelled_photos(tmp_path, {**config, "guided_component": 0}, meta)
     torch.manual_seed(0)
     params = dataclasses.replace(Params(), classify=ClassifyConfig(label_sizes=[6], n_draws=1, cnn_steps=2))
     fitted = stage.fit(VAE(image_size=16, latent_dim=3), guided, splits["udr_probe"][0], params)
-    assert fitted.rule.component == 0 and len(fitted.z_lab) == 12
+    assert fitted.threshold_rule.component == 0 and len(fitted.z_lab) == 12

@@ -117,7 +117,9 @@ class AnyOfRule:
         Positive exactly where :meth:`predict` says bad.
         """
         array = check_array("latents", latents)
-        return np.max(np.column_stack([r.decision_function(array) / s for r, s in zip(self.rules, self.scales)]), axis=1)
+        return np.max(
+            np.column_stack([r.decision_function(array) / s for r, s in zip(self.rules, self.scales)]), axis=1
+        )
 
     def describe(self) -> str:
         """The rule as a person reads it, e.g. ``bad if z3 > 0.412 or z7 < -1.2``."""
