@@ -413,3 +413,57 @@ def test_job_score_is_the_best_cross_validated_figure_over_the_informative_compo
     assert job_score(z, bad, [0.0, 1.0]) < 0.8
     # no informative component at all: every component is a candidate again
     assert job_score(z, bad, [0.0, 0.0]) == pytest.approx(1.0)
+
+
+def test_label_efficiency_fits_the_any_rule_with_the_settings_it_is_given(monkeypatch):
+    from tubervae.classify import efficiency
+
+    latents, bad = two_defects_and_noise()
+    rng = np.random.default_rng(0)
+    train, test = (latents + rng.normal(0, 0.05, latents.shape) for _ in range(2))
+    kwargs = dict(sizes=(20,), n_draws=2, methods=("threshold", "any_rule"))
+    one_cut = label_efficiency(train, bad, test, bad, max_rules=1, **kwargs)
+    # One cut allowed: the any_rule is the threshold rule, draw by draw; three: it catches both defects.
+    by_method = one_cut.set_index(["method", "draw"])["balanced_accuracy"]
+    assert by_method["any_rule"].tolist() == by_method["threshold"].tolist()
+    three = label_efficiency(train, bad, test, bad, max_rules=3, **kwargs).set_index(["method", "draw"])
+    assert three["balanced_accuracy"]["any_rule"].mean() > by_method["any_rule"].mean()
+    seen = []
+    real = efficiency.fit_any_of_rule
+    monkeypatch.setattr(efficiency, "fit_any_of_rule", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    label_efficiency(train, bad, test, bad, max_rules=2, n_folds=3, **kwargs)
+    assert [(kw["max_rules"], kw["n_folds"]) for kw in seen] == [(2, 3)] * 2
+    with pytest.raises(ValueError, match="n_folds"):
+        label_efficiency(train, bad, test, bad, n_folds=1, **kwargs)
+
+
+# ---------------------------------------------------------------- a model's rules, fitted one way
+
+
+def test_the_candidates_are_the_informative_components_or_all_of_them():
+    from tubervae.classify import candidate_components
+
+    assert candidate_components([0.5, 0.0, 0.02], 0.01) == [0, 2]
+    assert candidate_components([0.0, 0.01, 0.0], 0.01) == [0, 1, 2]  # none above the cut-off: all
+    assert candidate_components([np.nan, 1.0]) == [1]
+    with pytest.raises(ValueError, match="kl must be a non-empty 1-D array"):
+        candidate_components([[1.0]])
+
+
+def test_fit_rules_is_the_one_cut_and_the_served_rule_over_the_candidates():
+    from tubervae.classify import RuleSettings, fit_rules, fit_served_rule
+    from tubervae.config import ClassifyConfig, Params, UdrConfig
+
+    latents, bad = two_defects_and_noise()
+    kl = np.array([1.0, 1.0, 0.0])  # the noise component is not informative
+    settings = RuleSettings(kl_threshold=0.01, max_rules=2, n_folds=3, random_state=4)
+    rules = fit_rules(latents, bad, kl, settings)
+    assert rules.candidates == [0, 1]
+    assert rules.threshold == fit_threshold_rule(latents, bad, components=[0, 1])
+    expected = fit_any_of_rule(latents, bad, components=[0, 1], max_rules=2, n_folds=3, random_state=4)
+    assert rules.any_rule == expected == fit_served_rule(latents, bad, kl, settings)
+    # A guided model's one cut is on its guided component; its served rule still on the candidates.
+    guided = fit_rules(latents, bad, kl, settings, threshold_components=[1])
+    assert guided.threshold.component == 1 and guided.any_rule == expected
+    params = Params(udr=UdrConfig(kl_threshold=0.5), classify=ClassifyConfig(max_rules=2, cv_folds=3, seed=4))
+    assert RuleSettings.from_params(params) == RuleSettings(0.5, 2, 3, 4)
