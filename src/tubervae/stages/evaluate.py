@@ -200,20 +200,13 @@ def run(
     tracker = open_tracker(root, run_id)
     rng = np.random.default_rng(cfg.seed)
     take = np.sort(rng.choice(len(all_images), size=min(cfg.n_points, len(all_images)), replace=False))
-    images, factors = all_images[take], all_factors[take]
+    images, factors = all_images[take], all_factors[take]  # the same photos for every model
     defects = [name for name in DEFECT_COLUMNS.values() if name in names]
     latents = [vae_artifacts.latents(tracker, rid) for rid in models.run_id]
     results = score_models(tracker, models, latents, images, (factors, names, defects), params)
-    table = models.merge(pd.DataFrame([model_row(rid, result) for rid, result in results.items()]), on="run_id")
-    table = pd.concat([table, udr_variants(table, latents, params)], axis=1)
+    table = scores_table(models, results, latents, params)
     write_csv(out_dir / "models.csv", table)
-    correlations = {
-        udr_col: {
-            m: bootstrap_spearman(table[udr_col].to_numpy(float), table[m].to_numpy(float), cfg.n_bootstrap, rng)
-            for m in SUPERVISED
-        }
-        for udr_col in [c for c in table.columns if c.startswith("udr_") and c.count("_") == 2]
-    }
+    correlations = correlate(table, cfg.n_bootstrap, rng)
     write_figures(table, names, params.udr.similarity, figures_dir)
     summary = summarise(table, len(images), names, defects, source, correlations, cfg)
     champion = champion_summary(table, champion_path, names, defects)
@@ -222,14 +215,32 @@ def run(
             results[champion["run_id"]]["importance"], models, latents, champion["run_id"], params, out_dir, figures_dir
         )
     write_json(out_dir / "metrics.json", summary)
-    headline = evaluate_metrics(summary, f"udr_within_{params.udr.similarity}")
-    write_json(metrics_path, headline)
-    plot_data = table.rename(columns={f"udr_within_{params.udr.similarity}": "udr_within"})[PLOT_COLUMNS]
-    write_csv(plots_dir / "udr_vs_supervised.csv", plot_data)
+    headline = write_dvc_files(summary, table, params.udr.similarity, metrics_path, plots_dir)
     with tracker.run("evaluate", run_id=run_id, started_at=started_at, tags={"kind": "evaluate"}) as rid:
         tracker.log_metrics(rid, headline)  # the numbers DVC compares, grouped by '/' in MLflow
         tracker.log_artifacts(rid, out_dir, "evaluate")
     return summary
+
+
+def correlate(table: pd.DataFrame, n_bootstrap: int, rng: np.random.Generator) -> dict:
+    """Spearman ρ (bootstrap interval) of every UDR variant (udr_<within|a2a>_<similarity>) with each supervised
+    metric, across models."""
+    return {
+        udr_col: {
+            m: bootstrap_spearman(table[udr_col].to_numpy(float), table[m].to_numpy(float), n_bootstrap, rng)
+            for m in SUPERVISED
+        }
+        for udr_col in [c for c in table.columns if c.startswith("udr_") and c.count("_") == 2]
+    }
+
+
+def write_dvc_files(summary: dict, table: pd.DataFrame, similarity: str, metrics_path: Path, plots_dir: Path) -> dict:
+    """The numbers DVC compares (`metrics_path`) and its plot data (udr_vs_supervised.csv); returns the numbers."""
+    headline = evaluate_metrics(summary, f"udr_within_{similarity}")
+    write_json(metrics_path, headline)
+    plot_data = table.rename(columns={f"udr_within_{similarity}": "udr_within"})[PLOT_COLUMNS]
+    write_csv(plots_dir / "udr_vs_supervised.csv", plot_data)
+    return headline
 
 
 def write_skipped(out_dir: Path, metrics_path: Path, plots_dir: Path) -> dict:
@@ -279,6 +290,12 @@ def score_models(
         defect_rho = {f"defect_rho/{d}": r for d, r in result["rho"].items()}
         tracker.log_metrics(model_run, {**result["scores"], **defect_rho, **by_factor, **captured})
     return results
+
+
+def scores_table(models: pd.DataFrame, results: dict[str, dict], latents: list[dict], params: Params) -> pd.DataFrame:
+    """models.csv: the udr stage's table with every model's scores (`model_row`) and UDR variants."""
+    table = models.merge(pd.DataFrame([model_row(rid, result) for rid, result in results.items()]), on="run_id")
+    return pd.concat([table, udr_variants(table, latents, params)], axis=1)
 
 
 def model_row(model_run: str, result: dict) -> dict:
