@@ -429,7 +429,9 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     assert set(numbers) == {"threshold", "any_rule", "majority", "logistic", "gradient_boosting", "pixel_cnn", "gate"}
     assert numbers["gate"]["balanced_accuracy"] == pytest.approx(gate["challenger"]["value"])
     assert all(isinstance(v, float) for group in numbers.values() for v in group.values())
-    assert numbers["threshold"]["balanced_accuracy"] == pytest.approx(metrics["threshold_rule_test"]["balanced_accuracy"])
+    assert numbers["threshold"]["balanced_accuracy"] == pytest.approx(
+        metrics["threshold_rule_test"]["balanced_accuracy"]
+    )
     assert numbers["any_rule"]["n_rules"] == len(metrics["any_rule"]["rules"])
     assert numbers["majority"]["accuracy"] == pytest.approx(metrics["threshold_rule_test"]["majority_accuracy"])
     client = client_for(project["root"])
