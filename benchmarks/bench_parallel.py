@@ -82,8 +82,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = parse_params(params(args, 1))
-        raw.run(base.data, out_dir=tmp / "raw", reports_dir=tmp / "reports")
-        preprocess.run(base.preprocess, raw_dir=tmp / "raw", out_dir=tmp / "processed")
+        raw.run(base, out_dir=tmp / "raw", reports_dir=tmp / "reports")
+        preprocess.run(base, raw_dir=tmp / "raw", out_dir=tmp / "processed")
         cores = os.cpu_count()
         print(
             f"{cpu_model()}, {cores} cores; {models} models ({args.trials} trials × {args.seeds} seeds), "

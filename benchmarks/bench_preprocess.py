@@ -21,7 +21,7 @@ from PIL import Image
 from tubervae.config import PreprocessConfig
 from tubervae.data import synth_dataset
 from tubervae.data.images import centre_square
-from tubervae.stages.preprocess import load_photos
+from tubervae.stages.preprocess import read_photos
 
 THESIS_SIZE = 8498
 TARGET_S = 60.0
@@ -51,7 +51,7 @@ def main() -> None:
         print(f"plain decode+crop+resize, 1 process: {base:6.1f} photos/s")
         for workers in (1, 2):
             start = time.perf_counter()
-            ours = load_photos(paths, cfg, workers)
+            ours = read_photos(paths, cfg, workers)
             rate = args.n / (time.perf_counter() - start)
             projected = THESIS_SIZE / rate
             print(

@@ -150,8 +150,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = parse_params(params(args, "none", []))
-        raw.run(base.data, out_dir=tmp / "raw", reports_dir=tmp / "reports")
-        preprocess.run(base.preprocess, raw_dir=tmp / "raw", out_dir=tmp / "processed")
+        raw.run(base, out_dir=tmp / "raw", reports_dir=tmp / "reports")
+        preprocess.run(base, raw_dir=tmp / "raw", out_dir=tmp / "processed")
         for i, (label, pruner, prune_at) in enumerate(searches):
             summary, seconds = run_search(
                 tmp / f"search{i}", tmp / "processed", params(args, pruner, prune_at), args.family

@@ -102,11 +102,13 @@ def main() -> None:
             rule = clf.fit_threshold_rule(z_n[holdout], bad_n[holdout], components=component)
             overfit = clf.fit_threshold_rule(z_n, bad_n, components=component)
             scores = {
-                "rule": clf.binary_metrics(bad_test, rule.predict(z_test), rule.score(z_test)),
-                "cut_on_all_n": clf.binary_metrics(bad_test, overfit.predict(z_test), overfit.score(z_test)),
+                "rule": clf.binary_metrics(bad_test, rule.predict(z_test), rule.decision_function(z_test)),
+                "cut_on_all_n": clf.binary_metrics(
+                    bad_test, overfit.predict(z_test), overfit.decision_function(z_test)
+                ),
             }
             cnn = clf.fit_pixel_cnn(x_n, bad_n, random_state=seed, steps=cnn_steps)
-            scores["pixel_cnn"] = clf.binary_metrics(bad_test, cnn.predict(x_test), cnn.predict_score(x_test))
+            scores["pixel_cnn"] = clf.binary_metrics(bad_test, cnn.predict(x_test), cnn.decision_function(x_test))
             result = {
                 "labels": int(n),
                 "seed": seed,

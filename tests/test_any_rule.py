@@ -124,7 +124,7 @@ def test_one_rule_is_the_thesis_rule():
     assert rule.rules == (thesis,) and len(rule.cv_balanced_accuracy) == 1
     assert rule.train_balanced_accuracy == thesis.train_balanced_accuracy
     single = AnyOfRule.from_threshold_rule(thesis)
-    assert np.array_equal(single.score(latents), thesis.score(latents))
+    assert np.array_equal(single.decision_function(latents), thesis.decision_function(latents))
     assert np.array_equal(single.predict(latents), thesis.predict(latents))
 
 
@@ -266,7 +266,7 @@ def test_fired_predict_and_score_by_hand():
     assert fired.tolist() == [[False, False], [True, True], [False, False], [True, False], [False, True]]
     assert rule.predict(latents).tolist() == [False, True, False, True, True]
     # max((z2 - 0.5) / 2, (-1 - z0) / 0.5)
-    assert rule.score(latents).tolist() == pytest.approx([-0.25, 2.0, 0.0, 1.25, 1.0])
+    assert rule.decision_function(latents).tolist() == pytest.approx([-0.25, 2.0, 0.0, 1.25, 1.0])
     assert rule.components == (2, 0)
     assert rule.describe() == "bad if z2 > 0.5 or z0 < -1"
 
@@ -395,7 +395,7 @@ def test_the_model_serves_the_or_rule_and_loads_an_old_single_rule_file(tmp_path
     answer = model.predict(context, images)
     assert list(answer.columns)[:3] == ["label", "z1", "threshold"]
     assert answer["label"].tolist() == np.where(single.predict(mu), "bad", "good").tolist()
-    assert answer["score"].to_numpy() == pytest.approx(single.score(mu))
+    assert answer["score"].to_numpy() == pytest.approx(single.decision_function(mu))
     # A single ThresholdRule handed to the writer is stored as the one-rule AnyOfRule.
     (tmp_path / "single").mkdir()
     model, _, _ = tiny_model(tmp_path / "single", single)
@@ -413,3 +413,57 @@ def test_job_score_is_the_best_cross_validated_figure_over_the_informative_compo
     assert job_score(z, bad, [0.0, 1.0]) < 0.8
     # no informative component at all: every component is a candidate again
     assert job_score(z, bad, [0.0, 0.0]) == pytest.approx(1.0)
+
+
+def test_label_efficiency_fits_the_any_rule_with_the_settings_it_is_given(monkeypatch):
+    from tubervae.classify import efficiency
+
+    latents, bad = two_defects_and_noise()
+    rng = np.random.default_rng(0)
+    train, test = (latents + rng.normal(0, 0.05, latents.shape) for _ in range(2))
+    kwargs = dict(sizes=(20,), n_draws=2, methods=("threshold", "any_rule"))
+    one_cut = label_efficiency(train, bad, test, bad, max_rules=1, **kwargs)
+    # One cut allowed: the any_rule is the threshold rule, draw by draw; three: it catches both defects.
+    by_method = one_cut.set_index(["method", "draw"])["balanced_accuracy"]
+    assert by_method["any_rule"].tolist() == by_method["threshold"].tolist()
+    three = label_efficiency(train, bad, test, bad, max_rules=3, **kwargs).set_index(["method", "draw"])
+    assert three["balanced_accuracy"]["any_rule"].mean() > by_method["any_rule"].mean()
+    seen = []
+    real = efficiency.fit_any_of_rule
+    monkeypatch.setattr(efficiency, "fit_any_of_rule", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    label_efficiency(train, bad, test, bad, max_rules=2, n_folds=3, **kwargs)
+    assert [(kw["max_rules"], kw["n_folds"]) for kw in seen] == [(2, 3)] * 2
+    with pytest.raises(ValueError, match="n_folds"):
+        label_efficiency(train, bad, test, bad, n_folds=1, **kwargs)
+
+
+# ---------------------------------------------------------------- a model's rules, fitted one way
+
+
+def test_the_candidates_are_the_informative_components_or_all_of_them():
+    from tubervae.classify import candidate_components
+
+    assert candidate_components([0.5, 0.0, 0.02], 0.01) == [0, 2]
+    assert candidate_components([0.0, 0.01, 0.0], 0.01) == [0, 1, 2]  # none above the cut-off: all
+    assert candidate_components([np.nan, 1.0]) == [1]
+    with pytest.raises(ValueError, match="kl must be a non-empty 1-D array"):
+        candidate_components([[1.0]])
+
+
+def test_fit_rules_is_the_one_cut_and_the_served_rule_over_the_candidates():
+    from tubervae.classify import RuleSettings, fit_rules, fit_served_rule
+    from tubervae.config import ClassifyConfig, Params, UdrConfig
+
+    latents, bad = two_defects_and_noise()
+    kl = np.array([1.0, 1.0, 0.0])  # the noise component is not informative
+    settings = RuleSettings(kl_threshold=0.01, max_rules=2, n_folds=3, random_state=4)
+    rules = fit_rules(latents, bad, kl, settings)
+    assert rules.candidates == [0, 1]
+    assert rules.threshold == fit_threshold_rule(latents, bad, components=[0, 1])
+    expected = fit_any_of_rule(latents, bad, components=[0, 1], max_rules=2, n_folds=3, random_state=4)
+    assert rules.any_rule == expected == fit_served_rule(latents, bad, kl, settings)
+    # A guided model's one cut is on its guided component; its served rule still on the candidates.
+    guided = fit_rules(latents, bad, kl, settings, threshold_components=[1])
+    assert guided.threshold.component == 1 and guided.any_rule == expected
+    params = Params(udr=UdrConfig(kl_threshold=0.5), classify=ClassifyConfig(max_rules=2, cv_folds=3, seed=4))
+    assert RuleSettings.from_params(params) == RuleSettings(0.5, 2, 3, 4)

@@ -75,7 +75,7 @@ def test_flipped_sign_gives_the_other_direction():
     assert -latents[bad, 2].min() < rule.threshold < -latents[~bad, 2].max()
     assert np.array_equal(rule.predict(-latents), bad)
     # score is positive exactly for predicted bad and orders bad above good.
-    score = rule.score(-latents)
+    score = rule.decision_function(-latents)
     assert np.all(score[bad] > 0) and np.all(score[~bad] < 0)
 
 
@@ -208,7 +208,7 @@ def test_learned_classifiers_beat_chance_on_separable_data(fit):
     pred = model.predict(test)
     assert pred.dtype == bool and pred.shape == (40,)
     assert binary_metrics(test_bad, pred)["balanced_accuracy"] > 0.9
-    score = model.predict_score(test)
+    score = model.decision_function(test)
     assert np.all((score >= 0) & (score <= 1))
     assert roc_auc_score(test_bad, score) > 0.9
     with pytest.raises(ValueError, match="fitted on 3"):
@@ -235,7 +235,7 @@ def test_pixel_cnn_learns_bright_vs_dark_and_is_deterministic():
     assert torch.equal(torch.get_rng_state(), state_before)  # global RNG untouched
     assert binary_metrics(test_bad, first.predict(test_images))["balanced_accuracy"] > 0.9
     again = fit_pixel_cnn(images, bad, random_state=5, steps=40, batch_size=16, lr=1e-2)
-    assert np.array_equal(first.predict_score(test_images), again.predict_score(test_images))
+    assert np.array_equal(first.decision_function(test_images), again.decision_function(test_images))
     for a, b in zip(first.network.parameters(), again.network.parameters()):
         assert torch.equal(a, b)
     other = fit_pixel_cnn(images, bad, random_state=6, steps=1)
@@ -400,8 +400,8 @@ def test_the_classify_stage_gives_a_guided_champions_rules_only_its_holdout_labe
     from tubervae.stages import classify as stage
 
     splits, guide, meta, config = _guided_processed(tmp_path)
-    plain = stage.load_photos(tmp_path, config, meta)
-    guided = stage.load_photos(tmp_path, {**config, "guided_component": 0}, meta)
+    plain = stage.labelled_photos(tmp_path, config, meta)
+    guided = stage.labelled_photos(tmp_path, {**config, "guided_component": 0}, meta)
     assert plain.guided_component is None and guided.guided_component == 0
     # The rules of every champion are fitted on the holdout labels (the rows no guidance head saw).
     for photos in (plain, guided):
@@ -418,8 +418,29 @@ def test_the_classify_stage_reads_a_guided_champion_through_its_guided_component
     from tubervae.stages import classify as stage
 
     splits, _, meta, config = _guided_processed(tmp_path)
-    guided = stage.load_photos(tmp_path, {**config, "guided_component": 0}, meta)
+    guided = stage.labelled_photos(tmp_path, {**config, "guided_component": 0}, meta)
     torch.manual_seed(0)
     params = dataclasses.replace(Params(), classify=ClassifyConfig(label_sizes=[6], n_draws=1, cnn_steps=2))
     fitted = stage.fit(VAE(image_size=16, latent_dim=3), guided, splits["udr_probe"][0], params)
-    assert fitted.rule.component == 0 and len(fitted.z_lab) == 12
+    assert fitted.threshold_rule.component == 0 and len(fitted.z_lab) == 12
+
+
+def test_the_classify_stage_measures_label_efficiency_with_the_configured_rule_settings(monkeypatch):
+    """classify.max_rules and cv_folds reach the any_rule of the label-efficiency table, not the defaults."""
+    from tubervae.config import ClassifyConfig
+    from tubervae.stages import classify as stage
+
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return pd.DataFrame({"method": ["any_rule"], "n_labels": [4], "balanced_accuracy": [1.0]})
+
+    monkeypatch.setattr(stage.clf, "label_efficiency", spy)
+    train, train_bad = separable_latents(seed=4, n_good=4, n_bad=4, d=3)
+    test, test_bad = separable_latents(seed=5, n_good=4, n_bad=4, d=3)
+    cfg = ClassifyConfig(max_rules=2, cv_folds=3, label_sizes=[4], n_draws=1)
+    table = stage.efficiency_table((train, train_bad, None), (test, test_bad, None), [0, 2], cfg)
+    assert (seen["max_rules"], seen["n_folds"]) == (2, 3)  # the defaults are 3 and 5
+    assert seen["components"] == [0, 2] and seen["sizes"] == (4,) and seen["random_state"] == cfg.seed
+    assert table["mean_balanced_accuracy"].tolist() == [1.0]

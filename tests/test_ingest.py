@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tubervae.config import DataConfig
+from tubervae.config import DataConfig, Params
 from tubervae.data.images import inspect_image, load_model_input
 from tubervae.stages.raw import IngestError, import_folder
 
@@ -369,12 +369,12 @@ def test_an_empty_folder_is_one_line_and_leaves_the_previous_import(tmp_path):
     photo().save(root / "a.jpg")
     photo().save(root / "b.jpg")
     project = tmp_path / "project"
-    raw.run(DataConfig(source=str(root), workers=1), root=project)
+    raw.run(Params(data=DataConfig(source=str(root), workers=1)), root=project)
     before = contents(project)
     for name in ("a.jpg", "b.jpg"):
         (root / name).unlink()
     with pytest.raises(IngestError) as info:
-        raw.run(DataConfig(source=str(root), workers=1), root=project)
+        raw.run(Params(data=DataConfig(source=str(root), workers=1)), root=project)
     assert (
         str(info.value) == f"data.source: the folder {root} is empty: put the photos in it (good/ and bad/ for labels)"
     )
@@ -388,16 +388,16 @@ def test_a_failed_import_keeps_the_previous_import_and_report(tmp_path):
     root.mkdir()
     photo().save(root / "a.jpg")
     project = tmp_path / "project"
-    raw.run(DataConfig(source=str(root), workers=1), root=project)
+    raw.run(Params(data=DataConfig(source=str(root), workers=1)), root=project)
     before = contents(project)
     (root / LATIN1_NAME).write_text("a broken photo with an odd name")
     with pytest.raises(IngestError, match="50.0% of the image files were rejected") as info:
-        raw.run(DataConfig(source=str(root), workers=1, max_rejected_fraction=0.2), root=project)
+        raw.run(Params(data=DataConfig(source=str(root), workers=1, max_rejected_fraction=0.2)), root=project)
     failed = project / "reports" / "data" / "ingest.failed.csv"
     assert str(failed) in str(info.value)
     assert "Kartoffel_gro\\xdf.jpg" in failed.read_text(encoding="utf-8")
     failed.unlink()
     assert contents(project) == before
-    raw.run(DataConfig(source=str(root), workers=1, max_rejected_fraction=0.5), root=project)
+    raw.run(Params(data=DataConfig(source=str(root), workers=1, max_rejected_fraction=0.5)), root=project)
     assert "Kartoffel_gro\\xdf.jpg" in (project / "reports" / "data" / "ingest.csv").read_text(encoding="utf-8")
     assert not failed.exists()

@@ -221,10 +221,14 @@ def test_preprocessing_is_deterministic(dvc_project, tmp_path):
     params = tiny_params()
     data_cfg = DataConfig(**{**params["data"], "workers": 1})
     prep_cfg = PreprocessConfig(**params["preprocess"])
-    raw.run(data_cfg, out_dir=tmp_path / "raw", reports_dir=tmp_path / "reports")
+    raw.run(Params(data=data_cfg), out_dir=tmp_path / "raw", reports_dir=tmp_path / "reports")
     assert snapshot(tmp_path / "raw") == snapshot(root / "data/raw")
-    first = preprocess.run(prep_cfg, raw_dir=tmp_path / "raw", out_dir=tmp_path / "a", workers=1)
-    second = preprocess.run(prep_cfg, raw_dir=tmp_path / "raw", out_dir=tmp_path / "b", workers=2)
+    first = preprocess.run(
+        Params(data=DataConfig(workers=1), preprocess=prep_cfg), raw_dir=tmp_path / "raw", out_dir=tmp_path / "a"
+    )
+    second = preprocess.run(
+        Params(data=DataConfig(workers=2), preprocess=prep_cfg), raw_dir=tmp_path / "raw", out_dir=tmp_path / "b"
+    )
     assert first["data_version"] == second["data_version"] == dvc_project["data_version"]
     assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
 
@@ -306,7 +310,11 @@ def test_stage_errors_leave_existing_output_untouched(dvc_project, tmp_path, mon
     monkeypatch.setattr(preprocess.np, "savez", savez_then_fail)
     other_split = PreprocessConfig(**tiny_params(preprocess={"seed": 1})["preprocess"])  # other bytes
     with pytest.raises(OSError, match="No space left"):
-        preprocess.run(other_split, raw_dir=root / "data/raw", out_dir=root / "data/processed", workers=1)
+        preprocess.run(
+            Params(data=DataConfig(workers=1), preprocess=other_split),
+            raw_dir=root / "data/raw",
+            out_dir=root / "data/processed",
+        )
     assert written  # the stage did get half-way
     assert snapshot(root / "data") == before
     assert sorted(p.name for p in (root / "data").iterdir()) == ["processed", "raw"]
@@ -339,7 +347,11 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
     untouched = snapshot(folder)
 
     raw_dir, reports = tmp_path / "data/raw", tmp_path / "reports/data"
-    raw.run(DataConfig(source=str(folder), workers=1, max_rejected_fraction=0.1), out_dir=raw_dir, reports_dir=reports)
+    raw.run(
+        Params(data=DataConfig(source=str(folder), workers=1, max_rejected_fraction=0.1)),
+        out_dir=raw_dir,
+        reports_dir=reports,
+    )
     assert snapshot(folder) == untouched
     ingest = pd.read_csv(reports / "ingest.csv", keep_default_na=False).set_index("source")
     assert len(ingest) == 32
@@ -354,10 +366,12 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
         assert sheet.format == "PNG"
 
     meta = preprocess.run(
-        PreprocessConfig(image_size=SIZE, probe_size=10, labelled_per_class=3, crop_fraction=CROP),
+        Params(
+            data=DataConfig(workers=1),
+            preprocess=PreprocessConfig(image_size=SIZE, probe_size=10, labelled_per_class=3, crop_fraction=CROP),
+        ),
         raw_dir=raw_dir,
         out_dir=tmp_path / "data/processed",
-        workers=1,
     )
     assert meta["factor_names"] == []
     assert meta["splits"]["test"] == {"n": 6, "good": 3, "bad": 3, "unlabelled": 0}
@@ -453,7 +467,11 @@ def test_a_folders_factors_reach_the_splits_and_the_evaluate_stage(tmp_path):
     table.to_csv(folder / "factors.csv", index=False)
 
     raw_dir, reports = tmp_path / "data/raw", tmp_path / "reports/data"
-    raw.run(DataConfig(source=str(folder), workers=1, max_rejected_fraction=0.1), out_dir=raw_dir, reports_dir=reports)
+    raw.run(
+        Params(data=DataConfig(source=str(folder), workers=1, max_rejected_fraction=0.1)),
+        out_dir=raw_dir,
+        reports_dir=reports,
+    )
     ingest = pd.read_csv(reports / "ingest.csv", keep_default_na=False).set_index("source")
     assert "factors" in ingest.loc["factors.csv", "reason"]
     labels = pd.read_csv(raw_dir / "labels.csv", keep_default_na=False)
@@ -465,10 +483,12 @@ def test_a_folders_factors_reach_the_splits_and_the_evaluate_stage(tmp_path):
 
     processed = tmp_path / "data/processed"
     meta = preprocess.run(
-        PreprocessConfig(image_size=SIZE, probe_size=6, labelled_per_class=2, crop_fraction=CROP),
+        Params(
+            data=DataConfig(workers=1),
+            preprocess=PreprocessConfig(image_size=SIZE, probe_size=6, labelled_per_class=2, crop_fraction=CROP),
+        ),
         raw_dir=raw_dir,
         out_dir=processed,
-        workers=1,
     )
     assert meta["factor_names"] == ["radius", "redness"]
     evalset_dir = tmp_path / "data/evalset"
@@ -498,7 +518,11 @@ def test_a_bad_factors_csv_stops_the_import_with_what_is_wrong(tmp_path, edit, m
             rows.append({"file": f"{label}/{label[0]}{i:02d}.png", "redness": i / 10})
     edit(pd.DataFrame(rows)).to_csv(folder / "factors.csv", index=False)
     with pytest.raises(FactorTableError, match=re.escape(message)):
-        raw.run(DataConfig(source=str(folder), workers=1), out_dir=tmp_path / "raw", reports_dir=tmp_path / "reports")
+        raw.run(
+            Params(data=DataConfig(source=str(folder), workers=1)),
+            out_dir=tmp_path / "raw",
+            reports_dir=tmp_path / "reports",
+        )
     assert not (tmp_path / "raw").exists()  # nothing half-written for the next stage
 
 

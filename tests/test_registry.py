@@ -393,10 +393,10 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
         mu, logvar = vae.encode(torch.from_numpy(probe.astype(np.float32) / 255.0).permute(0, 3, 1, 2))
     kl = (0.5 * (mu**2 + logvar.exp() - logvar - 1)).mean(0).numpy()
     informative = [int(j) for j in np.flatnonzero(kl > 0.01)] or list(range(LATENT))
-    assert metrics["informative_components"] == informative
+    assert metrics["candidate_components"] == informative
     # The one-cut rule chooses among the informative components, as the other rules and learners do.
     expected = fit_threshold_rule(z_lab, y_lab, components=informative)
-    rule = metrics["rule"]
+    rule = metrics["threshold_rule"]
     assert rule["component"] in informative and rule["informative"] == (kl > 0.01).any()
     assert (rule["component"], rule["direction"]) == (expected.component, expected.direction)
     assert rule["threshold"] == pytest.approx(expected.threshold, abs=1e-5)
@@ -404,10 +404,10 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     values = z_test[:, rule["component"]]
     predicted_bad = values > rule["threshold"] if rule["direction"] == "bad_if_above" else values < rule["threshold"]
     recall_bad, recall_good = predicted_bad[y_test].mean(), (~predicted_bad[~y_test]).mean()
-    assert metrics["test"]["accuracy"] == pytest.approx((predicted_bad == y_test).mean())
-    assert metrics["test"]["balanced_accuracy"] == pytest.approx((recall_bad + recall_good) / 2)
+    assert metrics["threshold_rule_test"]["accuracy"] == pytest.approx((predicted_bad == y_test).mean())
+    assert metrics["threshold_rule_test"]["balanced_accuracy"] == pytest.approx((recall_bad + recall_good) / 2)
     # Training photos are 75 % bad, so the baseline says "bad" to every test photo.
-    assert metrics["test"]["majority_accuracy"] == pytest.approx(y_test.mean())
+    assert metrics["threshold_rule_test"]["majority_accuracy"] == pytest.approx(y_test.mean())
     assert metrics["n_labelled"] == {"good": 10, "bad": 10}
     assert set(metrics["alternatives"]) == {"any_rule", "logistic", "gradient_boosting", "pixel_cnn"}
     assert metrics["champion"]["version"] == 2 and metrics["champion"]["run_id"] == project["runs"][6.0]
@@ -429,9 +429,11 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     assert set(numbers) == {"threshold", "any_rule", "majority", "logistic", "gradient_boosting", "pixel_cnn", "gate"}
     assert numbers["gate"]["balanced_accuracy"] == pytest.approx(gate["challenger"]["value"])
     assert all(isinstance(v, float) for group in numbers.values() for v in group.values())
-    assert numbers["threshold"]["balanced_accuracy"] == pytest.approx(metrics["test"]["balanced_accuracy"])
+    assert numbers["threshold"]["balanced_accuracy"] == pytest.approx(
+        metrics["threshold_rule_test"]["balanced_accuracy"]
+    )
     assert numbers["any_rule"]["n_rules"] == len(metrics["any_rule"]["rules"])
-    assert numbers["majority"]["accuracy"] == pytest.approx(metrics["test"]["majority_accuracy"])
+    assert numbers["majority"]["accuracy"] == pytest.approx(metrics["threshold_rule_test"]["majority_accuracy"])
     client = client_for(project["root"])
     (run,) = client.search_runs([client.get_run(project["runs"][6.0]).info.experiment_id], "tags.kind = 'classify'")
     assert run.data.metrics["any_rule/balanced_accuracy"] == pytest.approx(numbers["any_rule"]["balanced_accuracy"])
@@ -1100,12 +1102,12 @@ def test_the_gate_reads_only_the_labels_no_guidance_head_trained_on(tmp_path):
     arrays["guide"] = np.isin(np.arange(20), [0, 1, 2, 10, 11, 12])  # 3 good and 3 bad trained a head
     np.savez(processed / "labelled.npz", **arrays)
     meta = json.loads((processed / "meta.json").read_text())
-    photos = classify.load_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
+    photos = classify.labelled_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
     assert photos.holdout.tolist() == (~arrays["guide"]).tolist()
     assert photos.labels_used == "7 good + 7 bad (the labelled photos no guidance head trained on, of 20)"
     arrays.pop("guide")
     np.savez(processed / "labelled.npz", **arrays)
-    photos = classify.load_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
+    photos = classify.labelled_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
     assert photos.holdout.all() and photos.labels_used == "10 good + 10 bad (all labelled photos)"
 
 

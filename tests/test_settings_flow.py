@@ -139,8 +139,8 @@ def test_kl_threshold_reaches_udr_n_active_classify_and_plots(project, monkeypat
     expected = kls[champion][components.component.to_numpy()] > threshold
     assert components.informative.tolist() == expected.tolist()
     metrics = json.loads((project / "reports" / "classify" / "metrics.json").read_text())
-    assert metrics["informative_components"] == [int(j) for j in np.flatnonzero(kls[champion] > threshold)] or (
-        counts[champion] == 0 and len(metrics["informative_components"]) == 4
+    assert metrics["candidate_components"] == [int(j) for j in np.flatnonzero(kls[champion] > threshold)] or (
+        counts[champion] == 0 and len(metrics["candidate_components"]) == 4
     )
 
 
@@ -175,7 +175,7 @@ def test_a_relative_data_source_is_read_from_the_project_not_the_working_folder(
 
 
 def test_the_source_fingerprint_follows_the_photos_and_factors_only(tmp_path):
-    from tubervae.config import DataConfig
+    from tubervae.config import DataConfig, Params
     from tubervae.stages import source
 
     photos = tmp_path / "photos"
@@ -184,7 +184,7 @@ def test_the_source_fingerprint_follows_the_photos_and_factors_only(tmp_path):
     (photos / "factors.csv").write_text("file,size\ngood/a.jpg,1\nb.jpg,2\n")
     (photos / "README.txt").write_text("notes")
     cfg = DataConfig(source="photos")
-    first = source.run(cfg, root=tmp_path)
+    first = source.run(Params(data=cfg), root=tmp_path)
     assert first == json.loads((tmp_path / "reports" / "data" / "source.json").read_text())
     assert (first["entries"], first["files_read"]) == (4, 3)  # two photos and factors.csv are read
     # Read again, from another working folder, with the files touched and the notes edited: the same.

@@ -329,7 +329,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="similarity.*'pearson'"):
         udr_pair(x, x, kl, kl, similarity="pearson")
     with pytest.raises(ValueError, match="aggregate.*'mean'"):
-        udr_pair(x, x, kl, kl, aggregate="mean")
+        udr_pair(x, x, kl, kl, aggregate="reference")
     with pytest.raises(ValueError, match="lasso_alpha.*-0.1"):
         udr_pair(x, x, kl, kl, lasso_alpha=-0.1)
     with pytest.raises(ValueError, match="kl_b must be a length-3"):
@@ -446,3 +446,22 @@ def test_excluded_components_are_checked():
         udr_scores(reps, kls, excluded=[(0,), (0,)])
     with pytest.raises(ValueError, match=r"excluded\[1\] holds 4, not a component of model 1 \(0..3\)"):
         udr_scores(reps, kls, excluded=[(), (4,), (), ()])
+
+
+def test_udr_options_are_the_settings_as_udr_scores_takes_them():
+    from tubervae.config import UdrConfig
+    from tubervae.evaluation.udr import udr_options
+
+    cfg = UdrConfig(similarity="spearman", aggregate="reference", kl_threshold=0.2, lasso_alpha=0.3, n_partners=2)
+    within = udr_options(cfg)
+    assert within == {
+        "n_partners": 2,
+        "partner_seed": 0,
+        "similarity": "spearman",
+        "aggregate": "reference",
+        "kl_threshold": 0.2,
+        "lasso_alpha": 0.3,
+    }
+    assert udr_options(cfg, within=False)["n_partners"] is None  # all against all: every other model
+    assert udr_options(UdrConfig())["n_partners"] is None  # 0: every other seed of the setting
+    assert udr_options(cfg, similarity="lasso")["similarity"] == "lasso"

@@ -48,13 +48,13 @@ def cmd_raw(args, params: Params) -> None:
     from tubervae.stages import raw
 
     params = _override(params, "data", source=args.source, n_images=args.n_images)
-    raw.run(params.data, root=args.root)
+    raw.run(params, root=args.root)
 
 
 def cmd_source(args, params: Params) -> None:
     from tubervae.stages import source
 
-    found = source.run(params.data, root=args.root)
+    found = source.run(params, root=args.root)
     if found["source"] == "synthetic":
         print("data.source: synthetic (simulated photos)")
     else:
@@ -67,7 +67,7 @@ def cmd_source(args, params: Params) -> None:
 def cmd_preprocess(args, params: Params) -> None:
     from tubervae.stages import preprocess
 
-    meta = preprocess.run(params.preprocess, root=args.root, workers=params.data.workers)
+    meta = preprocess.run(params, root=args.root)
     print(f"data version {meta['data_version']}: " + ", ".join(f"{k} {v['n']}" for k, v in meta["splits"].items()))
 
 
@@ -131,9 +131,10 @@ def cmd_classify(args, params: Params) -> None:
     if "skipped" in m:
         print(f"classify skipped, {params.classify.model_name} not registered: {m['skipped']}")
         return
-    t, r = m["test"], m["rule"]
+    served = m["any_rule"]  # the rule the new version serves (the one-cut rule is in metrics.json beside it)
+    t = served["test"]
     print(
-        f"rule: z{r['component']} {r['direction']} {r['threshold']:.3f}; test accuracy {t['accuracy']:.3f}, "
+        f"any_rule: {served['rule']}; test accuracy {t['accuracy']:.3f}, "
         f"balanced accuracy {t['balanced_accuracy']:.3f} (majority baseline accuracy {t['majority_accuracy']:.3f})"
     )
     print(m["gate"]["line"])

@@ -16,7 +16,8 @@ Everything is pure: no files, no tracking. One module per concern:
 * :mod:`~tubervae.classify.rules`: the thesis's one-component threshold rule, and the labelled rows
   a model's rule may be fitted and validated on (a guided model: the labels its guidance never saw);
 * :mod:`~tubervae.classify.any_rule`: bad if any of a few components passes its threshold
-  (one defect per component), the number of rules chosen by cross-validation;
+  (one defect per component), the number of rules chosen by cross-validation; and how a model's
+  rules are fitted on its latents, for every caller alike (``fit_rules``, ``fit_served_rule``);
 * :mod:`~tubervae.classify.scores`: the metrics every classifier is reported with;
 * :mod:`~tubervae.classify.learners`: the learned yardsticks (logistic, boosting, pixel CNN);
 * :mod:`~tubervae.classify.efficiency`: test balanced accuracy against the number of labels;
@@ -29,7 +30,12 @@ from tubervae.classify.any_rule import (
     DEFAULT_MAX_RULES,
     DEFAULT_N_FOLDS,
     AnyOfRule,
+    ModelRules,
+    RuleSettings,
+    candidate_components,
     fit_any_of_rule,
+    fit_rules,
+    fit_served_rule,
     greedy_any_of_rule,
 )
 from tubervae.classify.efficiency import METHODS, label_efficiency, summarise_label_efficiency
@@ -58,13 +64,18 @@ __all__ = [
     "AnyOfRule",
     "LatentClassifier",
     "METHODS",
+    "ModelRules",
     "PixelCNNClassifier",
+    "RuleSettings",
     "ThresholdRule",
     "binary_metrics",
+    "candidate_components",
     "fit_any_of_rule",
     "fit_gradient_boosting",
     "fit_logistic",
     "fit_pixel_cnn",
+    "fit_rules",
+    "fit_served_rule",
     "fit_threshold_rule",
     "greedy_any_of_rule",
     "label_efficiency",

@@ -27,13 +27,18 @@ import numpy as np
 from tubervae.checks import check_array, check_int, check_real, check_seed
 from tubervae.classify._inputs import as_components, as_labels, require_both_classes
 from tubervae.classify.rules import DIRECTIONS, ThresholdRule, fit_threshold_rule
-from tubervae.config import INFORMATIVE_KL
+from tubervae.config import INFORMATIVE_KL, Params
 
 __all__ = [
     "DEFAULT_MAX_RULES",
     "DEFAULT_N_FOLDS",
     "AnyOfRule",
+    "ModelRules",
+    "RuleSettings",
+    "candidate_components",
     "fit_any_of_rule",
+    "fit_rules",
+    "fit_served_rule",
     "greedy_any_of_rule",
     "job_score",
 ]
@@ -48,7 +53,7 @@ class AnyOfRule:
     """Bad if any member rule calls the image bad; each member on its own component.
 
     ``scales`` (one per rule, > 0) put the members' distances past their
-    thresholds on one footing for :meth:`score`: the component's standard
+    thresholds on one footing for :meth:`decision_function`: the component's standard
     deviation on the latents it was fitted on. ``cv_balanced_accuracy[k - 1]``
     is the mean cross-validated balanced accuracy of the first ``k`` greedy
     rules, the evidence for how many were kept (empty when not
@@ -106,13 +111,15 @@ class AnyOfRule:
         """Boolean array, True = bad: the OR of the member rules."""
         return self.fired(latents).any(axis=1)
 
-    def score(self, latents: Any) -> np.ndarray:
+    def decision_function(self, latents: Any) -> np.ndarray:
         """Bad-score for ROC curves: the largest member distance past its threshold, in units of its scale.
 
         Positive exactly where :meth:`predict` says bad.
         """
         array = check_array("latents", latents)
-        return np.max(np.column_stack([r.score(array) / s for r, s in zip(self.rules, self.scales)]), axis=1)
+        return np.max(
+            np.column_stack([r.decision_function(array) / s for r, s in zip(self.rules, self.scales)]), axis=1
+        )
 
     def describe(self) -> str:
         """The rule as a person reads it, e.g. ``bad if z3 > 0.412 or z7 < -1.2``."""
@@ -301,6 +308,77 @@ def fit_any_of_rule(
     return _assemble(array, labels, rules, tuple(float(v) for v in cv))
 
 
+def candidate_components(kl: Any, kl_threshold: float = INFORMATIVE_KL) -> list[int]:
+    """The components a model's rules may cut: its informative ones (mean KL ``kl`` above
+    ``kl_threshold``), all of them when none is."""
+    values = np.asarray(kl, dtype=float)  # a NaN (never informative) is allowed, as in the UDR tables
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"kl must be a non-empty 1-D array (one mean KL per component), got shape {values.shape}")
+    threshold = check_real("kl_threshold", kl_threshold)
+    return [int(j) for j in np.flatnonzero(values > threshold)] or list(range(values.size))
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """What a model's rules are fitted with, for every caller alike: the KL cut-off that picks the candidate
+    components (``udr.kl_threshold``), the OR's most cuts (``classify.max_rules``), the folds that choose how
+    many (``classify.cv_folds``) and their seed (``classify.seed``)."""
+
+    kl_threshold: float = INFORMATIVE_KL
+    max_rules: int = DEFAULT_MAX_RULES
+    n_folds: int = DEFAULT_N_FOLDS
+    random_state: int = 0
+
+    @classmethod
+    def from_params(cls, params: Params) -> RuleSettings:
+        """The configured settings (params.yaml's udr.kl_threshold and classify section)."""
+        cfg = params.classify
+        return cls(params.udr.kl_threshold, cfg.max_rules, cfg.cv_folds, cfg.seed)
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    """A model's rules fitted on its latents: the candidate components, the one-cut rule and the served OR."""
+
+    candidates: list[int]
+    threshold: ThresholdRule
+    any_rule: AnyOfRule
+
+
+def fit_served_rule(latents: Any, bad: Any, kl: Any, settings: RuleSettings = RuleSettings()) -> AnyOfRule:
+    """The served rule of a model: the OR of up to ``settings.max_rules`` cuts on its candidate components
+    (:func:`candidate_components` of its mean KL ``kl``), the count chosen by cross-validation.
+
+    The one procedure behind the served model, the promotion gates (which cross-validate it) and the
+    job score, so that they all judge the same rule.
+    """
+    return fit_any_of_rule(
+        latents,
+        bad,
+        components=candidate_components(kl, settings.kl_threshold),
+        max_rules=settings.max_rules,
+        n_folds=settings.n_folds,
+        random_state=settings.random_state,
+    )
+
+
+def fit_rules(
+    latents: Any,
+    bad: Any,
+    kl: Any,
+    settings: RuleSettings = RuleSettings(),
+    *,
+    threshold_components: Iterable[int] | None = None,
+) -> ModelRules:
+    """A model's rules on its latents of labelled photos: the thesis's one cut (on ``threshold_components``,
+    default the candidates: a guided model's is its guided component) beside :func:`fit_served_rule`."""
+    candidates = candidate_components(kl, settings.kl_threshold)
+    one_cut = fit_threshold_rule(
+        latents, bad, components=candidates if threshold_components is None else threshold_components
+    )
+    return ModelRules(candidates, one_cut, fit_served_rule(latents, bad, kl, settings))
+
+
 def job_score(
     latents: Any,
     bad: Any,
@@ -313,13 +391,11 @@ def job_score(
 ) -> float:
     """How well a representation serves the grading job, from the labelled photos alone.
 
-    The multi-defect rule (:func:`fit_any_of_rule`) over the informative components (mean KL
-    ``kl`` above ``kl_threshold``; all components when none is) and its best cross-validated
-    balanced accuracy over the rule counts; its training figure when a class is too small to
-    cross-validate. What `register.select: job` and `search.objective: job` rank by.
+    The served rule (:func:`fit_served_rule`: the multi-defect rule over the informative components,
+    all when none is) and its best cross-validated balanced accuracy over the rule counts; its training
+    figure when a class is too small to cross-validate. What `register.select: job` and
+    `search.objective: job` rank by.
     """
-    informative = [int(j) for j in np.flatnonzero(np.asarray(kl, dtype=float) > kl_threshold)] or None
-    rule = fit_any_of_rule(
-        latents, bad, components=informative, max_rules=max_rules, n_folds=n_folds, random_state=random_state
-    )
+    settings = RuleSettings(kl_threshold, max_rules, n_folds, random_state)
+    rule = fit_served_rule(latents, bad, kl, settings)
     return float(max(rule.cv_balanced_accuracy)) if rule.cv_balanced_accuracy else float(rule.train_balanced_accuracy)

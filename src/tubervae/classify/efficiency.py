@@ -23,7 +23,7 @@ from tubervae.classify._inputs import (
     as_labels,
     require_both_classes,
 )
-from tubervae.classify.any_rule import fit_any_of_rule
+from tubervae.classify.any_rule import DEFAULT_MAX_RULES, DEFAULT_N_FOLDS, fit_any_of_rule
 from tubervae.classify.learners import fit_gradient_boosting, fit_logistic, fit_pixel_cnn
 from tubervae.classify.rules import fit_threshold_rule
 from tubervae.classify.scores import balanced_accuracy
@@ -58,6 +58,8 @@ def label_efficiency(
     methods: Sequence[str] = METHODS,
     components: Iterable[int] | None = None,
     cnn_steps: int = 300,
+    max_rules: int = DEFAULT_MAX_RULES,
+    n_folds: int = DEFAULT_N_FOLDS,
 ) -> pd.DataFrame:
     """Test balanced accuracy of each method against the number of labels.
 
@@ -68,8 +70,9 @@ def label_efficiency(
     uses the seed ``(random_state, s, k)``, so it is the same subset for every
     method and does not depend on the other sizes. ``pixel_cnn`` runs only
     when both image arrays are given. ``any_rule`` chooses its number of rules
-    by cross-validation inside the draw alone (its folds shrink with a small
-    draw), so the test set never picks it.
+    (at most ``max_rules``) by ``n_folds``-fold cross-validation inside the draw
+    alone (its folds shrink with a small draw), so the test set never picks it:
+    pass the settings the served rule is fitted with.
 
     Columns: method, n_labels, draw, balanced_accuracy, n_good, n_bad.
     """
@@ -85,6 +88,8 @@ def label_efficiency(
     seed = check_seed(random_state)
     chosen = as_components(components, pool.shape[1])
     n_draws = check_int("n_draws", n_draws, minimum=1)
+    max_rules = check_int("max_rules", max_rules, minimum=1)
+    n_folds = check_int("n_folds", n_folds, minimum=2)
     size_list = list(sizes)
     if not size_list or any(isinstance(s, bool) or not isinstance(s, Integral) or s < 2 for s in size_list):
         raise ValueError(f"sizes must be a non-empty sequence of integers >= 2, got {sizes!r}")
@@ -118,7 +123,9 @@ def label_efficiency(
                 if method == "threshold":
                     predicted = fit_threshold_rule(x, y, components=chosen).predict(test)
                 elif method == "any_rule":
-                    predicted = fit_any_of_rule(x, y, components=chosen, random_state=fit_seed).predict(test)
+                    predicted = fit_any_of_rule(
+                        x, y, components=chosen, max_rules=max_rules, n_folds=n_folds, random_state=fit_seed
+                    ).predict(test)
                 elif method == "logistic":
                     predicted = fit_logistic(x, y, components=chosen, random_state=fit_seed).predict(test)
                 elif method == "gradient_boosting":

@@ -3,7 +3,8 @@
 Logistic regression and gradient boosting on the latents (the alternatives the
 thesis names) show what a hand-picked single component leaves out; a small CNN
 trained on the pixels shows whether the VAE representation helps at all. Each
-fit returns a small wrapper with the same ``predict_score`` (P(bad)) and
+fit returns a small wrapper with the same ``decision_function`` (the bad-score
+that ROC curves read; here P(bad), where the rules give a signed distance) and
 ``predict`` (boolean, True = bad) interface as the threshold rule. sklearn and
 torch are imported inside the functions, so importing the package stays cheap
 for callers that only need the threshold rule.
@@ -53,7 +54,8 @@ GRADIENT_BOOSTING_SETTINGS = {
 class LatentClassifier:
     """A fitted sklearn estimator restricted to chosen components.
 
-    ``predict_score`` is the probability of bad; ``predict`` thresholds it at
+    ``decision_function`` is the probability of bad (a bad-score, as the rules' is;
+    unlike scikit-learn's, its cut is 0.5, not 0); ``predict`` thresholds it at
     0.5, which with balanced class weights is the balanced decision.
     """
 
@@ -62,14 +64,14 @@ class LatentClassifier:
         self.components = list(components)
         self.n_features = n_features
 
-    def predict_score(self, latents: Any) -> np.ndarray:
+    def decision_function(self, latents: Any) -> np.ndarray:
         array = check_array("latents", latents)
         check_width(array, self.n_features)
         bad_column = list(self.estimator.classes_).index(True)
         return self.estimator.predict_proba(array[:, self.components])[:, bad_column]
 
     def predict(self, latents: Any) -> np.ndarray:
-        return self.predict_score(latents) > 0.5
+        return self.decision_function(latents) > 0.5
 
 
 def _prepare_fit(latents: Any, bad: Any, components: Iterable[int] | None, random_state: Any):
@@ -126,14 +128,14 @@ def _images_to_tensor(images: np.ndarray):
 
 
 class PixelCNNClassifier:
-    """A fitted small CNN on raw pixels; ``predict_score`` is P(bad)."""
+    """A fitted small CNN on raw pixels; ``decision_function`` is P(bad)."""
 
     def __init__(self, network: Any, side: int, batch_size: int = 256) -> None:
         self.network = network
         self.side = side
         self.batch_size = batch_size
 
-    def predict_score(self, images: Any) -> np.ndarray:
+    def decision_function(self, images: Any) -> np.ndarray:
         import torch
 
         array = as_images(images)
@@ -150,7 +152,7 @@ class PixelCNNClassifier:
         return np.concatenate(scores).astype(np.float64)
 
     def predict(self, images: Any) -> np.ndarray:
-        return self.predict_score(images) > 0.5
+        return self.decision_function(images) > 0.5
 
 
 def fit_pixel_cnn(

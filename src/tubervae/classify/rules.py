@@ -44,7 +44,7 @@ class ThresholdRule:
         if not np.isfinite(self.threshold):
             raise ValueError(f"threshold must be finite, got {self.threshold!r}")
 
-    def score(self, latents: Any) -> np.ndarray:
+    def decision_function(self, latents: Any) -> np.ndarray:
         """Signed distance past the threshold, positive = bad: a score for ROC curves."""
         array = check_array("latents", latents)
         if self.component >= array.shape[1]:
@@ -58,7 +58,7 @@ class ThresholdRule:
 
     def predict(self, latents: Any) -> np.ndarray:
         """Boolean array, True = bad."""
-        return self.score(latents) > 0
+        return self.decision_function(latents) > 0
 
     def as_dict(self) -> dict:
         """Plain JSON-serialisable fields, for logging and reloading."""

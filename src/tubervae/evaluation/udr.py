@@ -41,7 +41,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from tubervae.checks import check_array, check_choice, check_int, check_real
-from tubervae.config import AGGREGATES, INFORMATIVE_KL, SIMILARITIES
+from tubervae.config import AGGREGATES, INFORMATIVE_KL, SIMILARITIES, UdrConfig
 
 # The Lasso similarity is solved by a batched Gram-matrix solver rather than scikit-learn's
 # Lasso, one pair at a time: see tubervae.evaluation.lasso for why (and benchmarks/bench_udr.py).
@@ -480,6 +480,20 @@ def _choose_partners(
             others = sorted(others[k] for k in picked)
         chosen.append(others)
     return chosen
+
+
+def udr_options(udr: UdrConfig, *, within: bool = True, similarity: str | None = None) -> dict:
+    """:func:`udr_scores`'s keyword arguments from the `udr` settings, the same for the search, the udr stage
+    and the evaluate stage: within a setting, `udr.n_partners` partners (0: every other seed); all against
+    all (`within=False`), every model. `similarity` overrides `udr.similarity` (evaluate measures both)."""
+    return {
+        "n_partners": (udr.n_partners or None) if within else None,
+        "partner_seed": udr.partner_seed,
+        "similarity": udr.similarity if similarity is None else similarity,
+        "aggregate": udr.aggregate,
+        "kl_threshold": udr.kl_threshold,
+        "lasso_alpha": udr.lasso_alpha,
+    }
 
 
 def udr_scores(

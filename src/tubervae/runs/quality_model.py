@@ -72,7 +72,7 @@ def quality_answer(rule: AnyOfRule, mu: np.ndarray) -> pd.DataFrame:
     """
     n = len(mu)
     fired = rule.fired(mu) if n else np.zeros((0, len(rule.rules)), bool)
-    score = rule.score(mu) if n else np.zeros(0)
+    score = rule.decision_function(mu) if n else np.zeros(0)
     first = rule.rules[0]
     columns = {
         "label": np.where(fired.any(axis=1), "bad", "good"),

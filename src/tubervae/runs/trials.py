@@ -23,7 +23,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tubervae.config import Params, UdrConfig
-from tubervae.evaluation.udr import udr_scores
+from tubervae.evaluation.udr import udr_options, udr_scores
 from tubervae.runs.study import fail_dead_local_trials, objective_text
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,7 @@ def score_seeds(latents: list[dict], udr: UdrConfig, *, excluded: tuple[int, ...
         [z["mu"] for z in latents],
         [z["kl"] for z in latents],
         excluded=[excluded] * len(latents),
-        n_partners=udr.n_partners or None,
-        partner_seed=udr.partner_seed,
-        similarity=udr.similarity,
-        aggregate=udr.aggregate,
-        kl_threshold=udr.kl_threshold,
-        lasso_alpha=udr.lasso_alpha,
+        **udr_options(udr),
     )
     return SeedScores(np.nan_to_num(result.scores, nan=0.0), np.asarray(result.n_informative))
 

@@ -50,16 +50,17 @@ import pandas as pd
 from tubervae import classify as clf
 from tubervae import plots
 from tubervae.classify import gate
-from tubervae.config import FEW_LABELS, Params
+from tubervae.config import FEW_LABELS, ClassifyConfig, Params
 from tubervae.data.processed import guide_mask, load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
-from tubervae.io import under, write_csv, write_json
+from tubervae.io import write_csv, write_json
 from tubervae.runs import quality_model_code, registry, vae_artifacts
 from tubervae.runs.progress import steps_line
 from tubervae.runs.quality_model import quality_model_artifacts, quality_signature
 from tubervae.runs.registry import CHALLENGER, CHAMPION
 from tubervae.runs.serving import photo_example
 from tubervae.runs.tracker import Tracker
+from tubervae.stages.common import beside, open_tracker, project_paths
 from tubervae.training import encode, probe_latents
 
 log = logging.getLogger(__name__)
@@ -123,42 +124,33 @@ def load_champion(tracker: Tracker, name: str):
 
 
 def champions_side_by_side(
-    tracker: Tracker, champion_path, served: str, served_scores: dict, params: Params, data: tuple, majority_bad: bool
+    tracker: Tracker, champion_path, served: str, fitted: Fitted, photos: Photos, params: Params
 ) -> pd.DataFrame | None:
     """Test balanced accuracy of the champion by UDR and of the champion for the job (register.select), one row each.
 
-    The served champion's figures are those computed above; the other's rules are fitted the same way on the same
-    labels. None when champion.json names only one champion (no labelled photos at register time).
+    The served champion's figures are `fitted`'s; the other's rules are fitted the same way (`clf.fit_rules`) on
+    the same labels. None when champion.json names only one champion (no labelled photos at register time).
     """
     path = Path(champion_path)
     champions = json.loads(path.read_text()).get("champions", {}) if path.exists() else {}
     if "job" not in champions:
         return None
-    x_lab, y_lab, x_test, y_test = data
+    x_lab, y_lab, x_test, y_test = photos.x_lab, photos.y_lab, photos.x_test, photos.y_test
     rows = []
     for selection in ("udr", "job"):
         entry = champions[selection]
         if entry["run_id"] == served:
-            scores = served_scores
+            scores = {"threshold": fitted.threshold_metrics, "any_rule": fitted.any_rule_metrics}
         else:
             vae, _ = vae_artifacts.load_vae(tracker, entry["run_id"])
             (z_lab, _), (z_test, _) = encode(vae, x_lab), encode(vae, x_test)
             kl = vae_artifacts.latents(tracker, entry["run_id"])["kl"]
-            informative = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or None
-            rules = {
-                "threshold": clf.fit_threshold_rule(z_lab, y_lab, components=informative),
-                "any_rule": clf.fit_any_of_rule(
-                    z_lab,
-                    y_lab,
-                    components=informative,
-                    max_rules=params.classify.max_rules,
-                    n_folds=params.classify.cv_folds,
-                    random_state=params.classify.seed,
-                ),
-            }
+            rules = clf.fit_rules(z_lab, y_lab, kl, clf.RuleSettings.from_params(params))
             scores = {
-                name: clf.binary_metrics(y_test, r.predict(z_test), r.score(z_test), majority_label=majority_bad)
-                for name, r in rules.items()
+                name: clf.binary_metrics(
+                    y_test, r.predict(z_test), r.decision_function(z_test), majority_label=photos.majority_bad
+                )
+                for name, r in (("threshold", rules.threshold), ("any_rule", rules.any_rule))
             }
         rows.append(
             {
@@ -209,9 +201,9 @@ class Fitted:
     z_test: np.ndarray
     kl: np.ndarray
     is_informative: np.ndarray
-    informative: list[int]  # the rules' candidates: the informative components, all when none is
+    candidates: list[int]  # the components the rules and learners may use: the informative ones, all when none is
     ranking: pd.DataFrame
-    rule: clf.ThresholdRule
+    threshold_rule: clf.ThresholdRule  # the thesis's one cut, reported beside the served any_rule
     any_rule: clf.AnyOfRule
     threshold_metrics: dict
     any_rule_metrics: dict
@@ -219,7 +211,8 @@ class Fitted:
     efficiency: pd.DataFrame
 
     @property
-    def candidates(self) -> str:
+    def candidate_note(self) -> str:
+        """Which components are the candidates, in words (metrics.json's `candidates`)."""
         return "informative" if self.is_informative.any() else "all (no component is informative)"
 
 
@@ -237,41 +230,24 @@ def run(
     `out_dir`) receives the headline figures as numbers only, for `dvc metrics`."""
     started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.classify
-    processed_dir, out_dir, champion_path = (under(root, p) for p in (processed_dir, out_dir, champion_path))
-    metrics_path = under(root, metrics_path) if metrics_path else out_dir.parent / "metrics" / "classify.json"
-    tracker = Tracker.open(root, run_id)
-    tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
+    processed_dir, out_dir, champion_path = project_paths(root, processed_dir, out_dir, champion_path)
+    metrics_path = beside(root, metrics_path, out_dir, "metrics/classify.json")
+    tracker = open_tracker(root, run_id)
     refused = vae_refused(tracker, params.register.model_name)
     if refused:
         return write_skipped(refused, out_dir, metrics_path, {}, cfg.model_name)
     version, vae_model = load_champion(tracker, params.register.model_name)
     vae, vae_config = vae_model.vae, vae_model.config
     meta = load_meta(processed_dir)
-    photos = load_photos(processed_dir, vae_config, meta)
+    photos = labelled_photos(processed_dir, vae_config, meta)
     shortfall = label_shortfall(photos.y_lab, photos.y_test)
     if shortfall:
         return write_skipped(shortfall, out_dir, metrics_path, photos.n_labelled, cfg.model_name)
-    if min(photos.n_labelled.values()) < FEW_LABELS:
-        log.warning(
-            "only %d good and %d bad labelled photos (%d test photos): the rules and their test figures are rough",
-            photos.n_labelled["good"],
-            photos.n_labelled["bad"],
-            len(photos.y_test),
-        )
     probe = load_split("udr_probe", processed_dir)["images"]
     fitted = fit(vae, photos, probe, params)
     verdict = judge(tracker, fitted, photos, probe, params)
-
-    metrics = describe(fitted, photos, version, vae_config, params)
-    side_by_side = champions_side_by_side(
-        tracker,
-        champion_path,
-        metrics["champion"]["run_id"],
-        {"threshold": fitted.threshold_metrics, "any_rule": fitted.any_rule_metrics},
-        params,
-        (photos.x_lab, photos.y_lab, photos.x_test, photos.y_test),
-        photos.majority_bad,
-    )
+    metrics = metrics_report(fitted, photos, version, vae_config, params)
+    side_by_side = champions_side_by_side(tracker, champion_path, metrics["champion"]["run_id"], fitted, photos, params)
     if side_by_side is not None:
         metrics["champions"] = side_by_side.to_dict("records")
     write_reports(fitted, photos, side_by_side, out_dir, gallery_size=cfg.gallery_size)
@@ -286,22 +262,30 @@ def run(
         registered = register_quality_model(
             tracker, rid, fitted, photos, vae, vae_config, version, meta["data_version"], cfg.model_name, verdict
         )
-        metrics["registered"] = registered
-        metrics["gate"] = verdict.as_dict() | {"line": verdict.line(cfg.model_name, registered["version"])}
-        metrics["served"] = verdict.served(cfg.model_name, registered["version"])
-        line = metrics["gate"]["line"]
-        if verdict.forced:
-            log.warning("classify.force_promotion is set: %s", line)
-        elif verdict.promote:
-            log.info("%s", line)
-        else:
-            log.warning("%s", line)
+        metrics |= verdict_report(verdict, cfg.model_name, registered)
         write_json(out_dir / "metrics.json", metrics)
         tracker.log_artifacts(rid, out_dir, "classify")
     return metrics
 
 
-def load_photos(processed_dir: Path, vae_config: dict, meta: dict) -> Photos:
+def verdict_report(verdict: Verdict, model_name: str, registered: dict) -> dict:
+    """What metrics.json says of the new version: where it went, the gate's figures and line (said once, as a
+    warning unless the version was promoted unforced), and what is served now."""
+    line = verdict.line(model_name, registered["version"])
+    if verdict.forced:
+        log.warning("classify.force_promotion is set: %s", line)
+    elif verdict.promote:
+        log.info("%s", line)
+    else:
+        log.warning("%s", line)
+    return {
+        "registered": registered,
+        "gate": verdict.as_dict() | {"line": line},
+        "served": verdict.served(model_name, registered["version"]),
+    }
+
+
+def labelled_photos(processed_dir: Path, vae_config: dict, meta: dict) -> Photos:
     """The labelled photos of the labelled and test splits (unlabelled ones are left out), checked against the
     champion's image size."""
     if vae_config["data_version"] != meta["data_version"]:
@@ -333,12 +317,18 @@ def load_photos(processed_dir: Path, vae_config: dict, meta: dict) -> Photos:
 def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted:
     """Every rule and learner fitted on the labelled photos alone, scored on the test photos."""
     cfg = params.classify
+    if min(photos.n_labelled.values()) < FEW_LABELS:
+        log.warning(
+            "only %d good and %d bad labelled photos (%d test photos): the rules and their test figures are rough",
+            photos.n_labelled["good"],
+            photos.n_labelled["bad"],
+            len(photos.y_test),
+        )
     z_lab, _ = encode(vae, photos.x_lab)
     z_test, _ = encode(vae, photos.x_test)
     y_lab, y_test, majority = photos.y_lab, photos.y_test, photos.majority_bad
     kl = probe_latents(vae, probe_images)["kl"]
     is_informative = informative_mask(kl, params.udr.kl_threshold)
-    informative = [int(j) for j in np.flatnonzero(is_informative)] or list(range(z_lab.shape[1]))
     if not is_informative.any():
         log.warning(
             "no component of the champion is informative (KL > %g): the rules choose among all components",
@@ -351,22 +341,22 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
     # The rules are fitted on the labels no guidance head saw: those memorised by a head would place the cut
     # badly. The thesis's rule is one cut on one component; a guided champion's is on its guided component.
     h, guided = photos.holdout, photos.guided_component
-    rule = clf.fit_threshold_rule(z_lab[h], y_lab[h], components=informative if guided is None else [guided])
-    threshold_metrics = clf.binary_metrics(y_test, rule.predict(z_test), rule.score(z_test), majority_label=majority)
-    any_rule = served_rule_procedure(params, informative)(z_lab[h], y_lab[h])
-    any_rule_metrics = clf.binary_metrics(
-        y_test, any_rule.predict(z_test), any_rule.score(z_test), majority_label=majority
-    )
+    one_cut = None if guided is None else [guided]
+    rules = clf.fit_rules(z_lab[h], y_lab[h], kl, clf.RuleSettings.from_params(params), threshold_components=one_cut)
+
+    def test_metrics(model, x_test: np.ndarray = z_test) -> dict:
+        return clf.binary_metrics(
+            y_test, model.predict(x_test), model.decision_function(x_test), majority_label=majority
+        )
+
     # Learners on a guided champion's components see the holdout labels only (z0 separates the guide rows).
     zl, yl = (z_lab[h], y_lab[h]) if guided is not None else (z_lab, y_lab)
-    others = {
-        "logistic": clf.fit_logistic(zl, yl, components=informative, random_state=cfg.seed),
-        "gradient_boosting": clf.fit_gradient_boosting(zl, yl, components=informative, random_state=cfg.seed),
+    learners = {
+        "logistic": clf.fit_logistic(zl, yl, components=rules.candidates, random_state=cfg.seed),
+        "gradient_boosting": clf.fit_gradient_boosting(zl, yl, components=rules.candidates, random_state=cfg.seed),
     }
-    alternatives = {"any_rule": any_rule_metrics} | {
-        name: clf.binary_metrics(y_test, m.predict(z_test), m.predict_score(z_test), majority_label=majority)
-        for name, m in others.items()
-    }
+    any_rule_metrics = test_metrics(rules.any_rule)
+    alternatives = {"any_rule": any_rule_metrics} | {name: test_metrics(m) for name, m in learners.items()}
     cnn = clf.fit_pixel_cnn(
         photos.x_lab,
         y_lab,
@@ -374,9 +364,29 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
         steps=cfg.cnn_steps,
         on_step=steps_line("classify: the pixel CNN", cfg.cnn_steps),
     )
-    alternatives["pixel_cnn"] = clf.binary_metrics(
-        y_test, cnn.predict(photos.x_test), cnn.predict_score(photos.x_test), majority_label=majority
+    alternatives["pixel_cnn"] = test_metrics(cnn, photos.x_test)
+    train_images = photos.x_lab if guided is None else photos.x_lab[h]
+    return Fitted(
+        z_lab=z_lab,
+        z_test=z_test,
+        kl=kl,
+        is_informative=is_informative,
+        candidates=rules.candidates,
+        ranking=ranking,
+        threshold_rule=rules.threshold,
+        any_rule=rules.any_rule,
+        threshold_metrics=test_metrics(rules.threshold),
+        any_rule_metrics=any_rule_metrics,
+        alternatives=alternatives,
+        efficiency=efficiency_table((zl, yl, train_images), (z_test, y_test, photos.x_test), rules.candidates, cfg),
     )
+
+
+def efficiency_table(train: tuple, test: tuple, candidates: list[int], cfg: ClassifyConfig) -> pd.DataFrame:
+    """Test balanced accuracy against the number of labels (`clf.label_efficiency`, summarised), each method
+    fitted as the stage fits it: `classify.max_rules` and `cv_folds` for the any_rule. `train` and `test`:
+    (latents, bad, images)."""
+    (zl, yl, train_images), (z_test, y_test, test_images) = train, test
     sizes = tuple(s for s in cfg.label_sizes if s <= len(yl))
     if not sizes:
         log.warning(
@@ -392,49 +402,26 @@ def fit(vae, photos: Photos, probe_images: np.ndarray, params: Params) -> Fitted
         yl,
         z_test,
         y_test,
-        train_images=photos.x_lab if guided is None else photos.x_lab[h],
-        test_images=photos.x_test,
+        train_images=train_images,
+        test_images=test_images,
         methods=("threshold", "any_rule", "logistic", "gradient_boosting", "pixel_cnn"),
-        components=informative,
+        components=candidates,
         sizes=sizes,
         n_draws=cfg.n_draws,
         random_state=cfg.seed,
         cnn_steps=cfg.cnn_steps,
+        max_rules=cfg.max_rules,
+        n_folds=cfg.cv_folds,
     )
-    return Fitted(
-        z_lab=z_lab,
-        z_test=z_test,
-        kl=kl,
-        is_informative=is_informative,
-        informative=informative,
-        ranking=ranking,
-        rule=rule,
-        any_rule=any_rule,
-        threshold_metrics=threshold_metrics,
-        any_rule_metrics=any_rule_metrics,
-        alternatives=alternatives,
-        efficiency=clf.summarise_label_efficiency(efficiency),
-    )
+    return clf.summarise_label_efficiency(efficiency)
 
 
-def served_rule_procedure(params: Params, candidates: list[int]):
-    """How the served rule is fitted on (components, bad labels): what the gate cross-validates, for the new
-    version and the champion alike."""
-    cfg = params.classify
-
-    def fit_rule(z: np.ndarray, bad: np.ndarray) -> clf.AnyOfRule:
-        return clf.fit_any_of_rule(
-            z, bad, components=candidates, max_rules=cfg.max_rules, n_folds=cfg.cv_folds, random_state=cfg.seed
-        )
-
-    return fit_rule
-
-
-def gate_estimate(z: np.ndarray, bad: np.ndarray, candidates: list[int], params: Params) -> gate.Estimate:
-    """The served rule's procedure cross-validated on (z, bad); the folds depend only on the labels and the seed."""
-    cfg = params.classify
+def gate_estimate(z: np.ndarray, bad: np.ndarray, kl: np.ndarray, params: Params) -> gate.Estimate:
+    """The served rule's procedure (`clf.fit_served_rule` over the model's candidate components, from its `kl`)
+    cross-validated on (z, bad); the folds depend only on the labels and the seed."""
+    cfg, settings = params.classify, clf.RuleSettings.from_params(params)
     return gate.estimate_rule(
-        served_rule_procedure(params, candidates),
+        lambda latents, labels: clf.fit_served_rule(latents, labels, kl, settings),
         z,
         bad,
         n_folds=cfg.cv_folds,
@@ -525,7 +512,7 @@ def judge(tracker: Tracker, fitted: Fitted, photos: Photos, probe: np.ndarray, p
             f"forced promotion (force_promotion is set; {reason})" if promote else reason,
             photos.labels_used,
         )
-    challenger = gate_estimate(z, bad, fitted.informative, params)
+    challenger = gate_estimate(z, bad, fitted.kl, params)
     champion, note = (None, None) if current is None else champion_estimate(tracker, current, photos, probe, params)
     promote, reason = gate.decide_promotion(challenger, champion, force=cfg.force_promotion)
     return Verdict(
@@ -558,13 +545,10 @@ def champion_estimate(tracker: Tracker, current, photos: Photos, probe: np.ndarr
     h = photos.holdout
     z, _ = encode(model.vae, photos.x_lab[h])
     kl = probe_latents(model.vae, probe)["kl"]
-    candidates = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or list(
-        range(z.shape[1])
-    )
-    return gate_estimate(z, photos.y_lab[h], candidates, params), None
+    return gate_estimate(z, photos.y_lab[h], kl, params), None
 
 
-def describe(fitted: Fitted, photos: Photos, version, vae_config: dict, params: Params) -> dict:
+def metrics_report(fitted: Fitted, photos: Photos, version, vae_config: dict, params: Params) -> dict:
     """reports/classify/metrics.json: the champion, both rules with their components' KL, every method's figures."""
     cfg, kl, is_informative = params.classify, fitted.kl, fitted.is_informative
     return {
@@ -580,10 +564,10 @@ def describe(fitted: Fitted, photos: Photos, version, vae_config: dict, params: 
             "guided_component": photos.guided_component,
             "labels": "all labelled" if photos.guided_component is None else "holdout (guide = False) only",
         },
-        "rule": {
-            **fitted.rule.as_dict(),
-            "kl": float(kl[fitted.rule.component]),
-            "informative": bool(is_informative[fitted.rule.component]),
+        "threshold_rule": {
+            **fitted.threshold_rule.as_dict(),
+            "kl": float(kl[fitted.threshold_rule.component]),
+            "informative": bool(is_informative[fitted.threshold_rule.component]),
         },
         "any_rule": {
             "rule": fitted.any_rule.describe(),
@@ -591,18 +575,18 @@ def describe(fitted: Fitted, photos: Photos, version, vae_config: dict, params: 
                 {**entry, "kl": float(kl[entry["component"]]), "informative": bool(is_informative[entry["component"]])}
                 for entry in fitted.any_rule.as_dict()["rules"]
             ],
-            "candidates": fitted.candidates,
-            "candidate_components": fitted.informative,
+            "candidates": fitted.candidate_note,
+            "candidate_components": fitted.candidates,
             "max_rules": cfg.max_rules,
             "n_folds": cfg.cv_folds,
             "cv_balanced_accuracy": {str(k + 1): v for k, v in enumerate(fitted.any_rule.cv_balanced_accuracy)},
             "train_balanced_accuracy": fitted.any_rule.train_balanced_accuracy,
             "test": fitted.any_rule_metrics,
         },
-        "informative_components": fitted.informative,
-        "candidates": fitted.candidates,
+        "candidate_components": fitted.candidates,
+        "candidates": fitted.candidate_note,
         "n_labelled": photos.n_labelled,
-        "test": fitted.threshold_metrics,
+        "threshold_rule_test": fitted.threshold_metrics,
         "alternatives": {
             k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "roc_auc", "f1_bad")}
             for k, v in fitted.alternatives.items()
@@ -652,7 +636,7 @@ def served_rule_scatter(fitted: Fitted, y_lab: np.ndarray):
     cuts = fitted.any_rule.rules[:2]
     components = [cut.component for cut in cuts]
     if len(components) == 1:
-        others = [int(c) for c in fitted.ranking.component if int(c) in fitted.informative and int(c) != components[0]]
+        others = [int(c) for c in fitted.ranking.component if int(c) in fitted.candidates and int(c) != components[0]]
         components.append((others or components)[0])
     return plots.scatter_threshold_figure(
         fitted.z_lab[:, components],

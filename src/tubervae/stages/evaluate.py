@@ -38,11 +38,19 @@ from tubervae.evaluation.matching import best_components
 from tubervae.evaluation.metric_utils import train_test_indices
 from tubervae.evaluation.mig import mig
 from tubervae.evaluation.supervised import evaluate_all
-from tubervae.evaluation.udr import informative_mask, udr_scores
-from tubervae.io import fresh_dir, under, write_csv, write_json
+from tubervae.evaluation.udr import informative_mask, udr_options, udr_scores
+from tubervae.io import fresh_dir, write_csv, write_json
 from tubervae.runs import vae_artifacts
 from tubervae.runs.progress import count
 from tubervae.runs.tracker import Tracker
+from tubervae.stages.common import (
+    beside,
+    excluded_components,
+    model_labels,
+    open_tracker,
+    project_paths,
+    setting_groups,
+)
 from tubervae.training import encode
 
 log = logging.getLogger(__name__)
@@ -94,25 +102,14 @@ def bootstrap_spearman(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random
 def udr_variants(models: pd.DataFrame, latents: list[dict], params: Params) -> pd.DataFrame:
     """Within-family and A2A UDR with both similarity methods (the configured aggregation); a guided model's
     guided component left out, as the udr stage does."""
-    cfg = params.udr
     reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
-    guide_weight = models["guide_weight"] if "guide_weight" in models else pd.Series(0.0, index=models.index)
-    guided = models["guided_component"] if "guided_component" in models else pd.Series(-1, index=models.index)
-    groups = list(zip(models.family, models.beta, models.c_max, guide_weight))
+    groups, excluded = setting_groups(models), excluded_components(models)
     out = {}
     for similarity in ("lasso", "spearman"):
-        common = dict(
-            similarity=similarity,
-            aggregate=cfg.aggregate,
-            kl_threshold=cfg.kl_threshold,
-            lasso_alpha=cfg.lasso_alpha,
-            partner_seed=cfg.partner_seed,
-            excluded=[(int(c),) if c >= 0 else () for c in guided],
-        )
-        out[f"udr_within_{similarity}"] = udr_scores(
-            reps, kls, groups=groups, n_partners=cfg.n_partners or None, **common
-        ).scores
-        out[f"udr_a2a_{similarity}"] = udr_scores(reps, kls, groups=None, **common).scores
+        within = udr_options(params.udr, similarity=similarity)
+        everyone = udr_options(params.udr, similarity=similarity, within=False)
+        out[f"udr_within_{similarity}"] = udr_scores(reps, kls, groups=groups, excluded=excluded, **within).scores
+        out[f"udr_a2a_{similarity}"] = udr_scores(reps, kls, groups=None, excluded=excluded, **everyone).scores
     return pd.DataFrame(out, index=models.index)
 
 
@@ -191,46 +188,99 @@ def run(
     to reports/metrics/evaluate.json and reports/plots/ beside `out_dir`."""
     started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.evaluate
-    processed_dir, evalset_dir, udr_dir, champion_path, out_dir = (
-        under(root, p) for p in (processed_dir, evalset_dir, udr_dir, champion_path, out_dir)
+    processed_dir, evalset_dir, udr_dir, champion_path, out_dir = project_paths(
+        root, processed_dir, evalset_dir, udr_dir, champion_path, out_dir
     )
-    metrics_path = under(root, metrics_path) if metrics_path else out_dir.parent / "metrics" / "evaluate.json"
-    plots_dir = under(root, plots_dir) if plots_dir else out_dir.parent / "plots"
+    metrics_path = beside(root, metrics_path, out_dir, "metrics/evaluate.json")
+    plots_dir = beside(root, plots_dir, out_dir, "plots")
     figures_dir = fresh_dir(out_dir / "figures")  # one plots folder in dvc.yaml
-    data = scored_data(Path(evalset_dir), Path(processed_dir))
+    data = scored_data(evalset_dir, processed_dir)
     if data is None:
-        log.warning("the photos carry no ground-truth factors (real data): nothing to evaluate")
-        write_json(out_dir / "metrics.json", {"skipped": "no ground-truth factors in the data"})
-        write_json(metrics_path, {"n_models": 0})
-        write_csv(plots_dir / "udr_vs_supervised.csv", pd.DataFrame(columns=PLOT_COLUMNS))
-        # dvc.yaml declares models.csv as an output of this stage: it must exist, if empty.
-        write_csv(out_dir / "models.csv", pd.DataFrame(columns=["run_id", *SUPERVISED]))
-        return {"skipped": True}
+        return write_skipped(out_dir, metrics_path, plots_dir)
     all_images, all_factors, names, source = data
+    models = read_models(udr_dir)
+    tracker = open_tracker(root, run_id)
+    rng = np.random.default_rng(cfg.seed)
+    take = np.sort(rng.choice(len(all_images), size=min(cfg.n_points, len(all_images)), replace=False))
+    images, factors = all_images[take], all_factors[take]  # the same photos for every model
+    defects = [name for name in DEFECT_COLUMNS.values() if name in names]
+    latents = [vae_artifacts.latents(tracker, rid) for rid in models.run_id]
+    results = score_models(tracker, models, latents, images, (factors, names, defects), params)
+    table = scores_table(models, results, latents, params)
+    write_csv(out_dir / "models.csv", table)
+    correlations = correlate(table, cfg.n_bootstrap, rng)
+    write_figures(table, names, params.udr.similarity, figures_dir)
+    summary = summarise(table, len(images), names, defects, source, correlations, cfg)
+    champion = champion_summary(table, champion_path, names, defects)
+    if champion is not None:
+        summary["champion"] = champion | champion_components(
+            results[champion["run_id"]]["importance"], models, latents, champion["run_id"], params, out_dir, figures_dir
+        )
+    write_json(out_dir / "metrics.json", summary)
+    headline = write_dvc_files(summary, table, params.udr.similarity, metrics_path, plots_dir)
+    with tracker.run("evaluate", run_id=run_id, started_at=started_at, tags={"kind": "evaluate"}) as rid:
+        tracker.log_metrics(rid, headline)  # the numbers DVC compares, grouped by '/' in MLflow
+        tracker.log_artifacts(rid, out_dir, "evaluate")
+    return summary
+
+
+def correlate(table: pd.DataFrame, n_bootstrap: int, rng: np.random.Generator) -> dict:
+    """Spearman ρ (bootstrap interval) of every UDR variant (udr_<within|a2a>_<similarity>) with each supervised
+    metric, across models."""
+    return {
+        udr_col: {
+            m: bootstrap_spearman(table[udr_col].to_numpy(float), table[m].to_numpy(float), n_bootstrap, rng)
+            for m in SUPERVISED
+        }
+        for udr_col in [c for c in table.columns if c.startswith("udr_") and c.count("_") == 2]
+    }
+
+
+def write_dvc_files(summary: dict, table: pd.DataFrame, similarity: str, metrics_path: Path, plots_dir: Path) -> dict:
+    """The numbers DVC compares (`metrics_path`) and its plot data (udr_vs_supervised.csv); returns the numbers."""
+    headline = evaluate_metrics(summary, f"udr_within_{similarity}")
+    write_json(metrics_path, headline)
+    plot_data = table.rename(columns={f"udr_within_{similarity}": "udr_within"})[PLOT_COLUMNS]
+    write_csv(plots_dir / "udr_vs_supervised.csv", plot_data)
+    return headline
+
+
+def write_skipped(out_dir: Path, metrics_path: Path, plots_dir: Path) -> dict:
+    """The stage's declared outputs when the photos carry no ground-truth factors (real data)."""
+    log.warning("the photos carry no ground-truth factors (real data): nothing to evaluate")
+    write_json(out_dir / "metrics.json", {"skipped": "no ground-truth factors in the data"})
+    write_json(metrics_path, {"n_models": 0})
+    write_csv(plots_dir / "udr_vs_supervised.csv", pd.DataFrame(columns=PLOT_COLUMNS))
+    # dvc.yaml declares models.csv as an output of this stage: it must exist, if empty.
+    write_csv(out_dir / "models.csv", pd.DataFrame(columns=["run_id", *SUPERVISED]))
+    return {"skipped": True}
+
+
+def read_models(udr_dir: Path) -> pd.DataFrame:
+    """The udr stage's models table (reports/udr/models.csv)."""
     models_path = Path(udr_dir) / "models.csv"
     if not models_path.exists():
         raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
-    models = pd.read_csv(models_path, dtype={"setting": str})
-    tracker = Tracker.open(root, run_id)
-    tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
-    rng = np.random.default_rng(cfg.seed)
-    take = np.sort(rng.choice(len(all_images), size=min(cfg.n_points, len(all_images)), replace=False))
-    images, factors = all_images[take], all_factors[take]
-    defects = [name for name in DEFECT_COLUMNS.values() if name in names]
-    latents = [vae_artifacts.latents(tracker, rid) for rid in models.run_id]
+    return pd.read_csv(models_path, dtype={"setting": str})
+
+
+def score_models(
+    tracker: Tracker, models: pd.DataFrame, latents: list[dict], images: np.ndarray, truth: tuple, params: Params
+) -> dict[str, dict]:
+    """Every model's `score_model` result by run id, its figures logged on its run. `truth`: (factors, names,
+    defects). The photos are encoded here with all threads, then scored in 1-job processes."""
+    cfg = params.evaluate
     informative = [informative_mask(latent["kl"], params.udr.kl_threshold) for latent in latents]
-    codes = []  # each model's means on the scored photos, encoded here with all threads
+    codes = []  # each model's means on the scored photos
     n, every = len(models), max(1, len(models) // 10)
     for model_run in count(models.run_id, n, f"evaluate: {len(images)} photos encoded by model", every=every):
         vae, _ = vae_artifacts.load_vae(tracker, model_run)
         codes.append(encode(vae, images)[0])
     scoring = Parallel(n_jobs=min(worker_count(cfg.workers), len(codes)) or 1, return_as="generator")(
-        delayed(score_model)(mu, factors, names, defects, mask, cfg) for mu, mask in zip(codes, informative)
+        delayed(score_model)(mu, *truth, mask, cfg) for mu, mask in zip(codes, informative)
     )
-    scored = list(count(scoring, n, "evaluate: supervised metrics scored, model", every=every))
-    rows, importances = [], {}
-    for model_run, result in zip(models.run_id, scored):  # not `run_id`: the stage's own run, handed over
-        defect_rho = {f"defect_rho/{d}": r for d, r in result["rho"].items()}
+    results = dict(zip(models.run_id, count(scoring, n, "evaluate: supervised metrics scored, model", every=every)))
+    for model_run, result in results.items():  # not `run_id`: the stage's own run, handed over
         per_factor = result["per_factor"]
         by_factor = {
             f"{key}/{name}": value
@@ -239,33 +289,33 @@ def run(
             if key != "mig_component" and np.isfinite(value)
         }
         captured = {k: per_factor[k] for k in ("captured", "captured_informative")}
+        defect_rho = {f"defect_rho/{d}": r for d, r in result["rho"].items()}
         tracker.log_metrics(model_run, {**result["scores"], **defect_rho, **by_factor, **captured})
-        importances[model_run] = result["importance"]
-        rows.append(
-            {
-                "run_id": model_run,
-                **result["scores"],
-                **captured,
-                **{
-                    f"{key}_{name}": value
-                    for name, values in per_factor["factors"].items()
-                    for key, value in values.items()
-                },
-                **{f"rho_{d}": r for d, r in result["rho"].items()},
-                **{f"component_{d}": c for d, c in result["component"].items()},
-            }
-        )
-    table = models.merge(pd.DataFrame(rows), on="run_id")
-    table = pd.concat([table, udr_variants(table, latents, params)], axis=1)
-    write_csv(out_dir / "models.csv", table)
+    return results
 
-    correlations = {}
-    for udr_col in [c for c in table.columns if c.startswith("udr_") and c.count("_") == 2]:
-        correlations[udr_col] = {
-            m: bootstrap_spearman(table[udr_col].to_numpy(float), table[m].to_numpy(float), cfg.n_bootstrap, rng)
-            for m in SUPERVISED
-        }
-    labels = [f"{f} {s} s{d}" for f, s, d in zip(table.family, table.setting, table.seed)]
+
+def scores_table(models: pd.DataFrame, results: dict[str, dict], latents: list[dict], params: Params) -> pd.DataFrame:
+    """models.csv: the udr stage's table with every model's scores (`model_row`) and UDR variants."""
+    table = models.merge(pd.DataFrame([model_row(rid, result) for rid, result in results.items()]), on="run_id")
+    return pd.concat([table, udr_variants(table, latents, params)], axis=1)
+
+
+def model_row(model_run: str, result: dict) -> dict:
+    """One model's row of models.csv: its scores, per-factor figures and best defect components."""
+    per_factor = result["per_factor"]
+    return {
+        "run_id": model_run,
+        **result["scores"],
+        **{k: per_factor[k] for k in ("captured", "captured_informative")},
+        **{f"{key}_{name}": value for name, values in per_factor["factors"].items() for key, value in values.items()},
+        **{f"rho_{d}": r for d, r in result["rho"].items()},
+        **{f"component_{d}": c for d, c in result["component"].items()},
+    }
+
+
+def write_figures(table: pd.DataFrame, names: list[str], similarity: str, figures_dir: Path) -> None:
+    """MIG per factor (all components, informative ones) and UDR against MIG and DCI disentanglement."""
+    labels = model_labels(table)
     for key, title in (("mig", "MIG per factor"), ("mig_informative", "MIG per factor, informative components")):
         plots.save_figure(
             plots.factor_heatmap(
@@ -280,20 +330,25 @@ def run(
     for metric in ("mig", "dci_d"):
         plots.save_figure(
             plots.rank_scatter_figure(
-                table[f"udr_within_{params.udr.similarity}"].to_numpy(float),
+                table[f"udr_within_{similarity}"].to_numpy(float),
                 table[metric].to_numpy(float),
-                labels=[f"{f} {s} s{d}" for f, s, d in zip(table.family, table.setting, table.seed)],
-                xlabel=f"within-setting UDR ({params.udr.similarity})",
+                labels=labels,
+                xlabel=f"within-setting UDR ({similarity})",
                 ylabel=metric,
             ),
             figures_dir / f"udr_vs_{metric}.png",
         )
 
+
+def summarise(
+    table: pd.DataFrame, n_points: int, names: list[str], defects: list[str], source: str, correlations: dict, cfg
+) -> dict:
+    """metrics.json without the champion: what was scored, how, and the figures across models."""
     # DCI and SAP fit on at most n_train photos and score at most n_test others: report what they used.
-    used_train, used_test = train_test_indices(len(images), n_train=cfg.n_train, n_test=cfg.n_test, random_state=0)
-    summary = {
+    used_train, used_test = train_test_indices(n_points, n_train=cfg.n_train, n_test=cfg.n_test, random_state=0)
+    return {
         "n_models": int(len(table)),
-        "n_points": int(len(images)),
+        "n_points": int(n_points),
         "scored_on": source,
         "definitions": {
             "dci": cfg.dci_method,
@@ -314,45 +369,51 @@ def run(
         "correlations": correlations,
         "thesis_udr_vs_supervised": THESIS_CORRELATION,
     }
-    champion_path = Path(champion_path)
-    if champion_path.exists():
-        champion = json.loads(champion_path.read_text())
-        row = table[table.run_id == champion["run_id"]]
-        if len(row):
-            summary["champion"] = {
-                "run_id": champion["run_id"],
-                **{m: float(row[m].iloc[0]) for m in SUPERVISED},
-                **{f"rank_by_{m}": int((table[m] > row[m].iloc[0]).sum() + 1) for m in ("mig", "dci_d")},
-                "captured": int(row["captured"].iloc[0]),
-                "captured_informative": int(row["captured_informative"].iloc[0]),
-                "mig_per_factor": {n: float(row[f"mig_{n}"].iloc[0]) for n in names},
-                "defects": {
-                    d: {"component": int(row[f"component_{d}"].iloc[0]), "rho": float(row[f"rho_{d}"].iloc[0])}
-                    for d in defects
-                },
+
+
+def champion_summary(table: pd.DataFrame, champion_path: Path, names: list[str], defects: list[str]) -> dict | None:
+    """The register stage's champion among the models: its scores and ranks; None when there is none here."""
+    if not Path(champion_path).exists():
+        return None
+    champion = json.loads(Path(champion_path).read_text())
+    row = table[table.run_id == champion["run_id"]]
+    if not len(row):
+        return None
+    return {
+        "run_id": champion["run_id"],
+        **{m: float(row[m].iloc[0]) for m in SUPERVISED},
+        **{f"rank_by_{m}": int((table[m] > row[m].iloc[0]).sum() + 1) for m in ("mig", "dci_d")},
+        "captured": int(row["captured"].iloc[0]),
+        "captured_informative": int(row["captured_informative"].iloc[0]),
+        "mig_per_factor": {n: float(row[f"mig_{n}"].iloc[0]) for n in names},
+        "defects": {
+            d: {"component": int(row[f"component_{d}"].iloc[0]), "rho": float(row[f"rho_{d}"].iloc[0])} for d in defects
+        },
+    }
+
+
+def champion_components(
+    importance: pd.DataFrame,
+    models: pd.DataFrame,
+    latents: list[dict],
+    champion_run: str,
+    params: Params,
+    out_dir: Path,
+    figures_dir: Path,
+) -> dict:
+    """The champion's DCI importances (figure and CSV) and, per component that holds any, its main factor."""
+    plots.save_figure(plots.importance_heatmap(importance), figures_dir / "champion_importance.png")
+    write_csv(out_dir / "champion_importance.csv", importance.reset_index(names="component"))
+    kl = latents[int(np.flatnonzero(models.run_id.to_numpy() == champion_run)[0])]["kl"]
+    informative = informative_mask(kl, params.udr.kl_threshold)
+    return {
+        "component_factor": {
+            comp: {
+                "factor": importance.columns[int(np.argmax(vals))],
+                "kl": float(kl[j]),
+                "informative": bool(informative[j]),
             }
-            importance = importances[champion["run_id"]]
-            plots.save_figure(plots.importance_heatmap(importance), figures_dir / "champion_importance.png")
-            write_csv(out_dir / "champion_importance.csv", importance.reset_index(names="component"))
-            kl = latents[int(np.flatnonzero(models.run_id.to_numpy() == champion["run_id"])[0])]["kl"]
-            informative = informative_mask(kl, params.udr.kl_threshold)
-            summary["champion"]["component_factor"] = {
-                comp: {
-                    "factor": importance.columns[int(np.argmax(vals))],
-                    "kl": float(kl[j]),
-                    "informative": bool(informative[j]),
-                }
-                for j, (comp, vals) in enumerate(importance.iterrows())
-                if np.max(vals) > 0
-            }
-    write_json(out_dir / "metrics.json", summary)
-    headline = evaluate_metrics(summary, f"udr_within_{params.udr.similarity}")
-    write_json(metrics_path, headline)
-    write_csv(
-        plots_dir / "udr_vs_supervised.csv",
-        table.rename(columns={f"udr_within_{params.udr.similarity}": "udr_within"})[PLOT_COLUMNS],
-    )
-    with tracker.run("evaluate", run_id=run_id, started_at=started_at, tags={"kind": "evaluate"}) as rid:
-        tracker.log_metrics(rid, headline)  # the numbers DVC compares, grouped by '/' in MLflow
-        tracker.log_artifacts(rid, out_dir, "evaluate")
-    return summary
+            for j, (comp, vals) in enumerate(importance.iterrows())
+            if np.max(vals) > 0
+        }
+    }

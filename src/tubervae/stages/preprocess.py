@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from tubervae.config import PreprocessConfig, worker_count
+from tubervae.config import Params, PreprocessConfig, worker_count
 from tubervae.data.images import load_model_input
 from tubervae.data.processed import SPLITS, save_meta, save_split
 from tubervae.data.splits import encode_labels, fingerprint, guide_mask, split_indices
@@ -27,7 +27,7 @@ def _load(path, crop_fraction, image_size):
     return load_model_input(path, crop_fraction=crop_fraction, image_size=image_size)
 
 
-def load_photos(paths: list[Path], cfg: PreprocessConfig, workers: int) -> np.ndarray:
+def read_photos(paths: list[Path], cfg: PreprocessConfig, workers: int) -> np.ndarray:
     """The photos as model inputs, uint8 N×S×S×3 in the paths' order: each decoded, centre-cropped and
     resized (`data.images.load_model_input`), in `workers` processes when there are more than one."""
     fn = partial(_load, crop_fraction=cfg.crop_fraction, image_size=cfg.image_size)
@@ -62,19 +62,20 @@ def read_raw(raw_dir: Path) -> pd.DataFrame:
 
 
 def run(
-    cfg: PreprocessConfig,
+    params: Params,
     *,
     root: str | Path = ".",
     raw_dir: str | Path = "data/raw",
     out_dir: str | Path = "data/processed",
-    workers: int = 0,
 ) -> dict:
-    """Crop, resize and split the raw photos into `out_dir` (written whole or not at all); returns its meta.json."""
+    """Crop, resize and split the raw photos into `out_dir` (written whole or not at all); returns its meta.json.
+
+    The settings are `params.preprocess`; `params.data.workers` decode the photos."""
+    cfg = params.preprocess
     raw_dir, out_dir = under(root, raw_dir), under(root, out_dir)
     frame = read_raw(raw_dir)
     labels = encode_labels(frame["label"].tolist())
-    factor_names = [c for c in frame.columns if c not in ("file", "label", "source")]
-    images = load_photos([raw_dir / f for f in frame["file"]], cfg, worker_count(workers))
+    images = read_photos([raw_dir / f for f in frame["file"]], cfg, worker_count(params.data.workers))
     splits = split_indices(
         labels,
         test_fraction=cfg.test_fraction,
@@ -83,46 +84,61 @@ def run(
         seed=cfg.seed,
     )
     guide = guide_mask(labels[splits["labelled"]], fraction=cfg.guide_fraction, seed=cfg.seed)
-    counts = {}
     with staged_dir(out_dir) as partial_dir:
-        for name in SPLITS:
-            rows = splits[name]
-            arrays = {
-                "images": images[rows],
-                "labels": labels[rows],
-                "rows": rows,
-                "files": np.asarray(frame["file"].to_numpy()[rows], dtype=str),
-            }
-            if name == "labelled":
-                arrays["guide"] = guide
-            if factor_names:
-                arrays["factors"] = frame[factor_names].to_numpy(dtype=np.float32)[rows]
-                arrays["factor_names"] = np.asarray(factor_names, dtype=str)
-            save_split(partial_dir, name, arrays)
-            counts[name] = {
-                "n": len(rows),
-                "good": int((labels[rows] == 0).sum()),
-                "bad": int((labels[rows] == 1).sum()),
-                "unlabelled": int((labels[rows] == -1).sum()),
-            }
-        meta = {
-            "data_version": fingerprint(images, labels, np.concatenate([splits[s] for s in SPLITS]), guide),
-            "image_size": cfg.image_size,
-            "crop_fraction": cfg.crop_fraction,
-            "factor_names": factor_names,
-            "splits": counts,
-            "guide": {
-                "good": int((guide & (labels[splits["labelled"]] == 0)).sum()),
-                "bad": int((guide & (labels[splits["labelled"]] == 1)).sum()),
-            },
-        }
-        save_meta(partial_dir, meta)
+        meta = write_splits(partial_dir, frame, images, labels, splits, guide, cfg)
     for cls in ("good", "bad"):
-        if counts["labelled"][cls] < cfg.labelled_per_class:
+        if meta["splits"]["labelled"][cls] < cfg.labelled_per_class:
             log.warning(
                 "only %d %s photos in the labelled set (wanted %d)",
-                counts["labelled"][cls],
+                meta["splits"]["labelled"][cls],
                 cls,
                 cfg.labelled_per_class,
             )
+    return meta
+
+
+def write_splits(
+    folder: Path,
+    frame: pd.DataFrame,
+    images: np.ndarray,
+    labels: np.ndarray,
+    splits: dict,
+    guide: np.ndarray,
+    cfg: PreprocessConfig,
+) -> dict:
+    """Every split's arrays (`tubervae.data.processed`) and meta.json in `folder`; returns the meta."""
+    factor_names = [c for c in frame.columns if c not in ("file", "label", "source")]
+    counts = {}
+    for name in SPLITS:
+        rows = splits[name]
+        arrays = {
+            "images": images[rows],
+            "labels": labels[rows],
+            "rows": rows,
+            "files": np.asarray(frame["file"].to_numpy()[rows], dtype=str),
+        }
+        if name == "labelled":
+            arrays["guide"] = guide
+        if factor_names:
+            arrays["factors"] = frame[factor_names].to_numpy(dtype=np.float32)[rows]
+            arrays["factor_names"] = np.asarray(factor_names, dtype=str)
+        save_split(folder, name, arrays)
+        counts[name] = {
+            "n": len(rows),
+            "good": int((labels[rows] == 0).sum()),
+            "bad": int((labels[rows] == 1).sum()),
+            "unlabelled": int((labels[rows] == -1).sum()),
+        }
+    meta = {
+        "data_version": fingerprint(images, labels, np.concatenate([splits[s] for s in SPLITS]), guide),
+        "image_size": cfg.image_size,
+        "crop_fraction": cfg.crop_fraction,
+        "factor_names": factor_names,
+        "splits": counts,
+        "guide": {
+            "good": int((guide & (labels[splits["labelled"]] == 0)).sum()),
+            "bad": int((guide & (labels[splits["labelled"]] == 1)).sum()),
+        },
+    }
+    save_meta(folder, meta)
     return meta

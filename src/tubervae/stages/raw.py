@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from tubervae.config import DataConfig, worker_count
+from tubervae.config import DataConfig, Params, worker_count
 from tubervae.data.factors import FACTORS_FILE, factors_for_photos, read_factor_table
 from tubervae.data.images import IMAGE_SUFFIXES, inspect_image, scan_folder, shown_name, source_folder
 from tubervae.io import atomic_path, staged_dir, under, write_csv
@@ -187,15 +187,17 @@ class _InProcess:
 
 
 def run(
-    cfg: DataConfig,
+    params: Params,
     *,
     root: str | Path = ".",
     out_dir: str | Path = "data/raw",
     reports_dir: str | Path = "reports/data",
 ) -> Path:
-    """Produce data/raw/ (images/, labels.csv, factors.csv when simulated) and the data reports."""
+    """Produce data/raw/ (images/, labels.csv, factors.csv when simulated) and the data reports, as
+    `params.data` says."""
     from tubervae.data import synth_dataset, synth_factors
 
+    cfg = params.data
     out_dir, reports_dir = under(root, out_dir), under(root, reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     # The report and the contact sheet are made beside the photos and take their place together, once

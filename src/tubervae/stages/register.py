@@ -58,16 +58,16 @@ import numpy as np
 import pandas as pd
 
 from tubervae.classify import gate
-from tubervae.classify.any_rule import fit_any_of_rule, job_score
+from tubervae.classify.any_rule import RuleSettings, fit_served_rule, job_score
 from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
-from tubervae.evaluation.udr import informative_mask
-from tubervae.io import under, write_json
+from tubervae.io import write_json
 from tubervae.runs import registry, vae_artifacts
 from tubervae.runs.registry import CHALLENGER, CHAMPION
 from tubervae.runs.study import storage_url
 from tubervae.runs.study_notes import champion_policy, note_champion
 from tubervae.runs.tracker import Tracker
+from tubervae.stages.common import open_tracker, project_paths
 from tubervae.training import encode, heldout_elbo
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,11 @@ def _best_seed_of_each(feasible: pd.DataFrame, settings: pd.DataFrame, column: s
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-def _rule_inputs(tracker: Tracker, run_id: str, labelled: dict, params: Params):
-    """The run's latents of the labelled photos and its informative components (None: all)."""
+def _rule_inputs(tracker: Tracker, run_id: str, labelled: dict):
+    """The run's latents of the labelled photos and its mean KL per component (its probe latents')."""
     vae, _ = vae_artifacts.load_vae(tracker, run_id)
     z, _ = encode(vae, labelled["images"])
-    kl = vae_artifacts.latents(tracker, run_id)["kl"]
-    informative = [int(j) for j in np.flatnonzero(informative_mask(kl, params.udr.kl_threshold))] or None
-    return z, informative
+    return z, vae_artifacts.latents(tracker, run_id)["kl"]
 
 
 def objective_candidates(models: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -155,37 +153,27 @@ def with_objective(
 
 def rule_cv_score(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> float:
     """Cross-validated balanced accuracy of the multi-defect rule on the run's latents of the labelled photos."""
-    vae, _ = vae_artifacts.load_vae(tracker, run_id)
-    z, _ = encode(vae, labelled["images"])
+    z, kl = _rule_inputs(tracker, run_id, labelled)
+    settings = RuleSettings.from_params(params)
     return job_score(
         z,
         labelled["labels"] == 1,
-        vae_artifacts.latents(tracker, run_id)["kl"],
-        kl_threshold=params.udr.kl_threshold,
-        max_rules=params.classify.max_rules,
-        n_folds=params.classify.cv_folds,
-        random_state=params.classify.seed,
+        kl,
+        kl_threshold=settings.kl_threshold,
+        max_rules=settings.max_rules,
+        n_folds=settings.n_folds,
+        random_state=settings.random_state,
     )
 
 
 def rule_estimate(tracker: Tracker, run_id: str, labelled: dict, params: Params) -> gate.Estimate:
-    """The gate's figure for `register.select: job`: the multi-defect rule's procedure cross-validated
-    (`classify.gate_repeats` repeats, a bootstrap interval) on the run's latents of the gate's labels."""
-    z, informative = _rule_inputs(tracker, run_id, labelled, params)
-    cfg = params.classify
-
-    def fit_rule(latents, bad):
-        return fit_any_of_rule(
-            latents,
-            bad,
-            components=informative,
-            max_rules=cfg.max_rules,
-            n_folds=cfg.cv_folds,
-            random_state=cfg.seed,
-        )
-
+    """The gate's figure for `register.select: job`: the served rule's procedure (`fit_served_rule`)
+    cross-validated (`classify.gate_repeats` repeats, a bootstrap interval) on the run's latents of the gate's
+    labels."""
+    z, kl = _rule_inputs(tracker, run_id, labelled)
+    cfg, settings = params.classify, RuleSettings.from_params(params)
     return gate.estimate_rule(
-        fit_rule,
+        lambda latents, bad: fit_served_rule(latents, bad, kl, settings),
         z,
         labelled["labels"] == 1,
         n_folds=cfg.cv_folds,
@@ -212,52 +200,22 @@ def run(
 ) -> dict:
     started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.register
-    udr_dir, processed_dir, out_path = (under(root, p) for p in (udr_dir, processed_dir, out_path))
+    udr_dir, processed_dir, out_path = project_paths(root, udr_dir, processed_dir, out_path)
     models_path = udr_dir / "models.csv"
     if not models_path.exists():
         raise FileNotFoundError(f"{models_path} is missing: run the udr stage first (dvc repro udr)")
     models = pd.read_csv(models_path, dtype={"setting": str})
     by_udr = choose_champion(models, cfg.udr_tolerance)
-    tracker = Tracker.open(root, run_id, create=False)  # runs come from earlier stages: never a new store
-    tracker.mark_stale_runs_killed()  # runs of a killed earlier attempt end KILLED, not RUNNING
+    tracker = open_tracker(root, run_id, create=False)  # runs come from earlier stages: never a new store
     meta = load_meta(processed_dir)
-    labelled = load_split("labelled", processed_dir)
-    known = labelled["labels"] >= 0
-    guide = labelled["guide"][known].astype(bool) if "guide" in labelled else None
-    labelled = {"images": labelled["images"][known], "labels": labelled["labels"][known]}
-    # The rules that score models for the job are fitted and judged on the labels no guidance head trained on.
-    holdout = gate.holdout_rows(guide, len(labelled["labels"]))
-    labelled = {k: v[holdout] for k, v in labelled.items()}
+    labelled = holdout_labels(processed_dir)
     n_good, n_bad = int((labelled["labels"] == 0).sum()), int((labelled["labels"] == 1).sum())
     has_labels = n_good > 0 and n_bad > 0
-    select = cfg.select
-    if select == "job" and not has_labels:
-        log.warning(
-            "register.select is 'job' but the labelled split holds %d good and %d bad photos (a rule needs both): "
-            "the champion is chosen by UDR alone",
-            n_good,
-            n_bad,
-        )
-        select = "udr"
-    elif select == "job" and min(n_good, n_bad) < FEW_LABELS:
-        log.warning(
-            "register.select is 'job' with only %d good and %d bad labelled photos: the rules' cross-validated "
-            "scores that choose the champion are rough",
-            n_good,
-            n_bad,
-        )
+    select = selection(cfg.select, n_good, n_bad)
     job = (
         choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
     )
-    objective, by_objective = params.search.objective, None
-    if objective == "job" and not has_labels:
-        raise ValueError(
-            f"search.objective is 'job', but the labelled split holds {n_good} good and {n_bad} bad photos (the "
-            f"rule needs both): use search.objective: udr or elbo"
-        )
-    if objective != "udr":
-        test = load_split("test", processed_dir)["images"] if objective == "elbo" else None
-        by_objective = objective_candidates(with_objective(tracker, models, params, test, labelled), objective).iloc[0]
+    by_objective = objective_champion(tracker, models, labelled, processed_dir, params, (n_good, n_bad))
     champion = job.iloc[0] if select == "job" else by_udr if by_objective is None else by_objective
     verdict = judge(tracker, champion, models, select, labelled, meta, params)
     tags = {"kind": "register", "source_run_id": champion.run_id}
@@ -266,47 +224,105 @@ def run(
         log.warning("register.force_promotion is set: %s", verdict["reason"])
     with tracker.run("register", run_id=run_id, started_at=started_at, tags=tags) as rid:
         version = promote(tracker, cfg.model_name, champion, meta, verdict)
-        alias = CHAMPION if verdict["promote"] else CHALLENGER
         verdict["line"] = gate_line(cfg.model_name, version.version, verdict)
         (log.info if verdict["promote"] and not verdict["forced"] else log.warning)("%s", verdict["line"])
-        summary = {
-            "model": cfg.model_name,
-            "alias": alias,
-            "version": int(version.version),
-            "run_id": champion.run_id,
-            "family": champion.family,
-            "setting": str(champion.setting),
-            "seed": int(champion.seed),
-            "udr_within": float(champion.udr_within),
-            "n_active": int(champion.n_active),
-            "data_version": version.tags.get("data_version", meta["data_version"]),
-            "policy": (
-                f"feasible settings, best median {objective} (search.objective); its best seed by {objective}"
-                if by_objective is not None and select != "job"
-                else f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
-                f"informative components"
-            )
-            + ("; then the best cross-validated multi-defect rule on the labelled photos" if select == "job" else ""),
-            "select": select,
-            "gate": _public(verdict),
-            "search_objective": params.search.objective,
-            "champions": {
-                "udr": _describe(_scored(by_udr, job)),
-                **(
-                    {"objective": {**_describe(by_objective), objective: float(by_objective[objective])}}
-                    if by_objective is not None
-                    else {}
-                ),
-                **({"job": _describe(job.iloc[0]), "job_candidates": len(job)} if job is not None else {}),
-            },
-        }
+        champions = {"udr": by_udr, "objective": by_objective, "job": job}
+        summary = champion_report(champion, version, champions, select, verdict, meta, params)
         write_json(out_path, summary)
-        if alias == CHAMPION:  # the studies name the champion only when it changed
+        if summary["alias"] == CHAMPION:  # the studies name the champion only when it changed
             note_champion_on_studies(root, summary, params)
         headline = {"version": summary["version"], "udr_within": summary["udr_within"], "n_active": summary["n_active"]}
         tracker.log_metrics(rid, headline)
         tracker.log_artifacts(rid, Path(out_path).parent, "register")
     return summary
+
+
+def holdout_labels(processed_dir: Path) -> dict:
+    """The labelled photos (images, labels 0 good / 1 bad) that no guidance head trained on: the rules that
+    score models for the job are fitted and judged on them."""
+    labelled = load_split("labelled", processed_dir)
+    known = labelled["labels"] >= 0
+    guide = labelled["guide"][known].astype(bool) if "guide" in labelled else None
+    labelled = {"images": labelled["images"][known], "labels": labelled["labels"][known]}
+    holdout = gate.holdout_rows(guide, len(labelled["labels"]))
+    return {k: v[holdout] for k, v in labelled.items()}
+
+
+def selection(select: str, n_good: int, n_bad: int) -> str:
+    """`register.select` as it can be honoured: `job` needs both classes among the labels (else `udr`, said so),
+    and warns when they are few."""
+    if select == "job" and not (n_good > 0 and n_bad > 0):
+        log.warning(
+            "register.select is 'job' but the labelled split holds %d good and %d bad photos (a rule needs both): "
+            "the champion is chosen by UDR alone",
+            n_good,
+            n_bad,
+        )
+        return "udr"
+    if select == "job" and min(n_good, n_bad) < FEW_LABELS:
+        log.warning(
+            "register.select is 'job' with only %d good and %d bad labelled photos: the rules' cross-validated "
+            "scores that choose the champion are rough",
+            n_good,
+            n_bad,
+        )
+    return select
+
+
+def objective_champion(
+    tracker: Tracker, models: pd.DataFrame, labelled: dict, processed_dir: Path, params: Params, counts: tuple
+) -> pd.Series | None:
+    """The champion under `search.objective` elbo or job (None for udr); `counts`: the labels' (good, bad)."""
+    objective = params.search.objective
+    if objective == "job" and min(counts) == 0:
+        raise ValueError(
+            f"search.objective is 'job', but the labelled split holds {counts[0]} good and {counts[1]} bad photos "
+            f"(the rule needs both): use search.objective: udr or elbo"
+        )
+    if objective == "udr":
+        return None
+    test = load_split("test", processed_dir)["images"] if objective == "elbo" else None
+    return objective_candidates(with_objective(tracker, models, params, test, labelled), objective).iloc[0]
+
+
+def champion_report(
+    champion: pd.Series, version, champions: dict, select: str, verdict: dict, meta: dict, params: Params
+) -> dict:
+    """champion.json: the registered version and its model, the policy and the gate, and every champion
+    (`champions`: the UDR policy's, the objective's or None, the job's candidates or None)."""
+    cfg, objective = params.register, params.search.objective
+    by_udr, by_objective, job = champions["udr"], champions["objective"], champions["job"]
+    return {
+        "model": cfg.model_name,
+        "alias": CHAMPION if verdict["promote"] else CHALLENGER,
+        "version": int(version.version),
+        "run_id": champion.run_id,
+        "family": champion.family,
+        "setting": str(champion.setting),
+        "seed": int(champion.seed),
+        "udr_within": float(champion.udr_within),
+        "n_active": int(champion.n_active),
+        "data_version": version.tags.get("data_version", meta["data_version"]),
+        "policy": (
+            f"feasible settings, best median {objective} (search.objective); its best seed by {objective}"
+            if by_objective is not None and select != "job"
+            else f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
+            f"informative components"
+        )
+        + ("; then the best cross-validated multi-defect rule on the labelled photos" if select == "job" else ""),
+        "select": select,
+        "gate": _public(verdict),
+        "search_objective": objective,
+        "champions": {
+            "udr": _champion_entry(_scored(by_udr, job)),
+            **(
+                {"objective": {**_champion_entry(by_objective), objective: float(by_objective[objective])}}
+                if by_objective is not None
+                else {}
+            ),
+            **({"job": _champion_entry(job.iloc[0]), "job_candidates": len(job)} if job is not None else {}),
+        },
+    }
 
 
 def note_champion_on_studies(root: str | Path, summary: dict, params: Params) -> None:
@@ -326,7 +342,7 @@ def _scored(row: pd.Series, scored: pd.DataFrame | None) -> pd.Series:
     return scored[scored.run_id == row.run_id].iloc[0]
 
 
-def _describe(row: pd.Series) -> dict:
+def _champion_entry(row: pd.Series) -> dict:
     """What champion.json says of one champion (the classify stage reads run_id)."""
     out = {"run_id": row.run_id, "family": row.family, "setting": str(row.setting), "seed": int(row.seed)}
     out["udr_within"] = float(row.udr_within)

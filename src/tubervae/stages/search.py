@@ -45,7 +45,7 @@ from optuna.trial import TrialState
 
 from tubervae import plots
 from tubervae.config import Params, is_guided
-from tubervae.io import under, write_csv, write_json
+from tubervae.io import write_csv, write_json
 from tubervae.runs.objective import Objective
 from tubervae.runs.pool import TrainingPool
 from tubervae.runs.progress import SearchProgress
@@ -62,9 +62,9 @@ from tubervae.runs.study import (
     study_name,
 )
 from tubervae.runs.study_notes import note_policy
-from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import load_training_data
 from tubervae.runs.trials import history_table, run_trials, search_metrics, summarise
+from tubervae.stages.common import open_tracker, project_paths
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +83,12 @@ def run(
     reports_dir: str | Path = "reports/search",
     progress: bool = True,
 ) -> dict:
-    """The `tubervae search` command: run the study up to `n_trials` finished (complete or pruned) trials."""
-    if family not in params.search.spaces:
-        raise ValueError(
-            f"family {family!r} has no search space in params.yaml (search.spaces); "
-            f"configured: {sorted(params.search.spaces)}"
-        )
+    """The `tubervae search` command: run the study up to `n_trials` finished (complete or pruned) trials.
+
+    `family` is the stage's instance (`search@<family>` in dvc.yaml), the one argument beside `params`."""
+    wanted = trials_wanted(params, family, n_trials)
     root = Path(root)
-    processed_dir, reports_dir = under(root, processed_dir), under(root, reports_dir)
-    space = params.search.spaces[family]
-    wanted = n_trials or space.n_trials
-    if wanted < 1:
-        raise ValueError(f"--n-trials must be at least 1, got {wanted}")
+    processed_dir, reports_dir = project_paths(root, processed_dir, reports_dir)
     data = load_training_data(processed_dir)
     if is_guided(family) and not len(data.guide_labels):
         raise ValueError(
@@ -102,80 +96,15 @@ def run(
             f"{params.preprocess.guide_fraction}, {processed_dir / 'labelled.npz'}): label photos (good/, bad/) and "
             f"raise preprocess.guide_fraction above 0, or remove search.spaces.{family}"
         )
-    tracker = Tracker.open(root, run_id)
-    tracker.mark_stale_runs_killed()
+    tracker = open_tracker(root, run_id)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = study_name(family, params, data.data_version)
     with warnings.catch_warnings():
         # The heartbeat and its retry callback are marked experimental; they are what resumes a killed worker.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study_storage = make_storage(storage or storage_url(root), params)
-        legacy = legacy_study_name(family, params, data.data_version)
-        existing = optuna.study.get_all_study_names(study_storage)
-        if legacy in existing and name not in existing:
-            name = legacy  # a study begun before the readable names: resumed under its name
-        study = optuna.create_study(
-            study_name=name,
-            storage=study_storage,
-            sampler=TrialSeededSampler(params.search.sampler_seed),
-            pruner=make_pruner(params),
-            direction="maximize",
-            load_if_exists=True,
-        )
-        check_objective(study, params.search.objective, storage or storage_url(root))
-        describe_study(study, family, params, data.data_version)
-        note_policy(study, params)  # the dashboard's "how to read" and champion policy
-        if params.search.enqueue_grid:
-            enqueue_grid(study, space)
-        workers = training_workers(params)
+        study = open_study(study_storage, storage or storage_url(root), family, params, data.data_version)
         lines = SearchProgress(family, wanted) if progress else None
-        on_step = lines.step if lines else None
-        with contextlib.ExitStack() as stack:
-            pool = None
-            if workers > 1:
-                pool = stack.enter_context(
-                    TrainingPool(
-                        workers,
-                        tracker,
-                        processed_dir,
-                        root / "checkpoints",
-                        max_restarts=params.search.max_retry,
-                        on_step=on_step,
-                    )
-                )
-            trainer = seed_trainer(
-                params,
-                tracker,
-                data,
-                root / "checkpoints",
-                pool=pool,
-                progress=progress,
-                on_step=on_step,
-                family=family,
-            )
-            objective = Objective(
-                family,
-                params,
-                tracker,
-                data,
-                trainer,
-                study_run_id=run_id,
-                checkpoint_dir=root / "checkpoints",
-                progress=lines,
-            )
-            if lines:
-                done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                lines.study(study.study_name, len(done))
-            run_trials(
-                study,
-                study_storage,
-                objective,
-                wanted,
-                max_starts=wanted * (1 + params.search.max_retry),
-                max_retry=params.search.max_retry,
-                poll_seconds=1.0,
-                parallel=params.search.parallel_trials or workers,
-            )
+        run_study(study, study_storage, wanted, (tracker, data, lines), family, params, root, processed_dir, run_id)
     summary = summarise(study, family, params)
     best_run = summary["best_mlflow_run_id"]
     for t in summary["trials"]:
@@ -190,6 +119,107 @@ def run(
             f"is in {Path(reports_dir) / f'{family}.json'}"
         )
     return summary
+
+
+def trials_wanted(params: Params, family: str, n_trials: int | None) -> int:
+    """How many finished trials the study must hold: `n_trials`, else the family's `search.spaces` entry's."""
+    if family not in params.search.spaces:
+        raise ValueError(
+            f"family {family!r} has no search space in params.yaml (search.spaces); "
+            f"configured: {sorted(params.search.spaces)}"
+        )
+    wanted = n_trials or params.search.spaces[family].n_trials
+    if wanted < 1:
+        raise ValueError(f"--n-trials must be at least 1, got {wanted}")
+    return wanted
+
+
+def open_study(study_storage, url: str, family: str, params: Params, data_version: str) -> optuna.Study:
+    """The family's study in `study_storage` (created, or loaded by its name; a study begun before the readable
+    names is resumed under its old name), checked against `search.objective` and described for the dashboard."""
+    name = study_name(family, params, data_version)
+    legacy = legacy_study_name(family, params, data_version)
+    existing = optuna.study.get_all_study_names(study_storage)
+    if legacy in existing and name not in existing:
+        name = legacy  # a study begun before the readable names: resumed under its name
+    study = optuna.create_study(
+        study_name=name,
+        storage=study_storage,
+        sampler=TrialSeededSampler(params.search.sampler_seed),
+        pruner=make_pruner(params),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    check_objective(study, params.search.objective, url)
+    describe_study(study, family, params, data_version)
+    note_policy(study, params)  # the dashboard's "how to read" and champion policy
+    if params.search.enqueue_grid:
+        enqueue_grid(study, params.search.spaces[family])
+    return study
+
+
+def run_study(
+    study: optuna.Study,
+    study_storage,
+    wanted: int,
+    context: tuple,
+    family: str,
+    params: Params,
+    root: Path,
+    processed_dir: Path,
+    run_id: str | None,
+) -> None:
+    """Run trials up to `wanted` finished ones, the seeds trained by `seed_trainer` (in the training pool when
+    there is more than one worker). `context`: the tracker, the training data and the progress lines (or None)."""
+    tracker, data, lines = context
+    workers = training_workers(params)
+    on_step = lines.step if lines else None
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if workers > 1:
+            pool = stack.enter_context(
+                TrainingPool(
+                    workers,
+                    tracker,
+                    processed_dir,
+                    root / "checkpoints",
+                    max_restarts=params.search.max_retry,
+                    on_step=on_step,
+                )
+            )
+        trainer = seed_trainer(
+            params,
+            tracker,
+            data,
+            root / "checkpoints",
+            pool=pool,
+            progress=lines is not None,
+            on_step=on_step,
+            family=family,
+        )
+        objective = Objective(
+            family,
+            params,
+            tracker,
+            data,
+            trainer,
+            study_run_id=run_id,
+            checkpoint_dir=root / "checkpoints",
+            progress=lines,
+        )
+        if lines:
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            lines.study(study.study_name, len(done))
+        run_trials(
+            study,
+            study_storage,
+            objective,
+            wanted,
+            max_starts=wanted * (1 + params.search.max_retry),
+            max_retry=params.search.max_retry,
+            poll_seconds=1.0,
+            parallel=params.search.parallel_trials or workers,
+        )
 
 
 def write_reports(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tubervae.config import DataConfig
+from tubervae.config import DataConfig, Params
 from tubervae.data.images import folder_fingerprint, source_folder
 from tubervae.io import under, write_json
 
@@ -32,8 +32,8 @@ def fingerprint(cfg: DataConfig, root: str | Path = ".") -> dict:
     return {"source": cfg.source, **folder_fingerprint(folder)}
 
 
-def run(cfg: DataConfig, *, root: str | Path = ".", out_path: str | Path = "reports/data/source.json") -> dict:
-    """Write the fingerprint to `out_path` (atomically) and return it."""
-    found = fingerprint(cfg, root)
+def run(params: Params, *, root: str | Path = ".", out_path: str | Path = "reports/data/source.json") -> dict:
+    """Write the fingerprint of `params.data.source` to `out_path` (atomically) and return it."""
+    found = fingerprint(params.data, root)
     write_json(under(root, out_path), found)
     return found

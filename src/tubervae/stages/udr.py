@@ -25,13 +25,22 @@ import numpy as np
 import pandas as pd
 
 from tubervae import plots
-from tubervae.config import FAMILIES, Params
+from tubervae.config import FAMILIES, Params, UdrConfig
 from tubervae.data.processed import load_meta
-from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_scores
-from tubervae.io import fresh_dir, under, write_csv, write_json
+from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_options, udr_scores
+from tubervae.io import fresh_dir, write_csv, write_json
 from tubervae.runs import vae_artifacts
 from tubervae.runs.progress import count, say
 from tubervae.runs.tracker import Tracker
+from tubervae.stages.common import (
+    SETTING_COLUMNS,
+    beside,
+    excluded_components,
+    model_labels,
+    open_tracker,
+    project_paths,
+    setting_groups,
+)
 from tubervae.training import normalised_beta
 
 log = logging.getLogger(__name__)
@@ -50,15 +59,6 @@ HERD_COLUMNS = [
 ]
 
 
-# What tells one setting from another: a guided family's λ too.
-SETTING_COLUMNS = ["family", "beta", "c_max", "guide_weight"]
-
-
-def excluded_components(frame: pd.DataFrame) -> list[tuple[int, ...]]:
-    """Per model, the components UDR leaves out: a guided run's `guided_component` (its params), none otherwise."""
-    return [(int(c),) if c >= 0 else () for c in frame["guided_component"]]
-
-
 def models_from_search(search_dir: Path) -> list[dict]:
     models = []
     for family in FAMILIES:
@@ -74,7 +74,8 @@ def models_from_search(search_dir: Path) -> list[dict]:
     return models
 
 
-def describe(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
+def model_table(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
+    """One row per model: its run's settings (family, β, C_max, λ, seed, setting), data version and steps."""
     rows = []
     for model in models:
         run = tracker.get_run(model["run_id"], origin=f"search trial {model['trial']}")
@@ -218,14 +219,41 @@ def run(
     reports/metrics/ and reports/plots/ beside `out_dir`."""
     started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.udr
-    root = Path(root)
-    search_dir, out_dir, processed_dir = (under(root, p) for p in (search_dir, out_dir, processed_dir))
-    tracker = Tracker.open(root, run_id)
-    tracker.mark_stale_runs_killed()
-    models = [] if all_runs else models_from_search(Path(search_dir))
-    if not models:
-        models = all_vae_runs(tracker)
-    frame = describe(tracker, models)
+    search_dir, out_dir, processed_dir = project_paths(root, search_dir, out_dir, processed_dir)
+    tracker = open_tracker(root, run_id)
+    frame = current_models(tracker, [] if all_runs else models_from_search(search_dir), processed_dir)
+    n = len(frame)
+    read = count(frame.run_id, n, "udr: probe latents read, model", every=max(1, n // 10))
+    latents = [vae_artifacts.latents(tracker, rid) for rid in read]
+    reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
+    say(f"udr: scoring {n} models, within their settings and all against all")
+    frame = scored(frame, reps, kls, cfg)
+    figures_dir = fresh_dir(out_dir / "figures")  # one plots folder in dvc.yaml
+    tables = write_tables(frame, cfg, out_dir, figures_dir)
+    herd = write_herd(frame, out_dir, figures_dir)
+    write_heatmaps(frame, reps, kls, cfg, figures_dir)
+    log_model_scores(tracker, frame)
+    summary = summarise(frame, tables, cfg)
+    write_json(out_dir / "summary.json", summary)
+    write_csv(out_dir / "models.csv", frame)
+    headline = udr_metrics(summary)
+    write_json(beside(root, metrics_dir, out_dir, "metrics") / "udr.json", headline)
+    plots_dir = beside(root, plots_dir, out_dir, "plots")
+    write_csv(plots_dir / "udr_vs_beta.csv", settings_table(frame))
+    write_csv(plots_dir / "herd.csv", herd.drop(columns=["run_id"]))
+    with tracker.run("udr", run_id=run_id, started_at=started_at, tags={"kind": "udr"}) as rid:
+        tracker.log_params(rid, {**{k: getattr(cfg, k) for k in LOGGED_SETTINGS}, "n_models": len(frame)})
+        tracker.log_metrics(rid, headline)  # the numbers DVC compares, grouped by '/' in MLflow
+        tracker.log_artifacts(rid, out_dir, "udr")
+    return summary
+
+
+LOGGED_SETTINGS = ("similarity", "aggregate", "kl_threshold", "lasso_alpha", "n_partners")
+
+
+def current_models(tracker: Tracker, models: list[dict], processed_dir: Path) -> pd.DataFrame:
+    """The models to rank (those of the search, else every finished VAE run) trained on the current data."""
+    frame = model_table(tracker, models or all_vae_runs(tracker))
     if len(frame) == 0:
         raise RuntimeError("no finished VAE runs to rank: run the search stages (dvc repro) or `tubervae train` first")
     version = load_meta(processed_dir)["data_version"]
@@ -235,34 +263,21 @@ def run(
         frame = frame[~stale].reset_index(drop=True)
     if len(frame) < 2:
         raise RuntimeError("UDR needs at least two models trained on the current data")
-    n = len(frame)
-    read = count(frame.run_id, n, "udr: probe latents read, model", every=max(1, n // 10))
-    latents = [vae_artifacts.latents(tracker, rid) for rid in read]
-    reps, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]
-    say(f"udr: scoring {n} models, within their settings and all against all")
-    common = dict(
-        similarity=cfg.similarity,
-        aggregate=cfg.aggregate,
-        kl_threshold=cfg.kl_threshold,
-        lasso_alpha=cfg.lasso_alpha,
-        excluded=excluded_components(frame),
-    )
-    within = udr_scores(
-        reps,
-        kls,
-        groups=list(zip(*(frame[c] for c in SETTING_COLUMNS))),
-        n_partners=cfg.n_partners or None,
-        partner_seed=cfg.partner_seed,
-        **common,
-    )
-    a2a = udr_scores(reps, kls, groups=None, n_partners=None, partner_seed=cfg.partner_seed, **common)
-    frame["n_active"] = within.n_informative
-    frame["udr_within"] = within.scores
-    frame["udr_a2a"] = a2a.scores
-    shift = rank_shift(frame.udr_within.to_numpy(), frame.udr_a2a.to_numpy())
-    frame["rank_within"], frame["rank_a2a"], frame["rank_shift"] = shift.rank_within, shift.rank_a2a, shift.shift
+    return frame
 
-    figures_dir = fresh_dir(out_dir / "figures")  # one plots folder in dvc.yaml
+
+def scored(frame: pd.DataFrame, reps: list, kls: list, cfg: UdrConfig) -> pd.DataFrame:
+    """`frame` with each model's informative components, UDR within its setting and A2A, and the rank shift."""
+    excluded = excluded_components(frame)
+    within = udr_scores(reps, kls, groups=setting_groups(frame), excluded=excluded, **udr_options(cfg))
+    a2a = udr_scores(reps, kls, groups=None, excluded=excluded, **udr_options(cfg, within=False))
+    frame = frame.assign(n_active=within.n_informative, udr_within=within.scores, udr_a2a=a2a.scores)
+    shift = rank_shift(frame.udr_within.to_numpy(), frame.udr_a2a.to_numpy())
+    return frame.assign(rank_within=shift.rank_within, rank_a2a=shift.rank_a2a, rank_shift=shift.shift)
+
+
+def write_tables(frame: pd.DataFrame, cfg: UdrConfig, out_dir: Path, figures_dir: Path) -> dict[str, pd.DataFrame]:
+    """The thesis's tables, one per family (within setting) and `a2a`, as CSV and PNG."""
     method = f"UDR ({cfg.similarity}, {cfg.aggregate} aggregation)"
     tables = {}
     for family, group in frame.groupby("family"):
@@ -274,19 +289,29 @@ def run(
         plots.save_figure(
             plots.table_figure(table.drop(columns=["feasible"]), title=title), figures_dir / f"{name}.png"
         )
+    return tables
+
+
+def write_herd(frame: pd.DataFrame, out_dir: Path, figures_dir: Path) -> pd.DataFrame:
+    """herd.csv (largest rank shifts first) and its scatter of ranks within setting against A2A."""
     herd = frame[HERD_COLUMNS].sort_values("rank_shift", key=np.abs, ascending=False)
     write_csv(out_dir / "herd.csv", herd)
     plots.save_figure(
         plots.rank_scatter_figure(
             frame.rank_within.to_numpy(),
             frame.rank_a2a.to_numpy(),
-            labels=[f"{f} {s} s{d}" for f, s, d in zip(frame.family, frame.setting, frame.seed)],
+            labels=model_labels(frame),
             xlabel="rank by within-setting UDR",
             ylabel="rank by A2A UDR",
             higher_is_better=False,
         ),
         figures_dir / "herd.png",
     )
+    return herd
+
+
+def write_heatmaps(frame: pd.DataFrame, reps: list, kls: list, cfg: UdrConfig, figures_dir: Path) -> None:
+    """Similarity heat maps of the chosen pairs (thesis figures 4.15, 4.17)."""
     for k, (i, j, title) in enumerate(choose_heatmap_pairs(frame, cfg.heatmap_pairs)):
         matrix = masked_similarity(
             reps[i],
@@ -307,11 +332,18 @@ def run(
             figures_dir / f"heatmap_{k}.png",
         )
 
+
+def log_model_scores(tracker: Tracker, frame: pd.DataFrame) -> None:
+    """Each model's run gets its scores and today's count of informative components."""
     for rid, w, a, n, steps in zip(frame.run_id, frame.udr_within, frame.udr_a2a, frame.n_active, frame.steps):
         tracker.log_metrics(rid, {"udr": w, "udr_a2a": a})  # `udr`: as on the trial, whose `udr` is its seeds' median
         # A reused run was counted under the udr.kl_threshold of its day; today's count, at the training's
         # last step, becomes the value MLflow shows.
         tracker.log_metrics(rid, {"n_active": n}, step=int(steps))
+
+
+def summarise(frame: pd.DataFrame, tables: dict[str, pd.DataFrame], cfg: UdrConfig) -> dict:
+    """summary.json: the settings and, per family, its best setting and mean scores."""
     summary = {"similarity": cfg.similarity, "aggregate": cfg.aggregate, "n_models": int(len(frame)), "families": {}}
     for family, table in tables.items():
         if family == "a2a":
@@ -324,26 +356,4 @@ def run(
             "mean_udr_within": float(frame[frame.family == family].udr_within.mean()),
             "mean_udr_a2a": float(frame[frame.family == family].udr_a2a.mean()),
         }
-    write_json(out_dir / "summary.json", summary)
-    write_csv(out_dir / "models.csv", frame)
-    metrics_dir = under(root, metrics_dir) if metrics_dir else out_dir.parent / "metrics"
-    plots_dir = under(root, plots_dir) if plots_dir else out_dir.parent / "plots"
-    headline = udr_metrics(summary)
-    write_json(metrics_dir / "udr.json", headline)
-    write_csv(plots_dir / "udr_vs_beta.csv", settings_table(frame))
-    write_csv(plots_dir / "herd.csv", herd.drop(columns=["run_id"]))
-    with tracker.run("udr", run_id=run_id, started_at=started_at, tags={"kind": "udr"}) as rid:
-        tracker.log_params(
-            rid,
-            {
-                "similarity": cfg.similarity,
-                "aggregate": cfg.aggregate,
-                "kl_threshold": cfg.kl_threshold,
-                "lasso_alpha": cfg.lasso_alpha,
-                "n_partners": cfg.n_partners,
-                "n_models": len(frame),
-            },
-        )
-        tracker.log_metrics(rid, headline)  # the numbers DVC compares, grouped by '/' in MLflow
-        tracker.log_artifacts(rid, out_dir, "udr")
     return summary
