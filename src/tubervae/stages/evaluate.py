@@ -38,10 +38,10 @@ from tubervae.evaluation.matching import best_components
 from tubervae.evaluation.metrics import evaluate_all, mig, train_test_indices
 from tubervae.evaluation.udr import informative_mask, udr_scores
 from tubervae.io import fresh_dir, under, write_csv, write_json
+from tubervae.models.encoding import encode
 from tubervae.runs import vae_artifacts
 from tubervae.runs.progress import count
 from tubervae.runs.tracker import Tracker
-from tubervae.training import encode
 
 log = logging.getLogger(__name__)
 SUPERVISED = ("mig", "dci_d", "dci_c", "dci_i", "sap", "factorvae")
