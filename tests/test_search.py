@@ -43,7 +43,8 @@ from tubervae.runs.study import fail_dead_local_trials, fingerprint, make_storag
 from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import load_training_data, run_key
 from tubervae.stages import search
-from tubervae.training import Setting, train_model
+from tubervae.training.loop import train_model
+from tubervae.training.setting import Setting
 
 FAMILY = "beta_vae"
 STEPS, CHECKPOINT_EVERY, LOG_EVERY = 20, 5, 5
@@ -382,7 +383,7 @@ def test_grid_points_come_first_failures_are_recorded_and_infeasible_trials_neve
 
     min_active 5 exceeds the 4 latent components, so every complete trial is infeasible.
     """
-    import tubervae.training as train_module
+    import tubervae.training.setting as train_module
 
     real_make_loss = train_module.make_loss
 
@@ -858,7 +859,7 @@ def test_a_pool_whose_workers_keep_dying_gives_up_with_an_error_that_says_so(pro
 
 
 def test_a_study_whose_trials_all_fail_stops_with_a_clear_error(project, no_pictures, monkeypatch):
-    import tubervae.training as train_module
+    import tubervae.training.setting as train_module
 
     def always_nan(family, **hp):
         def poisoned(x, out, step):
@@ -907,7 +908,7 @@ def seed_value(objective: str, tracker: Tracker, run_id: str, root: Path, params
     """A seed's value under `search.objective`, recomputed from its logged model."""
     from tubervae.classify.any_rule import job_score
     from tubervae.data.processed import load_split
-    from tubervae.training import encode, heldout_elbo
+    from tubervae.models.encoding import encode, heldout_elbo
 
     vae = vae_artifacts.load_vae(tracker, run_id)[0]
     if objective == "elbo":

@@ -95,4 +95,3 @@ def probe_latents(model: VAE, probe: np.ndarray, device: torch.device | None = N
     mu, logvar = encode(model, probe, device)
     kl = kl_per_component(torch.from_numpy(mu), torch.from_numpy(logvar)).mean(0).numpy()
     return {"mu": mu, "logvar": logvar, "kl": kl}
-

@@ -96,4 +96,3 @@ def _checkpoint_problem(state, identity: dict, model: torch.nn.Module, total_ste
     if not isinstance(weights, dict) or {k: getattr(v, "shape", None) for k, v in weights.items()} != expected:
         return "its weights do not fit the network"
     return ""
-

@@ -110,4 +110,3 @@ def new_optimiser(params, cfg: TrainConfig, device: torch.device, *, fused: bool
     return torch.optim.Adam(
         params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=fused or None
     )
-

@@ -74,4 +74,3 @@ class Outcome:
     step: int
     latents: dict  # mu, logvar, kl of the UDR probe images
     metrics: dict  # test_rec, final loss terms
-
