@@ -23,7 +23,7 @@ import torch
 from _machine import cpu_model  # benchmarks/, the script's folder
 from tubervae.config import TrainConfig
 from tubervae.models.nets import VAE
-from tubervae.training import Setting
+from tubervae.training.setting import Setting
 
 
 def make_step(model, loss_fn, adam, x):

@@ -1,4 +1,4 @@
-"""Model-steps per second of fused training (`tubervae.fused`) for 1, 5, 25 and 115 models.
+"""Model-steps per second of fused training (`tubervae.training.fused`) for 1, 5, 25 and 115 models.
 
 The thesis study trains 115 models (23 settings × 5 seeds) for 300 000 steps each at 64×64,
 batch 64. One such model leaves a GPU almost idle; fused, the models of a batch run as grouped
@@ -13,7 +13,7 @@ A rate is measured as the difference of two runs of `train_fused` (`--steps` and
 the set-up (initialisation, probe encoding, the test-set error) cancels out.
 
 `--adam foreach` runs the stacked Adam as PyTorch's default (its multi-tensor loop on CUDA) instead
-of one fused kernel (`training.new_optimiser`), and `--layout` the batch in another memory layout
+of one fused kernel (`training.device.new_optimiser`), and `--layout` the batch in another memory layout
 (`train_fused`'s `make_optimiser` and `input_layout`), for the ratio between them in one run. The
 fused-equals-separate check always runs the library's defaults.
 
@@ -31,8 +31,10 @@ import torch
 
 from _machine import cpu_model  # benchmarks/, the script's folder
 from tubervae.config import TrainConfig
-from tubervae.fused import FusedJob, train_fused
-from tubervae.training import Setting, new_optimiser, resolve_precision, select_device, train_model
+from tubervae.training.device import new_optimiser, resolve_precision, select_device
+from tubervae.training.fused import FusedJob, train_fused
+from tubervae.training.loop import train_model
+from tubervae.training.setting import Setting
 
 THESIS_MODELS = 115
 THESIS_STEPS = 300_000

@@ -1,6 +1,6 @@
 """Which memory layout, precision and compilation make fused training's convolutions fastest.
 
-Fused training (`tubervae.fused`) runs G models' convolutions as grouped convolutions, and on an
+Fused training (`tubervae.training.fused`) runs G models' convolutions as grouped convolutions, and on an
 H100 most of a fused step is the grouped convolutions' backward pass. This script times one
 forward and backward pass of G stacked thesis VAEs (encoder, reparameterisation, decoder, the
 Bernoulli loss and the KL; no optimiser) in each variant and prints model-steps per second with

@@ -3,7 +3,7 @@
 Both train the thesis architecture (table 4.1) with the β-VAE loss, Adam, batch 64, on
 random 64×64 images, in this one process. Prints images/s, the ratio, and the share
 of the machine's float32 peak (measured here with a large matmul) at 221 MFLOP per
-image per step. The project's loop runs Adam as one fused kernel (`training.new_optimiser`);
+image per step. The project's loop runs Adam as one fused kernel (`training.device.new_optimiser`);
 it is also timed with PyTorch's per-tensor Adam, the ratio being what the fused kernel buys.
 `--threads 1` times a step as each worker of the training pool runs it.
 
@@ -20,15 +20,16 @@ import numpy as np
 import torch
 
 from _machine import cpu_model  # benchmarks/, the script's folder
-from tubervae import training
 from tubervae.config import FAMILIES, TrainConfig
 from tubervae.models.nets import VAE, flops_per_image
-from tubervae.training import Setting, train_model
+from tubervae.training.device import new_optimiser
+from tubervae.training.loop import train_model
+from tubervae.training.setting import Setting
 
 
 def per_tensor_adam(params, cfg, device):
     """PyTorch's default Adam (per tensor, not fused): `train_model`'s `make_optimiser` for the comparison."""
-    return training.new_optimiser(params, cfg, device, fused=False)
+    return new_optimiser(params, cfg, device, fused=False)
 
 
 def plain_loop(images: np.ndarray, steps: int, batch: int, loss_fn) -> float:
@@ -61,9 +62,9 @@ def project_loop(
     batch: int,
     family: str,
     precision: str = "float32",
-    make_optimiser=training.new_optimiser,
+    make_optimiser=new_optimiser,
 ) -> float:
-    """`tubervae.training.train_model` as every run uses it (logging every 50 steps, no checkpoint)."""
+    """`tubervae.training.loop.train_model` as every run uses it (logging every 50 steps, no checkpoint)."""
     cfg = TrainConfig(
         steps=5,
         batch_size=batch,

@@ -18,7 +18,8 @@ import numpy as np
 
 from tubervae.config import INFORMATIVE_KL, TrainConfig
 from tubervae.data.processed import load_split
-from tubervae.training import Setting, train_model
+from tubervae.training.loop import train_model
+from tubervae.training.setting import Setting
 
 
 def main() -> None:

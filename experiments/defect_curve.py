@@ -1,6 +1,6 @@
 """How well the defects are encoded as training goes on: best |Spearman ρ| per defect against steps.
 
-Trains a few settings side by side (`tubervae.fused`) on freshly simulated photos and, every
+Trains a few settings side by side (`tubervae.training.fused`) on freshly simulated photos and, every
 `--every` steps, encodes a held-out set and prints, per model and defect factor (spot_area,
 greening, rot), the largest |Spearman ρ| between the factor and one latent component. It answers
 "how many steps, at which image size, before a component carries a defect", which decides the
@@ -21,8 +21,9 @@ from scipy.stats import spearmanr
 
 from tubervae.config import TrainConfig
 from tubervae.data import synth_dataset
-from tubervae.fused import FusedJob, train_fused
-from tubervae.training import Setting, encode
+from tubervae.models.encoding import encode
+from tubervae.training.fused import FusedJob, train_fused
+from tubervae.training.setting import Setting
 
 DEFECTS = ("spot_area", "greening", "rot")
 

@@ -23,7 +23,9 @@ from sklearn.model_selection import cross_val_score
 from tubervae import classify as clf
 from tubervae.config import INFORMATIVE_KL, TrainConfig
 from tubervae.data.processed import load_meta, load_split
-from tubervae.training import Setting, encode, train_model
+from tubervae.models.encoding import encode
+from tubervae.training.loop import train_model
+from tubervae.training.setting import Setting
 
 DEFECTS = ("spot_area", "greening", "rot")
 

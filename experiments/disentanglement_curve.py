@@ -1,6 +1,6 @@
 """Where disentanglement appears: per-factor MIG against training steps, per family.
 
-Trains one setting per family side by side (`tubervae.fused`) on freshly simulated photos and, at
+Trains one setting per family side by side (`tubervae.training.fused`) on freshly simulated photos and, at
 log-spaced steps, encodes a held-out set simulated from another seed and scores each scored factor
 that varies in the data by MIG two ways: the published MIG over all latent components, and the same
 estimator over the informative components only (mean KL on the held-out set > `INFORMATIVE_KL`, the
@@ -36,8 +36,10 @@ import torch
 from tubervae.config import INFORMATIVE_KL, TrainConfig
 from tubervae.data import synth_dataset, synth_factors
 from tubervae.evaluation.mig import mig
-from tubervae.fused import FusedJob, train_fused
-from tubervae.training import Setting, encode, resolve_precision, select_device
+from tubervae.models.encoding import encode
+from tubervae.training.device import resolve_precision, select_device
+from tubervae.training.fused import FusedJob, train_fused
+from tubervae.training.setting import Setting
 
 LOG_STEPS = "250,500,1000,2000,5000,10000,20000,50000"
 CAPTURED = 0.2  # a factor counts as captured at MIG >= this

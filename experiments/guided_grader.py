@@ -27,7 +27,10 @@ from tubervae import classify as clf
 from tubervae.config import GUIDED_COMPONENT, load_params
 from tubervae.data.processed import load_split
 from tubervae.data.splits import guide_mask
-from tubervae.training import Setting, encode, resolve_precision, select_device, train_model
+from tubervae.models.encoding import encode
+from tubervae.training.device import resolve_precision, select_device
+from tubervae.training.loop import train_model
+from tubervae.training.setting import Setting
 
 
 def draw_labels(bad: np.ndarray, n: int, seed: int) -> np.ndarray:

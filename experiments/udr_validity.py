@@ -2,7 +2,7 @@
 
 Trains, family by family, a grid of settings spanning the search range in `params.yaml`
 (β-VAE and β-TCVAE: 6 log-spaced β; Cβ-VAE: 3 β × 2 C_max) × 3 seeds, each setting's seeds fused
-as one model (`tubervae.fused.train_fused`), on the `geometry` simulator at 32×32 with the
+as one model (`tubervae.training.fused.train_fused`), on the `geometry` simulator at 32×32 with the
 `disentangle` profile's training settings (10 000 photos, 5000 steps, batch 32, lr 1e-3). Every
 model is scored on a held-out evaluation set simulated apart from the training photos (another
 seed), and what each selection rule needs is saved as soon as a setting finishes:
@@ -56,9 +56,11 @@ from tubervae.evaluation.selection import (
     setting_medians,
 )
 from tubervae.evaluation.udr import udr_scores
-from tubervae.fused import FusedJob, train_fused
+from tubervae.models.encoding import as_input, encode, images_to_tensor
 from tubervae.models.losses import kl_per_component, reconstruction_loss
-from tubervae.training import Setting, as_input, encode, images_to_tensor, resolve_precision, select_device
+from tubervae.training.device import resolve_precision, select_device
+from tubervae.training.fused import FusedJob, train_fused
+from tubervae.training.setting import Setting
 
 FAMILY_ORDER = ("beta_vae", "beta_tcvae", "cbeta_vae")
 FEW_LABELS = (100, 1000)  # photos with measured factors (a grading line can weigh and measure 100)
@@ -511,7 +513,7 @@ def report_head(info: dict, rows: list[dict], folder: Path, args) -> list[str]:
         "  drawn as the preprocess stage draws `udr_probe`.",
         f"- **Training**: the `disentangle` profile's settings: {info['steps']} steps, batch 32, Adam lr 1e-3,",
         "  10 components, Bernoulli reconstruction, Cβ-VAE's capacity over all the steps; a setting's 3 seeds",
-        f"  (0, 1, 2) trained as one fused model (`tubervae.fused.train_fused`), {info['precision']}, "
+        f"  (0, 1, 2) trained as one fused model (`tubervae.training.fused.train_fused`), {info['precision']}, "
         f"{info['threads']} torch thread.",
         "- **Grid**: the search ranges of `params.yaml`: β-VAE and β-TCVAE 6 log-spaced β from the low",
         "  to the high end; Cβ-VAE 3 β (linear) × C_max 6 and 12.",

@@ -150,7 +150,7 @@ def train_tiny_runs(tracker, data, betas_and_seeds, *, latent_dim: int = 3) -> l
     """
     from tubervae.config import TrainConfig
     from tubervae.runs.training_run import run_tracked
-    from tubervae.training import Setting
+    from tubervae.training.setting import Setting
 
     cfg = TrainConfig(
         latent_dim=latent_dim,

@@ -29,10 +29,10 @@ from tubervae.classify import (
     label_efficiency,
     rank_threshold_rules,
 )
+from tubervae.models.encoding import encode
 from tubervae.models.nets import VAE
 from tubervae.runs import quality_model
 from tubervae.runs.quality_model import TuberQualityModel, quality_answer
-from tubervae.training import encode
 
 SIZE = 16
 

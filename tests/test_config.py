@@ -99,7 +99,7 @@ def test_cli_help_lists_every_stage():
 
 def test_cbeta_vae_anneals_capacity_over_all_of_training_by_default():
     """The thesis raises C from 0 to C_max over the whole run, in the default and in params.yaml alike."""
-    from tubervae.training import Setting
+    from tubervae.training.setting import Setting
 
     assert Params().train.anneal_fraction == 1.0
     project = load_params(Path(__file__).resolve().parents[1] / "params.yaml")

@@ -1,4 +1,4 @@
-"""Fused training (`tubervae.fused`): each fused model is its separately trained twin."""
+"""Fused training (`tubervae.training.fused`): each fused model is its separately trained twin."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tubervae.config import TrainConfig
-from tubervae.fused import FusedJob, train_fused
-from tubervae.training import Setting, train_model
+from tubervae.training.fused import FusedJob, train_fused
+from tubervae.training.loop import train_model
+from tubervae.training.setting import Setting
 
 TOLERANCE = 1e-9  # float64: the twins differ by rounding only
 

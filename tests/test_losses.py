@@ -22,6 +22,7 @@ from tubervae.models.losses import (
     log_density_gaussian,
     log_importance_weights,
     make_loss,
+    normalised_beta,
     reconstruction_loss,
 )
 from tubervae.models.nets import VAE, GuideHead, VAEOutput
@@ -484,3 +485,10 @@ def test_guide_head_reads_one_component_and_starts_without_randomness():
     assert torch.equal(head(mu), torch.tensor([2.0, -1.0]))
     with pytest.raises(ValueError, match=r"mu must have shape \(batch, d\) with d > 1"):
         head(torch.zeros(2, 1))
+
+
+def test_normalised_beta_by_hand():
+    """β·d/N (Higgins et al.): the thesis's β = 4 at 64×64 is β = 1 at 32×32, with d = 10 and RGB."""
+    assert normalised_beta(4.0, 10, 64) == pytest.approx(40 / 12288)
+    assert normalised_beta(1.0, 10, 32) == pytest.approx(normalised_beta(4.0, 10, 64))
+    assert normalised_beta(2.0, 5, 16, channels=1) == pytest.approx(10 / 256)

@@ -19,7 +19,7 @@ def seed_value(objective: str, tracker: Tracker, run_id: str, root: Path, params
     """A seed's value under `search.objective`, recomputed from its logged model."""
     from tubervae.classify.any_rule import job_score
     from tubervae.data.processed import load_split
-    from tubervae.training import encode, heldout_elbo
+    from tubervae.models.encoding import encode, heldout_elbo
 
     vae = vae_artifacts.load_vae(tracker, run_id)[0]
     if objective == "elbo":

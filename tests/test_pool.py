@@ -34,7 +34,8 @@ from tubervae.runs.pool import SeedJob, TrainingPool, TrainingWorkerDied
 from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import load_training_data
 from tubervae.stages import search
-from tubervae.training import Setting, train_model
+from tubervae.training.loop import train_model
+from tubervae.training.setting import Setting
 
 
 @pytest.mark.slow

@@ -27,8 +27,9 @@ import pytest
 import torch
 
 from tubervae.config import TrainConfig
-from tubervae.fused import FusedJob, train_fused
-from tubervae.training import Setting, new_optimiser
+from tubervae.training.device import new_optimiser
+from tubervae.training.fused import FusedJob, train_fused
+from tubervae.training.setting import Setting
 
 PROJECT = Path(__file__).resolve().parents[1]
 SRC = PROJECT / "src"
@@ -173,21 +174,21 @@ def test_the_checks_see_what_they_look_for():
     """The reader above finds a private name, a name outside __all__ and a replaced attribute."""
     source = (
         "import tubervae.runs.training_run as tr\n"
-        "from tubervae import fused\n"
+        "from tubervae.training import fused\n"
         "from tubervae.data import synth_dataset\n"
-        "from tubervae.fused import train_fused, _Member\n"
+        "from tubervae.training.fused import train_fused, _Member\n"
         "tr.figures = None\n"
         "synth_dataset._warm_caches()\n"
         "fused.train_fused\n"
     )
-    assert problem("tubervae.fused", "_Member") is not None
-    assert problem("tubervae.fused", "Outcome") == "not in the module's __all__"
+    assert problem("tubervae.training.fused", "_Member") is not None
+    assert problem("tubervae.training.fused", "Outcome") == "not in the module's __all__"
     assert problem("tubervae.data.synth_dataset", "generate") is None
     assert problem("tubervae.data.synth_dataset", "no_such_name") == "not defined in the module"
     taken, patched = uses(source)
-    assert ("tubervae.fused", "_Member", 4) in taken
+    assert ("tubervae.training.fused", "_Member", 4) in taken
     assert ("tubervae.data.synth_dataset", "_warm_caches", 6) in taken
-    assert ("tubervae.fused", "train_fused", 7) in taken
+    assert ("tubervae.training.fused", "train_fused", 7) in taken
     assert patched == [("tubervae.runs.training_run", "figures", 5)]
 
 

@@ -11,7 +11,8 @@ from tubervae.config import parse_params
 from tubervae.runs import vae_artifacts
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import load_training_data
-from tubervae.training import Setting, train_model
+from tubervae.training.loop import train_model
+from tubervae.training.setting import Setting
 
 
 @pytest.fixture

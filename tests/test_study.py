@@ -41,7 +41,7 @@ from tubervae.config import parse_params
 from tubervae.runs import study as optuna_study
 from tubervae.runs.study import fail_dead_local_trials, make_storage, storage_url, study_name
 from tubervae.runs.training_run import load_training_data, run_key
-from tubervae.training import Setting
+from tubervae.training.setting import Setting
 
 
 def test_storage_open_retries_when_workers_race_to_create_the_schema(tmp_path, monkeypatch):

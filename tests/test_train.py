@@ -1,4 +1,5 @@
-"""The training loop (tubervae.training), the train stage and what its MLflow run holds.
+"""The training loop (tubervae.training.loop), its checkpoints and device choice, the train stage and what
+its MLflow run holds.
 
 Every run here is tiny: 16×16 images of bright discs (position, radius and brightness are
 the factors), a 4-component latent space, batches of 16 and at most 40 steps on one thread.
@@ -24,22 +25,18 @@ import torch
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-import tubervae.training as train_module
+import tubervae.training.device as device_module
+import tubervae.training.setting as setting_module
 from conftest import write_processed
 from tubervae.config import INFORMATIVE_KL, TrainConfig, load_params
 from tubervae.models.nets import VAE
 from tubervae.runs import training_run as stage
 from tubervae.runs import vae_artifacts
 from tubervae.runs.tracker import Tracker
-from tubervae.training import (
-    NonFiniteLossError,
-    Setting,
-    boundary,
-    checkpoint_identity,
-    heldout_elbo,
-    normalised_beta,
-    train_model,
-)
+from tubervae.training.checkpoints import checkpoint_identity, weight_identity
+from tubervae.training.loop import train_model
+from tubervae.training.running import NonFiniteLossError
+from tubervae.training.setting import Setting
 
 SIZE = 16
 LATENT = 4
@@ -244,35 +241,6 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_an
     assert torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 15
 
 
-def test_step_boundaries_by_hand():
-    """log every 4, checkpoint every 6, snapshot every 5, 12 steps in segments ending at 7 and 12."""
-    cfg = TrainConfig(steps=12, log_every=4, checkpoint_every=6, snapshot_every=5)
-    seen = {step: boundary(step, 7 if step <= 7 else 12, cfg) for step in range(1, 13)}
-    assert [s for s, b in seen.items() if b.log] == [4, 7, 8, 12]  # 7: the first segment's end
-    assert [s for s, b in seen.items() if b.checkpoint] == [6, 7, 12]
-    assert [s for s, b in seen.items() if b.window] == [4, 6, 7, 8, 12]
-    assert [s for s, b in seen.items() if b.snapshot] == [5, 10]
-    assert not any(boundary(s, 12, TrainConfig(steps=12, snapshot_every=0)).snapshot for s in range(1, 13))
-
-
-def test_heldout_elbo_is_minus_reconstruction_and_kl_of_one_seeded_posterior_sample():
-    """By hand: the decoded sample's Bernoulli loss plus the closed-form KL, per image, negated."""
-    torch.manual_seed(0)
-    model = VAE(image_size=SIZE, latent_dim=LATENT)
-    images, _ = disc_images(5, np.random.default_rng(0))
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    with torch.no_grad():
-        mu, logvar = model.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=torch.Generator().manual_seed(3))
-        rec = torch.nn.functional.binary_cross_entropy_with_logits(model.decode(z), x, reduction="sum") / 5
-        kl = 0.5 * (mu**2 + logvar.exp() - logvar - 1).sum() / 5
-    value = heldout_elbo(model, images, "bernoulli", seed=3)
-    assert value == pytest.approx(-float(rec + kl), rel=1e-5)
-    assert heldout_elbo(model, images, "bernoulli", seed=3) == value  # the same sample again
-    assert heldout_elbo(model, images, "bernoulli", seed=4) != value
-    assert np.isnan(heldout_elbo(model, images[:0], "bernoulli"))
-
-
 def test_training_in_segments_gives_the_weights_and_logs_of_one_go(data, tmp_path):
     """Stopped at ¼ and ½ and resumed (what a pruning search does): bitwise the weights of one go.
 
@@ -357,7 +325,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
     tmp_path, monkeypatch, empty_mlflow_db
 ):
     new_project(tmp_path, empty_mlflow_db)
-    real_make_loss = train_module.make_loss
+    real_make_loss = setting_module.make_loss
 
     def nan_from_step_8(family, **hp):
         loss = real_make_loss(family, **hp)
@@ -370,7 +338,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
 
         return poisoned
 
-    monkeypatch.setattr(train_module, "make_loss", nan_from_step_8)
+    monkeypatch.setattr(setting_module, "make_loss", nan_from_step_8)
     with pytest.raises(NonFiniteLossError, match=r"non-finite \[.*'loss'.*\] between steps 6 and 10"):
         run_stage(tmp_path, tiny_cfg(steps=20))
 
@@ -385,13 +353,13 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
     state = torch.load(checkpoint, weights_only=True)
     assert state["step"] == 5
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    monkeypatch.setattr(train_module, "make_loss", real_make_loss)
+    monkeypatch.setattr(setting_module, "make_loss", real_make_loss)
     clean = train(stage.load_training_data(tmp_path / "data" / "processed"), tiny_cfg(steps=5))
     assert_same_weights(state["model"], clean.model.state_dict())
 
 
 def test_finite_loss_with_non_finite_gradient_never_reaches_the_checkpoint(data, tmp_path, monkeypatch):
-    real_make_loss = train_module.make_loss
+    real_make_loss = setting_module.make_loss
 
     def nan_gradient_at_update_10(family, **hp):
         loss = real_make_loss(family, **hp)
@@ -404,7 +372,7 @@ def test_finite_loss_with_non_finite_gradient_never_reaches_the_checkpoint(data,
 
         return poisoned
 
-    monkeypatch.setattr(train_module, "make_loss", nan_gradient_at_update_10)
+    monkeypatch.setattr(setting_module, "make_loss", nan_gradient_at_update_10)
     logged: list = []
     path = tmp_path / "model.pt"
     with pytest.raises(NonFiniteLossError, match="non-finite weights after step 10"):
@@ -708,26 +676,23 @@ def test_sigkilled_cli_run_resumes_to_the_weights_of_an_uninterrupted_run(
     assert resumed["test_rec"] == uninterrupted["test_rec"] and resumed["kl"] == uninterrupted["kl"]
 
 
-def test_normalised_beta_by_hand():
-    """β·d/N (Higgins et al.): the thesis's β = 4 at 64×64 is β = 1 at 32×32, with d = 10 and RGB."""
-    assert normalised_beta(4.0, 10, 64) == pytest.approx(40 / 12288)
-    assert normalised_beta(1.0, 10, 32) == pytest.approx(normalised_beta(4.0, 10, 64))
+def test_a_settings_normalised_beta_is_its_betas():
+    """β·d/N of the setting's β (models.losses.normalised_beta, tested there)."""
     assert Setting("beta_vae", 18.0).normalised_beta(10, 64) == pytest.approx(0.0146484375)
-    assert normalised_beta(2.0, 5, 16, channels=1) == pytest.approx(10 / 256)
 
 
 def test_precision_auto_is_bfloat16_only_where_native(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(train_module, "native_bfloat16_cpu", lambda: False)
-    assert train_module.resolve_precision("auto", cpu) == "float32"
-    assert train_module.resolve_precision("bfloat16", cpu) == "bfloat16"  # asked for: emulated, but obeyed
+    monkeypatch.setattr(device_module, "native_bfloat16_cpu", lambda: False)
+    assert device_module.resolve_precision("auto", cpu) == "float32"
+    assert device_module.resolve_precision("bfloat16", cpu) == "bfloat16"  # asked for: emulated, but obeyed
     # a model trained under 'auto' here is the float32 model: the same checkpoint and run identity
     auto, explicit = tiny_cfg(precision="auto"), tiny_cfg(precision="float32")
-    assert train_module.weight_identity(auto) == train_module.weight_identity(explicit)
-    monkeypatch.setattr(train_module, "native_bfloat16_cpu", lambda: True)
-    assert train_module.resolve_precision("auto", cpu) == "bfloat16"
-    assert train_module.resolve_precision("float32", cpu) == "float32"
-    assert train_module.weight_identity(auto)["precision"] == "bfloat16"
+    assert weight_identity(auto) == weight_identity(explicit)
+    monkeypatch.setattr(device_module, "native_bfloat16_cpu", lambda: True)
+    assert device_module.resolve_precision("auto", cpu) == "bfloat16"
+    assert device_module.resolve_precision("float32", cpu) == "float32"
+    assert weight_identity(auto)["precision"] == "bfloat16"
 
 
 # --------------------------------------------------------------------------- hostile checkpoints
@@ -830,7 +795,7 @@ def test_the_fused_adam_updates_as_pytorchs_per_tensor_adam_does():
         net = VAE(image_size=16, latent_dim=4).double()
         start = [p.detach().clone() for p in net.parameters()]
         if fused:
-            adam = train_module.new_optimiser(net.parameters(), cfg, cpu)
+            adam = device_module.new_optimiser(net.parameters(), cfg, cpu)
             assert adam.param_groups[0]["fused"]
         else:
             adam = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.8, 0.99), eps=1e-6)

@@ -18,7 +18,7 @@ from tubervae.runs.study import fingerprint
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import load_training_data
 from tubervae.stages import search
-from tubervae.training import Setting
+from tubervae.training.setting import Setting
 
 
 def first_suggestion(seed: int, low: float, high: float) -> float:
@@ -111,7 +111,7 @@ def test_grid_points_come_first_failures_are_recorded_and_infeasible_trials_neve
 
     min_active 5 exceeds the 4 latent components, so every complete trial is infeasible.
     """
-    import tubervae.training as train_module
+    import tubervae.training.setting as train_module
 
     real_make_loss = train_module.make_loss
 
@@ -175,7 +175,7 @@ def test_grid_points_come_first_failures_are_recorded_and_infeasible_trials_neve
 
 
 def test_a_study_whose_trials_all_fail_stops_with_a_clear_error(project, no_pictures, monkeypatch):
-    import tubervae.training as train_module
+    import tubervae.training.setting as train_module
 
     def always_nan(family, **hp):
         def poisoned(x, out, step):

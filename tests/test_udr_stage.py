@@ -34,7 +34,7 @@ from tubervae.runs.tracker import Tracker
 from tubervae.stages import evalset as evalset_stage
 from tubervae.stages import evaluate as evaluate_stage
 from tubervae.stages import udr as udr_stage
-from tubervae.training import Setting
+from tubervae.training.setting import Setting
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -136,7 +136,7 @@ class TrainConfig:
     precision: str = _rule("auto", choices=PRECISIONS)  # bfloat16: autocast forward pass; auto: where it is native
     threads: int = _rule(0, min=0)  # CPU threads for torch; 0 = all cores
     workers: int = _rule(0, min=0)  # models trained at once, one process and one thread each; 0 = one per core
-    fuse: str = _rule("auto", choices=FUSE_MODES)  # a trial's seeds as one fused model (tubervae.fused)
+    fuse: str = _rule("auto", choices=FUSE_MODES)  # a trial's seeds as one fused model (tubervae.training.fused)
     compile: bool = _rule(False)  # torch.compile the network of a separately trained model (not a fused one)
 
     def weight_identity(self) -> dict:

@@ -26,13 +26,14 @@ from optuna.trial import TrialState
 from tubervae.classify.any_rule import job_score
 from tubervae.config import GUIDED_COMPONENT, Params, SearchSpace, base_family, is_guided
 from tubervae.data.processed import load_split
+from tubervae.models.encoding import encode, heldout_elbo
 from tubervae.runs import trials, vae_artifacts
 from tubervae.runs.progress import SearchProgress
 from tubervae.runs.pruning import prune_steps
 from tubervae.runs.seed_trainers import SeedTrainer
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData, checkpoint_file, find_finished_run, run_key
-from tubervae.training import Setting, encode, heldout_elbo
+from tubervae.training.setting import Setting
 
 log = logging.getLogger(__name__)
 

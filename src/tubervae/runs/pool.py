@@ -42,7 +42,7 @@ from tubervae.config import TrainConfig
 from tubervae.runs.progress import StepCallback
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData, load_training_data, run_tracked
-from tubervae.training import Setting
+from tubervae.training.setting import Setting
 
 log = logging.getLogger(__name__)
 _PARENT_POLL_SECONDS = 1.0

@@ -19,8 +19,8 @@ from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
 from tubervae.classify.any_rule import AnyOfRule
 from tubervae.classify.rules import ThresholdRule
+from tubervae.models.encoding import encode
 from tubervae.runs.serving import PHOTO_INPUT, _PhotoModel
-from tubervae.training import encode
 
 
 def quality_model_artifacts(folder: Path, vae, vae_config: dict, rule: AnyOfRule | ThresholdRule) -> dict[str, str]:

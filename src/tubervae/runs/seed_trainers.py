@@ -6,7 +6,7 @@ answer it, chosen by `seed_trainer`:
 
 - `SerialTrainer`: one seed after another in this process (`run_tracked`);
 - `PoolTrainer`: the seeds side by side in a `TrainingPool` of one-thread workers (a CPU's cores);
-- `FusedTrainer`: the seeds as one fused model (`tubervae.fused`), on CUDA or when `train.fuse: always`.
+- `FusedTrainer`: the seeds as one fused model (`tubervae.training.fused`), on CUDA or when `train.fuse: always`.
 
 Every way gives the same runs, checkpoints and weights for a seed, so a study resumes across them.
 A result is `run_tracked`'s dict (`run_id`, `step`, the probe `latents`, the metrics).
@@ -23,7 +23,8 @@ from tubervae.runs.pool import SeedJob, TrainingPool
 from tubervae.runs.progress import StepCallback
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData, run_tracked, run_tracked_fused
-from tubervae.training import Setting, select_device
+from tubervae.training.device import select_device
+from tubervae.training.setting import Setting
 
 
 @dataclass
@@ -128,7 +129,7 @@ class FusedTrainer:
 def fuse_seeds(cfg: TrainConfig, family: str | None = None) -> bool:
     """Whether a trial's seeds train as one fused model: `train.fuse`, where auto means on CUDA.
 
-    A guided family never fuses (`tubervae.fused` has no guide batch): under auto it trains one model
+    A guided family never fuses (`tubervae.training.fused` has no guide batch): under auto it trains one model
     each; `train.fuse: always` refuses it with a ConfigError."""
     if family is not None and is_guided(family):
         if cfg.fuse == "always":

@@ -73,8 +73,8 @@ from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
 from tubervae.data.images import CONVERTIBLE_MODES, REJECTED_MODES, load_model_input, more_than_8_bits
+from tubervae.models.encoding import encode
 from tubervae.models.nets import load_vae_files
-from tubervae.training import encode
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tubervae.config import Params, SearchSpace
 from tubervae.runs.tracker import process_alive
-from tubervae.training import weight_identity
+from tubervae.training.checkpoints import weight_identity
 
 log = logging.getLogger(__name__)
 

@@ -28,21 +28,16 @@ from tubervae import plots
 from tubervae.config import GUIDED_COMPONENT, TrainConfig
 from tubervae.data.processed import guide_mask, load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
-from tubervae.fused import FusedJob, train_fused
+from tubervae.models.encoding import as_input, images_to_tensor
 from tubervae.runs import registry
 from tubervae.runs.progress import StepCallback, StepEvent
 from tubervae.runs.tracker import Tracker
-from tubervae.training import (
-    NonFiniteLossError,
-    Outcome,
-    Setting,
-    as_input,
-    checkpoint_identity,
-    images_to_tensor,
-    resolve_precision,
-    select_device,
-    train_model,
-)
+from tubervae.training.checkpoints import checkpoint_identity
+from tubervae.training.device import resolve_precision, select_device
+from tubervae.training.fused import FusedJob, train_fused
+from tubervae.training.loop import train_model
+from tubervae.training.running import NonFiniteLossError
+from tubervae.training.setting import Outcome, Setting
 
 log = logging.getLogger(__name__)
 TRAVERSAL_OFFSETS = np.linspace(-2.0, 2.0, 9)  # thesis §2.3.1: z_i − 2 … z_i + 2
@@ -200,7 +195,7 @@ def run_tracked_fused(
     run_ids: list[str | None] | None = None,
     on_step: StepCallback | None = None,
 ) -> list[dict]:
-    """`run_tracked` for several seeds of one setting trained as one fused model (`tubervae.fused`).
+    """`run_tracked` for several seeds of one setting trained as one fused model (`tubervae.training.fused`).
 
     Each seed keeps its own MLflow run, checkpoint, metrics and artifacts, exactly as `run_tracked`
     writes them; a failure marks every seed's run FAILED and their checkpoints stay for the resume.

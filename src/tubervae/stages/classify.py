@@ -54,6 +54,7 @@ from tubervae.config import FEW_LABELS, ClassifyConfig, Params
 from tubervae.data.processed import guide_mask, load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.io import write_csv, write_json
+from tubervae.models.encoding import encode, probe_latents
 from tubervae.runs import quality_model_code, registry, vae_artifacts
 from tubervae.runs.progress import steps_line
 from tubervae.runs.quality_model import quality_model_artifacts, quality_signature
@@ -61,7 +62,6 @@ from tubervae.runs.registry import CHALLENGER, CHAMPION
 from tubervae.runs.serving import photo_example
 from tubervae.runs.tracker import Tracker
 from tubervae.stages.common import beside, open_tracker, project_paths
-from tubervae.training import encode, probe_latents
 
 log = logging.getLogger(__name__)
 THESIS_ACCURACY = 0.813

@@ -40,6 +40,7 @@ from tubervae.evaluation.mig import mig
 from tubervae.evaluation.supervised import evaluate_all
 from tubervae.evaluation.udr import informative_mask, udr_options, udr_scores
 from tubervae.io import fresh_dir, write_csv, write_json
+from tubervae.models.encoding import encode
 from tubervae.runs import vae_artifacts
 from tubervae.runs.progress import count
 from tubervae.runs.tracker import Tracker
@@ -51,7 +52,6 @@ from tubervae.stages.common import (
     project_paths,
     setting_groups,
 )
-from tubervae.training import encode
 
 log = logging.getLogger(__name__)
 SUPERVISED = ("mig", "dci_d", "dci_c", "dci_i", "sap", "factorvae")

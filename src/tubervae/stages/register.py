@@ -62,13 +62,13 @@ from tubervae.classify.any_rule import RuleSettings, fit_served_rule, job_score
 from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_meta, load_split
 from tubervae.io import write_json
+from tubervae.models.encoding import encode, heldout_elbo
 from tubervae.runs import registry, vae_artifacts
 from tubervae.runs.registry import CHALLENGER, CHAMPION
 from tubervae.runs.study import storage_url
 from tubervae.runs.study_notes import champion_policy, note_champion
 from tubervae.runs.tracker import Tracker
 from tubervae.stages.common import open_tracker, project_paths
-from tubervae.training import encode, heldout_elbo
 
 log = logging.getLogger(__name__)
 

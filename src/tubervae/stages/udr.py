@@ -29,6 +29,7 @@ from tubervae.config import FAMILIES, Params, UdrConfig
 from tubervae.data.processed import load_meta
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_options, udr_scores
 from tubervae.io import fresh_dir, write_csv, write_json
+from tubervae.models.losses import normalised_beta
 from tubervae.runs import vae_artifacts
 from tubervae.runs.progress import count, say
 from tubervae.runs.tracker import Tracker
@@ -41,7 +42,6 @@ from tubervae.stages.common import (
     project_paths,
     setting_groups,
 )
-from tubervae.training import normalised_beta
 
 log = logging.getLogger(__name__)
 # herd.csv: within-family against A2A ranks, one row per model (reports/plots/herd.csv: without run_id)

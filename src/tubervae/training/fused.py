@@ -5,7 +5,7 @@ networks (``torch.func.stack_module_state``) and runs them with ``torch.func.vma
 convolution becomes one grouped convolution and every dense layer one batched matmul, so a step of
 G models costs a few dozen kernel launches instead of G times as many.
 
-Each fused model is its separately trained twin (`tubervae.training.train_model`), step for step:
+Each fused model is its separately trained twin (`loop.train_model`), step for step:
 the same initial weights (the seed, drawn the same way), the same batches (its own generator), the
 same sampling noise (a generator in the state the twin's global generator would be in), the same
 loss (its own setting; models that share a setting share one vmapped loss call) and the same Adam
@@ -31,26 +31,19 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from tubervae.config import TrainConfig
+from tubervae.models.encoding import as_input, images_to_tensor, probe_latents, reconstruction_error
 from tubervae.models.nets import VAE, VAEOutput
-from tubervae.training import (
-    Outcome,
-    Setting,
-    as_input,
-    autocast_bfloat16,
+from tubervae.training.checkpoints import checkpoint_identity, load_checkpoint, save_checkpoint
+from tubervae.training.device import autocast_bfloat16, new_optimiser, select_device
+from tubervae.training.running import (
+    RunningMeans,
     boundary,
     check_finite_terms,
     check_finite_weights,
-    checkpoint_identity,
-    images_to_tensor,
-    load_checkpoint,
-    new_optimiser,
-    probe_latents,
-    reconstruction_error,
-    save_checkpoint,
     segment_end,
-    select_device,
     snapshot_first,
 )
+from tubervae.training.setting import Outcome, Setting
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +74,7 @@ class _Member:
     last: dict = field(default_factory=dict)  # the loss terms at the last logged step
 
 
-# The batch's memory layout per device type: under `vmap` a convolution becomes a grouped convolution,
-# whose fastest layout differs by device (benchmarks/bench_gpu_layout.py and bench_gpu.py --layout measure it).
-_INPUT_LAYOUT = {"cpu": torch.channels_last, "cuda": torch.channels_last}
-
-# `(params, cfg, device) -> optimiser`, as `training.new_optimiser`.
+# `(params, cfg, device) -> optimiser`, as `device.new_optimiser`.
 OptimiserFactory = Callable[[object, TrainConfig, torch.device], torch.optim.Optimizer]
 
 
@@ -248,7 +237,6 @@ def _segment(
         (index, None if len(index) == len(members) else torch.tensor(index, device=device), loss_fn)
         for index, loss_fn in _loss_groups(members, cfg, len(data))
     ]
-    names: list[list[str]] = [[] for _ in groups]
     low_precision = autocast_bfloat16(cfg.precision, device, members[0].net)
     n, b, d = len(members), cfg.batch_size, cfg.latent_dim
     step = members[0].step
@@ -256,7 +244,7 @@ def _segment(
         stack.write_back(members)
         for g, m in enumerate(members):
             on_snapshot(g, m.net, 0)
-    sums, count = [None] * len(groups), 0
+    running = [RunningMeans() for _ in groups]
     bar = tqdm(total=cfg.steps, initial=step, desc=f"{n} fused models", unit="step", disable=not progress, leave=False)
     while step < end:
         idx = torch.cat([torch.randint(len(data), (b,), generator=m.batches) for m in members])
@@ -279,27 +267,23 @@ def _segment(
         for k, (_, sel, loss_fn) in enumerate(groups):
             terms = _group_terms(loss_fn, x, out, sel, step)
             total = total + terms["loss"].sum()
-            names[k] = [key for key in terms if key != "kl_per_component"]
-            row = torch.cat([torch.stack([terms[key] for key in names[k]], 1), terms["kl_per_component"]], 1)
-            sums[k] = row.detach().float() if sums[k] is None else sums[k] + row.detach().float()
+            running[k].add(terms)
         stack.adam.zero_grad(set_to_none=True)
         total.backward()
         stack.adam.step()
         step += 1
-        count += 1
         closes = boundary(step, end, cfg)
         if closes.window:
-            for k, (index, _, _) in enumerate(groups):
-                means = (sums[k] / count).cpu().numpy()
-                labels = names[k] + [f"kl/z{j}" for j in range(d)]
+            for (index, _, _), window in zip(groups, running):
+                labels = window.names
+                means, first = window.close(step)
                 for row, g in zip(means, index):
                     m = members[g]
                     m.step = step
-                    check_finite_terms(labels, row, m.job.setting, m.job.seed, step - count + 1, step)
+                    check_finite_terms(labels, row, m.job.setting, m.job.seed, first, step)
                     m.last = dict(zip(labels, (float(v) for v in row)))
                     if on_log and closes.log:
                         on_log(g, m.last, step)
-            sums, count = [None] * len(groups), 0
             if closes.checkpoint:
                 stack.write_back(members)
                 for m in members:
@@ -339,7 +323,7 @@ def train_fused(
 
     `make_optimiser` and `input_layout` change how fast a step runs, not what it computes (to
     rounding), so that a benchmark can time the alternatives (benchmarks/bench_gpu.py):
-    `make_optimiser(params, cfg, device)` builds the optimiser, `training.new_optimiser` by default
+    `make_optimiser(params, cfg, device)` builds the optimiser, `device.new_optimiser` by default
     (``functools.partial(new_optimiser, fused=False)``: PyTorch's per-tensor Adam; any other must
     keep Adam's state, which is stacked per model); `input_layout` is the batch's memory format,
     None for the one measured fastest on the device (channels_last).
@@ -372,7 +356,7 @@ def train_fused(
         _restore(member, cfg, device, make_optimiser)
         members.append(member)
     data = images_to_tensor(train_images, device)
-    layout = input_layout or _INPUT_LAYOUT.get(device.type, torch.channels_last)
+    layout = input_layout or torch.channels_last
     for start in sorted({m.step for m in members}):
         group = [m for m in members if m.step == start]
         if start < end:
