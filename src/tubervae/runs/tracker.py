@@ -47,7 +47,10 @@ FIGURE_DPI = 120  # as `plots.save_figure` writes the report PNGs
 EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
     "mlflow.note.content": "VAE training runs (nested under their Optuna trial and study), the udr, register, "
-    "classify and evaluate stages. Sort by `udr`; the registry holds `tubervae-vae` and `tuber-quality`.",
+    "classify and evaluate stages. To show `udr` and MIG as columns of the runs list: **Columns** (above the "
+    "list) → Metrics → tick `udr` and `mig` (`udr_a2a`, `dci_d`, `n_active` beside them if wanted); click a "
+    "column's header to sort by it. A run's page opens on its training curves (`curves/`), then the KL per "
+    "component, then its scores. The registry holds `tubervae-vae` and `tuber-quality`.",
 }
 # The names MLflow makes up for a run started without one (`mlflow run`): 'bold-fox-123'.
 GENERATED_RUN_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
@@ -471,6 +474,24 @@ class Tracker:
         # client logs the entity that mlflow.log_input builds the same way.
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         self.client.log_inputs(run_id, datasets=[entry])
+
+    def log_model_scores(
+        self, run_id: str, model_id: str, processed_dir: str | Path, keys: tuple[str, ...], step: int
+    ) -> None:
+        """The run's latest `keys` (those it holds) again as metrics of its logged model `model_id` on
+        data/processed (name: the folder's, digest: its data version, as `log_dataset` names it): the
+        model's page then lists the data under "Datasets used" and the scores beside it."""
+        folder = Path(processed_dir).resolve()
+        digest = json.loads((folder / "meta.json").read_text())["data_version"]
+        held = self.client.get_run(run_id).data.metrics
+        now = int(time.time() * 1000)
+        entries = [
+            Metric(k, float(held[k]), now, step, model_id=model_id, dataset_name=folder.name, dataset_digest=digest)
+            for k in keys
+            if k in held
+        ]
+        if entries:
+            self.client.log_batch(run_id, metrics=entries)
 
     def download(self, run_id: str, artifact: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, artifact, str(dst)))

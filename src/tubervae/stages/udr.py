@@ -28,7 +28,7 @@ from tubervae import plots
 from tubervae.config import FAMILIES, Params
 from tubervae.data.processed import load_meta
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_scores
-from tubervae.io import fresh_dir, under, write_csv, write_json
+from tubervae.io import fresh_dir, under, write_csv, write_json, write_metrics
 from tubervae.runs import vae_artifacts
 from tubervae.runs.progress import count, say
 from tubervae.runs.tracker import Tracker
@@ -163,11 +163,15 @@ def choose_heatmap_pairs(frame: pd.DataFrame, n_pairs: int) -> list[tuple[int, i
 
 
 def udr_metrics(summary: dict) -> dict:
-    """summary.json's numbers for `dvc metrics show`: the model count and each family's best and mean UDR."""
-    metrics: dict = {"n_models": summary["n_models"]}
-    for family, best in summary["families"].items():
-        metrics[family] = {k: v for k, v in best.items() if k != "best_param"}
-    return metrics
+    """summary.json's numbers for `dvc metrics show`: the model count, and by topic one number per family
+    (the best setting's UDR, its count of top components, the mean within-setting and all-against-all UDR).
+    `io.metrics_files` writes each topic to its own file (udr_best.json, ...): a family is a column."""
+    families = summary["families"]
+    topics = {"best": "best_udr", "n_top": "best_n_top", "mean_within": "mean_udr_within", "mean_a2a": "mean_udr_a2a"}
+    return {
+        "n_models": summary["n_models"],
+        **{topic: {family: best[key] for family, best in families.items()} for topic, key in topics.items()},
+    }
 
 
 def settings_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -329,7 +333,7 @@ def run(
     metrics_dir = under(root, metrics_dir) if metrics_dir else out_dir.parent / "metrics"
     plots_dir = under(root, plots_dir) if plots_dir else out_dir.parent / "plots"
     headline = udr_metrics(summary)
-    write_json(metrics_dir / "udr.json", headline)
+    write_metrics(metrics_dir, headline, "udr")
     write_csv(plots_dir / "udr_vs_beta.csv", settings_table(frame))
     write_csv(plots_dir / "herd.csv", herd.drop(columns=["run_id"]))
     with tracker.run("udr", run_id=run_id, started_at=started_at, tags={"kind": "udr"}) as rid:
