@@ -278,7 +278,13 @@ def test_each_metrics_file_prints_within_120_columns_and_is_declared():
 
     families = ["beta_vae", "beta_tcvae", "cbeta_vae", "guided_beta_vae"]
     value = -0.123456789  # as wide as a number gets once rounded
-    best = {"best_param": "2.61", "best_udr": value, "best_n_top": 10.0, "mean_udr_within": value, "mean_udr_a2a": value}
+    best = {
+        "best_param": "2.61",
+        "best_udr": value,
+        "best_n_top": 10.0,
+        "mean_udr_within": value,
+        "mean_udr_a2a": value,
+    }
     udr_summary = {"n_models": 1000, "families": dict.fromkeys(families, best)}
     champion = {m: value for m in evaluate.SUPERVISED} | dict.fromkeys(evaluate.CHAMPION_RANK, 100)
     evaluate_summary = {
@@ -297,7 +303,10 @@ def test_each_metrics_file_prints_within_120_columns_and_is_declared():
     files = {}
     for family in families:
         summary = {**guided, "family": family}
-        files |= {f"reports/metrics/{k}": v for k, v in metrics_files(search.search_metrics(summary), f"search_{family}").items()}
+        files |= {
+            f"reports/metrics/{k}": v
+            for k, v in metrics_files(search.search_metrics(summary), f"search_{family}").items()
+        }
     files |= {f"reports/metrics/{k}": v for k, v in metrics_files(udr.udr_metrics(udr_summary), "udr").items()}
     headline = evaluate.evaluate_metrics(evaluate_summary, "udr_within_lasso")
     files |= {f"reports/metrics/{k}": v for k, v in metrics_files(headline, "evaluate").items()}

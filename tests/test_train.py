@@ -463,15 +463,19 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     }
     assert {k: params.get(k) for k in expected} == expected
 
+    # The curves under curves/, which the run page shows first (its sections: prefixes in alphabetical order).
     terms = ["loss", "rec", "kl"] + [f"kl/z{j}" for j in range(LATENT)]
-    series = {k: history(client, rid, k) for k in terms}
+    series = {k: history(client, rid, f"curves/{k}") for k in terms}
     for key, points in series.items():
         assert [s for s, _ in points] == [2, 4, 5], key  # every log_every steps and at the last step
     for i in range(3):
         rec, kl = series["rec"][i][1], series["kl"][i][1]
         assert series["loss"][i][1] == pytest.approx(rec + 4.0 * kl, rel=1e-5)
         assert kl == pytest.approx(sum(series[f"kl/z{j}"][i][1] for j in range(LATENT)), rel=1e-5, abs=1e-7)
-    assert not {"capacity", "mi", "tc", "dwkl"} & set(run.data.metrics)
+    assert not {"capacity", "mi", "tc", "dwkl"} & {k.removeprefix("curves/") for k in run.data.metrics}
+    sections = sorted({k.rpartition("/")[0] for k in run.data.metrics if "/" in k} - {"system"})
+    assert sections[:2] == ["curves", "curves/kl"] and not any(k.startswith("final_kl/") for k in run.data.metrics)
+    assert {"n_active", "test_rec"} <= set(run.data.metrics)  # the scores: plain names, the runs list's columns
     assert "system/cpu_utilization_percentage" in run.data.metrics  # a training run watches the machine
 
     paths = artifact_paths(client, rid)

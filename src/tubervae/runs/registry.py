@@ -102,6 +102,7 @@ def log_vae(
     processed_dir: str | Path | None = None,
     example_images: np.ndarray | None = None,
     step: int | None = None,
+    scores: dict | None = None,
 ) -> str | None:
     """A training run's VAE: its files (`vae_artifacts`) and its logged MLflow model `vae`.
 
@@ -110,9 +111,12 @@ def log_vae(
     processed data is logged as the run's dataset input at the same time. Without it the model is
     left out with a warning, and the register stage logs it on the run when it registers it.
     `example_images` (uint8 n×s×s×3; default a grey square) give the input example; `step` links
-    the run's metrics of that step to the model (default the last step this tracker logged).
-    Returns the logged model's id, or None.
+    the run's metrics of that step to the model (default the last step this tracker logged). `scores`
+    (`MODEL_SCORES`: the test split's reconstruction error, the probe split's active components) are logged
+    on the run at that step, as the model's metrics on its dataset where there is a model (its page then
+    lists data/processed under "Datasets used"). Returns the logged model's id, or None.
     """
+    scores = scores or {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = write_vae_files(tracker, run_id, model, config, latents, Path(tmp))
         processed = _processed_dir_of(tracker.root, config["data_version"], processed_dir)
@@ -123,15 +127,16 @@ def log_vae(
                 run_id,
                 config["data_version"],
             )
+            tracker.log_metrics(run_id, scores, tracker.last_step(run_id) if step is None else step)
             return None
         tracker.log_dataset(run_id, processed)
         crop = json.loads((processed / "meta.json").read_text())["crop_fraction"]
         model_id = log_vae_model(
             tracker, run_id, weights, {**config, "crop_fraction": crop}, example_images=example_images, step=step
         )
-        # The model's own scores on its data (its page's "Datasets used"): the test split's reconstruction
-        # error and the probe split's active components, as the run logged them.
-        tracker.log_model_scores(run_id, model_id, processed, MODEL_SCORES, tracker.last_step(run_id) if step is None else step)
+        tracker.log_model_scores(
+            run_id, model_id, processed, scores, tracker.last_step(run_id) if step is None else step
+        )
         return model_id
 
 

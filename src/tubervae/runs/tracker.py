@@ -475,23 +475,21 @@ class Tracker:
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         self.client.log_inputs(run_id, datasets=[entry])
 
-    def log_model_scores(
-        self, run_id: str, model_id: str, processed_dir: str | Path, keys: tuple[str, ...], step: int
-    ) -> None:
-        """The run's latest `keys` (those it holds) again as metrics of its logged model `model_id` on
-        data/processed (name: the folder's, digest: its data version, as `log_dataset` names it): the
-        model's page then lists the data under "Datasets used" and the scores beside it."""
+    def log_model_scores(self, run_id: str, model_id: str, processed_dir: str | Path, scores: dict, step: int) -> None:
+        """`scores` at `step` on the run and as metrics of its logged model `model_id` on data/processed
+        (name: the folder's, digest: its data version, as `log_dataset` names it): the model's page then
+        lists the data under "Datasets used" and the scores beside it."""
         folder = Path(processed_dir).resolve()
         digest = json.loads((folder / "meta.json").read_text())["data_version"]
-        held = self.client.get_run(run_id).data.metrics
         now = int(time.time() * 1000)
         entries = [
-            Metric(k, float(held[k]), now, step, model_id=model_id, dataset_name=folder.name, dataset_digest=digest)
-            for k in keys
-            if k in held
+            Metric(k, float(v), now, step, model_id=model_id, dataset_name=folder.name, dataset_digest=digest)
+            for k, v in scores.items()
+            if v is not None and math.isfinite(float(v))
         ]
         if entries:
             self.client.log_batch(run_id, metrics=entries)
+        self._last_step[run_id] = max(step, self._last_step.get(run_id, step))
 
     def download(self, run_id: str, artifact: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, artifact, str(dst)))

@@ -331,8 +331,11 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
     """A finished seed's metrics, pictures, weights and probe latents; returns its final metrics."""
     kl = outcome.latents["kl"]
     metrics = {"n_active": int(informative_mask(kl, kl_threshold).sum()), **outcome.metrics}
-    # The last step's KL per component is the curves' last point: not logged again as one-point charts.
-    tracker.log_metrics(rid, {k: v for k, v in metrics.items() if not k.startswith("final_kl/")}, outcome.step)
+    # The model's scores go with the model (on its dataset); the last step's KL per component is the
+    # curves' last point, not logged again as one-point charts.
+    scores = {k: metrics[k] for k in registry.MODEL_SCORES if k in metrics}
+    rest = {k: v for k, v in metrics.items() if k not in scores and not k.startswith("final_kl/")}
+    tracker.log_metrics(rid, rest, outcome.step)
     tracker.log_metrics(rid, {f"probe_kl/z{j}": v for j, v in enumerate(kl)}, outcome.step)
     guided = guided_component(setting)
     drawn = figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold, guided=guided) if cfg.figures else {}
@@ -348,7 +351,9 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
         "data_version": data.data_version,
         **({"guide_weight": setting.guide_weight, "guided_component": guided} if setting.guided else {}),
     }
-    registry.log_vae(tracker, rid, outcome.model, config, outcome.latents, processed_dir=data.processed_dir)
+    registry.log_vae(
+        tracker, rid, outcome.model, config, outcome.latents, processed_dir=data.processed_dir, scores=scores
+    )
     return {**metrics, "kl": kl.tolist()}
 
 
