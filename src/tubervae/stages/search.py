@@ -196,8 +196,9 @@ def write_reports(
     summary: dict, out_dir: Path, *, metrics_dir: Path | None = None, plots_dir: Path | None = None
 ) -> None:
     """`<family>.json` (the whole study, ids included) and the figures in `out_dir`; the numbers-only
-    metrics in `metrics_dir/search_<family>.json` (the best trial's in `search_<family>_best.json`) and the plot data in `plots_dir/search_<family>.csv`
-    (both default to siblings of `out_dir`: reports/metrics/, reports/plots/)."""
+    metrics in `metrics_dir/search_<family>.json` (the best trial's in `search_<family>_best.json`) and
+    the plot data in `plots_dir/search_<family>.csv` (both default to siblings of `out_dir`:
+    reports/metrics/, reports/plots/)."""
     family = summary["family"]
     out_dir = Path(out_dir)
     write_json(out_dir / f"{family}.json", summary)
