@@ -28,6 +28,7 @@ import tubervae.training as train_module
 from conftest import write_processed
 from tubervae.config import INFORMATIVE_KL, TrainConfig, load_params
 from tubervae.models.nets import VAE
+from tubervae.runs import tracker as tracker_module
 from tubervae.runs import training_run as stage
 from tubervae.runs import vae_artifacts
 from tubervae.runs.tracker import Tracker
@@ -435,6 +436,15 @@ def test_a_run_with_system_metrics_logs_them_and_the_experiment_opens_on_its_run
     assert len(history) >= 2 and [m.step for m in history] == list(range(len(history)))
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+    # The runs list's description says how to show udr and MIG as columns; a former default is brought up to
+    # date, a description someone wrote is kept.
+    note = "mlflow.note.content"
+    assert "**Columns**" in tags[note] and "`udr` and `mig`" in tags[note]
+    (former,) = tracker_module.FORMER_NOTES
+    tracker.client.set_experiment_tag(tracker.experiment_id, note, former)
+    assert Tracker(tmp_path).client.get_experiment(tracker.experiment_id).tags[note] == tags[note]
+    tracker.client.set_experiment_tag(tracker.experiment_id, note, "mine")
+    assert Tracker(tmp_path).client.get_experiment(tracker.experiment_id).tags[note] == "mine"
 
 
 def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_path, empty_mlflow_db, monkeypatch):

@@ -52,6 +52,11 @@ EXPERIMENT_TAGS = {
     "column's header to sort by it. A run's page opens on its training curves (`curves/`), then the KL per "
     "component, then its scores. The registry holds `tubervae-vae` and `tuber-quality`.",
 }
+# Descriptions this project once gave its experiment: replaced by today's, where nobody edited them since.
+FORMER_NOTES = {
+    "VAE training runs (nested under their Optuna trial and study), the udr, register, classify and evaluate "
+    "stages. Sort by `udr`; the registry holds `tubervae-vae` and `tuber-quality`.",
+}
 # The names MLflow makes up for a run started without one (`mlflow run`): 'bold-fox-123'.
 GENERATED_RUN_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
 
@@ -224,8 +229,8 @@ class Tracker:
         else:
             experiment_id = found.experiment_id
             self._warn_if_artifacts_elsewhere(found.artifact_location)
-            for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tags existed
-                if key not in found.tags:
+            for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tags (or today's) existed
+                if key not in found.tags or (key == "mlflow.note.content" and found.tags[key] in FORMER_NOTES):
                     self.client.set_experiment_tag(experiment_id, key, value)
         return experiment_id
 
