@@ -249,11 +249,79 @@ def test_metrics_files_hold_numbers_only():
         assert values, name
         text = {k: v for k, v in values.items() if isinstance(v, (str, bool, list)) or v is None}
         assert not text, f"{name} metrics hold more than numbers: {text}"
-    assert written["search"]["best_udr"] == 0.6 and written["search"]["best_c_max"] == 8.0
-    assert written["udr"]["beta_vae"]["best_udr"] == 0.6
-    assert written["evaluate"]["rho_udr"]["mig"] == 0.5 and written["evaluate"]["champion"]["rank_by_mig"] == 2
+    assert written["search"]["best_udr"] == 0.6 and written["search"]["best"]["best_c_max"] == 8.0
+    assert written["udr"]["best"]["beta_vae"] == 0.6 and written["udr"]["mean_a2a"]["beta_vae"] == 0.4
+    assert written["evaluate"]["rho_udr"]["mig"] == 0.5 and written["evaluate"]["champion_rank"]["rank_by_mig"] == 2
     assert written["evaluate"]["most_captured"] == {"captured": 1, "captured_informative": 2}
-    assert written["evaluate"]["champion"]["captured_informative"] == 1
+    assert written["evaluate"]["champion_rank"]["captured_informative"] == 1
+
+
+def table_width(path: str, numbers: dict) -> int:
+    """The width of `dvc metrics show <path>`'s table: the path, two spaces, then one column per flattened
+    key as wide as its name or its value (rounded to 5 digits), four spaces apart (DVC 3's layout)."""
+    cells = [max(len(k), len(str(round(v, 5)) if isinstance(v, float) else str(v))) for k, v in leaves(numbers)]
+    return len(path) + 2 + sum(cells) + 4 * (len(cells) - 1)
+
+
+def declared_metrics(stage: str) -> list[str]:
+    body = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"][stage]
+    return [next(iter(entry)) if isinstance(entry, dict) else entry for entry in body.get("do", body)["metrics"]]
+
+
+def test_each_metrics_file_prints_within_120_columns_and_is_declared():
+    """`dvc metrics show <file>` for every file a stage writes fits a 120-column terminal, with the longest
+    family name, four families, every defect and every classifier's and the gate's numbers; the files are
+    exactly those dvc.yaml declares (a folder for classify, whose files are one per method)."""
+    from tubervae.data.synth import FACTOR_NAMES
+    from tubervae.io import metrics_files
+    from tubervae.stages import classify, evaluate, search, udr
+
+    families = ["beta_vae", "beta_tcvae", "cbeta_vae", "guided_beta_vae"]
+    value = -0.123456789  # as wide as a number gets once rounded
+    best = {
+        "best_param": "2.61",
+        "best_udr": value,
+        "best_n_top": 10.0,
+        "mean_udr_within": value,
+        "mean_udr_a2a": value,
+    }
+    udr_summary = {"n_models": 1000, "families": dict.fromkeys(families, best)}
+    champion = {m: value for m in evaluate.SUPERVISED} | dict.fromkeys(evaluate.CHAMPION_RANK, 100)
+    evaluate_summary = {
+        "n_models": 1000,
+        "correlations": {"udr_within_lasso": {m: {"rho": value} for m in evaluate.SUPERVISED}},
+        "best_defect_rho": dict.fromkeys([f for f in FACTOR_NAMES if f in ("spot_area", "greening", "rot")], value),
+        "most_captured": {"captured": 10, "captured_informative": 10},
+        "champion": champion,
+    }
+    figures = {"balanced_accuracy": value, "accuracy": value, "roc_auc": value, "majority_accuracy": value}
+    alternatives = {m: {"balanced_accuracy": value} for m in ("logistic", "gradient_boosting", "pixel_cnn")}
+    numbers = classify.headline_metrics(figures, figures, alternatives, n_rules=3)
+    numbers["gate"] = {"promoted": 1.0, "balanced_accuracy": value, "low": value, "high": value}
+    numbers["gate"]["champion_balanced_accuracy"] = value
+    guided = {**search_summary(), "family": "guided_beta_vae", "best_params": {"beta": value, "guide_weight": value}}
+    files = {}
+    for family in families:
+        summary = {**guided, "family": family}
+        files |= {
+            f"reports/metrics/{k}": v
+            for k, v in metrics_files(search.search_metrics(summary), f"search_{family}").items()
+        }
+    files |= {f"reports/metrics/{k}": v for k, v in metrics_files(udr.udr_metrics(udr_summary), "udr").items()}
+    headline = evaluate.evaluate_metrics(evaluate_summary, "udr_within_lasso")
+    files |= {f"reports/metrics/{k}": v for k, v in metrics_files(headline, "evaluate").items()}
+    classify_files = metrics_files(numbers, "classify", prefix="")
+    files |= {f"reports/metrics/classify/{k}": v for k, v in classify_files.items()}
+    widths = {path: table_width(path, values) for path, values in files.items()}
+    assert max(widths.values()) <= 120, {p: w for p, w in widths.items() if w > 120}
+    assert all(files.values()), [p for p, v in files.items() if not v]  # no empty table
+
+    declared = {stage: declared_metrics(stage) for stage in ("search", "udr", "evaluate", "classify")}
+    search_files = {p.replace("${key}", family) for p in declared["search"] for family in families}
+    assert search_files == {p for p in files if p.startswith("reports/metrics/search_")}
+    for stage in ("udr", "evaluate"):
+        assert set(declared[stage]) == {p for p in files if p.startswith(f"reports/metrics/{stage}")}, stage
+    assert declared["classify"] == ["reports/metrics/classify"]
 
 
 def test_search_history_keeps_the_running_best_of_feasible_trials():

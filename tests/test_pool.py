@@ -115,7 +115,7 @@ def test_killed_search_takes_its_training_workers_along_and_resumes(project):
     assert not [r for r in runs if r.info.status == "RUNNING"]
     retry = [t for t in load_study(project, raw).get_trials() if t.state == TrialState.COMPLETE][0]
     seed1 = client(project).get_run(retry.user_attrs["seed_run_ids"][1])
-    history = client(project).get_metric_history(seed1.info.run_id, "loss")
+    history = client(project).get_metric_history(seed1.info.run_id, "curves/loss")
     assert sorted(m.step for m in history) == list(range(2 * LOG_EVERY, STEPS + 1, LOG_EVERY))
     finished = [r for r in runs if r.data.tags.get("kind") == "vae" and r.info.status == "FINISHED"]
     assert len(finished) == 2 and len({r.data.tags["run_key"] for r in finished}) == 2
@@ -155,7 +155,7 @@ def test_a_training_worker_killed_while_its_search_lives_is_replaced_and_its_see
     assert len(finished) == 4 and len({r.data.tags["run_key"] for r in finished}) == 4
     cut = next(r for r in killed if int(r.data.tags["pid"]) == worker_pid)
     resumed = next(r for r in finished if r.data.tags["run_key"] == cut.data.tags["run_key"])
-    history = client(project).get_metric_history(resumed.info.run_id, "loss")
+    history = client(project).get_metric_history(resumed.info.run_id, "curves/loss")
     assert sorted(m.step for m in history) == list(range(2 * LOG_EVERY, STEPS + 1, LOG_EVERY))  # from step 5 on
 
 

@@ -39,7 +39,7 @@ def test_fused_seeds_keep_one_mlflow_run_each_and_are_reused_unfused(project, no
     cfg = parse_params(raw).train
     data = load_training_data(project / "data" / "processed")
     for seed, run_id in enumerate(trial["seed_run_ids"]):
-        history = client(project).get_metric_history(run_id, "loss")
+        history = client(project).get_metric_history(run_id, "curves/loss")
         assert [m.step for m in history] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
         alone = train_model(
             Setting(FAMILY, trial["params"]["beta"]),

@@ -163,7 +163,7 @@ def test_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpoint(proj
     assert seed0.data.tags["mlflow.parentRunId"] == killed_parent
     assert seed1.data.tags["mlflow.parentRunId"] == retry.user_attrs["mlflow_run_id"]
     # Seed 1 went on from its step-5 checkpoint: its new run logs only the later steps.
-    history = client(project).get_metric_history(seed1.info.run_id, "loss")
+    history = client(project).get_metric_history(seed1.info.run_id, "curves/loss")
     assert sorted(m.step for m in history) == list(range(2 * LOG_EVERY, STEPS + 1, LOG_EVERY))
 
 

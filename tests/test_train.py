@@ -30,6 +30,7 @@ import tubervae.training.setting as setting_module
 from conftest import write_processed
 from tubervae.config import INFORMATIVE_KL, TrainConfig, load_params
 from tubervae.models.nets import VAE
+from tubervae.runs import tracker as tracker_module
 from tubervae.runs import training_run as stage
 from tubervae.runs import vae_artifacts
 from tubervae.runs.tracker import Tracker
@@ -403,6 +404,15 @@ def test_a_run_with_system_metrics_logs_them_and_the_experiment_opens_on_its_run
     assert len(history) >= 2 and [m.step for m in history] == list(range(len(history)))
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+    # The runs list's description says how to show udr and MIG as columns; a former default is brought up to
+    # date, a description someone wrote is kept.
+    note = "mlflow.note.content"
+    assert "**Columns**" in tags[note] and "`udr` and `mig`" in tags[note]
+    (former,) = tracker_module.FORMER_NOTES
+    tracker.client.set_experiment_tag(tracker.experiment_id, note, former)
+    assert Tracker(tmp_path).client.get_experiment(tracker.experiment_id).tags[note] == tags[note]
+    tracker.client.set_experiment_tag(tracker.experiment_id, note, "mine")
+    assert Tracker(tmp_path).client.get_experiment(tracker.experiment_id).tags[note] == "mine"
 
 
 def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_path, empty_mlflow_db, monkeypatch):
@@ -431,15 +441,19 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     }
     assert {k: params.get(k) for k in expected} == expected
 
+    # The curves under curves/, which the run page shows first (its sections: prefixes in alphabetical order).
     terms = ["loss", "rec", "kl"] + [f"kl/z{j}" for j in range(LATENT)]
-    series = {k: history(client, rid, k) for k in terms}
+    series = {k: history(client, rid, f"curves/{k}") for k in terms}
     for key, points in series.items():
         assert [s for s, _ in points] == [2, 4, 5], key  # every log_every steps and at the last step
     for i in range(3):
         rec, kl = series["rec"][i][1], series["kl"][i][1]
         assert series["loss"][i][1] == pytest.approx(rec + 4.0 * kl, rel=1e-5)
         assert kl == pytest.approx(sum(series[f"kl/z{j}"][i][1] for j in range(LATENT)), rel=1e-5, abs=1e-7)
-    assert not {"capacity", "mi", "tc", "dwkl"} & set(run.data.metrics)
+    assert not {"capacity", "mi", "tc", "dwkl"} & {k.removeprefix("curves/") for k in run.data.metrics}
+    sections = sorted({k.rpartition("/")[0] for k in run.data.metrics if "/" in k} - {"system"})
+    assert sections[:2] == ["curves", "curves/kl"] and not any(k.startswith("final_kl/") for k in run.data.metrics)
+    assert {"n_active", "test_rec"} <= set(run.data.metrics)  # the scores: plain names, the runs list's columns
     assert "system/cpu_utilization_percentage" in run.data.metrics  # a training run watches the machine
 
     paths = artifact_paths(client, rid)
@@ -548,7 +562,7 @@ def test_cbeta_and_tcvae_runs_log_their_family_terms_also_in_a_run_handed_over_b
     assert history(client, handed, "capacity") == [(2, 1.0), (4, 5.0), (6, 6.0)]
     assert not {"mi", "tc", "dwkl"} & set(run.data.metrics)
 
-    series = {k: history(client, tcvae["run_id"], k) for k in ("loss", "rec", "mi", "tc", "dwkl")}
+    series = {k: history(client, tcvae["run_id"], f"curves/{k}") for k in ("loss", "rec", "mi", "tc", "dwkl")}
     for key, points in series.items():
         assert [s for s, _ in points] == [2, 4, 6], key
     for i in range(3):

@@ -49,6 +49,26 @@ def write_json(path: str | Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def metrics_files(numbers: dict, main: str, prefix: str | None = None) -> dict[str, dict]:
+    """A stage's numbers-only metrics as the files that `dvc metrics show <file>` prints one table each for,
+    one column per number: the top-level numbers in `<main>.json`, each group of numbers (a dict) in
+    `<prefix><group>.json` (prefix: `<main>_`), so that no file's table outgrows a terminal. `<main>.json`
+    is left out when the numbers are all in groups, and written empty when there are none at all."""
+    prefix = f"{main}_" if prefix is None else prefix
+    top = {k: v for k, v in numbers.items() if not isinstance(v, dict)}
+    groups = {f"{prefix}{group}.json": values for group, values in numbers.items() if isinstance(values, dict)}
+    return ({f"{main}.json": top} if top or not groups else {}) | groups
+
+
+def write_metrics(folder: str | Path, numbers: dict, main: str, prefix: str | None = None) -> list[Path]:
+    """Write `metrics_files(numbers, main, prefix)` into `folder`; returns the paths written."""
+    paths = []
+    for name, values in metrics_files(numbers, main, prefix).items():
+        write_json(Path(folder) / name, values)
+        paths.append(Path(folder) / name)
+    return paths
+
+
 def write_csv(path: str | Path, frame) -> None:
     """Write a pandas DataFrame as CSV (no index) atomically."""
     with atomic_path(path) as tmp:

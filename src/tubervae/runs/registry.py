@@ -34,11 +34,13 @@ from tubervae.runs.model_files import DIGESTS_TAG, ModelFilesError, check_files,
 from tubervae.runs.serving import InputLimits, photo_example, vae_signature
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.vae_artifacts import vae_files, write_vae_files
+from tubervae.training.setting import Setting
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"  # the registry alias of the promoted version of each registered model
 CHALLENGER = "challenger"  # the alias of the latest version that the promotion gate refused
-VAE_MODEL = "vae"  # what every training run's logged model is called: `vae-<family>-beta<β>-seed<s>`, or just this
+VAE_MODEL = "vae"  # what every training run's logged model is called: `vae-<family>-<setting>-s<seed>`, or just this
+MODEL_SCORES = ("test_rec", "n_active")  # a logged VAE's metrics on its dataset (data/processed)
 CHAMPION_TAG = "champion"  # on the logged model behind `<registered model>@champion`: its registered name
 PIP_REQUIREMENTS = [
     "torch==2.14.1",
@@ -100,6 +102,7 @@ def log_vae(
     processed_dir: str | Path | None = None,
     example_images: np.ndarray | None = None,
     step: int | None = None,
+    scores: dict | None = None,
 ) -> str | None:
     """A training run's VAE: its files (`vae_artifacts`) and its logged MLflow model `vae`.
 
@@ -108,9 +111,12 @@ def log_vae(
     processed data is logged as the run's dataset input at the same time. Without it the model is
     left out with a warning, and the register stage logs it on the run when it registers it.
     `example_images` (uint8 n×s×s×3; default a grey square) give the input example; `step` links
-    the run's metrics of that step to the model (default the last step this tracker logged).
-    Returns the logged model's id, or None.
+    the run's metrics of that step to the model (default the last step this tracker logged). `scores`
+    (`MODEL_SCORES`: the test split's reconstruction error, the probe split's active components) are logged
+    on the run at that step, as the model's metrics on its dataset where there is a model (its page then
+    lists data/processed under "Datasets used"). Returns the logged model's id, or None.
     """
+    scores = scores or {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = write_vae_files(tracker, run_id, model, config, latents, Path(tmp))
         processed = _processed_dir_of(tracker.root, config["data_version"], processed_dir)
@@ -121,12 +127,17 @@ def log_vae(
                 run_id,
                 config["data_version"],
             )
+            tracker.log_metrics(run_id, scores, tracker.last_step(run_id) if step is None else step)
             return None
         tracker.log_dataset(run_id, processed)
         crop = json.loads((processed / "meta.json").read_text())["crop_fraction"]
-        return log_vae_model(
+        model_id = log_vae_model(
             tracker, run_id, weights, {**config, "crop_fraction": crop}, example_images=example_images, step=step
         )
+        tracker.log_model_scores(
+            run_id, model_id, processed, scores, tracker.last_step(run_id) if step is None else step
+        )
+        return model_id
 
 
 def _processed_dir_of(root: Path, data_version: str, processed_dir: str | Path | None) -> Path | None:
@@ -140,15 +151,16 @@ def _processed_dir_of(root: Path, data_version: str, processed_dir: str | Path |
 
 
 def vae_model_name(config: dict) -> str:
-    """A training run's logged model named for what it is, as the experiment's Models tab lists it:
-    `vae-beta_tcvae-beta2_23-seed2` (MLflow allows no '.' in the name, so decimals take '_')."""
-
-    def number(value) -> str:
-        return f"{float(value):.4g}".replace(".", "_")
-
-    capacity = f"-cmax{number(config['c_max'])}" if config["family"] == "cbeta_vae" else ""
-    guide = f"-guide{number(config['guide_weight'])}" if "guide_weight" in config else ""
-    return f"{VAE_MODEL}-{config['family']}-beta{number(config['beta'])}{capacity}{guide}-seed{int(config['seed'])}"
+    """A training run's logged model named as the run is, for the experiment's Models tab: family, setting
+    (`Setting.label`), seed, e.g. `vae-beta_vae-2,61-s0` beside the run `s0 beta_vae 2.61`. MLflow allows
+    no '.' in a logged model's name, so the decimal point is a comma."""
+    setting = Setting(
+        family=config["family"],
+        beta=float(config["beta"]),
+        c_max=float(config.get("c_max", 0.0)),
+        guide_weight=float(config.get("guide_weight", 0.0)),
+    )
+    return f"{VAE_MODEL}-{setting.family}-{setting.label.replace('.', ',')}-s{int(config['seed'])}"
 
 
 def log_vae_model(

@@ -50,7 +50,15 @@ FIGURE_DPI = 120  # as `plots.save_figure` writes the report PNGs
 EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
     "mlflow.note.content": "VAE training runs (nested under their Optuna trial and study), the udr, register, "
-    "classify and evaluate stages. Sort by `udr`; the registry holds `tubervae-vae` and `tuber-quality`.",
+    "classify and evaluate stages. To show `udr` and MIG as columns of the runs list: **Columns** (above the "
+    "list) → Metrics → tick `udr` and `mig` (`udr_a2a`, `dci_d`, `n_active` beside them if wanted); click a "
+    "column's header to sort by it. A run's page opens on its training curves (`curves/`), then the KL per "
+    "component, then its scores. The registry holds `tubervae-vae` and `tuber-quality`.",
+}
+# Descriptions this project once gave its experiment: replaced by today's, where nobody edited them since.
+FORMER_NOTES = {
+    "VAE training runs (nested under their Optuna trial and study), the udr, register, classify and evaluate "
+    "stages. Sort by `udr`; the registry holds `tubervae-vae` and `tuber-quality`.",
 }
 # The names MLflow makes up for a run started without one (`mlflow run`): 'bold-fox-123'.
 GENERATED_RUN_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
@@ -224,8 +232,8 @@ class Tracker:
         else:
             experiment_id = found.experiment_id
             self._warn_if_artifacts_elsewhere(found.artifact_location)
-            for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tags existed
-                if key not in found.tags:
+            for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tags (or today's) existed
+                if key not in found.tags or (key == "mlflow.note.content" and found.tags[key] in FORMER_NOTES):
                     self.client.set_experiment_tag(experiment_id, key, value)
         return experiment_id
 
@@ -474,6 +482,22 @@ class Tracker:
         # client logs the entity that mlflow.log_input builds the same way.
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         self.client.log_inputs(run_id, datasets=[entry])
+
+    def log_model_scores(self, run_id: str, model_id: str, processed_dir: str | Path, scores: dict, step: int) -> None:
+        """`scores` at `step` on the run and as metrics of its logged model `model_id` on data/processed
+        (name: the folder's, digest: its data version, as `log_dataset` names it): the model's page then
+        lists the data under "Datasets used" and the scores beside it."""
+        folder = Path(processed_dir).resolve()
+        digest = json.loads((folder / "meta.json").read_text())["data_version"]
+        now = int(time.time() * 1000)
+        entries = [
+            Metric(k, float(v), now, step, model_id=model_id, dataset_name=folder.name, dataset_digest=digest)
+            for k, v in scores.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        if entries:
+            self.client.log_batch(run_id, metrics=entries)
+        self._last_step[run_id] = max(step, self._last_step.get(run_id, step))
 
     def download(self, run_id: str, artifact: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, artifact, str(dst)))

@@ -41,6 +41,16 @@ from tubervae.training.setting import Outcome, Setting
 
 log = logging.getLogger(__name__)
 TRAVERSAL_OFFSETS = np.linspace(-2.0, 2.0, 9)  # thesis §2.3.1: z_i − 2 … z_i + 2
+# The training curves' names in MLflow. The run page groups charts by the prefix before the last '/', in
+# alphabetical order, the unprefixed ones last: `curves/loss`, `curves/rec`, `curves/kl` (and the family's
+# terms) open the page, the KL per component (`curves/kl/z0`, ...) follows, the one-point scores (`udr`,
+# `n_active`, `test_rec`, `mig`, ...) close it, where the runs list shows them as columns.
+CURVES = "curves/"
+
+
+def curve_names(metrics: dict) -> dict:
+    """A logged step's metrics (`loss`, `rec`, `kl`, `kl/z0`, ...) as the run's curves: `curves/loss`, ..."""
+    return {f"{CURVES}{key}": value for key, value in metrics.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +154,7 @@ def run_tracked(
     with _seed_run(tracker, setting, seed, cfg, data, key, run_id=run_id, parent_id=parent_id, final=final) as rid:
 
         def on_log(metrics: dict, step: int) -> None:
-            tracker.log_metrics(rid, metrics, step)
+            tracker.log_metrics(rid, curve_names(metrics), step)
             if on_step is not None:
                 on_step(StepEvent(parent_id, seed, step, cfg.steps, float(metrics.get("loss", float("nan")))))
 
@@ -280,7 +290,7 @@ def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=
 
 def _log_fused(tracker, rid, metrics, step, event: StepEvent, on_step: StepCallback | None) -> None:
     """One fused seed's logged metrics, and its progress line (`event` with the loss filled in)."""
-    tracker.log_metrics(rid, metrics, step)
+    tracker.log_metrics(rid, curve_names(metrics), step)
     if on_step is not None:
         on_step(dataclasses.replace(event, loss=float(metrics.get("loss", float("nan")))))
 
@@ -316,7 +326,11 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
     """A finished seed's metrics, pictures, weights and probe latents; returns its final metrics."""
     kl = outcome.latents["kl"]
     metrics = {"n_active": int(informative_mask(kl, kl_threshold).sum()), **outcome.metrics}
-    tracker.log_metrics(rid, metrics, outcome.step)
+    # The model's scores go with the model (on its dataset); the last step's KL per component is the
+    # curves' last point, not logged again as one-point charts.
+    scores = {k: metrics[k] for k in registry.MODEL_SCORES if k in metrics}
+    rest = {k: v for k, v in metrics.items() if k not in scores and not k.startswith("final_kl/")}
+    tracker.log_metrics(rid, rest, outcome.step)
     tracker.log_metrics(rid, {f"probe_kl/z{j}": v for j, v in enumerate(kl)}, outcome.step)
     guided = guided_component(setting)
     drawn = figures(outcome.model, data.probe, kl=kl, kl_threshold=kl_threshold, guided=guided) if cfg.figures else {}
@@ -332,7 +346,9 @@ def _log_outcome(tracker, rid, outcome: Outcome, setting, seed, cfg, data, kl_th
         "data_version": data.data_version,
         **({"guide_weight": setting.guide_weight, "guided_component": guided} if setting.guided else {}),
     }
-    registry.log_vae(tracker, rid, outcome.model, config, outcome.latents, processed_dir=data.processed_dir)
+    registry.log_vae(
+        tracker, rid, outcome.model, config, outcome.latents, processed_dir=data.processed_dir, scores=scores
+    )
     return {**metrics, "kl": kl.tolist()}
 
 

@@ -191,17 +191,22 @@ def summarise(study: optuna.Study, family: str, params: Params) -> dict:
 
 
 def search_metrics(summary: dict) -> dict:
-    """The study's headline numbers for `dvc metrics show` / `dvc exp show`: numbers only, no ids."""
-    metrics = {
+    """The study's headline numbers for `dvc metrics show` / `dvc exp show`: numbers only, no ids.
+
+    The trial counts and the best value at the top; the best trial's number, settings and active
+    components as the group `best` (`io.metrics_files` writes it to search_<family>_best.json)."""
+    metrics: dict = {
         "n_complete": summary["n_complete"],
         "n_pruned": summary["n_pruned"],
         "n_feasible": summary["n_feasible"],
     }
+    best: dict = {}  # always a group: its file is a declared output, empty while no trial is feasible
     if summary["best_value"] is not None:
-        best = f"best_{summary.get('search_objective', 'udr')}"
-        metrics.update({best: summary["best_value"], "best_trial": summary["best_trial"]})
-        metrics.update({f"best_{k}": v for k, v in (summary["best_params"] or {}).items()})
-        metrics["best_n_active"] = summary["best_n_active"]
+        metrics[f"best_{summary.get('search_objective', 'udr')}"] = summary["best_value"]
+        best["best_trial"] = summary["best_trial"]
+        best.update({f"best_{k}": v for k, v in (summary["best_params"] or {}).items()})
+        best["best_n_active"] = summary["best_n_active"]
+    metrics["best"] = best
     return metrics
 
 

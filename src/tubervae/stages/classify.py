@@ -53,7 +53,7 @@ from tubervae.classify import gate
 from tubervae.config import FEW_LABELS, ClassifyConfig, Params
 from tubervae.data.processed import guide_mask, load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
-from tubervae.io import write_csv, write_json
+from tubervae.io import fresh_dir, write_csv, write_json, write_metrics
 from tubervae.models.encoding import encode, probe_latents
 from tubervae.runs import quality_model_code, registry, vae_artifacts
 from tubervae.runs.progress import steps_line
@@ -86,7 +86,7 @@ def write_skipped(reason: str, out_dir: Path, metrics_path: Path, n_labelled: di
     log.warning("classify skipped, %s not registered: %s", model_name, reason)
     metrics = {"skipped": reason, "n_labelled": n_labelled}
     write_json(out_dir / "metrics.json", metrics)
-    write_json(metrics_path, {})
+    write_metrics(fresh_dir(metrics_path), {}, "classify")
     write_csv(out_dir / "components.csv", pd.DataFrame(columns=RANKING_COLUMNS))
     write_csv(out_dir / "champions.csv", pd.DataFrame(columns=["selection", "served", "run_id"]))
     write_csv(
@@ -226,12 +226,13 @@ def run(
     metrics_path: str | Path | None = None,
     run_id: str | None = None,
 ) -> dict:
-    """Fit, score and register the classifier; `metrics_path` (default reports/metrics/classify.json beside
-    `out_dir`) receives the headline figures as numbers only, for `dvc metrics`."""
+    """Fit, score and register the classifier; the folder `metrics_path` (default reports/metrics/classify/
+    beside `out_dir`) receives the headline figures as numbers only, for `dvc metrics`: one file per method
+    or topic (`<group>.json`, `io.metrics_files`), so that each prints as a table of a few columns."""
     started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.classify
     processed_dir, out_dir, champion_path = project_paths(root, processed_dir, out_dir, champion_path)
-    metrics_path = beside(root, metrics_path, out_dir, "metrics/classify.json")
+    metrics_path = beside(root, metrics_path, out_dir, "metrics/classify")
     tracker = open_tracker(root, run_id)
     refused = vae_refused(tracker, params.register.model_name)
     if refused:
@@ -255,7 +256,7 @@ def run(
         fitted.threshold_metrics, fitted.any_rule_metrics, fitted.alternatives, n_rules=len(fitted.any_rule.rules)
     )
     numbers["gate"] = _finite(verdict.figures())
-    write_json(metrics_path, numbers)
+    write_metrics(fresh_dir(metrics_path), numbers, "classify", prefix="")
     tags = {"kind": "classify"} | ({"forced_promotion": "true"} if verdict.forced else {})
     with tracker.run("classify", run_id=run_id, started_at=started_at, tags=tags) as rid:
         tracker.log_metrics(rid, numbers)

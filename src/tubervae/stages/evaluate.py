@@ -39,7 +39,7 @@ from tubervae.evaluation.metric_utils import train_test_indices
 from tubervae.evaluation.mig import mig
 from tubervae.evaluation.supervised import evaluate_all
 from tubervae.evaluation.udr import informative_mask, udr_options, udr_scores
-from tubervae.io import fresh_dir, write_csv, write_json
+from tubervae.io import fresh_dir, write_csv, write_json, write_metrics
 from tubervae.models.encoding import encode
 from tubervae.runs import vae_artifacts
 from tubervae.runs.progress import count
@@ -164,11 +164,16 @@ def evaluate_metrics(summary: dict, udr_column: str) -> dict:
     metrics["rho_udr"] = {m: c["rho"] for m, c in summary["correlations"][udr_column].items()}
     metrics["best_defect_rho"] = summary["best_defect_rho"]
     metrics["most_captured"] = summary["most_captured"]
-    champion = summary.get("champion")
-    if champion:
-        keys = (*SUPERVISED, "rank_by_mig", "rank_by_dci_d", "captured", "captured_informative")
-        metrics["champion"] = {k: champion[k] for k in keys}
+    champion = summary.get("champion") or {}
+    metrics["champion"] = {k: champion[k] for k in SUPERVISED if k in champion}
+    metrics["champion_rank"] = {k: champion[k] for k in CHAMPION_RANK if k in champion}
     return metrics
+
+
+# The groups of evaluate_metrics, each its own file reports/metrics/evaluate_<group>.json (`io.metrics_files`),
+# written empty when there is nothing to score: every declared metrics file exists after the stage.
+METRICS_GROUPS = ("rho_udr", "best_defect_rho", "most_captured", "champion", "champion_rank")
+CHAMPION_RANK = ("rank_by_mig", "rank_by_dci_d", "captured", "captured_informative")
 
 
 def run(
@@ -184,8 +189,9 @@ def run(
     metrics_path: str | Path | None = None,
     plots_dir: str | Path | None = None,
 ) -> dict:
-    """Score the models; the numbers-only `metrics_path` and the plot data in `plots_dir` default
-    to reports/metrics/evaluate.json and reports/plots/ beside `out_dir`."""
+    """Score the models; the numbers-only `metrics_path` (its groups beside it as `<stem>_<group>.json`:
+    `METRICS_GROUPS`) and the plot data in `plots_dir` default to reports/metrics/evaluate.json and
+    reports/plots/ beside `out_dir`."""
     started_at = time.time()  # the stage's run, opened when it logs, spans its work
     cfg = params.evaluate
     processed_dir, evalset_dir, udr_dir, champion_path, out_dir = project_paths(
@@ -239,7 +245,7 @@ def correlate(table: pd.DataFrame, n_bootstrap: int, rng: np.random.Generator) -
 def write_dvc_files(summary: dict, table: pd.DataFrame, similarity: str, metrics_path: Path, plots_dir: Path) -> dict:
     """The numbers DVC compares (`metrics_path`) and its plot data (udr_vs_supervised.csv); returns the numbers."""
     headline = evaluate_metrics(summary, f"udr_within_{similarity}")
-    write_json(metrics_path, headline)
+    write_metrics(metrics_path.parent, headline, metrics_path.stem)
     plot_data = table.rename(columns={f"udr_within_{similarity}": "udr_within"})[PLOT_COLUMNS]
     write_csv(plots_dir / "udr_vs_supervised.csv", plot_data)
     return headline
@@ -249,7 +255,7 @@ def write_skipped(out_dir: Path, metrics_path: Path, plots_dir: Path) -> dict:
     """The stage's declared outputs when the photos carry no ground-truth factors (real data)."""
     log.warning("the photos carry no ground-truth factors (real data): nothing to evaluate")
     write_json(out_dir / "metrics.json", {"skipped": "no ground-truth factors in the data"})
-    write_json(metrics_path, {"n_models": 0})
+    write_metrics(metrics_path.parent, {"n_models": 0, **dict.fromkeys(METRICS_GROUPS, {})}, metrics_path.stem)
     write_csv(plots_dir / "udr_vs_supervised.csv", pd.DataFrame(columns=PLOT_COLUMNS))
     # dvc.yaml declares models.csv as an output of this stage: it must exist, if empty.
     write_csv(out_dir / "models.csv", pd.DataFrame(columns=["run_id", *SUPERVISED]))

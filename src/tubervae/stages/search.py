@@ -45,7 +45,7 @@ from optuna.trial import TrialState
 
 from tubervae import plots
 from tubervae.config import Params, is_guided
-from tubervae.io import write_csv, write_json
+from tubervae.io import write_csv, write_json, write_metrics
 from tubervae.runs.objective import Objective
 from tubervae.runs.pool import TrainingPool
 from tubervae.runs.progress import SearchProgress
@@ -226,12 +226,13 @@ def write_reports(
     summary: dict, out_dir: Path, *, metrics_dir: Path | None = None, plots_dir: Path | None = None
 ) -> None:
     """`<family>.json` (the whole study, ids included) and the figures in `out_dir`; the numbers-only
-    metrics in `metrics_dir/search_<family>.json` and the plot data in `plots_dir/search_<family>.csv`
-    (both default to siblings of `out_dir`: reports/metrics/, reports/plots/)."""
+    metrics in `metrics_dir/search_<family>.json` (the best trial's in `search_<family>_best.json`) and
+    the plot data in `plots_dir/search_<family>.csv` (both default to siblings of `out_dir`:
+    reports/metrics/, reports/plots/)."""
     family = summary["family"]
     out_dir = Path(out_dir)
     write_json(out_dir / f"{family}.json", summary)
-    write_json((metrics_dir or out_dir.parent / "metrics") / f"search_{family}.json", search_metrics(summary))
+    write_metrics(metrics_dir or out_dir.parent / "metrics", search_metrics(summary), f"search_{family}")
     write_csv((plots_dir or out_dir.parent / "plots") / f"search_{family}.csv", history_table(summary))
     done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
     if not done:

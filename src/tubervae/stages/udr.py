@@ -28,7 +28,7 @@ from tubervae import plots
 from tubervae.config import FAMILIES, Params, UdrConfig
 from tubervae.data.processed import load_meta
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_options, udr_scores
-from tubervae.io import fresh_dir, write_csv, write_json
+from tubervae.io import fresh_dir, write_csv, write_json, write_metrics
 from tubervae.models.losses import normalised_beta
 from tubervae.runs import vae_artifacts
 from tubervae.runs.progress import count, say
@@ -164,11 +164,15 @@ def choose_heatmap_pairs(frame: pd.DataFrame, n_pairs: int) -> list[tuple[int, i
 
 
 def udr_metrics(summary: dict) -> dict:
-    """summary.json's numbers for `dvc metrics show`: the model count and each family's best and mean UDR."""
-    metrics: dict = {"n_models": summary["n_models"]}
-    for family, best in summary["families"].items():
-        metrics[family] = {k: v for k, v in best.items() if k != "best_param"}
-    return metrics
+    """summary.json's numbers for `dvc metrics show`: the model count, and by topic one number per family
+    (the best setting's UDR, its count of top components, the mean within-setting and all-against-all UDR).
+    `io.metrics_files` writes each topic to its own file (udr_best.json, ...): a family is a column."""
+    families = summary["families"]
+    topics = {"best": "best_udr", "n_top": "best_n_top", "mean_within": "mean_udr_within", "mean_a2a": "mean_udr_a2a"}
+    return {
+        "n_models": summary["n_models"],
+        **{topic: {family: best[key] for family, best in families.items()} for topic, key in topics.items()},
+    }
 
 
 def settings_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -237,7 +241,7 @@ def run(
     write_json(out_dir / "summary.json", summary)
     write_csv(out_dir / "models.csv", frame)
     headline = udr_metrics(summary)
-    write_json(beside(root, metrics_dir, out_dir, "metrics") / "udr.json", headline)
+    write_metrics(beside(root, metrics_dir, out_dir, "metrics"), headline, "udr")
     plots_dir = beside(root, plots_dir, out_dir, "plots")
     write_csv(plots_dir / "udr_vs_beta.csv", settings_table(frame))
     write_csv(plots_dir / "herd.csv", herd.drop(columns=["run_id"]))
