@@ -87,7 +87,9 @@ def test_pruned_trials_are_killed_in_mlflow_leave_no_checkpoint_and_count_toward
         for run in seeds:
             assert run.info.status == "KILLED"
             assert (run.data.tags["optuna_state"], run.data.tags["pruned_at_step"]) == ("PRUNED", str(step))
-            assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "curves/loss")) == list(range(5, step + 1, 5))
+            assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "curves/loss")) == list(
+                range(5, step + 1, 5)
+            )
 
     # the complete trial: one run per seed, one history over its three segments, its udr the objective
     parent = c.get_run(trials[1].user_attrs["mlflow_run_id"])
@@ -98,7 +100,9 @@ def test_pruned_trials_are_killed_in_mlflow_leave_no_checkpoint_and_count_toward
     seeds = runs_of(project, parent.info.run_id)
     assert len(seeds) == 2 and {r.info.status for r in seeds} == {"FINISHED"}
     for run in seeds:
-        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "curves/loss")) == list(range(5, STEPS + 1, 5))
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "curves/loss")) == list(
+            range(5, STEPS + 1, 5)
+        )
         assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "n_active")) == [5, 10, STEPS]
     assert len([r for r in all_runs(project) if r.data.tags.get("kind") == "vae"]) == 3 * 2
 
