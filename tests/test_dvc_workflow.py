@@ -272,7 +272,7 @@ def test_each_metrics_file_prints_within_120_columns_and_is_declared():
     """`dvc metrics show <file>` for every file a stage writes fits a 120-column terminal, with the longest
     family name, four families, every defect and every classifier's and the gate's numbers; the files are
     exactly those dvc.yaml declares (a folder for classify, whose files are one per method)."""
-    from tubervae.data.synth import FACTOR_NAMES
+    from tubervae.data.synth_factors import FACTOR_NAMES
     from tubervae.io import metrics_files
     from tubervae.stages import classify, evaluate, search, udr
 
