@@ -43,12 +43,12 @@ from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
 from tubervae.data.images import inspect_image
 from tubervae.models.nets import VAE
-from tubervae.runs import model_server, registry, vae_artifacts
+from tubervae.runs import model_server, promotion, registry, vae_artifacts
+from tubervae.runs.champion import choose_champion
 from tubervae.runs.model_files import DIGESTS_TAG, ModelFilesError
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData
 from tubervae.stages import classify, register
-from tubervae.stages.register import choose_champion
 
 SIZE = 16
 LATENT = 4
@@ -688,7 +688,7 @@ def test_register_replaces_a_champion_registered_without_digests_by_a_model_logg
     client.delete_logged_model_tag(old.model_id, DIGESTS_TAG)
     client.delete_model_version_tag(VAE_NAME, before.version, DIGESTS_TAG)
     champion = pd.Series(models_row(run_id, "beta_vae", 6, 0, 0.70, 3))
-    version = register.promote(tracker, VAE_NAME, champion, {"crop_fraction": CROP, "data_version": DATA_VERSION})
+    version = promotion.promote(tracker, VAE_NAME, champion, {"crop_fraction": CROP, "data_version": DATA_VERSION})
     assert int(version.version) == int(before.version) + 1 and registry.has_digests(version)
     assert version.source != before.source and version.tags["source_run_id"] == run_id
     assert client.get_model_version_by_alias(VAE_NAME, "champion").version == version.version
