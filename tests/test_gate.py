@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from tubervae.classify import fit_threshold_rule
+from tubervae.classify import RuleSettings, fit_served_rule, fit_threshold_rule
 from tubervae.classify.gate import (
     Estimate,
     bootstrap_interval,
     decide_promotion,
     estimate_rule,
+    estimate_served_rule,
     holdout_rows,
     model_card,
     out_of_fold_predictions,
@@ -79,6 +80,25 @@ def test_a_rule_at_chance_has_an_interval_around_a_half_and_a_real_one_above_it(
     assert 0.8 < real.low <= real.value <= real.high
     assert len(real.per_repeat) == 3 and real.n_labels == 120 and real.n_folds == 5
     assert real.value == pytest.approx(np.mean(real.per_repeat))
+
+
+def test_the_served_rule_is_estimated_with_its_settings_folds_and_seed():
+    z, bad = labelled(seed=2, n=80, separation=1.0, d=4)
+    kl = np.array([0.5, 0.0, 0.5, 0.5])  # component 1 is not a candidate
+    settings = RuleSettings(kl_threshold=0.01, max_rules=2, n_folds=4, random_state=3)
+    served = estimate_served_rule(z, bad, kl, settings, n_repeats=2, n_bootstrap=200)
+    by_hand = estimate_rule(
+        lambda x, y: fit_served_rule(x, y, kl, settings),
+        z,
+        bad,
+        n_folds=4,
+        n_repeats=2,
+        n_bootstrap=200,
+        random_state=3,
+    )
+    assert served == by_hand and served.n_folds == 4 and len(served.per_repeat) == 2
+    other_seed = estimate_served_rule(z, bad, kl, RuleSettings(0.01, 2, 4, 4), n_repeats=2, n_bootstrap=200)
+    assert other_seed.per_repeat != served.per_repeat  # other folds: the seed reaches them
 
 
 def test_bootstrap_interval_of_perfect_and_constant_predictions_by_hand():

@@ -43,12 +43,12 @@ from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
 from tubervae.data.images import inspect_image
 from tubervae.models.nets import VAE
-from tubervae.runs import model_server, registry, vae_artifacts
+from tubervae.runs import model_server, promotion, quality_gate, registry, vae_artifacts
+from tubervae.runs.champion import choose_champion
 from tubervae.runs.model_files import DIGESTS_TAG, ModelFilesError
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.training_run import TrainingData
 from tubervae.stages import classify, register
-from tubervae.stages.register import choose_champion
 
 SIZE = 16
 LATENT = 4
@@ -632,7 +632,7 @@ def test_classify_refuses_a_champion_vae_whose_code_was_changed(project, tmp_pat
     path = store_folder(client, VAE_NAME) / "vae_model_code.py"
     with changed_file(path, path.read_bytes() + MARKER_CODE.format(marker=str(marker)).encode()):
         with pytest.raises(ModelFilesError, match=rf"^{VAE_NAME} version 2: vae_model_code.py was changed"):
-            classify.load_champion(Tracker(project["root"]), VAE_NAME)
+            quality_gate.load_champion(Tracker(project["root"]), VAE_NAME)
     assert no_model_loads == [] and not marker.exists()
 
 
@@ -693,7 +693,7 @@ def test_register_replaces_a_champion_registered_without_digests_by_a_model_logg
     client.delete_logged_model_tag(old.model_id, DIGESTS_TAG)
     client.delete_model_version_tag(VAE_NAME, before.version, DIGESTS_TAG)
     champion = pd.Series(models_row(run_id, "beta_vae", 6, 0, 0.70, 3))
-    version = register.promote(tracker, VAE_NAME, champion, {"crop_fraction": CROP, "data_version": DATA_VERSION})
+    version = promotion.promote(tracker, VAE_NAME, champion, {"crop_fraction": CROP, "data_version": DATA_VERSION})
     assert int(version.version) == int(before.version) + 1 and registry.has_digests(version)
     assert version.source != before.source and version.tags["source_run_id"] == run_id
     assert client.get_model_version_by_alias(VAE_NAME, "champion").version == version.version
@@ -914,7 +914,7 @@ def test_register_and_classify_with_no_labels_one_class_or_few(unlabelled_projec
 def blank_vae(monkeypatch):
     """Make the classify stage build its rule on a VAE whose weights are all zero: every photo encodes alike,
     so no rule on it can beat chance (a champion that learned nothing)."""
-    real = classify.load_champion
+    real = quality_gate.load_champion
 
     def load(tracker, name):
         version, model = real(tracker, name)
@@ -923,7 +923,7 @@ def blank_vae(monkeypatch):
                 weights.zero_()
         return version, model
 
-    monkeypatch.setattr(classify, "load_champion", load)
+    monkeypatch.setattr(quality_gate, "load_champion", load)
 
 
 def labels_at_chance(split, labels):

@@ -92,13 +92,13 @@ def test_the_search_notes_how_to_read_its_study():
 
 
 def test_the_register_stage_notes_the_projects_studies_and_survives_a_broken_store(tmp_path, caplog):
-    from tubervae.stages import register
+    from tubervae.runs import promotion
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="beta_vae-a", storage=url, direction="maximize")
     study.set_user_attr("data_version", "v1")
     add_trial(study, 0.6, ["r0", "champ"])
-    register.note_champion_on_studies(tmp_path, champion(select="job"), Params())
+    promotion.note_champion_on_studies(tmp_path, champion(select="job"), Params())
     attrs = optuna.load_study(study_name="beta_vae-a", storage=url).user_attrs
     assert attrs[CHAMPION].startswith("trial 0 (beta_vae 2.61), seed 1 is tubervae-vae@champion (version 4)")
     assert "multi-defect rule" in attrs[POLICY]  # the selection register made, not only the setting
@@ -106,5 +106,5 @@ def test_the_register_stage_notes_the_projects_studies_and_survives_a_broken_sto
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "optuna.db").write_text("not a database")
-    register.note_champion_on_studies(broken, champion(select="udr"), Params())
+    promotion.note_champion_on_studies(broken, champion(select="udr"), Params())
     assert "could not be noted with the champion" in caplog.text

@@ -27,6 +27,7 @@ import numpy as np
 
 from tubervae.checks import check_array, check_int, check_real, check_seed
 from tubervae.classify._inputs import as_labels, require_both_classes
+from tubervae.classify.any_rule import RuleSettings, fit_served_rule
 
 __all__ = [
     "CHANCE",
@@ -37,6 +38,7 @@ __all__ = [
     "bootstrap_interval",
     "decide_promotion",
     "estimate_rule",
+    "estimate_served_rule",
     "holdout_rows",
     "model_card",
     "out_of_fold_predictions",
@@ -212,6 +214,29 @@ def estimate_rule(
         n_labels=int(labels.size),
         n_folds=len(folds[0]),
         level=float(level),
+    )
+
+
+def estimate_served_rule(
+    latents: Any,
+    bad: Any,
+    kl: Any,
+    settings: RuleSettings,
+    *,
+    n_repeats: int = DEFAULT_REPEATS,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+) -> Estimate:
+    """:func:`estimate_rule` of a model's served rule (``any_rule.fit_served_rule`` over the candidate
+    components of its mean KL ``kl``), with ``settings.n_folds`` folds seeded by ``settings.random_state``:
+    what both gates (the VAE's and the classifier's) judge a model by."""
+    return estimate_rule(
+        lambda z, labels: fit_served_rule(z, labels, kl, settings),
+        latents,
+        bad,
+        n_folds=settings.n_folds,
+        n_repeats=n_repeats,
+        n_bootstrap=n_bootstrap,
+        random_state=settings.random_state,
     )
 
 

@@ -33,7 +33,7 @@ READING = (
 
 
 def champion_policy(cfg: RegisterConfig) -> str:
-    """The register stage's policy in one sentence (its module docstring has the reasons)."""
+    """The register stage's policy in one sentence (`tubervae.runs.champion`'s docstring has the reasons)."""
     policy = (
         "feasible settings only (median informative components >= search.min_active), ranked by median "
         f"within-family UDR (never all-against-all); settings within {cfg.udr_tolerance:g} of the best UDR "
