@@ -274,7 +274,10 @@ def test_each_metrics_file_prints_within_120_columns_and_is_declared():
     exactly those dvc.yaml declares (a folder for classify, whose files are one per method)."""
     from tubervae.data.synth_factors import FACTOR_NAMES
     from tubervae.io import metrics_files
-    from tubervae.stages import classify, evaluate, search, udr
+    from types import SimpleNamespace
+
+    from tubervae.classify import grading
+    from tubervae.stages import evaluate, search, udr
 
     families = ["beta_vae", "beta_tcvae", "cbeta_vae", "guided_beta_vae"]
     value = -0.123456789  # as wide as a number gets once rounded
@@ -296,9 +299,14 @@ def test_each_metrics_file_prints_within_120_columns_and_is_declared():
     }
     figures = {"balanced_accuracy": value, "accuracy": value, "roc_auc": value, "majority_accuracy": value}
     alternatives = {m: {"balanced_accuracy": value} for m in ("logistic", "gradient_boosting", "pixel_cnn")}
-    numbers = classify.headline_metrics(figures, figures, alternatives, n_rules=3)
-    numbers["gate"] = {"promoted": 1.0, "balanced_accuracy": value, "low": value, "high": value}
-    numbers["gate"]["champion_balanced_accuracy"] = value
+    fitted = SimpleNamespace(
+        threshold_metrics=figures,
+        any_rule_metrics=figures,
+        alternatives=alternatives,
+        any_rule=SimpleNamespace(rules=[None] * 3),
+    )
+    gate = {"promoted": 1.0, "balanced_accuracy": value, "low": value, "high": value}
+    numbers = grading.headline_metrics(fitted, gate=gate | {"champion_balanced_accuracy": value})
     guided = {**search_summary(), "family": "guided_beta_vae", "best_params": {"beta": value, "guide_weight": value}}
     files = {}
     for family in families:

@@ -348,7 +348,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoi
     assert run.info.status == "FAILED"
     assert run.data.tags["failure"] == "non-finite loss"
     assert run.data.tags["error"].startswith("NonFiniteLossError")
-    assert [s for s, _ in history(client, run.info.run_id, "loss")] == [5]  # nothing logged from the NaN window
+    assert [s for s, _ in history(client, run.info.run_id, "curves/loss")] == [5]  # nothing logged from the NaN window
 
     (checkpoint,) = (tmp_path / "checkpoints").glob("*.pt")
     state = torch.load(checkpoint, weights_only=True)
@@ -559,7 +559,7 @@ def test_cbeta_and_tcvae_runs_log_their_family_terms_also_in_a_run_handed_over_b
     assert run.data.params["beta"] == "700" and run.data.params["lr"] == "0.001"  # kept, and the rest added
     # C rises 0 → 6 over round(0.5·6) = 3 updates; each point is the mean over its 2-update window:
     # updates 0,1 → (0 + 2)/2, updates 2,3 → (4 + 6)/2, updates 4,5 → 6.
-    assert history(client, handed, "capacity") == [(2, 1.0), (4, 5.0), (6, 6.0)]
+    assert history(client, handed, "curves/capacity") == [(2, 1.0), (4, 5.0), (6, 6.0)]
     assert not {"mi", "tc", "dwkl"} & set(run.data.metrics)
 
     series = {k: history(client, tcvae["run_id"], f"curves/{k}") for k in ("loss", "rec", "mi", "tc", "dwkl")}
