@@ -16,9 +16,10 @@
 #
 #   OUT=/some/folder bash benchmarks/device_check.sh
 #
-# Time boxes in seconds (the defaults fit one 10-minute call): BOX_SMI, BOX_TESTS, BOX_SMOKE,
-# BOX_BASELINE, BOX_LAYOUT, BOX_GROUPS, BOX_COMPILE, BOX_GRAPHS. PYTHON names the interpreter
-# (python3 by default; its torch is the one measured).
+# Time boxes in seconds (the defaults add up to 9 min, for one 10-minute call): BOX_SMI, BOX_TESTS,
+# BOX_SMOKE, BOX_BASELINE, BOX_LAYOUT, BOX_GROUPS, BOX_COMPILE, BOX_GRAPHS. BENCH_STEPS (50) is
+# bench_gpu.py's --steps. PYTHON names the interpreter (python3 by default; its torch is the one measured).
+# SKIP_PARTS leaves parts out, by any of: smi tests smoke bench levers (e.g. SKIP_PARTS="smoke" for a rerun).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 PROJECT=$PWD
@@ -51,6 +52,9 @@ part() {
 
 skip() { note "$(printf '%-28s skipped: %s' "$1" "$2")"; }
 
+# wanted KEY: whether SKIP_PARTS leaves the part KEY in.
+wanted() { case " ${SKIP_PARTS:-} " in *" $1 "*) return 1 ;; *) return 0 ;; esac; }
+
 # What the device is, and what it lacks.
 cuda=0
 why_not=""
@@ -74,7 +78,7 @@ fi
 } >"$OUT/env.txt"
 note "device check $(date -u +%FT%TZ): $(sed -n 3,4p "$OUT/env.txt" | tr '\n' ' ')"
 if [ "$cuda" = 1 ]; then
-    bench=(--device cuda)
+    bench=(--device cuda --steps "${BENCH_STEPS:-50}")
     models=1,5,25,115
     layout=(--models 115 --iters 10)
 elif [ "$REHEARSE" = 1 ]; then
@@ -88,15 +92,19 @@ fi
 run_parts=$([ "$cuda" = 1 ] || [ "$REHEARSE" = 1 ] && echo 1 || echo 0)
 
 # 1. The GPU as the driver sees it.
-if [ "$cuda" = 1 ]; then
-    part nvidia-smi "${BOX_SMI:-30}" nvidia-smi.txt nvidia-smi
+if ! wanted smi; then
+    skip nvidia-smi "in SKIP_PARTS"
+elif [ "$cuda" = 1 ]; then
+    part nvidia-smi "${BOX_SMI:-15}" nvidia-smi.txt nvidia-smi
 else
     skip nvidia-smi "$why_not"
 fi
 
 # 2. The tests marked cuda. Without CUDA they collect and are skipped, which the rehearsal checks.
-if [ "$run_parts" = 1 ]; then
-    part "pytest -m cuda" "${BOX_TESTS:-150}" cuda-tests.log \
+if ! wanted tests; then
+    skip "pytest -m cuda" "in SKIP_PARTS"
+elif [ "$run_parts" = 1 ]; then
+    part "pytest -m cuda" "${BOX_TESTS:-75}" cuda-tests.log \
         "$PYTHON" -m pytest -q -m cuda -rs -p no:cacheprovider tests/test_cuda.py
 else
     skip "pytest -m cuda" "$why_not"
@@ -104,7 +112,9 @@ fi
 
 # 3. make gpu-smoke, in a git copy of the project's files (dvc exp run needs a commit), its reports kept.
 smoke_missing=$(for m in dvc mlflow optuna; do "$PYTHON" -c "import $m" 2>/dev/null || printf '%s ' "$m"; done)
-if [ "$run_parts" != 1 ]; then
+if ! wanted smoke; then
+    skip "make gpu-smoke" "in SKIP_PARTS"
+elif [ "$run_parts" != 1 ]; then
     skip "make gpu-smoke" "$why_not"
 elif [ -n "$smoke_missing" ]; then
     skip "make gpu-smoke" "$PYTHON lacks ${smoke_missing}(carry their wheels: benchmarks/README.md)"
@@ -143,30 +153,36 @@ else
         git commit -q -m "device check") >>"$OUT/gpu-smoke.log" 2>&1
     project_path=$PYTHONPATH
     export PYTHONPATH="$copy/src:$PYTHONPATH" # the copy's own sources run its stages
-    part "make $smoke_target" "${BOX_SMOKE:-300}" gpu-smoke.log \
+    part "make $smoke_target" "${BOX_SMOKE:-150}" gpu-smoke.log \
         make -C "$copy" -o .venv/.installed-stamp "$smoke_target" OVERRIDES="$overrides"
     export PYTHONPATH=$project_path
     if [ -d "$copy/reports" ]; then
         tar -czf "$OUT/gpu-smoke-reports.tar.gz" -C "$copy" reports params.yaml 2>/dev/null
     fi
+    rm -rf "$work"
 fi
 
 # 4. bench_gpu.py's baseline and its levers; bench_gpu_layout.py's compile and CUDA graphs.
-if [ "$run_parts" != 1 ]; then
-    for lever in "bench_gpu baseline" "lever: NCHW layout" "lever: 230 fused models" "lever: torch.compile" \
-        "lever: CUDA graphs"; do
-        skip "$lever" "$why_not"
+if [ "$run_parts" != 1 ] || ! wanted bench; then
+    for lever in "bench_gpu baseline" "lever: NCHW layout" "lever: 230 fused models"; do
+        skip "$lever" "$([ "$run_parts" != 1 ] && echo "$why_not" || echo "in SKIP_PARTS")"
     done
 else
-    part "bench_gpu baseline" "${BOX_BASELINE:-150}" bench-gpu.log \
+    part "bench_gpu baseline" "${BOX_BASELINE:-75}" bench-gpu.log \
         "$PYTHON" benchmarks/bench_gpu.py "${bench[@]}" --models "$models"
-    part "lever: NCHW layout" "${BOX_LAYOUT:-90}" bench-gpu.log \
+    part "lever: NCHW layout" "${BOX_LAYOUT:-35}" bench-gpu.log \
         "$PYTHON" benchmarks/bench_gpu.py "${bench[@]}" --skip-check --models "${models##*,}" --layout contiguous
-    part "lever: 230 fused models" "${BOX_GROUPS:-120}" bench-gpu.log \
+    part "lever: 230 fused models" "${BOX_GROUPS:-70}" bench-gpu.log \
         "$PYTHON" benchmarks/bench_gpu.py "${bench[@]}" --skip-check --models "${models##*,},$((2 * ${models##*,}))"
-    part "lever: torch.compile" "${BOX_COMPILE:-150}" bench-levers.log \
+fi
+if [ "$run_parts" != 1 ] || ! wanted levers; then
+    for lever in "lever: torch.compile" "lever: CUDA graphs"; do
+        skip "$lever" "$([ "$run_parts" != 1 ] && echo "$why_not" || echo "in SKIP_PARTS")"
+    done
+else
+    part "lever: torch.compile" "${BOX_COMPILE:-75}" bench-levers.log \
         "$PYTHON" benchmarks/bench_gpu_layout.py "${layout[@]}" --only compiled --compile-mode max-autotune
-    part "lever: CUDA graphs" "${BOX_GRAPHS:-120}" bench-levers.log \
+    part "lever: CUDA graphs" "${BOX_GRAPHS:-45}" bench-levers.log \
         "$PYTHON" benchmarks/bench_gpu_layout.py "${layout[@]}" --only compiled --compile-mode reduce-overhead
 fi
 
