@@ -1,10 +1,10 @@
 """Training on a CUDA device: the fused loop, bfloat16 autocast, resuming from checkpoints, and the
 served model on the CPU from weights trained on the device.
 
-Each test takes the device as a parameter: its `cpu` variant runs everywhere in seconds (it shows
-that the test's logic holds), its `cuda` variant is marked `cuda` and is skipped where torch sees
-no CUDA device (tests/conftest.py). `pytest -m cuda` runs the CUDA variants alone
-(benchmarks/device_check.sh does, on a GPU machine).
+Each test takes the device as a parameter: its `cpu` variant runs everywhere (it shows that the
+test's logic holds; marked slow where it trains several models), its `cuda` variant is marked
+`cuda` and is skipped where torch sees no CUDA device (tests/conftest.py). `pytest -m cuda` runs
+the CUDA variants alone (benchmarks/device_check.sh does, on a GPU machine).
 
 Only the served model's check needs MLflow (the classifier is an MLflow model). Where MLflow is not
 installed (a bare GPU image), that test checks `load_vae_files` instead, the loader the served model
@@ -30,6 +30,8 @@ DEVICES = [
     pytest.param("cpu", id="cpu"),
     pytest.param("cuda", id="cuda", marks=pytest.mark.cuda),
 ]
+# Tests that train several models: their CPU variant takes 10-30 s on a shared 2-core CPU, so it is slow.
+DEVICES_CPU_SLOW = [pytest.param("cpu", id="cpu", marks=pytest.mark.slow), DEVICES[1]]
 SIZE, LATENT = 16, 3
 JOBS = [
     FusedJob(Setting("beta_vae", 4.0), 0),
@@ -109,7 +111,7 @@ def test_the_cuda_variants_carry_the_registered_marker(request):
     assert [p.values for p in DEVICES if any(m.name == "cuda" for m in p.marks)] == [("cuda",)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_CPU_SLOW)
 def test_fused_models_train_on_the_device_as_their_twins_do(float64, images, device):
     """The fused loop on the device: every model's weights stay there and equal those of its separately
     trained twin on the same device to rounding (float64; bench_gpu.py saw 1.5e-13 on an H100)."""
@@ -125,7 +127,7 @@ def test_fused_models_train_on_the_device_as_their_twins_do(float64, images, dev
     assert largest_difference(outcomes[0].model, outcomes[1].model) > 1e-3  # the seeds differ
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_CPU_SLOW)
 def test_bfloat16_autocast_runs_the_networks_in_bfloat16_and_keeps_float32_weights(images, device, monkeypatch):
     """`precision: bfloat16` on the device: the convolutions compute in bfloat16, the weights and the
     optimiser stay float32, the losses stay finite and near float32's, and the weights differ from a
@@ -164,7 +166,7 @@ def test_bfloat16_autocast_runs_the_networks_in_bfloat16_and_keeps_float32_weigh
 
 
 @pytest.mark.parametrize("how", ["alone", "fused"])
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_CPU_SLOW)
 def test_training_stopped_and_resumed_on_the_device_ends_where_one_go_does(
     images, device, how, tmp_path, deterministic
 ):
