@@ -9,6 +9,8 @@ export DVC_NO_ANALYTICS = 1
 export PATH := $(abspath $(BIN)):$(PATH)
 # `dvc exp run -S key=value ...` from a profile file's lines (comments and blank lines dropped).
 profile_overrides = $$(sed -e 's/\#.*//' -e '/^\s*$$/d' -e 's/^/-S /' profiles/$(1).txt | tr '\n' ' ')
+# More `-S key=value` overrides for the gpu-smoke targets, after the profile's (the last value of a key wins).
+OVERRIDES     ?=
 TRACKING_URI  = sqlite:///$(CURDIR)/mlflow.db
 STUDIES_URI   = sqlite:///$(CURDIR)/optuna.db
 UI_PORT        ?= 5000
@@ -22,7 +24,7 @@ VEGA_DIR       = .vega
 OFFLINE_PLOTS  = dvc_plots_offline
 VEGA_PACKAGES  = vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: install run test test-fast lint plots thesis gpu-smoke cpu-long disentangle bench ui dashboard serve
+.PHONY: install run test test-fast lint plots thesis gpu-smoke gpu-smoke-cpu cpu-long disentangle bench ui dashboard serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,7 +54,10 @@ thesis: install       ## the thesis's settings (64x64, 300000 steps, 5 seeds, ev
 	$(BIN)/dvc exp run $(call profile_overrides,thesis)
 
 gpu-smoke: install    ## every stage on a GPU at tiny steps (64x64, 300 steps, 2 seeds, 1 trial per family)
-	$(BIN)/dvc exp run $(call profile_overrides,gpu-smoke)
+	$(BIN)/dvc exp run $(call profile_overrides,gpu-smoke) $(OVERRIDES)
+
+gpu-smoke-cpu: install  ## the same run on the CPU at 32x32 (profiles/gpu-smoke-cpu.txt after gpu-smoke.txt)
+	$(BIN)/dvc exp run $(call profile_overrides,gpu-smoke) $(call profile_overrides,gpu-smoke-cpu) $(OVERRIDES)
 
 cpu-long: install     ## a longer CPU run for the grading job (8498 photos, 5 seeds, 30 models; under 2 h on 2 cores)
 	$(BIN)/dvc exp run $(call profile_overrides,cpu-long)

@@ -9,9 +9,16 @@ in the same run:
 
 - layout: the batch in channels_last (NHWC) or contiguous (NCHW) memory;
 - precision: bfloat16 autocast or float32 (TF32 convolutions, PyTorch's default on CUDA);
-- compile: eager, or the vmapped encoder and decoder through `torch.compile`.
+- compile: eager, or the vmapped encoder and decoder through `torch.compile` in `--compile-mode`
+  (PyTorch's modes: `max-autotune` searches kernels; `reduce-overhead` replays the step as CUDA
+  graphs). A compiled variant also prints its compile time: its first three steps, against an eager
+  variant's.
+
+`--only compiled` (or eager) runs those variants alone, beside the eager channels_last bfloat16
+baseline that every ratio is against.
 
     python benchmarks/bench_gpu_layout.py [--models 25,115] [--iters 10] [--no-compile]
+        [--compile-mode default] [--only all]
 """
 
 from __future__ import annotations
@@ -40,10 +47,10 @@ def stacked(n: int, image_size: int, device: torch.device):
     return params, enc, dec, encode, decode
 
 
-def step_fn(n, batch, image_size, layout, bf16, compiled, device):
+def step_fn(n, batch, image_size, layout, bf16, compiled, device, mode="default"):
     params, enc, dec, encode, decode = stacked(n, image_size, device)
     if compiled:
-        encode, decode = torch.compile(encode), torch.compile(decode)
+        encode, decode = torch.compile(encode, mode=mode), torch.compile(decode, mode=mode)
     pixels = torch.rand(n * batch, 3, image_size, image_size, device=device)
 
     def step():
@@ -63,17 +70,21 @@ def step_fn(n, batch, image_size, layout, bf16, compiled, device):
     return step
 
 
-def rate(n, args, layout, bf16, compiled, device) -> float:
-    step = step_fn(n, args.batch, args.image_size, layout, bf16, compiled, device)
+def rate(n, args, layout, bf16, compiled, device) -> tuple[float, float]:
+    """Model-steps per second, and the seconds of the first three (warm-up) steps: compiling, when compiled."""
+    step = step_fn(n, args.batch, args.image_size, layout, bf16, compiled, device, args.compile_mode)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
     for _ in range(3):
         step()
     sync()
+    warm_up = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(args.iters):
         step()
     sync()
-    return n * args.iters / (time.perf_counter() - start)
+    return n * args.iters / (time.perf_counter() - start), warm_up
 
 
 def main() -> None:
@@ -83,6 +94,15 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile's mode for the compiled variants (reduce-overhead: CUDA graphs)",
+    )
+    parser.add_argument(
+        "--only", default="all", choices=["all", "eager", "compiled"], help="which variants beside the baseline"
+    )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (a smoke test; the question is a GPU's)")
     args = parser.parse_args()
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
@@ -100,17 +120,25 @@ def main() -> None:
             ("channels_last compiled", torch.channels_last, True, True),
             ("contiguous compiled", torch.contiguous_format, True, True),
         ]
-    print("models  variant                    model-steps/s (fwd+bwd)  vs channels_last bf16 eager", flush=True)
+    if args.only == "compiled":
+        variants = variants[:1] + [v for v in variants if v[3]]
+    elif args.only == "eager":
+        variants = [v for v in variants if not v[3]]
+    print(f"compile mode: {args.compile_mode}", flush=True)
+    print(
+        "models  variant                    model-steps/s (fwd+bwd)  vs channels_last bf16 eager  first 3 steps",
+        flush=True,
+    )
     for n in (int(v) for v in args.models.split(",")):
         baseline = None
         for name, layout, bf16, compiled in variants:
             try:
-                r = rate(n, args, layout, bf16, compiled, device)
+                r, warm_up = rate(n, args, layout, bf16, compiled, device)
             except Exception as exc:  # a variant that fails is reported, the others still run
                 print(f"{n:6d}  {name:26s} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
                 continue
             baseline = baseline or r
-            print(f"{n:6d}  {name:26s} {r:12.1f}  {r / baseline:8.2f}×", flush=True)
+            print(f"{n:6d}  {name:26s} {r:12.1f}  {r / baseline:8.2f}×  {warm_up:10.1f} s", flush=True)
 
 
 if __name__ == "__main__":

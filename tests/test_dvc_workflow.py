@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run_command
+from conftest import make_target, run_command, with_makefile
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,6 +34,14 @@ TINY = {
     "evaluate": {"set_size": 10},
 }
 DATA_STAGES = ("raw", "preprocess", "evalset")  # every stage whose outputs live in DVC's cache
+# `make gpu-smoke-cpu` at test size: `-S` overrides after the two profiles' (OVERRIDES), the last value winning.
+TINY_SMOKE = (
+    "data.n_images=120 data.workers=1 preprocess.image_size=16 preprocess.probe_size=20 "
+    "preprocess.labelled_per_class=10 train.steps=20 train.batch_size=8 train.checkpoint_every=10 train.log_every=10 "
+    "train.snapshot_every=0 train.latent_dim=3 search.min_active=0 classify.cnn_steps=5 classify.n_draws=1 "
+    "classify.label_sizes=[5,10] evaluate.set_size=60 evaluate.n_points=60 evaluate.n_train=20 evaluate.n_test=20 "
+    "evaluate.n_bootstrap=20 evaluate.dci_method=lasso evaluate.sap_method=correlation"
+).split()
 
 
 def project_files() -> list[str]:
@@ -156,6 +164,38 @@ def test_commit_push_clone_pull_round_trip(tmp_path):
     assert sizes.get("bigger-set") == "12" and "10" in sizes.values(), sizes
 
 
+@pytest.mark.skipif(shutil.which("git") is None or shutil.which("make") is None, reason="needs git and make")
+@pytest.mark.slow
+def test_gpu_smoke_profile_runs_every_stage_on_the_cpu(tmp_path):
+    """`make gpu-smoke-cpu` in a git copy of the project, at test size (OVERRIDES after the profiles): one
+    `dvc exp run` of every stage, on the CPU; the profiles' values stand where the test's do not replace them."""
+    env = env_for(tmp_path)
+    (tmp_path / "home").mkdir()
+    root = tmp_path / "project"
+    for name in project_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT / name, root / name)
+    (root / "dvc.lock").unlink(missing_ok=True)
+    with_makefile(root)
+    sh(["git", "init", "-q", "-b", "main"], root, env)
+    (root / ".git" / "info" / "exclude").write_text(".venv\n")
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-q", "-m", "project"], root, env)
+    env["PYTHONPATH"] = str(root / "src")  # the copy's stages run the copy's sources
+
+    overrides = " ".join(f"-S {pair}" for pair in TINY_SMOKE)
+    out = sh(make_target("gpu-smoke-cpu", OVERRIDES=overrides), root, env, timeout=900)
+    for stage in ("raw", "preprocess", "evalset", "search@beta_vae", "search@guided_beta_vae", "udr", "register"):
+        assert f"Running stage '{stage}'" in out, stage
+    assert "Running stage 'classify'" in out and "Running stage 'evaluate'" in out
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert params["train"]["device"] == "cpu" and params["preprocess"]["image_size"] == 16
+    assert params["search"]["seeds"] == 2  # gpu-smoke.txt's, which the test does not replace
+    assert {space["n_trials"] for space in params["search"]["spaces"].values()} == {1}
+    evaluated = json.loads((root / "reports/evaluate/metrics.json").read_text())
+    assert evaluated["n_models"] == 2 * len(params["search"]["spaces"]), evaluated
+
+
 # ------------------------------------------------------------------ metrics and plots are DVC-shaped
 
 
@@ -272,11 +312,11 @@ def test_each_metrics_file_prints_within_120_columns_and_is_declared():
     """`dvc metrics show <file>` for every file a stage writes fits a 120-column terminal, with the longest
     family name, four families, every defect and every classifier's and the gate's numbers; the files are
     exactly those dvc.yaml declares (a folder for classify, whose files are one per method)."""
-    from tubervae.data.synth_factors import FACTOR_NAMES
-    from tubervae.io import metrics_files
     from types import SimpleNamespace
 
     from tubervae.classify import grading
+    from tubervae.data.synth_factors import FACTOR_NAMES
+    from tubervae.io import metrics_files
     from tubervae.stages import evaluate, search, udr
 
     families = ["beta_vae", "beta_tcvae", "cbeta_vae", "guided_beta_vae"]

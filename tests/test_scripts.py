@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +38,18 @@ PROJECT = Path(__file__).resolve().parents[1]
 SRC = PROJECT / "src"
 SCRIPTS = sorted(PROJECT.glob("benchmarks/bench_*.py")) + sorted(PROJECT.glob("experiments/*.py"))
 SCRIPT_IDS = [str(p.relative_to(PROJECT)) for p in SCRIPTS]
+
+DEVICE_CHECK = PROJECT / "benchmarks" / "device_check.sh"
+DEVICE_CHECK_PARTS = (
+    "nvidia-smi",
+    "pytest -m cuda",
+    "make gpu-smoke",
+    "bench_gpu baseline",
+    "lever: NCHW layout",
+    "lever: 230 fused models",
+    "lever: torch.compile",
+    "lever: CUDA graphs",
+)
 
 # Library attributes a script still replaces, each until its module takes a parameter for it.
 KNOWN_PATCHES: set[tuple[str, str, str]] = set()  # (script, module, name) a script may replace
@@ -223,3 +238,34 @@ def test_the_benchmarks_knobs_of_train_fused_change_speed_not_weights():
         for a, b in zip(runs[0], other):
             for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
                 assert torch.allclose(x, y, rtol=0, atol=1e-9)
+
+
+def test_device_check_passes_the_benchmarks_only_options_they_have():
+    """Every `--option` device_check.sh gives bench_gpu.py or bench_gpu_layout.py is one of theirs."""
+    script = DEVICE_CHECK.read_text(encoding="utf-8")
+    benches = ("bench_gpu.py", "bench_gpu_layout.py")
+    accepted = "".join((PROJECT / "benchmarks" / name).read_text(encoding="utf-8") for name in benches)
+    lines = [line for line in script.splitlines() if "bench_gpu" in line or re.match(r"\s*(bench|layout)=\(", line)]
+    options = {option for line in lines for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", line)}
+    assert {"--models", "--layout", "--compile-mode", "--only", "--cpu"} <= options
+    assert not {option for option in options if f'"{option}"' not in accepted}
+
+
+@pytest.mark.slow  # records the versions of torch, MLflow, DVC and Optuna: tens of seconds on a shared CPU
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None or torch.cuda.is_available(), reason="a GPU machine")
+def test_device_check_skips_its_cuda_parts_on_a_machine_without_one(tmp_path):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEVICE_CHECK_", "BOX_"))}
+    env.update(OUT=str(out), PYTHON=sys.executable)
+    done = subprocess.run(
+        ["bash", str(DEVICE_CHECK)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert "no CUDA (no nvidia-smi on PATH" in summary[1]
+    for part in DEVICE_CHECK_PARTS:
+        (line,) = [line for line in summary if line.startswith(part + " ")]
+        assert "skipped: no nvidia-smi on PATH" in line, line
+    assert summary[-1].startswith("device check done")
+    assert sorted(p.name for p in out.iterdir()) == ["env.txt", "summary.txt"]
+    assert f"torch {torch.__version__}" in (out / "env.txt").read_text()

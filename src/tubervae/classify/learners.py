@@ -217,6 +217,6 @@ def fit_pixel_cnn(
         loss.backward()
         optimizer.step()
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
     network.eval()
     return PixelCNNClassifier(network, array.shape[1])
