@@ -21,10 +21,11 @@ VEGA_DIR       = .vega
 # make plots' page, apart from dvc_plots/ (what a plain `dvc plots show` writes, Vega from a CDN).
 OFFLINE_PLOTS  = dvc_plots_offline
 VEGA_PACKAGES  = vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
-# pytest-xdist: one worker per core (one torch thread each, tests/conftest.py); `loadgroup` keeps the tests
-# that share an expensive module fixture (their `xdist_group` mark) on one worker. TEST_WORKERS=0: one process.
+# pytest-xdist: one worker per core (one torch thread each, tests/conftest.py); `loadfile` keeps each test
+# module on one worker, so its module fixtures (a tiny trained project, a `dvc repro`) are built once and its
+# tests run in their order. TEST_WORKERS=0: one process.
 TEST_WORKERS   ?= auto
-PYTEST_WORKERS  = -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_WORKERS  = -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install run test test-fast lint plots thesis gpu-smoke cpu-long disentangle bench ui dashboard serve
 

@@ -39,24 +39,6 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist: the tests of a module that share one of its module- or class-scoped fixtures
-    (a tiny trained project, a `dvc repro`) run on one worker (an xdist_group of the module, for
-    `--dist loadgroup`), so the fixture is built once; and the slow tests are handed out first, so a
-    long one does not start last while the other workers idle."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        shared = info and any(
-            defs and defs[-1].scope in ("class", "module", "package") for defs in info.name2fixturedefs.values()
-        )
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def working_folder_of_decoys(tmp_path_factory):
     """Every test runs from a working folder that looks like a finished pipeline but is not one:
