@@ -23,6 +23,11 @@ VEGA_DIR       = .vega
 # make plots' page, apart from dvc_plots/ (what a plain `dvc plots show` writes, Vega from a CDN).
 OFFLINE_PLOTS  = dvc_plots_offline
 VEGA_PACKAGES  = vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+# pytest-xdist: one worker per core (one torch thread each, tests/conftest.py); `loadfile` keeps each test
+# module on one worker, so its module fixtures (a tiny trained project, a `dvc repro`) are built once and its
+# tests run in their order. TEST_WORKERS=0: one process.
+TEST_WORKERS   ?= auto
+PYTEST_WORKERS  = -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install run test test-fast lint plots thesis gpu-smoke gpu-smoke-cpu cpu-long disentangle bench ui dashboard serve
 
@@ -41,10 +46,10 @@ test: install         ## lint, format check, import layers, then the test suite
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) --durations=15
 
 test-fast: install    ## the fast tier: every module's logic, without the tests marked slow
-	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) -m "not slow" --durations=10
 
 lint: install         ## fix what ruff can fix and format the tree
 	$(BIN)/ruff check --fix src tests benchmarks experiments

@@ -33,6 +33,17 @@ if TYPE_CHECKING:
 DECOY_RUN_ID = "0123456789abcdef0123456789abcdef"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread,
+    and so do the stages and scripts it starts: N workers of all the cores each would fight over them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def working_folder_of_decoys(tmp_path_factory):
     """Every test runs from a working folder that looks like a finished pipeline but is not one:

@@ -54,6 +54,21 @@ def twin(job: FusedJob, cfg: TrainConfig, images, **kw):
     )
 
 
+@pytest.fixture(scope="module")
+def twin_of(images):
+    """`twin(job, config(), images)` in float64, trained once per (setting, seed) for the module's tests."""
+    trained = {}
+
+    def get(job: FusedJob):
+        assert torch.get_default_dtype() == torch.float64, "the shared twins are float64 (the float64 fixture)"
+        key = (job.setting, job.seed)
+        if key not in trained:
+            trained[key] = twin(job, config(), images)
+        return trained[key]
+
+    return get
+
+
 def fused(jobs, cfg, images, **kw):
     return train_fused(jobs, cfg, train_images=images, probe_images=images[:8], test_images=images[:8], **kw)
 
@@ -65,11 +80,11 @@ def largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 
 @pytest.mark.slow
-def test_fused_models_equal_their_separately_trained_twins(float64, images):
+def test_fused_models_equal_their_separately_trained_twins(float64, images, twin_of):
     cfg = config()
     outcomes = fused(JOBS, cfg, images)
     for job, out in zip(JOBS, outcomes):
-        alone = twin(job, cfg, images)
+        alone = twin_of(job)
         assert out.step == alone.step == 20
         assert largest_difference(out.model, alone.model) < TOLERANCE
         # the twins moved away from their start, so the match is not two untouched initialisations
@@ -108,7 +123,7 @@ def kill_at(step_to_die: int):
 
 
 @pytest.mark.slow
-def test_killed_fused_run_resumes_from_per_model_checkpoints(float64, images, tmp_path):
+def test_killed_fused_run_resumes_from_per_model_checkpoints(float64, images, tmp_path, twin_of):
     cfg = config()
     jobs = [FusedJob(j.setting, j.seed, tmp_path / f"m{i}.pt") for i, j in enumerate(JOBS[1:])]
     with pytest.raises(Killed):
@@ -117,7 +132,7 @@ def test_killed_fused_run_resumes_from_per_model_checkpoints(float64, images, tm
     assert [s["step"] for s in saved] == [10, 10, 10]
     resumed = fused(jobs, cfg, images)
     for job, out in zip(jobs, resumed):
-        assert largest_difference(out.model, twin(job, cfg, images).model) < TOLERANCE
+        assert largest_difference(out.model, twin_of(job).model) < TOLERANCE
 
 
 def test_a_float64_model_runs_in_float64_whatever_precision_says(float64, images):
@@ -151,10 +166,10 @@ def test_killed_fused_run_resumes_to_the_same_weights_in_bfloat16(images, tmp_pa
 
 
 @pytest.mark.slow
-def test_checkpoints_move_between_fused_and_separate_training(float64, images, tmp_path):
+def test_checkpoints_move_between_fused_and_separate_training(float64, images, tmp_path, twin_of):
     cfg = config()
     job = FusedJob(JOBS[3].setting, JOBS[3].seed, tmp_path / "tc.pt")
-    reference = twin(job, cfg, images).model
+    reference = twin_of(job).model
     # a fused run killed at step 15 leaves its step-10 checkpoint; the separate trainer finishes it
     with pytest.raises(Killed):
         fused([job], cfg, images, on_log=kill_at(15))
@@ -172,7 +187,7 @@ def test_checkpoints_move_between_fused_and_separate_training(float64, images, t
         twin(job, cfg, images, checkpoint_path=job.checkpoint_path, on_log=die)
     outcomes = fused([other, job], cfg, images)  # the two start at different steps: two fused groups
     assert largest_difference(outcomes[1].model, reference) < TOLERANCE
-    assert largest_difference(outcomes[0].model, twin(other, cfg, images).model) < TOLERANCE
+    assert largest_difference(outcomes[0].model, twin_of(other).model) < TOLERANCE
 
 
 @pytest.mark.slow

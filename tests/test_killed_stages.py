@@ -32,7 +32,14 @@ PARAMS = {
     "search": {"seeds": 2, "min_active": 0},
     "udr": {"heatmap_pairs": 0},
     "classify": {"label_sizes": [6, 20], "n_draws": 1, "cnn_steps": 5, "gallery_size": 0},
-    "evaluate": {"n_points": 40, "n_bootstrap": 20, "n_train": 20, "n_test": 20, "dci_method": "gbt_regressor"},
+    "evaluate": {
+        "n_points": 40,
+        "n_bootstrap": 20,
+        "n_train": 20,
+        "n_test": 20,
+        "dci_method": "gbt_regressor",
+        "workers": 1,  # the 4 tiny models scored in the stage's process: no pool to start
+    },
 }
 # Run as `python stopper.py <stage> <marker>`: the stage, frozen at its first upload inside its run.
 STOPPER = """

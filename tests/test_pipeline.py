@@ -403,11 +403,19 @@ def test_real_photo_folder_goes_through_preprocess(tmp_path):
 UNLABELLED_RUN = {
     "data": {"workers": 1},
     "preprocess": {"image_size": SIZE, "probe_size": 10, "crop_fraction": CROP},
-    "train": {"latent_dim": 3, "steps": 10, "batch_size": 8, "snapshot_every": 0, "checkpoint_every": 10},
+    # workers 1: the tiny models train and are scored in the stages' own processes, no pools to start
+    "train": {"latent_dim": 3, "steps": 10, "batch_size": 8, "snapshot_every": 0, "checkpoint_every": 10, "workers": 1},
     "search": {"seeds": 2, "min_active": 0, "spaces": {"beta_vae": {"n_trials": 1, "beta": [1.0, 4.0]}}},
     "register": {"select": "job"},
     "classify": {"cnn_steps": 5, "n_draws": 1},
-    "evaluate": {"n_bootstrap": 20, "n_train": 10, "n_test": 10, "dci_method": "lasso", "sap_method": "correlation"},
+    "evaluate": {
+        "n_bootstrap": 20,
+        "n_train": 10,
+        "n_test": 10,
+        "dci_method": "lasso",
+        "sap_method": "correlation",
+        "workers": 1,
+    },
 }
 
 

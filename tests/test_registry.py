@@ -194,7 +194,10 @@ def two_tiny_vaes(root: Path) -> tuple[Path, Tracker, dict[float, str]]:
         test=load(processed, "test")["images"],
         data_version=DATA_VERSION,
     )
-    runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=LATENT)))
+    # The training pictures are not under test here and cost most of a tiny run's time.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tubervae.runs.training_run.figures", lambda *args, **kwargs: {})
+        runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=LATENT)))
     return processed, tracker, runs
 
 

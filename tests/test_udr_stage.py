@@ -565,7 +565,8 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     tracker = Tracker(root)
     data = train_stage.load_training_data(processed)
     run_ids = train_tiny_runs(tracker, data, [(beta, seed) for beta in (1.0, 4.0) for seed in (0, 1)])
-    params = Params(udr=UdrConfig(heatmap_pairs=0), evaluate=EvaluateConfig(n_points=40, n_bootstrap=20))
+    # workers=1: the 4 tiny models are scored in this process, without a pool of processes to start.
+    params = Params(udr=UdrConfig(heatmap_pairs=0), evaluate=EvaluateConfig(n_points=40, n_bootstrap=20, workers=1))
     udr_stage.run(params, all_runs=True, **stage_paths(root))
     champion = run_ids[2]
     write_json(root / "reports" / "register" / "champion.json", {"run_id": champion})
