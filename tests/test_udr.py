@@ -329,7 +329,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="similarity.*'pearson'"):
         udr_pair(x, x, kl, kl, similarity="pearson")
     with pytest.raises(ValueError, match="aggregate.*'mean'"):
-        udr_pair(x, x, kl, kl, aggregate="reference")
+        udr_pair(x, x, kl, kl, aggregate="mean")
     with pytest.raises(ValueError, match="lasso_alpha.*-0.1"):
         udr_pair(x, x, kl, kl, lasso_alpha=-0.1)
     with pytest.raises(ValueError, match="kl_b must be a length-3"):
