@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_target, run_command, with_makefile
+from conftest import run_command
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -162,38 +162,6 @@ def test_commit_push_clone_pull_round_trip(tmp_path):
     column = next(header.index(n) for n in names if n in header)
     sizes = {row[0]: row[column] for row in rows}
     assert sizes.get("bigger-set") == "12" and "10" in sizes.values(), sizes
-
-
-@pytest.mark.skipif(shutil.which("git") is None or shutil.which("make") is None, reason="needs git and make")
-@pytest.mark.slow
-def test_gpu_smoke_profile_runs_every_stage_on_the_cpu(tmp_path):
-    """`make gpu-smoke-cpu` in a git copy of the project, at test size (OVERRIDES after the profiles): one
-    `dvc exp run` of every stage, on the CPU; the profiles' values stand where the test's do not replace them."""
-    env = env_for(tmp_path)
-    (tmp_path / "home").mkdir()
-    root = tmp_path / "project"
-    for name in project_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT / name, root / name)
-    (root / "dvc.lock").unlink(missing_ok=True)
-    with_makefile(root)
-    sh(["git", "init", "-q", "-b", "main"], root, env)
-    (root / ".git" / "info" / "exclude").write_text(".venv\n")
-    sh(["git", "add", "-A"], root, env)
-    sh(["git", "commit", "-q", "-m", "project"], root, env)
-    env["PYTHONPATH"] = str(root / "src")  # the copy's stages run the copy's sources
-
-    overrides = " ".join(f"-S {pair}" for pair in TINY_SMOKE)
-    out = sh(make_target("gpu-smoke-cpu", OVERRIDES=overrides), root, env, timeout=900)
-    for stage in ("raw", "preprocess", "evalset", "search@beta_vae", "search@guided_beta_vae", "udr", "register"):
-        assert f"Running stage '{stage}'" in out, stage
-    assert "Running stage 'classify'" in out and "Running stage 'evaluate'" in out
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    assert params["train"]["device"] == "cpu" and params["preprocess"]["image_size"] == 16
-    assert params["search"]["seeds"] == 2  # gpu-smoke.txt's, which the test does not replace
-    assert {space["n_trials"] for space in params["search"]["spaces"].values()} == {1}
-    evaluated = json.loads((root / "reports/evaluate/metrics.json").read_text())
-    assert evaluated["n_models"] == 2 * len(params["search"]["spaces"]), evaluated
 
 
 # ------------------------------------------------------------------ metrics and plots are DVC-shaped
