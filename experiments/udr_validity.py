@@ -613,9 +613,15 @@ def family_section(fam: str, idx: np.ndarray, rows: list[dict], scores: dict, n_
                     verdicts[level] = fig
         lines.append(f"| {text} | " + " | ".join(cells) + " |")
     lines.append("")
+    if n_settings < 3:
+        lines += [
+            f"**{name} has {n_settings} finished setting{plural}: too few to judge ρ** (a setting's seeds alone "
+            "say nothing about how UDR orders settings).",
+            "",
+        ]
     for level, over in (("model", "the models"), ("setting", "the settings' medians")):
         fig = verdicts.get(level)
-        if fig is None or not np.isfinite(fig.value):
+        if n_settings < 3 or fig is None or not np.isfinite(fig.value):
             continue
         judged = (
             "above 0.6 with an interval clear of 0."
