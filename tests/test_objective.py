@@ -1,4 +1,5 @@
-"""The search's objective (`tubervae.runs.objective`): a trial valued by UDR, the held-out ELBO or the job score."""
+"""The search's objective (`tubervae.runs.objective`): a trial valued by UDR, the held-out ELBO, the job score or
+MIG on the photos with measured factors."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ def seed_value(objective: str, tracker: Tracker, run_id: str, root: Path, params
     from tubervae.models.encoding import encode, heldout_elbo
 
     vae = vae_artifacts.load_vae(tracker, run_id)[0]
+    if objective == "measured_mig":  # the disc photos carry factors in every split: 16 labelled, 16 test, 68 train
+        from tubervae.evaluation.mig import mig
+
+        splits = [load_split(name, root / "data" / "processed") for name in ("labelled", "test", "train")]
+        images = np.concatenate([s["images"] for s in splits])[:100]
+        factors = np.concatenate([s["factors"] for s in splits])[:100]
+        return mig(encode(vae, images)[0], factors)["mig"]
     if objective == "elbo":
         return heldout_elbo(vae, load_training_data(root / "data" / "processed").test, "bernoulli")
     labelled = load_split("labelled", root / "data" / "processed")
@@ -34,7 +42,7 @@ def seed_value(objective: str, tracker: Tracker, run_id: str, root: Path, params
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["elbo", "job"])
+@pytest.mark.parametrize("objective", ["elbo", "job", "measured_mig"])
 def test_search_objective_end_to_end_values_trials_and_picks_the_champion_by_it(project, no_pictures, objective):
     """Trials valued by their seeds' median held-out ELBO (job score), the study records it, register follows it."""
     from tubervae.stages import register, udr
@@ -44,10 +52,8 @@ def test_search_objective_end_to_end_values_trials_and_picks_the_champion_by_it(
     summary = run_search(project, raw)
     study = load_study(project, raw)
     assert study.metric_names == [objective] and study.user_attrs["search_objective"] == objective
-    assert (
-        summary["search_objective"] == objective
-        and {"elbo": "ELBO", "job": "multi-defect"}[objective] in (summary["objective"])
-    )
+    words = {"elbo": "ELBO", "job": "multi-defect", "measured_mig": "measured factors"}[objective]
+    assert summary["search_objective"] == objective and words in summary["objective"]
     tracker = Tracker(project)
     value_of = {}
     for trial in study.trials:
@@ -96,4 +102,16 @@ def test_search_objective_job_is_refused_without_both_classes_of_labels(project)
         job_photos(processed)
     with pytest.raises(ValueError, match="holds 16 good and 0 bad"):
         run_search(project, merged(RAW_PARAMS, search={"objective": "job"}))
+    assert all_runs(project) == []
+
+
+def test_search_objective_measured_mig_is_refused_before_any_run_without_measured_photos(project):
+    from tubervae.data.processed import load_split, save_split
+
+    processed = project / "data" / "processed"
+    for name in ("labelled", "test", "train"):  # nobody measured a photo: every factor unknown
+        arrays = load_split(name, processed)
+        save_split(processed, name, {**arrays, "factors": np.full_like(arrays["factors"], np.nan)})
+    with pytest.raises(ValueError, match=r"search.objective is 'measured_mig', but 0 photo\(s\)"):
+        run_search(project, merged(RAW_PARAMS, search={"objective": "measured_mig"}))
     assert all_runs(project) == []

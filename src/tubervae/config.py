@@ -32,8 +32,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 SELECTIONS = ("udr", "job")  # register.select: the champion by UDR alone, or for the grading job
 # search.objective: a trial's value, the median over its seeds of within-setting UDR, of the held-out ELBO
-# (photos alone), or of the job score (the multi-defect rule on the labelled photos, cross-validated)
-SEARCH_OBJECTIVES = ("udr", "elbo", "job")
+# (photos alone), of the job score (the multi-defect rule on the labelled photos, cross-validated), or of
+# MIG on the few photos with measured factors (runs/measured.py)
+SEARCH_OBJECTIVES = ("udr", "elbo", "job", "measured_mig")
 FUSE_MODES = ("auto", "always", "never")  # auto: a trial's seeds train as one fused model on CUDA
 PRUNERS = ("none", "median", "successive_halving", "hyperband")  # Optuna's, judging trials part-way (search.pruner)
 IMAGE_SIZES = (16, 32, 64, 128)
@@ -169,6 +170,7 @@ class SearchConfig:
     grace_period: int = _rule(180, min=2)
     max_retry: int = _rule(3, min=0)
     objective: str = _rule("udr", choices=SEARCH_OBJECTIVES)  # a trial's value (median over seeds); register follows
+    measured_photos: int = _rule(100, min=0)  # measured_mig: photos with measured factors it uses; 0 = all
     pruner: str = _rule("none", choices=PRUNERS)  # stops settings that cannot win part-way; none: train every trial
     prune_at: list = _rule(default_factory=lambda: [0.25, 0.5])  # fractions of train.steps where trials are judged
     prune_startup_trials: int = _rule(1, min=0)  # median: complete trials before it prunes

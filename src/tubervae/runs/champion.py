@@ -16,10 +16,10 @@ seed is scored by the cross-validated balanced accuracy of the multi-defect rule
 policy's order). No test photo is touched. Both champions are written to champion.json
 either way, so the classify stage reports them side by side.
 
-`search.objective: elbo` or `job` chooses as that search did: the feasible setting of best median
-held-out ELBO on the test photos (or job score on the labelled photos), and its seed of best value
-(`register.select: job` still chooses among the UDR ties). champion.json names the UDR champion
-beside it.
+`search.objective: elbo`, `job` or `measured_mig` chooses as that search did: the feasible setting of
+best median held-out ELBO on the test photos (or job score on the labelled photos, or MIG on the
+measured photos), and its seed of best value (`register.select: job` still chooses among the UDR
+ties). champion.json names the UDR champion beside it.
 
 What becomes of the chosen model (the gate, the Model Registry) is `tubervae.runs.promotion`.
 """
@@ -39,6 +39,7 @@ from tubervae.config import FEW_LABELS, Params
 from tubervae.data.processed import load_split
 from tubervae.models.encoding import encode, heldout_elbo
 from tubervae.runs import vae_artifacts
+from tubervae.runs.measured import measured_mig, measured_photos
 from tubervae.runs.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,8 @@ def choose_for_the_job(tracker: Tracker, candidates: pd.DataFrame, labelled: dic
 def objective_champion(
     tracker: Tracker, models: pd.DataFrame, labelled: dict, processed_dir: Path, params: Params, counts: tuple
 ) -> pd.Series | None:
-    """The champion under `search.objective` elbo or job (None for udr); `counts`: the labels' (good, bad)."""
+    """The champion under `search.objective` elbo, job or measured_mig (None for udr); `counts`: the labels'
+    (good, bad)."""
     objective = params.search.objective
     if objective == "job" and min(counts) == 0:
         raise ValueError(
@@ -194,12 +196,16 @@ def objective_champion(
         )
     if objective == "udr":
         return None
-    test = load_split("test", processed_dir)["images"] if objective == "elbo" else None
-    return objective_candidates(with_objective(tracker, models, params, test, labelled), objective).iloc[0]
+    photos = None
+    if objective == "elbo":
+        photos = load_split("test", processed_dir)["images"]
+    elif objective == "measured_mig":
+        photos = measured_photos(processed_dir, params.search.measured_photos)
+    return objective_candidates(with_objective(tracker, models, params, photos, labelled), objective).iloc[0]
 
 
 def objective_candidates(models: pd.DataFrame, column: str) -> pd.DataFrame:
-    """`search.objective` elbo or job: the best seed of every feasible setting, settings by their median
+    """`search.objective` other than udr: the best seed of every feasible setting, settings by their median
     `column` (the objective's per-model value), best first."""
     feasible = _feasible(models, column)
     keys = ["family", "beta", "c_max"]
@@ -207,15 +213,17 @@ def objective_candidates(models: pd.DataFrame, column: str) -> pd.DataFrame:
     return _best_seed_of_each(feasible, settings, column)
 
 
-def with_objective(
-    tracker: Tracker, models: pd.DataFrame, params: Params, test_images: np.ndarray, labelled: dict
-) -> pd.DataFrame:
-    """`models` with each feasible model's value under `search.objective` (elbo or job) in that column."""
+def with_objective(tracker: Tracker, models: pd.DataFrame, params: Params, photos, labelled: dict) -> pd.DataFrame:
+    """`models` with each feasible model's value under `search.objective` in that column; `photos`: the test
+    images (elbo) or the measured photos (measured_mig)."""
     objective = params.search.objective
 
     def value(run_id: str) -> float:
         if objective == "job":
             return rule_cv_score(tracker, run_id, labelled, params)
-        return heldout_elbo(vae_artifacts.load_vae(tracker, run_id)[0], test_images, params.train.rec_kind)
+        vae = vae_artifacts.load_vae(tracker, run_id)[0]
+        if objective == "measured_mig":
+            return measured_mig(vae, photos)
+        return heldout_elbo(vae, photos, params.train.rec_kind)
 
     return models.assign(**{objective: [value(r.run_id) if r.feasible else np.nan for r in models.itertuples()]})

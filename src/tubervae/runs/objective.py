@@ -1,7 +1,8 @@
 """The search's objective: one trial trains one setting on every seed and scores it with within-setting UDR
 (or, with `search.objective: elbo`, with the seeds' held-out ELBO on the test photos; with `job`, with
-the cross-validated balanced accuracy of the multi-defect rule on the labelled photos; UDR and the
-informative components are recorded and decide feasibility either way).
+the cross-validated balanced accuracy of the multi-defect rule on the labelled photos; with
+`measured_mig`, with MIG on the few photos whose factors were measured, `tubervae.runs.measured`; UDR and
+the informative components are recorded and decide feasibility either way).
 
 Each trial is an MLflow run (`trial <n> <family> <setting>`) under the study's, with its seeds' runs
 nested under it. Seeds whose finished run already exists are reused, the others trained by a
@@ -28,6 +29,7 @@ from tubervae.config import GUIDED_COMPONENT, Params, SearchSpace, base_family, 
 from tubervae.data.processed import load_split
 from tubervae.models.encoding import encode, heldout_elbo
 from tubervae.runs import trials, vae_artifacts
+from tubervae.runs.measured import measured_mig, measured_photos
 from tubervae.runs.progress import SearchProgress
 from tubervae.runs.pruning import prune_steps
 from tubervae.runs.seed_trainers import SeedTrainer
@@ -96,7 +98,16 @@ class Objective:
         self.progress = progress
         # UDR ranks a guided family's seeds over its unsupervised components: the guided one is left out.
         self.excluded = (GUIDED_COMPONENT,) if is_guided(family) else ()
-        self.labelled = job_photos(data.processed_dir) if params.search.objective == "job" else None
+        objective = params.search.objective
+        self.labelled = job_photos(data.processed_dir) if objective == "job" else None
+        self.measured = None
+        if objective == "measured_mig":
+            self.measured = measured_photos(data.processed_dir, params.search.measured_photos)
+            log.info(
+                "measured_mig: MIG on %d photos with measured factors %s",
+                len(self.measured["images"]),
+                self.measured["sources"],
+            )
 
     def __call__(self, trial: optuna.Trial) -> float:
         trials.record_worker(trial)
@@ -175,11 +186,14 @@ class Objective:
 
     def _score_seed(self, run_id: str) -> float:
         """The seed's value under `search.objective`, also logged on its run: `elbo`, its held-out ELBO on the
-        test photos; `job`, the cross-validated balanced accuracy of the multi-defect rule on the labelled ones."""
+        test photos; `job`, the cross-validated balanced accuracy of the multi-defect rule on the labelled ones;
+        `measured_mig`, MIG on the measured photos."""
         params = self.params
         vae, _ = vae_artifacts.load_vae(self.tracker, run_id)
         if params.search.objective == "elbo":
             name, value = "elbo_heldout", heldout_elbo(vae, self.data.test, params.train.rec_kind)
+        elif params.search.objective == "measured_mig":
+            name, value = "measured_mig", measured_mig(vae, self.measured)
         else:
             z, _ = encode(vae, self.labelled["images"])
             value = job_score(

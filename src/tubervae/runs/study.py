@@ -98,6 +98,11 @@ def objective_text(params: Params) -> str:
     """What a trial's value is, in words (`search.objective`)."""
     if params.search.objective == "elbo":
         return f"median held-out ELBO (nats per test photo) over {params.search.seeds} seeds"
+    if params.search.objective == "measured_mig":
+        return (
+            f"median MIG over {params.search.seeds} seeds on the photos with measured factors "
+            f"(up to {params.search.measured_photos or 'all'})"
+        )
     if params.search.objective == "job":
         return (
             f"median job score over {params.search.seeds} seeds (cross-validated balanced accuracy of the "
