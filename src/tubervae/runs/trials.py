@@ -2,9 +2,9 @@
 runs trials until the study holds `n_trials` finished ones.
 
 A trial's value is the median over its seeds of the UDR within the setting (`search.objective: udr`)
-or of their held-out ELBO (`elbo`) or job score (`job`); a trial whose median
-number of informative components is below `search.min_active` is infeasible and cannot win (UDR
-rewards collapsed models). What a trial records lives in its Optuna user attributes (the reports and
+or of their held-out ELBO (`elbo`), job score (`job`) or MIG on the measured photos (`measured_mig`);
+a trial whose median number of informative components is below `search.min_active` is infeasible and
+cannot win (UDR rewards collapsed models). What a trial records lives in its Optuna user attributes (the reports and
 the resumption read them back): `host` and `pid` of its worker, its MLflow run, its seeds' runs,
 the per-seed scores, feasibility, and for a pruned trial the step and the reason.
 """

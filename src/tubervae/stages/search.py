@@ -2,8 +2,9 @@
 
 A trial is one setting (β, and C_max for Cβ-VAE) trained on `search.seeds` seeds; its
 value is the median over seeds of the UDR within that setting (the thesis's "udr"
-column). A trial whose median number of informative components is below `min_active`
-is infeasible: UDR rewards collapsed models, so they may not win.
+column), or, by `search.objective`, of their held-out ELBO, job score or MIG on the photos
+with measured factors (`tubervae.runs.objective`). A trial whose median number of informative
+components is below `min_active` is infeasible: UDR rewards collapsed models, so they may not win.
 
 Resumption: the study lives in an Optuna RDB storage (default `sqlite:///<project>/optuna.db`,
 never the MLflow database) and is loaded by name. `n_trials` is the total wanted: a rerun
