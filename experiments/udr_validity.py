@@ -669,7 +669,7 @@ def report_tail() -> list[str]:
     return [
         "## What it does not cover",
         "",
-        "- One data set; the outside data set of the issue is not run here.",
+        "- One data set, simulated by this project: no data set made elsewhere has been run yet.",
         "- Settings not yet finished are absent from every figure above; a family with fewer than three",
         "  settings has no per-setting ρ.",
         "- One run, one host: three seeds per setting make the intervals wide.",
