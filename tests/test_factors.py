@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tubervae.data.factors import FactorTableError, factors_for_photos, read_factor_table
+from tubervae.data.factors import FactorTableError, factors_for_photos, measured_rows, read_factor_table
 
 
 def write(tmp_path, text: str):
@@ -60,10 +60,46 @@ def test_each_kept_photo_gets_its_row_in_order_a_link_by_its_target():
     assert out["size"].tolist() == [2.0, 1.0, 1.0]
 
 
-def test_a_photo_without_a_row_or_a_row_without_a_photo_is_refused():
+def test_a_kept_photo_without_a_row_is_not_measured_and_gets_no_row():
+    table = pd.DataFrame({"file": ["c.jpg", "a.jpg"], "size": [3.0, 1.0], "spots": [0.0, 2.0]})
+    kept = photos(*((f"images/photo_{i:05d}.jpg", name, name) for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg"])))
+    out = factors_for_photos(table, kept, ["a.jpg", "b.jpg", "c.jpg"])
+    assert out.file.tolist() == ["images/photo_00000.jpg", "images/photo_00002.jpg"]  # b.jpg: not measured
+    np.testing.assert_array_equal(out[["size", "spots"]], [[1.0, 2.0], [3.0, 0.0]])
+
+
+def test_a_row_without_a_photo_is_refused():
     kept = photos(("images/photo_00000.jpg", "a.jpg", "a.jpg"), ("images/photo_00001.jpg", "b.jpg", "b.jpg"))
-    with pytest.raises(FactorTableError, match=re.escape("no row for 1 of the 2 photos kept: 'b.jpg'")):
-        factors_for_photos(pd.DataFrame({"file": ["a.jpg"], "size": [1.0]}), kept, ["a.jpg", "b.jpg"])
     table = pd.DataFrame({"file": ["a.jpg", "b.jpg", "c.jpg"], "size": [1.0, 2.0, 3.0]})
     with pytest.raises(FactorTableError, match=re.escape("1 photo(s) that are not in the folder: 'c.jpg'")):
         factors_for_photos(table, kept, ["a.jpg", "b.jpg"])
+
+
+def test_a_table_that_measures_none_of_the_kept_photos_is_refused_naming_it(tmp_path):
+    kept = photos(("images/photo_00000.jpg", "a.jpg", "a.jpg"), ("images/photo_00001.jpg", "b.jpg", "b.jpg"))
+    path = tmp_path / "photos" / "factors.csv"
+    only_rejected = pd.DataFrame({"file": ["grey.jpg"], "size": [1.0]})  # in the folder, rejected on import
+    with pytest.raises(FactorTableError) as info:
+        factors_for_photos(only_rejected, kept, ["a.jpg", "b.jpg", "grey.jpg"], path)
+    assert str(info.value) == (
+        f"{path} measures none of the 2 photo(s) kept: its 1 row(s) name only entries not kept on import "
+        "('grey.jpg'); give the factors of at least one kept photo, or remove the file"
+    )
+    header_only = read_factor_table(write(tmp_path, "file,size\n"))
+    with pytest.raises(
+        FactorTableError, match=re.escape("factors.csv measures none of the 2 photo(s) kept: it has no row")
+    ):
+        factors_for_photos(header_only, kept, ["a.jpg", "b.jpg"])
+
+
+def test_measured_rows_are_those_with_every_factor_finite():
+    factors = np.array([[1.0, 2.0], [np.nan, np.nan], [3.0, np.nan], [0.0, -1.0], [np.inf, 1.0]], np.float32)
+    np.testing.assert_array_equal(measured_rows(factors), [True, False, False, True, False])
+    assert measured_rows(np.arange(6).reshape(3, 2)).all()
+    assert measured_rows(np.empty((0, 3))).shape == (0,)
+    with pytest.raises(
+        ValueError, match=re.escape("factors must be a 2-D numeric array (n, k), got float64 of shape (3,)")
+    ):
+        measured_rows(np.ones(3))
+    with pytest.raises(ValueError, match="factors must be a 2-D numeric array"):
+        measured_rows(np.array([["a", "b"]]))

@@ -2,6 +2,7 @@
 
 import builtins
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tubervae.config import DataConfig, Params
+from tubervae.data.factors import FactorTableError
 from tubervae.data.images import inspect_image, load_model_input
 from tubervae.stages.raw import IngestError, import_folder
 
@@ -359,6 +361,44 @@ def test_factors_can_name_a_photo_whose_name_is_not_utf8_as_the_report_shows_it(
     import_folder(DataConfig(source=str(root), workers=1), tmp_path / "raw", tmp_path / "ingest.csv")
     factors = pd.read_csv(tmp_path / "raw" / "factors.csv")
     assert sorted(factors["size"]) == [1.5, 2.0]
+
+
+def test_factors_for_a_few_photos_are_imported_for_those_and_counted(tmp_path, caplog):
+    root = tmp_path / "photos"
+    (root / "good").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg", "good/c.jpg", "good/d.jpg"):
+        photo().save(root / name)
+    photo(mode="L").save(root / "grey.png")  # rejected on import: its row is unused
+    (root / "factors.csv").write_text("file,size,spots\ngood/c.jpg,1.5,0\ngrey.png,9,9\na.jpg,2.0,3\n")
+    with caplog.at_level("INFO", logger="tubervae.stages.raw"):
+        report = import_folder(
+            DataConfig(source=str(root), workers=1, max_rejected_fraction=0.5),
+            tmp_path / "raw",
+            tmp_path / "ingest.csv",
+        )
+    labels = pd.read_csv(tmp_path / "raw" / "labels.csv", keep_default_na=False).set_index("source")
+    factors = pd.read_csv(tmp_path / "raw" / "factors.csv")  # the measured photos' rows only
+    assert factors.file.tolist() == labels.loc[["a.jpg", "good/c.jpg"], "file"].tolist()
+    assert factors[["size", "spots"]].to_numpy().tolist() == [[2.0, 3.0], [1.5, 0.0]]
+    reason = "the known factors of 2 of the 4 photos kept (data/raw/factors.csv)"
+    assert report.set_index("source").loc["factors.csv", "reason"] == reason
+    written = pd.read_csv(tmp_path / "ingest.csv", keep_default_na=False).set_index("source")
+    assert written.loc["factors.csv", "reason"] == reason
+    assert "factors (size, spots) measured for 2 of the 4 photos kept" in caplog.text
+
+
+def test_factors_that_measure_no_kept_photo_stop_the_import_naming_the_file(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    photo().save(root / "a.jpg")
+    photo(mode="L").save(root / "grey.png")
+    (root / "factors.csv").write_text("file,size\ngrey.png,1\n")
+    cfg = DataConfig(source=str(root), workers=1, max_rejected_fraction=0.5)
+    with pytest.raises(
+        FactorTableError, match=re.escape(f"{root / 'factors.csv'} measures none of the 1 photo(s) kept")
+    ):
+        import_folder(cfg, tmp_path / "raw", tmp_path / "ingest.csv")
+    assert not (tmp_path / "ingest.csv").exists()
 
 
 def test_an_empty_folder_is_one_line_and_leaves_the_previous_import(tmp_path):

@@ -25,7 +25,7 @@ from PIL import Image
 from conftest import run_command
 from tubervae import cli
 from tubervae.config import DataConfig, Params, PreprocessConfig
-from tubervae.data.factors import FactorTableError
+from tubervae.data.factors import FactorTableError, measured_rows
 from tubervae.data.splits import fingerprint
 from tubervae.data.synth_factors import FACTOR_NAMES
 from tubervae.stages import evalset, evaluate, preprocess, raw
@@ -501,17 +501,86 @@ def test_a_folders_factors_reach_the_splits_and_the_evaluate_stage(tmp_path):
     assert meta["factor_names"] == ["radius", "redness"]
     evalset_dir = tmp_path / "data/evalset"
     evalset.run(Params(data=DataConfig(source=str(folder))), out_dir=evalset_dir)
-    images, factors, names, source = evaluate.scored_data(evalset_dir, processed)
+    images, factors, names, source, measured = evaluate.scored_data(evalset_dir, processed)
     assert (names, source) == (["radius", "redness"], "test split")
     test_rows = load_processed(processed)[0]["test"]["rows"]
     np.testing.assert_allclose(factors, expected.to_numpy()[test_rows], rtol=1e-6)
-    assert len(images) == len(test_rows)
+    assert len(images) == len(test_rows) and measured == {"photos": len(test_rows), "of": len(test_rows)}
+
+
+def test_a_factors_csv_for_a_few_photos_gives_nan_rows_to_the_others(tmp_path):
+    """factors.csv measures 3 of the 8 photos kept: data/raw/factors.csv holds those 3 rows, and every
+    split's factors have a row per photo, NaN exactly for the 5 photos not measured."""
+    folder = tmp_path / "photos"
+    sources = []
+    for i in range(4):
+        for label, colour in (("good", (40, 60, 150 + 20 * i)), ("bad", (150 + 20 * i, 50, 40))):
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            sources.append(f"{label}/{label[0]}{i}.png")
+            photo(colour, radius=60 + 10 * i).save(folder / sources[-1])
+    table = pd.DataFrame(
+        {"file": ["bad/b2.png", "good/g0.png", "good/g3.png"], "radius": [80, 60, 90], "hue": [1, 2, 3]}
+    )
+    table.to_csv(folder / "factors.csv", index=False)
+    raw_dir = tmp_path / "data/raw"
+    raw.run(Params(data=DataConfig(source=str(folder), workers=1)), out_dir=raw_dir, reports_dir=tmp_path / "reports")
+    labels = pd.read_csv(raw_dir / "labels.csv", keep_default_na=False)
+    assert sorted(labels.source) == sorted(sources)
+    imported = pd.read_csv(raw_dir / "factors.csv")
+    by_source = labels.set_index("file").source
+    assert sorted(by_source[imported.file]) == sorted(table.file)
+
+    processed = tmp_path / "data/processed"
+    settings = PreprocessConfig(image_size=SIZE, probe_size=2, labelled_per_class=1, crop_fraction=CROP)
+    meta = preprocess.run(Params(data=DataConfig(workers=1), preprocess=settings), raw_dir=raw_dir, out_dir=processed)
+    assert meta["factor_names"] == ["radius", "hue"]
+    splits, written = load_processed(processed)
+    assert written["measured"] == meta["measured"]
+    truth = table.set_index("file")
+    for name, arrays in splits.items():
+        names = labels.source.to_numpy()[arrays["rows"]]
+        measured = np.isin(names, table.file)
+        assert arrays["factors"].shape == (len(names), 2) and arrays["factors"].dtype == np.float32, name
+        assert np.isnan(arrays["factors"][~measured]).all(), name
+        np.testing.assert_array_equal(arrays["factors"][measured], truth.loc[names[measured]].to_numpy(), name)
+        np.testing.assert_array_equal(measured_rows(arrays["factors"]), measured, name)
+        assert meta["measured"][name] == measured.sum(), name
+    assert meta["measured"]["train"] + meta["measured"]["test"] == 3
+
+    # The test split holds 2 photos: too few measured to score, and evaluate says so.
+    evalset_dir = tmp_path / "data/evalset"
+    evalset.run(Params(data=DataConfig(source=str(folder))), out_dir=evalset_dir)
+    why = evaluate.scored_data(evalset_dir, processed)
+    assert why == (
+        f"{meta['measured']['test']} of the test split's 2 photos have measured factors (factors.csv); "
+        "the supervised metrics need at least 4"
+    )
+
+
+def test_preprocess_refuses_an_edited_raw_factors_csv(tmp_path):
+    raw_dir = tmp_path / "raw"
+    (raw_dir / "images").mkdir(parents=True)
+    for i in range(4):
+        photo((40, 60, 150)).save(raw_dir / "images" / f"p{i}.png")
+    files = [f"images/p{i}.png" for i in range(4)]
+    pd.DataFrame({"file": files, "label": ["good", "bad", "good", "bad"]}).to_csv(raw_dir / "labels.csv", index=False)
+    for rows, message in (
+        ({"file": files[:2], "size": [1.0, np.nan]}, "1 row(s) without every factor, e.g. images/p1.png"),
+        ({"file": ["images/other.png"], "size": [1.0]}, "1 row(s) naming no photo of"),
+    ):
+        pd.DataFrame(rows).to_csv(raw_dir / "factors.csv", index=False)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            preprocess.read_raw(raw_dir)
+    pd.DataFrame({"file": files[2:], "size": [1.0, 2.0]}).to_csv(raw_dir / "factors.csv", index=False)
+    frame = preprocess.read_raw(raw_dir)
+    np.testing.assert_array_equal(frame["size"], [np.nan, np.nan, 1.0, 2.0])
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda t: t.drop(index=3), "no row for 1 of the 20 photos kept: 'bad/b01.png'"),
+        (lambda t: t.iloc[:0], "factors.csv measures none of the 20 photo(s) kept: it has no row"),
+        (lambda t: t.assign(redness=t.redness.where(t.index != 4)), "'redness' has no finite value for 1 photo(s)"),
         (lambda t: t.assign(redness=t.redness.astype(object).where(t.index != 2, "red")), "'redness' must be numeric"),
         (lambda t: pd.concat([t, t.iloc[[0]].assign(file="elsewhere/x.png")]), "not in the folder: 'elsewhere/x.png'"),
     ],

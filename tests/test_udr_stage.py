@@ -26,7 +26,7 @@ from scipy.stats import rankdata, spearmanr
 
 from conftest import run_command, train_tiny_runs, write_processed
 from tubervae.config import DataConfig, EvaluateConfig, Params, UdrConfig
-from tubervae.data.processed import load_split, save_evalset
+from tubervae.data.processed import load_split, save_evalset, save_split
 from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_json
 from tubervae.runs import training_run as train_stage
@@ -686,8 +686,8 @@ def test_evaluate_skips_data_without_factors(tmp_path):
         udr_dir=tmp_path / "reports" / "udr",
         out_dir=out,
     )
-    assert summary == {"skipped": True}
-    assert "no ground-truth factors" in json.loads((out / "metrics.json").read_text())["skipped"]
+    assert summary == {"skipped": "no ground-truth factors in the data"}
+    assert json.loads((out / "metrics.json").read_text()) == summary
     # Both outputs dvc.yaml declares for the stage exist, so `dvc repro` on real photos goes on.
     stage = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["evaluate"]
     declared = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"] + stage["metrics"]]
@@ -695,6 +695,67 @@ def test_evaluate_skips_data_without_factors(tmp_path):
         assert (tmp_path / path).is_file(), path
     assert pd.read_csv(out / "models.csv").columns.tolist() == ["run_id", *evaluate_stage.SUPERVISED]
     assert not (tmp_path / "mlflow.db").exists()  # nothing was tracked
+
+
+def unmeasure(processed: Path, split: str, keep: np.ndarray) -> np.ndarray:
+    """The split's factors NaN but in rows `keep`, as for photos a folder's factors.csv does not measure."""
+    arrays = load_split(split, processed)
+    measured = np.zeros(len(arrays["factors"]), bool)
+    measured[keep] = True
+    arrays["factors"][~measured] = np.nan
+    save_split(processed, split, arrays)
+    return measured
+
+
+@pytest.mark.parametrize("n_measured", [0, 3])
+def test_evaluate_skips_a_test_split_with_too_few_measured_photos_and_says_why(tmp_path, n_measured):
+    write_processed_discs(tmp_path, n_train=20, n_test=10)
+    unmeasure(tmp_path / "data" / "processed", "test", np.arange(n_measured))
+    evalset_stage.run(Params(data=DataConfig(source=str(tmp_path))), out_dir=tmp_path / "data" / "evalset")
+    out = tmp_path / "reports" / "evaluate"
+    summary = evaluate_stage.run(Params(), root=tmp_path, out_dir=out)
+    reason = f"{n_measured} of the test split's 10 photos have measured factors (factors.csv); "
+    assert summary == {"skipped": reason + "the supervised metrics need at least 4"}
+    assert json.loads((out / "metrics.json").read_text()) == summary
+    assert pd.read_csv(out / "models.csv").empty
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was tracked
+
+
+def test_evaluate_scores_only_the_measured_photos_of_a_folders_test_split(tmp_path, empty_mlflow_db, monkeypatch):
+    root = fresh_root(tmp_path / "project", empty_mlflow_db)
+    version = write_processed_discs(root)
+    rng = np.random.default_rng(7)
+    truth = rng.normal(size=(N_PROBE, 3))
+    for seed in (0, 1):  # two models of one setting: the scoring, not the correlations, is under test
+        mu, kl = clean_copy(truth, [0, 1, 2], 2, rng)
+        log_model(Tracker(root), family="beta_vae", beta=4.0, seed=seed, data_version=version, mu=mu, kl=kl)
+    processed = root / "data" / "processed"
+    measured = unmeasure(processed, "test", np.arange(0, 60, 3))  # 20 of the 60 test photos measured
+    test = load_split("test", processed)
+    evalset_stage.run(Params(data=DataConfig(source=str(root))), out_dir=root / "data" / "evalset")
+    params = Params(
+        udr=UdrConfig(heatmap_pairs=0),
+        evaluate=EvaluateConfig(n_bootstrap=20, workers=1, dci_method="lasso", sap_method="correlation"),
+    )
+    udr_stage.run(params, **stage_paths(root))
+    # Every model "encodes" a photo as a fixed projection of its pixels: what matters is which photos it sees.
+    projection = np.random.default_rng(0).normal(size=(16 * 16 * 3, 5))
+    encoded = []
+
+    def encode(vae, images):
+        encoded.append(images)
+        return (images.reshape(len(images), -1).astype(np.float64) @ projection,)
+
+    monkeypatch.setattr(evaluate_stage.vae_artifacts, "load_vae", lambda tracker, run_id: (run_id, None))
+    monkeypatch.setattr(evaluate_stage, "encode", encode)
+    summary = evaluate_stage.run(params, root=root)
+    assert summary["scored_on"] == "test split" and summary["measured"] == {"photos": 20, "of": 60}
+    assert summary["n_points"] == 20 and summary["n_models"] == 2 == len(encoded)
+    for images in encoded:
+        np.testing.assert_array_equal(images, test["images"][measured])
+    table = pd.read_csv(root / "reports" / "evaluate" / "models.csv")
+    assert np.isfinite(table[list(evaluate_stage.SUPERVISED)].to_numpy(float)).all()
+    assert json.loads((root / "reports" / "evaluate" / "metrics.json").read_text())["measured"]["photos"] == 20
 
 
 def test_per_factor_mig_over_the_informative_components_ignores_a_collapsed_copy():

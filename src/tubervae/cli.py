@@ -152,7 +152,7 @@ def cmd_evaluate(args, params: Params) -> None:
 
     summary = evaluate.run(params, root=args.root, run_id=args.mlflow_run_id)
     if summary.get("skipped"):
-        print("no ground-truth factors: evaluate skipped")
+        print(f"evaluate skipped: {summary['skipped']}")
         return
     key = f"udr_within_{params.udr.similarity}"
     rhos = {m: v["rho"] for m, v in summary["correlations"][key].items()}

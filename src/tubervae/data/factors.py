@@ -3,13 +3,23 @@
 A researcher whose photos come with measured factors (size, weight, spot area, lighting...)
 puts `factors.csv` at the top of the folder: a column `file` naming each photo by its path
 relative to the folder (`good/t001.jpg`, as reports/data/ingest.csv's `source` column shows
-it) and one numeric column per factor. The raw stage checks it against the photos it keeps
-and writes it beside labels.csv under the imported names; the evaluate stage then scores
-every model against those factors, as it does against the simulator's.
+it) and one numeric column per factor. It may measure only some of the photos (a grading line
+weighs and measures 100 tubers, not 10 000): a photo with a row is *measured*, one without is
+not, and every photo still trains the models.
+
+- The raw stage checks the table against the photos it keeps and writes the measured photos'
+  rows, and only theirs, beside labels.csv under the imported names (data/raw/factors.csv);
+  it logs how many of the kept photos are measured, and ingest.csv says it on factors.csv's line.
+- The preprocess stage gives every split's `factors` one row per photo, NaN for a photo that
+  is not measured (`measured_rows` finds the others), and counts the measured photos of each
+  split in meta.json.
+- The evaluate stage scores every model against the factors of the test split's measured photos,
+  as it does against the simulator's; with none measured there it skips, and says why.
 
 Everything wrong with the table is refused with what was wrong and where, before any model
 sees it: a missing `file` column, no factor column, a reserved column name, duplicate or
-unknown photo names, text or missing or infinite values, a photo kept without a row.
+unknown photo names, text or missing or infinite values (a row gives every factor), a table
+that measures none of the photos kept.
 """
 
 from __future__ import annotations
@@ -88,8 +98,28 @@ def read_factor_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def factors_for_photos(table: pd.DataFrame, photos: pd.DataFrame, folder_entries: Iterable[str]) -> pd.DataFrame:
-    """One row of factors per kept photo, in ``photos``' order, under its imported name.
+def measured_rows(factors: np.ndarray) -> np.ndarray:
+    """Which rows of an (n, k) factor array are measured: True where every factor is finite.
+
+    A split's unmeasured photos carry NaN factors (data/processed); select the others with this
+    mask wherever factors are scored.
+    """
+    array = np.asarray(factors)
+    if array.ndim != 2 or not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"factors must be a 2-D numeric array (n, k), got {array.dtype} of shape {array.shape}")
+    return np.isfinite(array).all(axis=1)
+
+
+def factors_for_photos(
+    table: pd.DataFrame,
+    photos: pd.DataFrame,
+    folder_entries: Iterable[str],
+    path: str | Path = FACTORS_FILE,
+) -> pd.DataFrame:
+    """One row of factors per measured kept photo, in ``photos``' order, under its imported name.
+
+    A kept photo without a row in ``table`` is not measured and gets no row; a table that measures
+    none of them is refused (``path``, the table's file, is what the messages name).
 
     ``photos`` has the imported name (``file``), the path it was found at (``source``) and the path
     its bytes were read from (``read_from``; they differ for a link inside the folder, which may be
@@ -103,7 +133,7 @@ def factors_for_photos(table: pd.DataFrame, photos: pd.DataFrame, folder_entries
     unknown = table["file"][~table["file"].isin(known)]
     if len(unknown):
         raise FactorTableError(
-            f"{FACTORS_FILE} names {len(unknown)} photo(s) that are not in the folder: {_examples(unknown)}; "
+            f"{path} names {len(unknown)} photo(s) that are not in the folder: {_examples(unknown)}; "
             "name each photo by its path relative to the folder"
         )
     by_name = table.set_index("file")
@@ -111,11 +141,16 @@ def factors_for_photos(table: pd.DataFrame, photos: pd.DataFrame, folder_entries
         source if source in by_name.index else read_from if read_from in by_name.index else None
         for source, read_from in zip(photos["source"].map(_photo_name), photos["read_from"].map(_photo_name))
     ]
-    missing = [source for source, name in zip(photos["source"], matched) if name is None]
-    if missing:
-        raise FactorTableError(
-            f"{FACTORS_FILE} has no row for {len(missing)} of the {len(photos)} photos kept: {_examples(missing)}; "
-            "every photo needs its factors (or remove the photo from the folder)"
+    measured = np.array([name is not None for name in matched], dtype=bool)
+    if not measured.any():
+        found = (
+            f"its {len(table)} row(s) name only entries not kept on import ({_examples(table['file'])})"
+            if len(table)
+            else "it has no row"
         )
-    rows = by_name.loc[matched].reset_index(drop=True)
-    return pd.concat([photos[["file"]].reset_index(drop=True), rows], axis=1)
+        raise FactorTableError(
+            f"{path} measures none of the {len(photos)} photo(s) kept: {found}; "
+            "give the factors of at least one kept photo, or remove the file"
+        )
+    rows = by_name.loc[[name for name in matched if name is not None]].reset_index(drop=True)
+    return pd.concat([photos.loc[measured, ["file"]].reset_index(drop=True), rows], axis=1)

@@ -2,10 +2,14 @@
 
 Each split is one uncompressed .npz with `images` (uint8, n×s×s×3), `labels` (1 bad,
 0 good, −1 unlabelled), `rows` (row in data/raw/labels.csv), `files`, and `factors` +
-`factor_names` when the photos carry ground-truth factors. The labelled split also holds
+`factor_names` when the photos carry ground-truth factors. `factors` (float32, n×k) has one
+row per photo of the split; a photo whose factors were not measured (a folder's factors.csv
+may measure only some photos) has a row of NaN, and `tubervae.data.factors.measured_rows`
+selects the others. The labelled split also holds
 `guide` (bool): the photos a guided family's head may train on; the others are the holdout
 labels (`guide_mask` reads data without the key as all holdout). meta.json holds the data
-version (a hash of the arrays) that every training run records.
+version (a hash of the arrays) that every training run records, each split's counts, and
+`measured`: how many photos of each split have factors (0 without factors).
 """
 
 from __future__ import annotations

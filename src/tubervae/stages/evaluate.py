@@ -3,7 +3,10 @@
 Every ranked model encodes the dedicated evaluation set (stage evalset: simulated
 photos never used for training or selection), and MIG, DCI, SAP and the FactorVAE score
 of its scored factors (`tubervae.evaluation.supervised`) go onto its MLflow run. With a real
-folder whose photos carry a factors.csv, the test split's factors are scored instead.
+folder whose photos carry a factors.csv, the factors of the test split's measured photos are
+scored instead (`tubervae.data.factors.measured_rows`: a factors.csv may measure only a few
+photos; metrics.json's `measured` says how many of the split's photos were); with fewer than
+`MIN_MEASURED` of them, the stage skips as for a folder without factors, and says why.
 Across models, the Spearman correlation of UDR (within-family and A2A, Lasso and
 Spearman similarity) with each supervised metric, with a bootstrap interval, is set
 beside the thesis's 0.51 (P = 5) – 0.61 (P ≥ 30). Per factor, every model gets its MIG (published,
@@ -24,6 +27,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -32,6 +36,7 @@ from scipy.stats import spearmanr
 
 from tubervae import plots
 from tubervae.config import Params, worker_count
+from tubervae.data.factors import measured_rows
 from tubervae.data.processed import load_evalset, load_split
 from tubervae.data.synth_factors import DEFECT_COLUMNS
 from tubervae.evaluation.matching import best_components
@@ -59,6 +64,10 @@ SUPERVISED = ("mig", "dci_d", "dci_c", "dci_i", "sap", "factorvae")
 PLOT_COLUMNS = ["family", "setting", "seed", "udr_within", *SUPERVISED]
 THESIS_CORRELATION = {"P=5": 0.51, "P=10": 0.57, "P=20": 0.60, "P>=30": 0.61}
 CAPTURED_MIG = 0.2  # a factor counts as captured by a model at this per-factor MIG
+# The fewest measured photos scored: the supervised metrics split them into train and test rows
+# (`evaluation.metric_utils.check_metric_inputs`).
+MIN_MEASURED = 4
+NO_FACTORS = "no ground-truth factors in the data"
 
 
 def per_factor_scores(mu: np.ndarray, factors: np.ndarray, names: list[str], informative, per_factor) -> dict:
@@ -113,18 +122,40 @@ def udr_variants(models: pd.DataFrame, latents: list[dict], params: Params) -> p
     return pd.DataFrame(out, index=models.index)
 
 
-def scored_data(evalset_dir: Path, processed_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str], str] | None:
-    """Images, factors and factor names to score, and where they come from; None without known factors."""
+class ScoredData(NamedTuple):
+    """The photos to score with their factors, where they come from and, for a folder's test split,
+    how many photos the split has (`measured`: the scored ones are its measured photos)."""
+
+    images: np.ndarray
+    factors: np.ndarray
+    names: list[str]
+    source: str
+    measured: dict | None = None
+
+
+def scored_data(evalset_dir: Path, processed_dir: Path) -> ScoredData | str:
+    """Images, factors and factor names to score, and where they come from; or why there is nothing to score
+    (no known factors, or fewer than `MIN_MEASURED` measured photos in the test split)."""
     held = load_evalset(evalset_dir)
     if held is not None:
         names = [str(n) for n in held["factor_names"]]
         scored = [str(n) for n in held["scored_names"]]
         columns = [names.index(n) for n in scored]
-        return held["images"], held["factors"][:, columns], scored, "evaluation set"
+        return ScoredData(held["images"], held["factors"][:, columns], scored, "evaluation set")
     test = load_split("test", processed_dir)
-    if "factors" in test:
-        return test["images"], test["factors"], [str(n) for n in test["factor_names"]], "test split"
-    return None
+    if "factors" not in test:
+        return NO_FACTORS
+    measured = measured_rows(test["factors"])
+    n, total = int(measured.sum()), len(measured)
+    if n < MIN_MEASURED:
+        return (
+            f"{n} of the test split's {total} photos have measured factors (factors.csv); "
+            f"the supervised metrics need at least {MIN_MEASURED}"
+        )
+    log.info("scoring on the %d measured photos of the test split's %d", n, total)
+    names = [str(name) for name in test["factor_names"]]
+    counts = {"photos": n, "of": total}
+    return ScoredData(test["images"][measured], test["factors"][measured], names, "test split", counts)
 
 
 def score_model(mu, factors, names, defects, informative, cfg) -> dict:
@@ -201,9 +232,9 @@ def run(
     plots_dir = beside(root, plots_dir, out_dir, "plots")
     figures_dir = fresh_dir(out_dir / "figures")  # one plots folder in dvc.yaml
     data = scored_data(evalset_dir, processed_dir)
-    if data is None:
-        return write_skipped(out_dir, metrics_path, plots_dir)
-    all_images, all_factors, names, source = data
+    if isinstance(data, str):
+        return write_skipped(out_dir, metrics_path, plots_dir, data)
+    all_images, all_factors, names, source, measured = data
     models = read_models(udr_dir)
     tracker = open_tracker(root, run_id)
     rng = np.random.default_rng(cfg.seed)
@@ -217,6 +248,8 @@ def run(
     correlations = correlate(table, cfg.n_bootstrap, rng)
     write_figures(table, names, params.udr.similarity, figures_dir)
     summary = summarise(table, len(images), names, defects, source, correlations, cfg)
+    if measured is not None:
+        summary["measured"] = measured
     champion = champion_summary(table, champion_path, names, defects)
     if champion is not None:
         summary["champion"] = champion | champion_components(
@@ -251,15 +284,16 @@ def write_dvc_files(summary: dict, table: pd.DataFrame, similarity: str, metrics
     return headline
 
 
-def write_skipped(out_dir: Path, metrics_path: Path, plots_dir: Path) -> dict:
-    """The stage's declared outputs when the photos carry no ground-truth factors (real data)."""
-    log.warning("the photos carry no ground-truth factors (real data): nothing to evaluate")
-    write_json(out_dir / "metrics.json", {"skipped": "no ground-truth factors in the data"})
+def write_skipped(out_dir: Path, metrics_path: Path, plots_dir: Path, reason: str = NO_FACTORS) -> dict:
+    """The stage's declared outputs when there is nothing to score (`reason`: real photos without factors,
+    or too few of the test split's photos measured); returns {"skipped": reason}."""
+    log.warning("nothing to evaluate: %s", reason)
+    write_json(out_dir / "metrics.json", {"skipped": reason})
     write_metrics(metrics_path.parent, {"n_models": 0, **dict.fromkeys(METRICS_GROUPS, {})}, metrics_path.stem)
     write_csv(plots_dir / "udr_vs_supervised.csv", pd.DataFrame(columns=PLOT_COLUMNS))
     # dvc.yaml declares models.csv as an output of this stage: it must exist, if empty.
     write_csv(out_dir / "models.csv", pd.DataFrame(columns=["run_id", *SUPERVISED]))
-    return {"skipped": True}
+    return {"skipped": reason}
 
 
 def read_models(udr_dir: Path) -> pd.DataFrame:

@@ -1,6 +1,8 @@
 """`preprocess` stage: centre crop, resize, split into train / test / labelled / udr_probe.
 
-The format of what it writes, data/processed/, is `tubervae.data.processed`.
+The format of what it writes, data/processed/, is `tubervae.data.processed`. Known factors
+(data/raw/factors.csv) reach every split as one row per photo, NaN for a photo that is not
+measured; meta.json's `measured` counts the measured photos of each split.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tubervae.config import Params, PreprocessConfig, worker_count
+from tubervae.data.factors import measured_rows
 from tubervae.data.images import load_model_input
 from tubervae.data.processed import SPLITS, save_meta, save_split
 from tubervae.data.splits import encode_labels, fingerprint, guide_mask, split_indices
@@ -41,7 +44,8 @@ def read_photos(paths: list[Path], cfg: PreprocessConfig, workers: int) -> np.nd
 
 
 def read_raw(raw_dir: Path) -> pd.DataFrame:
-    """The raw stage's labels.csv, with its factors.csv (when there is one) merged in by file."""
+    """The raw stage's labels.csv, with its factors.csv (when there is one) merged in by file: a photo
+    without a row there is not measured, and its factors are NaN."""
     labels_path = raw_dir / "labels.csv"
     if not labels_path.exists():
         raise FileNotFoundError(f"{labels_path} is missing: run the raw stage first (dvc repro raw)")
@@ -50,14 +54,17 @@ def read_raw(raw_dir: Path) -> pd.DataFrame:
     if factors_path.exists():
         factors = pd.read_csv(factors_path)
         factors = factors.drop(columns=[c for c in ("label",) if c in factors.columns])
-        frame = frame.merge(factors, on="file", how="left", validate="one_to_one")
         names = [c for c in factors.columns if c != "file"]
-        missing = frame["file"][frame[names].isna().any(axis=1)]
-        if len(missing):
-            raise ValueError(
-                f"{factors_path} gives no factors for {len(missing)} photo(s) of {labels_path}, e.g. "
-                f"{', '.join(missing.iloc[:5])}: rerun the raw stage (dvc repro raw) rather than editing data/raw"
-            )
+        redo = "rerun the raw stage (dvc repro raw) rather than editing data/raw"
+        incomplete = factors["file"][~measured_rows(factors[names].to_numpy(dtype=np.float64))]
+        unknown = factors["file"][~factors["file"].isin(frame["file"])]
+        for photos, what in ((incomplete, "without every factor"), (unknown, f"naming no photo of {labels_path}")):
+            if len(photos):
+                raise ValueError(
+                    f"{factors_path} has {len(photos)} row(s) {what}, e.g. {', '.join(photos.astype(str).iloc[:5])}: "
+                    f"{redo}"
+                )
+        frame = frame.merge(factors, on="file", how="left", validate="one_to_one")
     return frame
 
 
@@ -86,6 +93,13 @@ def run(
     guide = guide_mask(labels[splits["labelled"]], fraction=cfg.guide_fraction, seed=cfg.seed)
     with staged_dir(out_dir) as partial_dir:
         meta = write_splits(partial_dir, frame, images, labels, splits, guide, cfg)
+    if meta["factor_names"]:
+        log.info(
+            "known factors for %d of the %d photos (%s)",
+            int(measured_rows(frame[meta["factor_names"]].to_numpy(dtype=np.float64)).sum()),
+            len(frame),
+            ", ".join(f"{name} {meta['measured'][name]} of {meta['splits'][name]['n']}" for name in SPLITS),
+        )
     for cls in ("good", "bad"):
         if meta["splits"]["labelled"][cls] < cfg.labelled_per_class:
             log.warning(
@@ -108,7 +122,7 @@ def write_splits(
 ) -> dict:
     """Every split's arrays (`tubervae.data.processed`) and meta.json in `folder`; returns the meta."""
     factor_names = [c for c in frame.columns if c not in ("file", "label", "source")]
-    counts = {}
+    counts, measured = {}, {}
     for name in SPLITS:
         rows = splits[name]
         arrays = {
@@ -123,6 +137,7 @@ def write_splits(
             arrays["factors"] = frame[factor_names].to_numpy(dtype=np.float32)[rows]
             arrays["factor_names"] = np.asarray(factor_names, dtype=str)
         save_split(folder, name, arrays)
+        measured[name] = int(measured_rows(arrays["factors"]).sum()) if factor_names else 0
         counts[name] = {
             "n": len(rows),
             "good": int((labels[rows] == 0).sum()),
@@ -135,6 +150,7 @@ def write_splits(
         "crop_fraction": cfg.crop_fraction,
         "factor_names": factor_names,
         "splits": counts,
+        "measured": measured,  # photos of each split with known factors (every factor finite)
         "guide": {
             "good": int((guide & (labels[splits["labelled"]] == 0)).sum()),
             "bad": int((guide & (labels[splits["labelled"]] == 1)).sum()),

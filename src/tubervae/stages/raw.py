@@ -2,11 +2,12 @@
 
 A folder of real photos: `good/` and `bad/` subfolders give labels; photos elsewhere
 are unlabelled (still used by the unsupervised stages). A `factors.csv` at the top of the
-folder gives the photos' known factors (`tubervae.data.factors`): checked against the
-photos kept and written as data/raw/factors.csv, so the evaluate stage scores the models
-against them. Every entry under the folder gets
-a line in reports/data/ingest.csv (`tubervae.data.images.scan_folder` lists the rules):
-files with an image suffix are inspected (`tubervae.data.images.inspect_image`) and are
+folder gives the known factors of some or all of the photos (`tubervae.data.factors`): checked
+against the photos kept, and the measured photos' rows (only theirs) written as
+data/raw/factors.csv, so the evaluate stage scores the models against them; the log and
+factors.csv's line in ingest.csv say how many of the kept photos are measured. Every entry
+under the folder gets a line in reports/data/ingest.csv (`tubervae.data.images.scan_folder`
+lists the rules): files with an image suffix are inspected (`tubervae.data.images.inspect_image`) and are
 "accepted", "converted" or "rejected"; files without one and links to folders inside the
 folder are "skipped"; broken links, link loops, links leading outside the folder (never
 followed: nothing outside is opened, copied or walked), fifos and folders that cannot be
@@ -123,7 +124,7 @@ def import_folder(
     )
     factors_path = folder / FACTORS_FILE
     has_factors = factors_path.is_file()
-    if has_factors:
+    if has_factors:  # how many photos it measures is said once the table is checked
         report.loc[report.source == FACTORS_FILE, "reason"] = "the photos' known factors (data/raw/factors.csv)"
     failed = failed_path or failed_report(report_path)
     failed.unlink(missing_ok=True)
@@ -146,17 +147,19 @@ def import_folder(
         write_csv(failed, report)
         raise IngestError(f"{problem} are in {failed} (the previous import and its report are unchanged)")
     kept = report[report.status.isin(["accepted", "converted"])]
-    write_csv(report_path, report)
-    write_csv(out_dir / "labels.csv", kept[["file", "label", "source"]])
     if has_factors:
         read_from = {
             shown_name(e.source.relative_to(folder)): shown_name(e.read_from.relative_to(folder).as_posix())
             for e in candidates
         }
         photos = kept.assign(read_from=kept.source.map(read_from))
-        factors = factors_for_photos(read_factor_table(factors_path), photos, report.source)
+        factors = factors_for_photos(read_factor_table(factors_path), photos, report.source, factors_path)
+        measured = f"{len(factors)} of the {len(kept)} photos kept"
+        report.loc[report.source == FACTORS_FILE, "reason"] = f"the known factors of {measured} (data/raw/factors.csv)"
         write_csv(out_dir / FACTORS_FILE, factors)
-        log.info("factors of the photos: %s", ", ".join(factors.columns[1:]))
+        log.info("factors (%s) measured for %s", ", ".join(factors.columns[1:]), measured)
+    write_csv(report_path, report)
+    write_csv(out_dir / "labels.csv", kept[["file", "label", "source"]])
     log.info(
         "imported %d photos (%d converted, %d rejected, %d skipped)",
         usable,
