@@ -7,14 +7,7 @@ import pytest
 import torch
 
 from conftest import write_processed
-from tubervae.runs.measured import MIN_MEASURED, measured_mig, measured_photos, measured_rows
-
-
-def test_measured_rows_are_the_rows_with_every_factor_finite():
-    factors = np.array([[1.0, 2.0], [np.nan, 2.0], [3.0, np.inf], [4.0, 5.0]])
-    assert measured_rows(factors).tolist() == [True, False, False, True]
-    with pytest.raises(ValueError, match="2-d array"):
-        measured_rows(np.ones(3))
+from tubervae.runs.measured import MIN_MEASURED, measured_mig, measured_photos
 
 
 def split(n: int, first: float, measured: np.ndarray | None = None):

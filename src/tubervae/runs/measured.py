@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tubervae.data.factors import measured_rows
 from tubervae.data.processed import load_split
 from tubervae.evaluation.mig import mig
 from tubervae.models.encoding import encode
@@ -23,14 +24,6 @@ from tubervae.models.nets import VAE
 
 MEASURED_SPLITS = ("labelled", "test", "train")  # the graded photos first: a grading line measures what it grades
 MIN_MEASURED = 20  # fewer photos cannot fill MIG's 20 bins of a component with anything but noise
-
-
-def measured_rows(factors: np.ndarray) -> np.ndarray:
-    """Rows whose factors were all measured (finite); an unmeasured photo's row is NaN."""
-    factors = np.asarray(factors, dtype=float)
-    if factors.ndim != 2:
-        raise ValueError(f"factors must be a 2-d array (photos × factors), got shape {factors.shape}")
-    return np.isfinite(factors).all(axis=1)
 
 
 def measured_photos(processed_dir: str | Path, limit: int = 100) -> dict:
