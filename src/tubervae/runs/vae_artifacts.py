@@ -70,8 +70,8 @@ def latents(tracker: Tracker, run_id: str) -> dict[str, np.ndarray]:
 def log_training_config(tracker: Tracker, run_id: str, config: dict) -> None:
     """Log a run's whole training configuration as `TRAINING_CONFIG`.
 
-    A run that already holds one (a search reopening its seed's run for the next segment, a rerun of
-    `tubervae train --run-id`) keeps it when it is the same; another is a ValueError naming the values
+    A run that already holds one (a search reopening its seed's run for the next segment, a run handed
+    over to `tubervae train` again) keeps it when it is the same; another is a ValueError naming the values
     that differ, so a run never holds a model trained with settings other than its config says.
     """
     config = json.loads(json.dumps(config))  # as it will read back: tuples as lists
