@@ -586,6 +586,11 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     # workers=1: the 4 tiny models are scored in this process, without a pool of processes to start.
     params = Params(udr=UdrConfig(heatmap_pairs=0), evaluate=EvaluateConfig(n_points=40, n_bootstrap=20, workers=1))
     udr_stage.run(params, all_runs=True, **stage_paths(root))
+    # The settings come from each run's training_config.json: its params hold neither beta_norm nor the data.
+    ranked = pd.read_csv(root / "reports" / "udr" / "models.csv").set_index("run_id").loc[run_ids]
+    assert ranked.beta.tolist() == [1.0, 1.0, 4.0, 4.0] and (ranked.steps == 8).all()
+    assert ranked.beta_norm.to_numpy() == pytest.approx(ranked.beta.to_numpy() * 3 / (3 * 16 * 16))
+    assert (ranked.data_version == data.data_version).all()
     champion = run_ids[2]
     write_json(root / "reports" / "register" / "champion.json", {"run_id": champion})
     # A held-out set with known factors; its 4th factor plays a defect ('rot'), and only 3 are scored.
