@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -425,21 +425,25 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     rid = run.info.run_id
     assert result["run_id"] == rid and run.info.status == "FINISHED"
 
-    params = run.data.params
-    expected = {
+    # Only what a user compares runs by: the UI prints every param above each image chart of the run.
+    assert run.data.params == {"family": "beta_vae", "beta": "4.0", "seed": "0", "steps": "5"}
+    # The whole configuration is the run's training_config.json, with its types: the training config rebuilt.
+    config = json.loads(download(client, rid, vae_artifacts.TRAINING_CONFIG, tmp_path / "config").read_text())
+    cfg = tiny_cfg(steps=5, log_every=2, snapshot_every=3)
+    assert TrainConfig(**{k: config[k] for k in TrainConfig.__dataclass_fields__}) == cfg
+    assert config == {
+        **asdict(cfg),
         "family": "beta_vae",
-        "beta": "4.0",
-        "beta_norm": str(4.0 * LATENT / (3 * 16 * 16)),  # β·d/N, N = 3 channels × 16 × 16
-        "c_max": "0.0",
-        "seed": "0",
-        "steps": "5",
-        "batch_size": "16",
-        "lr": "0.001",
-        "image_size": "16",
-        "latent_dim": "4",
+        "beta": 4.0,
+        "beta_norm": 4.0 * LATENT / (3 * 16 * 16),  # β·d/N, N = 3 channels × 16 × 16
+        "c_max": 0.0,
+        "seed": 0,
+        "image_size": 16,
+        "n_train": SPLIT_SIZES["train"],
         "data_version": meta["data_version"],
+        "precision_used": "float32",
     }
-    assert {k: params.get(k) for k in expected} == expected
+    assert vae_artifacts.read_training_config(Tracker(tmp_path), run) == {**run.data.params, **config}
 
     # The curves under curves/, which the run page shows first (its sections: prefixes in alphabetical order).
     terms = ["loss", "rec", "kl"] + [f"kl/z{j}" for j in range(LATENT)]
@@ -457,7 +461,7 @@ def test_mlflow_run_of_a_5_step_training_holds_params_metrics_and_artifacts(tmp_
     assert "system/cpu_utilization_percentage" in run.data.metrics  # a training run watches the machine
 
     paths = artifact_paths(client, rid)
-    wanted = set(FIGURES) | {"latents.npz", "model/model.pt", "model/config.json"}
+    wanted = set(FIGURES) | {"latents.npz", "model/model.pt", "model/config.json", vae_artifacts.TRAINING_CONFIG}
     assert wanted <= paths, wanted - paths
     # the figures as images at their step: the untrained model (0), every 3 steps (snapshot_every), the end (5)
     stepped = {
@@ -556,7 +560,10 @@ def test_cbeta_and_tcvae_runs_log_their_family_terms_also_in_a_run_handed_over_b
 
     run = client.get_run(handed)
     assert cbeta["run_id"] == handed and run.info.status == "FINISHED"
-    assert run.data.params["beta"] == "700" and run.data.params["lr"] == "0.001"  # kept, and the rest added
+    # The values as typed are kept, `steps` added; the rest of the configuration is in its file.
+    assert run.data.params == {"family": "cbeta_vae", "beta": "700", "c_max": "6", "seed": "0", "steps": "6"}
+    config = vae_artifacts.read_training_config(Tracker(tmp_path), run)
+    assert (config["beta"], config["c_max"], config["lr"], config["anneal_fraction"]) == (700.0, 6.0, 0.001, 0.5)
     # C rises 0 → 6 over round(0.5·6) = 3 updates; each point is the mean over its 2-update window:
     # updates 0,1 → (0 + 2)/2, updates 2,3 → (4 + 6)/2, updates 4,5 → 6.
     assert history(client, handed, "curves/capacity") == [(2, 1.0), (4, 5.0), (6, 6.0)]
@@ -570,6 +577,42 @@ def test_cbeta_and_tcvae_runs_log_their_family_terms_also_in_a_run_handed_over_b
         assert series["loss"][i][1] == pytest.approx(rec + mi + 3.0 * tc + dwkl, rel=1e-5)  # only TC is weighted
     assert "capacity" not in client.get_run(tcvae["run_id"]).data.metrics
     assert {r.info.run_id for r in all_runs(client)} == {handed, tcvae["run_id"]}
+
+
+def test_a_finished_run_is_reused_only_for_its_own_settings_and_keeps_its_config(tmp_path, empty_mlflow_db, no_figures):
+    new_project(tmp_path, empty_mlflow_db)
+    cfg = tiny_cfg(steps=3)
+    done = run_stage(tmp_path, cfg)
+    tracker = Tracker(tmp_path)
+    data = stage.load_training_data(tmp_path / "data" / "processed")
+    assert stage.find_finished_run(tracker, stage.run_key(BETA_4, 0, cfg, data)) == done["run_id"]
+    # Other weights-deciding settings, another setting or seed: another training, never this run.
+    for setting, seed, other in (
+        (BETA_4, 0, replace(cfg, lr=2e-3)),
+        (BETA_4, 0, replace(cfg, steps=4)),
+        (Setting("beta_vae", 5.0), 0, cfg),
+        (BETA_4, 1, cfg),
+    ):
+        assert stage.find_finished_run(tracker, stage.run_key(setting, seed, other, data)) is None
+    # Its configuration file is kept when logged again the same, and refused with the values that differ.
+    config = stage.training_config(BETA_4, 0, cfg, data)
+    vae_artifacts.log_training_config(tracker, done["run_id"], config)
+    with pytest.raises(ValueError, match=r"other settings.*lr 0\.001 \(now 0\.002\)"):
+        vae_artifacts.log_training_config(tracker, done["run_id"], {**config, "lr": 2e-3})
+    run = tracker.get_run(done["run_id"])
+    assert vae_artifacts.read_training_config(tracker, run)["lr"] == 0.001
+
+
+def test_a_run_logged_with_every_setting_as_a_param_is_read_the_same(tmp_path, empty_mlflow_db):
+    """Runs logged before the configuration file: every setting a param, read back as strings."""
+    new_project(tmp_path, empty_mlflow_db)
+    tracker = Tracker(tmp_path)
+    rid = tracker.create_run("s0 beta_vae 4", tags={"kind": "vae"})
+    old = {"family": "beta_vae", "beta": 4.0, "c_max": 0.0, "seed": 0, "data_version": "v1", "lr": 0.001}
+    tracker.log_params(rid, old)
+    assert tracker.read_json(rid, vae_artifacts.TRAINING_CONFIG) is None
+    config = vae_artifacts.read_training_config(tracker, tracker.get_run(rid))
+    assert config == {k: str(v) for k, v in old.items()}
 
 
 def test_log_params_skips_equal_values_and_refuses_conflicting_ones(tmp_path, empty_mlflow_db):
@@ -912,11 +955,19 @@ def test_a_guided_run_logs_its_weight_and_component_and_keeps_unguided_run_keys(
     shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     result = run_stage(tmp_path, tiny_cfg(steps=3), family="guided_beta_vae", guide_weight=30.0)
     run = client_for(tmp_path).get_run(result["run_id"])
-    assert {k: run.data.params[k] for k in ("family", "guide_weight", "guided_component", "n_guide")} == {
+    assert run.data.params == {
         "family": "guided_beta_vae",
+        "beta": "4.0",
         "guide_weight": "30.0",
-        "guided_component": "0",
-        "n_guide": "8",
+        "seed": "0",
+        "steps": "3",
+    }
+    training = vae_artifacts.read_training_config(Tracker.open(tmp_path), run)
+    assert {k: training[k] for k in ("family", "guide_weight", "guided_component", "n_guide")} == {
+        "family": "guided_beta_vae",
+        "guide_weight": 30.0,
+        "guided_component": 0,
+        "n_guide": 8,
     }
     assert "guide_head_weight" in run.data.metrics and "final_guide_bce" in run.data.metrics
     _, config = vae_artifacts.load_vae(Tracker.open(tmp_path), result["run_id"])

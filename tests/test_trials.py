@@ -217,7 +217,8 @@ def test_a_guided_study_searches_the_heads_weight_and_scores_its_seeds_without_t
     assert trial["state"] == "COMPLETE" and 10.0 <= trial["params"]["guide_weight"] <= 100.0
     tracker = Tracker(project)
     runs = [client(project).get_run(rid) for rid in trial["seed_run_ids"]]
-    assert {(r.data.params["guided_component"], r.data.params["n_guide"]) for r in runs} == {("0", "8")}
+    configs = [vae_artifacts.read_training_config(tracker, r) for r in runs]
+    assert {(c["guided_component"], c["n_guide"]) for c in configs} == {(0, 8)}
     assert {float(r.data.params["guide_weight"]) for r in runs} == {trial["params"]["guide_weight"]}
     latents = [vae_artifacts.latents(tracker, rid) for rid in trial["seed_run_ids"]]
     mus, kls = [z["mu"] for z in latents], [z["kl"] for z in latents]

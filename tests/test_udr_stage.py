@@ -25,11 +25,12 @@ from PIL import Image
 from scipy.stats import rankdata, spearmanr
 
 from conftest import run_command, train_tiny_runs, write_processed
-from tubervae.config import DataConfig, EvaluateConfig, Params, UdrConfig
+from tubervae.config import DataConfig, EvaluateConfig, Params, TrainConfig, UdrConfig
 from tubervae.data.processed import load_split, save_evalset, save_split
 from tubervae.evaluation.udr import udr_scores
 from tubervae.io import write_json
 from tubervae.runs import training_run as train_stage
+from tubervae.runs import vae_artifacts
 from tubervae.runs.tracker import Tracker
 from tubervae.stages import evalset as evalset_stage
 from tubervae.stages import evaluate as evaluate_stage
@@ -100,6 +101,9 @@ def write_processed_discs(
     return meta["data_version"]
 
 
+MODEL_STEPS = 40  # the steps logged for the runs of `log_model`
+
+
 def log_model(
     tracker: Tracker,
     *,
@@ -111,15 +115,20 @@ def log_model(
     mu: np.ndarray,
     kl: np.ndarray,
     guide_weight: float = 0.0,
+    legacy: bool = False,
 ) -> str:
-    """A finished VAE run as the training stage leaves it, as far as the udr stage reads it."""
+    """A finished VAE run as the training stage leaves it, as far as the udr stage reads it: a few params and
+    the whole configuration in its file; `legacy`: as runs were logged before that file, every setting a param."""
     setting = Setting(family=family, beta=beta, c_max=c_max, guide_weight=guide_weight)
     tags = {"kind": "vae", "family": family, "setting": setting.label, "seed": seed}
     guide = {"guide_weight": guide_weight, "guided_component": 0} if setting.guided else {}
+    config = {"family": family, "beta": beta, "c_max": c_max, "seed": seed, "data_version": data_version, **guide}
     with tracker.run(f"{family} {setting.label} seed {seed}", tags=tags) as rid:
-        tracker.log_params(
-            rid, {"family": family, "beta": beta, "c_max": c_max, "seed": seed, "data_version": data_version, **guide}
-        )
+        if legacy:
+            tracker.log_params(rid, {**config, "steps": MODEL_STEPS})
+        else:
+            tracker.log_params(rid, train_stage.run_params(setting, seed, TrainConfig(steps=MODEL_STEPS)))
+            vae_artifacts.log_training_config(tracker, rid, {**config, "steps": MODEL_STEPS})
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "latents.npz"
             np.savez(path, mu=mu, logvar=np.zeros_like(mu), kl=kl)
@@ -198,17 +207,21 @@ def udr_root(tmp_path, empty_mlflow_db):
     truth = rng.normal(size=(N_PROBE, 3))
     models = []  # (family, beta, seed, mu, kl) of the runs on the current data
 
-    def add(family, beta, seed, mu, kl, data_version=version):
+    def add(family, beta, seed, mu, kl, data_version=version, legacy=False):
         mu = mu.astype(np.float32)  # as stored in latents.npz
-        rid = log_model(tracker, family=family, beta=beta, seed=seed, data_version=data_version, mu=mu, kl=kl)
+        rid = log_model(
+            tracker, family=family, beta=beta, seed=seed, data_version=data_version, mu=mu, kl=kl, legacy=legacy
+        )
         if data_version == version:
             models.append({"run_id": rid, "family": family, "beta": beta, "seed": seed, "mu": mu, "kl": kl})
         return rid
 
     # The clean setting has a third seed, so a median differs from a mean; seeds logged out of order.
     clean = [add("beta_vae", 4.0, s, *clean_copy(truth, [0, 1, 2], 2, rng)) for s in (2, 0, 1)]
-    mixed = [add("beta_vae", 1.0, s, *mixed_copy(truth, 1, rng)) for s in (0, 1)]
-    stale = add("beta_vae", 4.0, 3, *clean_copy(truth, [0, 1, 2], 2, rng), data_version="0123456789abcdef")
+    # One setting logged as runs were before their configuration file, every setting a param; the stale
+    # run too, so that its data version is read from a param.
+    mixed = [add("beta_vae", 1.0, s, *mixed_copy(truth, 1, rng), legacy=True) for s in (0, 1)]
+    stale = add("beta_vae", 4.0, 3, *clean_copy(truth, [0, 1, 2], 2, rng), data_version="0123456789abcdef", legacy=True)
     tc = [add("beta_tcvae", 6.0, s, *clean_copy(truth, [0, 1], 3, rng)) for s in (0, 1)]
     search_report(
         root,
@@ -335,6 +348,11 @@ def test_udr_tables_scores_and_metrics_on_runs(udr_root):
     assert "udr" not in tracker.client.get_run(udr_root["stale"]).data.metrics
     ranked = pd.read_csv(out / "models.csv")
     assert sorted(ranked.run_id) == sorted(by_run)
+    # The settings read from the configuration file and, for the older runs, from their params alike.
+    settings = ranked.set_index("run_id").loc[list(by_run), ["family", "beta", "seed", "steps"]]
+    assert settings.to_dict("records") == [
+        {"family": m["family"], "beta": m["beta"], "seed": m["seed"], "steps": MODEL_STEPS} for m in models
+    ]
     assert (ranked.data_version == udr_root["version"]).all()
 
     # The stage's own run: kind=udr, its settings, the reports as artifacts.
@@ -396,7 +414,7 @@ def test_a_run_handed_over_in_another_experiment_is_refused_in_one_line(udr_root
 
 
 def test_guided_runs_are_ranked_over_their_unsupervised_components_within_their_own_weight(udr_root):
-    """The udr stage reads `guided_component` from a run's params and leaves it out of UDR; a guided
+    """The udr stage reads `guided_component` from a run's configuration and leaves it out of UDR; a guided
     family's settings differ by λ too, so two λ at one β are two settings."""
     root, tracker = udr_root["root"], udr_root["tracker"]
     rng = np.random.default_rng(11)
@@ -568,6 +586,11 @@ def test_evaluate_stage_on_tiny_trained_models(tmp_path, empty_mlflow_db, monkey
     # workers=1: the 4 tiny models are scored in this process, without a pool of processes to start.
     params = Params(udr=UdrConfig(heatmap_pairs=0), evaluate=EvaluateConfig(n_points=40, n_bootstrap=20, workers=1))
     udr_stage.run(params, all_runs=True, **stage_paths(root))
+    # The settings come from each run's training_config.json: its params hold neither beta_norm nor the data.
+    ranked = pd.read_csv(root / "reports" / "udr" / "models.csv").set_index("run_id").loc[run_ids]
+    assert ranked.beta.tolist() == [1.0, 1.0, 4.0, 4.0] and (ranked.steps == 8).all()
+    assert ranked.beta_norm.to_numpy() == pytest.approx(ranked.beta.to_numpy() * 3 / (3 * 16 * 16))
+    assert (ranked.data_version == data.data_version).all()
     champion = run_ids[2]
     write_json(root / "reports" / "register" / "champion.json", {"run_id": champion})
     # A held-out set with known factors; its 4th factor plays a defect ('rot'), and only 3 are scored.

@@ -38,7 +38,7 @@ import pandas as pd
 from tubervae.classify import gate
 from tubervae.classify.any_rule import RuleSettings
 from tubervae.config import Params
-from tubervae.runs import registry
+from tubervae.runs import registry, vae_artifacts
 from tubervae.runs.champion import Choice, rule_inputs
 from tubervae.runs.registry import CHALLENGER, CHAMPION
 from tubervae.runs.study import storage_url
@@ -296,7 +296,8 @@ def promote(tracker: Tracker, name: str, champion: pd.Series, meta: dict, verdic
 
 def version_tags(tracker: Tracker, champion: pd.Series, meta: dict) -> dict:
     """What a version says of its model at a glance; warns when the data moved on since training."""
-    trained_on = tracker.get_run(champion.run_id, origin="reports/udr/models.csv").data.params.get("data_version")
+    run = tracker.get_run(champion.run_id, origin="reports/udr/models.csv")
+    trained_on = vae_artifacts.read_training_config(tracker, run).get("data_version")
     trained_on = trained_on or meta["data_version"]
     if trained_on != meta["data_version"]:
         log.warning(

@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -498,6 +499,18 @@ class Tracker:
         if entries:
             self.client.log_batch(run_id, metrics=entries)
         self._last_step[run_id] = max(step, self._last_step.get(run_id, step))
+
+    def log_json(self, run_id: str, data: dict, name: str) -> None:
+        """`data` as the JSON artifact `name` (a run-relative path), indented to be read in the UI."""
+        self.client.log_text(run_id, json.dumps(data, indent=2, sort_keys=True), name)
+
+    def read_json(self, run_id: str, name: str) -> dict | None:
+        """The JSON artifact `name` of `run_id`; None when the run holds no such file."""
+        folder = str(Path(name).parent) if Path(name).parent != Path(".") else None
+        if name not in {f.path for f in self.client.list_artifacts(run_id, folder)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(self.download(run_id, name, tmp).read_text())
 
     def download(self, run_id: str, artifact: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, artifact, str(dst)))

@@ -4,7 +4,8 @@ Logs to MLflow what the thesis watches (§2.3.1–2.3.2): loss terms and the KL 
 component over training, latent traversals, per-component distributions and
 reconstructions (images of the untrained model at step 0, every `snapshot_every` steps and at the
 end, which the UI's image slider walks through; the final ones also as PNG artifacts), the probe latents that
-UDR compares, and the weights (layout: `tubervae.runs.tracker`).
+UDR compares, and the weights (layout: `tubervae.runs.vae_artifacts`). Its MLflow params are the few a
+user compares runs by (`run_params`); its whole configuration is the file `training_config.json`.
 
 A run may train in segments (`stop_at`), so that a search can judge a setting part-way and
 stop it: each segment reopens the seed's one MLflow run, which stays RUNNING between segments
@@ -25,11 +26,11 @@ import numpy as np
 import torch
 
 from tubervae import plots
-from tubervae.config import GUIDED_COMPONENT, TrainConfig
+from tubervae.config import GUIDED_COMPONENT, TrainConfig, base_family
 from tubervae.data.processed import guide_mask, load_meta, load_split
 from tubervae.evaluation.udr import informative_mask
 from tubervae.models.encoding import as_input, images_to_tensor
-from tubervae.runs import registry
+from tubervae.runs import registry, vae_artifacts
 from tubervae.runs.progress import StepCallback, StepEvent
 from tubervae.runs.tracker import Tracker
 from tubervae.training.checkpoints import checkpoint_identity
@@ -261,31 +262,50 @@ def run_tracked_fused(
 
 @contextlib.contextmanager
 def _seed_run(tracker, setting, seed, cfg, data, key, *, run_id=None, parent_id=None, final=True):
-    """The MLflow run of one seed, with its tags and parameters; left RUNNING after a segment that is not `final`."""
+    """The MLflow run of one seed, with its tags, its few params and its whole training configuration
+    (`vae_artifacts.TRAINING_CONFIG`); left RUNNING after a segment that is not `final`."""
     tags = {"family": setting.family, "setting": setting.label, "seed": seed, "run_key": key, "kind": "vae"}
     name = f"s{seed} {setting.family} {setting.label}"  # the seed first: the runs list cuts long names short
     with tracker.run(
         name, run_id=run_id, parent_id=parent_id, tags=tags, keep_open=not final, system_metrics=True
     ) as rid:
-        tracker.log_params(
-            rid,
-            {
-                "family": setting.family,
-                "beta": setting.beta,
-                "beta_norm": setting.normalised_beta(cfg.latent_dim, int(data.train.shape[1])),
-                "c_max": setting.c_max,
-                **guide_params(setting, data),
-                "seed": seed,
-                "image_size": data.train.shape[1],
-                "n_train": len(data.train),
-                "data_version": data.data_version,
-                **dataclasses.asdict(cfg),
-                "precision": resolve_precision(cfg.precision, select_device(cfg.device)),
-            },
-        )
+        tracker.log_params(rid, run_params(setting, seed, cfg))
+        vae_artifacts.log_training_config(tracker, rid, training_config(setting, seed, cfg, data))
         if data.processed_dir is not None:  # from the start, so a run in training, pruned or failed shows its data
             tracker.log_dataset(rid, data.processed_dir)
         yield rid
+
+
+def run_params(setting: Setting, seed: int, cfg: TrainConfig) -> dict:
+    """A seed run's MLflow params: only what a user compares runs by. The UI prints every param of a run
+    above each of its image charts, so the rest of the configuration is in `training_config`'s file."""
+    return {
+        "family": setting.family,
+        "beta": setting.beta,
+        **({"c_max": setting.c_max} if base_family(setting.family) == "cbeta_vae" else {}),
+        **({"guide_weight": setting.guide_weight} if setting.guided else {}),
+        "seed": seed,
+        "steps": cfg.steps,
+    }
+
+
+def training_config(setting: Setting, seed: int, cfg: TrainConfig, data: TrainingData) -> dict:
+    """A seed run's whole configuration (its `vae_artifacts.TRAINING_CONFIG`): the setting, seed and data,
+    every `train` setting as given (`TrainConfig(**{f: config[f] ...})` rebuilds `cfg`) and the precision the
+    forward pass ran in (`precision_used`)."""
+    return {
+        "family": setting.family,
+        "beta": setting.beta,
+        "beta_norm": setting.normalised_beta(cfg.latent_dim, int(data.train.shape[1])),
+        "c_max": setting.c_max,
+        **guide_params(setting, data),
+        "seed": seed,
+        "image_size": int(data.train.shape[1]),
+        "n_train": len(data.train),
+        "data_version": data.data_version,
+        **dataclasses.asdict(cfg),
+        "precision_used": resolve_precision(cfg.precision, select_device(cfg.device)),
+    }
 
 
 def _log_fused(tracker, rid, metrics, step, event: StepEvent, on_step: StepCallback | None) -> None:

@@ -2,7 +2,10 @@
 
 - `model/model.pt`: the weights (a state dict, read with `weights_only=True`);
 - `model/config.json`: what rebuilds the network and where it came from (`VAE_CONFIG_KEYS`);
-- `latents.npz`: `mu`, `logvar` and `kl` of the UDR probe images.
+- `latents.npz`: `mu`, `logvar` and `kl` of the UDR probe images;
+- `training_config.json`: the whole training configuration (`TRAINING_CONFIG`), written when the run
+  starts. The run's params are only the few a user compares runs by (`training_run.run_params`), since the
+  MLflow UI prints every param above each of the run's image charts.
 
 The logged MLflow model `vae` that serves the same weights is `runs.registry`'s: the stages that
 only read latents or weights (udr, evaluate) need nothing of the served models.
@@ -21,6 +24,7 @@ from tubervae.models.nets import VAE, load_vae_files
 from tubervae.runs.tracker import Tracker
 
 WEIGHTS, VAE_CONFIG, LATENTS = "model/model.pt", "model/config.json", "latents.npz"
+TRAINING_CONFIG = "training_config.json"
 VAE_CONFIG_KEYS = ("image_size", "latent_dim", "family", "beta", "c_max", "seed", "data_version")
 
 
@@ -61,3 +65,31 @@ def latents(tracker: Tracker, run_id: str) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         with np.load(tracker.download(run_id, LATENTS, tmp), allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
+
+
+def log_training_config(tracker: Tracker, run_id: str, config: dict) -> None:
+    """Log a run's whole training configuration as `TRAINING_CONFIG`.
+
+    A run that already holds one (a search reopening its seed's run for the next segment, a run handed
+    over to `tubervae train` again) keeps it when it is the same; another is a ValueError naming the values
+    that differ, so a run never holds a model trained with settings other than its config says.
+    """
+    config = json.loads(json.dumps(config))  # as it will read back: tuples as lists
+    held = tracker.read_json(run_id, TRAINING_CONFIG)
+    if held is None:
+        tracker.log_json(run_id, config, TRAINING_CONFIG)
+        return
+    differ = sorted(k for k in set(held) | set(config) if held.get(k) != config.get(k))
+    if differ:
+        shown = ", ".join(f"{k} {held.get(k)!r} (now {config.get(k)!r})" for k in differ)
+        raise ValueError(f"run {run_id} was trained with other settings: its {TRAINING_CONFIG} holds {shown}")
+
+
+def read_training_config(tracker: Tracker, run) -> dict:
+    """A training run's whole configuration: its `TRAINING_CONFIG` over its params.
+
+    `run` is an MLflow run (`Tracker.get_run`). Runs logged before the config file existed hold
+    every setting as a param, as strings: cast what you read (`float(config["beta"])`).
+    """
+    held = tracker.read_json(run.info.run_id, TRAINING_CONFIG) or {}
+    return {**run.data.params, **held}

@@ -75,11 +75,12 @@ def models_from_search(search_dir: Path) -> list[dict]:
 
 
 def model_table(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
-    """One row per model: its run's settings (family, β, C_max, λ, seed, setting), data version and steps."""
+    """One row per model: its run's settings (family, β, C_max, λ, seed, setting), data version and steps,
+    from its training configuration (`vae_artifacts.read_training_config`: also runs that logged it as params)."""
     rows = []
     for model in models:
         run = tracker.get_run(model["run_id"], origin=f"search trial {model['trial']}")
-        p = run.data.params
+        p = vae_artifacts.read_training_config(tracker, run)
         rows.append(
             {
                 **model,
@@ -100,7 +101,7 @@ def model_table(tracker: Tracker, models: list[dict]) -> pd.DataFrame:
 
 
 def beta_norm_of(params: dict) -> float:
-    """A run's normalised β (logged since it exists; computed from the run's settings otherwise)."""
+    """A run's normalised β (in its configuration since it exists; computed from the run's settings otherwise)."""
     if "beta_norm" in params:
         return float(params["beta_norm"])
     if "latent_dim" in params and "image_size" in params:
