@@ -617,12 +617,15 @@ def write_models_csv(udr_dir: Path, rows: list[dict]) -> None:
     pd.DataFrame(rows).to_csv(udr_dir / "models.csv", index=False)
 
 
-def two_tiny_vaes(root: Path) -> tuple[Path, Tracker, dict[float, str]]:
-    """Tiny processed data under `root` and two tracked β-VAE runs on it (β 2 and 6, seed 0), by β."""
+def two_tiny_vaes(root: Path, empty_db: Path) -> tuple[Path, Tracker, dict[float, str]]:
+    """Tiny processed data under `root` and two tracked β-VAE runs on it (β 2 and 6, seed 0), by β.
+
+    The store starts as a copy of `empty_db` (the `empty_mlflow_db` fixture): building its schema takes seconds."""
     from tubervae.runs.tracker import Tracker
     from tubervae.runs.training_run import TrainingData
 
     processed = write_labelled_discs(root / "data" / "processed")
+    shutil.copy(empty_db, root / "mlflow.db")
     tracker = Tracker(root)
     data = TrainingData(
         train=load_split(processed, "train")["images"],
@@ -655,7 +658,7 @@ def use_registry(root: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def registry_project(tmp_path_factory):
+def registry_project(tmp_path_factory, empty_mlflow_db):
     """Two tiny VAEs; register β=2 (only model in the first UDR table), then β=6 (better, in the second),
     then the second table again (no change); then classify with the champion. Built once per session (per
     xdist worker): the tests that use it leave its registry as they found it."""
@@ -664,7 +667,7 @@ def registry_project(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         root = tmp_path_factory.mktemp("project")
-        processed, tracker, runs = two_tiny_vaes(root)
+        processed, tracker, runs = two_tiny_vaes(root, empty_mlflow_db)
         params = tiny_params()
         udr_dir = root / "reports" / "udr"
         out = root / "reports" / "register" / "champion.json"

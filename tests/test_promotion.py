@@ -22,14 +22,14 @@ CROP, DATA_VERSION = TINY_CROP, TINY_DATA_VERSION
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, empty_mlflow_db):
     """Two tiny VAEs; the register stage registers β=6 as tubervae-vae@champion (version 1)."""
     from tubervae.stages import register
 
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         root = tmp_path_factory.mktemp("promotion")
-        processed, _, runs = two_tiny_vaes(root)
+        processed, _, runs = two_tiny_vaes(root, empty_mlflow_db)
         write_models_csv(root / "reports" / "udr", [models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)])
         register.run(tiny_params(), root=root, processed_dir=processed)
         yield {"root": root, "processed": processed, "runs": runs}

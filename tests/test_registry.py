@@ -548,13 +548,15 @@ def test_a_16_bit_colour_photo_is_refused_at_ingestion(photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_reports_both(tmp_path, monkeypatch):
+def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_reports_both(
+    tmp_path, monkeypatch, empty_mlflow_db
+):
     """register.select: job: among the settings tied on UDR, the one whose multi-defect rule cross-validates best
     on the labelled photos becomes the champion; champion.json names both champions, and classify scores both on
     the test photos side by side. The cross-validated scores are recomputed here from the logged weights."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    processed, tracker, runs = two_tiny_vaes(tmp_path)
+    processed, tracker, runs = two_tiny_vaes(tmp_path, empty_mlflow_db)
     udr_dir = tmp_path / "reports" / "udr"
     write_models_csv(
         udr_dir, [models_row(runs[2.0], "beta_vae", 2, 0, 0.70, 3), models_row(runs[6.0], "beta_vae", 6, 0, 0.68, 3)]
@@ -621,12 +623,12 @@ LABEL_CASES = {
 
 
 @pytest.fixture(scope="module")
-def unlabelled_project(tmp_path_factory):
+def unlabelled_project(tmp_path_factory, empty_mlflow_db):
     """Two tiny VAEs, the one of β 2 alone in the UDR table; each test rewrites the labels of its own copy."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         root = tmp_path_factory.mktemp("few-labels")
-        processed, tracker, runs = two_tiny_vaes(root)
+        processed, tracker, runs = two_tiny_vaes(root, empty_mlflow_db)
         write_models_csv(root / "reports" / "udr", [models_row(runs[2.0], "beta_vae", 2, 0, 0.7, 3)])
         yield root, processed, runs
 
@@ -689,7 +691,7 @@ def labels_at_chance(split, labels):
 
 
 @pytest.fixture(scope="module")
-def gated(tmp_path_factory):
+def gated(tmp_path_factory, empty_mlflow_db):
     """One tiny project; tubervae-vae@champion is β 6. Then tuber-quality is classified four times:
     1. labels at chance: refused, no champion, nothing served;
     2. labels at chance on a blank VAE, classify.force_promotion: promoted by force;
@@ -698,7 +700,7 @@ def gated(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         root = tmp_path_factory.mktemp("gated")
-        processed, _, runs = two_tiny_vaes(root)
+        processed, _, runs = two_tiny_vaes(root, empty_mlflow_db)
         chance = root / "data" / "chance"
         shutil.copytree(processed, chance)
         with_labels(chance, labels_at_chance)
