@@ -776,11 +776,25 @@ def guided_processed(folder):
 
 # --- how `make test` shares the files between its workers (pytest-xdist, `--dist loadfile`)
 
-# Seconds a file took on one worker in `make test` on 2 cores (AMD EPYC Zen 3), for the files over a minute.
+# Seconds a file took on one worker in a full run on 2 shared cores (AMD EPYC Zen 3, other jobs running), for the
+# files over two minutes: only their order counts.
 # Files are handed out longest first, so that the long ones run side by side on the two workers rather than one
 # after another at the end (xdist's own order is by number of tests, which puts these last); the rest follow
 # in xdist's order. A file's figure only orders the queue: a wrong one costs time, never a test.
-FILE_SECONDS: dict[str, float] = {}
+FILE_SECONDS: dict[str, float] = {
+    "test_pipeline.py": 737,
+    "test_pool.py": 546,
+    "test_pruning.py": 416,
+    "test_killed_stages.py": 364,
+    "test_train.py": 346,
+    "test_gpu_smoke_profile.py": 336,
+    "test_registry.py": 332,  # with test_quality_gate.py (SAME_WORKER_AS)
+    "test_udr_stage.py": 274,
+    "test_dvc_workflow.py": 215,
+    "test_study.py": 199,
+    "test_scripts.py": 130,
+    "test_fused.py": 127,
+}
 # Files whose tests share a session fixture with another file's: they run on that file's worker, which builds
 # the fixture once (registry_project, a tiny trained registry).
 SAME_WORKER_AS = {"test_quality_gate.py": "test_registry.py"}
