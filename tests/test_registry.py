@@ -268,8 +268,9 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     assert int(version.tags["vae_version"]) == 2 and int(version.tags["n_rules"]) == len(served)
 
 
-def test_classify_without_a_champion_says_to_run_search_and_register(tmp_path, monkeypatch):
+def test_classify_without_a_champion_says_to_run_search_and_register(tmp_path, monkeypatch, empty_mlflow_db):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")  # a store with no model in it
     processed = write_labelled_discs(tmp_path / "data" / "processed")
     with pytest.raises(RuntimeError, match=r"tubervae-vae@champion.*run the search and the register stage"):
         classify.run(tiny_params(), root=tmp_path, processed_dir=processed, out_dir=tmp_path / "classify")
