@@ -25,7 +25,7 @@ OFFLINE_PLOTS  = dvc_plots_offline
 VEGA_PACKAGES  = vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 # pytest-xdist: one worker per core (one torch thread each, tests/conftest.py); `loadfile` keeps each test
 # module on one worker, so its module fixtures (a tiny trained project, a `dvc repro`) are built once and its
-# tests run in their order. TEST_WORKERS=0: one process.
+# tests run in their order; tests/conftest.py hands out the longest files first. TEST_WORKERS=0: one process.
 TEST_WORKERS   ?= auto
 PYTEST_WORKERS  = -n $(TEST_WORKERS) --dist loadfile
 

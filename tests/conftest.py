@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,8 @@ from tubervae.data.splits import fingerprint
 if TYPE_CHECKING:
     import optuna
     from mlflow.tracking import MlflowClient
+
+    from tubervae.runs.tracker import Tracker
 
 DECOY_RUN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -564,6 +567,267 @@ def kill_search_at_seed_1(project: Path, timeout: float) -> tuple[int, int]:
     finally:
         stop(proc)
     return int(marker.read_text()), proc.pid
+
+
+# --- a tiny model registry (test_registry, test_quality_gate, test_promotion): 16×16 labelled discs
+# (bad discs are dim), β-VAEs trained for 8 steps and registered by the register stage.
+
+TINY_SIZE = 16
+TINY_LATENT = 4
+TINY_CROP = 0.8
+TINY_DATA_VERSION = "tiny-v1"
+VAE_NAME = "tubervae-vae"
+QUALITY_NAME = "tuber-quality"
+
+
+def write_labelled_discs(folder: Path, seed: int = 0) -> Path:
+    """The files the preprocess stage writes, for a few dozen 16×16 photos (bad discs are dim)."""
+    splits, names = labelled_disc_splits(seed, TINY_SIZE)
+    write_processed(folder, splits, names, data_version=TINY_DATA_VERSION, crop_fraction=TINY_CROP)
+    return folder
+
+
+def load_split(folder: Path, split: str) -> dict:
+    with np.load(folder / f"{split}.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def models_row(run_id, family, beta, seed, udr, n_active, feasible=True, c_max=0.0, udr_a2a=0.3):
+    setting = f"{beta:g}" if family != "cbeta_vae" else f"{beta:g}_{c_max:g}"
+    return {
+        "run_id": run_id,
+        "trial": 0,
+        "feasible": feasible,
+        "family": family,
+        "beta": float(beta),
+        "c_max": float(c_max),
+        "seed": seed,
+        "setting": setting,
+        "data_version": TINY_DATA_VERSION,
+        "n_active": n_active,
+        "udr_within": udr,
+        "udr_a2a": udr_a2a,
+    }
+
+
+def write_models_csv(udr_dir: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    udr_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(udr_dir / "models.csv", index=False)
+
+
+def two_tiny_vaes(root: Path, empty_db: Path) -> tuple[Path, Tracker, dict[float, str]]:
+    """Tiny processed data under `root` and two tracked β-VAE runs on it (β 2 and 6, seed 0), by β.
+
+    The store starts as a copy of `empty_db` (the `empty_mlflow_db` fixture): building its schema takes seconds."""
+    from tubervae.runs.tracker import Tracker
+    from tubervae.runs.training_run import TrainingData
+
+    processed = write_labelled_discs(root / "data" / "processed")
+    shutil.copy(empty_db, root / "mlflow.db")
+    tracker = Tracker(root)
+    data = TrainingData(
+        train=load_split(processed, "train")["images"],
+        probe=load_split(processed, "udr_probe")["images"],
+        test=load_split(processed, "test")["images"],
+        data_version=TINY_DATA_VERSION,
+    )
+    # The training pictures are not under test here and cost most of a tiny run's time.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tubervae.runs.training_run.figures", lambda *args, **kwargs: {})
+        runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=TINY_LATENT)))
+    return processed, tracker, runs
+
+
+def tiny_params():
+    from tubervae.config import parse_params
+
+    return parse_params(
+        {"classify": {"label_sizes": [6, 100], "n_draws": 1, "cnn_steps": 5, "gallery_size": 4, "seed": 0}}
+    )
+
+
+def use_registry(root: Path) -> str:
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def registry_project(tmp_path_factory, empty_mlflow_db):
+    """Two tiny VAEs; register β=2 (only model in the first UDR table), then β=6 (better, in the second),
+    then the second table again (no change); then classify with the champion. Built once per session (per
+    xdist worker): the tests that use it leave its registry as they found it."""
+    from tubervae.stages import classify, register
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        root = tmp_path_factory.mktemp("project")
+        processed, tracker, runs = two_tiny_vaes(root, empty_mlflow_db)
+        params = tiny_params()
+        udr_dir = root / "reports" / "udr"
+        out = root / "reports" / "register" / "champion.json"
+        kwargs = dict(root=root, udr_dir=udr_dir, processed_dir=processed, out_path=out)
+
+        write_models_csv(udr_dir, [models_row(runs[2.0], "beta_vae", 2, 0, 0.40, 4)])
+        first = register.run(params, **kwargs)
+        first_file = json.loads(out.read_text())
+        table = [models_row(runs[2.0], "beta_vae", 2, 0, 0.40, 4), models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)]
+        write_models_csv(udr_dir, table)
+        second = register.run(params, **kwargs)
+        again = register.run(params, **kwargs)
+
+        metrics = classify.run(params, root=root, processed_dir=processed, out_dir=root / "reports" / "classify")
+        yield {
+            "root": root,
+            "processed": processed,
+            "runs": runs,
+            "first": first,
+            "first_file": first_file,
+            "second": second,
+            "again": again,
+            "second_file": json.loads(out.read_text()),
+            "metrics": metrics,
+            "table": table,
+        }
+
+
+def client_for(root: Path) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    uri = use_registry(root)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def store_folder(client: MlflowClient, name: str, version: str | None = None) -> Path:
+    """Where the tracking store keeps the files of `name`'s version (default: the champion's)."""
+    version = version or client.get_model_version_by_alias(name, "champion").version
+    uri = client.get_model_version_download_uri(name, version)
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
+
+
+def logged_vae(client: MlflowClient, run_id: str):
+    """The MLflow model that the training run `run_id` logged (exactly one), named for what it is."""
+    experiment = client.get_run(run_id).info.experiment_id
+    (model,) = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
+    params = client.get_run(run_id).data.params
+    beta = f"{float(params['beta']):.3g}".replace(".", ",")
+    assert model.name == f"vae-{params['family']}-{beta}-s{params['seed']}"  # as the run: s0 beta_vae 2.61
+    return model
+
+
+MARKER_CODE = "\nimport pathlib\npathlib.Path({marker!r}).write_text('the code from the artifact store ran')\n"
+
+
+@contextmanager
+def changed_file(path: Path, content: bytes):
+    """`path` (in the tracking store) holding `content` for the duration; put back, or removed if it was new."""
+    original = path.read_bytes() if path.exists() else None
+    path.write_bytes(content)
+    try:
+        yield path
+    finally:
+        if original is None:
+            path.unlink()
+        else:
+            path.write_bytes(original)
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """The list of every `mlflow.pyfunc.load_model` call made through the registry (each still runs)."""
+    import mlflow
+
+    from tubervae.runs import registry
+
+    calls, real = [], mlflow.pyfunc.load_model
+    monkeypatch.setattr(registry.mlflow.pyfunc, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+# --- latents and labelled photos for the rules and the classify stage (test_classify, test_grading)
+
+
+def separable_latents(seed=0, n_good=20, n_bad=20, d=4, component=2):
+    """Component `component` has good in [-2, -1] and bad in [1, 2]; the rest is noise."""
+    rng = np.random.default_rng(seed)
+    latents = rng.normal(size=(n_good + n_bad, d))
+    bad = np.r_[np.zeros(n_good, bool), np.ones(n_bad, bool)]
+    latents[~bad, component] = rng.uniform(-2, -1, n_good)
+    latents[bad, component] = rng.uniform(1, 2, n_bad)
+    return latents, bad
+
+
+def guided_processed(folder):
+    """A tiny processed folder whose labelled split's first 6 rows guide a head, and a guided champion's config."""
+    rng = np.random.default_rng(0)
+    splits = {}
+    for name, n in {"train": 12, "test": 12, "labelled": 12, "udr_probe": 4}.items():
+        labels = np.arange(n) % 2 if name in ("labelled", "test") else np.full(n, -1)
+        splits[name] = (rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), labels)
+    guide = np.arange(12) < 6
+    meta = write_processed(folder, splits, guide=guide)
+    return splits, guide, meta, {"image_size": 16, "data_version": meta["data_version"]}
+
+
+# --- how `make test` shares the files between its workers (pytest-xdist, `--dist loadfile`)
+
+# Seconds a file took on one worker in a full run on 2 shared cores (AMD EPYC Zen 3, other jobs running), for the
+# files over two minutes: only their order counts.
+# Files are handed out longest first, so that the long ones run side by side on the two workers rather than one
+# after another at the end (xdist's own order is by number of tests, which puts these last); the rest follow
+# in xdist's order. A file's figure only orders the queue: a wrong one costs time, never a test.
+FILE_SECONDS: dict[str, float] = {
+    "test_pipeline.py": 737,
+    "test_pool.py": 546,
+    "test_pruning.py": 416,
+    "test_killed_stages.py": 364,
+    "test_train.py": 346,
+    "test_gpu_smoke_profile.py": 336,
+    "test_registry.py": 332,  # with test_quality_gate.py (SAME_WORKER_AS)
+    "test_udr_stage.py": 274,
+    "test_dvc_workflow.py": 215,
+    "test_study.py": 199,
+    "test_scripts.py": 130,
+    "test_fused.py": 127,
+}
+# Files whose tests share a session fixture with another file's: they run on that file's worker, which builds
+# the fixture once (registry_project, a tiny trained registry).
+SAME_WORKER_AS = {"test_quality_gate.py": "test_registry.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, longest files first, with the files of SAME_WORKER_AS kept together."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFilesFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            folder, _, name = path.rpartition("/")
+            return f"{folder}/{SAME_WORKER_AS[name]}" if name in SAME_WORKER_AS else path
+
+        def schedule(self) -> None:
+            if self.collection is None and self.collection_is_completed and not self.workqueue:
+                # xdist fills its queue by assigning to it, which keeps the order of keys already there.
+                nodeids = next(iter(self.registered_collections.values()))
+                sizes: dict[str, int] = {}
+                for nodeid in nodeids:
+                    scope = self._split_scope(nodeid)
+                    sizes[scope] = sizes.get(scope, 0) + 1
+                for scope in sorted(sizes, key=lambda s: (-FILE_SECONDS.get(s.rpartition("/")[2], 0.0), -sizes[s])):
+                    self.workqueue[scope] = {}
+            super().schedule()
+            if self.collection is None:  # the workers collected different tests: xdist stops the run
+                self.workqueue.clear()
+
+    return LongestFilesFirst(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

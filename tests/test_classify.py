@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import warnings
 
@@ -8,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from conftest import guided_processed, separable_latents
 from tubervae.classify import (
     ThresholdRule,
     binary_metrics,
@@ -21,16 +21,6 @@ from tubervae.classify import (
     validation_rows,
 )
 from tubervae.models.pixel_cnn import pixel_cnn
-
-
-def separable_latents(seed=0, n_good=20, n_bad=20, d=4, component=2):
-    """Component `component` has good in [-2, -1] and bad in [1, 2]; the rest is noise."""
-    rng = np.random.default_rng(seed)
-    latents = rng.normal(size=(n_good + n_bad, d))
-    bad = np.r_[np.zeros(n_good, bool), np.ones(n_bad, bool)]
-    latents[~bad, component] = rng.uniform(-2, -1, n_good)
-    latents[bad, component] = rng.uniform(1, 2, n_bad)
-    return latents, bad
 
 
 def brute_force_best(values, bad):
@@ -382,24 +372,10 @@ def test_validation_rows_are_the_holdout_labels_for_a_guided_model_and_all_label
         validation_rows(guide, "yes")
 
 
-def _guided_processed(folder):
-    """A tiny processed folder whose labelled split's first 6 rows guide a head, and a guided champion's config."""
-    from conftest import write_processed
-
-    rng = np.random.default_rng(0)
-    splits = {}
-    for name, n in {"train": 12, "test": 12, "labelled": 12, "udr_probe": 4}.items():
-        labels = np.arange(n) % 2 if name in ("labelled", "test") else np.full(n, -1)
-        splits[name] = (rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), labels)
-    guide = np.arange(12) < 6
-    meta = write_processed(folder, splits, guide=guide)
-    return splits, guide, meta, {"image_size": 16, "data_version": meta["data_version"]}
-
-
 def test_the_classify_stage_gives_a_guided_champions_rules_only_its_holdout_labels(tmp_path):
     from tubervae.stages import classify as stage
 
-    splits, guide, meta, config = _guided_processed(tmp_path)
+    splits, guide, meta, config = guided_processed(tmp_path)
     plain = stage.labelled_photos(tmp_path, config, meta)
     guided = stage.labelled_photos(tmp_path, {**config, "guided_component": 0}, meta)
     assert plain.guided_component is None and guided.guided_component == 0
@@ -409,39 +385,3 @@ def test_the_classify_stage_gives_a_guided_champions_rules_only_its_holdout_labe
         np.testing.assert_array_equal(photos.holdout, ~guide)
         np.testing.assert_array_equal(photos.x_lab[photos.holdout], splits["labelled"][0][~guide])
         np.testing.assert_array_equal(photos.y_lab[photos.holdout], splits["labelled"][1][~guide] == 1)
-
-
-@pytest.mark.slow
-def test_the_classify_stage_reads_a_guided_champion_through_its_guided_component(tmp_path):
-    from tubervae.classify import grading
-    from tubervae.config import ClassifyConfig, Params
-    from tubervae.models.nets import VAE
-    from tubervae.stages import classify as stage
-
-    splits, _, meta, config = _guided_processed(tmp_path)
-    guided = stage.labelled_photos(tmp_path, {**config, "guided_component": 0}, meta)
-    torch.manual_seed(0)
-    params = dataclasses.replace(Params(), classify=ClassifyConfig(label_sizes=[6], n_draws=1, cnn_steps=2))
-    fitted = grading.fit(VAE(image_size=16, latent_dim=3), guided, splits["udr_probe"][0], params)
-    assert fitted.threshold_rule.component == 0 and len(fitted.z_lab) == 12
-
-
-def test_the_classify_stage_measures_label_efficiency_with_the_configured_rule_settings(monkeypatch):
-    """classify.max_rules and cv_folds reach the any_rule of the label-efficiency table, not the defaults."""
-    from tubervae.classify import grading
-    from tubervae.config import ClassifyConfig
-
-    seen = {}
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return pd.DataFrame({"method": ["any_rule"], "n_labels": [4], "balanced_accuracy": [1.0]})
-
-    monkeypatch.setattr(grading, "label_efficiency", spy)
-    train, train_bad = separable_latents(seed=4, n_good=4, n_bad=4, d=3)
-    test, test_bad = separable_latents(seed=5, n_good=4, n_bad=4, d=3)
-    cfg = ClassifyConfig(max_rules=2, cv_folds=3, label_sizes=[4], n_draws=1)
-    table = grading.efficiency_table((train, train_bad, None), (test, test_bad, None), [0, 2], cfg)
-    assert (seen["max_rules"], seen["n_folds"]) == (2, 3)  # the defaults are 3 and 5
-    assert seen["components"] == [0, 2] and seen["sizes"] == (4,) and seen["random_state"] == cfg.seed
-    assert table["mean_balanced_accuracy"].tolist() == [1.0]

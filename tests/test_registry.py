@@ -1,7 +1,7 @@
-"""Champion policy, the Model Registry aliases, the pyfunc models and the served classifier.
+"""The Model Registry aliases, the pyfunc models and the served classifier, with the register and classify stages.
 
 The registry tests share one tiny project (16×16 disc photos, two VAEs trained for a
-few steps) built once per module: training dominates the cost.
+few steps, `registry_project` in conftest.py) built once per session: training dominates the cost.
 """
 
 import base64
@@ -12,9 +12,7 @@ import json
 import logging
 import shutil
 import struct
-import urllib.parse
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -24,150 +22,50 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import (
+    MARKER_CODE,
+    QUALITY_NAME,
+    TINY_DATA_VERSION,
+    TINY_LATENT,
+    TINY_SIZE,
+    VAE_NAME,
+    changed_file,
+    client_for,
     free_port,
     http,
-    labelled_disc_splits,
+    logged_vae,
     make_target,
+    models_row,
     served,
     started,
-    train_tiny_runs,
+    store_folder,
+    tiny_params,
+    two_tiny_vaes,
+    use_registry,
     with_makefile,
-    write_processed,
+    write_labelled_discs,
+    write_models_csv,
 )
+from conftest import load_split as load
 from tubervae import cli
 from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
 from tubervae.data.images import inspect_image
 from tubervae.models.nets import VAE
-from tubervae.runs import model_server, promotion, quality_gate, registry, vae_artifacts
-from tubervae.runs.champion import choose_champion
+from tubervae.runs import model_server, quality_gate, registry, vae_artifacts
 from tubervae.runs.model_files import DIGESTS_TAG, ModelFilesError
 from tubervae.runs.tracker import Tracker
-from tubervae.runs.training_run import TrainingData
 from tubervae.stages import classify, register
 
-SIZE = 16
-LATENT = 4
-CROP = 0.8
-DATA_VERSION = "tiny-v1"
-VAE_NAME = "tubervae-vae"
-QUALITY_NAME = "tuber-quality"
+SIZE, LATENT, DATA_VERSION = TINY_SIZE, TINY_LATENT, TINY_DATA_VERSION
 
 
-# ------------------------------------------------------------------ tiny data
-
-
-def write_processed_discs(folder: Path, seed: int = 0) -> Path:
-    """The files the preprocess stage writes, for a few dozen 16×16 photos (bad discs are dim)."""
-    splits, names = labelled_disc_splits(seed, SIZE)
-    write_processed(folder, splits, names, data_version=DATA_VERSION, crop_fraction=CROP)
-    return folder
-
-
-def load(folder: Path, split: str) -> dict:
-    with np.load(folder / f"{split}.npz") as data:
-        return {k: data[k] for k in data.files}
-
-
-def models_row(run_id, family, beta, seed, udr, n_active, feasible=True, c_max=0.0, udr_a2a=0.3):
-    setting = f"{beta:g}" if family != "cbeta_vae" else f"{beta:g}_{c_max:g}"
-    return {
-        "run_id": run_id,
-        "trial": 0,
-        "feasible": feasible,
-        "family": family,
-        "beta": float(beta),
-        "c_max": float(c_max),
-        "seed": seed,
-        "setting": setting,
-        "data_version": DATA_VERSION,
-        "n_active": n_active,
-        "udr_within": udr,
-        "udr_a2a": udr_a2a,
-    }
-
-
-def write_models_csv(udr_dir: Path, rows: list[dict]) -> None:
-    udr_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(udr_dir / "models.csv", index=False)
-
-
-# ------------------------------------------------------------ champion policy
-
-
-def policy_table():
-    """Per-setting medians, worked by hand:
-    beta_vae β=4:   UDR 0.58 0.60 0.61 → 0.60, #top 3
-    beta_tcvae β=6: UDR 0.50 0.57 0.62 → 0.57, #top 6 (seeds 6, 6, 5)
-    cbeta_vae 700_6: UDR 0.30 0.40 0.95 → 0.40, #top 9 (one lucky seed, far below on the median)
-    beta_vae β=1:   UDR 0.90 0.91 0.92, #top 1, infeasible (collapsed)
-    """
-    rows = [models_row(f"a{s}", "beta_vae", 4, s, u, 3, udr_a2a=0.1) for s, u in enumerate([0.58, 0.60, 0.61])]
-    rows += [
-        models_row(f"b{s}", "beta_tcvae", 6, s, u, n, udr_a2a=0.2)
-        for s, (u, n) in enumerate([(0.50, 6), (0.57, 6), (0.62, 5)])
-    ]
-    rows += [
-        models_row(f"c{s}", "cbeta_vae", 700, s, u, 9, c_max=6, udr_a2a=0.3) for s, u in enumerate([0.30, 0.40, 0.95])
-    ]
-    rows += [
-        models_row(f"d{s}", "beta_vae", 1, s, u, 1, feasible=False, udr_a2a=0.99)
-        for s, u in enumerate([0.90, 0.91, 0.92])
-    ]
-    return pd.DataFrame(rows)
-
-
-def test_close_udr_prefers_the_setting_with_more_informative_components():
-    # Best feasible median 0.60; within 0.05: β-VAE (0.60, 3) and β-TCVAE (0.57, 6) → more components win,
-    # then that setting's best seed (0.62). Cβ-VAE's single 0.95 seed does not lift its median of 0.40.
-    champion = choose_champion(policy_table(), udr_tolerance=0.05)
-    assert (champion.run_id, champion.family, champion.seed) == ("b2", "beta_tcvae", 2)
-    assert champion.udr_within == pytest.approx(0.62)
-
-
-def test_a_tight_tolerance_keeps_the_best_udr():
-    # Within 0.01 of 0.60 only β-VAE β=4 remains; its best seed has 0.61.
-    champion = choose_champion(policy_table(), udr_tolerance=0.01)
-    assert (champion.run_id, champion.family, champion.seed) == ("a2", "beta_vae", 2)
-
-
-def test_infeasible_settings_never_win_and_a2a_is_ignored():
-    table = policy_table()
-    # The infeasible β=1 setting has the best median UDR (0.91) and the best A2A (0.99).
-    medians = table.groupby("run_id").udr_within.first().groupby(lambda r: r[0]).median()
-    assert medians.idxmax() == "d" and table.loc[table.udr_a2a.idxmax(), "run_id"].startswith("d")
-    champion = choose_champion(table, udr_tolerance=0.05)
-    assert champion.run_id.startswith("b")
-    # Make the collapsed setting feasible: it now wins outright (0.91 is 0.31 above the rest).
-    table.loc[table.run_id.str.startswith("d"), "feasible"] = True
-    assert choose_champion(table, udr_tolerance=0.05).run_id == "d2"
-    # A2A rankings do not move the choice: reversing them changes nothing.
-    table = policy_table()
-    table["udr_a2a"] = 1.0 - table["udr_a2a"]
-    assert choose_champion(table, udr_tolerance=0.05).run_id == "b2"
-
-
-def test_seed_ties_within_the_setting_go_to_more_components():
-    rows = [
-        models_row("s0", "beta_vae", 4, 0, 0.5, 4),
-        models_row("s1", "beta_vae", 4, 1, 0.5, 6),
-        models_row("s2", "beta_vae", 4, 2, float("nan"), 9),
-    ]
-    champion = choose_champion(pd.DataFrame(rows), udr_tolerance=0.05)
-    assert champion.run_id == "s1"
-
-
-def test_no_feasible_model_and_missing_columns_are_reported():
-    table = policy_table()
-    table["feasible"] = False
-    with pytest.raises(RuntimeError, match="no feasible model.*min_active"):
-        choose_champion(table, udr_tolerance=0.05)
-    with pytest.raises(ValueError, match="n_active"):
-        choose_champion(policy_table().drop(columns=["n_active"]), udr_tolerance=0.05)
+@pytest.fixture(scope="module")
+def project(registry_project):
+    """The session's tiny registry (conftest.py)."""
+    return registry_project
 
 
 def test_register_without_the_udr_table_says_to_run_udr(tmp_path):
@@ -176,83 +74,12 @@ def test_register_without_the_udr_table_says_to_run_udr(tmp_path):
             parse_params({}),
             root=tmp_path,
             udr_dir=tmp_path / "reports" / "udr",
-            processed_dir=write_processed_discs(tmp_path / "data" / "processed"),
+            processed_dir=write_labelled_discs(tmp_path / "data" / "processed"),
             out_path=tmp_path / "champion.json",
         )
 
 
 # ------------------------------------------------------------ a tiny registry
-
-
-def two_tiny_vaes(root: Path) -> tuple[Path, Tracker, dict[float, str]]:
-    """Tiny processed data under `root` and two tracked β-VAE runs on it (β 2 and 6, seed 0), by β."""
-    processed = write_processed_discs(root / "data" / "processed")
-    tracker = Tracker(root)
-    data = TrainingData(
-        train=load(processed, "train")["images"],
-        probe=load(processed, "udr_probe")["images"],
-        test=load(processed, "test")["images"],
-        data_version=DATA_VERSION,
-    )
-    # The training pictures are not under test here and cost most of a tiny run's time.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("tubervae.runs.training_run.figures", lambda *args, **kwargs: {})
-        runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=LATENT)))
-    return processed, tracker, runs
-
-
-def tiny_params():
-    return parse_params(
-        {"classify": {"label_sizes": [6, 100], "n_draws": 1, "cnn_steps": 5, "gallery_size": 4, "seed": 0}}
-    )
-
-
-def use_registry(root: Path) -> str:
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Two tiny VAEs; register β=2 (only model in the first UDR table), then β=6 (better, in the second),
-    then the second table again (no change); then classify with the champion."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        root = tmp_path_factory.mktemp("project")
-        processed, tracker, runs = two_tiny_vaes(root)
-        params = tiny_params()
-        udr_dir = root / "reports" / "udr"
-        out = root / "reports" / "register" / "champion.json"
-        kwargs = dict(root=root, udr_dir=udr_dir, processed_dir=processed, out_path=out)
-
-        write_models_csv(udr_dir, [models_row(runs[2.0], "beta_vae", 2, 0, 0.40, 4)])
-        first = register.run(params, **kwargs)
-        first_file = json.loads(out.read_text())
-        table = [models_row(runs[2.0], "beta_vae", 2, 0, 0.40, 4), models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)]
-        write_models_csv(udr_dir, table)
-        second = register.run(params, **kwargs)
-        again = register.run(params, **kwargs)
-
-        metrics = classify.run(params, root=root, processed_dir=processed, out_dir=root / "reports" / "classify")
-        yield {
-            "root": root,
-            "processed": processed,
-            "runs": runs,
-            "first": first,
-            "first_file": first_file,
-            "second": second,
-            "again": again,
-            "second_file": json.loads(out.read_text()),
-            "metrics": metrics,
-            "table": table,
-        }
-
-
-def client_for(root: Path) -> MlflowClient:
-    uri = use_registry(root)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def independent_vae(root: Path, run_id: str, tmp: Path) -> VAE:
@@ -305,23 +132,6 @@ def test_register_tags_the_champion_version(project):
     assert not any(name.endswith(".pkl") or name.startswith("code/") for name in digests)
     assert all(digests[name] == hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items())
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (folder / "MLmodel").read_text()
-
-
-def store_folder(client: MlflowClient, name: str, version: str | None = None) -> Path:
-    """Where the tracking store keeps the files of `name`'s version (default: the champion's)."""
-    version = version or client.get_model_version_by_alias(name, "champion").version
-    uri = client.get_model_version_download_uri(name, version)
-    return Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
-
-
-def logged_vae(client: MlflowClient, run_id: str):
-    """The MLflow model that the training run `run_id` logged (exactly one), named for what it is."""
-    experiment = client.get_run(run_id).info.experiment_id
-    (model,) = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
-    params = client.get_run(run_id).data.params
-    beta = f"{float(params['beta']):.3g}".replace(".", ",")
-    assert model.name == f"vae-{params['family']}-{beta}-s{params['seed']}"  # as the run: s0 beta_vae 2.61
-    return model
 
 
 def test_each_version_is_the_model_its_training_run_logged(project):
@@ -458,9 +268,10 @@ def test_classify_fits_the_rule_on_the_labelled_set_and_scores_the_test_set(proj
     assert int(version.tags["vae_version"]) == 2 and int(version.tags["n_rules"]) == len(served)
 
 
-def test_classify_without_a_champion_says_to_run_search_and_register(tmp_path, monkeypatch):
+def test_classify_without_a_champion_says_to_run_search_and_register(tmp_path, monkeypatch, empty_mlflow_db):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    processed = write_processed_discs(tmp_path / "data" / "processed")
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")  # a store with no model in it
+    processed = write_labelled_discs(tmp_path / "data" / "processed")
     with pytest.raises(RuntimeError, match=r"tubervae-vae@champion.*run the search and the register stage"):
         classify.run(tiny_params(), root=tmp_path, processed_dir=processed, out_dir=tmp_path / "classify")
     assert not (tmp_path / "classify" / "metrics.json").exists()
@@ -553,39 +364,12 @@ def test_quality_pyfunc_by_alias_labels_a_path_and_an_array_and_rejects_bad_inpu
     assert info.value.get_http_status_code() == 400
 
 
-# ------------------------------------------------------------ the files are checked before anything loads
-
-MARKER_CODE = "\nimport pathlib\npathlib.Path({marker!r}).write_text('the code from the artifact store ran')\n"
-
-
-@contextmanager
-def changed_file(path: Path, content: bytes):
-    """`path` (in the tracking store) holding `content` for the duration; put back, or removed if it was new."""
-    original = path.read_bytes() if path.exists() else None
-    path.write_bytes(content)
-    try:
-        yield path
-    finally:
-        if original is None:
-            path.unlink()
-        else:
-            path.write_bytes(original)
-
-
 def other_weights(path: Path) -> bytes:
     """A valid weights file of the same network, every weight halved: it would load without complaint."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     buffer = io.BytesIO()
     torch.save({k: v / 2 if v.is_floating_point() else v for k, v in state.items()}, buffer)
     return buffer.getvalue()
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """The list of every `mlflow.pyfunc.load_model` call made through the registry (each still runs)."""
-    calls, real = [], mlflow.pyfunc.load_model
-    monkeypatch.setattr(registry.mlflow.pyfunc, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
-    return calls
 
 
 CHANGES = {
@@ -627,16 +411,6 @@ def test_a_changed_or_added_file_is_refused_before_any_of_the_models_code_runs(
             assert marker.exists()
     # Put back as it was logged, the model loads again.
     assert registry.load_registered(tracker, QUALITY_NAME).metadata.model_id is not None
-
-
-def test_classify_refuses_a_champion_vae_whose_code_was_changed(project, tmp_path, no_model_loads):
-    client = client_for(project["root"])
-    marker = tmp_path / "marker"
-    path = store_folder(client, VAE_NAME) / "vae_model_code.py"
-    with changed_file(path, path.read_bytes() + MARKER_CODE.format(marker=str(marker)).encode()):
-        with pytest.raises(ModelFilesError, match=rf"^{VAE_NAME} version 2: vae_model_code.py was changed"):
-            quality_gate.load_champion(Tracker(project["root"]), VAE_NAME)
-    assert no_model_loads == [] and not marker.exists()
 
 
 def test_registering_a_model_changed_since_it_was_logged_is_refused(project):
@@ -683,25 +457,6 @@ def test_a_version_registered_without_digests_is_refused_with_how_to_register_it
     with pytest.raises(AttributeError):  # what the refusal prevents: MLflow alone unpickles it (then fails)
         mlflow.pyfunc.load_model("models:/legacy-quality@champion")
     assert marker.exists()
-
-
-def test_register_replaces_a_champion_registered_without_digests_by_a_model_logged_from_code(project):
-    """A run whose model was logged before digests were recorded (pickled, then) gets a new model, logged from
-    code from the run's weights, and a new version with digests, even though the alias already is that run."""
-    client = client_for(project["root"])
-    tracker = Tracker(project["root"])
-    run_id = project["runs"][6.0]
-    old = logged_vae(client, run_id)
-    before = client.get_model_version_by_alias(VAE_NAME, "champion")
-    client.delete_logged_model_tag(old.model_id, DIGESTS_TAG)
-    client.delete_model_version_tag(VAE_NAME, before.version, DIGESTS_TAG)
-    champion = pd.Series(models_row(run_id, "beta_vae", 6, 0, 0.70, 3))
-    version = promotion.promote(tracker, VAE_NAME, champion, {"crop_fraction": CROP, "data_version": DATA_VERSION})
-    assert int(version.version) == int(before.version) + 1 and registry.has_digests(version)
-    assert version.source != before.source and version.tags["source_run_id"] == run_id
-    assert client.get_model_version_by_alias(VAE_NAME, "champion").version == version.version
-    model = registry.load_registered(tracker, VAE_NAME)
-    assert model.metadata.model_id == version.source.removeprefix("models:/")
 
 
 def test_serve_takes_registered_models_only():
@@ -794,13 +549,15 @@ def test_a_16_bit_colour_photo_is_refused_at_ingestion(photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_reports_both(tmp_path, monkeypatch):
+def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_reports_both(
+    tmp_path, monkeypatch, empty_mlflow_db
+):
     """register.select: job: among the settings tied on UDR, the one whose multi-defect rule cross-validates best
     on the labelled photos becomes the champion; champion.json names both champions, and classify scores both on
     the test photos side by side. The cross-validated scores are recomputed here from the logged weights."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    processed, tracker, runs = two_tiny_vaes(tmp_path)
+    processed, tracker, runs = two_tiny_vaes(tmp_path, empty_mlflow_db)
     udr_dir = tmp_path / "reports" / "udr"
     write_models_csv(
         udr_dir, [models_row(runs[2.0], "beta_vae", 2, 0, 0.70, 3), models_row(runs[6.0], "beta_vae", 6, 0, 0.68, 3)]
@@ -867,12 +624,12 @@ LABEL_CASES = {
 
 
 @pytest.fixture(scope="module")
-def unlabelled_project(tmp_path_factory):
+def unlabelled_project(tmp_path_factory, empty_mlflow_db):
     """Two tiny VAEs, the one of β 2 alone in the UDR table; each test rewrites the labels of its own copy."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         root = tmp_path_factory.mktemp("few-labels")
-        processed, tracker, runs = two_tiny_vaes(root)
+        processed, tracker, runs = two_tiny_vaes(root, empty_mlflow_db)
         write_models_csv(root / "reports" / "udr", [models_row(runs[2.0], "beta_vae", 2, 0, 0.7, 3)])
         yield root, processed, runs
 
@@ -935,7 +692,7 @@ def labels_at_chance(split, labels):
 
 
 @pytest.fixture(scope="module")
-def gated(tmp_path_factory):
+def gated(tmp_path_factory, empty_mlflow_db):
     """One tiny project; tubervae-vae@champion is β 6. Then tuber-quality is classified four times:
     1. labels at chance: refused, no champion, nothing served;
     2. labels at chance on a blank VAE, classify.force_promotion: promoted by force;
@@ -944,7 +701,7 @@ def gated(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         root = tmp_path_factory.mktemp("gated")
-        processed, _, runs = two_tiny_vaes(root)
+        processed, _, runs = two_tiny_vaes(root, empty_mlflow_db)
         chance = root / "data" / "chance"
         shutil.copytree(processed, chance)
         with_labels(chance, labels_at_chance)
@@ -1104,7 +861,7 @@ def test_the_vae_gate_on_udr_refuses_a_worse_model_force_promotes_it_and_a_new_d
 
 def test_the_gate_reads_only_the_labels_no_guidance_head_trained_on(tmp_path):
     """A labelled split with `guide` marks: the rule is fitted and the gate estimates on the other labels."""
-    processed = write_processed_discs(tmp_path / "processed")
+    processed = write_labelled_discs(tmp_path / "processed")
     with np.load(processed / "labelled.npz") as data:
         arrays = {k: data[k] for k in data.files}
     arrays["guide"] = np.isin(np.arange(20), [0, 1, 2, 10, 11, 12])  # 3 good and 3 bad trained a head

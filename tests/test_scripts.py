@@ -20,9 +20,14 @@ import ast
 import functools
 import os
 import re
+import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -140,12 +145,54 @@ def uses(source: str) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, 
     return taken, patched
 
 
-@pytest.mark.slow  # a Python with torch per script: tens of seconds for all of them
+def run_forked(script: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python SCRIPT ARGS` run in a child forked from this process, with the project as working folder.
+
+    The child keeps the third-party libraries this process has imported (torch, MLflow: most of a cold
+    start's seconds) and drops every `tubervae` module, so the script imports the library as a fresh
+    Python would. Its exit status and output are returned as `subprocess.run` returns them."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            status = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+                for name in [m for m in sys.modules if m == "tubervae" or m.startswith("tubervae.")]:
+                    del sys.modules[name]
+                os.chdir(PROJECT)
+                sys.argv = [str(script), *args]
+                sys.path.insert(0, str(script.parent))
+                try:
+                    runpy.run_path(str(script), run_name="__main__")
+                    status = 0
+                except SystemExit as stop:
+                    status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        deadline = time.monotonic() + timeout
+        while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail(f"{script.name} {' '.join(args)} ran over {timeout} s")
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            [str(script), *args], os.waitstatus_to_exitcode(waited[1]), out.read(), err.read()
+        )
+
+
+@pytest.mark.slow  # a forked child per script, which imports what torch and the worker have not
 @pytest.mark.parametrize("script", SCRIPTS, ids=SCRIPT_IDS)
 def test_script_help_exits_cleanly(script):
-    done = subprocess.run(
-        [sys.executable, str(script), "--help"], cwd=PROJECT, capture_output=True, text=True, timeout=120
-    )
+    done = run_forked(script, "--help")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage" in done.stdout.lower()
 

@@ -389,8 +389,11 @@ def test_finite_loss_with_non_finite_gradient_never_reaches_the_checkpoint(data,
 
 
 @pytest.mark.slow
-def test_a_run_with_system_metrics_logs_them_and_the_experiment_opens_on_its_runs(tmp_path, monkeypatch):
+def test_a_run_with_system_metrics_logs_them_and_the_experiment_opens_on_its_runs(
+    tmp_path, monkeypatch, empty_mlflow_db
+):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     tracker = Tracker(tmp_path)
     with tracker.run("quiet") as quiet:
         time.sleep(0.3)
