@@ -628,6 +628,8 @@ def family_section(fam: str, idx: np.ndarray, rows: list[dict], scores: dict, n_
             if fig.value > 0.6 and fig.low > 0
             else "its interval is clear of 0, but ρ is not above 0.6."
             if fig.low > 0
+            else "negative, with an interval clear of 0: UDR ranks against MIG here."
+            if fig.high < 0
             else "its interval includes 0."
         )
         lines += [
