@@ -608,7 +608,8 @@ def family_section(fam: str, idx: np.ndarray, rows: list[dict], scores: dict, n_
         for quality in (mig_q, dci_q):
             for level in ("model", "setting"):
                 fig = bootstrap_spearman(sub[rule], quality, groups, level=level, n_boot=n_boot)
-                cells.append(figure_cell(fig))
+                # Below three settings a ρ ranks a setting's seeds alone: not shown, not judged.
+                cells.append(figure_cell(fig) if n_settings >= 3 else "–")
                 if rule == "udr_lasso_paper" and quality is mig_q:
                     verdicts[level] = fig
         lines.append(f"| {text} | " + " | ".join(cells) + " |")
