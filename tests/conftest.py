@@ -6,6 +6,7 @@ and request the fixtures by name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -638,6 +639,18 @@ def two_tiny_vaes(root: Path, empty_db: Path) -> tuple[Path, Tracker, dict[float
         mp.setattr("tubervae.runs.training_run.figures", lambda *args, **kwargs: {})
         runs = dict(zip((2.0, 6.0), train_tiny_runs(tracker, data, [(2.0, 0), (6.0, 0)], latent_dim=TINY_LATENT)))
     return processed, tracker, runs
+
+
+@contextlib.contextmanager
+def one_model_registry(tmp_path_factory, empty_db: Path, name: str, beta: int, udr: float = 0.70, n_active: int = 3):
+    """A module fixture's project: `two_tiny_vaes` under a fresh folder `name`, the VAE of `beta` alone in the UDR
+    table; MLFLOW_TRACKING_URI unset while it lives. Yields (root, processed, runs by β)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        root = tmp_path_factory.mktemp(name)
+        processed, _, runs = two_tiny_vaes(root, empty_db)
+        write_models_csv(root / "reports" / "udr", [models_row(runs[float(beta)], "beta_vae", beta, 0, udr, n_active)])
+        yield root, processed, runs
 
 
 def tiny_params():

@@ -55,6 +55,15 @@ def project_files() -> list[str]:
     return [name for name in listed.split("\0") if name and (PROJECT / name).is_file()]
 
 
+def copy_project(dest: Path) -> Path:
+    """The working tree's files (`project_files`) copied under `dest`, without dvc.lock: each run writes its own."""
+    for name in project_files():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT / name, dest / name)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    return dest
+
+
 def env_for(tmp: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
     env.update(
@@ -120,10 +129,7 @@ def test_commit_push_clone_pull_round_trip(tmp_path):
     env = env_for(tmp_path)
     (tmp_path / "home").mkdir()
     origin = tmp_path / "origin"
-    for name in project_files():
-        (origin / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT / name, origin / name)
-    (origin / "dvc.lock").unlink(missing_ok=True)  # this run writes its own
+    copy_project(origin)
     params = yaml.safe_load((origin / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import make_target, with_makefile
-from test_dvc_workflow import PROJECT, TINY_SMOKE, env_for, project_files, sh
+from test_dvc_workflow import TINY_SMOKE, copy_project, env_for, sh
 
 
 @pytest.mark.skipif(shutil.which("git") is None or shutil.which("make") is None, reason="needs git and make")
@@ -23,10 +23,7 @@ def test_gpu_smoke_profile_runs_every_stage_on_the_cpu(tmp_path):
     env = env_for(tmp_path)
     (tmp_path / "home").mkdir()
     root = tmp_path / "project"
-    for name in project_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT / name, root / name)
-    (root / "dvc.lock").unlink(missing_ok=True)
+    copy_project(root)
     with_makefile(root)
     sh(["git", "init", "-q", "-b", "main"], root, env)
     (root / ".git" / "info" / "exclude").write_text(".venv\n")

@@ -10,9 +10,8 @@ from conftest import (
     client_for,
     logged_vae,
     models_row,
+    one_model_registry,
     tiny_params,
-    two_tiny_vaes,
-    write_models_csv,
 )
 from tubervae.runs import promotion, registry
 from tubervae.runs.model_files import DIGESTS_TAG
@@ -26,11 +25,7 @@ def project(tmp_path_factory, empty_mlflow_db):
     """Two tiny VAEs; the register stage registers β=6 as tubervae-vae@champion (version 1)."""
     from tubervae.stages import register
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        root = tmp_path_factory.mktemp("promotion")
-        processed, _, runs = two_tiny_vaes(root, empty_mlflow_db)
-        write_models_csv(root / "reports" / "udr", [models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)])
+    with one_model_registry(tmp_path_factory, empty_mlflow_db, "promotion", 6) as (root, processed, runs):
         register.run(tiny_params(), root=root, processed_dir=processed)
         yield {"root": root, "processed": processed, "runs": runs}
 

@@ -38,6 +38,7 @@ from conftest import (
     logged_vae,
     make_target,
     models_row,
+    one_model_registry,
     served,
     started,
     store_folder,
@@ -626,12 +627,8 @@ LABEL_CASES = {
 @pytest.fixture(scope="module")
 def unlabelled_project(tmp_path_factory, empty_mlflow_db):
     """Two tiny VAEs, the one of β 2 alone in the UDR table; each test rewrites the labels of its own copy."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        root = tmp_path_factory.mktemp("few-labels")
-        processed, tracker, runs = two_tiny_vaes(root, empty_mlflow_db)
-        write_models_csv(root / "reports" / "udr", [models_row(runs[2.0], "beta_vae", 2, 0, 0.7, 3)])
-        yield root, processed, runs
+    with one_model_registry(tmp_path_factory, empty_mlflow_db, "few-labels", 2) as project:
+        yield project
 
 
 @pytest.mark.parametrize("case", LABEL_CASES, ids=str)
@@ -698,16 +695,12 @@ def gated(tmp_path_factory, empty_mlflow_db):
     2. labels at chance on a blank VAE, classify.force_promotion: promoted by force;
     3. the true labels on the trained VAE: beats the blank champion, promoted;
     4. labels at chance again: refused, the champion of step 3 stays."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        root = tmp_path_factory.mktemp("gated")
-        processed, _, runs = two_tiny_vaes(root, empty_mlflow_db)
+    with one_model_registry(tmp_path_factory, empty_mlflow_db, "gated", 6) as (root, processed, runs):
         chance = root / "data" / "chance"
         shutil.copytree(processed, chance)
         with_labels(chance, labels_at_chance)
         params = tiny_params()
         forced = dataclasses.replace(params, classify=dataclasses.replace(params.classify, force_promotion=True))
-        write_models_csv(root / "reports" / "udr", [models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)])
         register.run(params, root=root, processed_dir=processed)
         steps, logs = [], []
         for step, (settings, data) in enumerate(
