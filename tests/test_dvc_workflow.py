@@ -35,8 +35,11 @@ TINY = {
 }
 DATA_STAGES = ("raw", "preprocess", "evalset")  # every stage whose outputs live in DVC's cache
 # `make gpu-smoke-cpu` at test size: `-S` overrides after the two profiles' (OVERRIDES), the last value winning.
+# Models are trained and scored in the stage's own process (workers 1): the pools are tested in test_pool.py,
+# and starting two more processes per stage beside the other test worker costs seconds for nothing.
 TINY_SMOKE = (
-    "data.n_images=120 data.workers=1 preprocess.image_size=16 preprocess.probe_size=20 "
+    "data.n_images=120 data.workers=1 train.workers=1 evaluate.workers=1 "
+    "preprocess.image_size=16 preprocess.probe_size=20 "
     "preprocess.labelled_per_class=10 train.steps=20 train.batch_size=8 train.checkpoint_every=10 train.log_every=10 "
     "train.snapshot_every=0 train.latent_dim=3 search.min_active=0 classify.cnn_steps=5 classify.n_draws=1 "
     "classify.label_sizes=[5,10] evaluate.set_size=60 evaluate.n_points=60 evaluate.n_train=20 evaluate.n_test=20 "
