@@ -28,6 +28,9 @@ VEGA_PACKAGES  = vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 # tests run in their order; tests/conftest.py hands out the longest files first. TEST_WORKERS=0: one process.
 TEST_WORKERS   ?= auto
 PYTEST_WORKERS  = -n $(TEST_WORKERS) --dist loadfile
+# The suite keeps its compiled test modules (assertions rewritten, about 5 s a worker) and sources in
+# __pycache__ even where the shell says not to write bytecode (PYTHONDONTWRITEBYTECODE).
+PYTEST          = env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
 
 .PHONY: install run test test-fast lint plots thesis gpu-smoke gpu-smoke-cpu cpu-long disentangle bench ui dashboard serve
 
@@ -46,10 +49,10 @@ test: install         ## lint, format check, import layers, then the test suite
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) --durations=15
+	$(PYTEST) -q $(PYTEST_WORKERS) --durations=15
 
 test-fast: install    ## the fast tier: every module's logic, without the tests marked slow
-	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) -m "not slow" --durations=10
+	$(PYTEST) -q $(PYTEST_WORKERS) -m "not slow" --durations=10
 
 lint: install         ## fix what ruff can fix and format the tree
 	$(BIN)/ruff check --fix src tests benchmarks experiments

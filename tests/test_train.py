@@ -218,28 +218,28 @@ def test_bfloat16_training_is_reproducible_and_differs_from_float32(data):
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])  # bfloat16: native or emulated, on every CPU
 def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights_and_logs(data, tmp_path, precision):
-    cfg = tiny_cfg(steps=15, precision=precision)
+    cfg = tiny_cfg(steps=6, log_every=2, checkpoint_every=2, precision=precision)  # few steps: bfloat16 may be emulated
     full_logs: list = []
     full = train(data, cfg, checkpoint_path=tmp_path / "full.pt", on_log=lambda m, s: full_logs.append((s, m)))
 
     class Interrupted(Exception):
         pass
 
-    def stop_at_10(metrics, step):
-        if step == 10:  # on_log runs before the step-10 checkpoint: only step 5's exists
+    def stop_at_4(metrics, step):
+        if step == 4:  # on_log runs before the step-4 checkpoint: only step 2's exists
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train(data, cfg, checkpoint_path=tmp_path / "cut.pt", on_log=stop_at_10)
-    assert torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 5
+        train(data, cfg, checkpoint_path=tmp_path / "cut.pt", on_log=stop_at_4)
+    assert torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 2
 
     resumed_logs: list = []
     resumed = train(data, cfg, checkpoint_path=tmp_path / "cut.pt", on_log=lambda m, s: resumed_logs.append((s, m)))
 
-    assert [s for s, _ in full_logs] == [5, 10, 15]
-    assert resumed_logs == full_logs[1:]  # steps 6–15 redone with the same batches and noise
+    assert [s for s, _ in full_logs] == [2, 4, 6]
+    assert resumed_logs == full_logs[1:]  # steps 3–6 redone with the same batches and noise
     assert_same_weights(full.model.state_dict(), resumed.model.state_dict())
-    assert torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 15
+    assert torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 6
 
 
 def test_training_in_segments_gives_the_weights_and_logs_of_one_go(data, tmp_path):
