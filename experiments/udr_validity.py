@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import fcntl
 import json
 import os
@@ -44,8 +45,12 @@ import numpy as np
 import torch
 import yaml
 
-from tubervae.config import INFORMATIVE_KL, TrainConfig
+from tubervae.classify.any_rule import RuleSettings, job_score
+from tubervae.config import INFORMATIVE_KL, Params, TrainConfig, parse_params, read_settings_file
 from tubervae.data import synth_dataset, synth_factors
+from tubervae.data.factors import measured_rows
+from tubervae.data.images import folder_fingerprint
+from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.dci import dci
 from tubervae.evaluation.factor_vae import factor_vae_score
 from tubervae.evaluation.mig import mig
@@ -58,6 +63,8 @@ from tubervae.evaluation.selection import (
 from tubervae.evaluation.udr import udr_scores
 from tubervae.models.encoding import as_input, encode, images_to_tensor
 from tubervae.models.losses import kl_per_component, reconstruction_loss
+from tubervae.stages import preprocess as preprocess_stage
+from tubervae.stages import raw as raw_stage
 from tubervae.training.device import resolve_precision, select_device
 from tubervae.training.fused import FusedJob, train_fused
 from tubervae.training.setting import Setting
@@ -69,6 +76,7 @@ ELBO_PHOTOS = 2000  # held-out photos the ELBO is estimated on
 CBETA_BETAS = 3  # Cβ-VAE grid: β values (linear over the range) × every C_max below
 CBETA_C_MAX = (6.0, 12.0)
 OUT = Path("experiments/runs/udr-validity")
+REPORT = "docs/results/udr-validity.md"  # the simulator's report
 
 
 def log_grid(low: float, high: float, n: int) -> list[float]:
@@ -118,9 +126,14 @@ def mean_kl(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
 
 
 def label_draws(n_eval: int, seed: int) -> dict[int, list[np.ndarray]]:
-    """The few labelled photos' indices in the evaluation set: the same draws for every model."""
+    """The few labelled photos' indices in the evaluation set: the same draws for every model.
+
+    An evaluation set of fewer photos than a draw asks for gives all of its photos to that draw."""
     rng = np.random.default_rng([seed, 33])
-    return {n: [np.sort(rng.choice(n_eval, size=n, replace=False)) for _ in range(LABEL_DRAWS)] for n in FEW_LABELS}
+    return {
+        n: [np.sort(rng.choice(n_eval, size=min(n, n_eval), replace=False)) for _ in range(LABEL_DRAWS)]
+        for n in FEW_LABELS
+    }
 
 
 def score_model(model, data: dict, rec_kind: str) -> tuple[dict, dict, dict]:
@@ -145,6 +158,20 @@ def score_model(model, data: dict, rec_kind: str) -> tuple[dict, dict, dict]:
         dci_i=f"{found['dci_informativeness']:.4f}",
     )
     row["factorvae"] = f"{factor_vae_score(mu, truth, random_state=0)['factorvae_eval_accuracy']:.4f}"
+    if "job" in data:  # the register stage's `job` score: its rule on the labelled split, the probe's KL
+        job = data["job"]
+        z, _ = encode(model, job["images"])
+        rules = job["settings"]
+        value = job_score(
+            z,
+            job["bad"],
+            kl_p,
+            kl_threshold=rules.kl_threshold,
+            max_rules=rules.max_rules,
+            n_folds=rules.n_folds,
+            random_state=rules.random_state,
+        )
+        row["job_cv"] = f"{value:.4f}"
     for n, draws in data["labels"].items():
         for k, idx in enumerate(draws):
             row[f"mig_l{n}_d{k}"] = f"{mig(mu[idx], truth[idx])['mig']:.4f}"
@@ -155,7 +182,8 @@ def score_model(model, data: dict, rec_kind: str) -> tuple[dict, dict, dict]:
     return row, probe, latents
 
 
-def fields(names: list[str], latent_dim: int) -> list[str]:
+def fields(names: list[str], latent_dim: int, job: bool = False) -> list[str]:
+    """The models table's columns; `job_cv` (the job score on the labelled photos) where the data has labels."""
     few = [f"{m}_l{n}_d{k}" for n in FEW_LABELS for m in ("mig", "dci") for k in range(LABEL_DRAWS)]
     return [
         "data",
@@ -180,6 +208,7 @@ def fields(names: list[str], latent_dim: int) -> list[str]:
         "dci_c",
         "dci_i",
         "factorvae",
+        *(["job_cv"] if job else []),
         *few,
     ]
 
@@ -209,8 +238,119 @@ def append_rows(path: Path, new_rows: list[dict], header: list[str]) -> None:
         write_rows(path, read_rows(path) + new_rows, header)
 
 
+def data_name(args) -> str:
+    """The data's name in the results: the simulator's, or the photo folder's own name."""
+    return Path(args.folder).resolve().name if args.folder else args.simulator
+
+
+def results_folder(args) -> Path:
+    """Where one data set's results go: `--out`/<data>-<image size> (`geometry-32`, `idsprites-64`)."""
+    return Path(args.out) / f"{data_name(args)}-{args.image_size}"
+
+
+def import_photo_folder(
+    source: str | Path,
+    work: Path,
+    *,
+    params_path: str | Path,
+    image_size: int,
+    crop_fraction: float,
+    probe_size: int,
+    seed: int,
+) -> Params:
+    """A user's photo folder through the project's raw and preprocess stages, into the project folder `work`.
+
+    The stages run with `params_path`'s settings (the split's test fraction, the labelled photos per class,
+    the rules' settings), one worker, and the folder, image size, crop, UDR probe size and split seed
+    given here. Cached: `work/import.json` records the folder's fingerprint (`folder_fingerprint`: every
+    photo's and factors.csv's content) and the settings, and the stages run again only when one changed.
+    Returns the settings they ran with; the splits are in `work/data/processed`.
+    """
+    source = Path(source).resolve()
+    if not source.is_dir():
+        raise SystemExit(f"--folder {source} is not a folder of photos")
+    raw = read_settings_file(params_path)
+    raw["data"] = {**(raw.get("data") or {}), "source": str(source), "workers": 1}
+    raw["preprocess"] = {
+        **(raw.get("preprocess") or {}),
+        "image_size": image_size,
+        "crop_fraction": crop_fraction,
+        "probe_size": probe_size,
+        "seed": seed,
+    }
+    params = parse_params(raw)
+    stamp = {
+        "source": str(source),
+        "photos": folder_fingerprint(source)["sha256"],
+        "data": dataclasses.asdict(params.data),
+        "preprocess": dataclasses.asdict(params.preprocess),
+    }
+    done = work / "import.json"
+    if done.exists() and json.loads(done.read_text()) == stamp:
+        return params
+    began = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)
+    raw_stage.run(params, root=work)
+    preprocess_stage.run(params, root=work)
+    done.write_text(json.dumps(stamp, indent=1) + "\n")
+    print(f"{source} imported and preprocessed in {time.perf_counter() - began:.0f} s", flush=True)
+    return params
+
+
+def folder_splits(processed: Path) -> dict:
+    """The arrays of an imported folder's splits (`data/processed`): training photos, UDR probe, evaluation set
+    (the test split's photos with measured factors), its factors that vary, and the labelled photos."""
+    test = load_split("test", processed)
+    if "factors" not in test:
+        raise SystemExit(f"{processed}: the photo folder has no factors.csv, so there is nothing to score models on")
+    measured = measured_rows(test["factors"])
+    if measured.sum() < 4:
+        raise SystemExit(f"{processed}: only {measured.sum()} photos of the test split have measured factors")
+    factors = test["factors"][measured].astype(np.float64)
+    varying = np.ptp(factors, axis=0) > 0
+    labelled = load_split("labelled", processed)
+    return {
+        "train": load_split("train", processed)["images"],
+        "probe": load_split("udr_probe", processed)["images"],
+        "eval": test["images"][measured],
+        "truth": factors[:, varying],
+        "names": [str(n) for n, keep in zip(test["factor_names"], varying) if keep],
+        "labelled_images": labelled["images"],
+        "labelled_bad": labelled["labels"] == 1,
+        "labelled_good": labelled["labels"] == 0,
+        "version": load_meta(processed)["data_version"],
+    }
+
+
+def folder_photos(args, folder: Path) -> dict:
+    """`photos` for `--folder`: the folder imported by the project's stages into `folder/import` (cached)."""
+    params = import_photo_folder(
+        args.folder,
+        folder / "import",
+        params_path=args.params,
+        image_size=args.image_size,
+        crop_fraction=args.crop_fraction,
+        probe_size=args.probe,
+        seed=args.data_seed,
+    )
+    split = folder_splits(folder / "import" / "data" / "processed")
+    data = {k: split[k] for k in ("train", "probe", "eval", "truth", "names", "version")}
+    data["labels"] = label_draws(len(split["eval"]), args.data_seed)
+    data["labelled"] = {"good": int(split["labelled_good"].sum()), "bad": int(split["labelled_bad"].sum())}
+    if split["labelled_bad"].any() and split["labelled_good"].any():
+        data["job"] = {
+            "images": split["labelled_images"],
+            "bad": split["labelled_bad"],
+            "settings": RuleSettings.from_params(params),
+        }
+    return data
+
+
 def photos(args, folder: Path) -> dict:
     """Training photos, the UDR probe drawn from them, the held-out evaluation set and its factors (cached)."""
+    if args.folder:
+        return folder_photos(args, folder)
     cache = folder / "photos" / f"n{args.n_train}-e{args.n_eval}-seed{args.data_seed}.npz"
     fixed = synth_factors.SIMULATORS[args.simulator]
     if cache.exists():
@@ -257,7 +397,7 @@ def host() -> str:
 
 def train(args) -> None:
     torch.set_num_threads(args.threads)
-    folder = Path(args.out) / f"{args.simulator}-{args.image_size}"
+    folder = results_folder(args)
     for sub in ("probe", "latents", "checkpoints"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     spaces = yaml.safe_load(Path(args.params).read_text())["search"]["spaces"]
@@ -281,7 +421,7 @@ def train(args) -> None:
         device="cpu",
     )
     precision = resolve_precision(cfg.precision, select_device(cfg.device))
-    header = fields(data["names"], cfg.latent_dim)
+    header = fields(data["names"], cfg.latent_dim, job="job" in data)
     table = folder / "models.csv"
     run_info = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -296,8 +436,18 @@ def train(args) -> None:
         "probe": args.probe,
         "factors": data["names"],
     }
+    if args.folder:
+        run_info.update(
+            folder=args.folder,
+            n_train=len(data["train"]),
+            n_eval=len(data["eval"]),
+            probe=len(data["probe"]),
+            image_size=args.image_size,
+            crop_fraction=args.crop_fraction,
+            labelled=data["labelled"],
+        )
     (folder / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
-    version = f"{args.simulator}-{args.image_size}-n{args.n_train}-seed{args.data_seed}"
+    version = data.get("version") or f"{args.simulator}-{args.image_size}-n{args.n_train}-seed{args.data_seed}"
     print(f"{len(settings)} settings x {len(seeds)} seeds, {args.steps} steps, {precision}, host {run_info['host']}")
     for setting in settings:
         done = {(r["family"], r["setting"], int(r["seed"])) for r in read_rows(table)}
@@ -326,7 +476,7 @@ def train(args) -> None:
             np.savez(folder / "probe" / f"{key}.npz", **probe)
             np.savez_compressed(folder / "latents" / f"{key}.npz", **latents)
             row.update(
-                data=args.simulator,
+                data=data_name(args),
                 image_size=args.image_size,
                 steps=outcome.step,
                 family=setting.family,
@@ -395,6 +545,8 @@ def rule_scores(
     for n in FEW_LABELS:
         for metric in ("mig", "dci"):
             scores[f"{metric}_l{n}"] = np.array([[r[f"{metric}_l{n}_d{k}"] for r in rows] for k in range(LABEL_DRAWS)])
+    if rows and all("job_cv" in r for r in rows):  # data with good/bad labels
+        scores["job"] = np.array([r["job_cv"] for r in rows])
     return scores
 
 
@@ -410,6 +562,7 @@ RULES = (
     ("mig_l1000", "MIG from 1000 photos with measured factors"),
     ("dci_l100", "DCI-d from 100 photos with measured factors"),
     ("dci_l1000", "DCI-d from 1000 photos with measured factors"),
+    ("job", "job score on the labelled photos (`register.select: job`)"),  # only where the data has labels
     ("elbo", "held-out ELBO"),
     ("random", "a random pick (expected regret)"),
 )
@@ -429,6 +582,8 @@ def family_regrets(scores: dict, quality: np.ndarray, groups: list, n_boot: int)
     """Per rule: model- and setting-level regret (few-label rules: averaged over the label draws)."""
     out = []
     for rule, text in RULES:
+        if rule != "random" and rule not in scores:
+            continue  # the job score, on data without labels
         entry = {"rule": rule, "text": text}
         for level in ("model", "setting"):
             if rule == "random":
@@ -447,15 +602,23 @@ def family_regrets(scores: dict, quality: np.ndarray, groups: list, n_boot: int)
     return out
 
 
+def report_path(args) -> Path:
+    """`--report`, else the simulator's docs/results/udr-validity.md or, for `--folder`, a page of its own."""
+    if args.report:
+        return Path(args.report)
+    return Path(REPORT if not args.folder else f"docs/results/udr-validity-{data_name(args)}-{args.image_size}.md")
+
+
 def analyse(args) -> None:
     """Write the report from the models that have finished."""
-    folder = Path(args.out) / f"{args.simulator}-{args.image_size}"
+    folder = results_folder(args)
+    args.report = report_path(args)
     if not (folder / "run.json").exists():
         raise SystemExit(f"{folder / 'run.json'} is missing: start the training first")
     rows, reps, kls = load_models(folder)
     info = json.loads((folder / "run.json").read_text())
     if not rows:
-        lines = report_head(info, rows, folder, args) + ["No setting has finished yet.", ""] + report_tail()
+        lines = report_head(info, rows, folder, args) + ["No setting has finished yet.", ""] + report_tail(info)
         Path(args.report).write_text("\n".join(lines) + "\n")
         print(f"no model has finished; report in {args.report}")
         return
@@ -470,7 +633,7 @@ def analyse(args) -> None:
         if idx.size == 0:
             continue
         lines += family_section(fam, idx, rows, scores, args.n_boot)
-    lines += report_tail()
+    lines += report_tail(info)
     Path(args.report).write_text("\n".join(lines) + "\n")
     print(f"{len(rows)} models; report in {args.report}")
 
@@ -488,6 +651,48 @@ def report_head(info: dict, rows: list[dict], folder: Path, args) -> list[str]:
     )
     train_s = sorted({(r["family"], r["setting"], r["train_s"]) for r in rows})
     timing = f" (about {np.mean([t[2] for t in train_s]) / 60:.0f} min per setting of 3 models)" if train_s else ""
+    n_eval = int(info["n_eval"])
+    few = [min(n, n_eval) for n in FEW_LABELS]
+    dci_test = 1000 if n_eval >= 2000 else min(max(1, round(n_eval / 2)), n_eval - 1)  # as dci splits them
+    dci_train = 1000 if n_eval >= 2000 else n_eval - dci_test
+    if info.get("folder"):
+        size = f"{info['image_size']}×{info['image_size']}"
+        data = [
+            f"- **Data**: the photo folder `{info['folder']}`, imported by the project's raw and preprocess stages",
+            f"  at {size}, centre crop {info['crop_fraction']:g}; its factors.csv's factors that vary:",
+            f"  {', '.join(info['factors'])}. The train split's {info['n_train']} photos train the models, the",
+            f"  `udr_probe` split's {info['probe']} photos are the UDR probe, and the evaluation set is the test",
+            f"  split's {n_eval} photos with measured factors.",
+        ]
+        labelled = info.get("labelled") or {}
+        job = (
+            [
+                "- **Job score** (`register.select: job`): each model's served rule",
+                "  (`tubervae.classify.any_rule.job_score`: up to `classify.max_rules` cuts on its informative",
+                f"  components) on its encoder means of the labelled split ({labelled['good']} good and "
+                f"{labelled['bad']} bad photos of",
+                "  the folder's good/ and bad/), scored by its best cross-validated balanced accuracy; the rule",
+                "  *job score on the labelled photos* picks the model of top score.",
+            ]
+            if rows and "job_cv" in rows[0]
+            else [
+                "- **Job score** (`register.select: job`): not measured: the folder's labelled split has no good",
+                "  and bad photos to score a rule on.",
+            ]
+        )
+    else:
+        data = [
+            f"- **Data**: the `{args.simulator}` simulator (no defects, one skin tone: x, y, size, elongation,",
+            f"  brightness and the unscored rotation vary), {info['n_train']} training photos (seed 0) at",
+            f"  {args.image_size}×{args.image_size}, centre crop 0.6; a held-out evaluation set of {info['n_eval']}",
+            f"  photos simulated from another seed, with their factors; the UDR probe is {info['probe']} training "
+            "photos,",
+            "  drawn as the preprocess stage draws `udr_probe`.",
+        ]
+        job = [
+            "- **Job score** (`register.select: job`): not measured: every photo of this simulator is good, so",
+            "  there are no good/bad labels to score a rule on.",
+        ]
     return [
         "# UDR on trial: does it order the settings of one family, and what should pick the model?",
         "",
@@ -506,21 +711,20 @@ def report_head(info: dict, rows: list[dict], folder: Path, args) -> list[str]:
         "",
         "    " + info["command"],
         "",
-        f"- **Data**: the `{args.simulator}` simulator (no defects, one skin tone: x, y, size, elongation,",
-        f"  brightness and the unscored rotation vary), {info['n_train']} training photos (seed 0) at",
-        f"  {args.image_size}×{args.image_size}, centre crop 0.6; a held-out evaluation set of {info['n_eval']}",
-        f"  photos simulated from another seed, with their factors; the UDR probe is {info['probe']} training photos,",
-        "  drawn as the preprocess stage draws `udr_probe`.",
+        *data,
         f"- **Training**: the `disentangle` profile's settings: {info['steps']} steps, batch 32, Adam lr 1e-3,",
         "  10 components, Bernoulli reconstruction, Cβ-VAE's capacity over all the steps; a setting's 3 seeds",
         f"  (0, 1, 2) trained as one fused model (`tubervae.training.fused.train_fused`), {info['precision']}, "
         f"{info['threads']} torch thread.",
         "- **Grid**: the search ranges of `params.yaml`: β-VAE and β-TCVAE 6 log-spaced β from the low",
         "  to the high end; Cβ-VAE 3 β (linear) × C_max 6 and 12.",
-        "- **Scores** on the evaluation set: the published MIG over all 10 components (mean over the 5 factors",
-        "  that vary; the yardstick of every regret), DCI disentanglement (`gbt_fast` on 1000 + 1000 photos,",
-        "  as the evaluate stage), the FactorVAE score. The *few-label* rules score MIG and DCI-d on 100 or",
-        f"  1000 photos of the evaluation set with their factors, {LABEL_DRAWS} draws of those photos (the same for",
+        "- **Scores** on the evaluation set: the published MIG over all 10 components (mean over the "
+        f"{len(info['factors'])} factors",
+        "  that vary; the yardstick of every regret), DCI disentanglement (`gbt_fast` on "
+        f"{dci_train} + {dci_test} photos,",
+        f"  as the evaluate stage), the FactorVAE score. The *few-label* rules score MIG and DCI-d on {few[0]} or",
+        f"  {few[1]} photos of the evaluation set with their factors, {LABEL_DRAWS} draws of those photos "
+        "(the same for",
         "  every model); their regrets are the mean over the draws.",
         "- **UDR** on the probe's encoder means: informative components KL > 0.01, Lasso α 0.1, within",
         "  family = the other two seeds of the setting as partners (the search's objective is the median",
@@ -535,8 +739,7 @@ def report_head(info: dict, rows: list[dict], folder: Path, args) -> list[str]:
         f"  the 95 % interval over {args.n_boot} bootstrap resamples of each setting's seeds. Scores are",
         "  computed once on all models; a resample changes which models are there to pick. Ties pick each",
         "  tied model with equal chance. Spearman intervals: the same resamples (percentile).",
-        "- **Job score** (`register.select: job`): not measured: every photo of this simulator is good, so",
-        "  there are no good/bad labels to score a rule on.",
+        *job,
         f"- **Host**: {info['host']}; training shared the 2 cores with other work at a low priority, so its "
         f"times{timing} are those of a busy machine.",
         "",
@@ -548,12 +751,14 @@ def models_table(rows: list[dict], scores: dict, names: list[str]) -> list[str]:
         "## The models",
         "",
         "UDR: within family, Lasso, paper aggregation; A2A: all-against-all; *inf.*: informative",
-        "components on the probe; MIG₁₀₀, MIG₁₀₀₀: mean over the label draws.",
+        "components on the probe; MIG₁₀₀, MIG₁₀₀₀: mean over the label draws."
+        + (" job: the job score on the labelled photos." if "job" in scores else ""),
         "",
         "| family | setting | seed | inf. | UDR | A2A | centrality | ELBO | MIG | "
         + " | ".join(names)
-        + " | DCI-d | FactorVAE | MIG₁₀₀ | MIG₁₀₀₀ |",
-        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|",
+        + " | DCI-d | FactorVAE | MIG₁₀₀ | MIG₁₀₀₀ |"
+        + (" job |" if "job" in scores else ""),
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|" + "---|" * ("job" in scores),
     ]
     for i, r in enumerate(rows):
         cells = [
@@ -571,6 +776,7 @@ def models_table(rows: list[dict], scores: dict, names: list[str]) -> list[str]:
             fmt(r["factorvae"]),
             fmt(float(np.mean(scores["mig_l100"][:, i]))),
             fmt(float(np.mean(scores["mig_l1000"][:, i]))),
+            *([fmt(scores["job"][i])] if "job" in scores else []),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
@@ -668,11 +874,17 @@ def family_section(fam: str, idx: np.ndarray, rows: list[dict], scores: dict, n_
     return [*lines, ""]
 
 
-def report_tail() -> list[str]:
+def report_tail(info: dict) -> list[str]:
+    data = (
+        f"- One data set, the photo folder `{info['folder']}`; the simulator's trial has a report of its own"
+        f" ({REPORT})."
+        if info.get("folder")
+        else "- One data set, simulated by this project: no data set made elsewhere has been run yet."
+    )
     return [
         "## What it does not cover",
         "",
-        "- One data set, simulated by this project: no data set made elsewhere has been run yet.",
+        data,
         "- Settings not yet finished are absent from every figure above; a family with fewer than three",
         "  settings has no per-setting ρ.",
         "- One run, one host: three seeds per setting make the intervals wide.",
@@ -683,13 +895,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--analyse", action="store_true", help="write the report from what has finished")
     parser.add_argument("--out", default=str(OUT), help="results folder (one subfolder per data set)")
-    parser.add_argument("--report", default="docs/results/udr-validity.md")
+    parser.add_argument(
+        "--report",
+        default=None,
+        help=f"the report's file (default {REPORT}; for --folder docs/results/udr-validity-<folder>-<size>.md)",
+    )
     parser.add_argument("--params", default="params.yaml", help="where the search ranges are read")
     parser.add_argument("--families", default="", help="comma-separated families to train (default: all, in order)")
     parser.add_argument("--settings", type=int, default=6, help="β values per β-VAE / β-TCVAE grid")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--simulator", default="geometry", choices=sorted(synth_factors.SIMULATORS))
+    parser.add_argument(
+        "--folder",
+        default="",
+        help="a photo folder with factors.csv (docs/your-photos.md) instead of the simulator: imported by the raw "
+        "and preprocess stages into <out>/<folder name>-<size>/import; its train, udr_probe and test splits "
+        "replace --n-train, --n-eval and the simulated photos",
+    )
     parser.add_argument("--image-size", type=int, default=32, choices=(16, 32, 64))
+    parser.add_argument(
+        "--crop-fraction",
+        type=float,
+        default=1.0,
+        help="--folder: the preprocess stage's centre crop (square photos: 1)",
+    )
     parser.add_argument("--steps", type=int, default=5000, help="the disentangle profile's train.steps")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
