@@ -17,6 +17,15 @@ leaves x, y, size, elongation, brightness (and the unscored rotation) varying.
     python experiments/disentanglement_curve.py --reduced --image-size 32 --steps 20000 \\
         --out experiments/runs/curve-reduced-32.csv
 
+`--folder DIR` takes the photos from a photo folder with a factors.csv instead (docs/your-photos.md;
+e.g. one written by experiments/outside_photos.py), imported by the project's raw and preprocess
+stages (`udr_validity.import_photo_folder`, cached beside `--out` in `import-<folder>-<size>/`, centre
+crop 1 by default): its train split trains, and its test split's photos with measured factors are the
+held-out set, scored on the factors.csv columns that vary.
+
+    python experiments/disentanglement_curve.py --folder experiments/runs/idsprites --image-size 64 \\
+        --steps 20000 --out experiments/runs/curve-idsprites-64.csv
+
 Cβ-VAE's capacity C rises linearly over `anneal_fraction` of `--steps` (the project's schedule), so
 at an early step its models stand at a fraction of `c_max`. One thread by default (`--threads`).
 """
@@ -32,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from udr_validity import folder_splits, import_photo_folder
 
 from tubervae.config import INFORMATIVE_KL, TrainConfig
 from tubervae.data import synth_dataset, synth_factors
@@ -74,7 +84,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50000, help="training steps; the last measurement")
     parser.add_argument("--at", default=LOG_STEPS, help="steps to measure at (those below --steps are kept)")
     parser.add_argument("--image-size", type=int, default=32, choices=(16, 32, 64))
-    parser.add_argument("--crop-fraction", type=float, default=0.6, help="the default profile's preprocess value")
+    parser.add_argument(
+        "--crop-fraction",
+        type=float,
+        default=None,
+        help="centre crop: the default profile's 0.6 for the simulator, 1 (the whole photo) for --folder",
+    )
     parser.add_argument("--batch", type=int, default=32, help="the default profile's train.batch_size")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--n-train", type=int, default=10000, help="simulated training photos")
@@ -82,6 +97,12 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0, help="training photos' seed; held-out: this + 1")
     parser.add_argument("--seed", type=int, default=7, help="the models' seed")
     parser.add_argument("--reduced", action="store_true", help="the geometry simulator: no defects, one skin tone")
+    parser.add_argument(
+        "--folder",
+        default="",
+        help="a photo folder with factors.csv instead of the simulator (--n-train, --n-test unused)",
+    )
+    parser.add_argument("--params", default="params.yaml", help="--folder: the split's settings (test fraction, seed)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="experiments/runs/disentanglement-curve.csv")
@@ -91,16 +112,32 @@ def main() -> None:
     settings = parse_models(args.models)
     at = sorted({int(s) for s in args.at.split(",") if 0 < int(s) < args.steps})
     snapshot_every = math.gcd(*at) if at else 0
-    data_name = "reduced" if args.reduced else "default"
-    fixed = synth_factors.SIMULATORS["geometry" if args.reduced else "full"]
-
     start = time.perf_counter()
-    simulate = dict(crop_fraction=args.crop_fraction, image_size=args.image_size, workers=1, progress=False)
-    train, _ = synth_dataset.model_inputs(args.n_train, seed=args.data_seed, fixed=fixed, **simulate)
-    test, factors = synth_dataset.model_inputs(args.n_test, seed=args.data_seed + 1, fixed=fixed, **simulate)
-    names = [f for f in synth_factors.SCORED_FACTORS if np.ptp(factors[f].to_numpy()) > 0]
-    truth = factors[names].to_numpy(dtype=np.float64)
-    print(f"{len(train) + len(test)} photos simulated in {time.perf_counter() - start:.0f} s", flush=True)
+    if args.folder:
+        data_name = Path(args.folder).resolve().name
+        processed = Path(args.out).parent / f"import-{data_name}-{args.image_size}"
+        import_photo_folder(
+            args.folder,
+            processed,
+            params_path=args.params,
+            image_size=args.image_size,
+            crop_fraction=1.0 if args.crop_fraction is None else args.crop_fraction,
+            probe_size=2,  # the curve encodes no UDR probe
+            seed=args.data_seed,
+        )
+        split = folder_splits(processed / "data" / "processed")
+        train, test, truth, names = split["train"], split["eval"], split["truth"], split["names"]
+        print(f"{len(train)} training and {len(test)} held-out photos of {args.folder}", flush=True)
+    else:
+        data_name = "reduced" if args.reduced else "default"
+        fixed = synth_factors.SIMULATORS["geometry" if args.reduced else "full"]
+        crop = 0.6 if args.crop_fraction is None else args.crop_fraction
+        simulate = dict(crop_fraction=crop, image_size=args.image_size, workers=1, progress=False)
+        train, _ = synth_dataset.model_inputs(args.n_train, seed=args.data_seed, fixed=fixed, **simulate)
+        test, factors = synth_dataset.model_inputs(args.n_test, seed=args.data_seed + 1, fixed=fixed, **simulate)
+        names = [f for f in synth_factors.SCORED_FACTORS if np.ptp(factors[f].to_numpy()) > 0]
+        truth = factors[names].to_numpy(dtype=np.float64)
+        print(f"{len(train) + len(test)} photos simulated in {time.perf_counter() - start:.0f} s", flush=True)
 
     cfg = TrainConfig(
         steps=args.steps,
