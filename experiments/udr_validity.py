@@ -264,7 +264,8 @@ def import_photo_folder(
     the rules' settings), one worker, and the folder, image size, crop, UDR probe size and split seed
     given here. Cached: `work/import.json` records the folder's fingerprint (`folder_fingerprint`: every
     photo's and factors.csv's content) and the settings, and the stages run again only when one changed.
-    Returns the settings they ran with; the splits are in `work/data/processed`.
+    Under a lock, so that one process per family can start at once. Returns the settings they ran with;
+    the splits are in `work/data/processed`.
     """
     source = Path(source).resolve()
     if not source.is_dir():
@@ -286,14 +287,16 @@ def import_photo_folder(
         "preprocess": dataclasses.asdict(params.preprocess),
     }
     done = work / "import.json"
-    if done.exists() and json.loads(done.read_text()) == stamp:
-        return params
-    began = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
-    done.unlink(missing_ok=True)
-    raw_stage.run(params, root=work)
-    preprocess_stage.run(params, root=work)
-    done.write_text(json.dumps(stamp, indent=1) + "\n")
+    with (work / "import.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists() and json.loads(done.read_text()) == stamp:
+            return params
+        began = time.perf_counter()
+        done.unlink(missing_ok=True)
+        raw_stage.run(params, root=work)
+        preprocess_stage.run(params, root=work)
+        done.write_text(json.dumps(stamp, indent=1) + "\n")
     print(f"{source} imported and preprocessed in {time.perf_counter() - began:.0f} s", flush=True)
     return params
 
