@@ -10,8 +10,10 @@ import hashlib
 import io
 import json
 import logging
+import py_compile
 import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -412,6 +414,34 @@ def test_a_changed_or_added_file_is_refused_before_any_of_the_models_code_runs(
             assert marker.exists()
     # Put back as it was logged, the model loads again.
     assert registry.load_registered(tracker, QUALITY_NAME).metadata.model_id is not None
+
+
+def test_a_compiled_cache_in_the_store_is_never_trusted_and_never_runs(project, tmp_path, monkeypatch):
+    """With bytecode writing on (Python's default), importing the model code in place writes a compiled
+    cache beside it, as a user's own `mlflow.pyfunc.load_model` of the store's folder does. The champion
+    still loads, and a cache planted there, one Python runs without looking at the source (PEP 552's
+    unchecked hash), never runs: caches are no model file and are removed from the checked copy."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    tracker = Tracker(project["root"])
+    folder = store_folder(client_for(project["root"]), QUALITY_NAME)
+    cache = folder / "__pycache__" / f"quality_model_code.{sys.implementation.cache_tag}.pyc"
+    try:
+        mlflow.pyfunc.load_model(str(folder))  # in place: writes the cache into the store
+        assert cache.is_file()
+        assert registry.load_registered(tracker, QUALITY_NAME).metadata.model_id is not None
+
+        marker = tmp_path / "marker"
+        planted = tmp_path / "quality_model_code.py"
+        planted.write_text((folder / "quality_model_code.py").read_text() + MARKER_CODE.format(marker=str(marker)))
+        py_compile.compile(
+            str(planted), cfile=str(cache), invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+        )
+        assert registry.load_registered(tracker, QUALITY_NAME).metadata.model_id is not None
+        assert not marker.exists()
+        mlflow.pyfunc.load_model(str(folder))  # what removing it prevents: in place, the planted cache runs
+        assert marker.exists()
+    finally:
+        shutil.rmtree(folder / "__pycache__", ignore_errors=True)
 
 
 def test_registering_a_model_changed_since_it_was_logged_is_refused(project):

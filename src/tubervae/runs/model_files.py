@@ -5,25 +5,49 @@ environment files). Its digests are a manifest {relative path: SHA-256}, kept as
 (`DIGESTS_TAG`) on the logged model when it is logged and on each registered version. Before any
 of a model's code runs, a local copy of its folder is checked against the manifest: a changed,
 missing or added file, or anything that is not a plain file, is refused in one line naming it.
+
+Compiled caches (`__pycache__` folders) are not the model's files: Python writes one beside the model
+code whenever the code is imported with bytecode writing on (MLflow imports it while logging, and a
+user's own `mlflow.pyfunc.load_model` of a store folder imports it in place), and the cache it writes
+depends on the moment. So they are left out of the digests, and removed from the local copy after the
+check: Python then compiles the checked source, and a cache planted in the store never runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 DIGESTS_TAG = "sha256_files"  # the manifest's tag on a logged model and on a registered version
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a logged model's tag value (a version's is larger)
 PICKLES = (".pkl", ".pickle")
+COMPILED = "__pycache__"  # Python's compiled caches: never a model's file, never loaded from a copy
 
 
 class ModelFilesError(RuntimeError):
     """A model whose files do not match their recorded digests, or that carries none: never loaded."""
 
 
+@contextmanager
+def no_compiled_caches():
+    """Imports within write no compiled cache (`sys.dont_write_bytecode`), so logging a model from code
+    leaves none in its folder; the setting is put back after."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
+
+
 def file_digests(folder: str | Path) -> dict[str, str]:
-    """{path relative to `folder` (POSIX): SHA-256 hex} of every file under `folder`, sorted by path.
+    """{path relative to `folder` (POSIX): SHA-256 hex} of every file under `folder`, sorted by path,
+    less the compiled caches (`__pycache__`).
 
     A link or anything else that is not a regular file or a folder is refused (ModelFilesError).
     """
@@ -33,9 +57,16 @@ def file_digests(folder: str | Path) -> dict[str, str]:
         name = path.relative_to(folder).as_posix()
         if path.is_symlink() or not (path.is_file() or path.is_dir()):
             raise ModelFilesError(f"{name}: not a plain file; a model folder holds plain files only")
+        if _compiled(name):
+            continue
         if path.is_file():
             digests[name] = _sha256(path)
     return digests
+
+
+def _compiled(name: str) -> bool:
+    """Whether the relative POSIX path `name` lies in a compiled cache (or is one)."""
+    return COMPILED in name.split("/")
 
 
 def _sha256(path: Path) -> str:
@@ -78,8 +109,12 @@ def parse_manifest(text: str | None, what: str) -> dict[str, str]:
 
 def check_files(folder: str | Path, expected: dict[str, str], what: str) -> None:
     """Refuse `folder` unless its files are exactly `expected` (path: SHA-256): one line naming the first
-    file that differs, is missing or was added. A pickle is refused even where the digests match."""
+    file that differs, is missing or was added. A pickle is refused even where the digests match.
+
+    Compiled caches count on neither side (models logged before they were left out recorded one) and are
+    removed from `folder` once it has passed, so what loads from it is compiled from the checked source."""
     actual = file_digests(folder)
+    expected = {name: digest for name, digest in expected.items() if not _compiled(name)}
     for name in sorted(set(actual) | set(expected)):
         if name not in expected:
             raise ModelFilesError(f"{what}: {name} was added after the model was logged: refused, nothing loaded")
@@ -96,3 +131,12 @@ def check_files(folder: str | Path, expected: dict[str, str], what: str) -> None
             f"{what}: {pickled[0]} is a pickled Python object, which tubervae never loads: register the model "
             f"again (it is logged from code now)"
         )
+    _remove_compiled(Path(folder))
+
+
+def _remove_compiled(folder: Path) -> None:
+    """Every compiled cache under `folder` deleted (links are not followed: `file_digests` refused them)."""
+    for parent, folders, _ in os.walk(folder):
+        if COMPILED in folders:
+            shutil.rmtree(Path(parent) / COMPILED)
+            folders.remove(COMPILED)

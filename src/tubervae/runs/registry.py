@@ -30,7 +30,15 @@ from mlflow.exceptions import MlflowException
 
 from tubervae.models.nets import VAE
 from tubervae.runs import vae_model_code
-from tubervae.runs.model_files import DIGESTS_TAG, ModelFilesError, check_files, file_digests, manifest, parse_manifest
+from tubervae.runs.model_files import (
+    DIGESTS_TAG,
+    ModelFilesError,
+    check_files,
+    file_digests,
+    manifest,
+    no_compiled_caches,
+    parse_manifest,
+)
 from tubervae.runs.serving import InputLimits, photo_example, vae_signature
 from tubervae.runs.tracker import Tracker
 from tubervae.runs.vae_artifacts import vae_files, write_vae_files
@@ -76,7 +84,7 @@ def log_pyfunc(
     MLflow links the model to the run: it takes the run's params, and the run's metrics of `step`
     become the model's metrics.
     """
-    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False), no_compiled_caches():
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(model_code),
