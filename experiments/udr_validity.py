@@ -53,6 +53,7 @@ from tubervae.data.images import folder_fingerprint
 from tubervae.data.processed import load_meta, load_split
 from tubervae.evaluation.dci import dci
 from tubervae.evaluation.factor_vae import factor_vae_score
+from tubervae.evaluation.metric_utils import train_test_indices
 from tubervae.evaluation.mig import mig
 from tubervae.evaluation.selection import (
     bootstrap_regret,
@@ -656,8 +657,7 @@ def report_head(info: dict, rows: list[dict], folder: Path, args) -> list[str]:
     timing = f" (about {np.mean([t[2] for t in train_s]) / 60:.0f} min per setting of 3 models)" if train_s else ""
     n_eval = int(info["n_eval"])
     few = [min(n, n_eval) for n in FEW_LABELS]
-    dci_test = 1000 if n_eval >= 2000 else min(max(1, round(n_eval / 2)), n_eval - 1)  # as dci splits them
-    dci_train = 1000 if n_eval >= 2000 else n_eval - dci_test
+    dci_train, dci_test = (len(rows) for rows in train_test_indices(n_eval, random_state=0))  # as dci splits them
     if info.get("folder"):
         size = f"{info['image_size']}×{info['image_size']}"
         data = [

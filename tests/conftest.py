@@ -6,7 +6,6 @@ and request the fixtures by name.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -15,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -51,34 +49,24 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def new_sqlite_stores_copy_one_schema():
-    """Every MLflow sqlite store this test process creates gets its schema copied from the first one
-    it built: MLflow builds a schema by running its whole migration history, about 2 s a store, and
-    the copy (SQLite's backup of the same freshly built, still empty database) takes milliseconds.
-    Stores on other back ends, and stores built by the stages and scripts the tests start, are built
-    by MLflow itself."""
+def new_sqlite_stores_copy_one_schema(empty_mlflow_db):
+    """Every MLflow sqlite store this test process creates gets its schema copied from `empty_mlflow_db`:
+    MLflow builds a schema by running its whole migration history, about 2 s a store, and the copy
+    (SQLite's backup of that freshly built, still empty database) takes milliseconds. Stores on other
+    back ends, and stores built by the stages and scripts the tests start, are built by MLflow itself."""
     import sqlite3
 
     import mlflow.store.db.utils as db_utils
 
     build = db_utils._initialize_tables
-    template: dict[str, Path] = {}
 
     def initialize_tables(engine):
         database = engine.url.database
         if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
             return build(engine)
-        with contextlib.closing(sqlite3.connect(database)) as target:
-            if "path" in template:
-                with contextlib.closing(sqlite3.connect(template["path"])) as schema:
-                    schema.backup(target)
-                return None
-            build(engine)
-            folder = tempfile.mkdtemp(prefix="mlflow-schema-")
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
-            with contextlib.closing(sqlite3.connect(Path(folder) / "mlflow.db")) as copy:
-                target.backup(copy)
-            template["path"] = Path(folder) / "mlflow.db"
+        with contextlib.closing(sqlite3.connect(empty_mlflow_db)) as schema:
+            with contextlib.closing(sqlite3.connect(database)) as target:
+                schema.backup(target)
         return None
 
     db_utils._initialize_tables = initialize_tables
