@@ -1,10 +1,11 @@
-"""The champion policy (runs/champion.py): the best median UDR among feasible settings, ties to more components."""
+"""The champion policies (runs/champion.py): the best median UDR among feasible settings, ties to more components;
+register.select: centrality, the feasible medoid."""
 
 import pandas as pd
 import pytest
 
 from conftest import models_row
-from tubervae.runs.champion import choose_champion
+from tubervae.runs.champion import centrality_candidates, choose_champion
 
 
 def policy_table():
@@ -76,3 +77,26 @@ def test_no_feasible_model_and_missing_columns_are_reported():
         choose_champion(table, udr_tolerance=0.05)
     with pytest.raises(ValueError, match="n_active"):
         choose_champion(policy_table().drop(columns=["n_active"]), udr_tolerance=0.05)
+
+
+def test_centrality_picks_the_feasible_model_of_highest_centrality_whatever_its_udr():
+    table = policy_table()
+    # b0 has the lowest UDR of its setting but the top centrality of the feasible models; the collapsed β=1
+    # seeds are more central still, but infeasible
+    table["centrality"] = [0.40, 0.42, 0.41, 0.55, 0.50, 0.30, 0.20, 0.25, 0.22, 0.90, 0.91, 0.92]
+    order = centrality_candidates(table)
+    assert order.run_id.tolist()[:3] == ["b0", "b1", "a1"]
+    assert not order.run_id.str.startswith("d").any()
+    assert choose_champion(table, udr_tolerance=0.05).run_id == "b2"  # the UDR policy is unchanged by it
+    # ties go to more informative components, then the higher UDR
+    table.loc[table.run_id == "a1", "centrality"] = 0.55
+    table.loc[table.run_id == "a1", "n_active"] = 7
+    assert centrality_candidates(table).run_id.iloc[0] == "a1"
+
+
+def test_centrality_without_its_column_or_with_no_pool_of_two_is_reported():
+    with pytest.raises(ValueError, match="no centrality column.*dvc repro udr"):
+        centrality_candidates(policy_table())
+    table = policy_table().assign(centrality=float("nan"))
+    with pytest.raises(RuntimeError, match="no family has two models"):
+        centrality_candidates(table)

@@ -10,6 +10,7 @@ from tubervae.evaluation.selection import (
     bootstrap_spearman,
     model_centrality,
     pick_regret,
+    pool_centrality,
     random_regret,
     seed_resamples,
     setting_medians,
@@ -99,6 +100,24 @@ def test_model_centrality_is_the_mean_symmetric_similarity_and_its_top_the_medoi
 def test_centrality_uses_the_one_direction_known_and_skips_pairs_never_compared():
     pairs = np.array([[NAN, NAN, NAN], [0.6, NAN, NAN], [0.2, NAN, NAN]])
     assert model_centrality(pairs) == pytest.approx([0.4, 0.6, 0.2])
+
+
+def test_pool_centrality_compares_each_family_only_with_itself():
+    # models 0-2 one family (the matrix of the test above), 3-4 another, 5 alone; cross-family pairs high, to
+    # show they are ignored
+    pairs = np.full((6, 6), 0.9)
+    pairs[:3, :3] = [[NAN, 0.8, 0.2], [0.6, NAN, 0.4], [0.2, 0.4, NAN]]
+    pairs[3:5, 3:5] = [[NAN, 0.3], [0.5, NAN]]
+    np.fill_diagonal(pairs, NAN)
+    centrality = pool_centrality(pairs, ["a", "a", "a", "b", "b", "c"])
+    assert centrality[:5] == pytest.approx([0.45, 0.55, 0.3, 0.4, 0.4])
+    assert np.isnan(centrality[5])  # alone in its pool: no one to be central to
+    # the pools need not be contiguous
+    order = [3, 0, 4, 1, 5, 2]
+    shuffled = pool_centrality(pairs[np.ix_(order, order)], ["b", "a", "b", "a", "c", "a"])
+    assert shuffled == pytest.approx(centrality[order], nan_ok=True)
+    with pytest.raises(ValueError, match="pools must give each of the 6 models a pool, got 5"):
+        pool_centrality(pairs, ["a"] * 5)
 
 
 def test_spearman_by_hand_with_one_seed_per_setting_has_no_spread():

@@ -363,6 +363,24 @@ def test_udr_tables_scores_and_metrics_on_runs(udr_root):
     assert {"udr/a2a.csv", "udr/beta_vae.csv", "udr/herd.csv", "udr/summary.json"} <= logged
 
 
+def test_each_models_centrality_is_its_mean_two_way_pair_score_within_its_family(udr_root):
+    """register.select: centrality reads the models table's `centrality`: recomputed here family by family from
+    UDR's pair scores of that family's models alone, averaged both ways by hand."""
+    root, models = udr_root["root"], udr_root["models"]
+    cfg = UdrConfig()
+    udr_stage.run(Params(udr=cfg), **stage_paths(root))
+    ranked = pd.read_csv(root / "reports" / "udr" / "models.csv").set_index("run_id")
+    common = dict(similarity=cfg.similarity, kl_threshold=cfg.kl_threshold, lasso_alpha=cfg.lasso_alpha)
+    for family in sorted({m["family"] for m in models}):
+        members = [m for m in models if m["family"] == family]
+        pairs = udr_scores([m["mu"] for m in members], [m["kl"] for m in members], **common).pair_scores
+        k = len(members)
+        expected = [np.mean([(pairs[i, j] + pairs[j, i]) / 2 for j in range(k) if j != i]) for i in range(k)]
+        got = ranked.loc[[m["run_id"] for m in members], "centrality"].to_numpy()
+        assert got == pytest.approx(expected, abs=1e-9), family
+    assert ranked.centrality.between(0, 1).all()
+
+
 def test_udr_settings_reach_the_scores(udr_root):
     """Spearman similarity with disentanglement_lib's aggregation gives that method's numbers."""
     root, models = udr_root["root"], udr_root["models"]

@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage register: promote the champion VAE (alias 'champion')",
         description="Choose the champion from reports/udr/models.csv (feasible settings, best "
         "within-family UDR; among near-ties more informative components, or with register.select: job "
-        "the best multi-defect rule in cross-validation on the labelled photos) and register it "
+        "the best multi-defect rule in cross-validation on the labelled photos, or with centrality the "
+        "feasible model of highest ModelCentrality in its family) and register it "
         "as a new version of register.model_name: alias 'champion' when its score is not below the current "
         "champion's on the same data version, else 'challenger' (register.force_promotion overrides).",
     )

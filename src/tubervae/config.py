@@ -30,7 +30,7 @@ SIMILARITIES = ("lasso", "spearman")
 AGGREGATES = ("paper", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
-SELECTIONS = ("udr", "job")  # register.select: the champion by UDR alone, or for the grading job
+SELECTIONS = ("udr", "job", "centrality")  # register.select: by UDR alone, for the grading job, or the medoid
 # search.objective: a trial's value, the median over its seeds of within-setting UDR, of the held-out ELBO
 # (photos alone), of the job score (the multi-defect rule on the labelled photos, cross-validated), or of
 # MIG on the few photos with measured factors (runs/measured.py)
@@ -197,7 +197,7 @@ class RegisterConfig:
 
     model_name: str = _rule("tubervae-vae")
     udr_tolerance: float = _rule(0.05, min=0.0, max=1.0)
-    select: str = _rule("udr", choices=SELECTIONS)  # job: among the UDR ties, the best rule on the labels (CV)
+    select: str = _rule("udr", choices=SELECTIONS)  # job: the UDR ties' best rule on the labels; centrality: medoid
     force_promotion: bool = _rule(False)  # true: the chosen VAE becomes champion even where the gate refuses it
 
 

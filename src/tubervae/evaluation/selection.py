@@ -39,6 +39,7 @@ __all__ = [
     "bootstrap_spearman",
     "model_centrality",
     "pick_regret",
+    "pool_centrality",
     "random_regret",
     "seed_resamples",
     "setting_medians",
@@ -252,6 +253,27 @@ def model_centrality(pair_scores: Any) -> np.ndarray:
     counts = np.sum(~np.isnan(sim), axis=1)
     totals = np.nansum(sim, axis=1)
     return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+
+
+def pool_centrality(pair_scores: Any, pools: Sequence[Hashable]) -> np.ndarray:
+    """:func:`model_centrality` of each model within its own pool: the models of one pool label (a family)
+    are compared with each other only; a model alone in its pool is NaN.
+
+    ``pair_scores`` is the (m, m) pairwise score matrix of all the models (e.g. all-against-all UDR's
+    ``pair_scores``); the other pools' entries are ignored, so one matrix serves every family.
+    """
+    s = np.asarray(pair_scores, dtype=float)
+    labels = list(pools)
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        raise ValueError(f"pair_scores must be a square (m, m) matrix, got shape {s.shape}")
+    if len(labels) != s.shape[0]:
+        raise ValueError(f"pools must give each of the {s.shape[0]} models a pool, got {len(labels)} labels")
+    out = np.full(s.shape[0], np.nan)
+    for pool in dict.fromkeys(labels):
+        idx = np.flatnonzero([label == pool for label in labels])
+        if idx.size > 1:
+            out[idx] = model_centrality(s[np.ix_(idx, idx)])
+    return out
 
 
 # --------------------------------------------------------------------------- Spearman

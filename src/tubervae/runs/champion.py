@@ -16,6 +16,11 @@ seed is scored by the cross-validated balanced accuracy of the multi-defect rule
 policy's order). No test photo is touched. Both champions are written to champion.json
 either way, so the classify stage reports them side by side.
 
+`register.select: centrality` needs neither labels nor factors: the feasible model of highest
+ModelCentrality (Lin et al., ICML 2020; the udr stage's `centrality` column: a model's mean symmetrised
+UDR pair score to the other models of its family), the medoid of its family's pool. In the UDR trial
+(docs/results/udr-validity.md) it gave up less MIG than the search's UDR rule in both β families.
+
 `search.objective: elbo`, `job` or `measured_mig` chooses as that search did: the feasible setting of
 best median held-out ELBO on the test photos (or job score on the labelled photos, or MIG on the
 measured photos), and its seed of best value (`register.select: job` still chooses among the UDR
@@ -82,7 +87,12 @@ def choose(
         choose_for_the_job(tracker, udr_candidates(models, cfg.udr_tolerance), labelled, params) if has_labels else None
     )
     by_objective = objective_champion(tracker, models, labelled, processed_dir, params, (n_good, n_bad))
-    champion = job.iloc[0] if select == "job" else by_udr if by_objective is None else by_objective
+    if select == "job":
+        champion = job.iloc[0]
+    elif select == "centrality":
+        champion = centrality_candidates(models).iloc[0]
+    else:
+        champion = by_udr if by_objective is None else by_objective
     return Choice(champion=champion, select=select, by_udr=by_udr, by_objective=by_objective, job=job)
 
 
@@ -104,6 +114,24 @@ def udr_candidates(models: pd.DataFrame, udr_tolerance: float) -> pd.DataFrame:
         .reset_index()
     )
     return _best_seeds(feasible, settings, udr_tolerance)
+
+
+def centrality_candidates(models: pd.DataFrame) -> pd.DataFrame:
+    """The feasible models by ModelCentrality within their family, the medoid first (ties: more informative
+    components, then the higher UDR)."""
+    if "centrality" not in models.columns:
+        raise ValueError(
+            "the models table has no centrality column (written by an older udr stage): run the udr stage "
+            "again (dvc repro udr) to use register.select: centrality"
+        )
+    if models.centrality.isna().all():
+        raise RuntimeError(
+            "register.select is 'centrality', but no family has two models to compare (ModelCentrality is a "
+            "model's mean similarity to the rest of its family): train more seeds or settings, or use udr"
+        )
+    feasible = _feasible(models, "centrality")
+    order = feasible.sort_values(["centrality", "n_active", "udr_within"], ascending=False, kind="stable")
+    return order.reset_index(drop=True)
 
 
 def _best_seeds(feasible: pd.DataFrame, settings: pd.DataFrame, udr_tolerance: float) -> pd.DataFrame:

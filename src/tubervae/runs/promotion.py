@@ -14,6 +14,7 @@ figures. The score is the one `register.select` chose by:
 - `udr`: the within-family UDR. The champion's figure is its UDR in the same table (reports/udr/models.csv)
   when its run is there, else the UDR its version recorded. UDR has no chance level, so feasibility
   (the policy's first step) is its only bar.
+- `centrality`: ModelCentrality in the same table; a champion whose run is not there is not compared.
 - `job`: the multi-defect rule's balanced accuracy, cross-validated on the labelled photos no guidance
   head trained on (`classify.gate_repeats` repeats, a bootstrap interval): its interval's lower end must
   be above 0.5 and its estimate not below the champion's, whose VAE encodes the same photos with the same
@@ -46,6 +47,7 @@ from tubervae.runs.study_notes import champion_policy, note_champion
 from tubervae.runs.tracker import Tracker
 
 log = logging.getLogger(__name__)
+CENTRALITY = "ModelCentrality"  # the gate's name for register.select: centrality's figure
 
 
 def judge(
@@ -58,7 +60,7 @@ def judge(
     verdict["labels"] = (
         f"{int((labelled['labels'] == 0).sum())} good + {int((labelled['labels'] == 1).sum())} bad (labelled split)"
         if select == "job"
-        else "none (UDR is unsupervised)"
+        else f"none ({'ModelCentrality' if select == 'centrality' else 'UDR'} is unsupervised)"
     )
     if current is not None and current.tags.get("source_run_id") == chosen.run_id:
         reason = f"already the champion (version {current.version})"
@@ -84,6 +86,15 @@ def judge(
                 verdict["note"] = (
                     f"champion version {current.version} could not be scored, so it is not compared: {exc}"
                 )
+        elif select == "centrality":
+            row = models[models.run_id == current.tags.get("source_run_id")]
+            if len(row) and row.centrality.notna().iloc[0]:
+                champion = gate.Estimate(value=float(row.centrality.iloc[0]), name=CENTRALITY)
+            else:
+                verdict["note"] = (
+                    f"champion version {current.version} is not in this UDR table, so its ModelCentrality is "
+                    "unknown and it is not compared"
+                )
         else:
             row = models[models.run_id == current.tags.get("source_run_id")]
             value = float(row.udr_within.iloc[0]) if len(row) and row.udr_within.notna().iloc[0] else None
@@ -97,6 +108,8 @@ def judge(
     elif select == "job":
         # Too few labels to cross-validate: the score has no interval, and the gate cannot see it beat chance.
         challenger = gate.Estimate(value=float(chosen.rule_cv), n_labels=int(bad.size))
+    elif select == "centrality":
+        challenger = gate.Estimate(value=float(chosen.centrality), name=CENTRALITY)
     else:
         challenger = gate.Estimate(value=float(chosen.udr_within), name="within-family UDR")
     promote, reason = gate.decide_promotion(
@@ -163,7 +176,9 @@ def champion_report(choice: Choice, version, verdict: dict, meta: dict, params: 
         "n_active": int(champion.n_active),
         "data_version": version.tags.get("data_version", meta["data_version"]),
         "policy": (
-            f"feasible settings, best median {objective} (search.objective); its best seed by {objective}"
+            "feasible models, the highest ModelCentrality within its family (the medoid; register.select)"
+            if select == "centrality"
+            else f"feasible settings, best median {objective} (search.objective); its best seed by {objective}"
             if by_objective is not None and select != "job"
             else f"feasible settings, best within-family UDR; ties within {cfg.udr_tolerance} -> more "
             f"informative components"
@@ -180,6 +195,7 @@ def champion_report(choice: Choice, version, verdict: dict, meta: dict, params: 
                 else {}
             ),
             **({"job": _champion_entry(job.iloc[0]), "job_candidates": len(job)} if job is not None else {}),
+            **({"centrality": _champion_entry(champion)} if select == "centrality" else {}),
         },
     }
 
@@ -205,6 +221,8 @@ def _champion_entry(row: pd.Series) -> dict:
     """What champion.json says of one champion (the classify stage reads run_id)."""
     out = {"run_id": row.run_id, "family": row.family, "setting": str(row.setting), "seed": int(row.seed)}
     out["udr_within"] = float(row.udr_within)
+    if "centrality" in row and pd.notna(row.centrality):
+        out["centrality"] = float(row.centrality)
     if "rule_cv" in row:
         out["rule_cv_balanced_accuracy"] = float(row.rule_cv)
     return out

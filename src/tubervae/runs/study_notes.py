@@ -39,6 +39,12 @@ def champion_policy(cfg: RegisterConfig) -> str:
         f"within-family UDR (never all-against-all); settings within {cfg.udr_tolerance:g} of the best UDR "
         "tie, and the one with more informative components wins; within it, the seed with the highest UDR"
     )
+    if cfg.select == "centrality":
+        return (
+            "feasible models only (median informative components >= search.min_active); register.select "
+            "centrality: the model of highest ModelCentrality, its mean UDR pair score to the rest of its "
+            "family (the medoid)"
+        )
     if cfg.select == "job":
         policy += (
             "; register.select job: among the tied settings' best seeds, the best cross-validated multi-defect "

@@ -27,6 +27,7 @@ import pandas as pd
 from tubervae import plots
 from tubervae.config import FAMILIES, Params, UdrConfig
 from tubervae.data.processed import load_meta
+from tubervae.evaluation.selection import pool_centrality
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_options, udr_scores
 from tubervae.io import fresh_dir, write_csv, write_json, write_metrics
 from tubervae.models.losses import normalised_beta
@@ -272,11 +273,15 @@ def current_models(tracker: Tracker, models: list[dict], processed_dir: Path) ->
 
 
 def scored(frame: pd.DataFrame, reps: list, kls: list, cfg: UdrConfig) -> pd.DataFrame:
-    """`frame` with each model's informative components, UDR within its setting and A2A, and the rank shift."""
+    """`frame` with each model's informative components, UDR within its setting and A2A, its ModelCentrality
+    within its family (from A2A's pair scores), and the rank shift."""
     excluded = excluded_components(frame)
     within = udr_scores(reps, kls, groups=setting_groups(frame), excluded=excluded, **udr_options(cfg))
     a2a = udr_scores(reps, kls, groups=None, excluded=excluded, **udr_options(cfg, within=False))
-    frame = frame.assign(n_active=within.n_informative, udr_within=within.scores, udr_a2a=a2a.scores)
+    centrality = pool_centrality(a2a.pair_scores, frame.family.tolist())  # register.select: centrality
+    frame = frame.assign(
+        n_active=within.n_informative, udr_within=within.scores, udr_a2a=a2a.scores, centrality=centrality
+    )
     shift = rank_shift(frame.udr_within.to_numpy(), frame.udr_a2a.to_numpy())
     return frame.assign(rank_within=shift.rank_within, rank_a2a=shift.rank_a2a, rank_shift=shift.shift)
 
