@@ -56,7 +56,7 @@ def test_select_centrality_registers_the_medoid_and_gates_it_on_centrality(tmp_p
     import json
 
     from conftest import write_models_csv
-    from tubervae.stages import register
+    from tubervae.stages import classify, register
 
     with one_model_registry(tmp_path_factory, empty_mlflow_db, "centrality", 6) as (root, processed, runs):
         base = tiny_params()
@@ -87,6 +87,11 @@ def test_select_centrality_registers_the_medoid_and_gates_it_on_centrality(tmp_p
         gate = second["gate"]
         assert (gate["challenger"]["name"], gate["challenger"]["value"]) == ("ModelCentrality", 0.6)
         assert gate["champion"]["value"] == 0.5 and gate["labels"] == "none (ModelCentrality is unsupervised)"
+        classify.run(params, root=root, processed_dir=processed, out_dir=root / "reports" / "classify")
+        side = pd.read_csv(root / "reports" / "classify" / "champions.csv")  # the medoid is served, beside the others
+        assert side.selection.tolist() == ["udr", "job", "centrality"]
+        assert side.set_index("selection").loc["centrality", ["run_id", "served"]].tolist() == [runs[2.0], True]
+        assert side.set_index("selection").loc["udr", ["run_id", "served"]].tolist() == [runs[6.0], False]
         # The champion's own row is the yardstick, feasible or not: β 2, now infeasible at 0.8, cannot be chosen,
         # and β 6 (0.7) is below it: refused
         rows = table(0.8, 0.7)

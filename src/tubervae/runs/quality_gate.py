@@ -71,10 +71,11 @@ def load_champion(tracker: Tracker, name: str):
 def champions_side_by_side(
     tracker: Tracker, champion_path, served: str, fitted: Fitted, photos: Photos, params: Params
 ) -> pd.DataFrame | None:
-    """Test balanced accuracy of the champion by UDR and of the champion for the job (register.select), one row each.
+    """Test balanced accuracy of the champion by UDR, of the champion for the job and, with register.select:
+    centrality, of the medoid, one row each.
 
-    The served champion's figures are `fitted`'s; the other's rules are fitted the same way (`fit_rules`) on
-    the same labels. None when champion.json names only one champion (no labelled photos at register time).
+    The served champion's figures are `fitted`'s; the others' rules are fitted the same way (`fit_rules`) on
+    the same labels. None when champion.json names no job champion (no labelled photos at register time).
     """
     path = Path(champion_path)
     champions = json.loads(path.read_text()).get("champions", {}) if path.exists() else {}
@@ -82,7 +83,7 @@ def champions_side_by_side(
         return None
     x_lab, y_lab, x_test, y_test = photos.x_lab, photos.y_lab, photos.x_test, photos.y_test
     rows = []
-    for selection in ("udr", "job"):
+    for selection in [s for s in ("udr", "job", "centrality") if s in champions]:
         entry = champions[selection]
         if entry["run_id"] == served:
             scores = {"threshold": fitted.threshold_metrics, "any_rule": fitted.any_rule_metrics}
