@@ -1,5 +1,9 @@
 """Does UDR order the settings of one family the way their disentanglement does? (issue 33)
 
+Kept whole: the training half and the `--analyse` half read one results folder through the same helpers
+(`results_folder`, `read_rows`), and every file in experiments/ is a script with its own main() and --help
+(tests/test_scripts.py), so the report cannot move into an importable module beside it.
+
 Trains, family by family, a grid of settings spanning the search range in `params.yaml`
 (β-VAE and β-TCVAE: 6 log-spaced β; Cβ-VAE: 3 β × 2 C_max) × 3 seeds, each setting's seeds fused
 as one model (`tubervae.training.fused.train_fused`), on the `geometry` simulator at 32×32 with the

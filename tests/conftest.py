@@ -1,29 +1,40 @@
 """What the test modules share: the on-disk data/processed, an empty MLflow store, a subprocess runner.
 
+Kept whole: conftest.py is the one place pytest shares with every test module; what two or more test files
+need (their tiny projects, session fixtures such as `registry_project`, helpers) lives here in sections named
+by the files that use them, and the xdist schedule (FILE_SECONDS, SAME_WORKER_AS) must sit in this file.
+
 Test modules import the plain helpers (`from conftest import write_processed, run_command`)
 and request the fixtures by name.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tubervae.data.processed import SPLITS, save_meta, save_split
 from tubervae.data.splits import fingerprint
@@ -32,7 +43,10 @@ if TYPE_CHECKING:
     import optuna
     from mlflow.tracking import MlflowClient
 
+    from tubervae.config import TrainConfig
     from tubervae.runs.tracker import Tracker
+    from tubervae.runs.training_run import TrainingData
+    from tubervae.training.setting import Setting
 
 DECOY_RUN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -596,8 +610,8 @@ def kill_search_at_seed_1(project: Path, timeout: float) -> tuple[int, int]:
     return int(marker.read_text()), proc.pid
 
 
-# --- a tiny model registry (test_registry, test_quality_gate, test_promotion): 16×16 labelled discs
-# (bad discs are dim), β-VAEs trained for 8 steps and registered by the register stage.
+# --- a tiny model registry (test_registry, test_quality_gate, test_model_server, test_promotion): 16×16
+# labelled discs (bad discs are dim), β-VAEs trained for 8 steps and registered by the register stage.
 
 TINY_SIZE = 16
 TINY_LATENT = 4
@@ -788,6 +802,321 @@ def no_model_loads(monkeypatch):
     return calls
 
 
+# --- photos of any size and labels rewritten (test_registry, test_model_server, test_ingest, test_quality_gate)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """One 16×16 colour grid hidden in two photos of other sizes so that the pipeline's centre crop
+    (0.8 of the shorter side) and box resize recover it exactly:
+    a 50×40 PNG (crop 32×32 at x 9, y 4; each grid cell a 2×2 block) and a 30×20 array (crop 16×16 at x 7, y 2),
+    also sent PNG-encoded as `encoded`.
+    """
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(7)
+    grid = rng.integers(0, 256, (TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+    big = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    big[4:36, 9:41] = grid.repeat(2, axis=0).repeat(2, axis=1)
+    path = folder / "tuber.png"
+    Image.fromarray(big).save(path)
+    small = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    small[2:18, 7:23] = grid
+    not_image = folder / "notes.png"
+    not_image.write_text("this is not a picture")
+    buffer = io.BytesIO()
+    Image.fromarray(small).save(buffer, "PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return {"grid": grid, "path": path, "array": small, "encoded": encoded, "not_image": not_image}
+
+
+def png_16_bit_rgb(pixels: np.ndarray) -> bytes:
+    """A PNG with 16 bits per channel (colour type 2, depth 16), written by hand: Pillow writes none."""
+    wide = (pixels.astype(">u2") * 257).astype(">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in wide)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def with_labels(processed: Path, keep) -> None:
+    """Rewrite the labelled and test splits' labels: `keep(split, labels)` returns the new labels, -1 unlabelled."""
+    for split in ("labelled", "test"):
+        with np.load(processed / f"{split}.npz") as data:
+            arrays = {k: data[k] for k in data.files}
+        arrays["labels"] = keep(split, arrays["labels"]).astype(arrays["labels"].dtype)
+        np.savez(processed / f"{split}.npz", **arrays)
+
+
+# --- runs as the training stage leaves them, for the udr and evaluate stages (test_udr_stage, test_evaluate):
+# disc photos with their factors, an own tracking store per project root, latents logged as artifacts.
+
+N_PROBE = 200
+PROBE_FACTOR_NAMES = ["x", "y", "radius", "brightness"]
+MODEL_STEPS = 40  # the steps logged for the runs of `log_model`
+
+
+@pytest.fixture
+def own_tracking_store(monkeypatch):
+    """Every Tracker of a test uses sqlite:///<its root>/mlflow.db, whatever the caller's shell says."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def fresh_root(root: Path, empty_mlflow_db: Path) -> Path:
+    """A project root with an empty tracking store whose Default experiment stores under root/mlruns."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(empty_mlflow_db, root / "mlflow.db")
+    with sqlite3.connect(root / "mlflow.db") as con:
+        con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(root / "mlruns" / "0"),)
+        )
+    con.close()
+    return root
+
+
+def bright_discs(rng: np.random.Generator, n: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Bright discs on a dark background; factors x, y (offset from the centre), radius, brightness."""
+    factors = np.column_stack(
+        [rng.uniform(-3, 3, n), rng.uniform(-3, 3, n), rng.uniform(2, 5, n), rng.uniform(0.4, 1.0, n)]
+    ).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    images = np.full((n, size, size, 3), 20, np.uint8)
+    for i, (x, y, r, b) in enumerate(factors):
+        inside = (xx - x) ** 2 + (yy - y) ** 2 <= r**2
+        images[i][inside] = np.array([255 * b, 230 * b, 160 * b]).astype(np.uint8)
+    return images, factors
+
+
+def write_probe_discs(
+    root: Path, *, seed: int = 0, n_train: int = 120, n_test: int = 60, with_factors: bool = True
+) -> str:
+    """The files the preprocess stage writes, for disc images; returns the data version."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    images, factors = bright_discs(rng, n)
+    labels = (factors[:, 3] < 0.7).astype(np.int8)  # dim discs are 'bad'
+    rows = {"train": np.arange(n_train), "test": np.arange(n_train, n)}
+    rows["labelled"] = np.concatenate([np.flatnonzero(labels[:n_train] == c)[:5] for c in (0, 1)])
+    rows["udr_probe"] = np.arange(min(N_PROBE, n_train))
+    splits = {
+        name: (images[idx], labels[idx], factors[idx] if with_factors else None, idx) for name, idx in rows.items()
+    }
+    meta = write_processed(root / "data" / "processed", splits, PROBE_FACTOR_NAMES if with_factors else ())
+    return meta["data_version"]
+
+
+def log_model(
+    tracker: Tracker,
+    *,
+    family: str,
+    beta: float,
+    c_max: float = 0.0,
+    seed: int,
+    data_version: str,
+    mu: np.ndarray,
+    kl: np.ndarray,
+    guide_weight: float = 0.0,
+    legacy: bool = False,
+) -> str:
+    """A finished VAE run as the training stage leaves it, as far as the udr stage reads it: a few params and
+    the whole configuration in its file; `legacy`: as runs were logged before that file, every setting a param."""
+    from tubervae.config import TrainConfig
+    from tubervae.runs import training_run as train_stage
+    from tubervae.runs import vae_artifacts
+    from tubervae.training.setting import Setting
+
+    setting = Setting(family=family, beta=beta, c_max=c_max, guide_weight=guide_weight)
+    tags = {"kind": "vae", "family": family, "setting": setting.label, "seed": seed}
+    guide = {"guide_weight": guide_weight, "guided_component": 0} if setting.guided else {}
+    config = {"family": family, "beta": beta, "c_max": c_max, "seed": seed, "data_version": data_version, **guide}
+    with tracker.run(f"{family} {setting.label} seed {seed}", tags=tags) as rid:
+        if legacy:
+            tracker.log_params(rid, {**config, "steps": MODEL_STEPS})
+        else:
+            tracker.log_params(rid, train_stage.run_params(setting, seed, TrainConfig(steps=MODEL_STEPS)))
+            vae_artifacts.log_training_config(tracker, rid, {**config, "steps": MODEL_STEPS})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "latents.npz"
+            np.savez(path, mu=mu, logvar=np.zeros_like(mu), kl=kl)
+            tracker.log_artifact(rid, path)
+    return rid
+
+
+def clean_copy(truth: np.ndarray, keep: list[int], n_dead: int, rng: np.random.Generator):
+    """The factors `keep`, permuted, sign-flipped and rescaled, plus `n_dead` collapsed components."""
+    n = len(truth)
+    signs = rng.choice([-1.0, 1.0], len(keep))
+    scales = rng.uniform(0.5, 2.0, len(keep))
+    live = truth[:, keep] * signs * scales + 0.02 * rng.normal(size=(n, len(keep)))
+    dead = 0.01 * rng.normal(size=(n, n_dead))
+    mu = np.hstack([live, dead])
+    kl = np.concatenate([rng.uniform(0.5, 2.0, len(keep)), np.full(n_dead, 0.001)])
+    order = rng.permutation(mu.shape[1])
+    return mu[:, order], kl[order]
+
+
+def stage_paths(root: Path) -> dict:
+    return dict(
+        root=root,
+        search_dir=root / "reports" / "search",
+        out_dir=root / "reports" / "udr",
+        processed_dir=root / "data" / "processed",
+    )
+
+
+def is_png(path: Path) -> bool:
+    with Image.open(path) as img:
+        return img.format == "PNG" and img.size[0] > 50 and img.size[1] > 50
+
+
+# --- tiny training runs (test_train, test_training_run, test_tracker, test_device): 16×16 images of bright
+# discs (position, radius and brightness are the factors), a 4-component latent space, batches of 16 and
+# at most 40 steps on one thread. `isolated_training` tracks each test into its own folder.
+
+SPLIT_SIZES = {"train": 128, "test": 24, "labelled": 16, "udr_probe": 32}
+DISC_FACTOR_NAMES = ["x", "y", "radius", "brightness"]
+
+
+def disc_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Grey discs on black: uint8 (n, 16, 16, 3) and their factors (n, 4)."""
+    factors = np.stack(
+        [rng.uniform(4, 12, n), rng.uniform(4, 12, n), rng.uniform(2, 4, n), rng.uniform(0.4, 1.0, n)], axis=1
+    ).astype(np.float32)
+    yy, xx = np.mgrid[0:TINY_SIZE, 0:TINY_SIZE] + 0.5
+    inside = (xx - factors[:, 0, None, None]) ** 2 + (yy - factors[:, 1, None, None]) ** 2 <= factors[
+        :, 2, None, None
+    ] ** 2
+    grey = np.round(inside * factors[:, 3, None, None] * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1), factors
+
+
+def write_training_discs(folder: Path) -> dict:
+    """The files the preprocess stage writes, for a tiny disc data set; returns meta.json's content."""
+    rng = np.random.default_rng(0)
+    splits = {}
+    for name, n in SPLIT_SIZES.items():
+        images, factors = disc_images(n, rng)
+        labels = (np.arange(n) % 2) if name == "labelled" else np.full(n, -1)
+        splits[name] = (images, labels, factors)
+    return write_processed(folder, splits, DISC_FACTOR_NAMES)
+
+
+def tiny_cfg(**changes) -> TrainConfig:
+    from tubervae.config import TrainConfig
+
+    values = dict(
+        latent_dim=TINY_LATENT,
+        steps=10,
+        batch_size=16,
+        lr=1e-3,
+        checkpoint_every=5,
+        log_every=5,
+        snapshot_every=0,
+        device="cpu",
+        threads=1,
+        precision="float32",  # tests that compare numbers say which; `auto` differs between CPUs
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture
+def isolated_training(monkeypatch, tmp_path):
+    """Each test tracks into its own folder and leaves torch's thread count as it found it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def new_project(root: Path, empty_db: Path) -> dict:
+    """A project root with tiny processed data and an empty MLflow store; returns meta.json's content."""
+    meta = write_training_discs(root / "data" / "processed")
+    shutil.copyfile(empty_db, root / "mlflow.db")
+    return meta
+
+
+@pytest.fixture
+def data(tmp_path) -> TrainingData:
+    """The tiny disc photos of `write_training_discs`, loaded as the train stage loads them."""
+    from tubervae.runs import training_run as stage
+
+    write_training_discs(tmp_path / "data" / "processed")
+    return stage.load_training_data(tmp_path / "data" / "processed")
+
+
+def train(data: TrainingData, cfg: TrainConfig, setting: Setting | None = None, seed: int = 0, **kwargs):
+    """`train_model` on the tiny disc photos, without a progress bar; the setting defaults to β-VAE β 4."""
+    from tubervae.training.loop import train_model
+    from tubervae.training.setting import Setting
+
+    setting = Setting("beta_vae", 4.0) if setting is None else setting
+    kwargs.setdefault("data_version", data.data_version)
+    return train_model(
+        setting,
+        seed,
+        cfg,
+        train_images=data.train,
+        probe_images=data.probe,
+        test_images=data.test,
+        progress=False,
+        **kwargs,
+    )
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    import torch
+
+    assert list(a) == list(b)
+    unequal = [k for k in a if not torch.equal(a[k].cpu(), b[k].cpu())]
+    assert not unequal, f"tensors differ: {unequal}"
+
+
+def store_client(root: Path) -> MlflowClient:
+    """An independent client on the documented default store, sqlite:///<root>/mlflow.db."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
+
+
+def store_runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name("tubervae")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def guided_discs(folder: Path, *, flip: str = "") -> TrainingData:
+    """Tiny disc photos with labels everywhere: labelled rows 0..7 guide, 8..15 are the holdout labels.
+
+    `flip` turns good into bad and back in one place: "holdout" (the labelled rows that do not guide),
+    "test" (the test split's labels) or "guide" (one guide row).
+    """
+    from tubervae.runs import training_run as stage
+
+    rng = np.random.default_rng(0)
+    splits = {}
+    for name, n in SPLIT_SIZES.items():
+        images, factors = disc_images(n, rng)
+        labels = np.arange(n) % 2 if name in ("labelled", "test") else np.full(n, -1)
+        splits[name] = [images, labels, factors]
+    guide = np.arange(SPLIT_SIZES["labelled"]) < 8
+    labelled, test = splits["labelled"][1], splits["test"][1]
+    if flip == "holdout":
+        labelled[~guide] = 1 - labelled[~guide]
+    elif flip == "test":
+        splits["test"][1] = 1 - test
+    elif flip == "guide":
+        labelled[3] = 1 - labelled[3]
+    write_processed(folder, {k: tuple(v) for k, v in splits.items()}, DISC_FACTOR_NAMES, guide=guide)
+    return stage.load_training_data(folder)
+
+
 # --- latents and labelled photos for the rules and the classify stage (test_classify, test_grading)
 
 
@@ -816,7 +1145,9 @@ def guided_processed(folder):
 # --- how `make test` shares the files between its workers (pytest-xdist, `--dist loadfile`)
 
 # Seconds a file took on one worker in a full run on 2 shared cores (AMD EPYC Zen 3, other jobs running), for the
-# files over two minutes: only their order counts.
+# files over two minutes: only their order counts. A file split out of a listed one has that file's figure times
+# its rough share of the time the parts took, each run on its own (test_train.py's 346 s became test_train,
+# test_tracker and test_training_run; test_udr_stage.py's 274 s test_udr_stage and test_evaluate).
 # Files are handed out longest first, so that the long ones run side by side on the two workers rather than one
 # after another at the end (xdist's own order is by number of tests, which puts these last); the rest follow
 # in xdist's order. A file's figure only orders the queue: a wrong one costs time, never a test.
@@ -825,18 +1156,21 @@ FILE_SECONDS: dict[str, float] = {
     "test_pool.py": 546,
     "test_pruning.py": 416,
     "test_killed_stages.py": 364,
-    "test_train.py": 346,
     "test_gpu_smoke_profile.py": 336,
-    "test_registry.py": 332,  # with test_quality_gate.py (SAME_WORKER_AS)
-    "test_udr_stage.py": 274,
+    "test_registry.py": 332,  # with test_quality_gate.py and test_model_server.py (SAME_WORKER_AS)
     "test_dvc_workflow.py": 215,
     "test_study.py": 199,
+    "test_train.py": 170,
+    "test_udr_stage.py": 155,
     "test_scripts.py": 130,
     "test_fused.py": 127,
+    "test_evaluate.py": 120,
+    "test_tracker.py": 95,
+    "test_training_run.py": 70,
 }
 # Files whose tests share a session fixture with another file's: they run on that file's worker, which builds
 # the fixture once (registry_project, a tiny trained registry).
-SAME_WORKER_AS = {"test_quality_gate.py": "test_registry.py"}
+SAME_WORKER_AS = {"test_quality_gate.py": "test_registry.py", "test_model_server.py": "test_registry.py"}
 
 
 @pytest.hookimpl(optionalhook=True)

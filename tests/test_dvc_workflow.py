@@ -1,5 +1,9 @@
 """DVC's versioning workflow as the README shows it, on a tiny profile.
 
+Kept whole: it tests no module of the package but the project's DVC files (dvc.yaml, .dvc/config, .gitignore
+and the metrics and plots they declare) as a user drives them with dvc and git; its slow tests share the helpers
+that copy the project and run those commands (`copy_project`, `env_for`, `sh`).
+
 A git repository made of the project's files (what `git ls-files` would commit, with the
 working tree's content) reproduces the data stages (raw, preprocess, evalset) with 40
 simulated photos, commits `dvc.lock`, and `dvc push`es to the default remote of

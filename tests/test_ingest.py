@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import png_16_bit_rgb
 from tubervae.config import DataConfig, Params
 from tubervae.data.factors import FactorTableError
 from tubervae.data.images import inspect_image, load_model_input
@@ -441,3 +442,15 @@ def test_a_failed_import_keeps_the_previous_import_and_report(tmp_path):
     raw.run(Params(data=DataConfig(source=str(root), workers=1, max_rejected_fraction=0.5)), root=project)
     assert "Kartoffel_gro\\xdf.jpg" in (project / "reports" / "data" / "ingest.csv").read_text(encoding="utf-8")
     assert not failed.exists()
+
+
+def test_a_16_bit_colour_photo_is_refused_at_ingestion(photos, tmp_path):
+    pixels = np.tile(photos["grid"], (4, 4, 1))  # 64×64: large enough to be imported
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_16_bit_rgb(pixels))
+    with Image.open(path) as img:
+        assert img.mode == "RGB"  # what makes it easy to miss
+    result = inspect_image(path)
+    assert result.status == "rejected" and "more than 8 bits per channel" in result.reason
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    assert inspect_image(tmp_path / "plain.png").status == "accepted"

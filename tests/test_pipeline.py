@@ -1,5 +1,9 @@
 """The data stages end to end: `dvc repro preprocess` in a temporary copy of the project.
 
+Kept whole: its subject is the data stages together (raw then preprocess, some tests the evalset and evaluate
+stages after them, through `dvc repro` or in-process), not one module; the `dvc repro` tests share the module
+fixture `dvc_project`, and the photo-folder tests share its helpers (`photo`, `load_processed`, `snapshot`).
+
 One DVC project with 60 simulated photos is built once for the module (`dvc_project`);
 tests that change it put it back as they found it. A folder of real photos, failures
 half-way and the MLproject entry points are checked beside it.

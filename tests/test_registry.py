@@ -1,4 +1,9 @@
-"""The Model Registry aliases, the pyfunc models and the served classifier, with the register and classify stages.
+"""The Model Registry aliases and the pyfunc models, with the register and classify stages that fill it.
+
+Kept whole: the register and classify stages are what builds the registry: the session's tiny project is
+their output, so the tests of its versions, aliases, model files and pyfunc models read what those stages
+registered, and `unlabelled_project` (a module fixture that trains two VAEs) runs both stages in each of its
+cases. The gate (test_quality_gate.py) and the server (test_model_server.py) are tested in their own files.
 
 The registry tests share one tiny project (16×16 disc photos, two VAEs trained for a
 few steps, `registry_project` in conftest.py) built once per session: training dominates the cost.
@@ -9,12 +14,9 @@ import dataclasses
 import hashlib
 import io
 import json
-import logging
 import py_compile
 import shutil
-import struct
 import sys
-import zlib
 from pathlib import Path
 
 import mlflow
@@ -35,19 +37,14 @@ from conftest import (
     VAE_NAME,
     changed_file,
     client_for,
-    free_port,
-    http,
     logged_vae,
-    make_target,
     models_row,
     one_model_registry,
-    served,
-    started,
     store_folder,
     tiny_params,
     two_tiny_vaes,
     use_registry,
-    with_makefile,
+    with_labels,
     write_labelled_discs,
     write_models_csv,
 )
@@ -55,9 +52,8 @@ from conftest import load_split as load
 from tubervae import cli
 from tubervae.classify import fit_any_of_rule, fit_threshold_rule
 from tubervae.config import parse_params
-from tubervae.data.images import inspect_image
 from tubervae.models.nets import VAE
-from tubervae.runs import model_server, quality_gate, registry, vae_artifacts
+from tubervae.runs import model_server, registry, vae_artifacts
 from tubervae.runs.model_files import DIGESTS_TAG, ModelFilesError
 from tubervae.runs.tracker import Tracker
 from tubervae.stages import classify, register
@@ -283,30 +279,6 @@ def test_classify_without_a_champion_says_to_run_search_and_register(tmp_path, m
 # ------------------------------------------------------------ photos of any size
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """One 16×16 colour grid hidden in two photos of other sizes so that the pipeline's centre crop
-    (0.8 of the shorter side) and box resize recover it exactly:
-    a 50×40 PNG (crop 32×32 at x 9, y 4; each grid cell a 2×2 block) and a 30×20 array (crop 16×16 at x 7, y 2),
-    also sent PNG-encoded as `encoded`.
-    """
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(7)
-    grid = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    big = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    big[4:36, 9:41] = grid.repeat(2, axis=0).repeat(2, axis=1)
-    path = folder / "tuber.png"
-    Image.fromarray(big).save(path)
-    small = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    small[2:18, 7:23] = grid
-    not_image = folder / "notes.png"
-    not_image.write_text("this is not a picture")
-    buffer = io.BytesIO()
-    Image.fromarray(small).save(buffer, "PNG")
-    encoded = base64.b64encode(buffer.getvalue()).decode()
-    return {"grid": grid, "path": path, "array": small, "encoded": encoded, "not_image": not_image}
-
-
 def test_vae_pyfunc_by_alias_encodes_a_path_and_an_array_of_another_size(project, photos, tmp_path, monkeypatch):
     use_registry(project["root"])
     monkeypatch.setenv("TUBERVAE_INPUT_FOLDER", str(photos["path"].parent))  # the `path` input is off without it
@@ -490,95 +462,6 @@ def test_a_version_registered_without_digests_is_refused_with_how_to_register_it
     assert marker.exists()
 
 
-def test_serve_takes_registered_models_only():
-    with pytest.raises(ValueError, match=r"--model '/tmp/model': expected a registered model, models:/<name>@<alias>"):
-        model_server.registered_version(None, "/tmp/model")
-
-
-# ------------------------------------------------------------ the UI and the served model
-
-
-@pytest.mark.slow
-def test_make_ui_serves_the_projects_store_and_prints_the_link_to_its_training_runs(project, tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the Makefile's store, the project's mlflow.db
-    root = with_makefile(project["root"])
-    port = free_port()
-    log_path = tmp_path / "ui.log"
-    url = f"http://127.0.0.1:{port}"
-    with started(make_target("ui", UI_PORT=port), root, {}, log_path, f"{url}/health"):
-        status, body = http(f"{url}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=tubervae")
-        assert status == 200, body
-        experiment_id = body["experiment"]["experiment_id"]
-        assert experiment_id == Tracker(root).experiment_id
-        link = f"training runs: {url}/#/experiments/{experiment_id}?workflowType=machine_learning"
-        assert link in log_path.read_text().splitlines()
-        status, page = http(f"{url}/")
-        assert status == 200 and "<html" in page.lower()
-
-
-@pytest.mark.slow
-def test_served_classifier_answers_good_and_bad_requests_and_keeps_serving(project, photos, tmp_path):
-    """Served by `make serve`, as the README starts it: the champion of the project's own store."""
-    env = {"TUBERVAE_INPUT_FOLDER": str(photos["path"].parent)}  # the `path` input is off without it
-    column = f"z{project['metrics']['any_rule']['rules'][0]['component']}"
-    root = with_makefile(project["root"])
-    with served(f"models:/{QUALITY_NAME}@champion", env, tmp_path / "serve.log", make_root=root) as (url, server):
-        status, body = http(f"{url}/invocations", {"dataframe_records": [{"path": str(photos["path"])}]})
-        assert status == 200, body
-        good = body["predictions"][0]
-        assert good["label"] in ("good", "bad") and {"label", column, "threshold", "fired", "rules"} <= set(good)
-
-        status, body = http(f"{url}/invocations", {"dataframe_records": [{"path": str(photos["not_image"])}]})
-        assert status == 400
-        assert body["error_code"] == "INVALID_PARAMETER_VALUE"
-        # The answer names the row, never the path the request sent.
-        assert body["message"].startswith("row 0: not a readable image") and "notes.png" not in body["message"]
-
-        # A wrong column is named, although MLflow drops it before the model sees the request.
-        status, body = http(f"{url}/invocations", {"dataframe_records": [{"img": photos["encoded"]}]})
-        assert status == 400 and "'img'" in body["message"] and "'image_base64'" in body["message"], body
-        # 16 bits per channel, which Pillow shows as plain RGB: refused, as at ingestion.
-        deep = base64.b64encode(png_16_bit_rgb(photos["grid"])).decode()
-        status, body = http(f"{url}/invocations", {"dataframe_records": [{"image_base64": deep}]})
-        assert status == 400 and "more than 8 bits per channel" in body["message"], body
-
-        # An array is no table of photos: the signature refuses it before the model sees it.
-        status, body = http(f"{url}/invocations", {"inputs": [[[1, 2], [3, 4]]]})
-        assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
-
-        status, body = http(f"{url}/invocations", {"dataframe_records": [{"image_base64": photos["encoded"]}]})
-        assert status == 200, body
-        again = body["predictions"][0]
-        # The same photo as a path and as encoded bytes of another size gets the same answer.
-        assert again["label"] == good["label"]
-        assert again[column] == pytest.approx(good[column], abs=1e-5)
-        assert server.poll() is None
-
-
-def png_16_bit_rgb(pixels: np.ndarray) -> bytes:
-    """A PNG with 16 bits per channel (colour type 2, depth 16), written by hand: Pillow writes none."""
-    wide = (pixels.astype(">u2") * 257).astype(">u2")
-    rows = b"".join(b"\x00" + row.tobytes() for row in wide)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
-def test_a_16_bit_colour_photo_is_refused_at_ingestion(photos, tmp_path):
-    pixels = np.tile(photos["grid"], (4, 4, 1))  # 64×64: large enough to be imported
-    path = tmp_path / "deep.png"
-    path.write_bytes(png_16_bit_rgb(pixels))
-    with Image.open(path) as img:
-        assert img.mode == "RGB"  # what makes it easy to miss
-    result = inspect_image(path)
-    assert result.status == "rejected" and "more than 8 bits per channel" in result.reason
-    Image.fromarray(pixels).save(tmp_path / "plain.png")
-    assert inspect_image(tmp_path / "plain.png").status == "accepted"
-
-
 @pytest.mark.slow
 def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_reports_both(
     tmp_path, monkeypatch, empty_mlflow_db
@@ -624,15 +507,6 @@ def test_selection_for_the_job_scores_the_udr_ties_on_the_labels_and_classify_re
         metrics["any_rule"]["test"]["balanced_accuracy"]
     )
     assert table.threshold_test_balanced_accuracy.between(0, 1).all()
-
-
-def with_labels(processed: Path, keep) -> None:
-    """Rewrite the labelled and test splits' labels: `keep(split, labels)` returns the new labels, -1 unlabelled."""
-    for split in ("labelled", "test"):
-        with np.load(processed / f"{split}.npz") as data:
-            arrays = {k: data[k] for k in data.files}
-        arrays["labels"] = keep(split, arrays["labels"]).astype(arrays["labels"].dtype)
-        np.savez(processed / f"{split}.npz", **arrays)
 
 
 def first_per_class(n: int):
@@ -693,231 +567,3 @@ def test_register_and_classify_with_no_labels_one_class_or_few(unlabelled_projec
         assert json.loads((out / "classify" / "metrics.json").read_text())["skipped"] == metrics["skipped"]
         assert pd.read_csv(out / "classify" / "components.csv").empty
         assert "classify skipped, tuber-quality not registered" in caplog.text
-
-
-# ------------------------------------------------------------ the promotion gate (champion / challenger)
-
-
-def blank_vae(monkeypatch):
-    """Make the classify stage build its rule on a VAE whose weights are all zero: every photo encodes alike,
-    so no rule on it can beat chance (a champion that learned nothing)."""
-    real = quality_gate.load_champion
-
-    def load(tracker, name):
-        version, model = real(tracker, name)
-        with torch.no_grad():
-            for weights in model.vae.parameters():
-                weights.zero_()
-        return version, model
-
-    monkeypatch.setattr(quality_gate, "load_champion", load)
-
-
-def labels_at_chance(split, labels):
-    """Labelled photos' labels made independent of the photos (alternating over 10 good then 10 bad discs)."""
-    return np.where(labels >= 0, np.arange(labels.size) % 2, -1) if split == "labelled" else labels
-
-
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory, empty_mlflow_db):
-    """One tiny project; tubervae-vae@champion is β 6. Then tuber-quality is classified four times:
-    1. labels at chance: refused, no champion, nothing served;
-    2. labels at chance on a blank VAE, classify.force_promotion: promoted by force;
-    3. the true labels on the trained VAE: beats the blank champion, promoted;
-    4. labels at chance again: refused, the champion of step 3 stays."""
-    with one_model_registry(tmp_path_factory, empty_mlflow_db, "gated", 6) as (root, processed, runs):
-        chance = root / "data" / "chance"
-        shutil.copytree(processed, chance)
-        with_labels(chance, labels_at_chance)
-        params = tiny_params()
-        forced = dataclasses.replace(params, classify=dataclasses.replace(params.classify, force_promotion=True))
-        register.run(params, root=root, processed_dir=processed)
-        steps, logs = [], []
-        for step, (settings, data) in enumerate(
-            [(params, chance), (forced, chance), (params, processed), (params, chance)], start=1
-        ):
-            with pytest.MonkeyPatch.context() as patch:
-                if step == 2:
-                    blank_vae(patch)
-                handler = _Capture()
-                logger = logging.getLogger("tubervae")
-                logger.addHandler(handler)
-                try:
-                    steps.append(
-                        classify.run(settings, root=root, processed_dir=data, out_dir=root / "reports" / f"c{step}")
-                    )
-                finally:
-                    logger.removeHandler(handler)
-                logs.append(handler.lines)
-        yield {"root": root, "steps": steps, "logs": logs, "processed": processed, "chance": chance, "runs": runs}
-
-
-class _Capture(logging.Handler):
-    """The warning lines a stage logged (caplog is function-scoped; the fixture is module-scoped)."""
-
-    def __init__(self):
-        super().__init__(level=logging.WARNING)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.mark.slow
-def test_the_gate_refuses_a_rule_at_chance_and_with_no_champion_serves_nothing(gated):
-    first = gated["steps"][0]
-    gate = first["gate"]
-    assert not gate["promoted"] and gate["champion"] is None and gate["challenger"]["low"] <= 0.5
-    assert first["registered"] == {"model": QUALITY_NAME, "version": 1, "alias": "challenger"}
-    assert first["served"] is None
-    on_disk = json.loads((gated["root"] / "reports" / "c1" / "metrics.json").read_text())
-    assert on_disk["served"] is None and on_disk["gate"]["line"] == gate["line"]
-    assert gate["line"].startswith(f"{QUALITY_NAME} version 1 is @challenger and nothing is served")
-    assert "not above chance (0.5)" in gate["line"] and "no champion to compare with" in gate["line"]
-    assert gate["line"] in gated["logs"][0]
-    # The learned classifiers stay beside the rule as reference figures.
-    assert set(first["alternatives"]) == {"any_rule", "logistic", "gradient_boosting", "pixel_cnn"}
-    version = client_for(gated["root"]).get_model_version(QUALITY_NAME, "1")
-    # Its alias `challenger` has since moved to the latest refused version (step 4); the card keeps the decision.
-    assert "champion" not in version.aliases and version.tags["decision"] == "challenger"
-
-
-@pytest.mark.slow
-def test_forced_promotion_is_logged_on_the_version_the_run_and_as_a_warning(gated):
-    second = gated["steps"][1]
-    assert second["gate"]["promoted"] and second["gate"]["forced"]
-    assert second["registered"]["alias"] == "champion" and second["served"]["version"] == 2
-    assert second["gate"]["reason"].startswith("forced promotion") and "would have refused" in second["gate"]["reason"]
-    client = client_for(gated["root"])
-    version = client.get_model_version(QUALITY_NAME, "2")
-    assert version.tags["forced_promotion"] == "true" and "- **forced**: True" in version.description
-    run = client.get_run(version.run_id)
-    assert run.data.tags["forced_promotion"] == "true" and run.data.tags["kind"] == "classify"
-    assert any(line.startswith("classify.force_promotion is set") for line in gated["logs"][1])
-    # Unforced runs carry no such tag.
-    assert client.get_model_version(QUALITY_NAME, "3").tags["forced_promotion"] == "false"
-
-
-@pytest.mark.slow
-def test_a_challenger_that_beats_the_champion_is_promoted_with_its_model_card(gated):
-    third = gated["steps"][2]
-    gate = third["gate"]
-    champion = gate["champion"]["estimate"]
-    # The forced champion's VAE knows nothing: on the same labels and folds its rule is at chance.
-    assert gate["champion"]["version"] == 2 and champion["value"] == pytest.approx(0.5)
-    assert gate["promoted"] and not gate["forced"] and gate["challenger"]["value"] > champion["value"]
-    assert gate["challenger"]["n_labels"] == champion["n_labels"] == 20
-    assert gate["line"].startswith(f"{QUALITY_NAME} version 3 is @champion: promoted")
-    client = client_for(gated["root"])
-    version = client.get_model_version_by_alias(QUALITY_NAME, "champion")
-    assert int(version.version) == 3 and client.get_model_version(QUALITY_NAME, "2").aliases == []
-    card = version.description
-    for heading in ("## Data", "## Validation", "## Test", "## Compared with", "## Decision"):
-        assert heading in card
-    assert f"- **data version**: {DATA_VERSION}" in card and "10 good + 10 bad (all labelled photos)" in card
-    assert "majority baseline" in card and f"{QUALITY_NAME} version 2: 0.500" in card
-    assert version.tags["compared_with"].startswith(f"{QUALITY_NAME} version 2")
-    assert float(version.tags["gate_balanced_accuracy"]) == pytest.approx(gate["challenger"]["value"], abs=1e-4)
-    # MLflow's classifier evaluation on the test split is linked to the logged model (reported only).
-    model = client.get_logged_model(version.source.removeprefix("models:/"))
-    assert {"accuracy_score", "f1_score", "precision_score", "recall_score"} <= {m.key for m in model.metrics}
-
-
-@pytest.mark.slow
-def test_the_gate_keeps_the_champion_when_the_challenger_is_at_chance_and_names_both_figures(gated):
-    fourth = gated["steps"][3]
-    gate = fourth["gate"]
-    assert not gate["promoted"] and gate["champion"]["version"] == 3
-    assert fourth["registered"]["alias"] == "challenger" and fourth["served"]["version"] == 3
-    line = gate["line"]
-    assert line.startswith(f"{QUALITY_NAME} version 4 is @challenger, version 3 stays @champion: not promoted")
-    challenger, champion = gate["challenger"], gate["champion"]["estimate"]
-    assert f"{challenger['value']:.3f} [{challenger['low']:.3f}, {challenger['high']:.3f}]" in line
-    assert f"champion {champion['value']:.3f}" in line
-    client = client_for(gated["root"])
-    assert client.get_model_version_by_alias(QUALITY_NAME, "champion").version == 3
-    assert client.get_model_version_by_alias(QUALITY_NAME, "challenger").version == 4
-
-
-@pytest.mark.slow
-def test_the_vae_gate_on_udr_refuses_a_worse_model_force_promotes_it_and_a_new_data_version_is_not_compared(
-    gated, monkeypatch
-):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    root, runs = gated["root"], gated["runs"]
-    params = tiny_params()
-    params = dataclasses.replace(params, register=dataclasses.replace(params.register, model_name="vae-gated"))
-    forced = dataclasses.replace(params, register=dataclasses.replace(params.register, force_promotion=True))
-    udr_dir, out = root / "reports" / "udr-gated", root / "reports" / "register-gated" / "champion.json"
-    kwargs = dict(root=root, udr_dir=udr_dir, processed_dir=gated["processed"], out_path=out)
-    write_models_csv(udr_dir, [models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)])
-    assert register.run(params, **kwargs)["alias"] == "champion"
-    # A table without the champion's run: its UDR is the one its version recorded, on the same data version.
-    write_models_csv(udr_dir, [models_row(runs[2.0], "beta_vae", 2, 0, 0.40, 4)])
-    refused = register.run(params, **kwargs)
-    assert refused["alias"] == "challenger" and refused["version"] == 2 and not refused["gate"]["promote"]
-    assert refused["gate"]["line"].startswith("vae-gated version 2 is @challenger, version 1 stays @champion")
-    assert "0.400" in refused["gate"]["line"] and "below the champion's 0.700" in refused["gate"]["line"]
-    assert "not in this UDR table: its UDR as registered" in refused["gate"]["line"]
-    client = client_for(root)
-    assert client.get_model_version_by_alias("vae-gated", "champion").version == 1
-    assert client.get_model_version("vae-gated", "2").aliases == ["challenger"]
-    pushed = register.run(forced, **kwargs)
-    assert pushed["alias"] == "champion" and pushed["version"] == 2 and pushed["gate"]["forced"]
-    version = client.get_model_version("vae-gated", "2")
-    assert version.tags["forced_promotion"] == "true" and "champion" in version.aliases
-    (run,) = client.search_runs(
-        [client.get_run(runs[2.0]).info.experiment_id], "tags.forced_promotion = 'true' and tags.kind = 'register'"
-    )
-    assert run.data.tags["source_run_id"] == runs[2.0]
-    # New photos: the champion's UDR was measured on other data, so it is not compared, and the worse-looking
-    # model is promoted on its own bar.
-    moved = root / "data" / "moved"
-    shutil.copytree(gated["processed"], moved)
-    meta = json.loads((moved / "meta.json").read_text())
-    (moved / "meta.json").write_text(json.dumps(meta | {"data_version": "tiny-v2"}))
-    write_models_csv(udr_dir, [models_row(runs[6.0], "beta_vae", 6, 0, 0.30, 3)])
-    anew = register.run(params, **(kwargs | {"processed_dir": moved}))
-    assert anew["alias"] == "champion" and anew["version"] == 1
-    assert "trained on data version tiny-v1, the data is tiny-v2" in anew["gate"]["line"]
-
-
-def test_the_gate_reads_only_the_labels_no_guidance_head_trained_on(tmp_path):
-    """A labelled split with `guide` marks: the rule is fitted and the gate estimates on the other labels."""
-    processed = write_labelled_discs(tmp_path / "processed")
-    with np.load(processed / "labelled.npz") as data:
-        arrays = {k: data[k] for k in data.files}
-    arrays["guide"] = np.isin(np.arange(20), [0, 1, 2, 10, 11, 12])  # 3 good and 3 bad trained a head
-    np.savez(processed / "labelled.npz", **arrays)
-    meta = json.loads((processed / "meta.json").read_text())
-    photos = classify.labelled_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
-    assert photos.holdout.tolist() == (~arrays["guide"]).tolist()
-    assert photos.labels_used == "7 good + 7 bad (the labelled photos no guidance head trained on, of 20)"
-    arrays.pop("guide")
-    np.savez(processed / "labelled.npz", **arrays)
-    photos = classify.labelled_photos(processed, {"data_version": meta["data_version"], "image_size": SIZE}, meta)
-    assert photos.holdout.all() and photos.labels_used == "10 good + 10 bad (all labelled photos)"
-
-
-@pytest.mark.slow
-def test_the_vae_gate_for_the_job_refuses_a_model_at_chance_and_classify_then_serves_nothing(gated, monkeypatch):
-    """register.select: job on labels at chance, with no champion yet: the VAE is registered @challenger only,
-    and the classify stage says why it builds no rule."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    root, runs = gated["root"], gated["runs"]
-    params = tiny_params()
-    params = dataclasses.replace(
-        params, register=dataclasses.replace(params.register, model_name="vae-job", select="job")
-    )
-    udr_dir, out = root / "reports" / "udr-job", root / "reports" / "register-job"
-    write_models_csv(udr_dir, [models_row(runs[6.0], "beta_vae", 6, 0, 0.70, 3)])
-    summary = register.run(
-        params, root=root, udr_dir=udr_dir, processed_dir=gated["chance"], out_path=out / "champion.json"
-    )
-    gate = summary["gate"]
-    assert summary["alias"] == "challenger" and not gate["promote"] and gate["challenger"]["low"] <= 0.5
-    assert gate["line"].startswith("vae-job version 1 is @challenger and nothing is served")
-    assert gate["labels"] == "10 good + 10 bad (labelled split)"
-    metrics = classify.run(params, root=root, processed_dir=gated["chance"], out_dir=out / "classify")
-    assert "the register stage's gate refused version 1" in metrics["skipped"]
-    assert "not above chance" in metrics["skipped"]
