@@ -49,6 +49,7 @@ def test_register_replaces_a_champion_registered_without_digests_by_a_model_logg
     assert model.metadata.model_id == version.source.removeprefix("models:/")
 
 
+@pytest.mark.slow  # trains two tiny VAEs, then three register stages and a classify stage
 def test_select_centrality_registers_the_medoid_and_gates_it_on_centrality(tmp_path_factory, empty_mlflow_db):
     """register.select: centrality: the feasible model of highest ModelCentrality is chosen whatever its UDR,
     and the gate compares ModelCentrality figures of the same table."""
