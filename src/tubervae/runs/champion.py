@@ -19,7 +19,8 @@ either way, so the classify stage reports them side by side.
 `register.select: centrality` needs neither labels nor factors: the feasible model of highest
 ModelCentrality (Lin et al., ICML 2020; the udr stage's `centrality` column: a model's mean symmetrised
 UDR pair score to the other models of its family), the medoid of its family's pool. In the UDR trial
-(docs/results/udr-validity.md) it gave up less MIG than the search's UDR rule in both β families.
+it gave up less MIG than the search's UDR rule in both β families on the simulator, but more than a
+random pick on one outside data set's β-VAE (docs/udr-and-search.md).
 
 `search.objective: elbo`, `job` or `measured_mig` chooses as that search did: the feasible setting of
 best median held-out ELBO on the test photos (or job score on the labelled photos, or MIG on the
