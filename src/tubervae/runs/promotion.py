@@ -72,6 +72,7 @@ def judge(
     chosen_inputs = rule_inputs(tracker, chosen.run_id, labelled) if cross_validated else None
     champion = None
     if current is not None:
+        row = models[models.run_id == current.tags.get("source_run_id")]  # the champion's row in this table
         trained_on = current.tags.get("data_version")
         if trained_on != meta["data_version"]:
             verdict["note"] = (
@@ -87,7 +88,6 @@ def judge(
                     f"champion version {current.version} could not be scored, so it is not compared: {exc}"
                 )
         elif select == "centrality":
-            row = models[models.run_id == current.tags.get("source_run_id")]
             if len(row) and row.centrality.notna().iloc[0]:
                 champion = gate.Estimate(value=float(row.centrality.iloc[0]), name=CENTRALITY)
             else:
@@ -96,7 +96,6 @@ def judge(
                     "unknown and it is not compared"
                 )
         else:
-            row = models[models.run_id == current.tags.get("source_run_id")]
             value = float(row.udr_within.iloc[0]) if len(row) and row.udr_within.notna().iloc[0] else None
             if value is None:
                 value = float(current.tags.get("udr", "nan"))
