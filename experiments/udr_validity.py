@@ -20,7 +20,9 @@ seed), and what each selection rule needs is saved as soon as a setting finishes
   what within-family, all-against-all UDR and ModelCentrality are computed from;
 - `latents/` (not committed): the evaluation set's means and log-variances, to rescore;
 - `checkpoints/` (not committed): each model's checkpoint every 1000 steps, so a stopped run
-  resumes where it stood. A setting whose seeds are all in `models.csv` is skipped.
+  resumes where it stood. A setting whose seeds are all in `models.csv` is skipped, and so is one that
+  another process on the same folder is training (a lock per setting): two processes, one per core,
+  share one plan.
 
     python experiments/udr_validity.py                 # trains what is missing, family by family
     python experiments/udr_validity.py --analyse       # docs/results/udr-validity.md from what finished
@@ -33,6 +35,7 @@ ELBO and random rules and their regret (`tubervae.evaluation.selection`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import fcntl
@@ -430,7 +433,6 @@ def train(args) -> None:
     )
     precision = resolve_precision(cfg.precision, select_device(cfg.device))
     header = fields(data["names"], cfg.latent_dim, job="job" in data)
-    table = folder / "models.csv"
     run_info = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "host": host(),
@@ -458,51 +460,75 @@ def train(args) -> None:
     version = data.get("version") or f"{args.simulator}-{args.image_size}-n{args.n_train}-seed{args.data_seed}"
     print(f"{len(settings)} settings x {len(seeds)} seeds, {args.steps} steps, {precision}, host {run_info['host']}")
     for setting in settings:
-        done = {(r["family"], r["setting"], int(r["seed"])) for r in read_rows(table)}
-        todo = [s for s in seeds if (setting.family, setting.label, s) not in done]
-        if not todo:
-            continue
-        jobs = [
-            FusedJob(setting, seed, checkpoint_path=folder / "checkpoints" / f"{model_key(setting, seed)}.pt")
-            for seed in todo
-        ]
-        began = time.perf_counter()
-        print(f"{time.strftime('%H:%M:%S')} training {setting.family} {setting.label} seeds {todo}", flush=True)
-        outcomes = train_fused(
-            jobs,
-            cfg,
-            train_images=data["train"],
-            probe_images=data["probe"][:10],
-            test_images=data["eval"][:10],
-            data_version=version,
-        )
-        train_s = time.perf_counter() - began
-        rows = []
-        for job, outcome in zip(jobs, outcomes):
-            row, probe, latents = score_model(outcome.model, data, cfg.rec_kind)
-            key = model_key(setting, job.seed)
-            np.savez(folder / "probe" / f"{key}.npz", **probe)
-            np.savez_compressed(folder / "latents" / f"{key}.npz", **latents)
-            row.update(
-                data=data_name(args),
-                image_size=args.image_size,
-                steps=outcome.step,
-                family=setting.family,
-                beta=f"{setting.beta:g}",
-                c_max=f"{setting.c_max:g}",
-                setting=setting.label,
-                seed=job.seed,
-                train_s=f"{train_s:.0f}",
-            )
-            rows.append(row)
-            print(
-                f"  seed {job.seed}: informative {row['n_informative']}, MIG {row['mig']}, DCI-d {row['dci_d']}, "
-                f"FactorVAE {row['factorvae']}, ELBO {row['elbo_heldout']}",
-                flush=True,
-            )
-        append_rows(table, rows, header)
-        print(f"{time.strftime('%H:%M:%S')} {setting.family} {setting.label}: {train_s:.0f} s training", flush=True)
+        with claim(folder, setting) as held:
+            if not held:
+                print(f"{setting.family} {setting.label}: trained by another process, skipped", flush=True)
+                continue
+            train_setting(setting, seeds, folder, data, cfg, version, header, args)
     print("plan finished", flush=True)
+
+
+@contextlib.contextmanager
+def claim(folder: Path, setting: Setting):
+    """Hold `checkpoints/<family>_<setting>.lock` while a setting trains, so that a second process on the same
+    results folder (one per core) moves on to the next setting; the lock goes with its process, killed or not."""
+    with (folder / "checkpoints" / f"{setting.family}_{setting.label}.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def train_setting(setting: Setting, seeds: list[int], folder: Path, data: dict, cfg, version: str, header, args):
+    """Train the seeds of `setting` that `models.csv` lacks (fused, resuming their checkpoints), score and record
+    them."""
+    table = folder / "models.csv"
+    done = {(r["family"], r["setting"], int(r["seed"])) for r in read_rows(table)}
+    todo = [s for s in seeds if (setting.family, setting.label, s) not in done]
+    if not todo:
+        return
+    jobs = [
+        FusedJob(setting, seed, checkpoint_path=folder / "checkpoints" / f"{model_key(setting, seed)}.pt")
+        for seed in todo
+    ]
+    began = time.perf_counter()
+    print(f"{time.strftime('%H:%M:%S')} training {setting.family} {setting.label} seeds {todo}", flush=True)
+    outcomes = train_fused(
+        jobs,
+        cfg,
+        train_images=data["train"],
+        probe_images=data["probe"][:10],
+        test_images=data["eval"][:10],
+        data_version=version,
+    )
+    train_s = time.perf_counter() - began
+    rows = []
+    for job, outcome in zip(jobs, outcomes):
+        row, probe, latents = score_model(outcome.model, data, cfg.rec_kind)
+        key = model_key(setting, job.seed)
+        np.savez(folder / "probe" / f"{key}.npz", **probe)
+        np.savez_compressed(folder / "latents" / f"{key}.npz", **latents)
+        row.update(
+            data=data_name(args),
+            image_size=args.image_size,
+            steps=outcome.step,
+            family=setting.family,
+            beta=f"{setting.beta:g}",
+            c_max=f"{setting.c_max:g}",
+            setting=setting.label,
+            seed=job.seed,
+            train_s=f"{train_s:.0f}",
+        )
+        rows.append(row)
+        print(
+            f"  seed {job.seed}: informative {row['n_informative']}, MIG {row['mig']}, DCI-d {row['dci_d']}, "
+            f"FactorVAE {row['factorvae']}, ELBO {row['elbo_heldout']}",
+            flush=True,
+        )
+    append_rows(table, rows, header)
+    print(f"{time.strftime('%H:%M:%S')} {setting.family} {setting.label}: {train_s:.0f} s training", flush=True)
 
 
 FAMILY_NAMES = {"beta_vae": "β-VAE", "beta_tcvae": "β-TCVAE", "cbeta_vae": "Cβ-VAE"}

@@ -59,6 +59,19 @@ def write_squares(folder: Path, n: int, labelled: float) -> pd.DataFrame:
     return outside.write_folder(folder, images, factors, labels)
 
 
+def test_a_setting_claimed_by_one_process_is_left_to_it_until_it_lets_go(tmp_path):
+    """Two processes sharing a results folder: a setting whose lock is held is skipped by the other, while a
+    different setting and, once the holder lets go (as its death does), the same one are free."""
+    (tmp_path / "checkpoints").mkdir()
+    first, second = trial.Setting("cbeta_vae", 175.0, 6.0), trial.Setting("cbeta_vae", 175.0, 12.0)
+    with trial.claim(tmp_path, first) as held:
+        assert held
+        with trial.claim(tmp_path, first) as again, trial.claim(tmp_path, second) as other:
+            assert not again and other
+    with trial.claim(tmp_path, first) as held:
+        assert held
+
+
 def test_few_label_draws_of_a_small_evaluation_set_take_all_of_it():
     draws = trial.label_draws(12, seed=0)
     assert all(len(d) == 12 for n in trial.FEW_LABELS for d in draws[n])
