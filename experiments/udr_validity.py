@@ -912,7 +912,8 @@ def report_tail(info: dict) -> list[str]:
         f"- One data set, the photo folder `{info['folder']}`; the simulator's trial has a report of its own"
         f" ({REPORT})."
         if info.get("folder")
-        else "- One data set, simulated by this project: no data set made elsewhere has been run yet."
+        else "- One data set, simulated by this project; each photo folder's trial has a report of its own"
+        f" ({', '.join(sorted(p.as_posix() for p in Path(REPORT).parent.glob('udr-validity-*.md'))) or 'none yet'})."
     )
     return [
         "## What it does not cover",
