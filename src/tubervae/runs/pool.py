@@ -14,14 +14,17 @@ fresh workers, marks the dead ones' runs KILLED and sends the lost seeds again; 
 from its last checkpoint in a new run, so no step already checkpointed trains twice. It restarts
 them `max_restarts` times in one call; the next death gives up with an error that says so.
 
-Workers are started with 'spawn' (no inherited sqlite connections or thread pools) and
-watch the process that started them: when it dies, they exit within a second, so a
-killed search never leaves an orphan training a seed that the resumed search would
-train a second time, and their runs carry the search's pid, so a rerun that starts within that
-second still marks them KILLED. (Linux's parent-death signal would fire when the *thread* that
-started a worker ends, and trials run in threads.) As with any 'spawn' pool, a script
-that starts one must guard its entry point (`if __name__ == "__main__":`): the workers
-import the main module. The `tubervae` command and `python -m tubervae.cli` do.
+Workers are forked from a 'forkserver' that imported this module, and with it torch, MLflow
+and the training code, once: a fresh process with no sqlite connections or thread pools, as
+'spawn' gives, but the imports (most of a new worker's start) are paid once per search, not once
+per worker and again for each replacement. A worker watches the search, not its parent (the
+forkserver, which lives as long as any worker does), and exits within a second once the search
+is gone, so a killed search never leaves an orphan training a seed that the resumed search would
+train a second time; the forkserver then ends too. Their runs carry the search's pid, so a rerun
+that starts within that second still marks them KILLED. As with 'spawn', a script that starts a
+pool must guard its entry point (`if __name__ == "__main__":`): the forkserver imports the main
+module, so what it sets up reaches the workers. The `tubervae` command and `python -m
+tubervae.cli` do.
 """
 
 from __future__ import annotations
@@ -40,12 +43,13 @@ import torch
 
 from tubervae.config import TrainConfig
 from tubervae.runs.progress import StepCallback
-from tubervae.runs.tracker import Tracker
+from tubervae.runs.tracker import Tracker, process_alive
 from tubervae.runs.training_run import TrainingData, load_training_data, run_tracked
 from tubervae.training.setting import Setting
 
 log = logging.getLogger(__name__)
-_PARENT_POLL_SECONDS = 1.0
+_OWNER_POLL_SECONDS = 1.0
+_CONTEXT = multiprocessing.get_context("forkserver")
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class TrainingPool:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
         self.workers, self.max_restarts = workers, max_restarts
         self._tracker = tracker
-        self._steps = multiprocessing.get_context("spawn").Queue() if on_step is not None else None
+        self._steps = _CONTEXT.Queue() if on_step is not None else None
         self._initargs = (
             str(tracker.root),
             tracker.experiment_id,
@@ -100,6 +104,7 @@ class TrainingPool:
             str(checkpoint_dir),
             self._steps,
             logging.getLogger("mlflow").getEffectiveLevel(),  # the workers' MLflow is as quiet as this process's
+            os.getpid(),  # the workers' runs end with this process
         )
         self._reader = None
         if on_step is not None:
@@ -110,9 +115,12 @@ class TrainingPool:
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
+        # Read when the process's forkserver starts (the first pool's first worker): it imports the main
+        # module and this one (torch, MLflow, the training code) before it forks any worker.
+        _CONTEXT.set_forkserver_preload(["__main__", __name__])
         return ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=_CONTEXT,
             initializer=_start_worker,
             initargs=self._initargs,
         )
@@ -217,21 +225,27 @@ _worker: dict = {}
 
 
 def _start_worker(
-    root: str, experiment_id: str, processed_dir: str, checkpoint_dir: str, steps=None, mlflow_level=logging.WARNING
+    root: str,
+    experiment_id: str,
+    processed_dir: str,
+    checkpoint_dir: str,
+    steps=None,
+    mlflow_level=logging.WARNING,
+    owner_pid: int | None = None,
 ) -> None:
     logging.getLogger("mlflow").setLevel(mlflow_level)  # no system-metrics INFO lines per seed unless asked (-v)
-    parent = os.getppid()
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    owner_pid = owner_pid or os.getppid()
+    threading.Thread(target=_exit_with_owner, args=(owner_pid,), daemon=True).start()
     torch.set_num_threads(1)
-    _worker["tracker"] = Tracker(root, experiment_id=experiment_id, owner_pid=parent)
+    _worker["tracker"] = Tracker(root, experiment_id=experiment_id, owner_pid=owner_pid)
     _worker["data"] = load_training_data(processed_dir)
     _worker["checkpoint_dir"] = Path(checkpoint_dir)
     _worker["steps"] = steps
 
 
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(_PARENT_POLL_SECONDS)
+def _exit_with_owner(owner_pid: int) -> None:
+    while process_alive(owner_pid):
+        time.sleep(_OWNER_POLL_SECONDS)
     os._exit(1)  # the search died: its checkpoint and the next start's stale-run clean-up take over
 
 
