@@ -31,8 +31,8 @@ def start_times(method: str, workers: int, restarts: int) -> list[float]:
 
     from tubervae.runs import pool
 
-    context = pool._CONTEXT if method == "forkserver" else multiprocessing.get_context(method)
-    if method == "forkserver":
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":  # as the training pool sets it
         context.set_forkserver_preload(["__main__", pool.__name__])
     times = []
     for _ in range(1 + restarts):
