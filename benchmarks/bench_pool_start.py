@@ -24,16 +24,16 @@ from concurrent.futures import ProcessPoolExecutor
 
 from _machine import cpu_model  # benchmarks/, the script's folder
 
+POOL = "tubervae.runs.pool"
+
 
 def start_times(method: str, workers: int, restarts: int) -> list[float]:
     """Seconds until `workers` fresh workers of `method` have each imported the pool and answered a job."""
     import multiprocessing
 
-    from tubervae.runs import pool
-
     context = multiprocessing.get_context(method)
     if method == "forkserver":  # as the training pool sets it
-        context.set_forkserver_preload(["__main__", pool.__name__])
+        context.set_forkserver_preload(["__main__", POOL])
     times = []
     for _ in range(1 + restarts):
         start = time.perf_counter()
@@ -41,7 +41,7 @@ def start_times(method: str, workers: int, restarts: int) -> list[float]:
             max_workers=workers,
             mp_context=context,
             initializer=importlib.import_module,
-            initargs=(pool.__name__,),
+            initargs=(POOL,),
         )
         [future.result() for future in [executor.submit(os.getpid) for _ in range(4 * workers)]]
         times.append(time.perf_counter() - start)
