@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -442,3 +443,15 @@ def test_mlflow_run_udr_entry_point_reuses_the_run(udr_root):
     )
     assert "beta_vae: best 4 UDR" in done.stdout
     assert (root / "reports" / "udr" / "a2a.csv").exists()
+
+
+@pytest.mark.slow
+def test_the_udr_stage_starts_without_torch():
+    """The udr stage reads latents and settings, never weights: its process imports no torch (about 3 s of
+    every `tubervae udr`); the check sees torch once a module that needs it is imported."""
+    check = (
+        "import sys, tubervae.stages.udr; before = 'torch' in sys.modules; "
+        "import tubervae.training.setting; print(before, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from tubervae.checks import check_choice, check_int, check_real
-from tubervae.config import FAMILIES, GUIDED_COMPONENT, REC_KINDS, TC_ESTIMATORS
+from tubervae.config import FAMILIES, GUIDED_COMPONENT, REC_KINDS, TC_ESTIMATORS, normalised_beta
 from tubervae.models.nets import VAEOutput
 
 __all__ = [
@@ -116,13 +116,6 @@ def _reconstruction_loss(x: torch.Tensor, logits: torch.Tensor, kind: str) -> to
     else:
         total = (torch.sigmoid(logits) - x).pow(2).sum()
     return total / batch
-
-
-def normalised_beta(beta: float, latent_dim: int, image_size: int, channels: int = 3) -> float:
-    """β·d/N with N = channels·image_size² input values (Higgins et al. 2017): the thesis's β = 4 at 64×64
-    equals β = 1 at 32×32, since under this module's reduction the summed reconstruction term grows with
-    the N input values while the KL grows with the d components."""
-    return float(beta) * latent_dim / (channels * image_size * image_size)
 
 
 def capacity(step: int, c_max: float, anneal_steps: int) -> float:

@@ -8,7 +8,8 @@
   MLflow UI prints every param above each of the run's image charts.
 
 The logged MLflow model `vae` that serves the same weights is `runs.registry`'s: the stages that
-only read latents or weights (udr, evaluate) need nothing of the served models.
+only read latents or weights (udr, evaluate) need nothing of the served models, and the udr stage,
+which reads latents alone, imports no torch (the functions that write or load weights import it).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from tubervae.models.nets import VAE, load_vae_files
 from tubervae.runs.tracker import Tracker
+
+if TYPE_CHECKING:
+    from tubervae.models.nets import VAE
 
 WEIGHTS, VAE_CONFIG, LATENTS = "model/model.pt", "model/config.json", "latents.npz"
 TRAINING_CONFIG = "training_config.json"
@@ -36,6 +39,8 @@ def write_vae_files(tracker: Tracker, run_id: str, model: VAE, config: dict, lat
     missing = set(VAE_CONFIG_KEYS) - set(config)
     if missing:
         raise ValueError(f"the VAE config lacks {sorted(missing)}")
+    import torch  # here: the stages that only read latents (udr) start without it
+
     folder = Path(folder)
     np.savez(folder / LATENTS, **latents)
     tracker.log_artifact(run_id, folder / LATENTS)
@@ -49,6 +54,8 @@ def write_vae_files(tracker: Tracker, run_id: str, model: VAE, config: dict, lat
 
 def load_vae(tracker: Tracker, run_id: str) -> tuple[VAE, dict]:
     """The VAE of a training run (on the CPU, in eval mode) and its config."""
+    from tubervae.models.nets import load_vae_files
+
     with tempfile.TemporaryDirectory() as tmp:
         weights, config = vae_files(tracker, run_id, tmp)
         return load_vae_files(weights, config), config

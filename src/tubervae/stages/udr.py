@@ -25,12 +25,11 @@ import numpy as np
 import pandas as pd
 
 from tubervae import plots
-from tubervae.config import FAMILIES, Params, UdrConfig
+from tubervae.config import FAMILIES, Params, UdrConfig, normalised_beta
 from tubervae.data.processed import load_meta
 from tubervae.evaluation.selection import pool_centrality
 from tubervae.evaluation.udr import informative_mask, masked_similarity, rank_shift, udr_options, udr_scores
 from tubervae.io import fresh_dir, write_csv, write_json, write_metrics
-from tubervae.models.losses import normalised_beta
 from tubervae.runs import vae_artifacts
 from tubervae.runs.progress import count, say
 from tubervae.runs.tracker import Tracker
