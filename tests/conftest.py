@@ -1144,29 +1144,28 @@ def guided_processed(folder):
 
 # --- how `make test` shares the files between its workers (pytest-xdist, `--dist loadfile`)
 
-# Seconds a file took on one worker in a full run on 2 shared cores (AMD EPYC Zen 3, other jobs running), for the
-# files over two minutes: only their order counts. A file split out of a listed one has that file's figure times
-# its rough share of the time the parts took, each run on its own (test_train.py's 346 s became test_train,
-# test_tracker and test_training_run; test_udr_stage.py's 274 s test_udr_stage and test_evaluate).
-# Files are handed out longest first, so that the long ones run side by side on the two workers rather than one
-# after another at the end (xdist's own order is by number of tests, which puts these last); the rest follow
-# in xdist's order. A file's figure only orders the queue: a wrong one costs time, never a test.
+# Seconds a file's tests took in a full run on 2 cores (`--durations`, summed; AMD EPYC Zen 3, pytest-xdist's two
+# workers and nothing else running), for the files over 25 s: only their order counts. Files are handed out
+# longest first, so that the long ones run side by side on the two workers rather than one after another at the
+# end (xdist's own order is by number of tests, which puts these last); the rest follow in xdist's order. A
+# file's figure only orders the queue: a wrong one costs time, never a test.
 FILE_SECONDS: dict[str, float] = {
-    "test_pipeline.py": 737,
-    "test_pool.py": 546,
-    "test_pruning.py": 416,
-    "test_killed_stages.py": 364,
-    "test_gpu_smoke_profile.py": 336,
-    "test_registry.py": 332,  # with test_quality_gate.py and test_model_server.py (SAME_WORKER_AS)
-    "test_dvc_workflow.py": 215,
-    "test_study.py": 199,
-    "test_train.py": 170,
-    "test_udr_stage.py": 155,
-    "test_scripts.py": 130,
-    "test_fused.py": 127,
-    "test_evaluate.py": 120,
-    "test_tracker.py": 95,
-    "test_training_run.py": 70,
+    "test_pipeline.py": 306,
+    "test_gpu_smoke_profile.py": 192,
+    "test_pool.py": 176,
+    "test_dvc_workflow.py": 110,
+    "test_pruning.py": 100,
+    "test_registry.py": 99,  # with test_quality_gate.py and test_model_server.py (SAME_WORKER_AS)
+    "test_killed_stages.py": 86,
+    "test_study.py": 67,
+    "test_udr_stage.py": 57,
+    "test_objective.py": 46,
+    "test_training_run.py": 35,
+    "test_evaluate.py": 33,
+    "test_trials.py": 30,
+    "test_supervised.py": 29,
+    "test_train.py": 27,
+    "test_fused.py": 25,
 }
 # Files whose tests share a session fixture with another file's: they run on that file's worker, which builds
 # the fixture once (registry_project, a tiny trained registry).
