@@ -49,7 +49,9 @@ from tubervae.training.setting import Setting
 
 log = logging.getLogger(__name__)
 _OWNER_POLL_SECONDS = 1.0
-_CONTEXT = multiprocessing.get_context("forkserver")
+# 'spawn' where there is no forkserver (Windows): the same workers, each importing on its own.
+_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+_CONTEXT = multiprocessing.get_context(_METHOD)
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ class TrainingPool:
     def _new_executor(self) -> ProcessPoolExecutor:
         # Read when the process's forkserver starts (the first pool's first worker): it imports the main
         # module and this one (torch, MLflow, the training code) before it forks any worker.
-        _CONTEXT.set_forkserver_preload(["__main__", __name__])
+        if _METHOD == "forkserver":
+            _CONTEXT.set_forkserver_preload(["__main__", __name__])
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=_CONTEXT,
