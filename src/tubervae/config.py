@@ -48,16 +48,6 @@ FEW_LABELS = 20
 # Thesis §2.3.1: a component is informative when its KL to the prior exceeds this. The default
 # of `udr.kl_threshold`, the one value that UDR, n_active, classify and the plots all read.
 INFORMATIVE_KL = 0.01
-
-
-def normalised_beta(beta: float, latent_dim: int, image_size: int, channels: int = 3) -> float:
-    """β·d/N with N = channels·image_size² input values (Higgins et al. 2017): the thesis's β = 4 at 64×64
-    equals β = 1 at 32×32, since under the losses' reduction (models/losses.py) the summed reconstruction
-    term grows with the N input values while the KL grows with the d components. Here, apart from the
-    losses, so that a stage reading runs' settings (udr) needs no torch."""
-    return float(beta) * latent_dim / (channels * image_size * image_size)
-
-
 # Training settings that change how a run is watched, never its weights.
 OBSERVATION_ONLY_KEYS = (
     "checkpoint_every",
@@ -70,6 +60,14 @@ OBSERVATION_ONLY_KEYS = (
     "fuse",  # a fused model equals its separately trained twin (tests/test_fused.py)
     "figures",
 )
+
+
+def normalised_beta(beta: float, latent_dim: int, image_size: int, channels: int = 3) -> float:
+    """β·d/N with N = channels·image_size² input values (Higgins et al. 2017): the thesis's β = 4 at 64×64
+    equals β = 1 at 32×32, since under the losses' reduction (models/losses.py) the summed reconstruction
+    term grows with the N input values while the KL grows with the d components. Here, apart from the
+    losses, so that a stage reading runs' settings (udr) needs no torch."""
+    return float(beta) * latent_dim / (channels * image_size * image_size)
 
 
 def is_guided(family: str) -> bool:

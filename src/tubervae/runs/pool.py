@@ -232,12 +232,11 @@ def _start_worker(
     experiment_id: str,
     processed_dir: str,
     checkpoint_dir: str,
-    steps=None,
-    mlflow_level=logging.WARNING,
-    owner_pid: int | None = None,
+    steps,
+    mlflow_level: int,
+    owner_pid: int,
 ) -> None:
     logging.getLogger("mlflow").setLevel(mlflow_level)  # no system-metrics INFO lines per seed unless asked (-v)
-    owner_pid = owner_pid or os.getppid()
     threading.Thread(target=_exit_with_owner, args=(owner_pid,), daemon=True).start()
     torch.set_num_threads(1)
     _worker["tracker"] = Tracker(root, experiment_id=experiment_id, owner_pid=owner_pid)
