@@ -76,6 +76,20 @@ def test_parallel_workers_train_each_seed_once_and_as_in_process(project):
 
 
 @pytest.mark.slow
+def test_a_seed_sent_again_after_its_run_finished_is_answered_by_that_run(project):
+    """A seed lost with a broken executor may have finished on a worker that the break then stopped: sent
+    again, the pool answers with its FINISHED run and trains nothing, so no run key holds two models."""
+    tracker = Tracker(project)
+    job = SeedJob(Setting(FAMILY, 1.0), 0, parse_params(RAW_PARAMS).train, 0.01, None)
+    with TrainingPool(2, tracker, project / "data" / "processed", project / "checkpoints") as pool:
+        (first,) = pool.train([job])
+        (again,) = pool.train([job])
+    assert "n_active" in first and again == {"run_id": first["run_id"]}
+    vae_runs = [r for r in all_runs(project) if r.data.tags.get("kind") == "vae"]
+    assert [(r.info.run_id, r.info.status) for r in vae_runs] == [(first["run_id"], "FINISHED")]
+
+
+@pytest.mark.slow
 def test_a_pools_seeds_print_their_progress_through_the_search_and_mlflow_stays_quiet(project, capfd, monkeypatch):
     """The pool's workers send their steps back to the search's process, which prints them; their MLflow
     (system metrics started and stopped) says nothing at INFO unless the search's MLflow logger does."""

@@ -44,7 +44,7 @@ import torch
 from tubervae.config import TrainConfig
 from tubervae.runs.progress import StepCallback
 from tubervae.runs.tracker import Tracker, process_alive
-from tubervae.runs.training_run import TrainingData, load_training_data, run_tracked
+from tubervae.runs.training_run import TrainingData, find_finished_run, load_training_data, run_key, run_tracked
 from tubervae.training.setting import Setting
 
 log = logging.getLogger(__name__)
@@ -252,8 +252,18 @@ def _exit_with_owner(owner_pid: int) -> None:
 
 
 def _train(job: SeedJob) -> dict:
+    """`run_tracked` of the job, or the run that already holds its finished model (`{"run_id": …}` only).
+
+    A seed sent again after a worker died may have finished meanwhile on a worker that the broken executor
+    then stopped: its run is FINISHED, its checkpoint gone, and only its result was lost. Training it again
+    would log the same weights twice under one run key, so the finished run answers instead."""
     data: TrainingData = _worker["data"]
     cfg = job.cfg if job.cfg.threads == 1 else TrainConfig(**{**job.cfg.__dict__, "threads": 1})
+    if job.stop_at is None or job.stop_at >= cfg.steps:
+        finished = find_finished_run(_worker["tracker"], run_key(job.setting, job.seed, cfg, data))
+        if finished is not None:
+            log.info("%s seed %d: its run %s finished already", job.setting.label, job.seed, finished)
+            return {"run_id": finished}
     return run_tracked(
         _worker["tracker"],
         job.setting,
