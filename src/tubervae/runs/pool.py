@@ -29,6 +29,7 @@ tubervae.cli` do.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -243,6 +244,7 @@ def _start_worker(
     _worker["data"] = load_training_data(processed_dir)
     _worker["checkpoint_dir"] = Path(checkpoint_dir)
     _worker["steps"] = steps
+    gc.freeze()  # torch, MLflow and the data stay for the worker's life: no full collection walks them again
 
 
 def _exit_with_owner(owner_pid: int) -> None:
