@@ -29,6 +29,7 @@ from conftest import (
     stop,
 )
 from tubervae.config import parse_params
+from tubervae.runs import pool as pool_module
 from tubervae.runs import vae_artifacts
 from tubervae.runs.pool import SeedJob, TrainingPool, TrainingWorkerDied
 from tubervae.runs.tracker import Tracker, process_alive
@@ -75,15 +76,17 @@ def test_parallel_workers_train_each_seed_once_and_as_in_process(project):
         assert torch.equal(value.cpu(), there.state_dict()[name]), name
 
 
-@pytest.mark.slow
-def test_a_seed_sent_again_after_its_run_finished_is_answered_by_that_run(project):
+def test_a_seed_sent_again_after_its_run_finished_is_answered_by_that_run(project, monkeypatch):
     """A seed lost with a broken executor may have finished on a worker that the break then stopped: sent
-    again, the pool answers with its FINISHED run and trains nothing, so no run key holds two models."""
+    again, a worker answers with its FINISHED run and trains nothing, so no run key holds two models.
+    (The worker's job function, in this process, with what a worker's set-up gives it.)"""
     tracker = Tracker(project)
+    data = load_training_data(project / "data" / "processed")
+    worker = {"tracker": tracker, "data": data, "checkpoint_dir": project / "checkpoints", "steps": None}
+    monkeypatch.setattr(pool_module, "_worker", worker)
     job = SeedJob(Setting(FAMILY, 1.0), 0, parse_params(RAW_PARAMS).train, 0.01, None)
-    with TrainingPool(2, tracker, project / "data" / "processed", project / "checkpoints") as pool:
-        (first,) = pool.train([job])
-        (again,) = pool.train([job])
+    first = pool_module._train(job)
+    again = pool_module._train(job)
     assert "n_active" in first and again == {"run_id": first["run_id"]}
     vae_runs = [r for r in all_runs(project) if r.data.tags.get("kind") == "vae"]
     assert [(r.info.run_id, r.info.status) for r in vae_runs] == [(first["run_id"], "FINISHED")]
