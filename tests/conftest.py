@@ -1144,28 +1144,29 @@ def guided_processed(folder):
 
 # --- how `make test` shares the files between its workers (pytest-xdist, `--dist loadfile`)
 
-# Seconds a file's tests took in a full run on 2 cores (`--durations`, summed; AMD EPYC Zen 3, pytest-xdist's two
-# workers and nothing else running), for the files over 25 s: only their order counts. Files are handed out
+# Seconds a file's tests took in a full run on 2 cores (`--durations`, summed; AMD EPYC Zen 4, pytest-xdist's two
+# workers and nothing else running), for the files over 10 s: only their order counts. Files are handed out
 # longest first, so that the long ones run side by side on the two workers rather than one after another at the
 # end (xdist's own order is by number of tests, which puts these last); the rest follow in xdist's order. A
 # file's figure only orders the queue: a wrong one costs time, never a test.
 FILE_SECONDS: dict[str, float] = {
-    "test_pipeline.py": 306,
-    "test_gpu_smoke_profile.py": 192,
-    "test_pool.py": 176,
-    "test_dvc_workflow.py": 110,
-    "test_pruning.py": 100,
-    "test_registry.py": 99,  # with test_quality_gate.py and test_model_server.py (SAME_WORKER_AS)
-    "test_killed_stages.py": 86,
-    "test_study.py": 67,
-    "test_udr_stage.py": 57,
-    "test_objective.py": 46,
-    "test_training_run.py": 35,
-    "test_evaluate.py": 33,
-    "test_trials.py": 30,
-    "test_supervised.py": 29,
-    "test_train.py": 27,
-    "test_fused.py": 25,
+    "test_pipeline.py": 116,
+    "test_gpu_smoke_profile.py": 81,
+    "test_pool.py": 67,
+    "test_killed_stages.py": 48,
+    "test_dvc_workflow.py": 47,
+    "test_pruning.py": 47,
+    "test_registry.py": 39,  # with test_quality_gate.py and test_model_server.py (SAME_WORKER_AS)
+    "test_study.py": 30,
+    "test_udr_stage.py": 26,
+    "test_objective.py": 18,
+    "test_training_run.py": 18,
+    "test_fused.py": 14,
+    "test_evaluate.py": 14,
+    "test_trials.py": 13,
+    "test_settings_flow.py": 12,
+    "test_train.py": 12,
+    "test_supervised.py": 11,
 }
 # Files whose tests share a session fixture with another file's: they run on that file's worker, which builds
 # the fixture once (registry_project, a tiny trained registry).
