@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from conftest import FAMILY, RAW_PARAMS, merged
@@ -44,3 +47,17 @@ def test_search_prints_its_progress_to_stderr(project, no_pictures, capsys):
             ]
             assert all(", loss " in line for line in steps)
         assert any(line.startswith(f"search beta_vae: trial {k} of 2 scored: median UDR ") for line in lines)
+
+
+@pytest.mark.slow
+def test_the_search_stage_starts_without_scikit_learn_or_scipy_stats():
+    """A search that scores by UDR needs neither: its process and the pool's forkserver import none of them
+    (about a second of every `tubervae search`); the check sees scikit-learn once MIG is computed."""
+    check = (
+        "import sys, numpy as np, tubervae.stages.search, tubervae.runs.pool; "
+        "before = [m in sys.modules for m in ('sklearn', 'scipy.stats')]; "
+        "from tubervae.evaluation.mig import mig; mig(np.eye(4), np.eye(4)); "
+        "print(*before, 'sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False", "True"]

@@ -28,7 +28,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
-from scipy import stats
 
 from tubervae.config import INFORMATIVE_KL
 
@@ -66,6 +65,13 @@ def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(max(width, 2.0), max(height, 1.5)), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _normal_pdf(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """The normal density N(mean, std²) at x (scipy.stats.norm.pdf without importing scipy.stats in every
+    training run that draws its components' distributions)."""
+    z = (x - mean) / std
+    return np.exp(-0.5 * z * z) / (std * np.sqrt(2.0 * np.pi))
 
 
 def _vector(name: str, values, length: int | None = None, *, allow_nan: bool = False) -> np.ndarray:
@@ -323,13 +329,13 @@ def distribution_figure(mu, logvar, kl=None, *, kl_threshold: float = INFORMATIV
     ax = fig.add_subplot()
     strong = np.flatnonzero(informative)
     for j, colour in zip(strong, _palette(strong.size)):
-        density = stats.norm.pdf(x, loc=mu[j], scale=sigma[j])
+        density = _normal_pdf(x, mu[j], sigma[j])
         ax.plot(x, density, lw=1.8, color=colour, zorder=3, label=f"z{j}  KL={kl[j]:.2f}")
     weak = np.flatnonzero(~informative)
     for k, j in enumerate(weak):
         label = f"uninformative ({weak.size})" if k == 0 else None
-        ax.plot(x, stats.norm.pdf(x, loc=mu[j], scale=sigma[j]), lw=1.0, color="grey", alpha=0.35, label=label)
-    ax.plot(x, stats.norm.pdf(x), "k--", lw=1.2, zorder=2, label="prior N(0, 1)")
+        ax.plot(x, _normal_pdf(x, mu[j], sigma[j]), lw=1.0, color="grey", alpha=0.35, label=label)
+    ax.plot(x, _normal_pdf(x, 0.0, 1.0), "k--", lw=1.2, zorder=2, label="prior N(0, 1)")
     ax.set_xlim(lo, hi)
     ax.set_ylim(bottom=0.0)
     ax.set_xlabel("latent value")
@@ -676,7 +682,9 @@ def rank_scatter_figure(
     if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rho = float(stats.spearmanr(x[ok], y[ok]).statistic)
+            from scipy.stats import spearmanr  # here: every training run draws figures, few draw this one
+
+            rho = float(spearmanr(x[ok], y[ok]).statistic)
 
     fig = _new_figure(6.5 if labels is not None and annotate_top else 5.5, 4.5)
     ax = fig.add_subplot()

@@ -7,7 +7,6 @@ A pure function of encoder means ``representations`` (n, d) and ground-truth
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import mutual_info_score
 
 from tubervae.checks import check_int
 from tubervae.evaluation.metric_utils import (
@@ -36,6 +35,10 @@ def mig(representations, factors, *, random_state=None, n_bins: int = N_BINS, di
     ``random_state`` is accepted for a uniform signature; the estimate is
     deterministic.
     """
+    # Imported here: a search that scores by UDR never needs scikit-learn, which (with scipy.stats) costs
+    # every `tubervae search` and training worker about a second to import.
+    from sklearn.metrics import mutual_info_score
+
     reps, facs = check_metric_inputs(representations, factors)
     n_bins = check_int("n_bins", n_bins, 2)
     mask = resolve_discrete(facs, discrete)

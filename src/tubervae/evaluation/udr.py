@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from tubervae.checks import check_array, check_choice, check_int, check_real
 from tubervae.config import AGGREGATES, INFORMATIVE_KL, SIMILARITIES, UdrConfig
@@ -125,6 +124,8 @@ def _standardised_ranks(arr: np.ndarray) -> np.ndarray:
     Spearman's rho is Pearson's r of these ranks, so one matrix product of
     standardised ranks gives every component pair's rho at once.
     """
+    from scipy.stats import rankdata  # here: scipy.stats costs a search about half a second to import
+
     return _standardise_axis0(rankdata(arr, axis=0, method="average"))
 
 
@@ -629,6 +630,8 @@ class RankShift:
 
 
 def _competition_rank(scores: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
     ranks = np.full(scores.shape, np.nan)
     ok = ~np.isnan(scores)
     ranks[ok] = rankdata(-scores[ok], method="min")
