@@ -405,3 +405,12 @@ def test_history_ticks_are_whole_trials_and_a_narrow_log_axis_reads_plain_number
     labels = [t.get_text() for ax in fig.axes for t in ax.xaxis.get_ticklabels(which="both") if t.get_text()]
     assert labels and not [text for text in labels if "10^" in text or "times" in text or "×" in text], labels
     assert "3" in labels  # within one decade the minor ticks carry plain numbers
+
+
+@pytest.mark.parametrize(("mean", "std"), [(0.0, 1.0), (1.5, 0.05), (-2.0, 3.0)])
+def test_the_distribution_figures_normal_density_is_scipys(mean, std):
+    from scipy.stats import norm
+
+    x = np.linspace(-8.0, 8.0, 2001)
+    expected = norm.pdf(x, loc=mean, scale=std)
+    np.testing.assert_allclose(plots._normal_pdf(x, mean, std), expected, rtol=1e-12, atol=1e-12 * expected.max())
