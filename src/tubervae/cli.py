@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         # The libraries a stage imports (torch, MLflow, scikit-learn) leave a few million objects that live
         # as long as the process. Frozen, they are out of the garbage collector's reach: its full passes
-        # during the stage and the several at exit no longer walk them, which saves a small stage a fifth to
+        # during the stage and the several at exit no longer walk them, which saves a small stage a sixth to
         # a quarter of its time (benchmarks/bench_stage_start.py). Objects made later are collected as usual.
         importlib.import_module(COMMAND_MODULES[args.command])
         gc.freeze()
